@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Install what virt-vmdkimport's build, tests and demo need on a Debian bookworm host, and
+# start virtlogd and libvirtd when they are not running (hosts without systemd included).
+# Idempotent: a second run only checks.
+set -euo pipefail
+
+need_pkgs=()
+for p in libvirt-dev libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 \
+         qemu-utils pkg-config ovmf nasm python3; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_pkgs+=("$p")
+done
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    echo "setup-host: installing ${need_pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    # A newer backported qemu-utils conflicts with bookworm's qemu-system-x86: take both from
+    # bookworm in one command.
+    qemu_utils=qemu-utils
+    if apt-cache policy qemu-utils 2>/dev/null | grep -q ' bookworm/main'; then
+        qemu_utils=qemu-utils/bookworm
+    fi
+    apt-get install -y -q --allow-downgrades --no-install-recommends \
+        libvirt-dev libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 \
+        "$qemu_utils" pkg-config ovmf nasm python3
+fi
+
+# The QEMU driver resolves its user before it reads qemu.conf.
+getent group kvm >/dev/null || groupadd -r kvm
+getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu
+getent passwd libvirt-qemu >/dev/null ||
+    useradd -r -g libvirt-qemu -G kvm -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
+mkdir -p /var/log/libvirt /var/run/libvirt
+if ! grep -qs '^user = "root"' /etc/libvirt/qemu.conf; then
+    printf 'user = "root"\ngroup = "root"\n' >> /etc/libvirt/qemu.conf
+fi
+
+# Tests use a remote URI too: libvirtd on loopback TCP without auth (test hosts only).
+conf=/etc/libvirt/libvirtd.conf
+if ! grep -qs "^listen_tcp = 1" "$conf"; then
+    printf 'listen_tls = 0\nlisten_tcp = 1\nlisten_addr = "127.0.0.1"\nauth_tcp = "none"\n' >> "$conf"
+fi
+
+if ! pgrep -x virtlogd >/dev/null; then virtlogd -d; fi
+if ! pgrep -x libvirtd >/dev/null; then libvirtd -d --listen; fi
+for _ in $(seq 1 50); do
+    virsh -c qemu:///system version >/dev/null 2>&1 && break
+    sleep 0.2
+done
+virsh -c qemu:///system version >/dev/null

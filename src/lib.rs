@@ -1,0 +1,3 @@
+//! virt-vmdkimport: move VMware ESX virtual machines onto KVM/libvirt with minimal downtime.
+
+pub mod vmdk;

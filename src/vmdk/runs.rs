@@ -1,0 +1,59 @@
+//! The format-independent view of a snapshot chain: changed pieces of the virtual disk and where their bytes come from.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// An open file that holds grain data, with the path it was opened from (for messages).
+#[derive(Debug)]
+pub struct DataFile {
+    pub path: PathBuf,
+    pub file: File,
+}
+
+/// Where the bytes of a changed piece come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// The piece reads as zeros (zero grain, unmapped grain, ZERO extent): it hides the parent.
+    Zeros,
+    /// The piece's bytes are `len` bytes at `offset` in `file`.
+    Data { file: Arc<DataFile>, offset: u64 },
+}
+
+/// A changed piece of the virtual disk: `len` bytes at virtual byte `offset`, with one source.
+///
+/// Pieces come in ascending offset order and never overlap. Adjacent pieces whose sources are
+/// contiguous (or both zeros) are merged into one.
+#[derive(Debug, Clone)]
+pub struct Piece {
+    pub offset: u64,
+    pub len: u64,
+    pub source: Source,
+}
+
+impl Piece {
+    /// The virtual byte just past this piece.
+    pub fn end(&self) -> u64 {
+        self.offset + self.len
+    }
+
+    /// Fill `buf` with this piece's bytes starting `rel` bytes into the piece.
+    /// `rel + buf.len()` must not exceed `len`.
+    pub fn read_at(&self, rel: u64, buf: &mut [u8]) -> io::Result<()> {
+        debug_assert!(rel + buf.len() as u64 <= self.len);
+        match &self.source {
+            Source::Zeros => {
+                buf.fill(0);
+                Ok(())
+            }
+            Source::Data { file, offset } => file.file.read_exact_at(buf, offset + rel).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("{}: reading {} bytes at {}: {e}", file.path.display(), buf.len(), offset + rel),
+                )
+            }),
+        }
+    }
+}
