@@ -1,4 +1,5 @@
 //! virt-vmdkimport: move VMware ESX virtual machines onto KVM/libvirt with minimal downtime.
 
+pub mod cli;
 pub mod plan;
 pub mod vmdk;

@@ -1,0 +1,217 @@
+//! The command line: clap's raw arguments, checked into one validated plan before anything is touched.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OsArg {
+    Linux,
+    Windows,
+}
+
+/// How stage 2 writes the changed runs into the volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum IoMode {
+    /// Direct writes where the volume is local and writable, else streams.
+    #[default]
+    Auto,
+    /// Always libvirt volume upload streams (works against remote hosts).
+    Stream,
+    /// Positional writes to the volume's path on this host, then one pool refresh.
+    Direct,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "virt-vmdkimport",
+    version,
+    about = "Move a VMware ESX virtual machine onto KVM/libvirt with about a reboot's downtime",
+    long_about = "Stage 1, while the VM still runs on VMware (after a snapshot): \n  \
+        virt-vmdkimport --domain web1 --flat vm.vmdk\n\
+        Stage 2, after the VM is shut down on VMware and its delta(s) copied:\n  \
+        virt-vmdkimport --domain web1 vm-000001.vmdk\n\
+        Raw target (no libvirt):\n  \
+        virt-vmdkimport --target /dev/vg/web1 vm-000001.vmdk"
+)]
+pub struct Cli {
+    /// Snapshot deltas to apply, oldest first: child descriptors (vm-000001.vmdk), bare
+    /// COWD/SEsparse extents or hosted sparse files.
+    pub deltas: Vec<PathBuf>,
+
+    /// libvirt connection URI (else LIBVIRT_DEFAULT_URI, else libvirt's default).
+    #[arg(short = 'c', long = "connect", value_name = "URI")]
+    pub connect: Option<String>,
+
+    /// Apply the deltas to a raw image file or block device instead of a libvirt domain.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["domain", "flat", "vmx"])]
+    pub target: Option<PathBuf>,
+
+    /// The libvirt domain to create or update.
+    #[arg(short = 'd', long, value_name = "NAME")]
+    pub domain: Option<String>,
+
+    /// Storage pool for new volumes.
+    #[arg(long, value_name = "POOL", default_value = "default")]
+    pub pool: String,
+
+    /// Base image to upload (stage 1): a base descriptor, a flat extent, or - for standard input.
+    #[arg(long, value_name = "FILE|-")]
+    pub flat: Option<PathBuf>,
+
+    /// Disk capacity when the base comes from standard input (bytes, or with K/M/G/T suffix).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub capacity: Option<u64>,
+
+    /// The VM's .vmx: import every disk, CPUs, memory, NICs and firmware as VMware had them.
+    #[arg(long, value_name = "FILE", conflicts_with = "flat")]
+    pub vmx: Option<PathBuf>,
+
+    /// Guest operating system family (decides the device models).
+    #[arg(long, value_enum)]
+    pub os: Option<OsArg>,
+
+    /// Memory in MiB.
+    #[arg(long, value_name = "MiB")]
+    pub memory: Option<u64>,
+
+    /// Virtual CPUs.
+    #[arg(long, value_name = "N")]
+    pub vcpus: Option<u32>,
+
+    /// libvirt network for the NIC; with --vmx, VMNET=NET maps a VMware network name.
+    #[arg(long, value_name = "NET|VMNET=NET")]
+    pub network: Vec<String>,
+
+    /// Host bridge for the NIC instead of a libvirt network.
+    #[arg(long, value_name = "BR", conflicts_with = "network")]
+    pub bridge: Option<String>,
+
+    /// MAC address of the NIC (kept from VMware so static IP configs still match).
+    #[arg(long, value_name = "MAC")]
+    pub mac: Option<String>,
+
+    /// Do not start the domain after stage 2.
+    #[arg(long)]
+    pub no_start: bool,
+
+    /// Print the domain XML and exit without touching the host.
+    #[arg(long)]
+    pub print_xml: bool,
+
+    /// Say what would be created and written, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// How stage 2 writes into the volume.
+    #[arg(long, value_enum, default_value_t = IoMode::Auto)]
+    pub io: IoMode,
+
+    /// Let descriptors name files outside their own folder (absolute paths, `..`, symlinks).
+    #[arg(long)]
+    pub allow_outside_paths: bool,
+
+    /// Copy independent disks whole (they are not in any snapshot, so they cannot be delta-synced).
+    #[arg(long)]
+    pub copy_independent: bool,
+
+    /// Windows guests: attach a small extra virtio disk in stage 2 so Windows installs the
+    /// virtio storage driver before --switch-to-virtio.
+    #[arg(long)]
+    pub driver_disk: bool,
+
+    /// Rewrite a defined domain's disks and NICs to virtio (MACs kept); drops the driver disk.
+    #[arg(long, requires = "domain")]
+    pub switch_to_virtio: bool,
+}
+
+/// Parse `123`, `4K`, `512M`, `16G`, `2T` (binary multiples).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, shift) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("unknown size suffix in {s:?} (use K, M, G or T)")),
+            };
+            (&s[..i], shift)
+        }
+        _ => (s, 0),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("not a size: {s:?}"))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("size too large: {s:?}"))
+}
+
+/// Split `--network` values into a plain network and VMware-name mappings.
+pub fn network_args(values: &[String]) -> Result<(Option<String>, Vec<(String, String)>)> {
+    let mut plain = None;
+    let mut map = Vec::new();
+    for v in values {
+        match v.split_once('=') {
+            Some((from, to)) if !from.is_empty() && !to.is_empty() => {
+                map.push((from.to_string(), to.to_string()))
+            }
+            Some(_) => bail!("--network {v:?}: expected VMNET=LIBVIRTNET"),
+            None => {
+                if plain.replace(v.clone()).is_some() {
+                    bail!("--network given twice without a VMware network name; use VMNET=NET for several NICs");
+                }
+            }
+        }
+    }
+    Ok((plain, map))
+}
+
+/// Check a MAC address's shape: six colon-separated hex octets; returned lowercase.
+pub fn normalise_mac(mac: &str) -> Result<String> {
+    let parts: Vec<&str> = mac.split(|c| c == ':' || c == '-').collect();
+    if parts.len() != 6
+        || parts
+            .iter()
+            .any(|p| p.len() != 2 || !p.chars().all(|c| c.is_ascii_hexdigit()))
+    {
+        bail!("--mac {mac:?}: expected six hex octets like 00:50:56:aa:bb:cc");
+    }
+    let mac = parts.join(":").to_ascii_lowercase();
+    let first = u8::from_str_radix(&mac[..2], 16).context("mac")?;
+    if first & 1 != 0 {
+        bail!("--mac {mac}: a multicast address cannot be a NIC's address");
+    }
+    Ok(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("512").unwrap(), 512);
+        assert_eq!(parse_size("4K").unwrap(), 4096);
+        assert_eq!(parse_size("16g").unwrap(), 16 << 30);
+        assert!(parse_size("3X").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn network_values_split_into_plain_and_mapped() {
+        let (plain, map) = network_args(&["default".into(), "VM Network=br-lan".into()]).unwrap();
+        assert_eq!(plain.as_deref(), Some("default"));
+        assert_eq!(map, vec![("VM Network".to_string(), "br-lan".to_string())]);
+        assert!(network_args(&["a".into(), "b".into()]).is_err());
+    }
+
+    #[test]
+    fn macs_are_checked_and_lowercased() {
+        assert_eq!(
+            normalise_mac("00:50:56:AA:bb:0C").unwrap(),
+            "00:50:56:aa:bb:0c"
+        );
+        assert!(normalise_mac("00:50:56:aa:bb").is_err());
+        assert!(normalise_mac("01:50:56:aa:bb:cc").is_err());
+    }
+}
