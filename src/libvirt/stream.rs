@@ -1,0 +1,358 @@
+//! Volume streams: the sparse whole-volume base upload, positioned non-sparse uploads, downloads.
+
+use std::io::{self, Read, Write};
+use std::mem::ManuallyDrop;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use virt::stream::Stream;
+
+use super::{ffi, Conn, Vol};
+
+/// Bytes read from the source per block in `upload_image`.
+const READ_BLOCK: usize = 4 << 20;
+/// Zero detection granularity: a run of zeros shorter than this is sent as data. 64 KiB keeps
+/// the number of hole messages small while still finding the empty areas of a disk image.
+const ZERO_CHUNK: usize = 64 << 10;
+/// Largest piece handed to one `virStreamSend`: libvirt's messages carry at most 256 KiB to
+/// 32 MiB; 1 MiB keeps the pipeline full without large copies.
+const SEND_MAX: usize = 1 << 20;
+/// Buffer size for `upload_at` fills and downloads.
+const IO_CHUNK: usize = 1 << 20;
+
+/// A blocking stream that never panics on drop and is aborted unless it finished.
+struct OwnedStream {
+    inner: ManuallyDrop<Stream>,
+    done: bool,
+}
+
+impl OwnedStream {
+    fn new(conn: &Conn) -> Result<OwnedStream> {
+        // Flags 0: a blocking stream, so send() blocks instead of returning -2.
+        let inner = Stream::new(conn.raw(), 0).context("creating a libvirt stream")?;
+        Ok(OwnedStream {
+            inner: ManuallyDrop::new(inner),
+            done: false,
+        })
+    }
+
+    fn stream(&self) -> &Stream {
+        &self.inner
+    }
+
+    /// Send all of `data`, looping over short writes.
+    fn send_all(&self, mut data: &[u8]) -> Result<()> {
+        while !data.is_empty() {
+            let piece = &data[..data.len().min(SEND_MAX)];
+            let n = self.inner.send(piece)?;
+            ensure!(n > 0, "stream send returned {n}");
+            data = &data[n as usize..];
+        }
+        Ok(())
+    }
+
+    fn send_hole(&self, len: u64) -> Result<()> {
+        let len = i64::try_from(len).with_context(|| format!("hole of {len} bytes is too long"))?;
+        ffi::stream_send_hole(&self.inner, len)?;
+        Ok(())
+    }
+
+    /// Finish the stream: only when this succeeds did the daemon write everything.
+    fn finish(mut self) -> Result<()> {
+        self.done = true;
+        ffi::stream_finish(&self.inner)?;
+        Ok(())
+    }
+}
+
+impl Drop for OwnedStream {
+    fn drop(&mut self) {
+        if !self.done {
+            // An error path: tell the daemon to drop the transfer. Its own error, if any, is
+            // less interesting than the one that brought us here.
+            let _ = ffi::stream_abort(&self.inner);
+        }
+        ffi::stream_free(&mut self.inner);
+    }
+}
+
+/// What `upload_image` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadStats {
+    /// Bytes read from the image.
+    pub bytes_read: u64,
+    /// Bytes sent as data.
+    pub data_bytes: u64,
+    /// Bytes sent as holes, the tail past the image's end included.
+    pub hole_bytes: u64,
+    /// Wall time from opening the stream to its successful finish.
+    pub elapsed: Duration,
+}
+
+/// Upload a whole disk image into `vol` through ONE sparse stream that covers the volume
+/// front to back: zero runs go as holes, and a tail past the image's end up to the volume's
+/// capacity goes as a final hole, so every byte of the volume ends up written (a block device
+/// gets real zeros; a file gets holes and keeps its length).
+///
+/// `reader` is read sequentially (standard input works); an image longer than the volume is
+/// refused. `progress` gets the number of bytes read so far after every block.
+pub fn upload_image(
+    vol: &Vol,
+    reader: &mut dyn Read,
+    progress: &mut dyn FnMut(u64),
+) -> Result<UploadStats> {
+    let capacity = vol.capacity()?;
+    let what = vol.describe();
+    let start = Instant::now();
+    let stream = OwnedStream::new(&vol.conn)?;
+    vol.vol
+        .upload(
+            stream.stream(),
+            0,
+            capacity,
+            virt::sys::VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM,
+        )
+        .with_context(|| format!("starting a sparse upload to volume '{what}'"))?;
+
+    let mut buf = vec![0u8; READ_BLOCK];
+    let mut stats = UploadStats {
+        bytes_read: 0,
+        data_bytes: 0,
+        hole_bytes: 0,
+        elapsed: Duration::ZERO,
+    };
+    // Zeros seen but not yet sent: holes are sent only when data follows or at the end, so
+    // adjacent zero chunks across blocks become one hole.
+    let mut pending_hole: u64 = 0;
+    loop {
+        let n = read_full(reader, &mut buf)
+            .with_context(|| format!("reading the image at byte {}", stats.bytes_read))?;
+        if n == 0 {
+            break;
+        }
+        let block_start = stats.bytes_read;
+        stats.bytes_read += n as u64;
+        if stats.bytes_read > capacity {
+            // Dropping the stream aborts it.
+            bail!(
+                "the image is longer than volume '{what}' ({capacity} bytes): \
+                 read {} bytes so far",
+                stats.bytes_read
+            );
+        }
+        let block = &buf[..n];
+        let mut pos = 0;
+        while pos < n {
+            // One run: consecutive chunks that are all zero, or all not.
+            let zero = is_zero(&block[pos..(pos + ZERO_CHUNK).min(n)]);
+            let mut end = (pos + ZERO_CHUNK).min(n);
+            while end < n && is_zero(&block[end..(end + ZERO_CHUNK).min(n)]) == zero {
+                end = (end + ZERO_CHUNK).min(n);
+            }
+            let run = (end - pos) as u64;
+            if zero {
+                pending_hole += run;
+            } else {
+                if pending_hole > 0 {
+                    stream.send_hole(pending_hole).with_context(|| {
+                        format!(
+                            "sending a hole of {pending_hole} bytes ending at byte {} to volume '{what}'",
+                            block_start + pos as u64
+                        )
+                    })?;
+                    stats.hole_bytes += pending_hole;
+                    pending_hole = 0;
+                }
+                stream.send_all(&block[pos..end]).with_context(|| {
+                    format!(
+                        "sending {run} bytes at byte {} to volume '{what}'",
+                        block_start + pos as u64
+                    )
+                })?;
+                stats.data_bytes += run;
+            }
+            pos = end;
+        }
+        progress(stats.bytes_read);
+    }
+    // The tail past the image (LVM rounds volumes up) must read zeros too.
+    pending_hole += capacity - stats.bytes_read;
+    if pending_hole > 0 {
+        stream.send_hole(pending_hole).with_context(|| {
+            format!("sending the final hole of {pending_hole} bytes to volume '{what}'")
+        })?;
+        stats.hole_bytes += pending_hole;
+    }
+    stream
+        .finish()
+        .with_context(|| format!("finishing the upload to volume '{what}'"))?;
+    stats.elapsed = start.elapsed();
+    Ok(stats)
+}
+
+/// Write `len` bytes at `offset` of `vol` through one non-sparse upload stream; `fill(rel,
+/// buf)` produces the bytes starting `rel` bytes past `offset`. No holes: on a file volume a
+/// hole would truncate, on a block device it would write zeros over what `fill` meant.
+///
+/// Each call costs a pool refresh in the daemon when the stream closes: callers should merge
+/// small writes into few calls.
+pub fn upload_at(
+    vol: &Vol,
+    offset: u64,
+    len: u64,
+    fill: &mut dyn FnMut(u64, &mut [u8]) -> io::Result<()>,
+) -> Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let what = vol.describe();
+    let end = offset
+        .checked_add(len)
+        .with_context(|| format!("upload range overflows: {offset} + {len}"))?;
+    let capacity = vol.capacity()?;
+    ensure!(
+        end <= capacity,
+        "upload of {len} bytes at {offset} ends past the end of volume '{what}' ({capacity} bytes)"
+    );
+    let stream = OwnedStream::new(&vol.conn)?;
+    start_upload(vol, &stream, offset, len)?;
+    let mut buf = vec![0u8; IO_CHUNK.min(len as usize)];
+    let mut sent: u64 = 0;
+    while sent < len {
+        let n = IO_CHUNK.min((len - sent) as usize);
+        fill(sent, &mut buf[..n]).with_context(|| {
+            format!(
+                "producing {n} bytes for volume '{what}' at byte {}",
+                offset + sent
+            )
+        })?;
+        stream.send_all(&buf[..n]).with_context(|| {
+            format!(
+                "sending {n} bytes to volume '{what}' at byte {}",
+                offset + sent
+            )
+        })?;
+        sent += n as u64;
+    }
+    ensure!(
+        sent == len,
+        "sent {sent} bytes instead of {len} to volume '{what}'"
+    );
+    stream.finish().with_context(|| {
+        format!("finishing the upload of {len} bytes at {offset} to volume '{what}'")
+    })
+}
+
+/// Start a non-sparse upload, retrying briefly while libvirt reports the volume busy (the
+/// previous stream on it can still be closing).
+fn start_upload(vol: &Vol, stream: &OwnedStream, offset: u64, len: u64) -> Result<()> {
+    let mut tries = 0;
+    loop {
+        match vol.vol.upload(stream.stream(), offset, len, 0) {
+            Ok(()) => return Ok(()),
+            Err(e) if tries < 100 && e.message().contains("in use") => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "starting an upload of {len} bytes at {offset} to volume '{}'",
+                    vol.describe()
+                )))
+            }
+        }
+    }
+}
+
+/// Read `len` bytes at `offset` of `vol` into `sink` through one download stream (downloads
+/// start no pool refresh). Returns the number of bytes written, which is always `len`.
+pub fn download(vol: &Vol, offset: u64, len: u64, sink: &mut dyn Write) -> Result<u64> {
+    let what = vol.describe();
+    if len == 0 {
+        return Ok(0);
+    }
+    let stream = OwnedStream::new(&vol.conn)?;
+    vol.vol
+        .download(stream.stream(), offset, len, 0)
+        .with_context(|| {
+            format!("starting a download of {len} bytes at {offset} from volume '{what}'")
+        })?;
+    let mut buf = vec![0u8; IO_CHUNK.min(len as usize)];
+    let mut got: u64 = 0;
+    loop {
+        let n = stream.stream().recv(&mut buf).with_context(|| {
+            format!("downloading from volume '{what}' at byte {}", offset + got)
+        })?;
+        if n == 0 {
+            break;
+        }
+        ensure!(
+            n > 0,
+            "stream recv returned {n} downloading volume '{what}'"
+        );
+        let n = n as usize;
+        ensure!(
+            got + n as u64 <= len,
+            "volume '{what}' sent more than the {len} bytes asked for at {offset}"
+        );
+        sink.write_all(&buf[..n])
+            .with_context(|| format!("writing bytes downloaded from volume '{what}'"))?;
+        got += n as u64;
+    }
+    ensure!(
+        got == len,
+        "download of {len} bytes at {offset} from volume '{what}' ended after {got} bytes"
+    );
+    stream
+        .finish()
+        .with_context(|| format!("finishing the download from volume '{what}'"))?;
+    Ok(got)
+}
+
+/// Fill `buf` with the bytes at `offset` of `vol`.
+pub fn download_into(vol: &Vol, offset: u64, buf: &mut [u8]) -> Result<()> {
+    let mut cursor = io::Cursor::new(buf);
+    let len = cursor.get_ref().len() as u64;
+    download(vol, offset, len, &mut cursor)?;
+    Ok(())
+}
+
+/// Read until `buf` is full or the reader is at its end (pipes return short reads).
+fn read_full(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match reader.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Whether `data` is all zero bytes; compares 16 bytes at a time, which the compiler vectorises.
+pub fn is_zero(data: &[u8]) -> bool {
+    let mut chunks = data.chunks_exact(16);
+    let wide = chunks
+        .by_ref()
+        .all(|c| u128::from_ne_bytes(c.try_into().expect("16-byte chunk")) == 0);
+    wide && chunks.remainder().iter().all(|&b| b == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_zero;
+
+    #[test]
+    fn is_zero_sees_a_single_set_byte_anywhere() {
+        let mut v = vec![0u8; 4096 + 7];
+        assert!(is_zero(&v));
+        for i in [0, 15, 16, 4095, 4096, 4102] {
+            v[i] = 1;
+            assert!(!is_zero(&v), "byte {i}");
+            v[i] = 0;
+        }
+        assert!(is_zero(&[]));
+    }
+}
