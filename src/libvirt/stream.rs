@@ -89,10 +89,16 @@ pub struct UploadStats {
     pub elapsed: Duration,
 }
 
+/// Bytes at the start of the volume always sent as data, never as a hole (see
+/// `reset_file_volume`).
+const FORCED_DATA: u64 = 4096;
+static ZEROS: [u8; FORCED_DATA as usize] = [0; FORCED_DATA as usize];
+
 /// Upload a whole disk image into `vol` through ONE sparse stream that covers the volume
 /// front to back: zero runs go as holes, and a tail past the image's end up to the volume's
 /// capacity goes as a final hole, so every byte of the volume ends up written (a block device
-/// gets real zeros; a file gets holes and keeps its length).
+/// gets real zeros; a file gets holes and keeps its length) and nothing a previous user left
+/// in the volume can be read through the image's empty areas.
 ///
 /// `reader` is read sequentially (standard input works); an image longer than the volume is
 /// refused. `progress` gets the number of bytes read so far after every block.
@@ -101,9 +107,16 @@ pub fn upload_image(
     reader: &mut dyn Read,
     progress: &mut dyn FnMut(u64),
 ) -> Result<UploadStats> {
-    let capacity = vol.capacity()?;
     let what = vol.describe();
+    let info = vol
+        .vol
+        .info()
+        .with_context(|| format!("reading the size of volume '{what}'"))?;
+    let capacity = info.capacity;
     let start = Instant::now();
+    if info.kind == virt::sys::VIR_STORAGE_VOL_FILE {
+        reset_file_volume(vol)?;
+    }
     let stream = OwnedStream::new(&vol.conn)?;
     vol.vol
         .upload(
@@ -113,31 +126,29 @@ pub fn upload_image(
             virt::sys::VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM,
         )
         .with_context(|| format!("starting a sparse upload to volume '{what}'"))?;
-
-    let mut buf = vec![0u8; READ_BLOCK];
-    let mut stats = UploadStats {
-        bytes_read: 0,
+    let mut out = SparseSender {
+        stream: &stream,
+        what: &what,
+        pos: 0,
+        pending_hole: 0,
         data_bytes: 0,
         hole_bytes: 0,
-        elapsed: Duration::ZERO,
     };
-    // Zeros seen but not yet sent: holes are sent only when data follows or at the end, so
-    // adjacent zero chunks across blocks become one hole.
-    let mut pending_hole: u64 = 0;
+
+    let mut buf = vec![0u8; READ_BLOCK];
+    let mut bytes_read: u64 = 0;
     loop {
         let n = read_full(reader, &mut buf)
-            .with_context(|| format!("reading the image at byte {}", stats.bytes_read))?;
+            .with_context(|| format!("reading the image at byte {bytes_read}"))?;
         if n == 0 {
             break;
         }
-        let block_start = stats.bytes_read;
-        stats.bytes_read += n as u64;
-        if stats.bytes_read > capacity {
+        bytes_read += n as u64;
+        if bytes_read > capacity {
             // Dropping the stream aborts it.
             bail!(
                 "the image is longer than volume '{what}' ({capacity} bytes): \
-                 read {} bytes so far",
-                stats.bytes_read
+                 read {bytes_read} bytes so far"
             );
         }
         let block = &buf[..n];
@@ -149,45 +160,116 @@ pub fn upload_image(
             while end < n && is_zero(&block[end..(end + ZERO_CHUNK).min(n)]) == zero {
                 end = (end + ZERO_CHUNK).min(n);
             }
-            let run = (end - pos) as u64;
             if zero {
-                pending_hole += run;
+                out.zeros((end - pos) as u64)?;
             } else {
-                if pending_hole > 0 {
-                    stream.send_hole(pending_hole).with_context(|| {
-                        format!(
-                            "sending a hole of {pending_hole} bytes ending at byte {} to volume '{what}'",
-                            block_start + pos as u64
-                        )
-                    })?;
-                    stats.hole_bytes += pending_hole;
-                    pending_hole = 0;
-                }
-                stream.send_all(&block[pos..end]).with_context(|| {
-                    format!(
-                        "sending {run} bytes at byte {} to volume '{what}'",
-                        block_start + pos as u64
-                    )
-                })?;
-                stats.data_bytes += run;
+                out.data(&block[pos..end])?;
             }
             pos = end;
         }
-        progress(stats.bytes_read);
+        progress(bytes_read);
     }
     // The tail past the image (LVM rounds volumes up) must read zeros too.
-    pending_hole += capacity - stats.bytes_read;
-    if pending_hole > 0 {
-        stream.send_hole(pending_hole).with_context(|| {
-            format!("sending the final hole of {pending_hole} bytes to volume '{what}'")
-        })?;
-        stats.hole_bytes += pending_hole;
-    }
+    out.zeros(capacity - bytes_read)?;
+    out.flush_hole()?;
+    let (data_bytes, hole_bytes) = (out.data_bytes, out.hole_bytes);
+    ensure!(
+        data_bytes + hole_bytes == capacity,
+        "sent {data_bytes} data and {hole_bytes} hole bytes to volume '{what}' of {capacity} bytes"
+    );
     stream
         .finish()
         .with_context(|| format!("finishing the upload to volume '{what}'"))?;
-    stats.elapsed = start.elapsed();
-    Ok(stats)
+    Ok(UploadStats {
+        bytes_read,
+        data_bytes,
+        hole_bytes,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// Cut a file volume down to one byte before a sparse upload rewrites it.
+///
+/// libvirt writes a hole into a file as lseek + ftruncate at the hole's END, so whatever the
+/// file held inside the first hole before its old end survives (seen here: a 0x5A pattern
+/// read back through a 4 MiB hole). A hole of one byte at offset 0 truncates the file to one
+/// byte; the main upload then sends its first `FORCED_DATA` bytes as data, so every later
+/// hole lies past the end of the file and reads as zeros. Block devices need none of this:
+/// libvirt writes their holes as zeros.
+fn reset_file_volume(vol: &Vol) -> Result<()> {
+    let what = vol.describe();
+    let stream = OwnedStream::new(&vol.conn)?;
+    vol.vol
+        .upload(
+            stream.stream(),
+            0,
+            0,
+            virt::sys::VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM,
+        )
+        .with_context(|| format!("starting to clear file volume '{what}'"))?;
+    stream
+        .send_hole(1)
+        .with_context(|| format!("clearing file volume '{what}'"))?;
+    stream
+        .finish()
+        .with_context(|| format!("clearing file volume '{what}'"))
+}
+
+/// The sending side of `upload_image`: data as data, zeros as holes, holes merged.
+struct SparseSender<'a> {
+    stream: &'a OwnedStream,
+    what: &'a str,
+    /// Volume offset up to which data or holes were sent.
+    pos: u64,
+    /// Zeros after `pos` not sent yet: adjacent zero runs become one hole.
+    pending_hole: u64,
+    data_bytes: u64,
+    hole_bytes: u64,
+}
+
+impl SparseSender<'_> {
+    fn data(&mut self, bytes: &[u8]) -> Result<()> {
+        self.flush_hole()?;
+        self.stream.send_all(bytes).with_context(|| {
+            format!(
+                "sending {} bytes at byte {} to volume '{}'",
+                bytes.len(),
+                self.pos,
+                self.what
+            )
+        })?;
+        self.pos += bytes.len() as u64;
+        self.data_bytes += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn zeros(&mut self, mut len: u64) -> Result<()> {
+        let at = self.pos + self.pending_hole;
+        if at < FORCED_DATA {
+            let n = len.min(FORCED_DATA - at);
+            self.data(&ZEROS[..n as usize])?;
+            len -= n;
+        }
+        self.pending_hole += len;
+        Ok(())
+    }
+
+    fn flush_hole(&mut self) -> Result<()> {
+        if self.pending_hole == 0 {
+            return Ok(());
+        }
+        let len = self.pending_hole;
+        self.stream.send_hole(len).with_context(|| {
+            format!(
+                "sending a hole of {len} bytes at byte {} to volume '{}'",
+                self.pos, self.what
+            )
+        })?;
+        self.pos += len;
+        self.hole_bytes += len;
+        self.pending_hole = 0;
+        Ok(())
+    }
 }
 
 /// Write `len` bytes at `offset` of `vol` through one non-sparse upload stream; `fill(rel,
