@@ -429,3 +429,50 @@ fn domain_boots_from_an_uploaded_volume() {
     assert!(!dom.is_active().unwrap());
     let _ = std::io::stderr().flush();
 }
+
+/// Not a test: figures for the report. `cargo nextest run --run-ignored only --no-capture
+/// -E 'test(speed)'` (use `--release` for meaningful zero detection speed).
+#[test]
+#[ignore]
+fn base_upload_speed_next_to_virsh_vol_upload() {
+    let tp = TestPool::new("speed");
+    let cap = 256 * MIB;
+    let dense = data(10, cap);
+    let mut sparse = vec![0u8; cap];
+    for i in (0..cap).step_by(10 * MIB) {
+        sparse[i..i + MIB].copy_from_slice(&dense[i..i + MIB]);
+    }
+    for (label, img) in [("dense", &dense), ("90% zeros", &sparse)] {
+        let path = tp.path("image.raw");
+        std::fs::write(&path, img).unwrap();
+        let vol = tp.volume("speed", cap as u64);
+        let t = Instant::now();
+        let stats =
+            upload_image(&vol, &mut std::fs::File::open(&path).unwrap(), &mut |_| {}).unwrap();
+        let ours = t.elapsed();
+        let t = Instant::now();
+        let status = Command::new("virsh")
+            .args([
+                "-c",
+                LOCAL_URI,
+                "vol-upload",
+                "--pool",
+                &tp.name,
+                vol.name(),
+            ])
+            .arg(&path)
+            .status()
+            .unwrap();
+        let virsh = t.elapsed();
+        assert!(status.success());
+        eprintln!(
+            "{label}: upload_image {ours:?} ({:.0} MB/s, {} data + {} hole bytes), \
+             virsh vol-upload {virsh:?} ({:.0} MB/s)",
+            cap as f64 / ours.as_secs_f64() / 1e6,
+            stats.data_bytes,
+            stats.hole_bytes,
+            cap as f64 / virsh.as_secs_f64() / 1e6
+        );
+        vol.delete().unwrap();
+    }
+}

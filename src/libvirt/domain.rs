@@ -175,7 +175,7 @@ pub fn parse_disk_sources(xml: &str) -> Result<Vec<DiskSource>> {
     let mut path: Vec<String> = Vec::new();
     let mut disks = Vec::new();
     // The disk being read: its type attribute, what its children said so far, its <source>.
-    let mut cur: Option<(String, DiskSource, Vec<(String, String)>)> = None;
+    let mut cur: Option<(String, DiskSource, Attrs)> = None;
     loop {
         let pos = reader.buffer_position();
         let event = reader
@@ -232,9 +232,10 @@ pub fn parse_disk_sources(xml: &str) -> Result<Vec<DiskSource>> {
     Ok(disks)
 }
 
-fn finish_disk(
-    (kind, mut disk, source): (String, DiskSource, Vec<(String, String)>),
-) -> DiskSource {
+/// An element's attributes: (local name, unescaped value).
+type Attrs = Vec<(String, String)>;
+
+fn finish_disk((kind, mut disk, source): (String, DiskSource, Attrs)) -> DiskSource {
     let s = |k: &str| get(&source, k).map(str::to_owned);
     disk.kind = match (kind.as_str(), s("file"), s("dev"), s("pool"), s("volume")) {
         ("file", Some(f), _, _, _) => DiskKind::File(f),
@@ -245,7 +246,7 @@ fn finish_disk(
     disk
 }
 
-fn attrs(e: &BytesStart<'_>, pos: u64) -> Result<Vec<(String, String)>> {
+fn attrs(e: &BytesStart<'_>, pos: u64) -> Result<Attrs> {
     let mut out = Vec::new();
     for a in e.attributes() {
         let a = a.with_context(|| format!("domain XML: bad attribute near byte {pos}"))?;
