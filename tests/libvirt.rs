@@ -445,11 +445,13 @@ fn base_upload_speed_next_to_virsh_vol_upload() {
     for (label, img) in [("dense", &dense), ("90% zeros", &sparse)] {
         let path = tp.path("image.raw");
         std::fs::write(&path, img).unwrap();
-        let vol = tp.volume("speed", cap as u64);
+        // Each tool writes into a freshly created volume (libvirt preallocates it).
+        let vol = tp.volume("speed-ours", cap as u64);
         let t = Instant::now();
         let stats =
             upload_image(&vol, &mut std::fs::File::open(&path).unwrap(), &mut |_| {}).unwrap();
         let ours = t.elapsed();
+        let theirs = tp.volume("speed-virsh", cap as u64);
         let t = Instant::now();
         let status = Command::new("virsh")
             .args([
@@ -458,7 +460,7 @@ fn base_upload_speed_next_to_virsh_vol_upload() {
                 "vol-upload",
                 "--pool",
                 &tp.name,
-                vol.name(),
+                theirs.name(),
             ])
             .arg(&path)
             .status()
@@ -473,6 +475,7 @@ fn base_upload_speed_next_to_virsh_vol_upload() {
             stats.hole_bytes,
             cap as f64 / virsh.as_secs_f64() / 1e6
         );
+        theirs.delete().unwrap();
         vol.delete().unwrap();
     }
 }
