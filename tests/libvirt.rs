@@ -151,6 +151,37 @@ fn base_upload_from_a_pipe_gives_the_same_bytes() {
 }
 
 #[test]
+fn base_upload_writes_real_zeros_into_a_block_device() {
+    let tp = TestPool::new("block");
+    let cap = 16 * MIB;
+    // A block device that holds someone else's data, as a new LV can.
+    let backing = tp.path("blockdev.raw");
+    std::fs::write(&backing, vec![0x5au8; cap]).unwrap();
+    let Some(lo) = util::libvirt::LoopDev::attach(&backing) else {
+        eprintln!("SKIPPED: no loop device on this machine");
+        return;
+    };
+    // A dir pool lists a symlink to a block device as a volume; streams open the device.
+    std::os::unix::fs::symlink(&lo.dev, tp.pool_dir().join("blk")).unwrap();
+    tp.pool.refresh().unwrap();
+    let vol = tp.pool.volume("blk").unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(vol.capacity().unwrap(), cap as u64);
+
+    let img = mixed_image();
+    let img = &img[..11 * MIB + 333];
+    let stats = upload_image(&vol, &mut &img[..], &mut |_| {}).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(stats.hole_bytes > 5 * MIB as u64, "{stats:?}");
+    let want = expected_volume(img, cap);
+    assert_same(&read_all(&vol), &want, "block volume read through libvirt");
+    // And on the device itself, bypassing libvirt: holes became zeros on the device.
+    let mut direct = vec![0u8; cap];
+    std::fs::File::open(&lo.dev)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut direct))
+        .unwrap();
+    assert_same(&direct, &want, "block device read directly");
+}
+
+#[test]
 fn image_longer_than_the_volume_is_refused() {
     let tp = TestPool::new("long");
     let vol = tp.volume("disk", 4 * MIB as u64);

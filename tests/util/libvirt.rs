@@ -131,3 +131,39 @@ fn remove_dir(dir: &Path) {
         }
     }
 }
+
+/// A loop device over a file, detached (and the file removed) on drop.
+pub struct LoopDev {
+    pub dev: PathBuf,
+    pub backing: PathBuf,
+}
+
+impl LoopDev {
+    /// Attach `backing` (which must exist) to a free loop device; `None` where this machine
+    /// has no usable loop devices (an unprivileged container, for example).
+    pub fn attach(backing: &Path) -> Option<LoopDev> {
+        let out = std::process::Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(backing)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            eprintln!("losetup: {}", String::from_utf8_lossy(&out.stderr).trim());
+            return None;
+        }
+        let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        Some(LoopDev {
+            dev,
+            backing: backing.to_owned(),
+        })
+    }
+}
+
+impl Drop for LoopDev {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .arg("-d")
+            .arg(&self.dev)
+            .status();
+    }
+}
