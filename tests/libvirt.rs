@@ -192,6 +192,51 @@ fn image_longer_than_the_volume_is_refused() {
         msg.contains("longer than volume") && msg.contains("disk.img"),
         "{msg}"
     );
+    // The file volume keeps its length, so a second attempt sees the same capacity.
+    assert_eq!(vol.capacity().unwrap(), 4 * MIB as u64);
+}
+
+/// A reader that gives `ok` bytes of data, then fails (a dropped ssh connection).
+struct FailingReader {
+    ok: usize,
+}
+
+impl std::io::Read for FailingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.ok == 0 {
+            return Err(std::io::Error::other("connection reset by peer"));
+        }
+        let n = buf.len().min(self.ok).min(100_000);
+        buf[..n].fill(0x11);
+        self.ok -= n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn failing_source_fails_the_upload_and_the_volume_keeps_its_size() {
+    let tp = TestPool::new("fail");
+    let cap = 24 * MIB as u64;
+    let vol = tp.volume("disk", cap);
+    let err = upload_image(&vol, &mut FailingReader { ok: 6 * MIB + 5 }, &mut |_| {}).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("connection reset by peer") && msg.contains("reading the image"),
+        "{msg}"
+    );
+    assert_eq!(vol.capacity().unwrap(), cap);
+    // A source that fails at once leaves the volume untouched.
+    fill_with(&vol, 0x5a);
+    upload_image(&vol, &mut FailingReader { ok: 0 }, &mut |_| {}).unwrap_err();
+    assert!(read_all(&vol).iter().all(|&b| b == 0x5a));
+    // And a retry from a good source succeeds.
+    let img = mixed_image();
+    upload_image(&vol, &mut &img[..], &mut |_| {}).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_same(
+        &read_all(&vol),
+        &expected_volume(&img, cap as usize),
+        "volume after the retry",
+    );
 }
 
 #[test]

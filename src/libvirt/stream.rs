@@ -99,10 +99,13 @@ static ZEROS: [u8; FORCED_DATA as usize] = [0; FORCED_DATA as usize];
 /// front to back: zero runs go as holes, and a tail past the image's end up to the volume's
 /// capacity goes as a final hole, so every byte of the volume ends up written (a block device
 /// gets real zeros; a file gets holes and keeps its length) and nothing a previous user left
-/// in the volume can be read through the image's empty areas.
+/// in the volume can be read through the image's empty areas. (A file volume gets one tiny
+/// stream before that one: see `reset_file_volume`.)
 ///
 /// `reader` is read sequentially (standard input works); an image longer than the volume is
-/// refused. `progress` gets the number of bytes read so far after every block.
+/// refused. `progress` gets the number of bytes read so far after every block. On failure the
+/// volume's content is undefined (a base upload is redone from the start), but a file volume
+/// keeps its length, so a second attempt sees the same capacity.
 pub fn upload_image(
     vol: &Vol,
     reader: &mut dyn Read,
@@ -114,8 +117,40 @@ pub fn upload_image(
         .info()
         .with_context(|| format!("reading the size of volume '{what}'"))?;
     let capacity = info.capacity;
+    let is_file = info.kind == virt::sys::VIR_STORAGE_VOL_FILE;
     let start = Instant::now();
-    if info.kind == virt::sys::VIR_STORAGE_VOL_FILE {
+    let mut buf = vec![0u8; READ_BLOCK];
+    // Read the first block before touching the volume: a source that fails at once (a wrong
+    // path at the far end of ssh, say) leaves the volume as it was.
+    let first = read_full(reader, &mut buf).context("reading the image at byte 0")?;
+    let sent = send_image(vol, capacity, is_file, reader, &mut buf, first, progress);
+    if sent.is_err() && is_file {
+        // The failed stream truncated the file where it stopped; give it its length back.
+        if let Err(e) = restore_file_length(vol, capacity) {
+            return Err(sent.unwrap_err().context(format!("{e:#}")));
+        }
+    }
+    let (bytes_read, data_bytes, hole_bytes) = sent?;
+    Ok(UploadStats {
+        bytes_read,
+        data_bytes,
+        hole_bytes,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// The body of `upload_image`, from the first block read on: (bytes read, data, holes).
+fn send_image(
+    vol: &Vol,
+    capacity: u64,
+    is_file: bool,
+    reader: &mut dyn Read,
+    buf: &mut [u8],
+    first: usize,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(u64, u64, u64)> {
+    let what = vol.describe();
+    if is_file {
         reset_file_volume(vol)?;
     }
     let stream = OwnedStream::new(&vol.conn)?;
@@ -135,15 +170,9 @@ pub fn upload_image(
         data_bytes: 0,
         hole_bytes: 0,
     };
-
-    let mut buf = vec![0u8; READ_BLOCK];
     let mut bytes_read: u64 = 0;
-    loop {
-        let n = read_full(reader, &mut buf)
-            .with_context(|| format!("reading the image at byte {bytes_read}"))?;
-        if n == 0 {
-            break;
-        }
+    let mut n = first;
+    while n > 0 {
         bytes_read += n as u64;
         if bytes_read > capacity {
             // Dropping the stream aborts it.
@@ -169,6 +198,8 @@ pub fn upload_image(
             pos = end;
         }
         progress(bytes_read);
+        n = read_full(reader, buf)
+            .with_context(|| format!("reading the image at byte {bytes_read}"))?;
     }
     // The tail past the image (LVM rounds volumes up) must read zeros too.
     out.zeros(capacity - bytes_read)?;
@@ -181,12 +212,7 @@ pub fn upload_image(
     stream
         .finish()
         .with_context(|| format!("finishing the upload to volume '{what}'"))?;
-    Ok(UploadStats {
-        bytes_read,
-        data_bytes,
-        hole_bytes,
-        elapsed: start.elapsed(),
-    })
+    Ok((bytes_read, data_bytes, hole_bytes))
 }
 
 /// Cut a file volume down to one byte before a sparse upload rewrites it.
@@ -196,24 +222,35 @@ pub fn upload_image(
 /// read back through a 4 MiB hole). A hole of one byte at offset 0 truncates the file to one
 /// byte; the main upload then sends its first `FORCED_DATA` bytes as data, so every later
 /// hole lies past the end of the file and reads as zeros. Block devices need none of this:
-/// libvirt writes their holes as zeros.
+/// libvirt writes their holes as zeros (there this stream writes one zero byte).
 fn reset_file_volume(vol: &Vol) -> Result<()> {
-    let what = vol.describe();
-    let stream = OwnedStream::new(&vol.conn)?;
-    vol.vol
-        .upload(
-            stream.stream(),
-            0,
-            0,
-            virt::sys::VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM,
+    sparse_hole_stream(vol, 1).with_context(|| format!("clearing file volume '{}'", vol.describe()))
+}
+
+/// Give a file volume its length back after a failed upload cut it short: a hole from 0 to
+/// `capacity` (lseek + ftruncate) extends the file and changes none of its bytes.
+fn restore_file_length(vol: &Vol, capacity: u64) -> Result<()> {
+    sparse_hole_stream(vol, capacity).with_context(|| {
+        format!(
+            "restoring the length of file volume '{}' to {capacity} bytes",
+            vol.describe()
         )
-        .with_context(|| format!("starting to clear file volume '{what}'"))?;
-    stream
-        .send_hole(1)
-        .with_context(|| format!("clearing file volume '{what}'"))?;
-    stream
-        .finish()
-        .with_context(|| format!("clearing file volume '{what}'"))
+    })
+}
+
+/// One sparse upload stream at offset 0 that sends a single hole of `len` bytes.
+fn sparse_hole_stream(vol: &Vol, len: u64) -> Result<()> {
+    let stream = OwnedStream::new(&vol.conn)?;
+    // Length 0: no limit; the hole decides.
+    start_upload(
+        vol,
+        &stream,
+        0,
+        0,
+        virt::sys::VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM,
+    )?;
+    stream.send_hole(len)?;
+    stream.finish()
 }
 
 /// The sending side of `upload_image`: data as data, zeros as holes, holes merged.
@@ -298,7 +335,7 @@ pub fn upload_at(
         "upload of {len} bytes at {offset} ends past the end of volume '{what}' ({capacity} bytes)"
     );
     let stream = OwnedStream::new(&vol.conn)?;
-    start_upload(vol, &stream, offset, len)?;
+    start_upload(vol, &stream, offset, len, 0)?;
     let mut buf = vec![0u8; IO_CHUNK.min(len as usize)];
     let mut sent: u64 = 0;
     while sent < len {
@@ -328,10 +365,10 @@ pub fn upload_at(
 
 /// Start a non-sparse upload, retrying briefly while libvirt reports the volume busy (the
 /// previous stream on it can still be closing).
-fn start_upload(vol: &Vol, stream: &OwnedStream, offset: u64, len: u64) -> Result<()> {
+fn start_upload(vol: &Vol, stream: &OwnedStream, offset: u64, len: u64, flags: u32) -> Result<()> {
     let mut tries = 0;
     loop {
-        match vol.vol.upload(stream.stream(), offset, len, 0) {
+        match vol.vol.upload(stream.stream(), offset, len, flags) {
             Ok(()) => return Ok(()),
             Err(e) if tries < 100 && e.message().contains("in use") => {
                 tries += 1;
