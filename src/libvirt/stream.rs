@@ -124,12 +124,16 @@ pub fn upload_image(
     // path at the far end of ssh, say) leaves the volume as it was.
     let first = read_full(reader, &mut buf).context("reading the image at byte 0")?;
     let sent = send_image(vol, capacity, is_file, reader, &mut buf, first, progress);
-    if sent.is_err() && is_file {
-        // The failed stream truncated the file where it stopped; give it its length back.
-        if let Err(e) = restore_file_length(vol, capacity) {
-            return Err(sent.unwrap_err().context(format!("{e:#}")));
+    let sent = match sent {
+        Err(err) if is_file => {
+            // The failed stream truncated the file where it stopped; give it its length back.
+            match restore_file_length(vol, capacity) {
+                Ok(()) => Err(err),
+                Err(e) => Err(err.context(format!("{e:#}"))),
+            }
         }
-    }
+        other => other,
+    };
     let (bytes_read, data_bytes, hole_bytes) = sent?;
     Ok(UploadStats {
         bytes_read,
