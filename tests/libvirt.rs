@@ -551,6 +551,10 @@ fn base_upload_speed_next_to_virsh_vol_upload() {
             stats.hole_bytes,
             cap as f64 / virsh.as_secs_f64() / 1e6
         );
+        let t = Instant::now();
+        let back = read_all(&vol);
+        eprintln!("{label}: download of the volume {:?}", t.elapsed());
+        assert_same(&back, img, "downloaded image");
         theirs.delete().unwrap();
         vol.delete().unwrap();
     }
