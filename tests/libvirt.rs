@@ -352,6 +352,7 @@ fn remote_uri_gives_the_same_bytes() {
     let same = local.volume_by_path(vol.path()).unwrap();
     assert_eq!(same.name(), "disk.img");
     assert_eq!(same.pool_name(), tp.name);
+    assert!(!same.is_block().unwrap());
     assert_same(&read_all(&same), &want, "volume read locally");
 }
 
@@ -501,7 +502,17 @@ fn domain_boots_from_an_uploaded_volume() {
         )
     });
     assert_eq!(line, bootimg::expected_line(&payload));
+
+    // Metadata can be updated on the running domain and stays in its persistent config.
+    let ns = "https://example.org/virt-vmdkimport/1";
+    dom.set_metadata(ns, "vmdkimport", "<import deltas-applied='1'/>")
+        .unwrap_or_else(|e| panic!("{e:#}"));
     dom.destroy().unwrap();
+    let meta = dom
+        .metadata(ns)
+        .unwrap()
+        .expect("metadata kept after destroy");
+    assert!(meta.contains("deltas-applied=\"1\""), "{meta}");
     assert!(!dom.is_active().unwrap());
     let _ = std::io::stderr().flush();
 }

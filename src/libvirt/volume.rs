@@ -175,6 +175,17 @@ impl Vol {
         Ok(info.allocation)
     }
 
+    /// Whether libvirt reports the volume as a block device (an LV, a disk partition) rather
+    /// than a file. A dir pool reports a symlink to a device as a file: for the direct-IO path,
+    /// stat `path()` instead.
+    pub fn is_block(&self) -> Result<bool> {
+        let info = self
+            .vol
+            .info()
+            .with_context(|| format!("reading the type of volume '{}'", self.describe()))?;
+        Ok(info.kind == virt::sys::VIR_STORAGE_VOL_BLOCK)
+    }
+
     /// The pool holding the volume.
     pub fn pool(&self) -> Result<Pool> {
         self.conn.pool(&self.pool_name)
