@@ -570,3 +570,38 @@ fn base_upload_speed_next_to_virsh_vol_upload() {
         vol.delete().unwrap();
     }
 }
+
+#[test]
+fn concurrent_uploads_to_one_volume_both_land() {
+    let tp = TestPool::new("busy");
+    let vol = tp.volume("disk", 8 * MIB as u64);
+    // Two connections writing disjoint windows at the same moment: libvirt can report the
+    // volume busy while the other stream is set up; upload_at waits for it.
+    std::thread::scope(|s| {
+        for i in 0..2u8 {
+            let pool_name = tp.name.clone();
+            s.spawn(move || {
+                let conn = connect(Some(LOCAL_URI)).unwrap();
+                let vol = conn.pool(&pool_name).unwrap().volume("disk.img").unwrap();
+                for k in 0..20u64 {
+                    let off = u64::from(i) * 4 * MIB as u64 + k * 128 * 1024;
+                    upload_at(&vol, off, 64 * 1024, &mut |_, b| {
+                        b.fill(i + 1);
+                        Ok(())
+                    })
+                    .unwrap_or_else(|e| panic!("writer {i} call {k}: {e:#}"));
+                }
+            });
+        }
+    });
+    let got = read_all(&vol);
+    for i in 0..2usize {
+        for k in 0..20usize {
+            let off = i * 4 * MIB + k * 128 * 1024;
+            assert!(
+                got[off..off + 64 * 1024].iter().all(|&b| b == i as u8 + 1),
+                "{i}/{k}"
+            );
+        }
+    }
+}
