@@ -59,9 +59,10 @@ impl OwnedStream {
     }
 
     /// Finish the stream: only when this succeeds did the daemon write everything.
+    /// After a failed finish, Drop still aborts (harmless if the daemon already closed it).
     fn finish(mut self) -> Result<()> {
-        self.done = true;
         ffi::stream_finish(&self.inner)?;
+        self.done = true;
         Ok(())
     }
 }
