@@ -6,7 +6,7 @@ set -euo pipefail
 
 need_pkgs=()
 for p in libvirt-dev libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 \
-         qemu-utils pkg-config ovmf nasm python3; do
+         qemu-utils pkg-config ovmf nasm python3 time; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -21,7 +21,7 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     fi
     apt-get install -y -q --allow-downgrades --no-install-recommends \
         libvirt-dev libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 \
-        "$qemu_utils" pkg-config ovmf nasm python3
+        "$qemu_utils" pkg-config ovmf nasm python3 time
 fi
 
 # The QEMU driver resolves its user before it reads qemu.conf.

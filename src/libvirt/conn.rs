@@ -1,0 +1,140 @@
+//! Connections to libvirt: opening one like virsh does, and what the tool needs to know about it.
+
+use std::mem::ManuallyDrop;
+
+use anyhow::{Context, Result};
+use virt::connect::Connect;
+
+use super::ffi;
+
+/// An open libvirt connection.
+///
+/// Wraps `virt::connect::Connect` so that dropping it never panics (virt 0.5's `Drop` panics
+/// when `virConnectClose` fails, which a remote connection can do after its socket is gone).
+pub struct Conn {
+    inner: ManuallyDrop<Connect>,
+    uri: String,
+}
+
+/// Open a connection to `uri`; `None` means `LIBVIRT_DEFAULT_URI`, else libvirt's own default,
+/// as for virsh.
+pub fn connect(uri: Option<&str>) -> Result<Conn> {
+    // libvirt's default error callback prints every error to stderr, even the ones we expect
+    // and handle (a missing domain, absent metadata): we report errors ourselves.
+    virt::error::clear_error_callback();
+    let env_uri = std::env::var("LIBVIRT_DEFAULT_URI")
+        .ok()
+        .filter(|u| !u.is_empty());
+    let wanted = uri.map(str::to_owned).or(env_uri);
+    let inner = Connect::open(wanted.as_deref()).with_context(|| {
+        format!(
+            "connecting to libvirt at {}",
+            wanted.as_deref().unwrap_or("libvirt's default URI")
+        )
+    })?;
+    let inner = ManuallyDrop::new(inner);
+    // The URI libvirt actually chose (the default resolves to qemu:///system or session).
+    let uri = match inner.uri() {
+        Ok(u) => u,
+        Err(_) => wanted.unwrap_or_default(),
+    };
+    Ok(Conn { inner, uri })
+}
+
+impl Conn {
+    /// The connection's URI as libvirt reports it.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// Whether the connection reaches the daemon on this host without a network hop, so that
+    /// a volume's path names a file or device this process can open (the direct-IO fast path).
+    /// Any URI naming a host is remote, even `qemu+tcp://127.0.0.1/system`.
+    pub fn is_local(&self) -> bool {
+        uri_is_local(&self.uri)
+    }
+
+    /// `"kvm"` when the host's domain capabilities offer KVM, else `"qemu"` (TCG emulation).
+    pub fn domain_type(&self) -> &'static str {
+        match self
+            .inner
+            .domain_capabilities(None, None, None, Some("kvm"), 0)
+        {
+            Ok(xml) if xml.contains("<domain>kvm</domain>") => "kvm",
+            _ => "qemu",
+        }
+    }
+
+    /// The underlying `virt` connection, for calls this module does not wrap.
+    pub fn raw(&self) -> &Connect {
+        &self.inner
+    }
+}
+
+impl Clone for Conn {
+    fn clone(&self) -> Self {
+        Conn {
+            inner: ManuallyDrop::new((*self.inner).clone()),
+            uri: self.uri.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn").field("uri", &self.uri).finish()
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        ffi::connect_close(&mut self.inner);
+    }
+}
+
+/// Whether a libvirt URI reaches a daemon on this host: no host part (`qemu:///system`,
+/// `qemu+unix:///system`, `test:///default`, a bare driver name such as `qemu`).
+pub fn uri_is_local(uri: &str) -> bool {
+    let Some((_scheme, rest)) = uri.split_once("://") else {
+        // Not URI-shaped ("qemu", an alias resolved by libvirt): nothing names a host.
+        return true;
+    };
+    // The authority runs up to the first '/', '?' or '#'.
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    // Strip "user@" and ":port".
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if host.starts_with('[') {
+        host // an IPv6 literal such as [::1]
+    } else {
+        host.split(':').next().unwrap_or("")
+    };
+    host.is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::uri_is_local;
+
+    #[test]
+    fn uris_without_a_host_are_local_and_any_host_is_remote() {
+        for uri in [
+            "qemu:///system",
+            "qemu:///session",
+            "qemu+unix:///system",
+            "qemu+unix:///system?socket=/run/libvirt/libvirt-sock",
+            "test:///default",
+            "qemu",
+        ] {
+            assert!(uri_is_local(uri), "{uri} should be local");
+        }
+        for uri in [
+            "qemu+tcp://127.0.0.1/system",
+            "qemu+ssh://root@kvm1/system",
+            "qemu+tls://kvm1:16514/system",
+            "qemu+ssh://[::1]/system",
+            "qemu://localhost/system",
+        ] {
+            assert!(!uri_is_local(uri), "{uri} should be remote");
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! The libvirt side of an import: connections, pools and volumes, volume streams, domains.
+
+mod conn;
+mod domain;
+mod ffi;
+mod stream;
+mod volume;
+
+pub use conn::{connect, uri_is_local, Conn};
+pub use domain::{parse_disk_sources, DiskKind, DiskSource, Dom};
+pub use stream::{download, download_into, is_zero, upload_at, upload_image, UploadStats};
+pub use volume::{volume_xml, Pool, Vol};

@@ -1,0 +1,483 @@
+//! Volume streams: the sparse whole-volume base upload, positioned non-sparse uploads, downloads.
+
+use std::io::{self, Read, Write};
+use std::mem::ManuallyDrop;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use virt::stream::Stream;
+
+use super::{ffi, Conn, Vol};
+
+/// Bytes read from the source per block in `upload_image`.
+const READ_BLOCK: usize = 4 << 20;
+/// Zero detection granularity: a run of zeros shorter than this is sent as data. 64 KiB keeps
+/// the number of hole messages small while still finding the empty areas of a disk image.
+const ZERO_CHUNK: usize = 64 << 10;
+/// Largest piece handed to one `virStreamSend`. Measured here (release build, dense 256 MiB
+/// into a fresh dir-pool volume): 1 MiB sends took 2.2-2.5x the time of `virsh vol-upload`,
+/// 256 KiB sends 1.0-1.3x (libvirt's own stream payload unit is 256 KiB).
+const SEND_MAX: usize = 256 << 10;
+/// Buffer size for `upload_at` fills and downloads.
+const IO_CHUNK: usize = 1 << 20;
+
+/// A blocking stream that never panics on drop and is aborted unless it finished.
+struct OwnedStream {
+    inner: ManuallyDrop<Stream>,
+    done: bool,
+}
+
+impl OwnedStream {
+    fn new(conn: &Conn) -> Result<OwnedStream> {
+        // Flags 0: a blocking stream, so send() blocks instead of returning -2.
+        let inner = Stream::new(conn.raw(), 0).context("creating a libvirt stream")?;
+        Ok(OwnedStream {
+            inner: ManuallyDrop::new(inner),
+            done: false,
+        })
+    }
+
+    fn stream(&self) -> &Stream {
+        &self.inner
+    }
+
+    /// Send all of `data`, looping over short writes.
+    fn send_all(&self, mut data: &[u8]) -> Result<()> {
+        while !data.is_empty() {
+            let piece = &data[..data.len().min(SEND_MAX)];
+            let n = self.inner.send(piece)?;
+            ensure!(n > 0, "stream send returned {n}");
+            data = &data[n as usize..];
+        }
+        Ok(())
+    }
+
+    fn send_hole(&self, len: u64) -> Result<()> {
+        let len = i64::try_from(len).with_context(|| format!("hole of {len} bytes is too long"))?;
+        ffi::stream_send_hole(&self.inner, len)?;
+        Ok(())
+    }
+
+    /// Finish the stream: only when this succeeds did the daemon write everything.
+    /// After a failed finish, Drop still aborts (harmless if the daemon already closed it).
+    fn finish(mut self) -> Result<()> {
+        ffi::stream_finish(&self.inner)?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for OwnedStream {
+    fn drop(&mut self) {
+        if !self.done {
+            // An error path: tell the daemon to drop the transfer. Its own error, if any, is
+            // less interesting than the one that brought us here.
+            let _ = ffi::stream_abort(&self.inner);
+        }
+        ffi::stream_free(&mut self.inner);
+    }
+}
+
+/// What `upload_image` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadStats {
+    /// Bytes read from the image.
+    pub bytes_read: u64,
+    /// Bytes sent as data.
+    pub data_bytes: u64,
+    /// Bytes sent as holes, the tail past the image's end included.
+    pub hole_bytes: u64,
+    /// Wall time from opening the stream to its successful finish.
+    pub elapsed: Duration,
+}
+
+/// Bytes at the start of the volume always sent as data, never as a hole (see
+/// `reset_file_volume`).
+const FORCED_DATA: u64 = 4096;
+static ZEROS: [u8; FORCED_DATA as usize] = [0; FORCED_DATA as usize];
+
+/// Upload a whole disk image into `vol` through ONE sparse stream that covers the volume
+/// front to back: zero runs go as holes, and a tail past the image's end up to the volume's
+/// capacity goes as a final hole, so every byte of the volume ends up written (a block device
+/// gets real zeros; a file gets holes and keeps its length) and nothing a previous user left
+/// in the volume can be read through the image's empty areas. (A file volume gets one tiny
+/// stream before that one: see `reset_file_volume`.)
+///
+/// `reader` is read sequentially (standard input works); an image longer than the volume is
+/// refused. `progress` gets the number of bytes read so far after every block. On failure the
+/// volume's content is undefined (a base upload is redone from the start), but a file volume
+/// keeps its length, so a second attempt sees the same capacity.
+pub fn upload_image(
+    vol: &Vol,
+    reader: &mut dyn Read,
+    progress: &mut dyn FnMut(u64),
+) -> Result<UploadStats> {
+    let what = vol.describe();
+    let info = vol
+        .vol
+        .info()
+        .with_context(|| format!("reading the size of volume '{what}'"))?;
+    let capacity = info.capacity;
+    let is_file = info.kind == virt::sys::VIR_STORAGE_VOL_FILE;
+    let start = Instant::now();
+    let mut buf = vec![0u8; READ_BLOCK];
+    // Read the first block before touching the volume: a source that fails at once (a wrong
+    // path at the far end of ssh, say) leaves the volume as it was.
+    let first = read_full(reader, &mut buf).context("reading the image at byte 0")?;
+    let sent = send_image(vol, capacity, is_file, reader, &mut buf, first, progress);
+    let sent = match sent {
+        Err(err) if is_file => {
+            // The failed stream truncated the file where it stopped; give it its length back.
+            match restore_file_length(vol, capacity) {
+                Ok(()) => Err(err),
+                Err(e) => Err(err.context(format!("{e:#}"))),
+            }
+        }
+        other => other,
+    };
+    let (bytes_read, data_bytes, hole_bytes) = sent?;
+    Ok(UploadStats {
+        bytes_read,
+        data_bytes,
+        hole_bytes,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// The body of `upload_image`, from the first block read on: (bytes read, data, holes).
+fn send_image(
+    vol: &Vol,
+    capacity: u64,
+    is_file: bool,
+    reader: &mut dyn Read,
+    buf: &mut [u8],
+    first: usize,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(u64, u64, u64)> {
+    let what = vol.describe();
+    if is_file {
+        reset_file_volume(vol)?;
+    }
+    let stream = OwnedStream::new(&vol.conn)?;
+    vol.vol
+        .upload(
+            stream.stream(),
+            0,
+            capacity,
+            virt::sys::VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM,
+        )
+        .with_context(|| format!("starting a sparse upload to volume '{what}'"))?;
+    let mut out = SparseSender {
+        stream: &stream,
+        what: &what,
+        pos: 0,
+        pending_hole: 0,
+        data_bytes: 0,
+        hole_bytes: 0,
+    };
+    let mut bytes_read: u64 = 0;
+    let mut n = first;
+    while n > 0 {
+        bytes_read += n as u64;
+        if bytes_read > capacity {
+            // Dropping the stream aborts it.
+            bail!(
+                "the image is longer than volume '{what}' ({capacity} bytes): \
+                 read {bytes_read} bytes so far"
+            );
+        }
+        let block = &buf[..n];
+        let mut pos = 0;
+        while pos < n {
+            // One run: consecutive chunks that are all zero, or all not.
+            let zero = is_zero(&block[pos..(pos + ZERO_CHUNK).min(n)]);
+            let mut end = (pos + ZERO_CHUNK).min(n);
+            while end < n && is_zero(&block[end..(end + ZERO_CHUNK).min(n)]) == zero {
+                end = (end + ZERO_CHUNK).min(n);
+            }
+            if zero {
+                out.zeros((end - pos) as u64)?;
+            } else {
+                out.data(&block[pos..end])?;
+            }
+            pos = end;
+        }
+        progress(bytes_read);
+        n = read_full(reader, buf)
+            .with_context(|| format!("reading the image at byte {bytes_read}"))?;
+    }
+    // The tail past the image (LVM rounds volumes up) must read zeros too.
+    out.zeros(capacity - bytes_read)?;
+    out.flush_hole()?;
+    let (data_bytes, hole_bytes) = (out.data_bytes, out.hole_bytes);
+    ensure!(
+        data_bytes + hole_bytes == capacity,
+        "sent {data_bytes} data and {hole_bytes} hole bytes to volume '{what}' of {capacity} bytes"
+    );
+    stream
+        .finish()
+        .with_context(|| format!("finishing the upload to volume '{what}'"))?;
+    Ok((bytes_read, data_bytes, hole_bytes))
+}
+
+/// Cut a file volume down to one byte before a sparse upload rewrites it.
+///
+/// libvirt writes a hole into a file as lseek + ftruncate at the hole's END, so whatever the
+/// file held inside the first hole before its old end survives (seen here: a 0x5A pattern
+/// read back through a 4 MiB hole). A hole of one byte at offset 0 truncates the file to one
+/// byte; the main upload then sends its first `FORCED_DATA` bytes as data, so every later
+/// hole lies past the end of the file and reads as zeros. Block devices need none of this:
+/// libvirt writes their holes as zeros (there this stream writes one zero byte).
+fn reset_file_volume(vol: &Vol) -> Result<()> {
+    sparse_hole_stream(vol, 1).with_context(|| format!("clearing file volume '{}'", vol.describe()))
+}
+
+/// Give a file volume its length back after a failed upload cut it short: a hole from 0 to
+/// `capacity` (lseek + ftruncate) extends the file and changes none of its bytes.
+fn restore_file_length(vol: &Vol, capacity: u64) -> Result<()> {
+    sparse_hole_stream(vol, capacity).with_context(|| {
+        format!(
+            "restoring the length of file volume '{}' to {capacity} bytes",
+            vol.describe()
+        )
+    })
+}
+
+/// One sparse upload stream at offset 0 that sends a single hole of `len` bytes.
+fn sparse_hole_stream(vol: &Vol, len: u64) -> Result<()> {
+    let stream = OwnedStream::new(&vol.conn)?;
+    // Length 0: no limit; the hole decides.
+    start_upload(
+        vol,
+        &stream,
+        0,
+        0,
+        virt::sys::VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM,
+    )?;
+    stream.send_hole(len)?;
+    stream.finish()
+}
+
+/// The sending side of `upload_image`: data as data, zeros as holes, holes merged.
+struct SparseSender<'a> {
+    stream: &'a OwnedStream,
+    what: &'a str,
+    /// Volume offset up to which data or holes were sent.
+    pos: u64,
+    /// Zeros after `pos` not sent yet: adjacent zero runs become one hole.
+    pending_hole: u64,
+    data_bytes: u64,
+    hole_bytes: u64,
+}
+
+impl SparseSender<'_> {
+    fn data(&mut self, bytes: &[u8]) -> Result<()> {
+        self.flush_hole()?;
+        self.stream.send_all(bytes).with_context(|| {
+            format!(
+                "sending {} bytes at byte {} to volume '{}'",
+                bytes.len(),
+                self.pos,
+                self.what
+            )
+        })?;
+        self.pos += bytes.len() as u64;
+        self.data_bytes += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn zeros(&mut self, mut len: u64) -> Result<()> {
+        let at = self.pos + self.pending_hole;
+        if at < FORCED_DATA {
+            let n = len.min(FORCED_DATA - at);
+            self.data(&ZEROS[..n as usize])?;
+            len -= n;
+        }
+        self.pending_hole += len;
+        Ok(())
+    }
+
+    fn flush_hole(&mut self) -> Result<()> {
+        if self.pending_hole == 0 {
+            return Ok(());
+        }
+        let len = self.pending_hole;
+        self.stream.send_hole(len).with_context(|| {
+            format!(
+                "sending a hole of {len} bytes at byte {} to volume '{}'",
+                self.pos, self.what
+            )
+        })?;
+        self.pos += len;
+        self.hole_bytes += len;
+        self.pending_hole = 0;
+        Ok(())
+    }
+}
+
+/// Write `len` bytes at `offset` of `vol` through one non-sparse upload stream; `fill(rel,
+/// buf)` produces the bytes starting `rel` bytes past `offset`. No holes: on a file volume a
+/// hole would truncate, on a block device it would write zeros over what `fill` meant.
+///
+/// Each call costs a pool refresh in the daemon when the stream closes: callers should merge
+/// small writes into few calls.
+pub fn upload_at(
+    vol: &Vol,
+    offset: u64,
+    len: u64,
+    fill: &mut dyn FnMut(u64, &mut [u8]) -> io::Result<()>,
+) -> Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let what = vol.describe();
+    let end = offset
+        .checked_add(len)
+        .with_context(|| format!("upload range overflows: {offset} + {len}"))?;
+    let capacity = vol.capacity()?;
+    ensure!(
+        end <= capacity,
+        "upload of {len} bytes at {offset} ends past the end of volume '{what}' ({capacity} bytes)"
+    );
+    let stream = OwnedStream::new(&vol.conn)?;
+    start_upload(vol, &stream, offset, len, 0)?;
+    let mut buf = vec![0u8; IO_CHUNK.min(len as usize)];
+    let mut sent: u64 = 0;
+    while sent < len {
+        let n = IO_CHUNK.min((len - sent) as usize);
+        fill(sent, &mut buf[..n]).with_context(|| {
+            format!(
+                "producing {n} bytes for volume '{what}' at byte {}",
+                offset + sent
+            )
+        })?;
+        stream.send_all(&buf[..n]).with_context(|| {
+            format!(
+                "sending {n} bytes to volume '{what}' at byte {}",
+                offset + sent
+            )
+        })?;
+        sent += n as u64;
+    }
+    ensure!(
+        sent == len,
+        "sent {sent} bytes instead of {len} to volume '{what}'"
+    );
+    stream.finish().with_context(|| {
+        format!("finishing the upload of {len} bytes at {offset} to volume '{what}'")
+    })
+}
+
+/// Start a non-sparse upload, retrying briefly while libvirt reports the volume busy (the
+/// previous stream on it can still be closing).
+fn start_upload(vol: &Vol, stream: &OwnedStream, offset: u64, len: u64, flags: u32) -> Result<()> {
+    let mut tries = 0;
+    loop {
+        match vol.vol.upload(stream.stream(), offset, len, flags) {
+            Ok(()) => return Ok(()),
+            Err(e) if tries < 100 && e.message().contains("in use") => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "starting an upload of {len} bytes at {offset} to volume '{}'",
+                    vol.describe()
+                )))
+            }
+        }
+    }
+}
+
+/// Read `len` bytes at `offset` of `vol` into `sink` through one download stream (downloads
+/// start no pool refresh). Returns the number of bytes written, which is always `len`.
+pub fn download(vol: &Vol, offset: u64, len: u64, sink: &mut dyn Write) -> Result<u64> {
+    let what = vol.describe();
+    if len == 0 {
+        return Ok(0);
+    }
+    let stream = OwnedStream::new(&vol.conn)?;
+    vol.vol
+        .download(stream.stream(), offset, len, 0)
+        .with_context(|| {
+            format!("starting a download of {len} bytes at {offset} from volume '{what}'")
+        })?;
+    let mut buf = vec![0u8; IO_CHUNK.min(len as usize)];
+    let mut got: u64 = 0;
+    loop {
+        let n = stream.stream().recv(&mut buf).with_context(|| {
+            format!("downloading from volume '{what}' at byte {}", offset + got)
+        })?;
+        if n == 0 {
+            break;
+        }
+        ensure!(
+            n > 0,
+            "stream recv returned {n} downloading volume '{what}'"
+        );
+        let n = n as usize;
+        ensure!(
+            got + n as u64 <= len,
+            "volume '{what}' sent more than the {len} bytes asked for at {offset}"
+        );
+        sink.write_all(&buf[..n])
+            .with_context(|| format!("writing bytes downloaded from volume '{what}'"))?;
+        got += n as u64;
+    }
+    ensure!(
+        got == len,
+        "download of {len} bytes at {offset} from volume '{what}' ended after {got} bytes"
+    );
+    stream
+        .finish()
+        .with_context(|| format!("finishing the download from volume '{what}'"))?;
+    Ok(got)
+}
+
+/// Fill `buf` with the bytes at `offset` of `vol`.
+pub fn download_into(vol: &Vol, offset: u64, buf: &mut [u8]) -> Result<()> {
+    let mut cursor = io::Cursor::new(buf);
+    let len = cursor.get_ref().len() as u64;
+    download(vol, offset, len, &mut cursor)?;
+    Ok(())
+}
+
+/// Read until `buf` is full or the reader is at its end (pipes return short reads).
+fn read_full(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match reader.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Whether `data` is all zero bytes; compares 16 bytes at a time, which the compiler vectorises.
+pub fn is_zero(data: &[u8]) -> bool {
+    let mut chunks = data.chunks_exact(16);
+    let wide = chunks
+        .by_ref()
+        .all(|c| u128::from_ne_bytes(c.try_into().expect("16-byte chunk")) == 0);
+    wide && chunks.remainder().iter().all(|&b| b == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_zero;
+
+    #[test]
+    fn is_zero_sees_a_single_set_byte_anywhere() {
+        let mut v = vec![0u8; 4096 + 7];
+        assert!(is_zero(&v));
+        for i in [0, 15, 16, 4095, 4096, 4102] {
+            v[i] = 1;
+            assert!(!is_zero(&v), "byte {i}");
+            v[i] = 0;
+        }
+        assert!(is_zero(&[]));
+    }
+}
