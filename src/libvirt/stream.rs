@@ -389,49 +389,120 @@ fn start_upload(vol: &Vol, stream: &OwnedStream, offset: u64, len: u64, flags: u
     }
 }
 
-/// Read `len` bytes at `offset` of `vol` into `sink` through one download stream (downloads
-/// start no pool refresh). Returns the number of bytes written, which is always `len`.
-pub fn download(vol: &Vol, offset: u64, len: u64, sink: &mut dyn Write) -> Result<u64> {
-    let what = vol.describe();
-    if len == 0 {
-        return Ok(0);
+/// An open download of `len` bytes at `offset` of a volume, read front to back in pieces of
+/// the caller's choosing. Stage 2 keeps one open beside an upload of the same range, so gap
+/// bytes flow from the volume back into it without a buffer the size of the window.
+pub struct Download {
+    stream: OwnedStream,
+    what: String,
+    offset: u64,
+    len: u64,
+    got: u64,
+    /// Bytes received but not yet handed out (a message can straddle two reads).
+    pending: Vec<u8>,
+    pending_pos: usize,
+}
+
+impl Download {
+    /// Start the download (downloads start no pool refresh).
+    pub fn open(vol: &Vol, offset: u64, len: u64) -> Result<Download> {
+        let what = vol.describe();
+        let stream = OwnedStream::new(&vol.conn)?;
+        vol.vol
+            .download(stream.stream(), offset, len, 0)
+            .with_context(|| {
+                format!("starting a download of {len} bytes at {offset} from volume '{what}'")
+            })?;
+        Ok(Download {
+            stream,
+            what,
+            offset,
+            len,
+            got: 0,
+            pending: vec![0u8; IO_CHUNK],
+            pending_pos: IO_CHUNK,
+        })
     }
-    let stream = OwnedStream::new(&vol.conn)?;
-    vol.vol
-        .download(stream.stream(), offset, len, 0)
-        .with_context(|| {
-            format!("starting a download of {len} bytes at {offset} from volume '{what}'")
-        })?;
-    let mut buf = vec![0u8; IO_CHUNK.min(len as usize)];
-    let mut got: u64 = 0;
-    loop {
-        let n = stream.stream().recv(&mut buf).with_context(|| {
-            format!("downloading from volume '{what}' at byte {}", offset + got)
-        })?;
-        if n == 0 {
-            break;
+
+    /// Fill `buf` with the next bytes of the range.
+    pub fn read_exact(&mut self, mut buf: &mut [u8]) -> Result<()> {
+        while !buf.is_empty() {
+            if self.pending_pos == self.pending.len() {
+                self.refill()?;
+            }
+            let n = buf.len().min(self.pending.len() - self.pending_pos);
+            buf[..n].copy_from_slice(&self.pending[self.pending_pos..self.pending_pos + n]);
+            self.pending_pos += n;
+            buf = &mut buf[n..];
         }
+        Ok(())
+    }
+
+    fn refill(&mut self) -> Result<()> {
+        let (what, offset, len) = (&self.what, self.offset, self.len);
+        ensure!(
+            self.got < len,
+            "reading past the {len} bytes downloaded at {offset} from volume '{what}'"
+        );
+        self.pending.resize(IO_CHUNK, 0);
+        let n = self.stream.stream().recv(&mut self.pending).with_context(|| {
+            format!("downloading from volume '{what}' at byte {}", offset + self.got)
+        })?;
         ensure!(
             n > 0,
-            "stream recv returned {n} downloading volume '{what}'"
+            "download of {len} bytes at {offset} from volume '{what}' ended after {} bytes",
+            self.got
         );
         let n = n as usize;
         ensure!(
-            got + n as u64 <= len,
+            self.got + n as u64 <= len,
             "volume '{what}' sent more than the {len} bytes asked for at {offset}"
         );
-        sink.write_all(&buf[..n])
-            .with_context(|| format!("writing bytes downloaded from volume '{what}'"))?;
-        got += n as u64;
+        self.pending.truncate(n);
+        self.pending_pos = 0;
+        self.got += n as u64;
+        Ok(())
     }
-    ensure!(
-        got == len,
-        "download of {len} bytes at {offset} from volume '{what}' ended after {got} bytes"
-    );
-    stream
-        .finish()
-        .with_context(|| format!("finishing the download from volume '{what}'"))?;
-    Ok(got)
+
+    /// Check that the whole range arrived and close the stream.
+    pub fn finish(self) -> Result<u64> {
+        // The end of the stream is a zero-length message after the last data.
+        let mut probe = [0u8; 1];
+        let n = self.stream.stream().recv(&mut probe).with_context(|| {
+            format!("finishing the download from volume '{}'", self.what)
+        })?;
+        ensure!(
+            n == 0 && self.got == self.len && self.pending_pos == self.pending.len(),
+            "download of {} bytes at {} from volume '{}' did not end where expected",
+            self.len,
+            self.offset,
+            self.what
+        );
+        let what = self.what.clone();
+        self.stream
+            .finish()
+            .with_context(|| format!("finishing the download from volume '{what}'"))?;
+        Ok(self.got)
+    }
+}
+
+/// Read `len` bytes at `offset` of `vol` into `sink` through one download stream (downloads
+/// start no pool refresh). Returns the number of bytes written, which is always `len`.
+pub fn download(vol: &Vol, offset: u64, len: u64, sink: &mut dyn Write) -> Result<u64> {
+    if len == 0 {
+        return Ok(0);
+    }
+    let mut dl = Download::open(vol, offset, len)?;
+    let mut buf = vec![0u8; IO_CHUNK.min(len as usize)];
+    let mut done = 0u64;
+    while done < len {
+        let n = buf.len().min((len - done) as usize);
+        dl.read_exact(&mut buf[..n])?;
+        sink.write_all(&buf[..n])
+            .with_context(|| format!("writing bytes downloaded from volume '{}'", vol.describe()))?;
+        done += n as u64;
+    }
+    dl.finish()
 }
 
 /// Fill `buf` with the bytes at `offset` of `vol`.
