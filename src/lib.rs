@@ -1,3 +1,5 @@
 //! virt-vmdkimport: move VMware ESX virtual machines onto KVM/libvirt with minimal downtime.
 
+pub mod apply;
+pub mod cli;
 pub mod vmdk;

@@ -1,0 +1,72 @@
+//! File names found in descriptors are untrusted: keep them inside the descriptor's folder.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use super::error::{show, Error};
+use super::runs::DataFile;
+
+/// Resolve `name`, written in `descriptor`, against `folder`. Unless `allow_outside`, refuse
+/// absolute names, `..`, and names whose symlinks lead out of the folder.
+pub(crate) fn resolve(
+    folder: &Path,
+    name: &str,
+    descriptor: &Path,
+    allow_outside: bool,
+) -> Result<PathBuf, Error> {
+    let rel = Path::new(name);
+    let joined = folder.join(rel);
+    if allow_outside {
+        return Ok(joined);
+    }
+    let refuse = |why: &str| {
+        Error::invalid(
+            descriptor,
+            format!(
+                "file name {:?} {why}; it must stay inside the descriptor's folder (--allow-outside-paths overrides)",
+                show(rel)
+            ),
+        )
+    };
+    if name.is_empty() {
+        return Err(refuse("is empty"));
+    }
+    for c in rel.components() {
+        match c {
+            Component::Normal(_) | Component::CurDir => {}
+            Component::ParentDir => return Err(refuse("contains `..`")),
+            Component::RootDir | Component::Prefix(_) => return Err(refuse("is absolute")),
+        }
+    }
+    let real_folder = folder
+        .canonicalize()
+        .map_err(|e| Error::io(folder, "resolving folder", e))?;
+    let real = joined.canonicalize().map_err(|e| {
+        Error::io(
+            descriptor,
+            format!("opening {:?} named by it", show(rel)),
+            e,
+        )
+    })?;
+    if !real.starts_with(&real_folder) {
+        return Err(refuse("leads outside the folder through a symlink"));
+    }
+    Ok(real)
+}
+
+/// Open a file for reading; `nofollow` refuses a symlink as the last component (names that
+/// went through [`resolve`] are canonical and contain none).
+pub(crate) fn open_data(path: &Path, nofollow: bool) -> Result<Arc<DataFile>, Error> {
+    let mut o = OpenOptions::new();
+    o.read(true);
+    if nofollow {
+        o.custom_flags(nix::libc::O_NOFOLLOW);
+    }
+    let file: File = o.open(path).map_err(|e| Error::io(path, "opening", e))?;
+    Ok(Arc::new(DataFile {
+        path: path.to_path_buf(),
+        file,
+    }))
+}
