@@ -166,10 +166,12 @@ fn layer_from_descriptor(d: Descriptor, opts: &OpenOptions) -> Result<Layer, Err
             ExtentKind::VmfsSparse => (LayerKind::Cowd, cowd::open),
             ExtentKind::SeSparse => (LayerKind::SeSparse, sesparse::open),
             ExtentKind::Sparse => (LayerKind::Hosted, |f| hosted::open(f).map(|(m, _)| m)),
-            ExtentKind::Flat | ExtentKind::Vmfs | ExtentKind::Zero => return Err(at(format!(
+            ExtentKind::Flat | ExtentKind::Vmfs | ExtentKind::Zero => {
+                return Err(at(format!(
                 "{} extent in a delta: a delta's extents must be sparse (is this the base disk?)",
                 e.kind.name()
-            ))),
+            )))
+            }
             ExtentKind::VmfsRdm | ExtentKind::VmfsRaw | ExtentKind::VsanSparse => {
                 return Err(at(format!("unsupported extent type {}", e.kind.name())))
             }
