@@ -393,3 +393,9 @@ fn repeated_run_gives_the_same_bytes() {
     assert!(out.status.success());
     assert!(std::fs::read(&target).unwrap() == once);
 }
+
+#[path = "chain/refusals.rs"]
+mod refusals;
+
+#[path = "chain/library.rs"]
+mod library;

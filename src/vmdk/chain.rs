@@ -12,7 +12,7 @@ use super::error::{show, Error};
 use super::grains::{Cursor, GrainMap};
 use super::hosted::{self, KDMV_MAGIC};
 use super::names;
-use super::runs::{Piece, Source};
+use super::runs::{DataFile, Piece, Source};
 use super::sesparse::{self, SESPARSE_MAGIC};
 
 /// Deepest chain accepted: ESXi allows 32 snapshots per disk; a deeper chain is a loop or junk.
@@ -45,6 +45,9 @@ pub struct LayerInfo {
     /// Virtual size in bytes.
     pub capacity: u64,
 }
+
+/// Opens one sparse extent file into its grain map.
+type OpenExtent = fn(Arc<DataFile>) -> Result<GrainMap, Error>;
 
 struct Layer {
     info: LayerInfo,
@@ -162,7 +165,7 @@ fn layer_from_descriptor(d: Descriptor, opts: &OpenOptions) -> Result<Layer, Err
             line: e.line,
             msg,
         };
-        let (k, open): (LayerKind, fn(Arc<_>) -> Result<GrainMap, Error>) = match e.kind {
+        let (k, open): (LayerKind, OpenExtent) = match e.kind {
             ExtentKind::VmfsSparse => (LayerKind::Cowd, cowd::open),
             ExtentKind::SeSparse => (LayerKind::SeSparse, sesparse::open),
             ExtentKind::Sparse => (LayerKind::Hosted, |f| hosted::open(f).map(|(m, _)| m)),

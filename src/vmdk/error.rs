@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An I/O call failed on `path` while doing `what`.
-    #[error("{}: {what}: {source}", show(path))]
+    // The I/O error is part of the message rather than a `source`, so `{:#}` prints it once.
+    #[error("{}: {what}: {cause}", show(path))]
     Io {
         path: PathBuf,
         what: String,
-        source: io::Error,
+        cause: io::Error,
     },
     /// The file is malformed, truncated, dirty, or points outside itself.
     #[error("{}: {msg}", show(path))]
@@ -36,7 +37,7 @@ impl Error {
         Error::Io {
             path: path.to_path_buf(),
             what: what.into(),
-            source,
+            cause: source,
         }
     }
 

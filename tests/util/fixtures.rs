@@ -60,8 +60,8 @@ fn tables(grains: &Grains, span: u64) -> (HashMap<u64, u64>, Vec<u64>) {
     let mut order = Vec::new();
     for (g, _) in grains {
         let t = g / span;
-        if !index.contains_key(&t) {
-            index.insert(t, order.len() as u64);
+        if let std::collections::hash_map::Entry::Vacant(v) = index.entry(t) {
+            v.insert(order.len() as u64);
             order.push(t);
         }
     }
@@ -93,9 +93,10 @@ pub fn write_cowd(
     let gt_first = gd_sector + gd_sectors;
     let gt_sectors = GT_ENTRIES * 4 / SECTOR;
     let mut next = gt_first + order.len() as u64 * gt_sectors;
-    let mut gd = vec![0u8; (gd_sectors * SECTOR) as usize];
+    // Directory entries are written one by one: a 2 TiB directory stays a sparse hole.
     for (t, i) in &tindex {
-        put32(&mut gd, *t as usize * 4, (gt_first + i * gt_sectors) as u32);
+        let v = (gt_first + i * gt_sectors) as u32;
+        f.write_all_at(&v.to_le_bytes(), gd_sector * SECTOR + t * 4)?;
     }
     let mut gts = vec![0u8; (order.len() as u64 * GT_ENTRIES * 4) as usize];
     let mut buf = vec![0u8; (grain_sectors * SECTOR) as usize];
@@ -112,7 +113,6 @@ pub fn write_cowd(
         };
         put32(&mut gts, slot * 4, v as u32);
     }
-    f.write_all_at(&gd, gd_sector * SECTOR)?;
     f.write_all_at(&gts, gt_first * SECTOR)?;
     let mut h = vec![0u8; 2048];
     h[0..4].copy_from_slice(b"COWD");
@@ -161,9 +161,9 @@ pub fn write_sesparse(
     let bitmap_off = gt_off + gt_size;
     let backmap_off = bitmap_off + 1;
     let grains_off = backmap_off + 1;
-    let mut gd = vec![0u8; (gd_sectors * SECTOR) as usize];
     for (t, i) in &tindex {
-        put64(&mut gd, *t as usize * 8, 0x1000_0000_0000_0000 | i);
+        let v = 0x1000_0000_0000_0000u64 | i;
+        f.write_all_at(&v.to_le_bytes(), SESPARSE_GD_SECTOR * SECTOR + t * 8)?;
     }
     let mut gts = vec![0u8; (gt_size * SECTOR) as usize];
     let mut buf = vec![0u8; (GRAIN * SECTOR) as usize];
@@ -184,7 +184,6 @@ pub fn write_sesparse(
         put64(&mut gts, slot * 8, v);
     }
     let grains_size = cluster.max(1) * GRAIN;
-    f.write_all_at(&gd, SESPARSE_GD_SECTOR * SECTOR)?;
     f.write_all_at(&gts, gt_off * SECTOR)?;
     let mut h = vec![0u8; 512];
     let fields: [u64; 26] = [
