@@ -17,6 +17,10 @@ pub(crate) const MAX_GT_ENTRIES: u64 = 4096;
 /// beyond the 64 KiB VMware uses and keeps a hostile header from meaning much).
 pub(crate) const MAX_GRAIN_BYTES: u64 = 1 << 20;
 
+/// Largest virtual disk accepted: SEsparse tops out at 64 TiB; 1 PiB leaves room and keeps
+/// every offset sum below it far from overflowing.
+pub(crate) const MAX_CAPACITY_BYTES: u64 = 1 << 50;
+
 /// What one entry of a table says about its range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Grain {
@@ -65,6 +69,15 @@ impl GrainMap {
     /// allocated from them.
     pub fn check(&self) -> Result<(), Error> {
         let p = self.path();
+        if self.capacity > MAX_CAPACITY_BYTES {
+            return Err(Error::invalid(
+                p,
+                format!(
+                    "capacity of {} bytes exceeds the maximum of {MAX_CAPACITY_BYTES}",
+                    self.capacity
+                ),
+            ));
+        }
         if self.grain_bytes == 0 || self.grain_bytes > MAX_GRAIN_BYTES {
             return Err(Error::invalid(
                 p,

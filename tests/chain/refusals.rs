@@ -362,6 +362,8 @@ fn hostile_header_sizes_are_refused_before_allocating() {
     patch(&k, 12, &(1u64 << 60).to_le_bytes());
     refuse(&f, &[&k], "capacity overflows");
     patch(&k, 12, &(1u64 << 50).to_le_bytes());
+    refuse(&f, &[&k], "exceeds the maximum of 1125899906842624");
+    patch(&k, 12, &(1u64 << 40).to_le_bytes());
     refuse(&f, &[&k], "past the end of the file");
 }
 
