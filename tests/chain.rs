@@ -112,6 +112,31 @@ fn cowd_grain_8_out_of_order_matches_qemu() {
 }
 
 #[test]
+fn crlf_nul_padded_odd_case_descriptor_reads_the_same() {
+    let f = Folder::base(3 * 4096);
+    let grains = scatter(&mut Rng(7), 3 * 4096, 100, DATA);
+    let (desc, _) = cowd_child(&f, "vm-000001", 0x14, (BASE_CID, "base.vmdk"), 1, &grains);
+    let want = assert_matches_qemu(&f, &desc, &[&desc]);
+    let text = std::fs::read_to_string(&desc).unwrap();
+    let mut odd = text
+        .replace("CID=", "cid=")
+        .replace("parentcid=", "PARENTCID=")
+        .replace("createType", "CREATETYPE")
+        .replace('\n', "\r\n")
+        .into_bytes();
+    odd.resize(odd.len() + 1000, 0);
+    std::fs::write(&desc, odd).unwrap();
+    let target = f.target();
+    let out = apply(&target, &[&desc]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read(&target).unwrap() == want);
+}
+
+#[test]
 fn cowd_entry_one_is_a_zeroed_grain_not_sector_one() {
     // Documented decision (src/vmdk/cowd.rs): entry 1 hides the parent with zeros. qemu-img
     // reads sector 1 of the delta instead, so the expectation is qemu's bytes with those
@@ -143,8 +168,8 @@ fn cowd_entry_one_is_a_zeroed_grain_not_sector_one() {
 
 #[test]
 fn sesparse_zero_unmapped_high_clusters_partial_table_matches_qemu() {
-    // Two full 16 MiB tables and a partial third; clusters numbered from 5000 (> 4095).
-    let f = Folder::base(2 * 32768 + 1000);
+    // A full 16 MiB table and a partial second; clusters numbered from 5000 (> 4095).
+    let f = Folder::base(32768 + 1000);
     let grains = scatter(&mut Rng(3), f.capacity_sectors / 8, 500, DATA_ZERO_UNMAPPED);
     let opts = SeSparseOptions {
         cluster_base: 5000,

@@ -70,3 +70,32 @@ pub(crate) fn open_data(path: &Path, nofollow: bool) -> Result<Arc<DataFile>, Er
         file,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symlinks_inside_the_folder_are_fine_outside_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("real.vmdk"), b"x").unwrap();
+        std::fs::create_dir(d.join("sub")).unwrap();
+        std::os::unix::fs::symlink("../real.vmdk", d.join("sub/in.vmdk")).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", d.join("out.vmdk")).unwrap();
+        let desc = d.join("desc.vmdk");
+        let ok = resolve(d, "sub/in.vmdk", &desc, false).unwrap();
+        assert_eq!(ok, d.join("real.vmdk").canonicalize().unwrap());
+        let e = resolve(d, "out.vmdk", &desc, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("through a symlink"), "{e}");
+        assert!(resolve(d, "out.vmdk", &desc, true).is_ok());
+        let e = resolve(d, "", &desc, false).unwrap_err().to_string();
+        assert!(e.contains("is empty"), "{e}");
+        let e = resolve(d, "a\u{1b}[2J/../x", &desc, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\\u{1b}"), "control characters are escaped: {e}");
+    }
+}

@@ -420,3 +420,17 @@ fn chain_shape_errors() {
     );
     let _ = COWD_GT0;
 }
+
+#[test]
+fn oversized_descriptor() {
+    let f = Folder::base(CAP);
+    let mut text = b"# Disk DescriptorFile\nCID=1\n".to_vec();
+    text.resize(2 << 20, b'#');
+    let d = f.path("big.vmdk");
+    std::fs::write(&d, text).unwrap();
+    refuse(
+        &f,
+        &[&d],
+        "larger than 1048576 bytes: not a VMware descriptor",
+    );
+}
