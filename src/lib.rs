@@ -1,5 +1,6 @@
 //! virt-vmdkimport: move VMware ESX virtual machines onto KVM/libvirt with minimal downtime.
 
+pub mod apply;
 pub mod cli;
 pub mod libvirt;
 pub mod plan;

@@ -8,5 +8,7 @@ mod volume;
 
 pub use conn::{connect, uri_is_local, Conn};
 pub use domain::{parse_disk_sources, DiskKind, DiskSource, Dom};
-pub use stream::{download, download_into, Download, is_zero, upload_at, upload_image, UploadStats};
+pub use stream::{
+    download, download_into, is_zero, upload_at, upload_image, Download, UploadStats,
+};
 pub use volume::{volume_xml, Pool, Vol};

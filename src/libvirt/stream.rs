@@ -445,9 +445,16 @@ impl Download {
             "reading past the {len} bytes downloaded at {offset} from volume '{what}'"
         );
         self.pending.resize(IO_CHUNK, 0);
-        let n = self.stream.stream().recv(&mut self.pending).with_context(|| {
-            format!("downloading from volume '{what}' at byte {}", offset + self.got)
-        })?;
+        let n = self
+            .stream
+            .stream()
+            .recv(&mut self.pending)
+            .with_context(|| {
+                format!(
+                    "downloading from volume '{what}' at byte {}",
+                    offset + self.got
+                )
+            })?;
         ensure!(
             n > 0,
             "download of {len} bytes at {offset} from volume '{what}' ended after {} bytes",
@@ -468,9 +475,11 @@ impl Download {
     pub fn finish(self) -> Result<u64> {
         // The end of the stream is a zero-length message after the last data.
         let mut probe = [0u8; 1];
-        let n = self.stream.stream().recv(&mut probe).with_context(|| {
-            format!("finishing the download from volume '{}'", self.what)
-        })?;
+        let n = self
+            .stream
+            .stream()
+            .recv(&mut probe)
+            .with_context(|| format!("finishing the download from volume '{}'", self.what))?;
         ensure!(
             n == 0 && self.got == self.len && self.pending_pos == self.pending.len(),
             "download of {} bytes at {} from volume '{}' did not end where expected",
@@ -498,8 +507,9 @@ pub fn download(vol: &Vol, offset: u64, len: u64, sink: &mut dyn Write) -> Resul
     while done < len {
         let n = buf.len().min((len - done) as usize);
         dl.read_exact(&mut buf[..n])?;
-        sink.write_all(&buf[..n])
-            .with_context(|| format!("writing bytes downloaded from volume '{}'", vol.describe()))?;
+        sink.write_all(&buf[..n]).with_context(|| {
+            format!("writing bytes downloaded from volume '{}'", vol.describe())
+        })?;
         done += n as u64;
     }
     dl.finish()

@@ -1,5 +1,21 @@
 //! VMware disks and snapshot chains, reduced to one view: the runs of a virtual disk that changed.
 
+pub mod base;
+pub mod chain;
+pub mod cowd;
+pub mod descriptor;
+mod error;
+mod flat;
+mod grains;
+pub mod hosted;
+mod names;
 mod runs;
+pub mod sesparse;
 
+pub use base::BaseImage;
+pub use chain::{
+    resolve_chain, Chain, LayerInfo, LayerKind, OpenOptions, Pieces, ResolvedChain, MAX_CHAIN_DEPTH,
+};
+pub use descriptor::Descriptor;
+pub use error::{show, Error};
 pub use runs::{DataFile, Piece, Source};

@@ -1,5 +1,142 @@
-//! Helpers shared by the integration tests.
+//! Shared helpers for the integration tests: fixture folders, the qemu-img oracle, running the binary.
 #![allow(dead_code)]
 
 pub mod bootimg;
+pub mod fixtures;
 pub mod libvirt;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use fixtures::{descriptor, pattern, SECTOR};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_virt-vmdkimport");
+
+/// CID of every base written by [`Folder::base`].
+pub const BASE_CID: u32 = 0x5d2667d;
+
+/// A temporary folder holding a base disk and its deltas.
+pub struct Folder {
+    pub dir: tempfile::TempDir,
+    pub capacity_sectors: u64,
+}
+
+impl Folder {
+    /// A folder with `base-flat.vmdk` (patterned, with a zero stretch) and `base.vmdk`
+    /// (createType vmfs, one VMFS extent).
+    pub fn base(capacity_sectors: u64) -> Folder {
+        let dir = tempfile::tempdir().unwrap();
+        let mut data = vec![0u8; (capacity_sectors * SECTOR) as usize];
+        let mut fill = pattern(0xba5e);
+        for (i, s) in data.chunks_mut(SECTOR as usize).enumerate() {
+            if i % 7 != 3 {
+                fill(i as u64, s);
+            }
+        }
+        std::fs::write(dir.path().join("base-flat.vmdk"), &data).unwrap();
+        let d = descriptor(
+            BASE_CID,
+            None,
+            "vmfs",
+            &[format!("RW {capacity_sectors} VMFS \"base-flat.vmdk\"")],
+        );
+        std::fs::write(dir.path().join("base.vmdk"), d).unwrap();
+        Folder {
+            dir,
+            capacity_sectors,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// A fresh target holding the base's bytes.
+    pub fn target(&self) -> PathBuf {
+        let t = self.path("target.raw");
+        std::fs::copy(self.path("base-flat.vmdk"), &t).unwrap();
+        t
+    }
+}
+
+/// What qemu-img reads for the chain whose top is `top`.
+pub fn qemu_read(top: &Path) -> Vec<u8> {
+    let out = top.with_extension("expected.raw");
+    let st = Command::new("qemu-img")
+        .args(["convert", "-f", "vmdk", "-O", "raw"])
+        .arg(top)
+        .arg(&out)
+        .output()
+        .expect("qemu-img runs");
+    assert!(
+        st.status.success(),
+        "qemu-img convert {}: {}",
+        top.display(),
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let bytes = std::fs::read(&out).unwrap();
+    std::fs::remove_file(out).unwrap();
+    bytes
+}
+
+/// Run `virt-vmdkimport --target TARGET ARGS...`.
+pub fn apply(target: &Path, args: &[&Path]) -> Output {
+    Command::new(BIN)
+        .arg("--target")
+        .arg(target)
+        .args(args)
+        .output()
+        .expect("binary runs")
+}
+
+/// Apply `deltas` to a copy of the base and check the target equals qemu-img's reading of `top`.
+pub fn assert_matches_qemu(f: &Folder, top: &Path, deltas: &[&Path]) -> Vec<u8> {
+    let expected = qemu_read(top);
+    let target = f.target();
+    assert!(
+        std::fs::read(&target).unwrap() != expected,
+        "fixture changes nothing: the test would prove nothing"
+    );
+    let out = apply(&target, deltas);
+    assert!(
+        out.status.success(),
+        "apply failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = std::fs::read(&target).unwrap();
+    assert_eq!(got.len(), expected.len(), "target size");
+    if let Some(i) = got.iter().zip(&expected).position(|(a, b)| a != b) {
+        panic!(
+            "target differs from qemu-img at byte {i} (sector {})",
+            i / 512
+        );
+    }
+    got
+}
+
+/// Tiny deterministic PRNG (xorshift64*), so tests need no extra crates.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            v.swap(i, j);
+        }
+    }
+}

@@ -1,0 +1,512 @@
+//! A chain of delta layers, and the one view every format feeds: changed pieces, newest layer wins.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::cowd::{self, COWD_MAGIC};
+use super::descriptor::{looks_like_descriptor, Descriptor, ExtentKind};
+use super::error::{show, Error};
+use super::grains::{Cursor, GrainMap};
+use super::hosted::{self, KDMV_MAGIC};
+use super::names;
+use super::runs::{DataFile, Piece, Source};
+use super::sesparse::{self, SESPARSE_MAGIC};
+
+/// Deepest chain accepted: ESXi allows 32 snapshots per disk; a deeper chain is a loop or junk.
+pub const MAX_CHAIN_DEPTH: usize = 64;
+
+/// How files are opened.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// Let descriptors name files outside their own folder (absolute, `..`, symlinks out).
+    pub allow_outside_paths: bool,
+}
+
+/// Which format a delta layer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerKind {
+    Cowd,
+    SeSparse,
+    Hosted,
+}
+
+/// What is known about one delta layer.
+#[derive(Debug, Clone)]
+pub struct LayerInfo {
+    /// The path as given (descriptor, or bare extent).
+    pub path: PathBuf,
+    pub kind: LayerKind,
+    pub cid: Option<u32>,
+    pub parent_cid: Option<u32>,
+    pub parent_hint: Option<String>,
+    /// Virtual size in bytes.
+    pub capacity: u64,
+}
+
+/// Opens one sparse extent file into its grain map.
+type OpenExtent = fn(Arc<DataFile>) -> Result<GrainMap, Error>;
+
+struct Layer {
+    info: LayerInfo,
+    /// Extents with their virtual start, in order.
+    extents: Vec<(u64, Arc<GrainMap>)>,
+}
+
+/// Delta layers, oldest first, checked to belong together.
+pub struct Chain {
+    layers: Vec<Layer>,
+    infos: Vec<LayerInfo>,
+    capacity: u64,
+}
+
+/// A chain found by walking parentFileNameHint from a top descriptor.
+#[derive(Debug, Clone)]
+pub struct ResolvedChain {
+    /// The base's descriptor (or hosted sparse file).
+    pub base: PathBuf,
+    /// Deltas, oldest first; the top is last. Empty when the top is the base.
+    pub deltas: Vec<PathBuf>,
+}
+
+/// The first bytes of a file, to tell formats apart.
+fn sniff(path: &Path) -> Result<Vec<u8>, Error> {
+    let f = File::open(path).map_err(|e| Error::io(path, "opening", e))?;
+    let mut head = Vec::new();
+    f.take(4096)
+        .read_to_end(&mut head)
+        .map_err(|e| Error::io(path, "reading", e))?;
+    Ok(head)
+}
+
+/// What a file's first bytes say it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sniffed {
+    Cowd,
+    SeSparse,
+    Hosted,
+    Descriptor,
+    Other,
+}
+
+pub(crate) fn sniff_kind(path: &Path) -> Result<Sniffed, Error> {
+    let head = sniff(path)?;
+    if head.len() >= 8 && u64::from_le_bytes(head[..8].try_into().unwrap()) == SESPARSE_MAGIC {
+        return Ok(Sniffed::SeSparse);
+    }
+    if head.len() >= 4 {
+        match u32::from_le_bytes(head[..4].try_into().unwrap()) {
+            COWD_MAGIC => return Ok(Sniffed::Cowd),
+            KDMV_MAGIC => return Ok(Sniffed::Hosted),
+            _ => {}
+        }
+    }
+    if looks_like_descriptor(&head) {
+        return Ok(Sniffed::Descriptor);
+    }
+    Ok(Sniffed::Other)
+}
+
+fn open_layer(path: &Path, opts: &OpenOptions) -> Result<Layer, Error> {
+    let bare = |kind, map: GrainMap, d: Option<Descriptor>| Layer {
+        info: LayerInfo {
+            path: path.to_path_buf(),
+            kind,
+            cid: d.as_ref().and_then(|d| d.cid),
+            parent_cid: d.as_ref().and_then(|d| d.parent_cid),
+            parent_hint: d.and_then(|d| d.parent_hint),
+            capacity: map.capacity,
+        },
+        extents: vec![(0, Arc::new(map))],
+    };
+    match sniff_kind(path)? {
+        Sniffed::Cowd => Ok(bare(
+            LayerKind::Cowd,
+            cowd::open(names::open_data(path, false)?)?,
+            None,
+        )),
+        Sniffed::SeSparse => Ok(bare(
+            LayerKind::SeSparse,
+            sesparse::open(names::open_data(path, false)?)?,
+            None,
+        )),
+        Sniffed::Hosted => {
+            let (map, d) = hosted::open(names::open_data(path, false)?)?;
+            Ok(bare(LayerKind::Hosted, map, d))
+        }
+        Sniffed::Descriptor => layer_from_descriptor(Descriptor::read(path)?, opts),
+        Sniffed::Other => Err(Error::invalid(
+            path,
+            "not a VMware delta: no COWD, SEsparse or KDMV magic, and not a descriptor",
+        )),
+    }
+}
+
+fn layer_from_descriptor(d: Descriptor, opts: &OpenOptions) -> Result<Layer, Error> {
+    if let Some(t) = &d.create_type {
+        if t.eq_ignore_ascii_case("streamOptimized") {
+            return Err(Error::unsupported(
+                &d.path,
+                "createType streamOptimized (compressed export): convert it with qemu-img first",
+            ));
+        }
+    }
+    if d.extents.is_empty() {
+        return Err(Error::invalid(&d.path, "descriptor lists no extents"));
+    }
+    let mut extents = Vec::new();
+    let mut kind = None;
+    let mut start = 0u64;
+    for e in &d.extents {
+        let at = |msg: String| Error::Descriptor {
+            path: d.path.clone(),
+            line: e.line,
+            msg,
+        };
+        let (k, open): (LayerKind, OpenExtent) = match e.kind {
+            ExtentKind::VmfsSparse => (LayerKind::Cowd, cowd::open),
+            ExtentKind::SeSparse => (LayerKind::SeSparse, sesparse::open),
+            ExtentKind::Sparse => (LayerKind::Hosted, |f| hosted::open(f).map(|(m, _)| m)),
+            ExtentKind::Flat | ExtentKind::Vmfs | ExtentKind::Zero => {
+                return Err(at(format!(
+                "{} extent in a delta: a delta's extents must be sparse (is this the base disk?)",
+                e.kind.name()
+            )))
+            }
+            ExtentKind::VmfsRdm | ExtentKind::VmfsRaw | ExtentKind::VsanSparse => {
+                return Err(at(format!("unsupported extent type {}", e.kind.name())))
+            }
+        };
+        kind.get_or_insert(k);
+        let name = e.file.as_deref().unwrap_or_default();
+        let p = names::resolve(&d.folder(), name, &d.path, opts.allow_outside_paths)?;
+        let map = open(names::open_data(&p, !opts.allow_outside_paths)?)?;
+        let len = e
+            .sectors
+            .checked_mul(512)
+            .ok_or_else(|| at("extent size overflows".into()))?;
+        if map.capacity != len {
+            return Err(at(format!(
+                "extent {:?} holds {} bytes but the line says {len}",
+                show(Path::new(name)),
+                map.capacity
+            )));
+        }
+        extents.push((start, Arc::new(map)));
+        start = start
+            .checked_add(len)
+            .ok_or_else(|| at("capacity overflows".into()))?;
+    }
+    Ok(Layer {
+        info: LayerInfo {
+            path: d.path.clone(),
+            kind: kind.expect("at least one extent"),
+            cid: d.cid,
+            parent_cid: d.parent_cid,
+            parent_hint: d.parent_hint.clone(),
+            capacity: start,
+        },
+        extents,
+    })
+}
+
+impl Chain {
+    /// Deltas as given on a command line, oldest first: each is a child descriptor
+    /// (vm-000001.vmdk, text), a bare COWD/SEsparse extent, or a KDMV file. Checks
+    /// consecutive parentCID==CID where both are known, and equal capacities.
+    pub fn open_deltas(paths: &[PathBuf], opts: &OpenOptions) -> Result<Chain, Error> {
+        if paths.is_empty() {
+            return Err(Error::chain("no deltas given"));
+        }
+        if paths.len() > MAX_CHAIN_DEPTH {
+            return Err(Error::chain(format!(
+                "{} deltas: more than the maximum chain depth of {MAX_CHAIN_DEPTH}",
+                paths.len()
+            )));
+        }
+        let mut seen = HashSet::new();
+        let mut layers: Vec<Layer> = Vec::new();
+        for path in paths {
+            let real = path
+                .canonicalize()
+                .map_err(|e| Error::io(path, "opening", e))?;
+            if !seen.insert(real) {
+                return Err(Error::chain(format!(
+                    "{}: given twice: a chain cannot contain a delta twice",
+                    show(path)
+                )));
+            }
+            let layer = open_layer(path, opts)?;
+            if let Some(prev) = layers.last() {
+                check_link(&prev.info, &layer.info)?;
+            }
+            layers.push(layer);
+        }
+        let infos = layers.iter().map(|l| l.info.clone()).collect();
+        let capacity = layers[0].info.capacity;
+        Ok(Chain {
+            layers,
+            infos,
+            capacity,
+        })
+    }
+
+    /// Virtual size in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// parentCID of the oldest delta (None for a bare extent).
+    pub fn parent_cid(&self) -> Option<u32> {
+        self.infos[0].parent_cid
+    }
+
+    /// CID of the newest delta.
+    pub fn cid(&self) -> Option<u32> {
+        self.infos.last().and_then(|l| l.cid)
+    }
+
+    /// The layers, oldest first.
+    pub fn layers(&self) -> &[LayerInfo] {
+        &self.infos
+    }
+
+    /// Changed pieces in ascending order, newest layer winning, merged when adjacent and
+    /// source-contiguous. Streams one table per layer at a time.
+    pub fn pieces(&self) -> Pieces<'_> {
+        Pieces {
+            cursors: self
+                .layers
+                .iter()
+                .rev()
+                .map(|l| LayerCursor {
+                    extents: l
+                        .extents
+                        .iter()
+                        .map(|(start, m)| (*start, start + m.capacity, Cursor::new(m.clone())))
+                        .collect(),
+                    current: 0,
+                })
+                .collect(),
+            capacity: self.capacity,
+            pos: 0,
+            pending: None,
+            failed: false,
+            _chain: std::marker::PhantomData,
+        }
+    }
+}
+
+/// A child must sit on its parent: same capacity, and parentCID equal to the parent's CID.
+fn check_link(parent: &LayerInfo, child: &LayerInfo) -> Result<(), Error> {
+    if parent.capacity != child.capacity {
+        return Err(Error::chain(format!(
+            "{}: capacity {} bytes differs from its parent {} ({} bytes)",
+            show(&child.path),
+            child.capacity,
+            show(&parent.path),
+            parent.capacity
+        )));
+    }
+    if let (Some(pc), Some(cid)) = (child.parent_cid, parent.cid) {
+        if pc != cid {
+            return Err(Error::chain(format!(
+                "{}: parentCID {pc:08x} does not match the CID {cid:08x} of {}: the delta belongs to another disk or the parent changed",
+                show(&child.path),
+                show(&parent.path)
+            )));
+        }
+    }
+    Ok(())
+}
+
+struct LayerCursor {
+    extents: Vec<(u64, u64, Cursor)>,
+    current: usize,
+}
+
+impl LayerCursor {
+    /// What this layer says about `pos`: (length, source or None for "parent").
+    fn lookup(&mut self, pos: u64) -> Result<(u64, Option<Source>), Error> {
+        while self.extents[self.current].1 <= pos {
+            self.current += 1;
+        }
+        let (start, end, cursor) = &mut self.extents[self.current];
+        let span = cursor.lookup(pos - *start)?;
+        Ok((span.len.min(*end - pos), span.source))
+    }
+}
+
+/// Iterator over a chain's changed pieces; see [`Chain::pieces`].
+pub struct Pieces<'a> {
+    /// Newest layer first.
+    cursors: Vec<LayerCursor>,
+    capacity: u64,
+    pos: u64,
+    pending: Option<Piece>,
+    failed: bool,
+    _chain: std::marker::PhantomData<&'a Chain>,
+}
+
+impl Pieces<'_> {
+    /// The next span of the merged view: (length, source or None for "unchanged").
+    fn step(&mut self) -> Result<(u64, Option<Source>), Error> {
+        let mut limit = self.capacity - self.pos;
+        for c in &mut self.cursors {
+            let (len, source) = c.lookup(self.pos)?;
+            let len = len.min(limit);
+            if source.is_some() {
+                return Ok((len, source));
+            }
+            // A newer layer's unallocated run may end sooner; older layers only answer up to there.
+            limit = len;
+        }
+        Ok((limit, None))
+    }
+}
+
+fn extend(pending: &mut Piece, next: &Piece) -> bool {
+    if pending.end() != next.offset {
+        return false;
+    }
+    let contiguous = match (&pending.source, &next.source) {
+        (Source::Zeros, Source::Zeros) => true,
+        (Source::Data { file: a, offset: x }, Source::Data { file: b, offset: y }) => {
+            Arc::ptr_eq(a, b) && x + pending.len == *y
+        }
+        _ => false,
+    };
+    if contiguous {
+        pending.len += next.len;
+    }
+    contiguous
+}
+
+impl Iterator for Pieces<'_> {
+    type Item = Result<Piece, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        while self.pos < self.capacity {
+            let (len, source) = match self.step() {
+                Ok(s) => s,
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+            };
+            debug_assert!(len > 0);
+            let offset = self.pos;
+            self.pos += len;
+            match source {
+                None => {
+                    if let Some(p) = self.pending.take() {
+                        return Some(Ok(p));
+                    }
+                }
+                Some(source) => {
+                    let piece = Piece {
+                        offset,
+                        len,
+                        source,
+                    };
+                    let merged = self.pending.as_mut().is_some_and(|p| extend(p, &piece));
+                    if !merged {
+                        if let Some(done) = self.pending.replace(piece) {
+                            return Some(Ok(done));
+                        }
+                    }
+                }
+            }
+        }
+        self.pending.take().map(Ok)
+    }
+}
+
+/// CID, parentCID, parent hint and folder of a descriptor or KDMV file, for the chain walk.
+struct Meta {
+    cid: Option<u32>,
+    parent_cid: Option<u32>,
+    hint: Option<String>,
+    folder: PathBuf,
+}
+
+fn read_meta(path: &Path) -> Result<Meta, Error> {
+    let d = match sniff_kind(path)? {
+        Sniffed::Descriptor => Descriptor::read(path)?,
+        Sniffed::Hosted => hosted::open(names::open_data(path, false)?)?
+            .1
+            .ok_or_else(|| {
+                Error::invalid(path, "hosted sparse file without an embedded descriptor")
+            })?,
+        Sniffed::Cowd | Sniffed::SeSparse => {
+            return Err(Error::invalid(
+                path,
+                "a bare delta extent: give the descriptor that names it to follow the chain",
+            ))
+        }
+        Sniffed::Other => return Err(Error::invalid(path, "not a VMware descriptor")),
+    };
+    Ok(Meta {
+        cid: d.cid,
+        parent_cid: d.parent_cid,
+        hint: d.parent_hint.clone(),
+        folder: d.folder(),
+    })
+}
+
+/// Walk from a top descriptor (what a .vmx fileName names after snapshots) down
+/// parentFileNameHint to the base; returns the base and the deltas oldest first.
+pub fn resolve_chain(top: &Path, opts: &OpenOptions) -> Result<ResolvedChain, Error> {
+    let mut deltas = Vec::new();
+    let mut seen = HashSet::new();
+    let mut current = top.to_path_buf();
+    let mut expected_cid: Option<(u32, PathBuf)> = None;
+    loop {
+        let real = current
+            .canonicalize()
+            .map_err(|e| Error::io(&current, "opening", e))?;
+        if !seen.insert(real) {
+            return Err(Error::chain(format!(
+                "{}: the chain loops back to {}",
+                show(top),
+                show(&current)
+            )));
+        }
+        let meta = read_meta(&current)?;
+        if let Some((want, child)) = &expected_cid {
+            if meta.cid != Some(*want) {
+                return Err(Error::chain(format!(
+                    "{}: parentCID {want:08x} does not match the CID {} of its parent {}: the delta belongs to another disk or the parent changed",
+                    show(child),
+                    meta.cid.map_or("(none)".into(), |c| format!("{c:08x}")),
+                    show(&current)
+                )));
+            }
+        }
+        let Some(parent_cid) = meta.parent_cid else {
+            deltas.reverse();
+            return Ok(ResolvedChain {
+                base: current,
+                deltas,
+            });
+        };
+        if deltas.len() >= MAX_CHAIN_DEPTH {
+            return Err(Error::chain(format!(
+                "{}: chain deeper than the maximum of {MAX_CHAIN_DEPTH} deltas",
+                show(top)
+            )));
+        }
+        let hint = meta
+            .hint
+            .ok_or_else(|| Error::invalid(&current, "has a parentCID but no parentFileNameHint"))?;
+        let parent = names::resolve(&meta.folder, &hint, &current, opts.allow_outside_paths)?;
+        deltas.push(current.clone());
+        expected_cid = Some((parent_cid, current));
+        current = parent;
+    }
+}
