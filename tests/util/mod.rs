@@ -3,6 +3,7 @@
 
 pub mod bootimg;
 pub mod fixtures;
+pub mod import;
 pub mod libvirt;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,547 @@
+//! Driving the CLI's libvirt import (stages 1 and 2) against a test pool, and reading back what it did.
+
+use std::ffi::{OsStr, OsString};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use quick_xml::events::Event;
+use quick_xml::Reader;
+
+use super::fixtures::{descriptor, write_cowd, write_sesparse, CowdOptions, Kind};
+use super::fixtures::{pattern, SeSparseOptions};
+use super::libvirt::{unique_name, TestPool};
+use super::{Folder, BIN};
+use vmdkimport::libvirt::{download, upload_at, Vol};
+
+pub const MIB: u64 = 1 << 20;
+
+/// Run the binary with `args`; standard input is empty.
+pub fn run<S: AsRef<OsStr>>(args: &[S]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("binary runs")
+}
+
+/// Run the binary with `args`, writing `input` to its standard input through a pipe, then
+/// closing it (a short `input` is a source that ends early).
+pub fn run_with_stdin<S: AsRef<OsStr>>(args: &[S], input: &[u8]) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary runs");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    // A writer thread: the child may stop reading (and fail) before it took everything.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().expect("waiting for the binary");
+    writer.join().unwrap();
+    out
+}
+
+/// Both output streams, for assertion messages.
+pub fn show(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Assert success; the standard output.
+pub fn ok(out: &Output, what: &str) -> String {
+    assert!(out.status.success(), "{what} failed:\n{}", show(out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Assert a refusal: exit code 1 and exactly one stderr line, `virt-vmdkimport: ...`, that
+/// contains (case-insensitively) at least one of `any_of`. Returns that line.
+pub fn refused(out: &Output, any_of: &[&str]) -> String {
+    assert_eq!(out.status.code(), Some(1), "exit code:\n{}", show(out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line on stderr:\n{}", show(out));
+    let line = lines[0];
+    assert!(
+        line.starts_with("virt-vmdkimport: "),
+        "stderr line starts with the program name:\n{}",
+        show(out)
+    );
+    let lower = line.to_lowercase();
+    assert!(
+        any_of.iter().any(|w| lower.contains(&w.to_lowercase())),
+        "message names the problem (one of {any_of:?}): {line}"
+    );
+    line.to_owned()
+}
+
+/// `virsh -c URI ARGS...`; its standard output, asserting success.
+pub fn virsh(uri: &str, args: &[&str]) -> String {
+    let out = Command::new("virsh")
+        .arg("-c")
+        .arg(uri)
+        .args(args)
+        .output()
+        .expect("virsh runs");
+    assert!(out.status.success(), "virsh {args:?}:\n{}", show(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Compare without printing megabytes: the first differing offset.
+pub fn assert_same(got: &[u8], want: &[u8], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+        panic!(
+            "{what}: first difference at byte {i} (sector {}): got {:#04x}, want {:#04x}",
+            i / 512,
+            got[i],
+            want[i]
+        );
+    }
+}
+
+/// Every byte of `vol`, through a libvirt download stream.
+pub fn read_volume(vol: &Vol) -> Vec<u8> {
+    let cap = vol.capacity().unwrap();
+    let mut out = Vec::with_capacity(cap as usize);
+    download(vol, 0, cap, &mut out).unwrap_or_else(|e| panic!("{e:#}"));
+    out
+}
+
+/// Overwrite every byte of `vol` with `byte`.
+pub fn fill_volume(vol: &Vol, byte: u8) {
+    let cap = vol.capacity().unwrap();
+    upload_at(vol, 0, cap, &mut |_, buf| {
+        buf.fill(byte);
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// One import through the CLI: a domain named after `tag` on the pool's daemon at `uri`,
+/// removed with the pool.
+pub struct Import<'a> {
+    pub tp: &'a TestPool,
+    pub uri: String,
+    pub domain: String,
+}
+
+impl<'a> Import<'a> {
+    /// An import into `tp` through the same URI the pool was made on.
+    pub fn new(tp: &'a TestPool, tag: &str) -> Import<'a> {
+        let uri = tp.conn.uri().to_owned();
+        Self::with_uri(tp, &uri, tag)
+    }
+
+    pub fn with_uri(tp: &'a TestPool, uri: &str, tag: &str) -> Import<'a> {
+        let domain = unique_name(tag);
+        tp.track_domain(&domain);
+        Import {
+            tp,
+            uri: uri.to_owned(),
+            domain,
+        }
+    }
+
+    /// For a domain defined some other way (it is already tracked by the pool).
+    pub fn existing(tp: &'a TestPool, domain: &str) -> Import<'a> {
+        tp.track_domain(domain);
+        Import {
+            tp,
+            uri: tp.conn.uri().to_owned(),
+            domain: domain.to_owned(),
+        }
+    }
+
+    /// `-c URI --domain D --pool P`.
+    pub fn common(&self) -> Vec<OsString> {
+        [
+            "-c",
+            &self.uri,
+            "--domain",
+            &self.domain,
+            "--pool",
+            &self.tp.name,
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect()
+    }
+
+    fn args(&self, flat: Option<&Path>, deltas: &[&Path], extra: &[&str]) -> Vec<OsString> {
+        let mut a = self.common();
+        if let Some(f) = flat {
+            a.push("--flat".into());
+            a.push(f.into());
+        }
+        a.extend(deltas.iter().map(OsString::from));
+        a.extend(extra.iter().map(OsString::from));
+        a
+    }
+
+    /// Stage 1: `--flat FLAT EXTRA...`.
+    pub fn stage1(&self, flat: &Path, extra: &[&str]) -> Output {
+        run(&self.args(Some(flat), &[], extra))
+    }
+
+    /// Stage 1 from standard input: `--flat - --capacity CAP EXTRA...`.
+    pub fn stage1_stdin(&self, input: &[u8], capacity: u64, extra: &[&str]) -> Output {
+        let cap = capacity.to_string();
+        let mut e = vec!["--capacity", cap.as_str()];
+        e.extend_from_slice(extra);
+        run_with_stdin(&self.args(Some(Path::new("-")), &[], &e), input)
+    }
+
+    /// Stage 2: `DELTAS... EXTRA...`.
+    pub fn stage2(&self, deltas: &[&Path], extra: &[&str]) -> Output {
+        run(&self.args(None, deltas, extra))
+    }
+
+    /// Both stages in one command (a cold migration).
+    pub fn both(&self, flat: &Path, deltas: &[&Path], extra: &[&str]) -> Output {
+        run(&self.args(Some(flat), deltas, extra))
+    }
+
+    /// The name of the volume stage 1 creates: `<domain>-disk0`.
+    pub fn volume_name(&self) -> String {
+        format!("{}-disk0", self.domain)
+    }
+
+    pub fn volume(&self) -> Vol {
+        self.tp
+            .pool
+            .volume(&self.volume_name())
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// The volume's bytes, downloaded through libvirt.
+    pub fn read(&self) -> Vec<u8> {
+        read_volume(&self.volume())
+    }
+
+    pub fn exists(&self) -> bool {
+        self.tp.conn.domain(&self.domain).unwrap().is_some()
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.tp
+            .conn
+            .domain(&self.domain)
+            .unwrap()
+            .expect("domain defined")
+            .is_active()
+            .unwrap()
+    }
+
+    /// `virsh dumpxml` (inactive config).
+    pub fn xml(&self) -> String {
+        virsh(&self.uri, &["dumpxml", "--inactive", &self.domain])
+    }
+
+    /// The `<metadata>` section of the domain XML (the tool keeps its state there).
+    pub fn metadata(&self) -> String {
+        section(&self.xml(), "metadata").unwrap_or_default()
+    }
+
+    /// Replace the domain's serial ports and consoles with one serial port logging to `log`,
+    /// and redefine it (the tool has no option for a console log; tests that boot need one).
+    pub fn add_serial_log(&self, log: &Path) {
+        let mut xml = self.xml();
+        for tag in ["serial", "console"] {
+            xml = remove_elements(&xml, tag);
+        }
+        let serial = format!(
+            "<serial type='file'><source path='{}'/><target port='0'/></serial>\n</devices>",
+            log.display()
+        );
+        assert!(xml.contains("</devices>"), "no <devices> in:\n{xml}");
+        let xml = xml.replacen("</devices>", &serial, 1);
+        let file = self.tp.path(&format!("{}.xml", self.domain));
+        std::fs::write(&file, &xml).unwrap();
+        virsh(&self.uri, &["define", file.to_str().unwrap()]);
+    }
+}
+
+/// The text between `<tag ...>` and `</tag>` (first occurrence), or `None`.
+pub fn section(xml: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}");
+    let close = format!("</{tag}>");
+    let mut from = 0;
+    loop {
+        let start = from + xml[from..].find(&open)?;
+        let after = &xml[start + open.len()..];
+        // `<metadata>` but not `<metadataX>`.
+        if after.starts_with('>') || after.starts_with(char::is_whitespace) {
+            let end = start + xml[start..].find(&close)? + close.len();
+            return Some(xml[start..end].to_owned());
+        }
+        from = start + open.len();
+    }
+}
+
+/// `xml` without any `<tag .../>` or `<tag ...>...</tag>` element (not nested in itself).
+pub fn remove_elements(xml: &str, tag: &str) -> String {
+    let open = format!("<{tag} ");
+    let open_bare = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    let mut out = String::new();
+    let mut rest = xml;
+    loop {
+        let start = match (rest.find(&open), rest.find(&open_bare)) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => break,
+        };
+        out.push_str(&rest[..start]);
+        let gt = start + rest[start..].find('>').expect("unterminated tag");
+        if rest[..gt].ends_with('/') {
+            rest = &rest[gt + 1..];
+        } else {
+            let end = start + rest[start..].find(&close).expect("element closed") + close.len();
+            rest = &rest[end..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// One XML element: its path from the root (`domain/devices/disk/target`) and attributes.
+#[derive(Debug, Clone)]
+pub struct Elem {
+    pub path: String,
+    pub attrs: Vec<(String, String)>,
+    pub text: String,
+}
+
+impl Elem {
+    pub fn attr(&self, name: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Every element of `xml` in document order (quick-xml, so quoting and escaping do not matter).
+pub fn elements(xml: &str) -> Vec<Elem> {
+    let mut reader = Reader::from_str(xml);
+    let mut stack: Vec<String> = Vec::new();
+    let mut open: Vec<usize> = Vec::new();
+    let mut out: Vec<Elem> = Vec::new();
+    loop {
+        let ev = reader
+            .read_event()
+            .unwrap_or_else(|e| panic!("XML parse error: {e}\n{xml}"));
+        match ev {
+            Event::Start(ref e) | Event::Empty(ref e) => {
+                let name = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
+                stack.push(name);
+                let attrs = e
+                    .attributes()
+                    .map(|a| {
+                        let a = a.expect("attribute");
+                        (
+                            String::from_utf8_lossy(a.key.local_name().as_ref()).into_owned(),
+                            a.unescape_value().expect("attribute value").into_owned(),
+                        )
+                    })
+                    .collect();
+                out.push(Elem {
+                    path: stack.join("/"),
+                    attrs,
+                    text: String::new(),
+                });
+                if matches!(ev, Event::Empty(_)) {
+                    stack.pop();
+                } else {
+                    open.push(out.len() - 1);
+                }
+            }
+            Event::Text(t) => {
+                if let Some(&i) = open.last() {
+                    out[i].text.push_str(&t.decode().expect("text"));
+                }
+            }
+            Event::End(_) => {
+                stack.pop();
+                open.pop();
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The elements at `path`.
+pub fn find<'e>(elems: &'e [Elem], path: &str) -> Vec<&'e Elem> {
+    elems.iter().filter(|e| e.path == path).collect()
+}
+
+/// The tool's state element in a `<metadata>` section: the element carrying `base-uploaded`.
+pub fn state_elem(metadata: &str) -> Option<Elem> {
+    if metadata.is_empty() {
+        return None;
+    }
+    elements(metadata)
+        .into_iter()
+        .find(|e| e.attr("base-uploaded").is_some())
+}
+
+/// Number of `<applied>` elements in a `<metadata>` section.
+pub fn applied_count(metadata: &str) -> usize {
+    if metadata.is_empty() {
+        return 0;
+    }
+    elements(metadata)
+        .iter()
+        .filter(|e| e.path.rsplit('/').next() == Some("applied"))
+        .count()
+}
+
+/// The `key=value` fields of the `disk vdX: ...` line stage 2 prints, or `None`.
+pub fn disk_stats(stdout: &str) -> Option<Vec<(String, String)>> {
+    let line = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("disk "))?;
+    let (_, fields) = line.split_once(':')?;
+    Some(
+        fields
+            .split_whitespace()
+            .filter_map(|f| f.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+    )
+}
+
+/// One field of the stats line, e.g. `io`.
+pub fn stat<'s>(stats: &'s [(String, String)], key: &str) -> &'s str {
+    stats
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("no {key}= in {stats:?}"))
+}
+
+/// Wait up to `timeout` for a line containing `marker` in the file `log`.
+pub fn wait_for_line(log: &Path, marker: &str, timeout: Duration) -> Option<String> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if let Ok(text) = std::fs::read_to_string(log) {
+            if let Some(line) = text.lines().find(|l| l.contains(marker)) {
+                return Some(line.trim().to_owned());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    None
+}
+
+// ---- deltas over a Folder's base -------------------------------------------------------
+
+/// A COWD child of `parent` (cid, hint) over the folder's capacity: descriptor and extent.
+pub fn cowd_child(
+    f: &Folder,
+    name: &str,
+    cid: u32,
+    parent: (u32, &str),
+    grain_sectors: u64,
+    grains: &[(u64, Kind)],
+) -> PathBuf {
+    cowd_child_sized(
+        f,
+        name,
+        cid,
+        parent,
+        grain_sectors,
+        grains,
+        f.capacity_sectors,
+    )
+}
+
+/// A COWD child whose capacity is `capacity_sectors` (may differ from its parent's).
+pub fn cowd_child_sized(
+    f: &Folder,
+    name: &str,
+    cid: u32,
+    parent: (u32, &str),
+    grain_sectors: u64,
+    grains: &[(u64, Kind)],
+    capacity_sectors: u64,
+) -> PathBuf {
+    let extent = format!("{name}-delta.vmdk");
+    write_cowd(
+        &f.path(&extent),
+        capacity_sectors,
+        grain_sectors,
+        grains,
+        &mut pattern(cid as u64),
+        &CowdOptions::default(),
+    )
+    .unwrap();
+    let d = descriptor(
+        cid,
+        Some(parent),
+        "vmfsSparse",
+        &[format!("RW {capacity_sectors} VMFSSPARSE \"{extent}\"")],
+    );
+    f.write(&format!("{name}.vmdk"), &d)
+}
+
+/// An SEsparse child (4 KiB grains) of `parent`: descriptor and extent.
+pub fn sesparse_child(
+    f: &Folder,
+    name: &str,
+    cid: u32,
+    parent: (u32, &str),
+    grains: &[(u64, Kind)],
+) -> PathBuf {
+    let extent = format!("{name}-sesparse.vmdk");
+    write_sesparse(
+        &f.path(&extent),
+        f.capacity_sectors,
+        grains,
+        &mut pattern(cid as u64),
+        &SeSparseOptions::default(),
+    )
+    .unwrap();
+    let d = descriptor(
+        cid,
+        Some(parent),
+        "seSparse",
+        &[format!("RW {} SESPARSE \"{extent}\"", f.capacity_sectors)],
+    );
+    f.write(&format!("{name}.vmdk"), &d)
+}
+
+/// A hosted sparse (KDMV, monolithicSparse) child of the folder's `base.vmdk`, made by
+/// qemu-img and written by qemu-io: each command is one qemu-io `-c` argument.
+pub fn qemu_child(f: &Folder, name: &str, qemu_io: &[&str]) -> PathBuf {
+    // Run in the folder with relative names, so the child's parentFileNameHint stays inside it.
+    let file = format!("{name}.vmdk");
+    let child = f.path(&file);
+    let out = Command::new("qemu-img")
+        .current_dir(f.dir.path())
+        .args(["create", "-q", "-f", "vmdk", "-o", "zeroed_grain=on"])
+        .args(["-b", "base.vmdk", "-F", "vmdk", &file])
+        .output()
+        .expect("qemu-img runs");
+    assert!(out.status.success(), "qemu-img create:\n{}", show(&out));
+    let mut io = Command::new("qemu-io");
+    io.args(["-f", "vmdk"]);
+    for c in qemu_io {
+        io.args(["-c", c]);
+    }
+    let out = io.arg(&child).output().expect("qemu-io runs");
+    assert!(out.status.success(), "qemu-io:\n{}", show(&out));
+    child
+}
