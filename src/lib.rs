@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod cli;
+pub mod import;
 pub mod libvirt;
 pub mod plan;
 pub mod vmdk;
