@@ -48,12 +48,19 @@ impl Piece {
                 buf.fill(0);
                 Ok(())
             }
-            Source::Data { file, offset } => file.file.read_exact_at(buf, offset + rel).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("{}: reading {} bytes at {}: {e}", file.path.display(), buf.len(), offset + rel),
-                )
-            }),
+            Source::Data { file, offset } => {
+                file.file.read_exact_at(buf, offset + rel).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "{}: reading {} bytes at {}: {e}",
+                            file.path.display(),
+                            buf.len(),
+                            offset + rel
+                        ),
+                    )
+                })
+            }
         }
     }
 }
