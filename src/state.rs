@@ -1,5 +1,7 @@
 //! The import's progress, kept as XML in the domain's `<metadata>` under the tool's namespace.
 //!
+//! In the domain XML (`virsh dumpxml`) it reads:
+//!
 //! ```xml
 //! <vmdkimport:import xmlns:vmdkimport="https://virt-vmdkimport.example/ns/import/1">
 //!   <vmdkimport:disk target-dev="sda" pool="default" volume="web1-disk0" capacity="1073741824"
@@ -9,6 +11,12 @@
 //!   </vmdkimport:disk>
 //! </vmdkimport:import>
 //! ```
+//!
+//! virDomainSetMetadata wants that element without any namespace (libvirt 9.0 fails with
+//! "failed to create a new XML namespace" when it already declares one) and puts it in
+//! [`NS_URI`] under the prefix given as `key`; virDomainGetMetadata hands it back without a
+//! namespace too. So [`ImportState::to_xml`] writes plain `<import>`, and
+//! [`ImportState::from_xml`] reads the plain, the prefixed and the default-namespace forms.
 //!
 //! CIDs are written as 8 hex digits, as VMware writes them in descriptors.
 
@@ -52,22 +60,18 @@ pub struct AppliedDelta {
     pub parent_cid: Option<u32>,
 }
 
-fn q(local: &str) -> String {
-    format!("{NS_PREFIX}:{local}")
-}
-
 fn cid_str(c: u32) -> String {
     format!("{c:08x}")
 }
 
 impl ImportState {
-    /// The metadata element, ready for virDomainSetMetadata (type element, key [`NS_PREFIX`],
-    /// uri [`NS_URI`]). Characters XML 1.0 cannot carry (C0 controls other than tab, LF, CR)
+    /// The metadata element, without a namespace, ready for virDomainSetMetadata (type
+    /// element, key [`NS_PREFIX`], uri [`NS_URI`]; the namespace comes from the call). Characters XML 1.0 cannot carry (C0 controls other than tab, LF, CR)
     /// are written as U+FFFD; everything else round-trips.
     pub fn to_xml(&self) -> String {
-        let mut root = Element::new(&q("import")).attr(&format!("xmlns:{NS_PREFIX}"), NS_URI);
+        let mut root = Element::new("import");
         for d in &self.disks {
-            let mut el = Element::new(&q("disk"))
+            let mut el = Element::new("disk")
                 .attr("target-dev", &d.target_dev)
                 .attr("pool", &d.pool)
                 .attr("volume", &d.volume)
@@ -77,10 +81,10 @@ impl ImportState {
             }
             el = el.attr("base-uploaded", if d.base_uploaded { "yes" } else { "no" });
             if let Some(s) = &d.source {
-                el = el.child(Element::new(&q("source")).text(s));
+                el = el.child(Element::new("source").text(s));
             }
             for a in &d.applied {
-                let mut ap = Element::new(&q("applied")).attr("file", &a.file);
+                let mut ap = Element::new("applied").attr("file", &a.file);
                 if let Some(c) = a.cid {
                     ap = ap.attr("cid", &cid_str(c));
                 }
@@ -94,9 +98,9 @@ impl ImportState {
         xmltree::to_string(&root)
     }
 
-    /// Read the element back. libvirt may return it with a prefix or with a default namespace
-    /// (`<import xmlns="...">`): elements are matched by local name once the root's namespace
-    /// is ours.
+    /// Read the element back: as virDomainGetMetadata returns it (no namespace: the URI was
+    /// the lookup key), or as it sits in the domain XML (prefixed, or a default namespace).
+    /// Elements are matched by local name; a namespace other than ours is refused.
     pub fn from_xml(xml: &str) -> Result<ImportState> {
         let root = xmltree::parse(xml).context("import state")?;
         ensure!(
@@ -111,7 +115,10 @@ impl ImportState {
         match root.get_attr(&ns_attr) {
             Some(NS_URI) => {}
             Some(other) => bail!("import state: namespace {other:?}, expected {NS_URI:?}"),
-            None => bail!("import state: no namespace, expected {NS_URI:?}"),
+            None if root.name.contains(':') => {
+                bail!("import state: prefix of <{}> is not declared", root.name)
+            }
+            None => {}
         }
         let mut state = ImportState::default();
         for (i, d) in root
@@ -160,6 +167,30 @@ impl ImportState {
         }
         Ok(state)
     }
+}
+
+/// The import state inside a whole domain XML (`virsh dumpxml`), found by its namespace;
+/// None when the domain has none.
+pub fn from_domain_xml(domain_xml: &str) -> Result<Option<ImportState>> {
+    let dom = xmltree::parse(domain_xml).context("domain XML")?;
+    let Some(meta) = dom.find("metadata") else {
+        return Ok(None);
+    };
+    for el in meta.elements() {
+        if is_ours(el) {
+            return ImportState::from_xml(&xmltree::to_string(el)).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+/// Whether a `<metadata>` child is in our namespace (by its own declaration, as libvirt writes it).
+pub(crate) fn is_ours(el: &Element) -> bool {
+    let ns_attr = match el.name.split_once(':') {
+        Some((prefix, _)) => format!("xmlns:{prefix}"),
+        None => "xmlns".to_string(),
+    };
+    el.get_attr(&ns_attr) == Some(NS_URI)
 }
 
 fn parse_cid(v: Option<&str>, what: &str) -> Result<Option<u32>> {
@@ -215,6 +246,20 @@ mod tests {
         let s = ImportState::from_xml(&xml).unwrap();
         assert_eq!(s.disks[0].volume, "v");
         assert_eq!(s.disks[0].capacity, 5);
+    }
+
+    #[test]
+    fn prefixed_form_in_domain_xml_is_found() {
+        let xml = format!(
+            "<domain><name>x</name><metadata><other:x xmlns:other='urn:o'/><vi:import xmlns:vi=\"{NS_URI}\"><vi:disk target-dev='sda' pool='p' volume='v' capacity='7' base-cid='0000002a' base-uploaded='yes'><vi:source>b.vmdk</vi:source></vi:disk></vi:import></metadata></domain>"
+        );
+        let s = from_domain_xml(&xml).unwrap().unwrap();
+        assert_eq!(s.disks[0].base_cid, Some(42));
+        assert_eq!(s.disks[0].source.as_deref(), Some("b.vmdk"));
+        assert_eq!(
+            from_domain_xml("<domain><metadata/></domain>").unwrap(),
+            None
+        );
     }
 
     #[test]
