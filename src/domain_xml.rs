@@ -79,6 +79,20 @@ pub struct NicSpec {
     pub model_override: Option<String>,
 }
 
+/// The guest CPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CpuMode {
+    /// The host's CPU as is: fastest, and what modern guests (Windows 11 24H2 needs SSE4.2 and
+    /// POPCNT) expect. Needs KVM: under TCG (`type='qemu'`) it fails.
+    HostPassthrough,
+    /// libvirt's closest named model plus features; migratable between similar hosts.
+    HostModel,
+    /// A named model (`EPYC-Milan`, `Skylake-Server`, ...) for clusters of mixed hosts.
+    Model(String),
+    /// No mode: QEMU's default (`qemu64`). Works with KVM and TCG alike; only the topology is set.
+    Default,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainSpec {
     pub name: String,
@@ -92,6 +106,15 @@ pub struct DomainSpec {
     pub memory_mib: u64,
     pub vcpus: u32,
     pub cores_per_socket: Option<u32>,
+    pub cpu: CpuMode,
+    /// CPU features to turn off (`<feature policy='disable'>`), e.g. `arch-capabilities` on
+    /// nested hosts whose KVM cannot set that MSR ("failed to set MSR 0x10a").
+    pub cpu_disable_features: Vec<String>,
+    /// Windows: `<hyperv mode='passthrough'/>`, every enlightenment the host's KVM offers,
+    /// instead of the template's fixed list (relaxed, vapic, spinlocks, vpindex, runtime, synic,
+    /// stimer, reset, frequencies) and hypervclock timer. For hosts whose KVM lacks some of them
+    /// (QEMU then stops with "kernel doesn't allow setting HyperV VP_INDEX"); KVM only.
+    pub hyperv_passthrough: bool,
     pub firmware: Firmware,
     /// The first disk boots.
     pub disks: Vec<DiskSpec>,
@@ -105,7 +128,8 @@ pub struct DomainSpec {
 
 /// The DomainSpec for a parsed .vmx. `disk_sources` gives one source per `vmx.disks` entry, in
 /// the same order; `net_for` maps each NIC (by its VMware network name) to a libvirt network or
-/// bridge. Memory defaults to 1024 MiB and CPUs to 1 when the .vmx does not say.
+/// bridge. Memory defaults to 1024 MiB and CPUs to 1 when the .vmx does not say. The CPU is
+/// host-passthrough under KVM and QEMU's default under TCG.
 pub fn spec_from_vmx(
     vmx: &VmxConfig,
     name: &str,
@@ -129,6 +153,13 @@ pub fn spec_from_vmx(
         memory_mib: vmx.memory_mib.unwrap_or(1024),
         vcpus: vmx.vcpus.unwrap_or(1),
         cores_per_socket: vmx.cores_per_socket,
+        cpu: if domain_type == "kvm" {
+            CpuMode::HostPassthrough
+        } else {
+            CpuMode::Default
+        },
+        cpu_disable_features: Vec::new(),
+        hyperv_passthrough: false,
         firmware: vmx.firmware,
         disks: disk_sources
             .into_iter()
@@ -290,12 +321,26 @@ pub fn render(spec: &DomainSpec) -> Result<String> {
             .push(Node::Element(Element::new("smm").attr("state", "on")));
     }
 
-    // <cpu>: host-passthrough under KVM; under TCG (type qemu) host CPU modes do not work, so
-    // only the topology is given and QEMU's default model is used.
+    // <cpu>: the mode asked for, and the topology VMware had.
     let (sockets, cores, threads) = topology(spec.vcpus, spec.cores_per_socket);
     let mut cpu = Element::new("cpu");
-    if spec.domain_type == "kvm" {
-        cpu = cpu.attr("mode", "host-passthrough").attr("check", "none");
+    match &spec.cpu {
+        CpuMode::HostPassthrough | CpuMode::HostModel if spec.domain_type != "kvm" => {
+            bail!("CPU mode {:?} needs domain type kvm", spec.cpu)
+        }
+        CpuMode::HostPassthrough => {
+            cpu = cpu.attr("mode", "host-passthrough").attr("check", "none")
+        }
+        CpuMode::HostModel => cpu = cpu.attr("mode", "host-model").attr("check", "partial"),
+        CpuMode::Model(m) => {
+            check_value("CPU model", m)?;
+            cpu = cpu
+                .attr("mode", "custom")
+                .attr("match", "exact")
+                .attr("check", "partial")
+                .child(Element::new("model").attr("fallback", "forbid").text(m));
+        }
+        CpuMode::Default => {}
     }
     cpu = cpu.child(
         Element::new("topology")
@@ -304,6 +349,32 @@ pub fn render(spec: &DomainSpec) -> Result<String> {
             .attr("cores", &cores.to_string())
             .attr("threads", &threads.to_string()),
     );
+    for f in &spec.cpu_disable_features {
+        check_value("CPU feature", f)?;
+        cpu = cpu.child(
+            Element::new("feature")
+                .attr("policy", "disable")
+                .attr("name", f),
+        );
+    }
+    if spec.hyperv_passthrough && windows {
+        ensure!(
+            spec.domain_type == "kvm",
+            "Hyper-V passthrough needs domain type kvm"
+        );
+        let hv = dom
+            .find_mut("features")
+            .and_then(|f| f.find_mut("hyperv"))
+            .context("template: <features><hyperv>")?;
+        *hv = Element::new("hyperv").attr("mode", "passthrough");
+        // An explicit hypervclock timer forces the reference TSC page even where KVM lacks
+        // it; passthrough turns it on by itself where it is there.
+        if let Some(clock) = dom.find_mut("clock") {
+            clock.children.retain(|n| {
+                !matches!(n, Node::Element(e) if e.name == "timer" && e.get_attr("name") == Some("hypervclock"))
+            });
+        }
+    }
     let features_pos = dom
         .children
         .iter()

@@ -7,7 +7,8 @@ use std::process::Command;
 use quick_xml::events::Event;
 use quick_xml::Reader;
 use vmdkimport::domain_xml::{
-    render, spec_from_vmx, switch_to_virtio, DiskSource, DomainSpec, NetSource, DRIVER_DISK_ALIAS,
+    render, spec_from_vmx, switch_to_virtio, CpuMode, DiskSource, DomainSpec, NetSource,
+    DRIVER_DISK_ALIAS,
 };
 use vmdkimport::state::{AppliedDelta, DiskState, ImportState, NS_PREFIX, NS_URI};
 use vmdkimport::vmx::{parse_vmx, Firmware, OsFamily, VmxBus, VmxConfig};
@@ -667,6 +668,7 @@ fn tcg_domain_gets_topology_without_host_cpu_mode() {
     let d = read_tree(&xml);
     assert_eq!(d.at("type"), Some("qemu"));
     assert_eq!(d.one("cpu").at("mode"), None);
+    assert_eq!(spec.cpu, CpuMode::Default);
     assert_eq!(
         d.one("devices").all("interface")[0].at("type"),
         Some("bridge")
@@ -700,6 +702,8 @@ fn switch_to_virtio_keeps_macs_drops_driver_disk_and_follows_metadata() {
     let vmx = parse_vmx(&write_vmx(dir.path(), text.as_bytes())).unwrap();
     let name = unique("switch");
     let mut spec = spec_for(&vmx, &name);
+    // Another test defines a domain with this .vmx's uuid.bios at the same time.
+    spec.uuid = None;
     spec.extra_virtio_disk = Some(DiskSource::File(PathBuf::from(format!(
         "/var/tmp/{name}-drivers.raw"
     ))));
@@ -848,4 +852,77 @@ fn import_state_with_hostile_strings_round_trips_through_libvirt_metadata() {
     ]);
     let meta = virsh(&["metadata", &name, NS_URI, "--config"]);
     assert_eq!(ImportState::from_xml(&meta).unwrap(), state, "{meta}");
+}
+
+// ---- rendered domains start ----
+
+/// A running domain, destroyed (then undefined by its [`Defined`]) when dropped.
+struct Running<'a>(&'a Defined);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("virsh")
+            .args(["-q", "-c", URI, "destroy", &self.0 .0])
+            .output();
+    }
+}
+
+fn starts(vmx_text: &str, case: &str, adjust: impl Fn(&mut DomainSpec)) {
+    let dir = tempfile::tempdir().unwrap();
+    let vmx = parse_vmx(&write_vmx(dir.path(), vmx_text.as_bytes())).unwrap();
+    let name = unique(case);
+    // QEMU runs as root here (see LIBVIRT.md), so a file in a private temp dir is readable.
+    let work = tempfile::Builder::new()
+        .prefix("vmdkimport-start")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let disks: Vec<DiskSource> = (0..vmx.disks.len())
+        .map(|i| {
+            let p = work.path().join(format!("disk{i}.raw"));
+            std::fs::File::create(&p).unwrap().set_len(1 << 20).unwrap();
+            DiskSource::File(p)
+        })
+        .collect();
+    let mut spec = spec_from_vmx(&vmx, &name, "kvm", disks, &|_| {
+        NetSource::Network("default".into())
+    })
+    .unwrap();
+    // No libvirt network may exist here: NICs are covered by the define tests.
+    spec.nics.clear();
+    // This machine's (nested) KVM cannot set the arch-capabilities MSR nor the Hyper-V
+    // VP_INDEX/VAPIC MSRs: the spec's knobs for such hosts.
+    spec.cpu_disable_features = vec!["arch-capabilities".into()];
+    spec.hyperv_passthrough = true;
+    // Another test defines a domain with this .vmx's uuid.bios at the same time.
+    spec.uuid = None;
+    adjust(&mut spec);
+    let log = work.path().join("console.log");
+    spec.serial_log = Some(log.clone());
+    let xml = render(&spec).unwrap();
+    validate(&xml);
+    let dom = Defined::new(&xml, &name);
+    virsh(&["start", &name]);
+    let _running = Running(&dom);
+    assert_eq!(virsh(&["domstate", &name]).trim(), "running");
+    assert!(log.exists(), "virtlogd did not create the console log");
+}
+
+/// Secure boot needs SMM, which this machine's KVM does not offer ("System Management Mode
+/// not supported by this hypervisor"): the secure-boot domain is only defined (above), and
+/// the start runs the same Windows domain with OVMF without secure boot.
+#[test]
+fn windows_efi_domain_starts() {
+    starts(WIN2019_EFI, "start-win2019", |s| {
+        s.firmware = Firmware::Efi { secure_boot: false }
+    });
+}
+
+#[test]
+fn legacy_windows_domain_starts() {
+    starts(WIN2008R2_BIOS, "start-win2008r2", |_| {});
+}
+
+#[test]
+fn linux_domain_with_three_disks_starts() {
+    starts(RHEL_THREE_DISKS, "start-rhel", |_| {});
 }
