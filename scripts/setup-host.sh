@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Install what virt-vmdkimport's build, tests and demo need on a Debian bookworm host, and
 # start virtlogd and libvirtd when they are not running (hosts without systemd included).
-# Idempotent: a second run only checks.
+# Idempotent: a second run only checks. libxml2-utils: virt-xml-validate runs xmllint.
 set -euo pipefail
 
 need_pkgs=()
 for p in libvirt-dev libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 \
-         qemu-utils pkg-config ovmf nasm python3; do
+         qemu-utils pkg-config ovmf nasm python3 libxml2-utils; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -21,7 +21,7 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     fi
     apt-get install -y -q --allow-downgrades --no-install-recommends \
         libvirt-dev libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 \
-        "$qemu_utils" pkg-config ovmf nasm python3
+        "$qemu_utils" pkg-config ovmf nasm python3 libxml2-utils
 fi
 
 # The QEMU driver resolves its user before it reads qemu.conf.

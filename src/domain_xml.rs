@@ -199,7 +199,7 @@ pub fn target_dev(prefix: &str, index: usize) -> String {
 /// divide the vCPU count falls back to one core per socket, as libvirt needs the product to match.
 pub fn topology(vcpus: u32, cores_per_socket: Option<u32>) -> (u32, u32, u32) {
     match cores_per_socket {
-        Some(c) if c > 0 && vcpus % c == 0 => (vcpus / c, c, 1),
+        Some(c) if c > 0 && vcpus.is_multiple_of(c) => (vcpus / c, c, 1),
         _ => (vcpus, 1, 1),
     }
 }

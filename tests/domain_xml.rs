@@ -359,7 +359,7 @@ fn windows_2019_efi_secure_boot_gets_q35_sata_e1000e_and_secure_ovmf() {
     let b = read_tree(&back);
     assert_eq!(b.one("uuid").text, "42163b5e-0c8f-1a2b-9d4e-5f60718293a4");
     let bs = summarize(&back);
-    assert_eq!(bs.machine.starts_with("pc-q35"), true, "{}", bs.machine);
+    assert!(bs.machine.starts_with("pc-q35"), "{}", bs.machine);
     assert_eq!(bs.nics[0].1.as_deref(), Some("00:50:56:9a:1b:2c"));
     assert_eq!(bs.firmware.as_deref(), Some("efi"));
 }
