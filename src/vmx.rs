@@ -1,4 +1,17 @@
 //! Reader for VMware `.vmx` files: the VM's memory, CPUs, firmware, disks and NICs as ESX describes them.
+//!
+//! Keys read: `.encoding`, `displayName`, `memsize`, `numvcpus`, `cpuid.coresPerSocket`,
+//! `guestOS`, `firmware`, `uefi.secureBoot.enabled`, `uuid.bios`, `bios.hddOrder` (first entry),
+//! `{scsi,sata,nvme,ide}N.present`, `scsiN.virtualDev`, `{bus}N:M.{present,fileName,deviceType,mode}`,
+//! `ethernetN.{present,virtualDev,networkName,addressType,generatedAddress,address}`.
+//! Knowingly ignored (no libvirt equivalent the migration needs, or decided elsewhere):
+//! `uuid.location`, `vc.uuid`, `virtualHW.version`, `nvram` (the VMware NVRAM file: boot
+//! entries are rebuilt by OVMF), `bios.bootOrder`, `sched.*`, `mem.hotadd`, `vcpu.hotadd`,
+//! `tools.*`, `ethernetN.connectionType`/`dvs.*`/`wakeOnPcktRcv`/`uptCompatibility`,
+//! `scsiN.sharedBus`, `{bus}N:M.writeThrough`, `*.pciSlotNumber`, `svga.*`, `extendedConfigFile`,
+//! `annotation`, `guestinfo.*`, `migrate.*`, `floppyN.*`, `serialN.*`, `parallelN.*`,
+//! `sound.*`, `usb*`, `pciPassthruN.*` (present floppies, ports, sound, USB and passthrough
+//! devices get a note).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -193,13 +206,13 @@ pub fn parse_vmx_str(text: &[u8], name_for_errors: &str) -> Result<VmxConfig> {
     let encoding = match raw.get(".encoding") {
         None => Encoding::Utf8,
         Some((_, v)) => {
-            let e = String::from_utf8_lossy(v).to_ascii_lowercase();
-            match e.as_str() {
+            let e = String::from_utf8_lossy(v);
+            match e.to_ascii_lowercase().as_str() {
                 "utf-8" | "utf8" => Encoding::Utf8,
                 "windows-1252" | "cp1252" | "iso-8859-1" | "us-ascii" => Encoding::Windows1252,
-                other => {
+                _ => {
                     notes.push(format!(
-                        ".encoding {other:?} is not supported: non-ASCII text read as UTF-8 with replacement characters"
+                        ".encoding {e:?} is not supported: non-ASCII text read as UTF-8 with replacement characters"
                     ));
                     Encoding::Utf8
                 }
@@ -602,6 +615,11 @@ fn build(keys: &BTreeMap<String, String>, mut notes: Vec<String>, name: &str) ->
         }
     }
 
+    for (key, what) in [("memsize", "memory"), ("numvcpus", "vCPU count")] {
+        if get(key).is_none() {
+            notes.push(format!("no {key}: the {what} has to come from elsewhere"));
+        }
+    }
     let display_name = get("displayname").map(str::to_string);
     Ok(VmxConfig {
         display_name,
@@ -659,6 +677,36 @@ mod tests {
     #[test]
     fn windows_1252_table() {
         assert_eq!(decode_windows_1252(b"\x80\xe9\x9f\x81"), "€éŸ\u{81}");
+    }
+
+    #[test]
+    fn bare_values_unknown_encoding_and_hdd_order() {
+        let v = parse_vmx_str(
+            b".encoding = \"Shift_JIS\"\nmemsize = 2048\nnumvcpus=\"2\"\nbios.hddOrder = \"scsi0:1\"\nscsi0:0.fileName = \"a.vmdk\"\nscsi0:1.fileName = \"b.vmdk\"\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(v.memory_mib, Some(2048));
+        assert_eq!(v.vcpus, Some(2));
+        let slots: Vec<String> = v.disks.iter().map(|d| d.slot()).collect();
+        assert_eq!(slots, vec!["scsi0:1", "scsi0:0"]);
+        assert!(
+            v.notes.iter().any(|n| n.contains("Shift_JIS")),
+            "{:?}",
+            v.notes
+        );
+    }
+
+    #[test]
+    fn legacy_list() {
+        assert!(is_legacy_guest("windows7srv-64"));
+        assert!(is_legacy_guest("winNetStandard"));
+        assert!(is_legacy_guest("winXPPro"));
+        assert!(!is_legacy_guest("windows8srv-64"));
+        assert!(!is_legacy_guest("windows9-64"));
+        assert!(!is_legacy_guest("windows2019srv-64"));
+        assert_eq!(os_family("longhorn-64"), OsFamily::Windows);
+        assert_eq!(os_family("rhel9-64"), OsFamily::Linux);
     }
 
     #[test]

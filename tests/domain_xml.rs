@@ -926,3 +926,18 @@ fn legacy_windows_domain_starts() {
 fn linux_domain_with_three_disks_starts() {
     starts(RHEL_THREE_DISKS, "start-rhel", |_| {});
 }
+
+#[test]
+#[ignore = "prints a rendered Windows domain and its virtio switch, for reading"]
+fn print_windows_example() {
+    let dir = tempfile::tempdir().unwrap();
+    let vmx = parse_vmx(&write_vmx(dir.path(), WIN2019_EFI.as_bytes())).unwrap();
+    let mut spec = spec_for(&vmx, "web1");
+    spec.extra_virtio_disk = Some(DiskSource::Volume {
+        pool: "default".into(),
+        volume: "web1-drivers".into(),
+    });
+    spec.serial_log = Some("/var/log/web1.log".into());
+    let xml = render(&spec).unwrap();
+    println!("{xml}\n----\n{}", switch_to_virtio(&xml).unwrap());
+}
