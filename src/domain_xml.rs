@@ -383,37 +383,35 @@ pub fn render(spec: &DomainSpec) -> Result<String> {
     dom.children.insert(features_pos + 1, Node::Element(cpu));
 
     // Devices: disks, then NICs, ahead of the template's own devices.
-    let default_bus = match (windows, legacy) {
-        (false, _) => DiskBus::Virtio,
-        (true, false) => DiskBus::Sata,
-        (true, true) => DiskBus::Ide,
-    };
     let default_nic = match (windows, legacy) {
         (false, _) => "virtio",
         (true, false) => "e1000e",
         (true, true) => "e1000",
     };
+    let placed = place_disks(spec);
+    let ide = placed.iter().filter(|(b, _)| *b == DiskBus::Ide).count();
+    ensure!(
+        ide == 0 || legacy,
+        "IDE disks need the pc machine (q35 has no IDE); this domain gets q35"
+    );
+    ensure!(
+        ide <= MAX_IDE_DISKS,
+        "the pc machine's IDE holds at most {MAX_IDE_DISKS} disks; this domain has {ide}"
+    );
     let mut new_devices: Vec<Element> = Vec::new();
-    let mut counts = std::collections::HashMap::<&str, usize>::new();
     let mut any_scsi = false;
-    for (i, d) in spec.disks.iter().enumerate() {
-        let bus = d.bus_override.unwrap_or(default_bus);
-        any_scsi |= bus == DiskBus::Scsi;
-        let n = counts.entry(bus.dev_prefix()).or_default();
-        let dev = target_dev(bus.dev_prefix(), *n);
-        *n += 1;
-        let mut disk = disk_element(&d.source, &dev, bus.name(), &format!("disk {}", i + 1))?;
+    for (i, (d, (bus, dev))) in spec.disks.iter().zip(&placed).enumerate() {
+        any_scsi |= *bus == DiskBus::Scsi;
+        let mut disk = disk_element(&d.source, dev, bus.name(), &format!("disk {}", i + 1))?;
         if i == 0 {
             disk.children
                 .push(Node::Element(Element::new("boot").attr("order", "1")));
         }
         new_devices.push(disk);
     }
-    if counts.get("hd").copied().unwrap_or(0) > MAX_IDE_DISKS {
-        bail!(
-            "the pc machine's IDE holds at most {MAX_IDE_DISKS} disks; this domain has {}",
-            counts["hd"]
-        );
+    let mut counts = std::collections::HashMap::<&str, usize>::new();
+    for (bus, _) in &placed {
+        *counts.entry(bus.dev_prefix()).or_default() += 1;
     }
     if let Some(extra) = &spec.extra_virtio_disk {
         let n = counts.entry("vd").or_default();
@@ -476,6 +474,31 @@ pub fn render(spec: &DomainSpec) -> Result<String> {
     }
 
     Ok(xmltree::to_string(&dom))
+}
+
+/// Each disk's bus and `<target dev>`, in `spec.disks` order, as [`render`] writes them: the
+/// names the import state records (see [`crate::state::DiskState::target_dev`]).
+pub fn disk_targets(spec: &DomainSpec) -> Vec<String> {
+    place_disks(spec).into_iter().map(|(_, dev)| dev).collect()
+}
+
+fn place_disks(spec: &DomainSpec) -> Vec<(DiskBus, String)> {
+    let default_bus = match (spec.os, spec.legacy_machine) {
+        (OsFamily::Linux, _) => DiskBus::Virtio,
+        (OsFamily::Windows, false) => DiskBus::Sata,
+        (OsFamily::Windows, true) => DiskBus::Ide,
+    };
+    let mut counts = std::collections::HashMap::<&str, usize>::new();
+    spec.disks
+        .iter()
+        .map(|d| {
+            let bus = d.bus_override.unwrap_or(default_bus);
+            let n = counts.entry(bus.dev_prefix()).or_default();
+            let dev = target_dev(bus.dev_prefix(), *n);
+            *n += 1;
+            (bus, dev)
+        })
+        .collect()
 }
 
 fn disk_element(source: &DiskSource, dev: &str, bus: &str, what: &str) -> Result<Element> {
@@ -588,6 +611,76 @@ fn is_driver_disk(disk: &Element) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn spec(os: OsFamily, legacy: bool, disks: usize) -> DomainSpec {
+        DomainSpec {
+            name: "t".into(),
+            uuid: None,
+            title: None,
+            domain_type: "kvm".into(),
+            os,
+            legacy_machine: legacy,
+            memory_mib: 512,
+            vcpus: 1,
+            cores_per_socket: None,
+            cpu: CpuMode::HostPassthrough,
+            cpu_disable_features: vec![],
+            hyperv_passthrough: false,
+            firmware: Firmware::Bios,
+            disks: (0..disks)
+                .map(|i| DiskSpec {
+                    source: DiskSource::File(PathBuf::from(format!("/d{i}"))),
+                    bus_override: None,
+                })
+                .collect(),
+            nics: vec![],
+            serial_log: None,
+            extra_virtio_disk: None,
+        }
+    }
+
+    #[test]
+    fn disk_targets_follow_the_os() {
+        assert_eq!(
+            disk_targets(&spec(OsFamily::Windows, false, 2)),
+            ["sda", "sdb"]
+        );
+        assert_eq!(
+            disk_targets(&spec(OsFamily::Windows, true, 2)),
+            ["hda", "hdb"]
+        );
+        let mut s = spec(OsFamily::Linux, false, 2);
+        s.disks[1].bus_override = Some(DiskBus::Sata);
+        assert_eq!(disk_targets(&s), ["vda", "sda"]);
+    }
+
+    #[test]
+    fn refusals_name_the_problem() {
+        let e = render(&spec(OsFamily::Windows, true, 5)).unwrap_err();
+        assert!(e.to_string().contains("at most 4"), "{e}");
+        let mut s = spec(OsFamily::Linux, false, 1);
+        s.disks[0].bus_override = Some(DiskBus::Ide);
+        let e = render(&s).unwrap_err();
+        assert!(e.to_string().contains("q35 has no IDE"), "{e}");
+        let mut s = spec(OsFamily::Linux, false, 1);
+        s.name = "a/b".into();
+        assert!(render(&s).is_err());
+        let mut s = spec(OsFamily::Linux, false, 1);
+        s.domain_type = "qemu".into();
+        let e = render(&s).unwrap_err();
+        assert!(e.to_string().contains("needs domain type kvm"), "{e}");
+        let mut s = spec(OsFamily::Linux, false, 1);
+        s.disks[0].source = DiskSource::File("relative.raw".into());
+        assert!(render(&s).is_err());
+    }
+
+    #[test]
+    fn title_loses_its_newlines() {
+        let mut s = spec(OsFamily::Linux, false, 1);
+        s.title = Some("a\nb\u{1}c".into());
+        let dom = xmltree::parse(&render(&s).unwrap()).unwrap();
+        assert_eq!(dom.find("title").unwrap().text_content(), "a b c");
+    }
 
     #[test]
     fn targets_count_like_libvirt() {
