@@ -357,6 +357,18 @@ pub fn render(spec: &DomainSpec) -> Result<String> {
                 .attr("name", f),
         );
     }
+    if windows && spec.domain_type != "kvm" {
+        // TCG has no Hyper-V enlightenments: QEMU refuses to start with them ("kernel doesn't
+        // allow setting HyperV VP_INDEX"), and the hypervclock timer is one of them.
+        ensure!(
+            !spec.hyperv_passthrough,
+            "Hyper-V passthrough needs domain type kvm"
+        );
+        if let Some(f) = dom.find_mut("features") {
+            f.remove_children("hyperv");
+        }
+        remove_hypervclock(&mut dom);
+    }
     if spec.hyperv_passthrough && windows {
         ensure!(
             spec.domain_type == "kvm",
@@ -369,11 +381,7 @@ pub fn render(spec: &DomainSpec) -> Result<String> {
         *hv = Element::new("hyperv").attr("mode", "passthrough");
         // An explicit hypervclock timer forces the reference TSC page even where KVM lacks
         // it; passthrough turns it on by itself where it is there.
-        if let Some(clock) = dom.find_mut("clock") {
-            clock.children.retain(|n| {
-                !matches!(n, Node::Element(e) if e.name == "timer" && e.get_attr("name") == Some("hypervclock"))
-            });
-        }
+        remove_hypervclock(&mut dom);
     }
     let features_pos = dom
         .children
@@ -474,6 +482,14 @@ pub fn render(spec: &DomainSpec) -> Result<String> {
     }
 
     Ok(xmltree::to_string(&dom))
+}
+
+fn remove_hypervclock(dom: &mut Element) {
+    if let Some(clock) = dom.find_mut("clock") {
+        clock.children.retain(|n| {
+            !matches!(n, Node::Element(e) if e.name == "timer" && e.get_attr("name") == Some("hypervclock"))
+        });
+    }
 }
 
 /// Each disk's bus and `<target dev>`, in `spec.disks` order, as [`render`] writes them: the

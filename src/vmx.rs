@@ -500,6 +500,17 @@ fn build(keys: &BTreeMap<String, String>, mut notes: Vec<String>, name: &str) ->
             notes.push(format!("{slot} has an empty fileName: ignored"));
             continue;
         }
+        let path = Path::new(file);
+        if path.is_absolute()
+            || path
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            // Legal (a disk on another datastore), but not among the VM's own files.
+            notes.push(format!(
+                "{slot} ({file}) is outside the VM's folder: copy it over and give its path"
+            ));
+        }
         let mode = field("mode").unwrap_or("").to_ascii_lowercase();
         let controller_model = match bus {
             VmxBus::Scsi => get(&format!("scsi{ctl}.virtualdev")).map(|s| s.to_ascii_lowercase()),
