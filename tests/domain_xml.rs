@@ -987,3 +987,81 @@ fn print_windows_example() {
     let xml = render(&spec).unwrap();
     println!("{xml}\n----\n{}", switch_to_virtio(&xml).unwrap());
 }
+
+/// A boot sector (nasm, `org 0x7c00`): print the marker on COM1, then power off through the
+/// q35 ACPI PM1a control port (0x604, SLP_EN | S5) so the test can wait for the stop event
+/// instead of sleeping.
+fn boot_sector(marker: &[u8]) -> Vec<u8> {
+    const CODE: [u8; 24] = [
+        0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xbe, 0x18, 0x7c, // mov si, 0x7c18 (the message, right after the code)
+        0xac, // .l: lodsb
+        0x84, 0xc0, // test al, al
+        0x74, 0x03, // jz .h
+        0xee, // out dx, al
+        0xeb, 0xf8, // jmp .l
+        0xba, 0x04, 0x06, // .h: mov dx, 0x604
+        0xb8, 0x00, 0x20, // mov ax, 0x2000
+        0xef, // out dx, ax
+        0xf4, // .s: hlt
+        0xeb, 0xfd, // jmp .s
+    ];
+    let mut s = vec![0u8; 512];
+    s[..CODE.len()].copy_from_slice(&CODE);
+    s[CODE.len()..CODE.len() + marker.len()].copy_from_slice(marker);
+    assert!(CODE.len() + marker.len() < 510, "marker too long");
+    s[510] = 0x55;
+    s[511] = 0xaa;
+    s
+}
+
+#[test]
+fn linux_domain_boots_from_its_disk_and_the_serial_log_shows_it() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let vmx = parse_vmx(&write_vmx(dir.path(), UBUNTU.as_bytes())).unwrap();
+    let name = unique("boot");
+    let work = tempfile::Builder::new()
+        .prefix("vmdkimport-boot")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let disk = work.path().join("disk0.raw");
+    let marker = format!("VMDKIMPORT-BOOT-{}", std::process::id());
+    let mut image = boot_sector(format!("{marker}\r\n\0").as_bytes());
+    image.resize(1 << 20, 0);
+    std::fs::write(&disk, &image).unwrap();
+    let mut spec = spec_from_vmx(&vmx, &name, "kvm", vec![DiskSource::File(disk)], &|_| {
+        NetSource::Network("default".into())
+    })
+    .unwrap();
+    spec.nics.clear();
+    spec.uuid = None;
+    spec.cpu_disable_features = vec!["arch-capabilities".into()];
+    let log = work.path().join("console.log");
+    spec.serial_log = Some(log.clone());
+    let xml = render(&spec).unwrap();
+    let dom = Defined::new(&xml, &name);
+
+    // Listen before starting: the guest needs seconds to reach the boot sector, virsh event
+    // milliseconds to register. Its own timeout keeps a guest that never stops from hanging.
+    let mut events = Command::new("virsh")
+        .args(["-q", "-c", URI, "event", &name, "--event", "lifecycle"])
+        .args(["--loop", "--timeout", "120"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    virsh(&["start", &name]);
+    let _running = Running(&dom);
+    let mut stopped = false;
+    for line in BufReader::new(events.stdout.take().unwrap()).lines() {
+        if line.unwrap().contains("Stopped") {
+            stopped = true;
+            break;
+        }
+    }
+    let _ = events.kill();
+    let _ = events.wait();
+    let console = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(stopped, "the guest never powered off; console: {console:?}");
+    assert!(console.contains(&marker), "console: {console:?}");
+}
