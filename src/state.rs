@@ -262,6 +262,47 @@ mod tests {
         );
     }
 
+    /// XML-ish fragments glued at random: Ok or Err, never a panic.
+    #[test]
+    fn random_fragments_never_panic() {
+        const BITS: &[&str] = &[
+            "<import>",
+            "</import>",
+            "<disk ",
+            "target-dev='a' ",
+            "capacity='1' ",
+            "pool='p' ",
+            "volume='v' ",
+            "/>",
+            ">",
+            "</disk>",
+            "<source>",
+            "</source>",
+            "&amp;",
+            "&#0;",
+            "&#x110000;",
+            "&bogus;",
+            "<!DOCTYPE x [<!ENTITY a 'b'>]>",
+            "<![CDATA[x]]>",
+            "base-cid='zz' ",
+            "<applied file='f'/>",
+            "<x:import xmlns:x='urn:y'>",
+            "\"",
+            "'",
+        ];
+        let mut seed: u64 = 0x2545f4914f6cdd1d;
+        for _ in 0..3000 {
+            let mut text = String::new();
+            for _ in 0..(seed % 16) {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                text.push_str(BITS[(seed >> 33) as usize % BITS.len()]);
+            }
+            let _ = ImportState::from_xml(&text);
+        }
+    }
+
     #[test]
     fn foreign_namespace_is_refused() {
         let e = ImportState::from_xml("<x:import xmlns:x='urn:other'/>").unwrap_err();

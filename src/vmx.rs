@@ -13,7 +13,7 @@
 //! `sound.*`, `usb*`, `pciPassthruN.*` (present floppies, ports, sound, USB and passthrough
 //! devices get a note).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -446,7 +446,7 @@ fn build(keys: &BTreeMap<String, String>, mut notes: Vec<String>, name: &str) ->
 
     // Disks and CD-ROMs.
     let mut controllers_off: Vec<(VmxBus, u32)> = Vec::new();
-    let mut slots: BTreeMap<(VmxBus, u32, u32), ()> = BTreeMap::new();
+    let mut slots: BTreeSet<(VmxBus, u32, u32)> = BTreeSet::new();
     for k in keys.keys() {
         if let Some((bus, ctl, unit, field)) = split_device_key(k) {
             match unit {
@@ -454,7 +454,7 @@ fn build(keys: &BTreeMap<String, String>, mut notes: Vec<String>, name: &str) ->
                     controllers_off.push((bus, ctl))
                 }
                 Some(u) => {
-                    slots.insert((bus, ctl, u), ());
+                    slots.insert((bus, ctl, u));
                 }
                 None => {}
             }
@@ -462,7 +462,7 @@ fn build(keys: &BTreeMap<String, String>, mut notes: Vec<String>, name: &str) ->
     }
     let mut disks = Vec::new();
     let mut cdroms = Vec::new();
-    for &(bus, ctl, unit) in slots.keys() {
+    for &(bus, ctl, unit) in &slots {
         let slot = format!("{bus}{ctl}:{unit}");
         let field = |f: &str| get(&format!("{slot}.{f}"));
         let Some(file) = field("filename") else {
@@ -525,7 +525,7 @@ fn build(keys: &BTreeMap<String, String>, mut notes: Vec<String>, name: &str) ->
             independent: mode.starts_with("independent"),
         });
     }
-    // slots is a BTreeMap keyed by (bus, controller, unit): disks are already in bus order.
+    // slots is ordered by (bus, controller, unit): disks are already in bus order.
     // bios.hddOrder names the boot disk first ("scsi0:1,scsi0:0"): honour its first entry.
     if let Some(order) = get("bios.hddorder") {
         if let Some(first) = order
@@ -718,6 +718,46 @@ mod tests {
         assert!(!is_legacy_guest("windows2019srv-64"));
         assert_eq!(os_family("longhorn-64"), OsFamily::Windows);
         assert_eq!(os_family("rhel9-64"), OsFamily::Linux);
+    }
+
+    /// A cheap fuzzer: vmx-like fragments glued at random must give Ok or Err, never a panic.
+    #[test]
+    fn random_fragments_never_panic() {
+        const BITS: &[&[u8]] = &[
+            b"scsi0:0.fileName = \"",
+            b"sata1:15.present = \"FALSE\"\n",
+            b"|",
+            b"|2",
+            b"|22",
+            b"\"",
+            b"=",
+            b"\n",
+            b"#",
+            b"\r\n",
+            b"ethernet0.",
+            b"address = \"00:50:56:",
+            b"nvme0:0.",
+            b"mode = \"independent",
+            b".encoding = \"windows-1252\"\n",
+            b"\x80\xff",
+            b"uuid.bios = \"56 4d",
+            b"firmware = \"efi\"\n",
+            b"memsize = \"99999999999999999999\"\n",
+            b"ide4294967296:0.fileName = \"x\"\n",
+            b"deviceType = \"cdrom-image\"\n",
+            b" ",
+        ];
+        let mut seed: u64 = 0x9e3779b97f4a7c15;
+        for _ in 0..3000 {
+            let mut text = Vec::new();
+            for _ in 0..(seed % 24) {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                text.extend_from_slice(BITS[(seed >> 33) as usize % BITS.len()]);
+            }
+            let _ = parse_vmx_str(&text, "fuzz.vmx");
+        }
     }
 
     #[test]
