@@ -555,9 +555,10 @@ fn disk_element(source: &DiskSource, dev: &str, bus: &str, what: &str) -> Result
 /// Rewrite a domain's disks and NICs to virtio, once the guest has the drivers: disk buses
 /// become virtio with targets vda, vdb, ... in document order (drive addresses dropped so
 /// libvirt assigns PCI slots), NIC models become virtio with their MACs and PCI addresses
-/// dropped, and the driver-install disk ([`DRIVER_DISK_ALIAS`]) is removed. CD-ROMs, floppies
-/// and LUN passthrough stay as they are. The import state in `<metadata>` follows the renamed
-/// targets.
+/// dropped, and the driver-install disk ([`DRIVER_DISK_ALIAS`]) is removed (its volume or file
+/// is left for the caller to delete). CD-ROMs, floppies and LUN passthrough stay as they are.
+/// The import state in `<metadata>` follows the renamed targets. Feed it the persistent
+/// definition (`virsh dumpxml --inactive`, VIR_DOMAIN_XML_INACTIVE) and define the result.
 pub fn switch_to_virtio(domain_xml: &str) -> Result<String> {
     let mut dom = xmltree::parse(domain_xml).context("parsing the domain XML")?;
     ensure!(

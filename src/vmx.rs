@@ -423,6 +423,24 @@ fn build(keys: &BTreeMap<String, String>, mut notes: Vec<String>, name: &str) ->
         ));
     }
     let legacy_machine = os == OsFamily::Windows && is_legacy_guest(&guest_os);
+    // Linux before 2.6.25 has no virtio; these guestOS values name such distributions.
+    const OLD_LINUX: &[&str] = &[
+        "rhel2",
+        "rhel3",
+        "rhel4",
+        "sles-",
+        "sles8",
+        "sles9",
+        "other24xlinux",
+        "redhat",
+        "turbolinux",
+        "mandrake",
+    ];
+    if os == OsFamily::Linux && OLD_LINUX.iter().any(|p| guest_os.starts_with(p)) {
+        notes.push(format!(
+            "guestOS {guest_os:?} may predate virtio: override the disk bus (sata) and NIC model (e1000) if it does not boot"
+        ));
+    }
 
     let firmware = match get("firmware").map(|s| s.trim().to_ascii_lowercase()) {
         Some(f) if f == "efi" => Firmware::Efi {
