@@ -436,7 +436,9 @@ fn build(keys: &BTreeMap<String, String>, mut notes: Vec<String>, name: &str) ->
         "turbolinux",
         "mandrake",
     ];
-    if os == OsFamily::Linux && OLD_LINUX.iter().any(|p| guest_os.starts_with(p)) {
+    if os == OsFamily::Linux
+        && (guest_os == "sles" || OLD_LINUX.iter().any(|p| guest_os.starts_with(p)))
+    {
         notes.push(format!(
             "guestOS {guest_os:?} may predate virtio: override the disk bus (sata) and NIC model (e1000) if it does not boot"
         ));
