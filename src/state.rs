@@ -47,6 +47,9 @@ pub struct DiskState {
     pub base_cid: Option<u32>,
     /// True only once the whole base upload finished.
     pub base_uploaded: bool,
+    /// True while stage 2 writes this disk: a run that stopped half way leaves it set, and
+    /// the domain is not started until a rerun completes.
+    pub applying: bool,
     /// The base image's file name.
     pub source: Option<String>,
     /// Deltas applied, oldest first.
@@ -80,6 +83,9 @@ impl ImportState {
                 el = el.attr("base-cid", &cid_str(c));
             }
             el = el.attr("base-uploaded", if d.base_uploaded { "yes" } else { "no" });
+            if d.applying {
+                el = el.attr("applying", "yes");
+            }
             if let Some(s) = &d.source {
                 el = el.child(Element::new("source").text(s));
             }
@@ -138,6 +144,11 @@ impl ImportState {
                 Some("no") | None => false,
                 Some(v) => bail!("{what}: base-uploaded={v:?}: expected yes or no"),
             };
+            let applying = match d.get_attr("applying") {
+                Some("yes") => true,
+                Some("no") | None => false,
+                Some(v) => bail!("{what}: applying={v:?}: expected yes or no"),
+            };
             let mut applied = Vec::new();
             for a in d.elements().filter(|e| e.local_name() == "applied") {
                 applied.push(AppliedDelta {
@@ -158,6 +169,7 @@ impl ImportState {
                     .with_context(|| format!("{what}: capacity {capacity:?} is not a number"))?,
                 base_cid: parse_cid(d.get_attr("base-cid"), &what)?,
                 base_uploaded,
+                applying,
                 source: d
                     .elements()
                     .find(|e| e.local_name() == "source")
@@ -213,6 +225,7 @@ mod tests {
                     capacity: u64::MAX,
                     base_cid: Some(0xfffffffe),
                     base_uploaded: true,
+                    applying: true,
                     source: Some(format!("  {nasty}  ")),
                     applied: vec![
                         AppliedDelta {

@@ -741,6 +741,7 @@ fn switch_to_virtio_keeps_macs_drops_driver_disk_and_follows_metadata() {
                 capacity: 1 << 30,
                 base_cid: Some(0x1234abcd),
                 base_uploaded: true,
+                applying: false,
                 source: Some("win2019-dc01.vmdk".into()),
                 applied: vec![],
             },
@@ -858,6 +859,7 @@ fn import_state_with_hostile_strings_round_trips_through_libvirt_metadata() {
             capacity: u64::MAX,
             base_cid: Some(u32::MAX),
             base_uploaded: true,
+            applying: true,
             source: Some(nasty.into()),
             applied: vec![
                 AppliedDelta {
