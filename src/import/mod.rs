@@ -526,6 +526,18 @@ fn stage_two(
     st: &mut ImportState,
     disks: &[DiskPlan],
 ) -> Result<()> {
+    if req.dry_run && st.disks.len() < disks.len() {
+        // Stage 1 was only described: check the chains and say what they would write.
+        for plan in disks.iter().filter(|p| !p.deltas.is_empty()) {
+            let chain = Chain::open_deltas(&plan.deltas, &req.open)?;
+            println!(
+                "would then apply {} delta(s): {}",
+                chain.layers().len(),
+                crate::apply::survey(&chain)?
+            );
+        }
+        return Ok(());
+    }
     ensure!(
         st.disks.len() >= disks.len(),
         "domain '{}': the import state knows {} disks, the import has {}",
