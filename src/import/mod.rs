@@ -372,6 +372,15 @@ fn stage_one(
                     req.domain,
                     domain_xml::render(&spec)?
                 );
+                for (plan, name) in disks.iter().zip(&names) {
+                    if let (Some(b), SpecDisk::Volume { volume, .. }) = (&plan.base, name) {
+                        println!(
+                            "would upload {} ({} bytes) into volume '{volume}'",
+                            b.name(),
+                            b.capacity()
+                        );
+                    }
+                }
                 None
             } else {
                 let dom = conn.define_domain(&domain_xml::render(&spec)?)?;
