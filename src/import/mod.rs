@@ -76,6 +76,7 @@ pub struct Request {
     pub dry_run: bool,
     pub io: IoMode,
     copy_independent: bool,
+    driver_disk: bool,
     cpu: Option<domain_xml::CpuMode>,
 }
 
@@ -154,6 +155,7 @@ impl Request {
             dry_run: cli.dry_run,
             io: cli.io,
             copy_independent: cli.copy_independent,
+            driver_disk: cli.driver_disk,
             cpu: cli.cpu.as_deref().map(|c| match c {
                 "host-passthrough" => domain_xml::CpuMode::HostPassthrough,
                 "host-model" => domain_xml::CpuMode::HostModel,
@@ -222,6 +224,9 @@ pub fn run(mut req: Request) -> Result<()> {
         return Ok(());
     }
     let dom = dom.expect("a domain exists after stage 1");
+    if stage2 && req.driver_disk {
+        attach_driver_disk(&req, &conn, &dom)?;
+    }
     if stage2 && !req.no_start {
         ensure!(
             state.disks.iter().all(|d| d.base_uploaded && !d.applying),
@@ -238,6 +243,27 @@ pub fn run(mut req: Request) -> Result<()> {
     }
     let uri = conn.uri();
     println!("follow up with:\n  virsh -c {uri} console {}\n  virsh -c {uri} domstate {}\n  virsh -c {uri} metadata {} {}", req.domain, req.domain, req.domain, state::NS_URI);
+    Ok(())
+}
+
+/// Size of the driver-install disk: Windows only needs to see a virtio disk, not use it.
+const DRIVER_DISK_BYTES: u64 = 64 << 20;
+
+/// Create the driver-install volume and attach it as a virtio disk (once), so a Windows guest
+/// installs its virtio storage driver before `--switch-to-virtio` moves its boot disk.
+fn attach_driver_disk(req: &Request, conn: &Conn, dom: &Dom) -> Result<()> {
+    let volume = format!("{}-driverdisk", req.domain);
+    ensure_volume(conn, &req.pool, &volume, DRIVER_DISK_BYTES)?;
+    let source = SpecDisk::Volume {
+        pool: req.pool.clone(),
+        volume,
+    };
+    let xml = dom.xml()?;
+    let with_disk = domain_xml::add_driver_disk(&xml, &source)?;
+    if with_disk != xml {
+        conn.define_domain(&with_disk)?;
+        println!("attached the driver-install virtio disk; after the virtio-win drivers are installed, run --switch-to-virtio");
+    }
     Ok(())
 }
 
