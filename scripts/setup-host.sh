@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Install what virt-vmdkimport's build, tests and demo need on a Debian bookworm host, and
 # start virtlogd and libvirtd when they are not running (hosts without systemd included).
-# Idempotent: a second run only checks.
+# Idempotent: a second run only checks. libxml2-utils: virt-xml-validate runs xmllint.
 set -euo pipefail
 
+# Everything the build, the tests, the demo and the benchmark use. libxml2-utils: xmllint,
+# which virt-xml-validate runs; time: GNU time for the benchmark's peak memory.
+pkgs=(libvirt-dev libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86
+      qemu-utils pkg-config ovmf nasm python3 libxml2-utils time)
 need_pkgs=()
-for p in libvirt-dev libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 \
-         qemu-utils pkg-config ovmf nasm python3 time; do
+for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -15,13 +18,10 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     apt-get update -q
     # A newer backported qemu-utils conflicts with bookworm's qemu-system-x86: take both from
     # bookworm in one command.
-    qemu_utils=qemu-utils
     if apt-cache policy qemu-utils 2>/dev/null | grep -q ' bookworm/main'; then
-        qemu_utils=qemu-utils/bookworm
+        pkgs=("${pkgs[@]/#qemu-utils/qemu-utils/bookworm}")
     fi
-    apt-get install -y -q --allow-downgrades --no-install-recommends \
-        libvirt-dev libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 \
-        "$qemu_utils" pkg-config ovmf nasm python3 time
+    apt-get install -y -q --allow-downgrades --no-install-recommends "${pkgs[@]}"
 fi
 
 # The QEMU driver resolves its user before it reads qemu.conf.

@@ -51,7 +51,7 @@ pub fn survey(chain: &Chain) -> anyhow::Result<ApplyReport> {
     Ok(r)
 }
 
-fn tally(r: &mut ApplyReport, piece: &Piece, last_end: &mut Option<u64>) {
+pub fn tally(r: &mut ApplyReport, piece: &Piece, last_end: &mut Option<u64>) {
     r.pieces += 1;
     if *last_end != Some(piece.offset) {
         r.runs += 1;

@@ -2,6 +2,11 @@
 
 pub mod apply;
 pub mod cli;
+pub mod domain_xml;
+pub mod import;
 pub mod libvirt;
 pub mod plan;
+pub mod state;
 pub mod vmdk;
+pub mod vmx;
+mod xmltree;

@@ -1,0 +1,324 @@
+//! The import's progress, kept as XML in the domain's `<metadata>` under the tool's namespace.
+//!
+//! In the domain XML (`virsh dumpxml`) it reads:
+//!
+//! ```xml
+//! <vmdkimport:import xmlns:vmdkimport="https://virt-vmdkimport.example/ns/import/1">
+//!   <vmdkimport:disk target-dev="sda" pool="default" volume="web1-disk0" capacity="1073741824"
+//!                    base-cid="3d0c8a4f" base-uploaded="yes">
+//!     <vmdkimport:source>web1.vmdk</vmdkimport:source>
+//!     <vmdkimport:applied file="web1-000001.vmdk" cid="5a1e2b3c" parent-cid="3d0c8a4f"/>
+//!   </vmdkimport:disk>
+//! </vmdkimport:import>
+//! ```
+//!
+//! virDomainSetMetadata wants that element without any namespace (libvirt 9.0 fails with
+//! "failed to create a new XML namespace" when it already declares one) and puts it in
+//! [`NS_URI`] under the prefix given as `key`; virDomainGetMetadata hands it back without a
+//! namespace too. So [`ImportState::to_xml`] writes plain `<import>`, and
+//! [`ImportState::from_xml`] reads the plain, the prefixed and the default-namespace forms.
+//!
+//! CIDs are written as 8 hex digits, as VMware writes them in descriptors.
+
+use anyhow::{bail, ensure, Context, Result};
+
+use crate::xmltree::{self, Element};
+
+/// The namespace of the metadata element. The `.example` name is reserved (RFC 2606), so it can
+/// never collide with anybody else's metadata; the trailing `1` is the format's version.
+pub const NS_URI: &str = "https://virt-vmdkimport.example/ns/import/1";
+/// The prefix (virDomainSetMetadata's `key`).
+pub const NS_PREFIX: &str = "vmdkimport";
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ImportState {
+    pub disks: Vec<DiskState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DiskState {
+    /// The disk's `<target dev>` in the domain (`vda`, `sda`, ...).
+    pub target_dev: String,
+    pub pool: String,
+    pub volume: String,
+    /// Bytes.
+    pub capacity: u64,
+    /// The base descriptor's CID; the first delta's parentCID must match it.
+    pub base_cid: Option<u32>,
+    /// True only once the whole base upload finished.
+    pub base_uploaded: bool,
+    /// True while stage 2 writes this disk: a run that stopped half way leaves it set, and
+    /// the domain is not started until a rerun completes.
+    pub applying: bool,
+    /// The base image's file name.
+    pub source: Option<String>,
+    /// Deltas applied, oldest first.
+    pub applied: Vec<AppliedDelta>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AppliedDelta {
+    pub file: String,
+    pub cid: Option<u32>,
+    pub parent_cid: Option<u32>,
+}
+
+fn cid_str(c: u32) -> String {
+    format!("{c:08x}")
+}
+
+impl ImportState {
+    /// The metadata element, without a namespace, ready for virDomainSetMetadata (type
+    /// element, key [`NS_PREFIX`], uri [`NS_URI`]; the namespace comes from the call). Characters XML 1.0 cannot carry (C0 controls other than tab, LF, CR)
+    /// are written as U+FFFD; everything else round-trips.
+    pub fn to_xml(&self) -> String {
+        let mut root = Element::new("import");
+        for d in &self.disks {
+            let mut el = Element::new("disk")
+                .attr("target-dev", &d.target_dev)
+                .attr("pool", &d.pool)
+                .attr("volume", &d.volume)
+                .attr("capacity", &d.capacity.to_string());
+            if let Some(c) = d.base_cid {
+                el = el.attr("base-cid", &cid_str(c));
+            }
+            el = el.attr("base-uploaded", if d.base_uploaded { "yes" } else { "no" });
+            if d.applying {
+                el = el.attr("applying", "yes");
+            }
+            if let Some(s) = &d.source {
+                el = el.child(Element::new("source").text(s));
+            }
+            for a in &d.applied {
+                let mut ap = Element::new("applied").attr("file", &a.file);
+                if let Some(c) = a.cid {
+                    ap = ap.attr("cid", &cid_str(c));
+                }
+                if let Some(c) = a.parent_cid {
+                    ap = ap.attr("parent-cid", &cid_str(c));
+                }
+                el = el.child(ap);
+            }
+            root = root.child(el);
+        }
+        xmltree::to_string(&root)
+    }
+
+    /// Read the element back: as virDomainGetMetadata returns it (no namespace: the URI was
+    /// the lookup key), or as it sits in the domain XML (prefixed, or a default namespace).
+    /// Elements are matched by local name; a namespace other than ours is refused.
+    pub fn from_xml(xml: &str) -> Result<ImportState> {
+        let root = xmltree::parse(xml).context("import state")?;
+        ensure!(
+            root.local_name() == "import",
+            "import state: root element is <{}>, not <import>",
+            root.name
+        );
+        let ns_attr = match root.name.split_once(':') {
+            Some((prefix, _)) => format!("xmlns:{prefix}"),
+            None => "xmlns".to_string(),
+        };
+        match root.get_attr(&ns_attr) {
+            Some(NS_URI) => {}
+            Some(other) => bail!("import state: namespace {other:?}, expected {NS_URI:?}"),
+            None if root.name.contains(':') => {
+                bail!("import state: prefix of <{}> is not declared", root.name)
+            }
+            None => {}
+        }
+        let mut state = ImportState::default();
+        for (i, d) in root
+            .elements()
+            .filter(|e| e.local_name() == "disk")
+            .enumerate()
+        {
+            let what = format!("import state: disk {}", i + 1);
+            let attr = |k: &str| -> Result<String> {
+                d.get_attr(k)
+                    .map(str::to_string)
+                    .with_context(|| format!("{what}: no {k} attribute"))
+            };
+            let capacity = attr("capacity")?;
+            let base_uploaded = match d.get_attr("base-uploaded") {
+                Some("yes") => true,
+                Some("no") | None => false,
+                Some(v) => bail!("{what}: base-uploaded={v:?}: expected yes or no"),
+            };
+            let applying = match d.get_attr("applying") {
+                Some("yes") => true,
+                Some("no") | None => false,
+                Some(v) => bail!("{what}: applying={v:?}: expected yes or no"),
+            };
+            let mut applied = Vec::new();
+            for a in d.elements().filter(|e| e.local_name() == "applied") {
+                applied.push(AppliedDelta {
+                    file: a
+                        .get_attr("file")
+                        .with_context(|| format!("{what}: an applied delta has no file"))?
+                        .to_string(),
+                    cid: parse_cid(a.get_attr("cid"), &what)?,
+                    parent_cid: parse_cid(a.get_attr("parent-cid"), &what)?,
+                });
+            }
+            state.disks.push(DiskState {
+                target_dev: attr("target-dev")?,
+                pool: attr("pool")?,
+                volume: attr("volume")?,
+                capacity: capacity
+                    .parse()
+                    .with_context(|| format!("{what}: capacity {capacity:?} is not a number"))?,
+                base_cid: parse_cid(d.get_attr("base-cid"), &what)?,
+                base_uploaded,
+                applying,
+                source: d
+                    .elements()
+                    .find(|e| e.local_name() == "source")
+                    .map(|e| e.text_content()),
+                applied,
+            });
+        }
+        Ok(state)
+    }
+}
+
+/// The import state inside a whole domain XML (`virsh dumpxml`), found by its namespace;
+/// None when the domain has none.
+pub fn from_domain_xml(domain_xml: &str) -> Result<Option<ImportState>> {
+    let dom = xmltree::parse(domain_xml).context("domain XML")?;
+    let Some(meta) = dom.find("metadata") else {
+        return Ok(None);
+    };
+    for el in meta.elements() {
+        if is_ours(el) {
+            return ImportState::from_xml(&xmltree::to_string(el)).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+/// Whether a `<metadata>` child is in our namespace (by its own declaration, as libvirt writes it).
+pub(crate) fn is_ours(el: &Element) -> bool {
+    let ns_attr = match el.name.split_once(':') {
+        Some((prefix, _)) => format!("xmlns:{prefix}"),
+        None => "xmlns".to_string(),
+    };
+    el.get_attr(&ns_attr) == Some(NS_URI)
+}
+
+fn parse_cid(v: Option<&str>, what: &str) -> Result<Option<u32>> {
+    v.map(|s| u32::from_str_radix(s, 16).with_context(|| format!("{what}: CID {s:?} is not hex")))
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hostile() -> ImportState {
+        let nasty = "a\"b'c<d>e&f\tg\nh\r ]]> &amp; <!-- é 日本";
+        ImportState {
+            disks: vec![
+                DiskState {
+                    target_dev: "sda".into(),
+                    pool: nasty.into(),
+                    volume: format!("{nasty}.raw"),
+                    capacity: u64::MAX,
+                    base_cid: Some(0xfffffffe),
+                    base_uploaded: true,
+                    applying: true,
+                    source: Some(format!("  {nasty}  ")),
+                    applied: vec![
+                        AppliedDelta {
+                            file: nasty.into(),
+                            cid: Some(1),
+                            parent_cid: Some(0xfffffffe),
+                        },
+                        AppliedDelta {
+                            file: "x".into(),
+                            cid: None,
+                            parent_cid: None,
+                        },
+                    ],
+                },
+                DiskState::default(),
+            ],
+        }
+    }
+
+    #[test]
+    fn hostile_strings_round_trip() {
+        let s = hostile();
+        assert_eq!(ImportState::from_xml(&s.to_xml()).unwrap(), s);
+    }
+
+    #[test]
+    fn default_namespace_form_is_read() {
+        let xml = format!(
+            "<import xmlns=\"{NS_URI}\"><disk target-dev='vda' pool='p' volume='v' capacity='5' base-uploaded='no'/></import>"
+        );
+        let s = ImportState::from_xml(&xml).unwrap();
+        assert_eq!(s.disks[0].volume, "v");
+        assert_eq!(s.disks[0].capacity, 5);
+    }
+
+    #[test]
+    fn prefixed_form_in_domain_xml_is_found() {
+        let xml = format!(
+            "<domain><name>x</name><metadata><other:x xmlns:other='urn:o'/><vi:import xmlns:vi=\"{NS_URI}\"><vi:disk target-dev='sda' pool='p' volume='v' capacity='7' base-cid='0000002a' base-uploaded='yes'><vi:source>b.vmdk</vi:source></vi:disk></vi:import></metadata></domain>"
+        );
+        let s = from_domain_xml(&xml).unwrap().unwrap();
+        assert_eq!(s.disks[0].base_cid, Some(42));
+        assert_eq!(s.disks[0].source.as_deref(), Some("b.vmdk"));
+        assert_eq!(
+            from_domain_xml("<domain><metadata/></domain>").unwrap(),
+            None
+        );
+    }
+
+    /// XML-ish fragments glued at random: Ok or Err, never a panic.
+    #[test]
+    fn random_fragments_never_panic() {
+        const BITS: &[&str] = &[
+            "<import>",
+            "</import>",
+            "<disk ",
+            "target-dev='a' ",
+            "capacity='1' ",
+            "pool='p' ",
+            "volume='v' ",
+            "/>",
+            ">",
+            "</disk>",
+            "<source>",
+            "</source>",
+            "&amp;",
+            "&#0;",
+            "&#x110000;",
+            "&bogus;",
+            "<!DOCTYPE x [<!ENTITY a 'b'>]>",
+            "<![CDATA[x]]>",
+            "base-cid='zz' ",
+            "<applied file='f'/>",
+            "<x:import xmlns:x='urn:y'>",
+            "\"",
+            "'",
+        ];
+        let mut seed: u64 = 0x2545f4914f6cdd1d;
+        for _ in 0..3000 {
+            let mut text = String::new();
+            for _ in 0..(seed % 16) {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                text.push_str(BITS[(seed >> 33) as usize % BITS.len()]);
+            }
+            let _ = ImportState::from_xml(&text);
+        }
+    }
+
+    #[test]
+    fn foreign_namespace_is_refused() {
+        let e = ImportState::from_xml("<x:import xmlns:x='urn:other'/>").unwrap_err();
+        assert!(format!("{e:#}").contains("urn:other"), "{e:#}");
+    }
+}
