@@ -50,8 +50,8 @@ fn small_runs(rng: &mut Rng, capacity_grains: u64, kinds: &[Kind]) -> Vec<(u64, 
             v.push((g + k, kinds[rng.below(kinds.len() as u64) as usize]));
         }
         g += run
-            + if rng.below(20) == 0 {
-                64 + rng.below(1024)
+            + if rng.below(50) == 0 {
+                64 + rng.below(512)
             } else {
                 1 + rng.below(8)
             };
@@ -131,7 +131,7 @@ fn oracle(f: &Folder, top: &Path) -> Vec<u8> {
 fn stage1_ok(im: &Import, f: &Folder, extra: &[&str]) {
     ok(&im.stage1(&f.path("base.vmdk"), extra), "stage 1");
     assert!(!im.is_active(), "stage 1 leaves the domain shut off");
-    let meta = im.metadata();
+    let meta = im.state();
     let st = state_elem(&meta).unwrap_or_else(|| panic!("no import state in {meta}"));
     assert_eq!(st.attr("base-uploaded"), Some("yes"), "{meta}");
     let cid = st.attr("base-cid").unwrap_or_else(|| panic!("{meta}"));
@@ -339,8 +339,10 @@ fn boot_payload() -> Vec<u8> {
     p
 }
 
-/// Small enough to start next to other tests; SeaBIOS needs little.
-const SMALL_VM: &[&str] = &["--memory", "128", "--vcpus", "1"];
+/// Small enough to start next to other tests; SeaBIOS needs little. QEMU's generic CPU:
+/// this machine's (nested) KVM cannot start the default host-passthrough CPU ("failed to
+/// set MSR 0x10a"), which is what the tool's --cpu knob is for.
+const SMALL_VM: &[&str] = &["--memory", "128", "--vcpus", "1", "--cpu", "default"];
 
 #[test]
 fn stage2_starts_a_domain_that_boots_the_patched_disk() {
@@ -416,7 +418,7 @@ fn small_runs_give_exactly_the_chain(io: &str, sesparse: bool) {
     if io == "stream" {
         let runs: u64 = stat(&stats, "runs").parse().unwrap();
         let calls: u64 = stat(&stats, "calls").parse().unwrap();
-        assert!(runs > 1000, "{stdout}");
+        assert!(runs >= 100, "the fixture has many runs: {stdout}");
         assert!(
             calls < runs,
             "runs a few sectors apart are merged into fewer upload calls: {stdout}"
@@ -786,6 +788,15 @@ fn foreign_domain_xml(tp: &TestPool, name: &str, disk_xml: &str) -> String {
     )
 }
 
+/// Domain XML without its `<metadata>` and blank lines.
+fn without_metadata(xml: &str) -> String {
+    remove_elements(xml, "metadata")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Stage 1 and stage 2 into a domain defined by other tooling: the domain's own volume gets
 /// the bytes, no `<domain>-disk0` appears, and the domain's XML is as it was apart from the
 /// tool's metadata.
@@ -813,7 +824,7 @@ fn existing_domain_keeps_its_xml(disk_by_path: bool) {
     let name = unique_name("foreign");
     tp.define_domain(&foreign_domain_xml(&tp, &name, &disk));
     let im = Import::existing(&tp, &name);
-    let xml_before = remove_elements(&im.xml(), "metadata");
+    let xml_before = without_metadata(&im.xml());
 
     ok(&im.stage1(&f.path("base.vmdk"), &[]), "stage 1");
     assert!(
@@ -828,7 +839,7 @@ fn existing_domain_keeps_its_xml(disk_by_path: bool) {
 
     ok(&im.stage2(&refs(&deltas), &["--no-start"]), "stage 2");
     assert_same(&read_volume(&vol), &want, "the domain's volume");
-    let xml_after = remove_elements(&im.xml(), "metadata");
+    let xml_after = without_metadata(&im.xml());
     assert_eq!(
         section(&xml_after, "devices"),
         section(&xml_before, "devices"),

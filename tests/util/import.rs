@@ -252,6 +252,14 @@ impl<'a> Import<'a> {
         section(&self.xml(), "metadata").unwrap_or_default()
     }
 
+    /// The tool's state as `virsh metadata D NS_URI` shows it.
+    pub fn state(&self) -> String {
+        virsh(
+            &self.uri,
+            &["metadata", &self.domain, vmdkimport::state::NS_URI],
+        )
+    }
+
     /// Replace the domain's serial ports and consoles with one serial port logging to `log`,
     /// and redefine it (the tool has no option for a console log; tests that boot need one).
     pub fn add_serial_log(&self, log: &Path) {
