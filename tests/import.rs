@@ -861,3 +861,153 @@ fn existing_domain_with_a_volume_disk_gets_the_bytes_and_keeps_its_devices() {
 fn existing_domain_with_a_file_disk_gets_the_bytes_and_keeps_its_devices() {
     existing_domain_keeps_its_xml(true);
 }
+
+#[test]
+fn stage2_refuses_a_domain_that_stage1_never_imported() {
+    let tp = TestPool::new("nostate");
+    let f = Folder::base(SECTORS);
+    let deltas = make_chain(&f, Chain::Cowd);
+    let vol = tp.volume("web-root", CAP);
+    fill_volume(&vol, 0x5a);
+    let disk = format!(
+        "<disk type='volume' device='disk'><driver name='qemu' type='raw'/>\
+         <source pool='{}' volume='{}'/><target dev='vda' bus='virtio'/></disk>",
+        tp.name,
+        vol.name()
+    );
+    let name = unique_name("nostate");
+    tp.define_domain(&foreign_domain_xml(&tp, &name, &disk));
+    let im = Import::existing(&tp, &name);
+    let xml = im.xml();
+    let out = im.stage2(&refs(&deltas), &[]);
+    refused(&out, &["stage 1", "import state", "base"]);
+    assert!(
+        read_volume(&vol).iter().all(|&b| b == 0x5a),
+        "volume written"
+    );
+    assert_eq!(im.xml(), xml, "domain XML changed");
+    assert!(!im.is_active(), "domain started");
+}
+
+#[test]
+fn stage2_refuses_a_domain_that_does_not_exist() {
+    let tp = TestPool::new("nodom");
+    let f = Folder::base(SECTORS);
+    let deltas = make_chain(&f, Chain::Cowd);
+    let im = Import::new(&tp, "nodom");
+    let out = im.stage2(&refs(&deltas), &[]);
+    let line = refused(&out, &["not exist", "not found", "no domain"]);
+    assert!(line.contains(&im.domain), "names the domain: {line}");
+    assert!(!im.exists());
+}
+
+#[test]
+fn stage1_refuses_an_existing_volume_smaller_than_the_disk() {
+    let tp = TestPool::new("small");
+    let f = Folder::base(SECTORS);
+    let im = Import::new(&tp, "small");
+    let vol = tp
+        .pool
+        .create_volume(&im.volume_name(), CAP / 2)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    fill_volume(&vol, 0x5a);
+    let out = im.stage1(&f.path("base.vmdk"), &[]);
+    let line = refused(&out, &["smaller", "capacity", "size"]);
+    assert!(line.contains(&im.volume_name()), "names the volume: {line}");
+    let got = read_volume(&vol);
+    assert_eq!(got.len() as u64, CAP / 2, "volume resized");
+    assert!(got.iter().all(|&b| b == 0x5a), "volume written");
+    assert!(
+        !im.exists(),
+        "domain defined around a volume that cannot hold the disk"
+    );
+}
+
+#[test]
+fn stage1_fails_when_standard_input_is_longer_than_the_capacity() {
+    let tp = TestPool::new("long");
+    let f = Folder::base(SECTORS);
+    let mut input = base_bytes(&f);
+    input.extend_from_slice(&[0x77; 4096]);
+    let im = Import::new(&tp, "long");
+    let out = im.stage1_stdin(&input, CAP, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("virt-vmdkimport: "), "{}", show(&out));
+    if im.exists() {
+        let meta = im.metadata();
+        let st = state_elem(&meta).unwrap_or_else(|| panic!("no import state in {meta}"));
+        assert_eq!(
+            st.attr("base-uploaded"),
+            Some("no"),
+            "a base longer than the disk is not a complete upload: {meta}"
+        );
+    }
+}
+
+#[test]
+fn windows_domain_round_trip_writes_its_sata_disk() {
+    let tp = TestPool::new("win");
+    let f = Folder::base(SECTORS);
+    let deltas = make_chain(&f, Chain::SeSparse);
+    let want = oracle(&f, &deltas[0]);
+    let im = Import::new(&tp, "win");
+    stage1_ok(&im, &f, &["--os", "windows", "--network", "default"]);
+    let xml = im.xml();
+    let elems = elements(&xml);
+    assert_eq!(the_disk_bus(&elems, &xml).1, "sata", "{xml}");
+    let out = ok(&im.stage2(&refs(&deltas), &["--no-start"]), "stage 2");
+    let stats = disk_stats(&out).unwrap_or_else(|| panic!("no stats line: {out}"));
+    assert!(
+        out.lines().any(|l| l.starts_with("disk sd")),
+        "the stats line names the SATA disk: {out}"
+    );
+    assert!(!stats.is_empty());
+    assert_same(&im.read(), &want, "volume");
+}
+
+#[test]
+fn domain_name_with_spaces_and_xml_specials_round_trips() {
+    let tp = TestPool::new("names");
+    let f = Folder::base(SECTORS);
+    let deltas = make_chain(&f, Chain::Cowd);
+    let want = oracle(&f, &deltas[0]);
+    let mut im = Import::new(&tp, "names");
+    im.domain = format!("{} Web & 'DB' <prod>", im.domain);
+    tp.track_domain(&im.domain);
+    stage1_ok(&im, &f, &[]);
+    let xml = im.xml();
+    assert_eq!(find(&elements(&xml), "domain/name")[0].text, im.domain);
+    ok(&im.stage2(&refs(&deltas), &["--no-start"]), "stage 2");
+    assert_same(&im.read(), &want, "volume");
+}
+
+#[test]
+fn windows_over_an_earlier_delta_keep_its_bytes_in_the_gaps() {
+    // Delta 1 changes many scattered sectors; delta 2, applied in a later run through
+    // streams, has short runs whose gaps cover delta 1's sectors. Gap bytes must come from
+    // what the volume holds now (delta 1 applied), not from the base.
+    let tp = TestPool::new("gaps");
+    let f = Folder::base(SECTORS);
+    let g1 = scatter(&mut Rng(0x9a9), SECTORS, 3000, DATA);
+    let d1 = cowd_child(&f, "vm-000001", 0xb1, (BASE_CID, "base.vmdk"), 1, &g1);
+    let g2 = small_runs(&mut Rng(0x9aa), SECTORS, DATA);
+    let d2 = cowd_child(&f, "vm-000002", 0xb2, (0xb1, "vm-000001.vmdk"), 1, &g2);
+    let want = oracle(&f, &d2);
+    let im = Import::new(&tp, "gaps");
+    stage1_ok(&im, &f, &[]);
+    ok(
+        &im.stage2(&[&d1], &["--no-start", "--io", "stream"]),
+        "stage 2, delta 1",
+    );
+    assert_same(&im.read(), &qemu_read(&d1), "after delta 1");
+    let out = ok(
+        &im.stage2(&[&d2], &["--no-start", "--io", "stream"]),
+        "stage 2, delta 2",
+    );
+    let stats = disk_stats(&out).unwrap_or_else(|| panic!("no stats line: {out}"));
+    let gap: u64 = stat(&stats, "gap_bytes").parse().unwrap();
+    assert!(gap > 0, "the planner merged runs over gaps: {out}");
+    assert_same(&im.read(), &want, "after delta 2");
+}

@@ -379,6 +379,23 @@ pub fn elements(xml: &str) -> Vec<Elem> {
                     out[i].text.push_str(&t.decode().expect("text"));
                 }
             }
+            Event::GeneralRef(r) => {
+                if let Some(&i) = open.last() {
+                    let name = r.decode().expect("entity name");
+                    let c = match name.as_ref() {
+                        "amp" => '&',
+                        "lt" => '<',
+                        "gt" => '>',
+                        "apos" => '\'',
+                        "quot" => '"',
+                        _ => r
+                            .resolve_char_ref()
+                            .expect("character reference")
+                            .unwrap_or_else(|| panic!("unknown entity &{name};")),
+                    };
+                    out[i].text.push(c);
+                }
+            }
             Event::End(_) => {
                 stack.pop();
                 open.pop();
