@@ -159,8 +159,12 @@ fn round_trip(chain: Chain, io: &str) {
     assert_eq!(stat(&stats, "io"), io, "{stdout}");
     assert_same(&im.read(), &want, &format!("{chain:?} --io {io}"));
     assert!(!im.is_active(), "--no-start");
-    let meta = im.metadata();
-    assert!(applied_count(&meta) >= 1, "applied deltas recorded: {meta}");
+    let meta = im.state();
+    assert_eq!(
+        applied_count(&meta),
+        deltas.len(),
+        "applied deltas recorded: {meta}"
+    );
 }
 
 #[test]
@@ -222,6 +226,8 @@ fn deltas_applied_one_run_at_a_time_give_the_whole_chain() {
     );
     assert_same(&im.read(), &want, "after delta 2");
     assert!(!im.is_active());
+    let meta = im.state();
+    assert_eq!(applied_count(&meta), 2, "both deltas recorded: {meta}");
 }
 
 #[test]
@@ -238,7 +244,7 @@ fn cold_migration_in_one_command_gives_the_chain() {
     let meta = im.metadata();
     let st = state_elem(&meta).unwrap_or_else(|| panic!("no import state in {meta}"));
     assert_eq!(st.attr("base-uploaded"), Some("yes"), "{meta}");
-    assert!(applied_count(&meta) >= 1, "{meta}");
+    assert_eq!(applied_count(&meta), 2, "{meta}");
 }
 
 #[test]
@@ -736,6 +742,8 @@ fn stage2_refuses_an_older_delta_after_a_newer_one() {
     let want = oracle(&f, &deltas[1]);
     let im = Import::new(&tp, "order");
     stage1_ok(&im, &f, &[]);
+    // The newer delta alone, without the one below it, sits on nothing the volume holds.
+    assert_refused_untouched(&im, &[&deltas[1]], &[], &["cid"]);
     ok(&im.stage2(&refs(&deltas), &["--no-start"]), "stage 2");
     assert_same(&im.read(), &want, "after the chain");
     let meta = im.metadata();
@@ -1010,4 +1018,19 @@ fn windows_over_an_earlier_delta_keep_its_bytes_in_the_gaps() {
     let gap: u64 = stat(&stats, "gap_bytes").parse().unwrap();
     assert!(gap > 0, "the planner merged runs over gaps: {out}");
     assert_same(&im.read(), &want, "after delta 2");
+}
+
+#[test]
+fn io_direct_on_a_remote_uri_is_refused_and_changes_nothing() {
+    let tp = TestPool::on(REMOTE_URI, "rdirect");
+    let f = Folder::base(SECTORS);
+    let deltas = make_chain(&f, Chain::Cowd);
+    let im = Import::with_uri(&tp, REMOTE_URI, "rdirect");
+    stage1_ok(&im, &f, &[]);
+    assert_refused_untouched(
+        &im,
+        &refs(&deltas),
+        &["--io", "direct"],
+        &["direct", "local"],
+    );
 }
