@@ -695,6 +695,48 @@ mod tests {
     }
 
     #[test]
+    fn driver_disk_is_added_once_and_removed_by_the_switch() {
+        let xml = render(&spec(OsFamily::Windows, false, 2)).unwrap();
+        let src = DiskSource::Volume {
+            pool: "p".into(),
+            volume: "t-driverdisk".into(),
+        };
+        let once = add_driver_disk(&xml, &src).unwrap();
+        assert_eq!(
+            add_driver_disk(&once, &src).unwrap(),
+            once,
+            "a second call changes nothing"
+        );
+        let dom = xmltree::parse(&once).unwrap();
+        let disks: Vec<_> = dom
+            .find("devices")
+            .unwrap()
+            .elements()
+            .filter(|e| e.name == "disk")
+            .collect();
+        assert_eq!(disks.len(), 3);
+        let driver = disks
+            .iter()
+            .find(|d| is_driver_disk(d))
+            .expect("driver disk");
+        let target = driver.find("target").unwrap();
+        assert_eq!(
+            (target.get_attr("dev"), target.get_attr("bus")),
+            (Some("vda"), Some("virtio"))
+        );
+        let switched = switch_to_virtio(&once).unwrap();
+        let dom = xmltree::parse(&switched).unwrap();
+        let disks: Vec<_> = dom
+            .find("devices")
+            .unwrap()
+            .elements()
+            .filter(|e| e.name == "disk")
+            .collect();
+        assert_eq!(disks.len(), 2);
+        assert!(disks.iter().all(|d| !is_driver_disk(d)));
+    }
+
+    #[test]
     fn disk_targets_follow_the_os() {
         assert_eq!(
             disk_targets(&spec(OsFamily::Windows, false, 2)),

@@ -796,3 +796,83 @@ fn net_source(req: &Request, vmware_net: Option<&str>) -> NetSource {
         (None, None) => NetSource::Network("default".to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmdk::LayerKind;
+
+    fn layer(name: &str, cid: u32, parent: u32) -> LayerInfo {
+        LayerInfo {
+            path: PathBuf::from(format!("/d/{name}")),
+            kind: LayerKind::SeSparse,
+            cid: Some(cid),
+            parent_cid: Some(parent),
+            parent_hint: None,
+            capacity: 1 << 20,
+        }
+    }
+
+    fn disk(applied: &[(&str, u32, u32)]) -> DiskState {
+        DiskState {
+            base_cid: Some(0xb0),
+            base_uploaded: true,
+            applied: applied
+                .iter()
+                .map(|(f, c, p)| AppliedDelta {
+                    file: f.to_string(),
+                    cid: Some(*c),
+                    parent_cid: Some(*p),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn cids(v: &[AppliedDelta]) -> Vec<u32> {
+        v.iter().map(|a| a.cid.unwrap()).collect()
+    }
+
+    #[test]
+    fn a_first_delta_sits_on_the_recorded_base() {
+        let l = new_lineage(
+            &disk(&[]),
+            &[layer("d1", 0xd1, 0xb0), layer("d2", 0xd2, 0xd1)],
+        )
+        .unwrap();
+        assert_eq!(cids(&l), [0xd1, 0xd2]);
+    }
+
+    #[test]
+    fn a_delta_from_another_base_is_refused() {
+        let e = new_lineage(&disk(&[]), &[layer("x", 0xd1, 0xbad)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("parentCID 00000bad") && e.contains("/d/x"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_next_delta_continues_from_the_last_applied() {
+        let l = new_lineage(&disk(&[("d1", 0xd1, 0xb0)]), &[layer("d2", 0xd2, 0xd1)]).unwrap();
+        assert_eq!(cids(&l), [0xd1, 0xd2]);
+    }
+
+    #[test]
+    fn rerunning_the_same_chain_is_allowed() {
+        let ds = disk(&[("d1", 0xd1, 0xb0), ("d2", 0xd2, 0xd1)]);
+        let l = new_lineage(&ds, &[layer("d1", 0xd1, 0xb0), layer("d2", 0xd2, 0xd1)]).unwrap();
+        assert_eq!(cids(&l), [0xd1, 0xd2]);
+    }
+
+    #[test]
+    fn an_older_delta_after_a_newer_one_is_refused() {
+        let ds = disk(&[("d1", 0xd1, 0xb0), ("d2", 0xd2, 0xd1)]);
+        let e = new_lineage(&ds, &[layer("d1", 0xd1, 0xb0)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("d2") && e.contains("already applied"), "{e}");
+    }
+}
