@@ -1034,3 +1034,85 @@ fn io_direct_on_a_remote_uri_is_refused_and_changes_nothing() {
         &["direct", "local"],
     );
 }
+
+#[test]
+fn a_block_device_volume_gets_real_zeros_and_both_write_paths() {
+    let tp = TestPool::new("block");
+    // A block device that holds someone else's data, as a new LV can (the LVM case).
+    let backing = tp.path("blockdev.raw");
+    std::fs::write(&backing, vec![0x5au8; CAP as usize]).unwrap();
+    let Some(lo) = util::libvirt::LoopDev::attach(&backing) else {
+        eprintln!("SKIPPED: no loop device on this machine");
+        return;
+    };
+    // A dir pool lists a symlink to a block device as a volume; streams open the device.
+    std::os::unix::fs::symlink(&lo.dev, tp.pool_dir().join("blk")).unwrap();
+    tp.pool.refresh().unwrap();
+    let vol = tp.pool.volume("blk").unwrap_or_else(|e| panic!("{e:#}"));
+    // (libvirt calls it a file: a dir pool reports a symlink to a device so.)
+    use std::os::unix::fs::FileTypeExt;
+    let kind = std::fs::metadata(vol.path()).unwrap().file_type();
+    assert!(kind.is_block_device(), "the volume is a block device");
+
+    let f = Folder::base(SECTORS);
+    let deltas = make_chain(&f, Chain::TwoDeltas);
+    let disk = format!(
+        "<disk type='volume' device='disk'><driver name='qemu' type='raw'/>\
+         <source pool='{}' volume='blk'/><target dev='vda' bus='virtio'/></disk>",
+        tp.name
+    );
+    let name = unique_name("block");
+    tp.define_domain(&foreign_domain_xml(&tp, &name, &disk));
+    let im = Import::existing(&tp, &name);
+    let on_device = || {
+        let mut buf = vec![0u8; CAP as usize];
+        std::fs::File::open(&lo.dev)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
+            .unwrap();
+        buf
+    };
+
+    ok(&im.stage1(&f.path("base.vmdk"), &[]), "stage 1");
+    assert_same(&read_volume(&vol), &base_bytes(&f), "volume after stage 1");
+    assert_same(&on_device(), &base_bytes(&f), "device after stage 1");
+
+    let out = ok(
+        &im.stage2(&[&deltas[0]], &["--no-start", "--io", "stream"]),
+        "stage 2, delta 1",
+    );
+    assert_eq!(stat(&disk_stats(&out).unwrap(), "io"), "stream", "{out}");
+    assert_same(&on_device(), &qemu_read(&deltas[0]), "device after delta 1");
+
+    let out = ok(
+        &im.stage2(&[&deltas[1]], &["--no-start"]),
+        "stage 2, delta 2",
+    );
+    assert_eq!(
+        stat(&disk_stats(&out).unwrap(), "io"),
+        "direct",
+        "auto writes a local block device directly: {out}"
+    );
+    let want = oracle(&f, &deltas[1]);
+    assert_same(&on_device(), &want, "device after delta 2");
+    assert_same(&read_volume(&vol), &want, "volume after delta 2");
+}
+
+#[test]
+fn stage1_keeps_a_file_volume_sparse() {
+    use std::os::unix::fs::MetadataExt;
+    let tp = TestPool::new("sparse");
+    let f = Folder::base(SECTORS);
+    // 1 MiB of data at the front, 4 KiB at the end, zeros between.
+    let mut base = base_bytes(&f);
+    base[MIB as usize..CAP as usize - 4096].fill(0);
+    std::fs::write(f.path("base-flat.vmdk"), &base).unwrap();
+    let im = Import::new(&tp, "sparse");
+    ok(&im.stage1(&f.path("base.vmdk"), &[]), "stage 1");
+    let vol = im.volume();
+    assert_same(&read_volume(&vol), &base, "volume");
+    let allocated = std::fs::metadata(vol.path()).unwrap().blocks() * 512;
+    assert!(
+        allocated < 4 * MIB,
+        "{allocated} bytes allocated for 1 MiB of data in a {CAP}-byte volume"
+    );
+}
