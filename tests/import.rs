@@ -77,13 +77,14 @@ enum Chain {
 fn make_chain(f: &Folder, chain: Chain) -> Vec<PathBuf> {
     let mut rng = Rng(0xc0ffee ^ chain as u64);
     let base = (BASE_CID, "base.vmdk");
+    let sectors = f.capacity_sectors;
     match chain {
         Chain::Cowd => {
-            let g = scatter(&mut rng, SECTORS, 400, DATA);
+            let g = scatter(&mut rng, sectors, 400, DATA);
             vec![cowd_child(f, "vm-000001", 0x11, base, 1, &g)]
         }
         Chain::SeSparse => {
-            let g = scatter(&mut rng, SECTORS / 8, 300, DATA_ZERO_UNMAPPED);
+            let g = scatter(&mut rng, sectors / 8, 300, DATA_ZERO_UNMAPPED);
             vec![sesparse_child(f, "vm-000001", 0x21, base, &g)]
         }
         Chain::Kdmv => vec![qemu_child(
@@ -98,8 +99,8 @@ fn make_chain(f: &Folder, chain: Chain) -> Vec<PathBuf> {
             ],
         )],
         Chain::TwoDeltas => {
-            let g1 = scatter(&mut rng, SECTORS, 300, DATA);
-            let g2 = scatter(&mut rng, SECTORS / 8, 200, DATA_ZERO_UNMAPPED);
+            let g1 = scatter(&mut rng, sectors, 300, DATA);
+            let g2 = scatter(&mut rng, sectors / 8, 200, DATA_ZERO_UNMAPPED);
             vec![
                 cowd_child(f, "vm-000001", 0x31, base, 1, &g1),
                 sesparse_child(f, "vm-000002", 0x32, (0x31, "vm-000001.vmdk"), &g2),
@@ -146,8 +147,13 @@ fn stage1_ok(im: &Import, f: &Folder, extra: &[&str]) {
 /// Stage 1, then stage 2 of `chain` with `--io io --no-start`; the volume equals qemu-img's
 /// reading of the chain and the stats line names the path taken.
 fn round_trip(chain: Chain, io: &str) {
+    round_trip_sized(chain, io, SECTORS);
+}
+
+/// [`round_trip`] on a disk of `sectors` sectors.
+fn round_trip_sized(chain: Chain, io: &str, sectors: u64) {
     let tp = TestPool::new(&format!("rt-{io}"));
-    let f = Folder::base(SECTORS);
+    let f = Folder::base(sectors);
     let deltas = make_chain(&f, chain);
     let want = oracle(&f, deltas.last().unwrap());
     let im = Import::new(&tp, "rt");
@@ -205,6 +211,39 @@ fn two_delta_round_trip_through_streams_equals_qemu() {
 #[test]
 fn two_delta_round_trip_through_direct_writes_equals_qemu() {
     round_trip(Chain::TwoDeltas, "direct");
+}
+
+#[test]
+fn odd_capacity_cowd_round_trip_through_streams_equals_qemu() {
+    // Not a multiple of 4 KiB: the last window ends at an odd sector.
+    round_trip_sized(Chain::Cowd, "stream", SECTORS + 7);
+}
+
+#[test]
+fn odd_capacity_sesparse_round_trip_through_streams_equals_qemu() {
+    round_trip_sized(Chain::SeSparse, "stream", SECTORS + 24);
+}
+
+#[test]
+fn odd_capacity_cowd_round_trip_through_direct_writes_equals_qemu() {
+    round_trip_sized(Chain::Cowd, "direct", SECTORS + 7);
+}
+
+#[test]
+fn stage1_again_starts_the_import_over() {
+    let tp = TestPool::new("again");
+    let f = Folder::base(SECTORS);
+    let deltas = make_chain(&f, Chain::TwoDeltas);
+    let im = Import::new(&tp, "again");
+    stage1_ok(&im, &f, &[]);
+    ok(&im.stage2(&refs(&deltas), &["--no-start"]), "stage 2");
+    // A new migration attempt: the base again (the volume is back to the base, the state
+    // forgets the deltas), then the chain from its start.
+    stage1_ok(&im, &f, &[]);
+    assert_eq!(applied_count(&im.state()), 0, "{}", im.state());
+    assert_refused_untouched(&im, &[&deltas[1]], &[], &["cid"]);
+    ok(&im.stage2(&refs(&deltas), &["--no-start"]), "stage 2 again");
+    assert_same(&im.read(), &oracle(&f, &deltas[1]), "volume");
 }
 
 #[test]
