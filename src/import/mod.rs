@@ -45,6 +45,19 @@ impl BaseInput {
         }
     }
 
+    /// Where a later run can find the base again: its absolute path (none for a pipe).
+    fn location(&self) -> Option<String> {
+        match self {
+            BaseInput::Image(b) => Some(
+                std::fs::canonicalize(&b.path)
+                    .unwrap_or_else(|_| b.path.clone())
+                    .display()
+                    .to_string(),
+            ),
+            BaseInput::Stdin { .. } => None,
+        }
+    }
+
     fn reader(&self) -> Result<Box<dyn Read + Send>> {
         match self {
             BaseInput::Image(b) => b
@@ -490,7 +503,7 @@ fn disk_state(target_dev: &str, vol: &Vol, plan: &DiskPlan) -> Result<DiskState>
         base_cid: plan.base.as_ref().and_then(BaseInput::cid),
         base_uploaded: false,
         applying: false,
-        source: plan.base.as_ref().map(BaseInput::name),
+        source: plan.base.as_ref().and_then(BaseInput::location),
         applied: Vec::new(),
     })
 }
@@ -652,15 +665,44 @@ fn stage_two(
         let Some((chain, lineage, vol, _)) = w else {
             continue;
         };
+        let base = base_for_gaps(&st.disks[i], &disks[i], &chain, &req.open);
+        let gaps = match &base {
+            Some(b) => write::Gaps::Base(b),
+            None => write::Gaps::Volume,
+        };
         st.disks[i].applying = true;
         write_state(dom, st)?;
-        let report = write::write_chain(conn, &vol, &chain, req.io)?;
+        let report = write::write_chain(conn, &vol, &chain, req.io, gaps)?;
         println!("disk {}: {report}", st.disks[i].target_dev);
         st.disks[i].applying = false;
         st.disks[i].applied = lineage;
         write_state(dom, st)?;
     }
     Ok(())
+}
+
+/// The base image, when it can stand in for the volume's own bytes between the chain's runs:
+/// the chain starts at the base (so every delta applied before is part of it again, and
+/// outside its runs the volume holds the base), and the base found on this host (the one the
+/// .vmx names, or the file stage 1 read) has the recorded CID and capacity. VMware changes a
+/// disk's CID whenever it writes to it, so a base consolidated or changed since stage 1 is
+/// not taken. Anything else reads the gaps back from the volume.
+fn base_for_gaps(
+    ds: &DiskState,
+    plan: &DiskPlan,
+    chain: &Chain,
+    open: &OpenOptions,
+) -> Option<BaseImage> {
+    let cid = ds.base_cid?;
+    if chain.parent_cid() != Some(cid) {
+        return None;
+    }
+    let path = match &plan.base {
+        Some(BaseInput::Image(b)) => b.path.clone(),
+        _ => PathBuf::from(ds.source.as_ref()?),
+    };
+    let base = BaseImage::open(&path, open).ok()?;
+    (base.cid == Some(cid) && base.capacity == ds.capacity).then_some(base)
 }
 
 /// The deltas the volume holds after applying `layers`. The first layer must sit on the base
