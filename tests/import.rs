@@ -440,8 +440,10 @@ fn remote_uri_streams_and_gives_the_same_bytes() {
 }
 
 /// Many short runs with short gaps, through `--io io`: exactly the oracle's bytes, gaps
-/// included (the volume holds the patterned base there, so a wrong gap byte shows).
-fn small_runs_give_exactly_the_chain(io: &str, sesparse: bool) {
+/// included (the volume holds the patterned base there, so a wrong gap byte shows). Without
+/// `base_on_host` the base files are removed after stage 1, so a streamed stage 2 must take
+/// the gap bytes from the volume.
+fn small_runs_give_exactly_the_chain(io: &str, sesparse: bool, base_on_host: bool) {
     let tp = TestPool::new(&format!("win-{io}"));
     let f = Folder::base(SECTORS);
     let mut rng = Rng(0x5ca7 + sesparse as u64);
@@ -455,9 +457,20 @@ fn small_runs_give_exactly_the_chain(io: &str, sesparse: bool) {
     let want = oracle(&f, &delta);
     let im = Import::new(&tp, "win");
     stage1_ok(&im, &f, &[]);
+    if !base_on_host {
+        std::fs::remove_file(f.path("base.vmdk")).unwrap();
+        std::fs::remove_file(f.path("base-flat.vmdk")).unwrap();
+    }
     let out = im.stage2(&[&delta], &["--no-start", "--io", io]);
     let stdout = ok(&out, "stage 2");
+    eprintln!("{stdout}");
     assert_same(&im.read(), &want, "volume");
+    if !base_on_host {
+        assert!(
+            !stdout.contains("refilled from"),
+            "no base on the host to refill gaps from: {stdout}"
+        );
+    }
     let stats = disk_stats(&stdout).unwrap_or_else(|| panic!("no stats line:\n{}", show(&out)));
     assert_eq!(stat(&stats, "io"), io, "{stdout}");
     if io == "stream" {
@@ -473,17 +486,27 @@ fn small_runs_give_exactly_the_chain(io: &str, sesparse: bool) {
 
 #[test]
 fn scattered_sector_runs_through_streams_write_exactly_the_chain() {
-    small_runs_give_exactly_the_chain("stream", false);
+    small_runs_give_exactly_the_chain("stream", false, true);
+}
+
+#[test]
+fn scattered_sector_runs_through_streams_take_gaps_from_the_volume_without_the_base() {
+    small_runs_give_exactly_the_chain("stream", false, false);
 }
 
 #[test]
 fn scattered_grain_runs_with_zeros_through_streams_write_exactly_the_chain() {
-    small_runs_give_exactly_the_chain("stream", true);
+    small_runs_give_exactly_the_chain("stream", true, true);
+}
+
+#[test]
+fn scattered_grain_runs_with_zeros_through_streams_take_gaps_from_the_volume_without_the_base() {
+    small_runs_give_exactly_the_chain("stream", true, false);
 }
 
 #[test]
 fn scattered_sector_runs_through_direct_writes_write_exactly_the_chain() {
-    small_runs_give_exactly_the_chain("direct", false);
+    small_runs_give_exactly_the_chain("direct", false, true);
 }
 
 // ---- the domain XML --------------------------------------------------------------------
