@@ -389,9 +389,11 @@ fn boot_payload() -> Vec<u8> {
 /// set MSR 0x10a"), which is what the tool's --cpu knob is for.
 const SMALL_VM: &[&str] = &["--memory", "128", "--vcpus", "1", "--cpu", "default"];
 
-#[test]
-fn stage2_starts_a_domain_that_boots_the_patched_disk() {
-    let tp = TestPool::new("boot");
+/// Stage 1 of the boot disk (with `extra`), a serial log, stage 2 of a COWD delta that
+/// changes sectors 2, 5 and 8 through `--io io`, which starts the domain: its console shows
+/// the hash of the patched sectors.
+fn boots_the_patched_disk(tag: &str, io: &str, extra: &[&str]) {
+    let tp = TestPool::new(tag);
     let payload = boot_payload();
     let f = boot_folder(&payload);
     // One-sector grains: sectors 2, 5 and 8 of the payload change, the boot sector does not.
@@ -406,12 +408,12 @@ fn stage2_starts_a_domain_that_boots_the_patched_disk() {
     let patched = &want[512..512 + bootimg::PAYLOAD_LEN];
     assert!(patched != &payload[..] && want[..512] == base_bytes(&f)[..512]);
 
-    let im = Import::new(&tp, "boot");
-    stage1_ok(&im, &f, SMALL_VM);
+    let im = Import::new(&tp, tag);
+    stage1_ok(&im, &f, &[SMALL_VM, extra].concat());
     let log = tp.path("console.log");
     im.add_serial_log(&log);
 
-    let out = im.stage2(&[&delta], &[]);
+    let out = im.stage2(&[&delta], &["--io", io]);
     ok(&out, "stage 2");
     assert!(im.is_active(), "stage 2 starts the domain");
     let line = wait_for_line(&log, bootimg::MARKER, Duration::from_secs(60)).unwrap_or_else(|| {
@@ -422,6 +424,16 @@ fn stage2_starts_a_domain_that_boots_the_patched_disk() {
         )
     });
     assert_eq!(line, bootimg::expected_line(patched), "the patched sectors");
+}
+
+#[test]
+fn stage2_starts_a_domain_that_boots_the_patched_disk() {
+    boots_the_patched_disk("boot", "auto", &[]);
+}
+
+#[test]
+fn a_windows_domain_boots_the_patched_disk_from_sata_after_streamed_writes() {
+    boots_the_patched_disk("bootwin", "stream", &["--os", "windows"]);
 }
 
 #[test]
