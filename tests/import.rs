@@ -656,6 +656,16 @@ fn dry_run_changes_nothing() {
         "stage 1 --dry-run created the volume"
     );
 
+    ok(
+        &im.both(&f.path("base.vmdk"), &refs(&deltas), &["--dry-run"]),
+        "stage 1 and 2 --dry-run",
+    );
+    assert!(!im.exists(), "cold --dry-run defined the domain");
+    assert!(
+        tp.pool.find_volume(&im.volume_name()).unwrap().is_none(),
+        "cold --dry-run created the volume"
+    );
+
     stage1_ok(&im, &f, &[]);
     let meta = im.metadata();
     ok(
