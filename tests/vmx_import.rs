@@ -14,8 +14,9 @@ use util::libvirt::{unique_name, TestPool};
 use util::qemu_read;
 use util::vmximport::{
     add_console_log, assert_same, cowd_child, disks_of, domain_exists, domstate, dumpxml,
-    flat_base, import, memory_mib, mib_of, nics_of, sesparse_child, tool, unique_bios_uuid,
-    validate_domain_xml, virsh, volume_bytes, volume_names, wait_for_line, El, TestNet,
+    flat_base, import, memory_mib, mib_of, nics_of, sesparse_child, set_cowd_unclean, tool,
+    unique_bios_uuid, validate_domain_xml, virsh, volume_bytes, volume_names, wait_for_line, El,
+    TestNet,
 };
 use vmdkimport::state::NS_URI;
 
@@ -796,4 +797,177 @@ scsi0:0.fileName = "app01.vmdk"
             format!("{name}-disk0")
         )]
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. The snapshot chain between the stages
+
+fn single_disk_vmx(display: &str, file: &str) -> String {
+    format!(
+        r#".encoding = "UTF-8"
+displayName = "{display}"
+guestOS = "rhel9-64"
+memsize = "512"
+numvcpus = "1"
+scsi0.present = "TRUE"
+scsi0.virtualDev = "pvscsi"
+scsi0:0.present = "TRUE"
+scsi0:0.deviceType = "scsi-hardDisk"
+scsi0:0.fileName = "{file}"
+"#
+    )
+}
+
+/// ESX moves fileName to the newest child at every snapshot. A snapshot taken after stage 1
+/// (the .vmx now names app02-000002.vmdk over app02-000001.vmdk) must not lose the first
+/// one: stage 2 applies both, oldest first, above the base stage 1 uploaded.
+#[test]
+fn snapshot_taken_after_stage_1_is_applied_with_the_first() {
+    let tp = TestPool::new("vmx-snap2");
+    let dir = vm_folder(&tp);
+    let cap = 8 * MIB;
+    let s = (cap as u64) / SECTOR;
+    let base = flat_base(&dir, "app02", &patterned(0xa902, cap), 0x0a0b0c0d);
+    sesparse_child(
+        &dir,
+        "app02-000001",
+        "app02.vmdk",
+        0x0a0b0c0d,
+        0x1a1b1c1d,
+        s,
+        &[(5, Kind::Data), (300, Kind::Data), (1000, Kind::Zero)],
+        &mut pattern(0xa903),
+    );
+    let vmx = dir.join("app02.vmx");
+    std::fs::write(&vmx, single_disk_vmx("app02", "app02-000001.vmdk")).unwrap();
+    let name = unique_name("vmx-snap2");
+    tp.track_domain(&name);
+    let args = ["--no-start", CPU[0], CPU[1]];
+    import(&tp, &name, &vmx, &args).ok();
+    let vol = format!("{name}-disk0");
+    assert_same(
+        &volume_bytes(&tp, &vol),
+        &qemu_read(&base),
+        "volume after stage 1",
+    );
+
+    // Later, still on VMware: a second snapshot; the .vmx follows it.
+    let top = cowd_child(
+        &dir,
+        "app02-000002",
+        "app02-000001.vmdk",
+        0x1a1b1c1d,
+        0x2a2b2c2d,
+        s,
+        &[(41, Kind::Data), (2400, Kind::Data), (8000, Kind::Data)],
+        &mut pattern(0xa904),
+    );
+    std::fs::write(&vmx, single_disk_vmx("app02", "app02-000002.vmdk")).unwrap();
+    let want = qemu_read(&top);
+    assert!(
+        want != qemu_read(&dir.join("app02-000001.vmdk")),
+        "the second snapshot changes nothing"
+    );
+
+    let s2 = import(&tp, &name, &vmx, &args).ok();
+    println!("{s2}");
+    assert_same(
+        &volume_bytes(&tp, &vol),
+        &want,
+        "volume after stage 2 vs qemu-img convert app02-000002.vmdk",
+    );
+    assert_eq!(domstate(&name), "shut off", "--no-start");
+    let meta = virsh(&["metadata", &name, NS_URI]).ok().stdout();
+    let first = meta.find("app02-000001.vmdk");
+    let second = meta.find("app02-000002.vmdk");
+    assert!(
+        first.is_some() && second.is_some() && first < second,
+        "both deltas recorded, oldest first: {meta}"
+    );
+}
+
+/// While the VM still runs on VMware its newest delta is open (COWD uncleanShutdown set):
+/// stage 1 must work then, since that is when it runs. Stage 2 on a delta still open must
+/// refuse before writing any disk (the clean chain of the other disk included) and not start
+/// the domain; once the VM is shut down (the flag cleared) the same command completes.
+#[test]
+fn open_delta_is_fine_for_stage_1_and_refused_by_stage_2_before_any_disk_is_written() {
+    let tp = TestPool::new("vmx-dirty");
+    let dir = vm_folder(&tp);
+    let cap = 8 * MIB;
+    let s = (cap as u64) / SECTOR;
+    let base0 = flat_base(&dir, "fs01", &patterned(0xf501, cap), 0x01020304);
+    let top0 = sesparse_child(
+        &dir,
+        "fs01-000001",
+        "fs01.vmdk",
+        0x01020304,
+        0x11121314,
+        s,
+        &[(7, Kind::Data), (900, Kind::Data)],
+        &mut pattern(0xf502),
+    );
+    let base1 = flat_base(&dir, "fs01_1", &patterned(0xf503, cap), 0x05060708);
+    let top1 = cowd_child(
+        &dir,
+        "fs01_1-000001",
+        "fs01_1.vmdk",
+        0x05060708,
+        0x15161718,
+        s,
+        &[(3, Kind::Data), (12000, Kind::Data)],
+        &mut pattern(0xf504),
+    );
+    let extent1 = dir.join("fs01_1-000001-delta.vmdk");
+    set_cowd_unclean(&extent1, true);
+    let vmx = dir.join("fs01.vmx");
+    std::fs::write(
+        &vmx,
+        format!(
+            "{}scsi0:1.present = \"TRUE\"\nscsi0:1.fileName = \"fs01_1-000001.vmdk\"\n",
+            single_disk_vmx("fs01", "fs01-000001.vmdk")
+        ),
+    )
+    .unwrap();
+    let name = unique_name("vmx-dirty");
+    tp.track_domain(&name);
+    let args = [CPU[0], CPU[1]];
+    let vols = [format!("{name}-disk0"), format!("{name}-disk1")];
+    let bases = [qemu_read(&base0), qemu_read(&base1)];
+
+    // Stage 1 while the VM runs: the open delta is not read yet.
+    let s1 = import(&tp, &name, &vmx, &args);
+    println!("{s1}");
+    let s1 = s1.ok();
+    assert!(s1.stdout().contains("stage 1 done"), "{s1}");
+
+    // Stage 2 too early: refused, nothing written, not started.
+    let early = import(&tp, &name, &vmx, &args);
+    println!("{early}");
+    assert_eq!(early.code(), Some(1), "{early}");
+    assert!(
+        early.stderr().contains("fs01_1-000001") && early.stderr().contains("uncleanShutdown"),
+        "the message names the open delta and why: {early}"
+    );
+    assert_eq!(domstate(&name), "shut off");
+    for i in 0..2 {
+        assert_same(
+            &volume_bytes(&tp, &vols[i]),
+            &bases[i],
+            &format!("volume {} after the refused stage 2", vols[i]),
+        );
+    }
+
+    // The VM is shut down on VMware: the delta is closed; the same command completes.
+    set_cowd_unclean(&extent1, false);
+    let s2 = import(&tp, &name, &vmx, &["--no-start", CPU[0], CPU[1]]).ok();
+    println!("{s2}");
+    for (i, top) in [&top0, &top1].into_iter().enumerate() {
+        assert_same(
+            &volume_bytes(&tp, &vols[i]),
+            &qemu_read(top),
+            &format!("volume {} after stage 2 vs qemu-img", vols[i]),
+        );
+    }
+    assert_eq!(domstate(&name), "shut off", "--no-start");
 }

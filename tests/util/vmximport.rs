@@ -71,6 +71,18 @@ pub fn cowd_child(
     p
 }
 
+/// Set or clear the uncleanShutdown field of a COWD extent, as ESX keeps it set while the
+/// delta is open (the VM still running on it).
+pub fn set_cowd_unclean(extent: &Path, unclean: bool) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(extent)
+        .unwrap();
+    f.write_all_at(&u32::from(unclean).to_le_bytes(), 1648)
+        .unwrap();
+}
+
 /// A snapshot child `NAME.vmdk` (createType seSparse) over `parent` with its SEsparse extent
 /// `NAME-sesparse.vmdk` (4 KiB grains). Returns the child descriptor.
 #[allow(clippy::too_many_arguments)]
@@ -382,6 +394,9 @@ pub fn volume_names(tp: &TestPool) -> Vec<String> {
 /// Compare without printing megabytes: the first differing byte and its sector.
 pub fn assert_same(got: &[u8], want: &[u8], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length");
+    if got == want {
+        return;
+    }
     if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
         panic!(
             "{what}: first difference at byte {i} (sector {}): got {:#04x}, want {:#04x}",
