@@ -14,9 +14,9 @@ use util::libvirt::{unique_name, TestPool};
 use util::qemu_read;
 use util::vmximport::{
     add_console_log, assert_same, cowd_child, disks_of, domain_exists, domstate, dumpxml,
-    flat_base, import, memory_mib, mib_of, nics_of, sesparse_child, set_cowd_unclean, tool,
-    unique_bios_uuid, validate_domain_xml, virsh, volume_bytes, volume_names, wait_for_line, El,
-    TestNet,
+    flat_base, import, import_on, memory_mib, mib_of, nics_of, sesparse_child, set_cowd_unclean,
+    tool, unique_bios_uuid, validate_domain_xml, virsh, volume_bytes, volume_names, wait_for_line,
+    El, TestNet,
 };
 use vmdkimport::state::NS_URI;
 
@@ -384,19 +384,13 @@ tools.upgrade.policy = "manual"
     )
 }
 
-/// Windows Server 2019 with EFI, an lsisas1068 disk and an e1000e NIC with a static MAC:
-/// stage 1 defines a q35/SATA/e1000e/localtime/OVMF domain (valid XML, MAC kept); stage 2
-/// with --no-start applies the chain and leaves it off; --switch-to-virtio then gives virtio
-/// disk and NIC with the same MAC, valid XML, and the import state follows the new target.
-#[test]
-fn windows_2019_efi_vm_is_defined_for_windows_and_switches_to_virtio() {
-    let tp = TestPool::new("vmx-win");
-    let dir = vm_folder(&tp);
+/// WIN2019-SQL's disk: 16 MiB base and one SEsparse snapshot; (base, child) descriptors.
+fn write_win2019_disk(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let cap = 16 * MIB;
-    let base = flat_base(&dir, "WIN2019-SQL", &patterned(0x3019, cap), 0x7e4a0c21);
+    let base = flat_base(dir, "WIN2019-SQL", &patterned(0x3019, cap), 0x7e4a0c21);
     let s = (cap as u64) / SECTOR;
     let top = sesparse_child(
-        &dir,
+        dir,
         "WIN2019-SQL-000001",
         "WIN2019-SQL.vmdk",
         0x7e4a0c21,
@@ -411,6 +405,18 @@ fn windows_2019_efi_vm_is_defined_for_windows_and_switches_to_virtio() {
         ],
         &mut pattern(0x3020),
     );
+    (base, top)
+}
+
+/// Windows Server 2019 with EFI, an lsisas1068 disk and an e1000e NIC with a static MAC:
+/// stage 1 defines a q35/SATA/e1000e/localtime/OVMF domain (valid XML, MAC kept); stage 2
+/// with --no-start applies the chain and leaves it off; --switch-to-virtio then gives virtio
+/// disk and NIC with the same MAC, valid XML, and the import state follows the new target.
+#[test]
+fn windows_2019_efi_vm_is_defined_for_windows_and_switches_to_virtio() {
+    let tp = TestPool::new("vmx-win");
+    let dir = vm_folder(&tp);
+    let (base, top) = write_win2019_disk(&dir);
     let (uuid_vmware, uuid) = unique_bios_uuid();
     let vmx = dir.join("WIN2019-SQL.vmx");
     std::fs::write(&vmx, win2019_vmx(&uuid_vmware)).unwrap();
@@ -970,4 +976,235 @@ fn open_delta_is_fine_for_stage_1_and_refused_by_stage_2_before_any_disk_is_writ
         );
     }
     assert_eq!(domstate(&name), "shut off", "--no-start");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Windows: the driver-install disk (--driver-disk), then the switch drops it
+
+/// Issue 4: "stage 2 for Windows guests can attach a small extra virtio disk (documented
+/// option), which the switch removes"; the CLI documents it as --driver-disk. After stage 2
+/// with --driver-disk the domain has its SATA boot disk plus one extra virtio disk marked as
+/// the driver disk; --switch-to-virtio leaves only the (now virtio) imported disk.
+#[test]
+fn windows_stage_2_with_driver_disk_attaches_a_virtio_disk_the_switch_removes() {
+    let tp = TestPool::new("vmx-drv");
+    let dir = vm_folder(&tp);
+    let (_, top) = write_win2019_disk(&dir);
+    let (uuid_vmware, _) = unique_bios_uuid();
+    let vmx = dir.join("WIN2019-SQL.vmx");
+    std::fs::write(&vmx, win2019_vmx(&uuid_vmware)).unwrap();
+    let name = unique_name("vmx-drv");
+    tp.track_domain(&name);
+    let vol = format!("{name}-disk0");
+
+    import(&tp, &name, &vmx, &["--no-start"]).ok();
+    let s2 = import(&tp, &name, &vmx, &["--no-start", "--driver-disk"]);
+    println!("{s2}");
+    let s2 = s2.ok();
+    assert_same(
+        &volume_bytes(&tp, &vol),
+        &qemu_read(&top),
+        "volume after stage 2",
+    );
+    let xml = dumpxml(&name);
+    validate_domain_xml(&xml);
+    let dom = El::parse(&xml);
+    let disks = disks_of(&dom);
+    assert_eq!(
+        disks
+            .first()
+            .map(|d| (d.1.as_str(), d.2.as_str(), d.4.as_str())),
+        Some(("sda", "sata", vol.as_str())),
+        "the imported disk stays the SATA boot disk: {xml}"
+    );
+    let driver: Vec<&El> = dom
+        .one("devices")
+        .all("disk")
+        .into_iter()
+        .filter(|d| {
+            d.opt("alias").and_then(|a| a.at("name"))
+                == Some(vmdkimport::domain_xml::DRIVER_DISK_ALIAS)
+        })
+        .collect();
+    assert_eq!(
+        driver.len(),
+        1,
+        "stage 2 --driver-disk attached no driver disk ({} disks: {disks:?});\n{s2}",
+        disks.len()
+    );
+    assert_eq!(
+        driver[0].opt("target").and_then(|t| t.at("bus")),
+        Some("virtio"),
+        "{xml}"
+    );
+
+    tool(&[
+        "-c",
+        util::libvirt::LOCAL_URI,
+        "--domain",
+        &name,
+        "--switch-to-virtio",
+    ])
+    .ok();
+    let xml = dumpxml(&name);
+    validate_domain_xml(&xml);
+    let disks = disks_of(&El::parse(&xml));
+    assert_eq!(
+        disks,
+        vec![(
+            "disk".into(),
+            "vda".into(),
+            "virtio".into(),
+            tp.name.clone(),
+            vol.clone()
+        )],
+        "the switch removed the driver disk: {xml}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. More of the command line
+
+/// --os windows on a .vmx that says Linux gives the Windows devices (SATA, e1000e, localtime);
+/// --os linux on a Windows .vmx gives virtio.
+#[test]
+fn os_option_overrides_the_vmx_guest_family() {
+    let tp = TestPool::new("vmx-os");
+    let dir = vm_folder(&tp);
+    flat_base(&dir, "app03", &patterned(0xa905, 8 * MIB), 0x3c3c3c3c);
+    let nic = "ethernet0.present = \"TRUE\"\nethernet0.virtualDev = \"vmxnet3\"\nethernet0.networkName = \"VM Network\"\nethernet0.addressType = \"static\"\nethernet0.address = \"00:50:56:01:02:03\"\n";
+    let linux = dir.join("linux.vmx");
+    std::fs::write(
+        &linux,
+        format!("{}{nic}", single_disk_vmx("app03", "app03.vmdk")),
+    )
+    .unwrap();
+    let windows = dir.join("windows.vmx");
+    std::fs::write(
+        &windows,
+        format!(
+            "{}{nic}",
+            single_disk_vmx("app03", "app03.vmdk").replace("rhel9-64", "windows2019srv-64")
+        ),
+    )
+    .unwrap();
+    for (vmx, os, bus, model, clock) in [
+        (&linux, "windows", "sata", "e1000e", "localtime"),
+        (&windows, "linux", "virtio", "virtio", "utc"),
+    ] {
+        let name = unique_name("vmx-os");
+        tp.track_domain(&name);
+        let r = import(
+            &tp,
+            &name,
+            vmx,
+            &["--os", os, "--network", "VM Network=lan", "--no-start"],
+        );
+        println!("{r}");
+        r.ok();
+        let xml = dumpxml(&name);
+        validate_domain_xml(&xml);
+        let dom = El::parse(&xml);
+        let disks = disks_of(&dom);
+        assert_eq!(disks.len(), 1, "{xml}");
+        assert_eq!(disks[0].2, bus, "--os {os}: disk bus: {xml}");
+        let nics = nics_of(&dom);
+        assert_eq!(
+            (nics[0].2.as_str(), nics[0].3.as_str()),
+            (model, "00:50:56:01:02:03"),
+            "--os {os}: NIC: {xml}"
+        );
+        assert_eq!(
+            dom.one("clock").at("offset"),
+            Some(clock),
+            "--os {os}: {xml}"
+        );
+    }
+}
+
+/// --dry-run on a new .vmx import says what stage 1 would do for every disk and changes
+/// nothing; --print-xml prints a valid domain and changes nothing either.
+#[test]
+fn dry_run_and_print_xml_of_a_vmx_import_create_nothing() {
+    let tp = TestPool::new("vmx-dry");
+    let dir = vm_folder(&tp);
+    let vm = write_web01(&dir);
+    let (uuid_vmware, uuid) = unique_bios_uuid();
+    let vmx = dir.join("web01.vmx");
+    std::fs::write(&vmx, web01_vmx(&uuid_vmware, "00:0c:29:3a:5b:7c")).unwrap();
+    let name = unique_name("vmx-dry");
+    tp.track_domain(&name);
+
+    let r = import(&tp, &name, &vmx, &["--dry-run", CPU[0], CPU[1]]);
+    println!("{r}");
+    let r = r.ok();
+    let out = r.stdout();
+    assert!(
+        out.contains(&format!("would define domain '{name}'")),
+        "{r}"
+    );
+    for (i, base) in vm.bases.iter().enumerate() {
+        assert!(
+            out.contains(&format!("{name}-disk{i}")) && out.contains(&base.display().to_string()),
+            "disk {i} ({}) missing from the dry run: {r}",
+            base.display()
+        );
+    }
+    assert!(!domain_exists(&name), "--dry-run defined the domain");
+    assert_eq!(
+        volume_names(&tp),
+        Vec::<String>::new(),
+        "--dry-run created volumes"
+    );
+
+    let p = import(&tp, &name, &vmx, &["--print-xml", CPU[0], CPU[1]]).ok();
+    let xml = p.stdout();
+    validate_domain_xml(&xml);
+    let dom = El::parse(&xml);
+    assert_eq!(dom.one("uuid").text, uuid);
+    assert_eq!(disks_of(&dom).len(), 2, "{xml}");
+    assert!(!domain_exists(&name), "--print-xml defined the domain");
+    assert_eq!(
+        volume_names(&tp),
+        Vec::<String>::new(),
+        "--print-xml created volumes"
+    );
+}
+
+/// The same two-stage import against the daemon over TCP (qemu+tcp://127.0.0.1/system): no
+/// direct writes to the volume's path are possible as far as the tool knows, so stage 2
+/// goes through libvirt upload streams; the volumes still equal qemu-img's reading.
+#[test]
+fn two_stage_vmx_import_over_a_remote_uri_gives_the_same_volumes() {
+    let tp = TestPool::on(util::libvirt::REMOTE_URI, "vmx-remote");
+    let dir = vm_folder(&tp);
+    let vm = write_web01(&dir);
+    let (uuid_vmware, _) = unique_bios_uuid();
+    let vmx = dir.join("web01.vmx");
+    // No NIC here: the network is covered by the local test.
+    let text = web01_vmx(&uuid_vmware, "00:0c:29:3a:5b:7c").replace(
+        "ethernet0.present = \"TRUE\"",
+        "ethernet0.present = \"FALSE\"",
+    );
+    std::fs::write(&vmx, text).unwrap();
+    let name = unique_name("vmx-remote");
+    tp.track_domain(&name);
+    let args = ["--no-start", CPU[0], CPU[1]];
+    let uri = util::libvirt::REMOTE_URI;
+    import_on(uri, &tp, &name, &vmx, &args).ok();
+    let s2 = import_on(uri, &tp, &name, &vmx, &args).ok();
+    println!("{s2}");
+    assert!(
+        s2.stdout().contains("libvirt upload streams"),
+        "stage 2 over TCP uses streams: {s2}"
+    );
+    let vols = [format!("{name}-disk0"), format!("{name}-disk1")];
+    for i in 0..2 {
+        assert_same(
+            &volume_bytes(&tp, &vols[i]),
+            &qemu_read(&vm.tops[i]),
+            &format!("volume {} after a remote stage 2", vols[i]),
+        );
+    }
+    assert!(nics_of(&El::parse(&dumpxml(&name))).is_empty());
 }

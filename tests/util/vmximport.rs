@@ -220,9 +220,14 @@ pub fn tool(args: &[&str]) -> Run {
 
 /// `virt-vmdkimport -c qemu:///system --domain DOMAIN --pool POOL --vmx VMX EXTRA...`
 pub fn import(tp: &TestPool, domain: &str, vmx: &Path, extra: &[&str]) -> Run {
+    import_on(LOCAL_URI, tp, domain, vmx, extra)
+}
+
+/// `virt-vmdkimport -c URI --domain DOMAIN --pool POOL --vmx VMX EXTRA...`
+pub fn import_on(uri: &str, tp: &TestPool, domain: &str, vmx: &Path, extra: &[&str]) -> Run {
     let vmx = vmx.to_str().unwrap();
     let mut args = vec![
-        "-c", LOCAL_URI, "--domain", domain, "--pool", &tp.name, "--vmx", vmx,
+        "-c", uri, "--domain", domain, "--pool", &tp.name, "--vmx", vmx,
     ];
     args.extend_from_slice(extra);
     tool(&args)
