@@ -1208,3 +1208,81 @@ fn two_stage_vmx_import_over_a_remote_uri_gives_the_same_volumes() {
     }
     assert!(nics_of(&El::parse(&dumpxml(&name))).is_empty());
 }
+
+// ---------------------------------------------------------------------------------------------
+// 8. What the .vmx had that the domain does not get is said; the boot disk order is kept
+
+/// Issue 4: "CD-ROMs dropped with a note". web01's .vmx has an ISO on sata0:0: the import
+/// must tell the user it is not migrated (on stdout or stderr), not drop it silently.
+#[test]
+fn dropped_cdrom_is_reported_to_the_user() {
+    let tp = TestPool::new("vmx-notes");
+    let dir = vm_folder(&tp);
+    write_web01(&dir);
+    let (uuid_vmware, _) = unique_bios_uuid();
+    let vmx = dir.join("web01.vmx");
+    std::fs::write(&vmx, web01_vmx(&uuid_vmware, "00:0c:29:3a:5b:7c")).unwrap();
+    let name = unique_name("vmx-notes");
+    tp.track_domain(&name);
+    let r = import(
+        &tp,
+        &name,
+        &vmx,
+        &["--network", "VM Network=lan", "--no-start", CPU[0], CPU[1]],
+    )
+    .ok();
+    println!("{r}");
+    let said = format!("{}{}", r.stdout(), r.stderr()).to_lowercase();
+    assert!(
+        said.contains("sata0:0") && said.contains("cd-rom"),
+        "the dropped CD-ROM (sata0:0, ubuntu-22.04-live-server-amd64.iso) is not mentioned: {r}"
+    );
+    // And indeed not in the domain.
+    let dom = El::parse(&dumpxml(&name));
+    assert!(disks_of(&dom).iter().all(|d| d.0 == "disk"));
+}
+
+/// bios.hddOrder = "scsi0:1,scsi0:0" makes the second slot the boot disk: it becomes disk 0
+/// (volume -disk0, boot order 1), and stage 2 must apply each chain to its own volume.
+#[test]
+fn boot_disk_from_hdd_order_is_disk0_and_each_chain_lands_in_its_own_volume() {
+    let tp = TestPool::new("vmx-hddorder");
+    let dir = vm_folder(&tp);
+    let vm = write_web01(&dir);
+    let (uuid_vmware, _) = unique_bios_uuid();
+    let vmx = dir.join("web01.vmx");
+    let text = web01_vmx(&uuid_vmware, "00:0c:29:3a:5b:7c").replace(
+        "ethernet0.present = \"TRUE\"",
+        "ethernet0.present = \"FALSE\"",
+    ) + "bios.hddOrder = \"scsi0:1,scsi0:0\"\n";
+    std::fs::write(&vmx, text).unwrap();
+    let name = unique_name("vmx-hddorder");
+    tp.track_domain(&name);
+    let args = ["--no-start", CPU[0], CPU[1]];
+    import(&tp, &name, &vmx, &args).ok();
+    import(&tp, &name, &vmx, &args).ok();
+    let vols = [format!("{name}-disk0"), format!("{name}-disk1")];
+    // disk0 is scsi0:1 (web01_1, 16 MiB), disk1 is scsi0:0 (web01, 8 MiB).
+    assert_same(
+        &volume_bytes(&tp, &vols[0]),
+        &qemu_read(&vm.tops[1]),
+        "volume disk0 = scsi0:1's chain",
+    );
+    assert_same(
+        &volume_bytes(&tp, &vols[1]),
+        &qemu_read(&vm.tops[0]),
+        "volume disk1 = scsi0:0's chain",
+    );
+    let xml = dumpxml(&name);
+    let dom = El::parse(&xml);
+    let first = dom.one("devices").all("disk")[0];
+    assert_eq!(
+        first.opt("source").and_then(|s| s.at("volume")),
+        Some(vols[0].as_str())
+    );
+    assert_eq!(
+        first.opt("boot").and_then(|b| b.at("order")),
+        Some("1"),
+        "{xml}"
+    );
+}
