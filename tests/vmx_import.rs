@@ -1392,3 +1392,138 @@ ethernet0.generatedAddress = "00:0c:29:aa:bb:cc"
         "volume",
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// 10. Interrupted runs and changed chains
+
+/// Stage 1 cut off after the first disk (as the import state records it: disk 1's base not
+/// uploaded, its volume holding garbage): the same command redoes stage 1 (it does not jump to
+/// stage 2 on a half-uploaded VM) without defining the domain again, and the next run does
+/// stage 2. Running stage 2 once more changes nothing.
+#[test]
+fn interrupted_stage_1_is_redone_by_the_same_command_and_stage_2_is_repeatable() {
+    let tp = TestPool::new("vmx-resume");
+    let dir = vm_folder(&tp);
+    let vm = write_web01(&dir);
+    let (uuid_vmware, _) = unique_bios_uuid();
+    let vmx = dir.join("web01.vmx");
+    std::fs::write(&vmx, web01_vmx(&uuid_vmware, "00:0c:29:3a:5b:7c")).unwrap();
+    let name = unique_name("vmx-resume");
+    tp.track_domain(&name);
+    let args = ["--network", "VM Network=lan", "--no-start", CPU[0], CPU[1]];
+    import(&tp, &name, &vmx, &args).ok();
+    let vols = [format!("{name}-disk0"), format!("{name}-disk1")];
+
+    // What an interrupted stage 1 leaves: disk 1 marked not uploaded, half written.
+    let meta = virsh(&["metadata", &name, NS_URI]).ok().stdout();
+    assert_eq!(meta.matches("base-uploaded=\"yes\"").count(), 2, "{meta}");
+    let at = meta.rfind("base-uploaded=\"yes\"").unwrap();
+    let cut = format!(
+        "{}base-uploaded=\"no\"{}",
+        &meta[..at],
+        &meta[at + "base-uploaded=\"yes\"".len()..]
+    );
+    assert!(
+        cut.contains(&vols[1]),
+        "the last disk element is disk 1: {cut}"
+    );
+    virsh(&[
+        "metadata",
+        &name,
+        NS_URI,
+        "--config",
+        "--key",
+        "vmdkimport",
+        "--set",
+        cut.trim(),
+    ])
+    .ok();
+    let vol1 = tp.pool.volume(&vols[1]).unwrap();
+    std::fs::write(vol1.path(), vec![0x5au8; 16 * MIB]).unwrap();
+
+    let again = import(&tp, &name, &vmx, &args).ok();
+    println!("{again}");
+    assert!(
+        again.stdout().contains("stage 1 done") && !again.stdout().contains("defined domain"),
+        "stage 1 again, on the existing domain: {again}"
+    );
+    assert_same(
+        &volume_bytes(&tp, &vols[1]),
+        &qemu_read(&vm.bases[1]),
+        "disk 1 after the redone stage 1",
+    );
+
+    for round in 1..=2 {
+        let s2 = import(&tp, &name, &vmx, &args).ok();
+        println!("{s2}");
+        assert!(!s2.stdout().contains("stage 1 done"), "round {round}: {s2}");
+        for i in 0..2 {
+            assert_same(
+                &volume_bytes(&tp, &vols[i]),
+                &qemu_read(&vm.tops[i]),
+                &format!("{} after stage 2 round {round}", vols[i]),
+            );
+        }
+    }
+    assert_eq!(domstate(&name), "shut off");
+}
+
+/// Between the stages the snapshot was consolidated and a new one taken: the base now has
+/// another CID and the new child's parentCID names it. Applying that child on top of the old
+/// base would mix two disks; stage 2 must refuse, write nothing and not start the domain.
+#[test]
+fn chain_over_a_different_base_than_stage_1_uploaded_is_refused_by_stage_2() {
+    let tp = TestPool::new("vmx-rebased");
+    let dir = vm_folder(&tp);
+    let cap = 8 * MIB;
+    let s = (cap as u64) / SECTOR;
+    let base = flat_base(&dir, "app04", &patterned(0xa906, cap), 0x44440001);
+    cowd_child(
+        &dir,
+        "app04-000001",
+        "app04.vmdk",
+        0x44440001,
+        0x44440002,
+        s,
+        &[(9, Kind::Data)],
+        &mut pattern(0xa907),
+    );
+    let vmx = dir.join("app04.vmx");
+    std::fs::write(&vmx, single_disk_vmx("app04", "app04-000001.vmdk")).unwrap();
+    let name = unique_name("vmx-rebased");
+    tp.track_domain(&name);
+    let args = [CPU[0], CPU[1]];
+    import(&tp, &name, &vmx, &args).ok();
+    let uploaded = qemu_read(&base);
+    let vol = format!("{name}-disk0");
+
+    // Consolidation rewrote the base (new content, new CID); a new snapshot sits on it.
+    std::fs::remove_file(dir.join("app04-000001.vmdk")).unwrap();
+    std::fs::remove_file(dir.join("app04-000001-delta.vmdk")).unwrap();
+    flat_base(&dir, "app04", &patterned(0xa908, cap), 0x44440003);
+    cowd_child(
+        &dir,
+        "app04-000002",
+        "app04.vmdk",
+        0x44440003,
+        0x44440004,
+        s,
+        &[(9, Kind::Data), (500, Kind::Data)],
+        &mut pattern(0xa909),
+    );
+    std::fs::write(&vmx, single_disk_vmx("app04", "app04-000002.vmdk")).unwrap();
+
+    let r = import(&tp, &name, &vmx, &args);
+    println!("{r}");
+    assert_eq!(r.code(), Some(1), "{r}");
+    assert!(
+        r.stderr().contains("app04-000002") && r.stderr().contains("44440003"),
+        "the message names the delta and its parentCID: {r}"
+    );
+    assert_eq!(domstate(&name), "shut off");
+    assert_same(
+        &volume_bytes(&tp, &vol),
+        &uploaded,
+        "volume after the refusal",
+    );
+}
