@@ -1199,11 +1199,11 @@ fn two_stage_vmx_import_over_a_remote_uri_gives_the_same_volumes() {
         "stage 2 over TCP uses streams: {s2}"
     );
     let vols = [format!("{name}-disk0"), format!("{name}-disk1")];
-    for i in 0..2 {
+    for (vol, top) in vols.iter().zip(&vm.tops) {
         assert_same(
-            &volume_bytes(&tp, &vols[i]),
-            &qemu_read(&vm.tops[i]),
-            &format!("volume {} after a remote stage 2", vols[i]),
+            &volume_bytes(&tp, vol),
+            &qemu_read(top),
+            &format!("volume {vol} after a remote stage 2"),
         );
     }
     assert!(nics_of(&El::parse(&dumpxml(&name))).is_empty());
@@ -1457,11 +1457,11 @@ fn interrupted_stage_1_is_redone_by_the_same_command_and_stage_2_is_repeatable()
         let s2 = import(&tp, &name, &vmx, &args).ok();
         println!("{s2}");
         assert!(!s2.stdout().contains("stage 1 done"), "round {round}: {s2}");
-        for i in 0..2 {
+        for (vol, top) in vols.iter().zip(&vm.tops) {
             assert_same(
-                &volume_bytes(&tp, &vols[i]),
-                &qemu_read(&vm.tops[i]),
-                &format!("{} after stage 2 round {round}", vols[i]),
+                &volume_bytes(&tp, vol),
+                &qemu_read(top),
+                &format!("{vol} after stage 2 round {round}"),
             );
         }
     }
@@ -1525,5 +1525,42 @@ fn chain_over_a_different_base_than_stage_1_uploaded_is_refused_by_stage_2() {
         &volume_bytes(&tp, &vol),
         &uploaded,
         "volume after the refusal",
+    );
+}
+
+/// uefi.secureBoot.enabled = "TRUE": the domain stage 1 defines asks libvirt for a secure-boot
+/// OVMF (secure loader, SMM on) and its XML is valid.
+#[test]
+fn secure_boot_vmx_gets_a_secure_boot_domain() {
+    let tp = TestPool::new("vmx-sb");
+    let dir = vm_folder(&tp);
+    write_win2019_disk(&dir);
+    let (uuid_vmware, _) = unique_bios_uuid();
+    let vmx = dir.join("WIN2019-SQL.vmx");
+    std::fs::write(
+        &vmx,
+        win2019_vmx(&uuid_vmware).replace(
+            "uefi.secureBoot.enabled = \"FALSE\"",
+            "uefi.secureBoot.enabled = \"TRUE\"",
+        ),
+    )
+    .unwrap();
+    let name = unique_name("vmx-sb");
+    tp.track_domain(&name);
+    import(&tp, &name, &vmx, &["--no-start"]).ok();
+    let xml = dumpxml(&name);
+    validate_domain_xml(&xml);
+    let dom = El::parse(&xml);
+    let os = dom.one("os");
+    assert_eq!(os.at("firmware"), Some("efi"), "{xml}");
+    assert_eq!(
+        os.opt("loader").and_then(|l| l.at("secure")),
+        Some("yes"),
+        "{xml}"
+    );
+    assert_eq!(
+        dom.one("features").opt("smm").and_then(|s| s.at("state")),
+        Some("on"),
+        "{xml}"
     );
 }
