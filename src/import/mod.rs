@@ -45,6 +45,19 @@ impl BaseInput {
         }
     }
 
+    /// Where a later run can find the base again: its absolute path (none for a pipe).
+    fn location(&self) -> Option<String> {
+        match self {
+            BaseInput::Image(b) => Some(
+                std::fs::canonicalize(&b.path)
+                    .unwrap_or_else(|_| b.path.clone())
+                    .display()
+                    .to_string(),
+            ),
+            BaseInput::Stdin { .. } => None,
+        }
+    }
+
     fn reader(&self) -> Result<Box<dyn Read + Send>> {
         match self {
             BaseInput::Image(b) => b
@@ -76,6 +89,7 @@ pub struct Request {
     pub dry_run: bool,
     pub io: IoMode,
     copy_independent: bool,
+    driver_disk: bool,
     cpu: Option<domain_xml::CpuMode>,
 }
 
@@ -154,6 +168,7 @@ impl Request {
             dry_run: cli.dry_run,
             io: cli.io,
             copy_independent: cli.copy_independent,
+            driver_disk: cli.driver_disk,
             cpu: cli.cpu.as_deref().map(|c| match c {
                 "host-passthrough" => domain_xml::CpuMode::HostPassthrough,
                 "host-model" => domain_xml::CpuMode::HostModel,
@@ -222,6 +237,9 @@ pub fn run(mut req: Request) -> Result<()> {
         return Ok(());
     }
     let dom = dom.expect("a domain exists after stage 1");
+    if stage2 && req.driver_disk {
+        attach_driver_disk(&req, &conn, &dom)?;
+    }
     if stage2 && !req.no_start {
         ensure!(
             state.disks.iter().all(|d| d.base_uploaded && !d.applying),
@@ -238,6 +256,27 @@ pub fn run(mut req: Request) -> Result<()> {
     }
     let uri = conn.uri();
     println!("follow up with:\n  virsh -c {uri} console {}\n  virsh -c {uri} domstate {}\n  virsh -c {uri} metadata {} {}", req.domain, req.domain, req.domain, state::NS_URI);
+    Ok(())
+}
+
+/// Size of the driver-install disk: Windows only needs to see a virtio disk, not use it.
+const DRIVER_DISK_BYTES: u64 = 64 << 20;
+
+/// Create the driver-install volume and attach it as a virtio disk (once), so a Windows guest
+/// installs its virtio storage driver before `--switch-to-virtio` moves its boot disk.
+fn attach_driver_disk(req: &Request, conn: &Conn, dom: &Dom) -> Result<()> {
+    let volume = format!("{}-driverdisk", req.domain);
+    ensure_volume(conn, &req.pool, &volume, DRIVER_DISK_BYTES)?;
+    let source = SpecDisk::Volume {
+        pool: req.pool.clone(),
+        volume,
+    };
+    let xml = dom.xml()?;
+    let with_disk = domain_xml::add_driver_disk(&xml, &source)?;
+    if with_disk != xml {
+        conn.define_domain(&with_disk)?;
+        println!("attached the driver-install virtio disk; after the virtio-win drivers are installed, run --switch-to-virtio");
+    }
     Ok(())
 }
 
@@ -464,7 +503,7 @@ fn disk_state(target_dev: &str, vol: &Vol, plan: &DiskPlan) -> Result<DiskState>
         base_cid: plan.base.as_ref().and_then(BaseInput::cid),
         base_uploaded: false,
         applying: false,
-        source: plan.base.as_ref().map(BaseInput::name),
+        source: plan.base.as_ref().and_then(BaseInput::location),
         applied: Vec::new(),
     })
 }
@@ -626,15 +665,44 @@ fn stage_two(
         let Some((chain, lineage, vol, _)) = w else {
             continue;
         };
+        let base = base_for_gaps(&st.disks[i], &disks[i], &chain, &req.open);
+        let gaps = match &base {
+            Some(b) => write::Gaps::Base(b),
+            None => write::Gaps::Volume,
+        };
         st.disks[i].applying = true;
         write_state(dom, st)?;
-        let report = write::write_chain(conn, &vol, &chain, req.io)?;
+        let report = write::write_chain(conn, &vol, &chain, req.io, gaps)?;
         println!("disk {}: {report}", st.disks[i].target_dev);
         st.disks[i].applying = false;
         st.disks[i].applied = lineage;
         write_state(dom, st)?;
     }
     Ok(())
+}
+
+/// The base image, when it can stand in for the volume's own bytes between the chain's runs:
+/// the chain starts at the base (so every delta applied before is part of it again, and
+/// outside its runs the volume holds the base), and the base found on this host (the one the
+/// .vmx names, or the file stage 1 read) has the recorded CID and capacity. VMware changes a
+/// disk's CID whenever it writes to it, so a base consolidated or changed since stage 1 is
+/// not taken. Anything else reads the gaps back from the volume.
+fn base_for_gaps(
+    ds: &DiskState,
+    plan: &DiskPlan,
+    chain: &Chain,
+    open: &OpenOptions,
+) -> Option<BaseImage> {
+    let cid = ds.base_cid?;
+    if chain.parent_cid() != Some(cid) {
+        return None;
+    }
+    let path = match &plan.base {
+        Some(BaseInput::Image(b)) => b.path.clone(),
+        _ => PathBuf::from(ds.source.as_ref()?),
+    };
+    let base = BaseImage::open(&path, open).ok()?;
+    (base.cid == Some(cid) && base.capacity == ds.capacity).then_some(base)
 }
 
 /// The deltas the volume holds after applying `layers`. The first layer must sit on the base
@@ -768,5 +836,85 @@ fn net_source(req: &Request, vmware_net: Option<&str>) -> NetSource {
         (Some(br), _) => NetSource::Bridge(br.clone()),
         (None, Some(net)) => NetSource::Network(net.clone()),
         (None, None) => NetSource::Network("default".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmdk::LayerKind;
+
+    fn layer(name: &str, cid: u32, parent: u32) -> LayerInfo {
+        LayerInfo {
+            path: PathBuf::from(format!("/d/{name}")),
+            kind: LayerKind::SeSparse,
+            cid: Some(cid),
+            parent_cid: Some(parent),
+            parent_hint: None,
+            capacity: 1 << 20,
+        }
+    }
+
+    fn disk(applied: &[(&str, u32, u32)]) -> DiskState {
+        DiskState {
+            base_cid: Some(0xb0),
+            base_uploaded: true,
+            applied: applied
+                .iter()
+                .map(|(f, c, p)| AppliedDelta {
+                    file: f.to_string(),
+                    cid: Some(*c),
+                    parent_cid: Some(*p),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn cids(v: &[AppliedDelta]) -> Vec<u32> {
+        v.iter().map(|a| a.cid.unwrap()).collect()
+    }
+
+    #[test]
+    fn a_first_delta_sits_on_the_recorded_base() {
+        let l = new_lineage(
+            &disk(&[]),
+            &[layer("d1", 0xd1, 0xb0), layer("d2", 0xd2, 0xd1)],
+        )
+        .unwrap();
+        assert_eq!(cids(&l), [0xd1, 0xd2]);
+    }
+
+    #[test]
+    fn a_delta_from_another_base_is_refused() {
+        let e = new_lineage(&disk(&[]), &[layer("x", 0xd1, 0xbad)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("parentCID 00000bad") && e.contains("/d/x"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_next_delta_continues_from_the_last_applied() {
+        let l = new_lineage(&disk(&[("d1", 0xd1, 0xb0)]), &[layer("d2", 0xd2, 0xd1)]).unwrap();
+        assert_eq!(cids(&l), [0xd1, 0xd2]);
+    }
+
+    #[test]
+    fn rerunning_the_same_chain_is_allowed() {
+        let ds = disk(&[("d1", 0xd1, 0xb0), ("d2", 0xd2, 0xd1)]);
+        let l = new_lineage(&ds, &[layer("d1", 0xd1, 0xb0), layer("d2", 0xd2, 0xd1)]).unwrap();
+        assert_eq!(cids(&l), [0xd1, 0xd2]);
+    }
+
+    #[test]
+    fn an_older_delta_after_a_newer_one_is_refused() {
+        let ds = disk(&[("d1", 0xd1, 0xb0), ("d2", 0xd2, 0xd1)]);
+        let e = new_lineage(&ds, &[layer("d1", 0xd1, 0xb0)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("d2") && e.contains("already applied"), "{e}");
     }
 }
