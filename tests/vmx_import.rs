@@ -1295,10 +1295,8 @@ fn boot_disk_from_hdd_order_is_disk0_and_each_chain_lands_in_its_own_volume() {
 /// it (--cpu default) and the boot sector on its disk prints the hash of the patched sectors.
 ///
 /// On this machine's nested KVM QEMU refuses the template's fixed Hyper-V list ("kernel
-/// doesn't allow setting HyperV VP_INDEX"), and the CLI offers no way to ask for
-/// `<hyperv mode='passthrough'/>` (DomainSpec::hyperv_passthrough exists; the import never
-/// sets it), the way --cpu answers the MSR problem. With the defined XML switched to
-/// passthrough by hand the same import boots and prints the expected hash.
+/// doesn't allow setting HyperV VP_INDEX"): --hyperv-passthrough asks for
+/// `<hyperv mode='passthrough'/>`, the way --cpu default answers the MSR problem.
 #[test]
 fn legacy_windows_vm_imported_from_its_vmx_boots_from_ide() {
     let tp = TestPool::new("vmx-w2k8");
@@ -1346,7 +1344,13 @@ ethernet0.generatedAddress = "00:0c:29:aa:bb:cc"
     let name = unique_name("vmx-w2k8");
     tp.track_domain(&name);
     let map = format!("Prod={}", net.name);
-    let args = ["--network", map.as_str(), CPU[0], CPU[1]];
+    let args = [
+        "--network",
+        map.as_str(),
+        CPU[0],
+        CPU[1],
+        "--hyperv-passthrough",
+    ];
     let want = qemu_read(&top);
     let expected_line = bootimg::expected_line(&want[512..512 + bootimg::PAYLOAD_LEN]);
     assert_ne!(expected_line, bootimg::expected_line(&payload));
