@@ -90,6 +90,7 @@ pub struct Request {
     pub io: IoMode,
     copy_independent: bool,
     driver_disk: bool,
+    hyperv_passthrough: bool,
     cpu: Option<domain_xml::CpuMode>,
 }
 
@@ -128,7 +129,14 @@ impl Request {
             None => None,
         };
         let vmx = match &cli.vmx {
-            Some(p) => Some((p.clone(), vmx::parse_vmx(p)?)),
+            Some(p) => {
+                let vmx = vmx::parse_vmx(p)?;
+                // What the domain will not get (CD-ROMs, ignored devices) is said, not dropped silently.
+                for note in &vmx.notes {
+                    eprintln!("note: {}: {note}", p.display());
+                }
+                Some((p.clone(), vmx))
+            }
             None => None,
         };
         ensure!(
@@ -169,6 +177,7 @@ impl Request {
             io: cli.io,
             copy_independent: cli.copy_independent,
             driver_disk: cli.driver_disk,
+            hyperv_passthrough: cli.hyperv_passthrough,
             cpu: cli.cpu.as_deref().map(|c| match c {
                 "host-passthrough" => domain_xml::CpuMode::HostPassthrough,
                 "host-model" => domain_xml::CpuMode::HostModel,
@@ -246,8 +255,7 @@ pub fn run(mut req: Request) -> Result<()> {
             "domain '{}': a disk is not completely written; not starting it",
             req.domain
         );
-        dom.start()
-            .with_context(|| format!("starting domain '{}'", req.domain))?;
+        dom.start()?;
         println!("domain '{}' started", req.domain);
     } else if stage1 && !stage2 {
         println!(
@@ -304,8 +312,9 @@ fn plan_disks(req: &mut Request) -> Result<Vec<DiskPlan>> {
                 disk.file_name.display()
             );
         }
-        let resolved = vmdk::resolve_chain(&disk.file_name, &req.open)?;
-        let base = BaseImage::open(&resolved.base, &req.open)?;
+        let slot = || format!("{}: disk {}", vmx_path.display(), disk.slot());
+        let resolved = vmdk::resolve_chain(&disk.file_name, &req.open).with_context(slot)?;
+        let base = BaseImage::open(&resolved.base, &req.open).with_context(slot)?;
         plans.push(DiskPlan {
             base: Some(BaseInput::Image(base)),
             deltas: resolved.deltas,
@@ -825,6 +834,7 @@ fn new_domain_spec(req: &Request, conn: &Conn, disks: &[SpecDisk]) -> Result<Dom
     if let Some(cpu) = &req.cpu {
         spec.cpu = cpu.clone();
     }
+    spec.hyperv_passthrough |= req.hyperv_passthrough;
     Ok(spec)
 }
 
