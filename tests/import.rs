@@ -12,8 +12,8 @@ use util::import::*;
 use util::libvirt::{unique_name, TestPool, REMOTE_URI};
 use util::{qemu_read, Folder, Rng, BASE_CID};
 
-/// Every test disk: 16 MiB.
-const CAP: u64 = 16 * MIB;
+/// Every test disk: 8 MiB.
+const CAP: u64 = 8 * MIB;
 const SECTORS: u64 = CAP / SECTOR;
 
 const DATA: &[Kind] = &[Kind::Data];
@@ -95,7 +95,7 @@ fn make_chain(f: &Folder, chain: Chain) -> Vec<PathBuf> {
                 "write -z 1M 128k",
                 "write -P 0x22 1000448 512",
                 "write -z 5M 4k",
-                "write -P 0x33 15M 1M",
+                "write -P 0x33 7M 1M",
             ],
         )],
         Chain::TwoDeltas => {
@@ -772,8 +772,8 @@ fn stage2_refuses_when_the_base_upload_did_not_complete() {
     let deltas = make_chain(&f, Chain::Cowd);
     let im = Import::new(&tp, "nobase");
 
-    // Standard input ends at 4 MiB of a 16 MiB disk: stage 1 fails, saying so.
-    let out = im.stage1_stdin(&base[..4 * MIB as usize], CAP, &[]);
+    // Standard input ends halfway through the disk: stage 1 fails, saying so.
+    let out = im.stage1_stdin(&base[..(CAP / 2) as usize], CAP, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let last = stderr.lines().last().unwrap_or_default();
@@ -1202,7 +1202,7 @@ fn stage1_keeps_a_file_volume_sparse() {
     assert_same(&read_volume(&vol), &base, "volume");
     let allocated = std::fs::metadata(vol.path()).unwrap().blocks() * 512;
     assert!(
-        allocated < 4 * MIB,
+        allocated < 2 * MIB,
         "{allocated} bytes allocated for 1 MiB of data in a {CAP}-byte volume"
     );
 }
