@@ -1206,3 +1206,67 @@ fn stage1_keeps_a_file_volume_sparse() {
         "{allocated} bytes allocated for 1 MiB of data in a {CAP}-byte volume"
     );
 }
+
+#[test]
+fn stage2_needs_no_pool_option() {
+    let tp = TestPool::new("nopool");
+    let f = Folder::base(SECTORS);
+    let deltas = make_chain(&f, Chain::Cowd);
+    let im = Import::new(&tp, "nopool");
+    stage1_ok(&im, &f, &[]);
+    // No --pool: the volume is the one stage 1 recorded (this host has no pool 'default').
+    let mut args: Vec<std::ffi::OsString> = ["-c", &im.uri, "--domain", &im.domain, "--no-start"]
+        .iter()
+        .map(Into::into)
+        .collect();
+    args.extend(deltas.iter().map(Into::into));
+    ok(&run(&args), "stage 2 without --pool");
+    assert_same(&im.read(), &oracle(&f, &deltas[0]), "volume");
+}
+
+#[test]
+fn a_monolithic_sparse_base_round_trips_through_streams() {
+    let tp = TestPool::new("sbase");
+    let f = Folder::base(SECTORS);
+    let base = sparse_base(&f, "sbase.vmdk");
+    let cid = util::fixtures::read_cid(&base).unwrap();
+    // Small writes 128 KiB apart: 64 KiB grains with gaps between them.
+    let writes: Vec<String> = (0..40)
+        .map(|i| {
+            format!(
+                "write -P {} {} 4k",
+                0x40 + i,
+                i * 128 * 1024 + 512 * (i % 7)
+            )
+        })
+        .collect();
+    let writes: Vec<&str> = writes.iter().map(String::as_str).collect();
+    let child = qemu_child_of(&f, "sbase.vmdk", "sbase-000001", &writes);
+    let want = oracle(&f, &child);
+    assert_eq!(
+        qemu_read(&base),
+        base_bytes(&f),
+        "the sparse base holds the base"
+    );
+
+    let im = Import::new(&tp, "sbase");
+    ok(
+        &im.stage1(&base, &[]),
+        "stage 1 from a monolithicSparse base",
+    );
+    assert_same(&im.read(), &base_bytes(&f), "volume after stage 1");
+    let meta = im.state();
+    let st = state_elem(&meta).unwrap_or_else(|| panic!("no import state in {meta}"));
+    assert_eq!(
+        st.attr("base-cid")
+            .and_then(|c| u32::from_str_radix(c, 16).ok()),
+        Some(cid),
+        "{meta}"
+    );
+    let out = ok(
+        &im.stage2(&[&child], &["--no-start", "--io", "stream"]),
+        "stage 2",
+    );
+    eprintln!("{out}");
+    assert_same(&im.read(), &want, "volume after stage 2");
+}

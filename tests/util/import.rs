@@ -555,13 +555,18 @@ pub fn sesparse_child(
 /// A hosted sparse (KDMV, monolithicSparse) child of the folder's `base.vmdk`, made by
 /// qemu-img and written by qemu-io: each command is one qemu-io `-c` argument.
 pub fn qemu_child(f: &Folder, name: &str, qemu_io: &[&str]) -> PathBuf {
+    qemu_child_of(f, "base.vmdk", name, qemu_io)
+}
+
+/// [`qemu_child`] of the folder's `parent`.
+pub fn qemu_child_of(f: &Folder, parent: &str, name: &str, qemu_io: &[&str]) -> PathBuf {
     // Run in the folder with relative names, so the child's parentFileNameHint stays inside it.
     let file = format!("{name}.vmdk");
     let child = f.path(&file);
     let out = Command::new("qemu-img")
         .current_dir(f.dir.path())
         .args(["create", "-q", "-f", "vmdk", "-o", "zeroed_grain=on"])
-        .args(["-b", "base.vmdk", "-F", "vmdk", &file])
+        .args(["-b", parent, "-F", "vmdk", &file])
         .output()
         .expect("qemu-img runs");
     assert!(out.status.success(), "qemu-img create:\n{}", show(&out));
@@ -573,4 +578,17 @@ pub fn qemu_child(f: &Folder, name: &str, qemu_io: &[&str]) -> PathBuf {
     let out = io.arg(&child).output().expect("qemu-io runs");
     assert!(out.status.success(), "qemu-io:\n{}", show(&out));
     child
+}
+
+/// The folder's base as a monolithicSparse (KDMV) image `name`, as VMware Workstation keeps
+/// disks, converted by qemu-img.
+pub fn sparse_base(f: &Folder, name: &str) -> PathBuf {
+    let out = Command::new("qemu-img")
+        .current_dir(f.dir.path())
+        .args(["convert", "-q", "-f", "vmdk", "-O", "vmdk"])
+        .args(["-o", "subformat=monolithicSparse", "base.vmdk", name])
+        .output()
+        .expect("qemu-img runs");
+    assert!(out.status.success(), "qemu-img convert:\n{}", show(&out));
+    f.path(name)
 }
