@@ -1270,3 +1270,86 @@ fn a_monolithic_sparse_base_round_trips_through_streams() {
     eprintln!("{out}");
     assert_same(&im.read(), &want, "volume after stage 2");
 }
+
+/// `blockdev --setro|--setrw DEV`: writes to a read-only block device fail (EPERM) even for
+/// root, while opening it still succeeds: a real failure in the middle of stage 2.
+fn set_read_only(dev: &Path, ro: bool) {
+    let out = Command::new("blockdev")
+        .arg(if ro { "--setro" } else { "--setrw" })
+        .arg(dev)
+        .output()
+        .expect("blockdev runs");
+    assert!(out.status.success(), "blockdev:\n{}", show(&out));
+}
+
+/// Stage 2 through `--io io` fails while writing (the block device under the volume turned
+/// read-only): exit 1, the domain stays off, the state keeps the disk marked as being written
+/// and records no delta; once the device is writable again the same command completes.
+fn a_failed_write_leaves_the_domain_off_and_a_rerun_completes(io: &str) {
+    let tp = TestPool::new(&format!("wfail-{io}"));
+    let backing = tp.path("blockdev.raw");
+    std::fs::write(&backing, vec![0x5au8; CAP as usize]).unwrap();
+    let Some(lo) = util::libvirt::LoopDev::attach(&backing) else {
+        eprintln!("SKIPPED: no loop device on this machine");
+        return;
+    };
+    std::os::unix::fs::symlink(&lo.dev, tp.pool_dir().join("blk")).unwrap();
+    tp.pool.refresh().unwrap();
+    let f = Folder::base(SECTORS);
+    let deltas = make_chain(&f, Chain::SeSparse);
+    let disk = format!(
+        "<disk type='volume' device='disk'><driver name='qemu' type='raw'/>\
+         <source pool='{}' volume='blk'/><target dev='vda' bus='virtio'/></disk>",
+        tp.name
+    );
+    let name = unique_name("wfail");
+    tp.define_domain(&foreign_domain_xml(&tp, &name, &disk));
+    let im = Import::existing(&tp, &name);
+    ok(&im.stage1(&f.path("base.vmdk"), &[]), "stage 1");
+
+    set_read_only(&lo.dev, true);
+    let out = im.stage2(&refs(&deltas), &["--io", io]);
+    set_read_only(&lo.dev, false);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .trim_end()
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .starts_with("virt-vmdkimport: "),
+        "{}",
+        show(&out)
+    );
+    eprintln!("failed as expected: {}", stderr.trim_end());
+    assert!(!im.is_active(), "a failed stage 2 started the domain");
+    let meta = im.state();
+    let st = state_elem(&meta).unwrap_or_else(|| panic!("no import state in {meta}"));
+    assert_eq!(st.attr("applying"), Some("yes"), "{meta}");
+    assert_eq!(applied_count(&meta), 0, "{meta}");
+
+    ok(
+        &im.stage2(&refs(&deltas), &["--no-start", "--io", io]),
+        "stage 2 again",
+    );
+    assert_same(
+        &read_volume(&tp.pool.volume("blk").unwrap()),
+        &oracle(&f, &deltas[0]),
+        "volume",
+    );
+    let meta = im.state();
+    let st = state_elem(&meta).unwrap_or_else(|| panic!("no import state in {meta}"));
+    assert_ne!(st.attr("applying"), Some("yes"), "{meta}");
+    assert_eq!(applied_count(&meta), 1, "{meta}");
+}
+
+#[test]
+fn a_failed_streamed_write_leaves_the_domain_off_and_a_rerun_completes() {
+    a_failed_write_leaves_the_domain_off_and_a_rerun_completes("stream");
+}
+
+#[test]
+fn a_failed_direct_write_leaves_the_domain_off_and_a_rerun_completes() {
+    a_failed_write_leaves_the_domain_off_and_a_rerun_completes("direct");
+}
