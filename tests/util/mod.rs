@@ -6,6 +6,7 @@ pub mod fixtures;
 pub mod import;
 pub mod libvirt;
 pub mod vmximport;
+pub mod xml;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
