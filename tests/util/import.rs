@@ -6,12 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use quick_xml::events::Event;
-use quick_xml::Reader;
-
 use super::fixtures::{descriptor, write_cowd, write_sesparse, CowdOptions, Kind};
 use super::fixtures::{pattern, SeSparseOptions};
 use super::libvirt::{unique_name, TestPool};
+use super::xml::El;
 use super::{Folder, BIN};
 use vmdkimport::libvirt::{download, upload_at, Vol};
 
@@ -343,71 +341,29 @@ impl Elem {
     }
 }
 
-/// Every element of `xml` in document order (quick-xml, so quoting and escaping do not matter).
+/// Every element of `xml` in document order, named without namespace prefixes (read by
+/// the shared [`El`] reader, so quoting and escaping do not matter).
 pub fn elements(xml: &str) -> Vec<Elem> {
-    let mut reader = Reader::from_str(xml);
-    let mut stack: Vec<String> = Vec::new();
-    let mut open: Vec<usize> = Vec::new();
-    let mut out: Vec<Elem> = Vec::new();
-    loop {
-        let ev = reader
-            .read_event()
-            .unwrap_or_else(|e| panic!("XML parse error: {e}\n{xml}"));
-        match ev {
-            Event::Start(ref e) | Event::Empty(ref e) => {
-                let name = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
-                stack.push(name);
-                let attrs = e
-                    .attributes()
-                    .map(|a| {
-                        let a = a.expect("attribute");
-                        (
-                            String::from_utf8_lossy(a.key.local_name().as_ref()).into_owned(),
-                            a.unescape_value().expect("attribute value").into_owned(),
-                        )
-                    })
-                    .collect();
-                out.push(Elem {
-                    path: stack.join("/"),
-                    attrs,
-                    text: String::new(),
-                });
-                if matches!(ev, Event::Empty(_)) {
-                    stack.pop();
-                } else {
-                    open.push(out.len() - 1);
-                }
-            }
-            Event::Text(t) => {
-                if let Some(&i) = open.last() {
-                    out[i].text.push_str(&t.decode().expect("text"));
-                }
-            }
-            Event::GeneralRef(r) => {
-                if let Some(&i) = open.last() {
-                    let name = r.decode().expect("entity name");
-                    let c = match name.as_ref() {
-                        "amp" => '&',
-                        "lt" => '<',
-                        "gt" => '>',
-                        "apos" => '\'',
-                        "quot" => '"',
-                        _ => r
-                            .resolve_char_ref()
-                            .expect("character reference")
-                            .unwrap_or_else(|| panic!("unknown entity &{name};")),
-                    };
-                    out[i].text.push(c);
-                }
-            }
-            Event::End(_) => {
-                stack.pop();
-                open.pop();
-            }
-            Event::Eof => break,
-            _ => {}
+    fn local(name: &str) -> String {
+        name.rsplit(':').next().unwrap_or(name).to_owned()
+    }
+    fn walk(e: &El, parent: &str, out: &mut Vec<Elem>) {
+        let path = if parent.is_empty() {
+            local(&e.name)
+        } else {
+            format!("{parent}/{}", local(&e.name))
+        };
+        out.push(Elem {
+            path: path.clone(),
+            attrs: e.attrs.iter().map(|(k, v)| (local(k), v.clone())).collect(),
+            text: e.text.clone(),
+        });
+        for c in &e.children {
+            walk(c, &path, out);
         }
     }
+    let mut out = Vec::new();
+    walk(&El::parse(xml), "", &mut out);
     out
 }
 
