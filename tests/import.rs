@@ -1353,3 +1353,49 @@ fn a_failed_streamed_write_leaves_the_domain_off_and_a_rerun_completes() {
 fn a_failed_direct_write_leaves_the_domain_off_and_a_rerun_completes() {
     a_failed_write_leaves_the_domain_off_and_a_rerun_completes("direct");
 }
+
+#[test]
+fn two_imports_at_once_into_one_pool_both_land() {
+    // Hosts migrate several VMs in the same outage: two streamed stage 2 runs at the same
+    // moment, each refreshing the shared pool after its uploads.
+    let tp = TestPool::new("pair");
+    let fa = Folder::base(SECTORS);
+    let fb = Folder::base(SECTORS);
+    let ga = small_runs(&mut Rng(0xaa), SECTORS, DATA);
+    let gb = small_runs(&mut Rng(0xbb), SECTORS / 8, DATA_ZERO_UNMAPPED);
+    let da = cowd_child(&fa, "vm-000001", 0xc1, (BASE_CID, "base.vmdk"), 1, &ga);
+    let db = sesparse_child(&fb, "vm-000001", 0xc2, (BASE_CID, "base.vmdk"), &gb);
+    let (want_a, want_b) = (oracle(&fa, &da), oracle(&fb, &db));
+    let a = Import::new(&tp, "pair-a");
+    let b = Import::new(&tp, "pair-b");
+    stage1_ok(&a, &fa, &[]);
+    stage1_ok(&b, &fb, &[]);
+    // Without the bases, so both take their gap bytes from their volumes.
+    for f in [&fa, &fb] {
+        std::fs::remove_file(f.path("base.vmdk")).unwrap();
+    }
+    let spawn = |im: &Import, d: &Path| {
+        let mut args = im.common();
+        args.extend([
+            d.into(),
+            "--no-start".into(),
+            "--io".into(),
+            "stream".into(),
+        ]);
+        Command::new(util::BIN)
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("binary runs")
+    };
+    let ca = spawn(&a, &da);
+    let cb = spawn(&b, &db);
+    let oa = ca.wait_with_output().unwrap();
+    let ob = cb.wait_with_output().unwrap();
+    ok(&oa, "stage 2 of a");
+    ok(&ob, "stage 2 of b");
+    assert_same(&a.read(), &want_a, "volume a");
+    assert_same(&b.read(), &want_b, "volume b");
+}
