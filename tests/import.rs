@@ -870,6 +870,7 @@ fn foreign_domain_xml(tp: &TestPool, name: &str, disk_xml: &str) -> String {
   <vcpu>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
   <on_reboot>destroy</on_reboot>
+  <metadata><other:owner xmlns:other='urn:example:other'>puppet keeps this</other:owner></metadata>
   <devices>
     {disk_xml}
     <interface type='network'>
@@ -946,6 +947,11 @@ fn existing_domain_keeps_its_xml(disk_by_path: bool) {
     assert_eq!(
         xml_after, xml_before,
         "the domain's XML apart from metadata"
+    );
+    let meta = im.metadata();
+    assert!(
+        meta.contains("urn:example:other") && meta.contains("puppet keeps this"),
+        "other tooling's metadata kept: {meta}"
     );
     assert!(!im.is_active());
 }
