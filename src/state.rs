@@ -52,7 +52,7 @@ pub struct DiskState {
     pub applying: bool,
     /// The base image's file name.
     pub source: Option<String>,
-    /// Deltas applied, oldest first.
+    /// Deltas applied, oldest first; while `applying`, the chain being applied.
     pub applied: Vec<AppliedDelta>,
 }
 

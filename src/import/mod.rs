@@ -635,11 +635,12 @@ fn stage_two(
             chain.capacity()
         );
         let survey = crate::apply::survey(&chain)?;
-        work.push(Some((chain, lineage, vol, survey)));
+        let direct = write::use_direct(conn, &vol, req.io)?;
+        work.push(Some((chain, lineage, vol, survey, direct)));
     }
     if req.dry_run {
         for (ds, w) in st.disks.iter().zip(&work) {
-            if let Some((chain, _, vol, survey)) = w {
+            if let Some((chain, _, vol, survey, _)) = w {
                 println!(
                     "would apply {} delta(s) to volume '{}' (disk {}): {survey}",
                     chain.layers().len(),
@@ -671,7 +672,7 @@ fn stage_two(
             write_state(dom, st)?;
             continue;
         }
-        let Some((chain, lineage, vol, _)) = w else {
+        let Some((chain, lineage, vol, _, direct)) = w else {
             continue;
         };
         let base = base_for_gaps(&st.disks[i], &disks[i], &chain, &req.open);
@@ -679,12 +680,15 @@ fn stage_two(
             Some(b) => write::Gaps::Base(b),
             None => write::Gaps::Volume,
         };
+        // The lineage is recorded before the first byte goes out, marked as being applied: a
+        // rerun after a failure must then give the whole chain again (a shorter one would
+        // leave stray grains of the longer one in the volume).
         st.disks[i].applying = true;
+        st.disks[i].applied = lineage;
         write_state(dom, st)?;
-        let report = write::write_chain(conn, &vol, &chain, req.io, gaps)?;
+        let report = write::write_chain(&vol, &chain, direct, gaps)?;
         println!("disk {}: {report}", st.disks[i].target_dev);
         st.disks[i].applying = false;
-        st.disks[i].applied = lineage;
         write_state(dom, st)?;
     }
     Ok(())

@@ -61,17 +61,12 @@ pub enum Gaps<'a> {
     Base(&'a BaseImage),
 }
 
-/// Write `chain` into `vol` by the path `mode` asks for. `auto` writes directly only when the
-/// daemon is on this host and the volume's path is a regular file or block device this
-/// process can open for writing; it says which path it took, and why.
-pub fn write_chain(
-    conn: &Conn,
-    vol: &Vol,
-    chain: &Chain,
-    mode: IoMode,
-    gaps: Gaps,
-) -> Result<WriteReport> {
-    let direct = match mode {
+/// Whether stage 2 writes `vol` directly, by the path `mode` asks for; decided with the other
+/// checks, before anything is marked or written. `auto` writes directly only when the daemon
+/// is on this host and the volume's path is a regular file or block device this process can
+/// open for writing; it says which path it took, and why.
+pub fn use_direct(conn: &Conn, vol: &Vol, mode: IoMode) -> Result<bool> {
+    Ok(match mode {
         IoMode::Stream => false,
         IoMode::Direct => {
             if let Err(why) = direct_possible(conn, vol) {
@@ -89,7 +84,12 @@ pub fn write_chain(
                 false
             }
         },
-    };
+    })
+}
+
+/// Write `chain` into `vol`: positional writes to its path when `direct`, else upload calls
+/// with the gaps between runs refilled from `gaps`.
+pub fn write_chain(vol: &Vol, chain: &Chain, direct: bool, gaps: Gaps) -> Result<WriteReport> {
     if direct {
         write_direct(vol, chain)
     } else {
