@@ -117,7 +117,9 @@ fn main() -> anyhow::Result<()> {
             DELTA_CID,
             Some((BASE_CID, "demo.vmdk")),
             "seSparse",
-            &[format!("RW {sectors} SESPARSE \"demo-000001-sesparse.vmdk\"")],
+            &[format!(
+                "RW {sectors} SESPARSE \"demo-000001-sesparse.vmdk\""
+            )],
         ),
     )?;
     println!(
