@@ -91,6 +91,11 @@ pub struct Cli {
     #[arg(long, value_name = "MAC")]
     pub mac: Option<String>,
 
+    /// Guest CPU: host-passthrough (default under KVM), host-model, default (QEMU's generic
+    /// CPU; what nested hosts whose KVM refuses some MSRs need), or a named model.
+    #[arg(long, value_name = "MODE")]
+    pub cpu: Option<String>,
+
     /// Do not start the domain after stage 2.
     #[arg(long)]
     pub no_start: bool,

@@ -619,6 +619,44 @@ pub fn switch_to_virtio(domain_xml: &str) -> Result<String> {
     Ok(xmltree::to_string(&dom))
 }
 
+/// Attach the driver-install disk (a small virtio disk that makes Windows install the virtio
+/// storage driver while it still boots from SATA or IDE) to a defined domain's XML. A domain
+/// that already has it is returned unchanged, so stage 2 can be rerun.
+pub fn add_driver_disk(domain_xml: &str, source: &DiskSource) -> Result<String> {
+    let mut dom = xmltree::parse(domain_xml).context("parsing the domain XML")?;
+    let devices = dom.find_mut("devices").context("domain has no <devices>")?;
+    if devices
+        .elements()
+        .any(|e| e.name == "disk" && is_driver_disk(e))
+    {
+        return Ok(domain_xml.to_string());
+    }
+    let used: Vec<String> = devices
+        .elements()
+        .filter(|e| e.name == "disk")
+        .filter_map(|d| {
+            d.find("target")
+                .and_then(|t| t.get_attr("dev"))
+                .map(str::to_string)
+        })
+        .collect();
+    let dev = (0..)
+        .map(|i| target_dev("vd", i))
+        .find(|d| !used.contains(d))
+        .expect("an unused target name");
+    let mut disk = disk_element(source, &dev, "virtio", "driver-install disk")?;
+    disk.children.push(Node::Element(
+        Element::new("alias").attr("name", DRIVER_DISK_ALIAS),
+    ));
+    let pos = devices
+        .children
+        .iter()
+        .rposition(|n| matches!(n, Node::Element(e) if e.name == "disk"))
+        .map_or(0, |i| i + 1);
+    devices.children.insert(pos, Node::Element(disk));
+    Ok(xmltree::to_string(&dom))
+}
+
 fn is_driver_disk(disk: &Element) -> bool {
     disk.find("alias")
         .and_then(|a| a.get_attr("name"))
@@ -654,6 +692,48 @@ mod tests {
             serial_log: None,
             extra_virtio_disk: None,
         }
+    }
+
+    #[test]
+    fn driver_disk_is_added_once_and_removed_by_the_switch() {
+        let xml = render(&spec(OsFamily::Windows, false, 2)).unwrap();
+        let src = DiskSource::Volume {
+            pool: "p".into(),
+            volume: "t-driverdisk".into(),
+        };
+        let once = add_driver_disk(&xml, &src).unwrap();
+        assert_eq!(
+            add_driver_disk(&once, &src).unwrap(),
+            once,
+            "a second call changes nothing"
+        );
+        let dom = xmltree::parse(&once).unwrap();
+        let disks: Vec<_> = dom
+            .find("devices")
+            .unwrap()
+            .elements()
+            .filter(|e| e.name == "disk")
+            .collect();
+        assert_eq!(disks.len(), 3);
+        let driver = disks
+            .iter()
+            .find(|d| is_driver_disk(d))
+            .expect("driver disk");
+        let target = driver.find("target").unwrap();
+        assert_eq!(
+            (target.get_attr("dev"), target.get_attr("bus")),
+            (Some("vda"), Some("virtio"))
+        );
+        let switched = switch_to_virtio(&once).unwrap();
+        let dom = xmltree::parse(&switched).unwrap();
+        let disks: Vec<_> = dom
+            .find("devices")
+            .unwrap()
+            .elements()
+            .filter(|e| e.name == "disk")
+            .collect();
+        assert_eq!(disks.len(), 2);
+        assert!(disks.iter().all(|d| !is_driver_disk(d)));
     }
 
     #[test]

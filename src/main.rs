@@ -1,26 +1,46 @@
 //! The virt-vmdkimport command: parse the command line, run the library, report errors on one line.
 
-use anyhow::ensure;
+use anyhow::{ensure, Context};
 use clap::Parser;
 use vmdkimport::apply::apply_to_target;
 use vmdkimport::cli::Cli;
 use vmdkimport::vmdk::{Chain, OpenOptions};
+use vmdkimport::{domain_xml, import, libvirt};
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
-    let opts = OpenOptions {
-        allow_outside_paths: cli.allow_outside_paths,
-    };
-    let Some(target) = &cli.target else {
-        anyhow::bail!("give --target PATH (the libvirt import is not wired up yet)");
-    };
-    ensure!(
-        !cli.deltas.is_empty(),
-        "--target needs at least one delta to apply"
-    );
-    let chain = Chain::open_deltas(&cli.deltas, &opts)?;
-    let report = apply_to_target(&chain, target)?;
-    println!("{report}");
-    Ok(())
+    if let Some(target) = &cli.target {
+        ensure!(
+            !cli.deltas.is_empty(),
+            "--target needs at least one delta to apply"
+        );
+        let opts = OpenOptions {
+            allow_outside_paths: cli.allow_outside_paths,
+        };
+        let chain = Chain::open_deltas(&cli.deltas, &opts)?;
+        let report = apply_to_target(&chain, target)?;
+        println!("{report}");
+        return Ok(());
+    }
+    if cli.switch_to_virtio {
+        let name = cli.domain.as_deref().expect("clap requires --domain");
+        let conn = libvirt::connect(cli.connect.as_deref())?;
+        let dom = conn
+            .domain(name)?
+            .with_context(|| format!("domain '{name}' does not exist on {}", conn.uri()))?;
+        ensure!(
+            !dom.is_active()?,
+            "domain '{name}' is running: shut it down before changing its devices"
+        );
+        let xml = domain_xml::switch_to_virtio(&dom.xml()?)?;
+        if cli.print_xml || cli.dry_run {
+            print!("{xml}");
+            return Ok(());
+        }
+        conn.define_domain(&xml)?;
+        println!("domain '{name}': disks and NICs are virtio now (MACs kept); start it with virsh -c {} start {name}", conn.uri());
+        return Ok(());
+    }
+    import::run(import::Request::from_cli(cli)?)
 }
 
 fn main() {

@@ -1,3 +1,878 @@
 //! The migration on a libvirt host: stage 1 (volume, domain, base upload) and stage 2 (delta apply, start), each checked against the import state in the domain's metadata.
 
 pub mod write;
+
+use crate::cli::{Cli, IoMode, OsArg};
+use crate::domain_xml::{self, DiskSource as SpecDisk, DomainSpec, NetSource, NicSpec};
+use crate::libvirt::{self, Conn, DiskKind, Dom, Vol};
+use crate::state::{self, AppliedDelta, DiskState, ImportState};
+use crate::vmdk::{self, BaseImage, Chain, LayerInfo, OpenOptions};
+use crate::vmx::{self, Firmware, OsFamily, VmxConfig};
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Memory and CPUs of a new domain when neither the .vmx nor the command line says.
+const DEFAULT_MEMORY_MIB: u64 = 1024;
+const DEFAULT_VCPUS: u32 = 1;
+
+/// Where stage 1 reads the base image from.
+enum BaseInput {
+    Image(BaseImage),
+    Stdin { capacity: u64 },
+}
+
+impl BaseInput {
+    fn capacity(&self) -> u64 {
+        match self {
+            BaseInput::Image(b) => b.capacity,
+            BaseInput::Stdin { capacity } => *capacity,
+        }
+    }
+
+    fn cid(&self) -> Option<u32> {
+        match self {
+            BaseInput::Image(b) => b.cid,
+            BaseInput::Stdin { .. } => None,
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            BaseInput::Image(b) => b.path.display().to_string(),
+            BaseInput::Stdin { .. } => "standard input".to_string(),
+        }
+    }
+
+    fn reader(&self) -> Result<Box<dyn Read + Send>> {
+        match self {
+            BaseInput::Image(b) => b
+                .reader()
+                .with_context(|| format!("{}: opening for reading", b.path.display())),
+            BaseInput::Stdin { .. } => Ok(Box::new(std::io::stdin())),
+        }
+    }
+}
+
+/// The validated request: everything checked that can be checked before the host is touched.
+pub struct Request {
+    pub uri: Option<String>,
+    pub domain: String,
+    pub pool: String,
+    pub open: OpenOptions,
+    base: Option<BaseInput>,
+    deltas: Vec<PathBuf>,
+    vmx: Option<(PathBuf, VmxConfig)>,
+    os: Option<OsFamily>,
+    memory_mib: Option<u64>,
+    vcpus: Option<u32>,
+    network: Option<String>,
+    network_map: Vec<(String, String)>,
+    bridge: Option<String>,
+    mac: Option<String>,
+    pub no_start: bool,
+    pub print_xml: bool,
+    pub dry_run: bool,
+    pub io: IoMode,
+    copy_independent: bool,
+    driver_disk: bool,
+    cpu: Option<domain_xml::CpuMode>,
+}
+
+impl Request {
+    /// Check the command line's combination of options and open the local inputs.
+    pub fn from_cli(cli: &Cli) -> Result<Request> {
+        let domain = cli.domain.clone().ok_or_else(|| {
+            anyhow!("--domain NAME is required (or --target PATH for a raw image)")
+        })?;
+        let open = OpenOptions {
+            allow_outside_paths: cli.allow_outside_paths,
+        };
+        let base = match &cli.flat {
+            Some(p) if p.as_os_str() == "-" => {
+                let capacity = cli.capacity.ok_or_else(|| {
+                    anyhow!("--flat - reads standard input: give the disk's size with --capacity")
+                })?;
+                ensure!(
+                    capacity > 0 && capacity % 512 == 0,
+                    "--capacity {capacity}: must be a positive multiple of 512 bytes"
+                );
+                Some(BaseInput::Stdin { capacity })
+            }
+            Some(p) => {
+                let b = BaseImage::open(p, &open)?;
+                if let Some(c) = cli.capacity {
+                    ensure!(
+                        c == b.capacity,
+                        "--capacity {c} differs from {}'s capacity {}",
+                        p.display(),
+                        b.capacity
+                    );
+                }
+                Some(BaseInput::Image(b))
+            }
+            None => None,
+        };
+        let vmx = match &cli.vmx {
+            Some(p) => Some((p.clone(), vmx::parse_vmx(p)?)),
+            None => None,
+        };
+        ensure!(
+            base.is_some() || !cli.deltas.is_empty() || vmx.is_some() || cli.print_xml,
+            "nothing to do: give --flat BASE (stage 1), delta files (stage 2), or --vmx"
+        );
+        ensure!(
+            vmx.is_none() || cli.deltas.is_empty(),
+            "with --vmx the deltas come from the .vmx's disks: give no delta files"
+        );
+        let (network, network_map) = crate::cli::network_args(&cli.network)?;
+        let mac = cli
+            .mac
+            .as_deref()
+            .map(crate::cli::normalise_mac)
+            .transpose()?;
+        Ok(Request {
+            uri: cli.connect.clone(),
+            domain,
+            pool: cli.pool.clone(),
+            open,
+            base,
+            deltas: cli.deltas.clone(),
+            vmx,
+            os: cli.os.map(|o| match o {
+                OsArg::Linux => OsFamily::Linux,
+                OsArg::Windows => OsFamily::Windows,
+            }),
+            memory_mib: cli.memory,
+            vcpus: cli.vcpus,
+            network,
+            network_map,
+            bridge: cli.bridge.clone(),
+            mac,
+            no_start: cli.no_start,
+            print_xml: cli.print_xml,
+            dry_run: cli.dry_run,
+            io: cli.io,
+            copy_independent: cli.copy_independent,
+            driver_disk: cli.driver_disk,
+            cpu: cli.cpu.as_deref().map(|c| match c {
+                "host-passthrough" => domain_xml::CpuMode::HostPassthrough,
+                "host-model" => domain_xml::CpuMode::HostModel,
+                "default" => domain_xml::CpuMode::Default,
+                model => domain_xml::CpuMode::Model(model.to_string()),
+            }),
+        })
+    }
+}
+
+/// One disk of the import: where its base comes from (stage 1) and its deltas (stage 2).
+struct DiskPlan {
+    base: Option<BaseInput>,
+    deltas: Vec<PathBuf>,
+    /// An independent disk copied whole (it is in no snapshot).
+    copy_whole: bool,
+}
+
+/// Run the import the request describes.
+pub fn run(mut req: Request) -> Result<()> {
+    let conn = libvirt::connect(req.uri.as_deref())?;
+    let dom = conn.domain(&req.domain)?;
+    let state = match &dom {
+        Some(d) => read_state(d)?,
+        None => None,
+    };
+    let base_done = state
+        .as_ref()
+        .is_some_and(|s| !s.disks.is_empty() && s.disks.iter().all(|d| d.base_uploaded));
+    let (stage1, stage2) = match &req.vmx {
+        // The same command does stage 1 until every base is uploaded, then stage 2.
+        Some(_) => (!base_done, base_done),
+        None => (req.base.is_some(), !req.deltas.is_empty()),
+    };
+    let disks = plan_disks(&mut req)?;
+
+    if req.print_xml {
+        let spec = new_domain_spec(&req, &conn, &volume_names(&req, disks.len()))?;
+        print!("{}", domain_xml::render(&spec)?);
+        return Ok(());
+    }
+    if let Some(d) = &dom {
+        ensure!(
+            !d.is_active()?,
+            "domain '{}' is running: writing under a live guest corrupts it; shut it down first",
+            req.domain
+        );
+    }
+    let (dom, mut state) = if stage1 {
+        stage_one(&req, &conn, dom, state, &disks)?
+    } else {
+        let dom = dom.ok_or_else(|| {
+            anyhow!(
+                "domain '{}' does not exist on {}: run stage 1 (--flat BASE) first",
+                req.domain,
+                conn.uri()
+            )
+        })?;
+        let state = state.ok_or_else(|| anyhow!("domain '{}' has no import state: its base was not uploaded by virt-vmdkimport (run stage 1 with --flat)", req.domain))?;
+        (Some(dom), state)
+    };
+    if stage2 {
+        stage_two(&req, &conn, dom.as_ref(), &mut state, &disks)?;
+    }
+    if req.dry_run {
+        return Ok(());
+    }
+    let dom = dom.expect("a domain exists after stage 1");
+    if stage2 && req.driver_disk {
+        attach_driver_disk(&req, &conn, &dom)?;
+    }
+    if stage2 && !req.no_start {
+        ensure!(
+            state.disks.iter().all(|d| d.base_uploaded && !d.applying),
+            "domain '{}': a disk is not completely written; not starting it",
+            req.domain
+        );
+        dom.start()
+            .with_context(|| format!("starting domain '{}'", req.domain))?;
+        println!("domain '{}' started", req.domain);
+    } else if stage1 && !stage2 {
+        println!(
+            "stage 1 done: after the VM is shut down on VMware, copy its delta(s) and run stage 2"
+        );
+    }
+    let uri = conn.uri();
+    println!("follow up with:\n  virsh -c {uri} console {}\n  virsh -c {uri} domstate {}\n  virsh -c {uri} metadata {} {}", req.domain, req.domain, req.domain, state::NS_URI);
+    Ok(())
+}
+
+/// Size of the driver-install disk: Windows only needs to see a virtio disk, not use it.
+const DRIVER_DISK_BYTES: u64 = 64 << 20;
+
+/// Create the driver-install volume and attach it as a virtio disk (once), so a Windows guest
+/// installs its virtio storage driver before `--switch-to-virtio` moves its boot disk.
+fn attach_driver_disk(req: &Request, conn: &Conn, dom: &Dom) -> Result<()> {
+    let volume = format!("{}-driverdisk", req.domain);
+    ensure_volume(conn, &req.pool, &volume, DRIVER_DISK_BYTES)?;
+    let source = SpecDisk::Volume {
+        pool: req.pool.clone(),
+        volume,
+    };
+    let xml = dom.xml()?;
+    let with_disk = domain_xml::add_driver_disk(&xml, &source)?;
+    if with_disk != xml {
+        conn.define_domain(&with_disk)?;
+        println!("attached the driver-install virtio disk; after the virtio-win drivers are installed, run --switch-to-virtio");
+    }
+    Ok(())
+}
+
+fn plan_disks(req: &mut Request) -> Result<Vec<DiskPlan>> {
+    let Some((vmx_path, vmx)) = &req.vmx else {
+        return Ok(vec![DiskPlan {
+            base: req.base.take(),
+            deltas: req.deltas.clone(),
+            copy_whole: false,
+        }]);
+    };
+    ensure!(
+        !vmx.disks.is_empty(),
+        "{}: the VM has no disks",
+        vmx_path.display()
+    );
+    let mut plans = Vec::new();
+    for disk in &vmx.disks {
+        if disk.independent && !req.copy_independent {
+            bail!(
+                "{}: disk {} ({}) is independent: it is in no snapshot, so no delta can bring it up to date; \
+                 give --copy-independent to copy it whole after the VM is shut down",
+                vmx_path.display(),
+                disk.slot(),
+                disk.file_name.display()
+            );
+        }
+        let resolved = vmdk::resolve_chain(&disk.file_name, &req.open)?;
+        let base = BaseImage::open(&resolved.base, &req.open)?;
+        plans.push(DiskPlan {
+            base: Some(BaseInput::Image(base)),
+            deltas: resolved.deltas,
+            copy_whole: disk.independent,
+        });
+    }
+    Ok(plans)
+}
+
+fn volume_names(req: &Request, n: usize) -> Vec<SpecDisk> {
+    (0..n)
+        .map(|i| SpecDisk::Volume {
+            pool: req.pool.clone(),
+            volume: format!("{}-disk{i}", req.domain),
+        })
+        .collect()
+}
+
+fn read_state(dom: &Dom) -> Result<Option<ImportState>> {
+    match dom.metadata(state::NS_URI)? {
+        Some(xml) => Ok(Some(ImportState::from_xml(&xml).with_context(|| {
+            format!("domain '{}': reading the import state", dom.name())
+        })?)),
+        None => Ok(None),
+    }
+}
+
+fn write_state(dom: &Dom, state: &ImportState) -> Result<()> {
+    dom.set_metadata(state::NS_URI, state::NS_PREFIX, &state.to_xml())
+        .with_context(|| format!("domain '{}': recording the import state", dom.name()))
+}
+
+/// Stage 1: volumes and domain (created, or found when other tooling defined them), then every
+/// base uploaded through one sparse stream each. The state says "not uploaded" until the
+/// stream finished, so a broken upload is never taken for a complete one.
+fn stage_one(
+    req: &Request,
+    conn: &Conn,
+    dom: Option<Dom>,
+    state: Option<ImportState>,
+    disks: &[DiskPlan],
+) -> Result<(Option<Dom>, ImportState)> {
+    let mut vols = Vec::new();
+    let mut st = ImportState::default();
+    let dom = match dom {
+        Some(dom) => {
+            // Defined by someone else (or an earlier run): write into its disks, keep its XML.
+            let sources: Vec<_> = dom
+                .disk_sources()?
+                .into_iter()
+                .filter(|d| d.device == "disk")
+                .collect();
+            ensure!(
+                sources.len() >= disks.len(),
+                "domain '{}' has {} disks; the import needs {}",
+                req.domain,
+                sources.len(),
+                disks.len()
+            );
+            for (i, plan) in disks.iter().enumerate() {
+                let vol = match state.as_ref().and_then(|s| s.disks.get(i)) {
+                    Some(ds) => conn.pool(&ds.pool)?.volume(&ds.volume)?,
+                    None => volume_of(conn, &sources[i].kind).with_context(|| {
+                        format!("domain '{}' disk {}", req.domain, sources[i].target_dev)
+                    })?,
+                };
+                st.disks
+                    .push(disk_state(&sources[i].target_dev, &vol, plan)?);
+                vols.push(vol);
+            }
+            Some(dom)
+        }
+        None => {
+            let names = volume_names(req, disks.len());
+            let spec = new_domain_spec(req, conn, &names)?;
+            let targets = domain_xml::disk_targets(&spec);
+            for ((plan, name), target) in disks.iter().zip(&names).zip(&targets) {
+                let SpecDisk::Volume { volume, .. } = name else {
+                    unreachable!("volume_names gives volumes")
+                };
+                let capacity = plan
+                    .base
+                    .as_ref()
+                    .map(BaseInput::capacity)
+                    .ok_or_else(|| anyhow!("no base image for disk {target}: give --flat"))?;
+                let vol = if req.dry_run {
+                    println!(
+                        "would create volume '{volume}' of {capacity} bytes in pool '{}'",
+                        req.pool
+                    );
+                    None
+                } else {
+                    Some(ensure_volume(conn, &req.pool, volume, capacity)?)
+                };
+                if let Some(vol) = vol {
+                    st.disks.push(disk_state(target, &vol, plan)?);
+                    vols.push(vol);
+                }
+            }
+            if req.dry_run {
+                println!(
+                    "would define domain '{}':\n{}",
+                    req.domain,
+                    domain_xml::render(&spec)?
+                );
+                for (plan, name) in disks.iter().zip(&names) {
+                    if let (Some(b), SpecDisk::Volume { volume, .. }) = (&plan.base, name) {
+                        println!(
+                            "would upload {} ({} bytes) into volume '{volume}'",
+                            b.name(),
+                            b.capacity()
+                        );
+                    }
+                }
+                None
+            } else {
+                let dom = conn.define_domain(&domain_xml::render(&spec)?)?;
+                println!(
+                    "defined domain '{}' ({} guest, {} MiB, {} vCPUs)",
+                    req.domain,
+                    os_name(spec.os),
+                    spec.memory_mib,
+                    spec.vcpus
+                );
+                Some(dom)
+            }
+        }
+    };
+    let Some(dom) = dom else {
+        return Ok((None, st));
+    };
+    if req.dry_run {
+        for (plan, vol) in disks.iter().zip(&vols) {
+            if let Some(b) = &plan.base {
+                println!(
+                    "would upload {} ({} bytes) into volume '{}'",
+                    b.name(),
+                    b.capacity(),
+                    vol.describe()
+                );
+            }
+        }
+        return Ok((Some(dom), st));
+    }
+    write_state(&dom, &st)?;
+    for (i, (plan, vol)) in disks.iter().zip(&vols).enumerate() {
+        let Some(base) = &plan.base else { continue };
+        let started = Instant::now();
+        let mut reader = base.reader()?;
+        let mut progress = progress_printer(base.capacity());
+        let stats = libvirt::upload_image(vol, &mut reader, &mut progress).with_context(|| {
+            format!("uploading {} into volume '{}'", base.name(), vol.describe())
+        })?;
+        ensure!(
+            stats.bytes_read == base.capacity(),
+            "{} ended after {} bytes, but the disk's capacity is {} bytes: the base is incomplete",
+            base.name(),
+            stats.bytes_read,
+            base.capacity()
+        );
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "uploaded {} into '{}': {} bytes ({} data, {} as holes) in {:.2}s ({:.0} MB/s)",
+            base.name(),
+            vol.describe(),
+            stats.bytes_read,
+            stats.data_bytes,
+            stats.hole_bytes,
+            secs,
+            stats.bytes_read as f64 / secs.max(1e-9) / 1e6
+        );
+        st.disks[i].base_uploaded = true;
+        write_state(&dom, &st)?;
+    }
+    Ok((Some(dom), st))
+}
+
+fn disk_state(target_dev: &str, vol: &Vol, plan: &DiskPlan) -> Result<DiskState> {
+    let capacity = plan
+        .base
+        .as_ref()
+        .map(BaseInput::capacity)
+        .unwrap_or(vol.capacity()?);
+    let vol_cap = vol.capacity()?;
+    ensure!(
+        capacity <= vol_cap,
+        "volume '{}' holds {vol_cap} bytes, smaller than the disk's {capacity} bytes",
+        vol.describe()
+    );
+    Ok(DiskState {
+        target_dev: target_dev.to_string(),
+        pool: vol.pool_name().to_string(),
+        volume: vol.name().to_string(),
+        capacity,
+        base_cid: plan.base.as_ref().and_then(BaseInput::cid),
+        base_uploaded: false,
+        applying: false,
+        source: plan.base.as_ref().map(BaseInput::name),
+        applied: Vec::new(),
+    })
+}
+
+/// The volume named `name` in `pool`, created at `capacity` unless an earlier run left it.
+fn ensure_volume(conn: &Conn, pool: &str, name: &str, capacity: u64) -> Result<Vol> {
+    let pool = conn.pool(pool)?;
+    match pool.find_volume(name)? {
+        Some(vol) => {
+            let have = vol.capacity()?;
+            ensure!(
+                have >= capacity,
+                "volume '{}' exists with {have} bytes, smaller than the disk's {capacity} bytes",
+                vol.describe()
+            );
+            println!("reusing volume '{}' ({have} bytes)", vol.describe());
+            Ok(vol)
+        }
+        None => {
+            let vol = pool.create_volume(name, capacity)?;
+            println!("created volume '{}' ({capacity} bytes)", vol.describe());
+            Ok(vol)
+        }
+    }
+}
+
+fn volume_of(conn: &Conn, kind: &DiskKind) -> Result<Vol> {
+    match kind {
+        DiskKind::Volume { pool, volume } => conn.pool(pool)?.volume(volume),
+        DiskKind::File(p) | DiskKind::Block(p) => conn.volume_by_path(p),
+        DiskKind::Other(t) => {
+            bail!("a disk of type '{t}' is not a storage volume this tool can write")
+        }
+    }
+}
+
+fn os_name(os: OsFamily) -> &'static str {
+    match os {
+        OsFamily::Linux => "Linux",
+        OsFamily::Windows => "Windows",
+    }
+}
+
+/// A progress line on a terminal, nothing otherwise (logs stay clean).
+fn progress_printer(total: u64) -> impl FnMut(u64) {
+    let tty = std::io::stderr().is_terminal();
+    let mut last = Instant::now();
+    move |done| {
+        if tty && (last.elapsed().as_millis() >= 500 || done == total) {
+            last = Instant::now();
+            eprint!("\r  {} / {} MiB", done >> 20, total >> 20);
+            if done == total {
+                eprintln!();
+            }
+            let _ = std::io::stderr().flush();
+        }
+    }
+}
+
+/// Stage 2: every disk's deltas applied above the base recorded in stage 1. The state marks a
+/// disk as being written before the first byte goes out and clears the mark only once all
+/// its bytes landed: a failed run leaves the domain unstartable by this tool until a rerun
+/// completes.
+fn stage_two(
+    req: &Request,
+    conn: &Conn,
+    dom: Option<&Dom>,
+    st: &mut ImportState,
+    disks: &[DiskPlan],
+) -> Result<()> {
+    if req.dry_run && st.disks.len() < disks.len() {
+        // Stage 1 was only described: check the chains and say what they would write.
+        for plan in disks.iter().filter(|p| !p.deltas.is_empty()) {
+            let chain = Chain::open_deltas(&plan.deltas, &req.open)?;
+            println!(
+                "would then apply {} delta(s): {}",
+                chain.layers().len(),
+                crate::apply::survey(&chain)?
+            );
+        }
+        return Ok(());
+    }
+    ensure!(
+        st.disks.len() >= disks.len(),
+        "domain '{}': the import state knows {} disks, the import has {}",
+        req.domain,
+        st.disks.len(),
+        disks.len()
+    );
+    // Open and check every chain before anything is written.
+    let mut work = Vec::new();
+    for (i, plan) in disks.iter().enumerate() {
+        let ds = &st.disks[i];
+        ensure!(
+            ds.base_uploaded,
+            "domain '{}' disk {}: the base upload is not complete; rerun stage 1 (--flat) first",
+            req.domain,
+            ds.target_dev
+        );
+        if plan.copy_whole || plan.deltas.is_empty() {
+            work.push(None);
+            continue;
+        }
+        let chain = Chain::open_deltas(&plan.deltas, &req.open)?;
+        ensure!(
+            chain.capacity() == ds.capacity,
+            "{}: the delta's capacity ({} bytes) differs from the base recorded for disk {} ({} bytes)",
+            plan.deltas[0].display(),
+            chain.capacity(),
+            ds.target_dev,
+            ds.capacity
+        );
+        let lineage = new_lineage(ds, chain.layers())?;
+        let vol = conn.pool(&ds.pool)?.volume(&ds.volume)?;
+        let vol_cap = vol.capacity()?;
+        ensure!(
+            chain.capacity() <= vol_cap,
+            "volume '{}' holds {vol_cap} bytes, less than the delta's capacity {}",
+            vol.describe(),
+            chain.capacity()
+        );
+        let survey = crate::apply::survey(&chain)?;
+        work.push(Some((chain, lineage, vol, survey)));
+    }
+    if req.dry_run {
+        for (ds, w) in st.disks.iter().zip(&work) {
+            if let Some((chain, _, vol, survey)) = w {
+                println!(
+                    "would apply {} delta(s) to volume '{}' (disk {}): {survey}",
+                    chain.layers().len(),
+                    vol.describe(),
+                    ds.target_dev
+                );
+            }
+        }
+        return Ok(());
+    }
+    let dom = dom.expect("a domain exists unless dry-run");
+    for (i, w) in work.into_iter().enumerate() {
+        if disks[i].copy_whole {
+            // Independent disk: the whole image again, now that the VM is off.
+            st.disks[i].applying = true;
+            write_state(dom, st)?;
+            let base = disks[i]
+                .base
+                .as_ref()
+                .expect("independent disks have a base");
+            let vol = conn.pool(&st.disks[i].pool)?.volume(&st.disks[i].volume)?;
+            let stats = libvirt::upload_image(&vol, &mut base.reader()?, &mut |_| {})?;
+            println!(
+                "copied independent disk {} whole: {} bytes",
+                base.name(),
+                stats.bytes_read
+            );
+            st.disks[i].applying = false;
+            write_state(dom, st)?;
+            continue;
+        }
+        let Some((chain, lineage, vol, _)) = w else {
+            continue;
+        };
+        st.disks[i].applying = true;
+        write_state(dom, st)?;
+        let report = write::write_chain(conn, &vol, &chain, req.io)?;
+        println!("disk {}: {report}", st.disks[i].target_dev);
+        st.disks[i].applying = false;
+        st.disks[i].applied = lineage;
+        write_state(dom, st)?;
+    }
+    Ok(())
+}
+
+/// The deltas the volume holds after applying `layers`. The first layer must sit on the base
+/// or on a delta already applied; deltas applied after that point must be given again, in
+/// order, or applying `layers` would put older grains over newer ones.
+fn new_lineage(ds: &DiskState, layers: &[LayerInfo]) -> Result<Vec<AppliedDelta>> {
+    let first = &layers[0];
+    let as_applied = |l: &LayerInfo| AppliedDelta {
+        file: l
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        cid: l.cid,
+        parent_cid: l.parent_cid,
+    };
+    let Some(pc) = first.parent_cid else {
+        eprintln!(
+            "virt-vmdkimport: warning: {} has no descriptor, so its parent cannot be checked; give the child descriptor (vm-000001.vmdk) to have it checked",
+            first.path.display()
+        );
+        let mut v = ds.applied.clone();
+        v.extend(layers.iter().map(as_applied));
+        return Ok(v);
+    };
+    let k = if Some(pc) == ds.base_cid || (ds.base_cid.is_none() && ds.applied.is_empty()) {
+        if ds.base_cid.is_none() {
+            eprintln!("virt-vmdkimport: warning: the base's CID was not recorded (raw image or standard input); parentCID {pc:08x} of {} is not checked", first.path.display());
+        }
+        0
+    } else if let Some(i) = ds.applied.iter().rposition(|a| a.cid == Some(pc)) {
+        i + 1
+    } else {
+        bail!(
+            "{}: parentCID {pc:08x} matches neither the base uploaded to disk {} (CID {}) nor any delta applied since: this delta belongs to another disk or snapshot chain",
+            first.path.display(),
+            ds.target_dev,
+            ds.base_cid.map(|c| format!("{c:08x}")).unwrap_or_else(|| "unknown".into())
+        );
+    };
+    for (j, a) in ds.applied[k..].iter().enumerate() {
+        let again = layers.get(j).map(|l| l.cid);
+        ensure!(
+            again == Some(a.cid),
+            "{}: {} (CID {}) was already applied on top of it; give the whole chain from {} to the newest delta, oldest first",
+            first.path.display(),
+            a.file,
+            a.cid.map(|c| format!("{c:08x}")).unwrap_or_else(|| "?".into()),
+            first.path.display()
+        );
+    }
+    let mut v = ds.applied[..k].to_vec();
+    v.extend(layers.iter().map(as_applied));
+    Ok(v)
+}
+
+/// The domain a new import defines, from the .vmx when given, else from the options.
+fn new_domain_spec(req: &Request, conn: &Conn, disks: &[SpecDisk]) -> Result<DomainSpec> {
+    let domain_type = conn.domain_type();
+    let mut spec = match &req.vmx {
+        Some((_, vmx)) => {
+            let net_for = |nic: &vmx::VmxNic| net_source(req, nic.network_name.as_deref());
+            domain_xml::spec_from_vmx(vmx, &req.domain, domain_type, disks.to_vec(), &net_for)?
+        }
+        None => {
+            let os = req.os.unwrap_or(OsFamily::Linux);
+            let nics = if req.network.is_some() || req.bridge.is_some() || req.mac.is_some() {
+                vec![NicSpec {
+                    net: net_source(req, None),
+                    mac: req.mac.clone(),
+                    model_override: None,
+                }]
+            } else {
+                Vec::new()
+            };
+            DomainSpec {
+                name: req.domain.clone(),
+                uuid: None,
+                title: None,
+                domain_type: domain_type.to_string(),
+                os,
+                legacy_machine: false,
+                memory_mib: DEFAULT_MEMORY_MIB,
+                vcpus: DEFAULT_VCPUS,
+                cores_per_socket: None,
+                cpu: if domain_type == "kvm" {
+                    domain_xml::CpuMode::HostPassthrough
+                } else {
+                    domain_xml::CpuMode::Default
+                },
+                cpu_disable_features: Vec::new(),
+                hyperv_passthrough: false,
+                firmware: Firmware::Bios,
+                disks: disks
+                    .iter()
+                    .map(|s| domain_xml::DiskSpec {
+                        source: s.clone(),
+                        bus_override: None,
+                    })
+                    .collect(),
+                nics,
+                serial_log: None,
+                extra_virtio_disk: None,
+            }
+        }
+    };
+    // The command line wins over the .vmx.
+    if let Some(m) = req.memory_mib {
+        spec.memory_mib = m;
+    }
+    if let Some(v) = req.vcpus {
+        spec.vcpus = v;
+    }
+    if let Some(os) = req.os {
+        spec.os = os;
+    }
+    if let (Some(mac), Some(nic)) = (&req.mac, spec.nics.first_mut()) {
+        nic.mac = Some(mac.clone());
+    }
+    if let Some(cpu) = &req.cpu {
+        spec.cpu = cpu.clone();
+    }
+    Ok(spec)
+}
+
+fn net_source(req: &Request, vmware_net: Option<&str>) -> NetSource {
+    if let Some(to) = vmware_net.and_then(|n| req.network_map.iter().find(|(from, _)| from == n)) {
+        return NetSource::Network(to.1.clone());
+    }
+    match (&req.bridge, &req.network) {
+        (Some(br), _) => NetSource::Bridge(br.clone()),
+        (None, Some(net)) => NetSource::Network(net.clone()),
+        (None, None) => NetSource::Network("default".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmdk::LayerKind;
+
+    fn layer(name: &str, cid: u32, parent: u32) -> LayerInfo {
+        LayerInfo {
+            path: PathBuf::from(format!("/d/{name}")),
+            kind: LayerKind::SeSparse,
+            cid: Some(cid),
+            parent_cid: Some(parent),
+            parent_hint: None,
+            capacity: 1 << 20,
+        }
+    }
+
+    fn disk(applied: &[(&str, u32, u32)]) -> DiskState {
+        DiskState {
+            base_cid: Some(0xb0),
+            base_uploaded: true,
+            applied: applied
+                .iter()
+                .map(|(f, c, p)| AppliedDelta {
+                    file: f.to_string(),
+                    cid: Some(*c),
+                    parent_cid: Some(*p),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn cids(v: &[AppliedDelta]) -> Vec<u32> {
+        v.iter().map(|a| a.cid.unwrap()).collect()
+    }
+
+    #[test]
+    fn a_first_delta_sits_on_the_recorded_base() {
+        let l = new_lineage(
+            &disk(&[]),
+            &[layer("d1", 0xd1, 0xb0), layer("d2", 0xd2, 0xd1)],
+        )
+        .unwrap();
+        assert_eq!(cids(&l), [0xd1, 0xd2]);
+    }
+
+    #[test]
+    fn a_delta_from_another_base_is_refused() {
+        let e = new_lineage(&disk(&[]), &[layer("x", 0xd1, 0xbad)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("parentCID 00000bad") && e.contains("/d/x"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_next_delta_continues_from_the_last_applied() {
+        let l = new_lineage(&disk(&[("d1", 0xd1, 0xb0)]), &[layer("d2", 0xd2, 0xd1)]).unwrap();
+        assert_eq!(cids(&l), [0xd1, 0xd2]);
+    }
+
+    #[test]
+    fn rerunning_the_same_chain_is_allowed() {
+        let ds = disk(&[("d1", 0xd1, 0xb0), ("d2", 0xd2, 0xd1)]);
+        let l = new_lineage(&ds, &[layer("d1", 0xd1, 0xb0), layer("d2", 0xd2, 0xd1)]).unwrap();
+        assert_eq!(cids(&l), [0xd1, 0xd2]);
+    }
+
+    #[test]
+    fn an_older_delta_after_a_newer_one_is_refused() {
+        let ds = disk(&[("d1", 0xd1, 0xb0), ("d2", 0xd2, 0xd1)]);
+        let e = new_lineage(&ds, &[layer("d1", 0xd1, 0xb0)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("d2") && e.contains("already applied"), "{e}");
+    }
+}

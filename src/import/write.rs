@@ -30,7 +30,11 @@ pub struct WriteReport {
 
 impl fmt::Display for WriteReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let call_ms = if self.calls == 0 { 0.0 } else { self.call_overhead.as_secs_f64() * 1e3 / self.calls as f64 };
+        let call_ms = if self.calls == 0 {
+            0.0
+        } else {
+            self.call_overhead.as_secs_f64() * 1e3 / self.calls as f64
+        };
         write!(
             f,
             "io={} runs={} pieces={} data_bytes={} zero_bytes={} gap_bytes={} calls={} call_ms={:.3} elapsed_s={:.3}",
@@ -86,7 +90,10 @@ fn direct_possible(conn: &Conn, vol: &Vol) -> Result<(), String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let kind = meta.file_type();
     if !(kind.is_file() || kind.is_block_device()) {
-        return Err(format!("{} is neither a regular file nor a block device", path.display()));
+        return Err(format!(
+            "{} is neither a regular file nor a block device",
+            path.display()
+        ));
     }
     OpenOptions::new()
         .write(true)
@@ -101,15 +108,22 @@ fn write_direct(vol: &Vol, chain: &Chain) -> Result<WriteReport> {
     let started = Instant::now();
     let changes = apply::apply_to_target(chain, Path::new(vol.path()))?;
     vol.pool()?.refresh()?;
-    Ok(WriteReport { io: "direct", changes, elapsed: started.elapsed(), ..Default::default() })
+    Ok(WriteReport {
+        io: "direct",
+        changes,
+        elapsed: started.elapsed(),
+        ..Default::default()
+    })
 }
-
 
 /// Upload calls over windows planned with the cost model. The caller has surveyed the chain
 /// (every table read and checked) before this writes a byte.
 pub fn write_streamed(vol: &Vol, chain: &Chain, cost: &mut CostModel) -> Result<WriteReport> {
     let started = Instant::now();
-    let mut report = WriteReport { io: "stream", ..Default::default() };
+    let mut report = WriteReport {
+        io: "stream",
+        ..Default::default()
+    };
     let mut planner = WindowPlanner::new(chain.pieces());
     let mut last_end = None;
     while let Some(window) = planner.next_window(cost) {
@@ -117,8 +131,14 @@ pub fn write_streamed(vol: &Vol, chain: &Chain, cost: &mut CostModel) -> Result<
         for p in &window.pieces {
             apply::tally(&mut report.changes, p, &mut last_end);
         }
-        let timing = upload_window(vol, &window)
-            .with_context(|| format!("writing bytes {}..{} of volume '{}'", window.offset, window.end(), vol.describe()))?;
+        let timing = upload_window(vol, &window).with_context(|| {
+            format!(
+                "writing bytes {}..{} of volume '{}'",
+                window.offset,
+                window.end(),
+                vol.describe()
+            )
+        })?;
         cost.observe_call(timing.overhead, timing.moved, timing.moving);
         report.calls += 1;
         report.call_overhead += timing.overhead;
@@ -144,14 +164,19 @@ struct WindowTiming {
 /// back, so each gap byte is rewritten with exactly what the volume held.
 fn upload_window(vol: &Vol, window: &Window) -> Result<WindowTiming> {
     let t0 = Instant::now();
-    let mut download = if window.gap_bytes() > 0 { Some(Download::open(vol, window.offset, window.len)?) } else { None };
+    let mut download = if window.gap_bytes() > 0 {
+        Some(Download::open(vol, window.offset, window.len)?)
+    } else {
+        None
+    };
     let mut first_fill = None;
     let mut last_fill = t0;
     let mut next_piece = 0usize;
     libvirt::upload_at(vol, window.offset, window.len, &mut |rel, buf| {
         first_fill.get_or_insert_with(Instant::now);
         if let Some(dl) = download.as_mut() {
-            dl.read_exact(buf).map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+            dl.read_exact(buf)
+                .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
         }
         overlay(&window.pieces, &mut next_piece, window.offset + rel, buf)?;
         last_fill = Instant::now();
@@ -166,8 +191,16 @@ fn upload_window(vol: &Vol, window: &Window) -> Result<WindowTiming> {
     // were opened, after it the last chunk was sent and the streams finished.
     let moving = last_fill.saturating_duration_since(first);
     let overhead = (end - t0).saturating_sub(moving);
-    let moved = if window.gap_bytes() > 0 { window.len } else { 0 };
-    Ok(WindowTiming { overhead, moved, moving })
+    let moved = if window.gap_bytes() > 0 {
+        window.len
+    } else {
+        0
+    };
+    Ok(WindowTiming {
+        overhead,
+        moved,
+        moving,
+    })
 }
 
 /// Copy into `buf` (the bytes at virtual offset `at`) every piece part that falls inside it.
@@ -207,11 +240,26 @@ mod tests {
     #[test]
     fn overlay_writes_piece_parts_across_chunk_borders() {
         let mut f = tempfile::tempfile().unwrap();
-        f.write_all(&(0..=255u8).cycle().take(8192).collect::<Vec<_>>()).unwrap();
-        let file = Arc::new(DataFile { path: "d".into(), file: f });
+        f.write_all(&(0..=255u8).cycle().take(8192).collect::<Vec<_>>())
+            .unwrap();
+        let file = Arc::new(DataFile {
+            path: "d".into(),
+            file: f,
+        });
         let pieces = vec![
-            Piece { offset: 10, len: 20, source: Source::Data { file: file.clone(), offset: 100 } },
-            Piece { offset: 40, len: 5, source: Source::Zeros },
+            Piece {
+                offset: 10,
+                len: 20,
+                source: Source::Data {
+                    file: file.clone(),
+                    offset: 100,
+                },
+            },
+            Piece {
+                offset: 40,
+                len: 5,
+                source: Source::Zeros,
+            },
         ];
         let mut image = vec![7u8; 64];
         let mut next = 0;
