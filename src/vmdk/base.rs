@@ -141,6 +141,32 @@ impl BaseImage {
         })
     }
 
+    /// Fill `buf` with the virtual disk's bytes at `offset`: random access, for refilling the
+    /// gaps between a delta's runs in stage 2.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let end = offset.checked_add(buf.len() as u64);
+        if end.is_none_or(|e| e > self.capacity) {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{}: reading {} bytes at {offset}, past the disk's end",
+                    show(&self.path),
+                    buf.len()
+                ),
+            ));
+        }
+        let index = self
+            .segments
+            .partition_point(|(start, len, _)| start + len <= offset);
+        let mut reader = BaseReader {
+            segments: self.segments.clone(),
+            index,
+            pos: offset,
+            cursor: None,
+        };
+        reader.read_exact(buf)
+    }
+
     /// The whole virtual disk, front to back (zeros for ZERO extents and unallocated grains).
     pub fn reader(&self) -> io::Result<Box<dyn Read + Send>> {
         Ok(Box::new(BaseReader {

@@ -95,6 +95,20 @@ fn base_images_read_whole() {
     let mut want = flat[..100 * 512].to_vec();
     want.resize(150 * 512, 0);
     assert!(read_all(&b) == want);
+    // Random access gives the same bytes, across the FLAT/ZERO border too.
+    for (at, len) in [
+        (0usize, 512usize),
+        (99 * 512 + 7, 1000),
+        (120 * 512, 30 * 512),
+    ] {
+        let mut got = vec![0xeeu8; len];
+        b.read_at(at as u64, &mut got).unwrap();
+        assert!(got == want[at..at + len], "read_at({at}, {len})");
+    }
+    assert!(
+        b.read_at(150 * 512 - 1, &mut [0u8; 2]).is_err(),
+        "past the end"
+    );
     // A monolithicSparse base made by qemu-img.
     let out = Command::new("qemu-img")
         .args(["convert", "-f", "raw", "-O", "vmdk"])
@@ -106,6 +120,12 @@ fn base_images_read_whole() {
     let b = BaseImage::open(&f.path("mono.vmdk"), &opts).unwrap();
     assert_eq!(b.create_type.as_deref(), Some("monolithicSparse"));
     assert!(read_all(&b) == flat);
+    let mut got = vec![0u8; 70_000];
+    b.read_at(1_000_001, &mut got).unwrap();
+    assert!(
+        got == flat[1_000_001..1_070_001],
+        "read_at on a sparse base"
+    );
     // A delta is not a base.
     write_cowd(
         &f.path("d-delta.vmdk"),
