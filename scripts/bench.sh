@@ -86,27 +86,39 @@ measure() {
     RSS=$(awk '{ print $2 }' "$W/out/$name.time")
 }
 
-# best NAME PREP CMD...: up to REPEAT runs of CMD, each after the shell command PREP (untimed;
-# it resets the state, e.g. a fresh volume); keeps the minimum time, the max RSS and the stdout
-# of the fastest run in $W/out/NAME. A command whose first run takes over COSTLY seconds runs
-# once (MARK="*" then, shown in the table) to keep the whole benchmark under ~10 minutes.
+# one_run NAME PREP CMD...: one more run of CMD after the shell command PREP (untimed; it
+# resets the state, e.g. a fresh volume), unless NAME has had REPEAT runs or is marked done.
+# Keeps NAME's minimum time, max RSS and the stdout of its fastest run ($W/out/NAME). A command
+# whose first run takes over COSTLY seconds is not repeated (marked "*" in the table), to keep
+# the whole benchmark near 10 minutes.
 COSTLY=10
-best() {
+declare -A BT=() BR=() BN=() BM=()
+one_run() {
     local name=$1 prep=$2; shift 2
-    local bt="" brss=0 i
-    MARK=""
+    local n=${BN[$name]:-0}
+    if [ "$n" -ge "$REPEAT" ] || [ -n "${BM[$name]:-}" ]; then return 0; fi
+    n=$((n + 1)) BN[$name]=$n
+    eval "$prep"
+    measure "$name.$n" "$@"
+    [ "$RSS" -gt "${BR[$name]:-0}" ] && BR[$name]=$RSS
+    if [ -z "${BT[$name]:-}" ] || awk -v a="$T" -v b="${BT[$name]}" 'BEGIN { exit !(a < b) }'; then
+        BT[$name]=$T; cp "$W/out/$name.$n" "$W/out/$name"
+    fi
+    if [ "$REPEAT" -gt 1 ] && [ "$n" = 1 ] && awk -v a="$T" -v c="$COSTLY" 'BEGIN { exit !(a > c) }'; then
+        BM[$name]="*"
+    fi
+}
+# result NAME: T (best seconds, with its mark) and RSS (KiB) of NAME.
+result() { T=${BT[$1]}${BM[$1]:-} RSS=${BR[$1]}; }
+
+# pair NAME_A PREP_A NAME_B PREP_B: the two sides of a ratio, commands in the arrays A and B,
+# run alternately (A B A B A B), so that both meet the same load on a shared host.
+pair() {
+    local i
     for i in $(seq 1 "$REPEAT"); do
-        eval "$prep"
-        measure "$name.$i" "$@"
-        [ "$RSS" -gt "$brss" ] && brss=$RSS
-        if [ -z "$bt" ] || awk -v a="$T" -v b="$bt" 'BEGIN { exit !(a < b) }'; then
-            bt=$T; cp "$W/out/$name.$i" "$W/out/$name"
-        fi
-        if [ "$REPEAT" -gt 1 ] && [ "$i" = 1 ] && awk -v a="$T" -v c="$COSTLY" 'BEGIN { exit !(a > c) }'; then
-            MARK="*"; break
-        fi
+        one_run "$1" "$2" "${A[@]}"
+        one_run "$3" "$4" "${B[@]}"
     done
-    T=$bt$MARK RSS=$brss
 }
 
 # field KEY FILE: the value of KEY= in the stage 2 "disk vda: ..." line.
@@ -216,6 +228,7 @@ KEEP=$KEEP_SAVED
 rm -rf "$W"
 
 started=$(date +%s)
+load0=$(cut -d' ' -f1 /proc/loadavg)
 log "making inputs under $W"
 make_inputs
 make_pools
@@ -243,76 +256,71 @@ row() {
 # --- case 3 first: its dense stage 1 also makes the domain case 1 needs -------------------------
 log "case 3: stage 1 of a dense $((DENSE / MiB)) MiB image"
 warm "$W/dense/dense-flat.vmdk"
-best s3-dense "fresh_dom vmdkimport-bench-dense $P1" "$BIN" -c "$URI" --domain vmdkimport-bench-dense --pool "$P1" --flat "$W/dense/dense.vmdk" --no-start
-s3d_t=$T s3d_rss=$RSS; note_rss "$RSS"
-best s3-dense-virsh "fresh_vol $P1 bench-up-dense $DENSE" "${VIRSH[@]}" vol-upload --vol bench-up-dense --pool "$P1" "$W/dense/dense-flat.vmdk"
-s3d_b=$T
+A=("$BIN" -c "$URI" --domain vmdkimport-bench-dense --pool "$P1" --flat "$W/dense/dense.vmdk" --no-start)
+B=("${VIRSH[@]}" vol-upload --vol bench-up-dense --pool "$P1" "$W/dense/dense-flat.vmdk")
+pair s3-dense "fresh_dom vmdkimport-bench-dense $P1" s3-dense-virsh "fresh_vol $P1 bench-up-dense $DENSE"
+result s3-dense; s3d_t=$T s3d_rss=$RSS; note_rss "$RSS"
+result s3-dense-virsh; s3d_b=$T
 v vol-delete bench-up-dense --pool "$P1" >/dev/null
 
 log "case 3: stage 1 of a $((ZERO_CAP / MiB)) MiB image that is 90% zeros"
 warm "$W/zero90/zero90-flat.vmdk"
-best s3-zero "fresh_dom vmdkimport-bench-zero90 $P1" "$BIN" -c "$URI" --domain vmdkimport-bench-zero90 --pool "$P1" --flat "$W/zero90/zero90.vmdk" --no-start
-s3z_t=$T s3z_rss=$RSS; note_rss "$RSS"
-best s3-zero-virsh "fresh_vol $P1 bench-up-zero $ZERO_CAP" "${VIRSH[@]}" vol-upload --vol bench-up-zero --pool "$P1" "$W/zero90/zero90-flat.vmdk"
-s3z_b=$T
+A=("$BIN" -c "$URI" --domain vmdkimport-bench-zero90 --pool "$P1" --flat "$W/zero90/zero90.vmdk" --no-start)
+B=("${VIRSH[@]}" vol-upload --vol bench-up-zero --pool "$P1" "$W/zero90/zero90-flat.vmdk")
+pair s3-zero "fresh_dom vmdkimport-bench-zero90 $P1" s3-zero-virsh "fresh_vol $P1 bench-up-zero $ZERO_CAP"
+result s3-zero; s3z_t=$T s3z_rss=$RSS; note_rss "$RSS"
+result s3-zero-virsh; s3z_b=$T
 v vol-delete bench-up-zero --pool "$P1" >/dev/null
-# Done with these: free their space and page cache before the stage 2 cases.
+# Done with it: free its space and page cache before the stage 2 cases.
 fresh_dom vmdkimport-bench-zero90 "$P1"
 
-# --- case 1 -----------------------------------------------------------------------------------
+# --- case 1: on the dense domain of case 3 ------------------------------------------------------
 log "case 1: stage 2 of $S1_RUNS x 1 MiB runs, --io stream"
 warm "$W/dense/dense-000001-sesparse.vmdk" "$W/dense/delta-bytes.bin"
-best s1 : "$BIN" -c "$URI" --domain vmdkimport-bench-dense "$W/dense/dense-000001.vmdk" --io stream --no-start
-s1_t=$T s1_rss=$RSS s1_calls=$(field calls "$W/out/s1"); note_rss "$RSS"
-best s1-virsh "fresh_vol $P1 bench-up-256 $((S1_RUNS * MiB))" "${VIRSH[@]}" vol-upload --vol bench-up-256 --pool "$P1" "$W/dense/delta-bytes.bin"
-s1_b=$T
+A=("$BIN" -c "$URI" --domain vmdkimport-bench-dense "$W/dense/dense-000001.vmdk" --io stream --no-start)
+B=("${VIRSH[@]}" vol-upload --vol bench-up-256 --pool "$P1" "$W/dense/delta-bytes.bin")
+pair s1 : s1-virsh "fresh_vol $P1 bench-up-256 $((S1_RUNS * MiB))"
+result s1; s1_t=$T s1_rss=$RSS s1_calls=$(field calls "$W/out/s1"); note_rss "$RSS"
+result s1-virsh; s1_b=$T
 v vol-delete bench-up-256 --pool "$P1" >/dev/null
 fresh_dom vmdkimport-bench-dense "$P1"
 row "1 stage 2, ${S1_RUNS}x1MiB runs, stream" "$s1_t" "$s1_calls" "$s1_rss" "virsh vol-upload $((S1_RUNS)) MiB" "$s1_b" le 1.1
 
 # --- case 2 -----------------------------------------------------------------------------------
-log "case 2: (a) --target apply of $SCAT_RUNS x 4 KiB runs to a raw file"
-warm "$W/scat/scat-000001-sesparse.vmdk" "$W/scat/raw.img" "$W/scat/full.img"
-best s2-raw : "$BIN" --target "$W/scat/raw.img" "$W/scat/scat-000001.vmdk"
-s2a=$T s2a_rss=$RSS; note_rss "$RSS"
-row "2 (a) --target raw apply" "$s2a" - "$s2a_rss" "" "" - -
-
 for pool in "$P1" "$P2"; do
     if [ "$pool" = "$P1" ]; then dom=vmdkimport-bench-scat1 tag=1vol; else dom=vmdkimport-bench-scat2k tag=${OTHERS}vol; fi
     log "case 2, pool $pool: stage 1 of the empty base"
-    measure "s2-stage1-$tag" "$BIN" -c "$URI" --domain "$dom" --pool "$pool" --flat "$W/scat/scat.vmdk" --no-start; note_rss "$RSS"
+    measure "s2-stage1-$tag" "$BIN" -c "$URI" --domain "$dom" --pool "$pool" --flat "$W/scat/scat.vmdk" --no-start
+    note_rss "$RSS"
+    warm "$W/scat/scat-000001-sesparse.vmdk" "$W/scat/raw.img" "$W/scat/full.img"
 
-    log "case 2, pool $pool: (c) virsh vol-upload of the whole disk"
-    best "s2-full-$tag" "fresh_vol $pool bench-full $SCAT_CAP" "${VIRSH[@]}" vol-upload --vol bench-full --pool "$pool" "$W/scat/full.img"
-    c=$T
+    log "case 2, pool $pool: stage 2 --io stream, and (c) virsh vol-upload of the whole disk"
+    A=("$BIN" -c "$URI" --domain "$dom" "$W/scat/scat-000001.vmdk" --io stream --no-start)
+    B=("${VIRSH[@]}" vol-upload --vol bench-full --pool "$pool" "$W/scat/full.img")
+    pair "s2-stream-$tag" : "s2-full-$tag" "fresh_vol $pool bench-full $SCAT_CAP"
     v vol-delete bench-full --pool "$pool" >/dev/null
+    result "s2-full-$tag"; c=$T
 
-    for io in stream direct; do
-        log "case 2, pool $pool: stage 2 --io $io"
-        warm "$W/scat/scat-000001-sesparse.vmdk"
-        best "s2-$io-$tag" : "$BIN" -c "$URI" --domain "$dom" "$W/scat/scat-000001.vmdk" --io "$io" --no-start
-        t=$T rss=$RSS; note_rss "$RSS"
-        out=$W/out/s2-$io-$tag
-        calls=$(field calls "$out") call_ms=$(field call_ms "$out") runs=$(field runs "$out")
-        if [ "$io" = stream ]; then
-            stream_call_ms=$call_ms
-            # (b) one upload call per run, at the call cost this very run measured on this pool.
-            b=$(awk -v r="$runs" -v c="$call_ms" 'BEGIN { printf "%.3f", r * c / 1000 }')
-            row "2 $tag, --io stream" "$t" "$calls" "$rss" "(a) --target raw apply" "$s2a" - -
-            row + "$t" "" "" "(b) $runs calls x ${call_ms} ms" "$b" le "$([ "$pool" = "$P2" ] && echo 0.02 || echo 1)"
-            if [ "$pool" = "$P2" ]; then
-                row + "$t" "" "" "(c) virsh vol-upload $((SCAT_CAP / MiB)) MiB" "$c" le 5
-            else
-                row + "$t" "" "" "(c) virsh vol-upload $((SCAT_CAP / MiB)) MiB" "$c" - -
-            fi
-        else
-            # (b) uses the stream run's measured call cost: a direct run makes no upload calls.
-            b=$(awk -v r="$runs" -v c="$stream_call_ms" 'BEGIN { printf "%.3f", r * c / 1000 }')
-            row "2 $tag, --io direct" "$t" "$calls" "$rss" "(a) --target raw apply" "$s2a" le 1.5
-            row + "$t" "" "" "(b) $runs calls x ${stream_call_ms} ms" "$b" - -
-            row + "$t" "" "" "(c) virsh vol-upload $((SCAT_CAP / MiB)) MiB" "$c" - -
-        fi
-    done
+    log "case 2, pool $pool: stage 2 --io direct, and (a) --target apply to a raw file"
+    A=("$BIN" -c "$URI" --domain "$dom" "$W/scat/scat-000001.vmdk" --io direct --no-start)
+    B=("$BIN" --target "$W/scat/raw.img" "$W/scat/scat-000001.vmdk")
+    pair "s2-direct-$tag" : "s2-raw-$tag" :
+    result "s2-raw-$tag"; a=$T a_rss=$RSS; note_rss "$RSS"
+
+    result "s2-stream-$tag"; t=$T rss=$RSS; note_rss "$RSS"
+    out=$W/out/s2-stream-$tag
+    calls=$(field calls "$out") call_ms=$(field call_ms "$out") runs=$(field runs "$out")
+    # (b) one upload call per run, at the call cost the stream run measured on this pool.
+    b=$(awk -v r="$runs" -v c="$call_ms" 'BEGIN { printf "%.3f", r * c / 1000 }')
+    row "2 $tag, --io stream" "$t" "$calls" "$rss" "(a) --target raw apply" "$a" - -
+    row + "$t" "" "" "(b) $runs calls x ${call_ms} ms" "$b" le "$([ "$pool" = "$P2" ] && echo 0.02 || echo 1)"
+    row + "$t" "" "" "(c) virsh vol-upload $((SCAT_CAP / MiB)) MiB" "$c" "$([ "$pool" = "$P2" ] && echo le || echo -)" 5
+
+    result "s2-direct-$tag"; t=$T rss=$RSS; note_rss "$RSS"
+    row "2 $tag, --io direct" "$t" "$(field calls "$W/out/s2-direct-$tag")" "$rss" "(a) --target raw apply" "$a" le 1.5
+    row + "$t" "" "" "(b) as above" "$b" - -
+    row + "$t" "" "" "(c) virsh vol-upload $((SCAT_CAP / MiB)) MiB" "$c" - -
+    row "  (a) itself: --target raw apply" "$a" - "$a_rss" "" "" - -
     fresh_dom "$dom" "$pool"
 done
 
@@ -325,6 +333,7 @@ elapsed=$(($(date +%s) - started))
     echo
     echo "virt-vmdkimport benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "host: $(nproc) cores, $(. /etc/os-release && echo "$PRETTY_NAME"), $(v version | sed -n 's/.*Using library: //p' | head -n1), $(v version | sed -n 's/.*Running hypervisor: //p' | head -n1), $URI, dir pools"
+    echo "load average (1 min) at start $load0, at end $(cut -d' ' -f1 /proc/loadavg): other work shares this host"
     if [ "$REPEAT" -gt 1 ]; then echo "times: wall seconds, best of $REPEAT runs (* = one run: it took over ${COSTLY}s); RSS: peak of those runs"; else echo "times: wall seconds, 1 run each (--quick)"; fi
     echo
     printf '%-36s %8s %6s %8s  %-34s %8s  %-22s %-15s %s\n' case ours_s calls rss_MiB baseline base_s ratio goal result
