@@ -96,6 +96,12 @@ pub struct Cli {
     #[arg(long, value_name = "MODE")]
     pub cpu: Option<String>,
 
+    /// Windows guests: give them every Hyper-V enlightenment the host's KVM offers
+    /// (`<hyperv mode='passthrough'/>`) instead of the fixed list, which nested hosts refuse
+    /// ("kernel doesn't allow setting HyperV VP_INDEX").
+    #[arg(long)]
+    pub hyperv_passthrough: bool,
+
     /// Do not start the domain after stage 2.
     #[arg(long)]
     pub no_start: bool,

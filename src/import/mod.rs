@@ -45,6 +45,19 @@ impl BaseInput {
         }
     }
 
+    /// Where a later run can find the base again: its absolute path (none for a pipe).
+    fn location(&self) -> Option<String> {
+        match self {
+            BaseInput::Image(b) => Some(
+                std::fs::canonicalize(&b.path)
+                    .unwrap_or_else(|_| b.path.clone())
+                    .display()
+                    .to_string(),
+            ),
+            BaseInput::Stdin { .. } => None,
+        }
+    }
+
     fn reader(&self) -> Result<Box<dyn Read + Send>> {
         match self {
             BaseInput::Image(b) => b
@@ -77,6 +90,7 @@ pub struct Request {
     pub io: IoMode,
     copy_independent: bool,
     driver_disk: bool,
+    hyperv_passthrough: bool,
     cpu: Option<domain_xml::CpuMode>,
 }
 
@@ -115,7 +129,14 @@ impl Request {
             None => None,
         };
         let vmx = match &cli.vmx {
-            Some(p) => Some((p.clone(), vmx::parse_vmx(p)?)),
+            Some(p) => {
+                let vmx = vmx::parse_vmx(p)?;
+                // What the domain will not get (CD-ROMs, ignored devices) is said, not dropped silently.
+                for note in &vmx.notes {
+                    eprintln!("note: {}: {note}", p.display());
+                }
+                Some((p.clone(), vmx))
+            }
             None => None,
         };
         ensure!(
@@ -156,6 +177,7 @@ impl Request {
             io: cli.io,
             copy_independent: cli.copy_independent,
             driver_disk: cli.driver_disk,
+            hyperv_passthrough: cli.hyperv_passthrough,
             cpu: cli.cpu.as_deref().map(|c| match c {
                 "host-passthrough" => domain_xml::CpuMode::HostPassthrough,
                 "host-model" => domain_xml::CpuMode::HostModel,
@@ -233,8 +255,7 @@ pub fn run(mut req: Request) -> Result<()> {
             "domain '{}': a disk is not completely written; not starting it",
             req.domain
         );
-        dom.start()
-            .with_context(|| format!("starting domain '{}'", req.domain))?;
+        dom.start()?;
         println!("domain '{}' started", req.domain);
     } else if stage1 && !stage2 {
         println!(
@@ -291,8 +312,9 @@ fn plan_disks(req: &mut Request) -> Result<Vec<DiskPlan>> {
                 disk.file_name.display()
             );
         }
-        let resolved = vmdk::resolve_chain(&disk.file_name, &req.open)?;
-        let base = BaseImage::open(&resolved.base, &req.open)?;
+        let slot = || format!("{}: disk {}", vmx_path.display(), disk.slot());
+        let resolved = vmdk::resolve_chain(&disk.file_name, &req.open).with_context(slot)?;
+        let base = BaseImage::open(&resolved.base, &req.open).with_context(slot)?;
         plans.push(DiskPlan {
             base: Some(BaseInput::Image(base)),
             deltas: resolved.deltas,
@@ -490,7 +512,7 @@ fn disk_state(target_dev: &str, vol: &Vol, plan: &DiskPlan) -> Result<DiskState>
         base_cid: plan.base.as_ref().and_then(BaseInput::cid),
         base_uploaded: false,
         applying: false,
-        source: plan.base.as_ref().map(BaseInput::name),
+        source: plan.base.as_ref().and_then(BaseInput::location),
         applied: Vec::new(),
     })
 }
@@ -652,15 +674,44 @@ fn stage_two(
         let Some((chain, lineage, vol, _)) = w else {
             continue;
         };
+        let base = base_for_gaps(&st.disks[i], &disks[i], &chain, &req.open);
+        let gaps = match &base {
+            Some(b) => write::Gaps::Base(b),
+            None => write::Gaps::Volume,
+        };
         st.disks[i].applying = true;
         write_state(dom, st)?;
-        let report = write::write_chain(conn, &vol, &chain, req.io)?;
+        let report = write::write_chain(conn, &vol, &chain, req.io, gaps)?;
         println!("disk {}: {report}", st.disks[i].target_dev);
         st.disks[i].applying = false;
         st.disks[i].applied = lineage;
         write_state(dom, st)?;
     }
     Ok(())
+}
+
+/// The base image, when it can stand in for the volume's own bytes between the chain's runs:
+/// the chain starts at the base (so every delta applied before is part of it again, and
+/// outside its runs the volume holds the base), and the base found on this host (the one the
+/// .vmx names, or the file stage 1 read) has the recorded CID and capacity. VMware changes a
+/// disk's CID whenever it writes to it, so a base consolidated or changed since stage 1 is
+/// not taken. Anything else reads the gaps back from the volume.
+fn base_for_gaps(
+    ds: &DiskState,
+    plan: &DiskPlan,
+    chain: &Chain,
+    open: &OpenOptions,
+) -> Option<BaseImage> {
+    let cid = ds.base_cid?;
+    if chain.parent_cid() != Some(cid) {
+        return None;
+    }
+    let path = match &plan.base {
+        Some(BaseInput::Image(b)) => b.path.clone(),
+        _ => PathBuf::from(ds.source.as_ref()?),
+    };
+    let base = BaseImage::open(&path, open).ok()?;
+    (base.cid == Some(cid) && base.capacity == ds.capacity).then_some(base)
 }
 
 /// The deltas the volume holds after applying `layers`. The first layer must sit on the base
@@ -783,6 +834,7 @@ fn new_domain_spec(req: &Request, conn: &Conn, disks: &[SpecDisk]) -> Result<Dom
     if let Some(cpu) = &req.cpu {
         spec.cpu = cpu.clone();
     }
+    spec.hyperv_passthrough |= req.hyperv_passthrough;
     Ok(spec)
 }
 

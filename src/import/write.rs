@@ -4,7 +4,7 @@ use crate::apply::{self, ApplyReport};
 use crate::cli::IoMode;
 use crate::libvirt::{self, Conn, Download, Vol};
 use crate::plan::{CostModel, Window, WindowPlanner};
-use crate::vmdk::{Chain, Piece, Source};
+use crate::vmdk::{BaseImage, Chain, Piece, Source};
 use anyhow::{bail, Context, Result};
 use std::fmt;
 use std::fs::OpenOptions;
@@ -51,10 +51,26 @@ impl fmt::Display for WriteReport {
     }
 }
 
+/// Where the bytes between a window's pieces come from.
+pub enum Gaps<'a> {
+    /// Downloaded from the volume itself: always right.
+    Volume,
+    /// Read from the base image, which the caller has checked is exactly what the volume
+    /// holds outside the chain's pieces (the base was uploaded and no delta applied since).
+    /// A local read instead of a download.
+    Base(&'a BaseImage),
+}
+
 /// Write `chain` into `vol` by the path `mode` asks for. `auto` writes directly only when the
 /// daemon is on this host and the volume's path is a regular file or block device this
 /// process can open for writing; it says which path it took, and why.
-pub fn write_chain(conn: &Conn, vol: &Vol, chain: &Chain, mode: IoMode) -> Result<WriteReport> {
+pub fn write_chain(
+    conn: &Conn,
+    vol: &Vol,
+    chain: &Chain,
+    mode: IoMode,
+    gaps: Gaps,
+) -> Result<WriteReport> {
     let direct = match mode {
         IoMode::Stream => false,
         IoMode::Direct => {
@@ -77,7 +93,10 @@ pub fn write_chain(conn: &Conn, vol: &Vol, chain: &Chain, mode: IoMode) -> Resul
     if direct {
         write_direct(vol, chain)
     } else {
-        write_streamed(vol, chain, &mut CostModel::default())
+        if let Gaps::Base(b) = gaps {
+            println!("io: gaps between runs refilled from {}", b.path.display());
+        }
+        write_streamed(vol, chain, &mut CostModel::default(), &gaps)
     }
 }
 
@@ -118,7 +137,12 @@ fn write_direct(vol: &Vol, chain: &Chain) -> Result<WriteReport> {
 
 /// Upload calls over windows planned with the cost model. The caller has surveyed the chain
 /// (every table read and checked) before this writes a byte.
-pub fn write_streamed(vol: &Vol, chain: &Chain, cost: &mut CostModel) -> Result<WriteReport> {
+pub fn write_streamed(
+    vol: &Vol,
+    chain: &Chain,
+    cost: &mut CostModel,
+    gaps: &Gaps,
+) -> Result<WriteReport> {
     let started = Instant::now();
     let mut report = WriteReport {
         io: "stream",
@@ -131,7 +155,7 @@ pub fn write_streamed(vol: &Vol, chain: &Chain, cost: &mut CostModel) -> Result<
         for p in &window.pieces {
             apply::tally(&mut report.changes, p, &mut last_end);
         }
-        let timing = upload_window(vol, &window).with_context(|| {
+        let timing = upload_window(vol, &window, gaps).with_context(|| {
             format!(
                 "writing bytes {}..{} of volume '{}'",
                 window.offset,
@@ -151,56 +175,139 @@ pub fn write_streamed(vol: &Vol, chain: &Chain, cost: &mut CostModel) -> Result<
 
 /// Where one window's time went.
 struct WindowTiming {
-    /// Opening the streams (this is where a call waits for the previous call's pool refresh)
-    /// and finishing them.
+    /// Opening the streams: this is where a call waits for the pool refresh that the previous
+    /// call's close started, so it is the fixed cost of a call.
     overhead: Duration,
-    /// Bytes that went through the download-and-upload loop (0 when the window had no gap).
+    /// Bytes of the window that were gap-filled and sent (0 when the window had no gap).
     moved: u64,
+    /// From the first byte produced to the upload's finish: proportional to the bytes.
     moving: Duration,
 }
 
-/// One upload call for `window`. When the window has gaps, a download of the same range runs
-/// beside the upload and supplies the gap bytes: read first, overlaid with the pieces, sent
-/// back, so each gap byte is rewritten with exactly what the volume held.
-fn upload_window(vol: &Vol, window: &Window) -> Result<WindowTiming> {
+/// Chunks of a window's download in flight between the reading thread and the upload: enough
+/// to keep both streams busy, few enough to keep memory small.
+const DOWNLOAD_QUEUE: usize = 4;
+const DOWNLOAD_CHUNK: usize = 1 << 20;
+
+/// One upload call for `window`. Gap bytes come from `gaps`: from the base image, or from a
+/// download of the same range that a second thread reads ahead while this one uploads, so
+/// each gap byte is rewritten with exactly what the volume held.
+fn upload_window(vol: &Vol, window: &Window, gaps: &Gaps) -> Result<WindowTiming> {
     let t0 = Instant::now();
-    let mut download = if window.gap_bytes() > 0 {
-        Some(Download::open(vol, window.offset, window.len)?)
-    } else {
-        None
-    };
+    let has_gaps = window.gap_bytes() > 0;
     let mut first_fill = None;
-    let mut last_fill = t0;
     let mut next_piece = 0usize;
-    libvirt::upload_at(vol, window.offset, window.len, &mut |rel, buf| {
-        first_fill.get_or_insert_with(Instant::now);
-        if let Some(dl) = download.as_mut() {
-            dl.read_exact(buf)
-                .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+    let mut fill_from =
+        |rel: u64, buf: &mut [u8], gap: &mut dyn FnMut(u64, &mut [u8]) -> std::io::Result<()>| {
+            first_fill.get_or_insert_with(Instant::now);
+            if has_gaps {
+                gap(window.offset + rel, buf)?;
+            }
+            overlay(&window.pieces, &mut next_piece, window.offset + rel, buf)
+        };
+    match gaps {
+        Gaps::Base(base) if has_gaps => {
+            libvirt::upload_at(vol, window.offset, window.len, &mut |rel, buf| {
+                fill_from(rel, buf, &mut |at, b| base.read_at(at, b))
+            })?;
         }
-        overlay(&window.pieces, &mut next_piece, window.offset + rel, buf)?;
-        last_fill = Instant::now();
-        Ok(())
-    })?;
-    if let Some(dl) = download {
-        dl.finish()?;
+        Gaps::Volume if has_gaps => {
+            let download = Download::open(vol, window.offset, window.len)?;
+            std::thread::scope(|scope| -> Result<()> {
+                let (full_tx, full_rx) =
+                    std::sync::mpsc::sync_channel::<Result<Vec<u8>>>(DOWNLOAD_QUEUE);
+                let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+                let len = window.len;
+                let reader = scope.spawn(move || read_ahead(download, len, full_tx, empty_rx));
+                let mut queue = ChunkQueue {
+                    rx: full_rx,
+                    recycle: empty_tx,
+                    current: Vec::new(),
+                    pos: 0,
+                };
+                let uploaded =
+                    libvirt::upload_at(vol, window.offset, window.len, &mut |rel, buf| {
+                        fill_from(rel, buf, &mut |_, b| queue.read_exact(b))
+                    });
+                drop(queue);
+                let read = reader
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("the download thread panicked"))?;
+                uploaded?;
+                read
+            })?;
+        }
+        _ => libvirt::upload_at(vol, window.offset, window.len, &mut |rel, buf| {
+            fill_from(rel, buf, &mut |_, _| Ok(()))
+        })?,
     }
     let end = Instant::now();
     let first = first_fill.unwrap_or(end);
-    // Everything between the first fill and the last is moving bytes; before it the streams
-    // were opened, after it the last chunk was sent and the streams finished.
-    let moving = last_fill.saturating_duration_since(first);
-    let overhead = (end - t0).saturating_sub(moving);
-    let moved = if window.gap_bytes() > 0 {
-        window.len
-    } else {
-        0
-    };
     Ok(WindowTiming {
-        overhead,
-        moved,
-        moving,
+        overhead: first - t0,
+        moved: if has_gaps { window.len } else { 0 },
+        moving: end - first,
     })
+}
+
+/// The download side of a window: read `len` bytes in chunks and pass them on, reusing the
+/// buffers the upload side hands back. Stops early, without error, when the upload side has
+/// gone (it failed, and reports why).
+fn read_ahead(
+    mut download: Download,
+    len: u64,
+    full: std::sync::mpsc::SyncSender<Result<Vec<u8>>>,
+    empty: std::sync::mpsc::Receiver<Vec<u8>>,
+) -> Result<()> {
+    let mut done = 0u64;
+    while done < len {
+        let n = DOWNLOAD_CHUNK.min((len - done) as usize);
+        let mut buf = empty.try_recv().unwrap_or_default();
+        buf.resize(n, 0);
+        match download.read_exact(&mut buf) {
+            Ok(()) => {
+                if full.send(Ok(buf)).is_err() {
+                    return Ok(());
+                }
+            }
+            Err(e) => {
+                let _ = full.send(Err(e));
+                return Ok(());
+            }
+        }
+        done += n as u64;
+    }
+    download.finish().map(drop)
+}
+
+/// The upload side's view of the download: chunks as they arrive, read in any sizes.
+struct ChunkQueue {
+    rx: std::sync::mpsc::Receiver<Result<Vec<u8>>>,
+    recycle: std::sync::mpsc::Sender<Vec<u8>>,
+    current: Vec<u8>,
+    pos: usize,
+}
+
+impl ChunkQueue {
+    fn read_exact(&mut self, mut buf: &mut [u8]) -> std::io::Result<()> {
+        while !buf.is_empty() {
+            if self.pos == self.current.len() {
+                let next = self
+                    .rx
+                    .recv()
+                    .map_err(|_| std::io::Error::other("the volume's download ended early"))?
+                    .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+                let old = std::mem::replace(&mut self.current, next);
+                let _ = self.recycle.send(old);
+                self.pos = 0;
+            }
+            let n = buf.len().min(self.current.len() - self.pos);
+            buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+            self.pos += n;
+            buf = &mut buf[n..];
+        }
+        Ok(())
+    }
 }
 
 /// Copy into `buf` (the bytes at virtual offset `at`) every piece part that falls inside it.

@@ -4,6 +4,7 @@
 pub mod bootimg;
 pub mod fixtures;
 pub mod libvirt;
+pub mod vmximport;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
