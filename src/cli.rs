@@ -157,8 +157,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size too large: {s:?}"))
 }
 
+/// `--network` values: at most one plain libvirt network, and VMware-name mappings.
+pub type NetworkArgs = (Option<String>, Vec<(String, String)>);
+
 /// Split `--network` values into a plain network and VMware-name mappings.
-pub fn network_args(values: &[String]) -> Result<(Option<String>, Vec<(String, String)>)> {
+pub fn network_args(values: &[String]) -> Result<NetworkArgs> {
     let mut plain = None;
     let mut map = Vec::new();
     for v in values {
@@ -177,22 +180,17 @@ pub fn network_args(values: &[String]) -> Result<(Option<String>, Vec<(String, S
     Ok((plain, map))
 }
 
-/// Check a MAC address's shape: six colon-separated hex octets; returned lowercase.
+/// Check a MAC address's shape (six hex octets, as the .vmx reader accepts them) and that it
+/// is a unicast address; returned lowercase.
 pub fn normalise_mac(mac: &str) -> Result<String> {
-    let parts: Vec<&str> = mac.split(|c| c == ':' || c == '-').collect();
-    if parts.len() != 6
-        || parts
-            .iter()
-            .any(|p| p.len() != 2 || !p.chars().all(|c| c.is_ascii_hexdigit()))
-    {
+    let Some(norm) = crate::vmx::normalize_mac(mac) else {
         bail!("--mac {mac:?}: expected six hex octets like 00:50:56:aa:bb:cc");
-    }
-    let mac = parts.join(":").to_ascii_lowercase();
-    let first = u8::from_str_radix(&mac[..2], 16).context("mac")?;
+    };
+    let first = u8::from_str_radix(&norm[..2], 16).context("mac")?;
     if first & 1 != 0 {
-        bail!("--mac {mac}: a multicast address cannot be a NIC's address");
+        bail!("--mac {norm}: a multicast address cannot be a NIC's address");
     }
-    Ok(mac)
+    Ok(norm)
 }
 
 #[cfg(test)]

@@ -1,11 +1,8 @@
 //! .vmx files as ESX writes them, through the parser and the domain XML renderer, checked against libvirt's schema and a real libvirtd.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use quick_xml::events::Event;
-use quick_xml::Reader;
 use vmdkimport::domain_xml::{
     render, spec_from_vmx, switch_to_virtio, CpuMode, DiskSource, DomainSpec, NetSource,
     DRIVER_DISK_ALIAS,
@@ -13,85 +10,11 @@ use vmdkimport::domain_xml::{
 use vmdkimport::state::{AppliedDelta, DiskState, ImportState, NS_PREFIX, NS_URI};
 use vmdkimport::vmx::{parse_vmx, Firmware, OsFamily, VmxBus, VmxConfig};
 
+mod util;
+
+use util::xml::El;
+
 const URI: &str = "qemu:///system";
-
-// ---- an independent reader for the rendered XML (quick-xml events into a plain tree) ----
-
-#[derive(Debug, Default, Clone)]
-struct El {
-    name: String,
-    attrs: BTreeMap<String, String>,
-    children: Vec<El>,
-    text: String,
-}
-
-impl El {
-    fn all<'a>(&'a self, name: &str) -> Vec<&'a El> {
-        self.children.iter().filter(|c| c.name == name).collect()
-    }
-    fn one(&self, name: &str) -> &El {
-        let v = self.all(name);
-        assert_eq!(v.len(), 1, "expected one <{name}> in <{}>", self.name);
-        v[0]
-    }
-    fn opt(&self, name: &str) -> Option<&El> {
-        self.children.iter().find(|c| c.name == name)
-    }
-    fn at(&self, k: &str) -> Option<&str> {
-        self.attrs.get(k).map(|s| s.as_str())
-    }
-}
-
-fn read_tree(xml: &str) -> El {
-    let mut r = Reader::from_str(xml);
-    let mut stack = vec![El::default()];
-    loop {
-        match r.read_event().expect("well-formed XML") {
-            Event::Start(s) => stack.push(el_of(&s)),
-            Event::Empty(s) => {
-                let e = el_of(&s);
-                stack.last_mut().unwrap().children.push(e);
-            }
-            Event::End(_) => {
-                let e = stack.pop().unwrap();
-                stack.last_mut().unwrap().children.push(e);
-            }
-            Event::Text(t) => stack.last_mut().unwrap().text += &t.decode().unwrap(),
-            Event::GeneralRef(g) => {
-                let s = match g.resolve_char_ref().unwrap() {
-                    Some(c) => c.to_string(),
-                    None => quick_xml::escape::resolve_predefined_entity(&g.decode().unwrap())
-                        .unwrap()
-                        .to_string(),
-                };
-                stack.last_mut().unwrap().text += &s;
-            }
-            Event::Eof => break,
-            _ => {}
-        }
-    }
-    assert_eq!(stack.len(), 1);
-    stack.pop().unwrap().children.remove(0)
-}
-
-fn el_of(s: &quick_xml::events::BytesStart) -> El {
-    El {
-        name: String::from_utf8(s.name().as_ref().to_vec()).unwrap(),
-        attrs: s
-            .attributes()
-            .map(|a| {
-                let a = a.unwrap();
-                (
-                    String::from_utf8(a.key.as_ref().to_vec()).unwrap(),
-                    a.unescape_value().unwrap().into_owned(),
-                )
-            })
-            .collect(),
-        ..Default::default()
-    }
-}
-
-// ---- helpers ----
 
 fn write_vmx(dir: &Path, text: &[u8]) -> PathBuf {
     let p = dir.join("vm.vmx");
@@ -212,7 +135,7 @@ fn mib(m: &El) -> String {
 }
 
 fn summarize(xml: &str) -> Summary {
-    let d = read_tree(xml);
+    let d = El::parse(xml);
     assert_eq!(d.name, "domain");
     let os = d.one("os");
     let cpu = d.one("cpu");
@@ -323,7 +246,7 @@ fn windows_2019_efi_secure_boot_gets_q35_sata_e1000e_and_secure_ovmf() {
     assert_eq!(vmx.disks.len(), 1);
     assert_eq!(vmx.disks[0].bus, VmxBus::Scsi);
     assert_eq!(vmx.disks[0].controller_model.as_deref(), Some("lsisas1068"));
-    let name = read_tree(&xml).one("name").text.clone();
+    let name = El::parse(&xml).one("name").text.clone();
     assert_eq!(
         summarize(&xml),
         Summary {
@@ -346,7 +269,7 @@ fn windows_2019_efi_secure_boot_gets_q35_sata_e1000e_and_secure_ovmf() {
             )],
         }
     );
-    let d = read_tree(&xml);
+    let d = El::parse(&xml);
     assert_eq!(d.one("uuid").text, "42163b5e-0c8f-1a2b-9d4e-5f60718293a4");
     let hv = d.one("features").one("hyperv");
     assert_eq!(hv.one("spinlocks").at("retries"), Some("8191"));
@@ -356,7 +279,7 @@ fn windows_2019_efi_secure_boot_gets_q35_sata_e1000e_and_secure_ovmf() {
         .iter()
         .any(|t| t.at("name") == Some("hypervclock") && t.at("present") == Some("yes")));
     // libvirt kept what matters.
-    let b = read_tree(&back);
+    let b = El::parse(&back);
     assert_eq!(b.one("uuid").text, "42163b5e-0c8f-1a2b-9d4e-5f60718293a4");
     let bs = summarize(&back);
     assert!(bs.machine.starts_with("pc-q35"), "{}", bs.machine);
@@ -386,7 +309,7 @@ fn windows_2008r2_bios_gets_pc_ide_e1000_and_its_static_mac() {
     let (vmx, xml, back) = through_everything(WIN2008R2_BIOS.as_bytes(), "win2008r2");
     assert!(vmx.legacy_machine);
     assert_eq!(vmx.firmware, Firmware::Bios);
-    let name = read_tree(&xml).one("name").text.clone();
+    let name = El::parse(&xml).one("name").text.clone();
     assert_eq!(
         summarize(&xml),
         Summary {
@@ -431,7 +354,7 @@ fn ubuntu_pvscsi_vmxnet3_gets_virtio_disk_and_nic() {
     assert_eq!(vmx.os, OsFamily::Linux);
     assert_eq!(vmx.nics[0].model.as_deref(), Some("vmxnet3"));
     assert_eq!(vmx.disks[0].controller_model.as_deref(), Some("pvscsi"));
-    let name = read_tree(&xml).one("name").text.clone();
+    let name = El::parse(&xml).one("name").text.clone();
     assert_eq!(
         summarize(&xml),
         Summary {
@@ -450,7 +373,7 @@ fn ubuntu_pvscsi_vmxnet3_gets_virtio_disk_and_nic() {
             nics: vec![(s("virtio"), Some(s("00:0c:29:12:34:56")), s("lv-DMZ"))],
         }
     );
-    let d = read_tree(&xml);
+    let d = El::parse(&xml);
     let dev = d.one("devices");
     assert_eq!(dev.one("serial").at("type"), Some("pty"));
     assert_eq!(dev.one("console").at("type"), Some("pty"));
@@ -530,7 +453,7 @@ fn rhel_disks_come_in_controller_order_and_the_independent_one_is_marked() {
         .iter()
         .any(|n| n.contains("scsi0:1") && n.contains("outside")));
     let (_, xml, _) = through_everything(RHEL_THREE_DISKS.as_bytes(), "rhel");
-    let name = read_tree(&xml).one("name").text.clone();
+    let name = El::parse(&xml).one("name").text.clone();
     let sm = summarize(&xml);
     assert_eq!(sm.topology, (s("2"), s("4"), s("1")));
     assert_eq!(sm.memory_mib, "16384");
@@ -550,7 +473,7 @@ fn rhel_disks_come_in_controller_order_and_the_independent_one_is_marked() {
         ]
     );
     // Only the first disk boots.
-    let d = read_tree(&xml);
+    let d = El::parse(&xml);
     let boots: Vec<Option<&str>> = d
         .one("devices")
         .all("disk")
@@ -566,8 +489,8 @@ fn hostile_display_name_is_escaped_into_the_title() {
     let (vmx, xml, back) = through_everything(text, "hostile");
     let want = "\"quoted\" <b>&amp; 'x' |# ]]>";
     assert_eq!(vmx.display_name.as_deref(), Some(want));
-    assert_eq!(read_tree(&xml).one("title").text, want);
-    assert_eq!(read_tree(&back).one("title").text, want);
+    assert_eq!(El::parse(&xml).one("title").text, want);
+    assert_eq!(El::parse(&back).one("title").text, want);
 }
 
 #[test]
@@ -601,8 +524,8 @@ fn windows_1252_display_name_is_decoded() {
     let want = "Café € Müller \u{201c}x\u{201d}";
     assert_eq!(vmx.display_name.as_deref(), Some(want));
     assert_eq!(vmx.disks[0].bus, VmxBus::Sata);
-    assert_eq!(read_tree(&xml).one("title").text, want);
-    assert_eq!(read_tree(&back).one("title").text, want);
+    assert_eq!(El::parse(&xml).one("title").text, want);
+    assert_eq!(El::parse(&back).one("title").text, want);
 }
 
 const PRESENT_FALSE_AND_CDROM: &str = r#"displayName = "mixed"
@@ -669,7 +592,7 @@ fn tcg_windows_domain_gets_topology_without_host_cpu_mode_or_hyperv() {
     .unwrap();
     let xml = render(&spec).unwrap();
     validate(&xml);
-    let d = read_tree(&xml);
+    let d = El::parse(&xml);
     assert_eq!(d.at("type"), Some("qemu"));
     assert_eq!(d.one("cpu").at("mode"), None);
     assert!(d.one("features").opt("hyperv").is_none());
@@ -766,7 +689,7 @@ fn switch_to_virtio_keeps_macs_drops_driver_disk_and_follows_metadata() {
     ]);
     let defined = dom.inactive_xml();
     assert_eq!(
-        read_tree(&defined)
+        El::parse(&defined)
             .one("devices")
             .all("disk")
             .iter()
@@ -792,7 +715,7 @@ fn switch_to_virtio_keeps_macs_drops_driver_disk_and_follows_metadata() {
     let macs = |s: &Summary| s.nics.iter().map(|n| n.1.clone()).collect::<Vec<_>>();
     assert_eq!(macs(&after), macs(&before));
     assert!(after.nics.iter().all(|n| n.0 == "virtio"));
-    let d = read_tree(&switched);
+    let d = El::parse(&switched);
     for k in d.one("devices").all("disk") {
         assert!(k.opt("address").is_none(), "disk address left: {k:?}");
     }

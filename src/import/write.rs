@@ -368,7 +368,7 @@ mod tests {
                 source: Source::Zeros,
             },
         ];
-        let mut image = vec![7u8; 64];
+        let mut image = [7u8; 64];
         let mut next = 0;
         for (k, chunk) in image.chunks_mut(16).enumerate() {
             overlay(&pieces, &mut next, k as u64 * 16, chunk).unwrap();

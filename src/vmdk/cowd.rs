@@ -6,11 +6,10 @@
 //! data pointer; the only sensible meaning is the zero marker. qemu-img disagrees on such
 //! files; the tests pin this decision rather than qemu-img's answer.
 
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use super::error::{self, Error};
-use super::grains::{Format, GrainMap};
+use super::grains::{le_u32, read_header, Format, GrainMap};
 use super::runs::DataFile;
 
 /// `COWD` read as a little-endian u32.
@@ -24,54 +23,36 @@ pub const COWD_GT_ENTRIES: u64 = 4096;
 /// Offset of the uncleanShutdown field.
 const UNCLEAN_SHUTDOWN_AT: usize = 1648;
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
-}
-
 /// Open a COWD extent: check the header and return its grain map.
 pub(crate) fn open(file: Arc<DataFile>) -> Result<GrainMap, Error> {
     let p = file.path.clone();
-    let file_len = file
-        .file
-        .metadata()
-        .map_err(|e| Error::io(&p, "reading file size", e))?
-        .len();
-    let mut h = [0u8; COWD_HEADER_BYTES];
-    if file_len < COWD_HEADER_BYTES as u64 {
-        return Err(Error::invalid(
-            &p,
-            format!("truncated: {file_len} bytes, shorter than the {COWD_HEADER_BYTES}-byte COWD header"),
-        ));
-    }
-    file.file
-        .read_exact_at(&mut h, 0)
-        .map_err(|e| Error::io(&p, "reading COWD header", e))?;
-    if u32_at(&h, 0) != COWD_MAGIC {
+    let (h, file_len) = read_header::<COWD_HEADER_BYTES>(&file, "COWD")?;
+    if le_u32(&h, 0) != COWD_MAGIC {
         return Err(Error::invalid(&p, "wrong magic: not a COWD extent"));
     }
-    let version = u32_at(&h, 4);
+    let version = le_u32(&h, 4);
     if version != COWD_VERSION {
         return Err(Error::unsupported(
             &p,
             format!("COWD version {version} (only {COWD_VERSION} is known)"),
         ));
     }
-    if u32_at(&h, UNCLEAN_SHUTDOWN_AT) != 0 {
+    if le_u32(&h, UNCLEAN_SHUTDOWN_AT) != 0 {
         return Err(Error::invalid(
             &p,
             "COWD uncleanShutdown is set: the delta is still open or was not closed cleanly; \
              power the VM off or consolidate first",
         ));
     }
-    let sectors = u32_at(&h, 12) as u64;
-    let grain_sectors = u32_at(&h, 16) as u64;
+    let sectors = le_u32(&h, 12) as u64;
+    let grain_sectors = le_u32(&h, 16) as u64;
     let map = GrainMap {
         file_len,
         capacity: sectors * 512,
         grain_bytes: error::mul(&p, "grain size", grain_sectors, 512)?,
         gt_entries: COWD_GT_ENTRIES,
-        gd_offset: u32_at(&h, 20) as u64 * 512,
-        gd_entries: u32_at(&h, 24) as u64,
+        gd_offset: le_u32(&h, 20) as u64 * 512,
+        gd_entries: le_u32(&h, 24) as u64,
         entry_bytes: 4,
         format: Format::Cowd,
         file,

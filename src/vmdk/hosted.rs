@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::descriptor::{Descriptor, MAX_DESCRIPTOR_BYTES};
 use super::error::{self, Error};
-use super::grains::{Format, GrainMap, MAX_GT_ENTRIES};
+use super::grains::{le_u32, le_u64, read_header, Format, GrainMap, MAX_GT_ENTRIES};
 use super::runs::DataFile;
 
 /// `KDMV` read as a little-endian u32.
@@ -23,46 +23,25 @@ const FLAG_MARKERS: u32 = 1 << 17;
 /// gdOffset meaning "the directory is in a footer" (streamOptimized).
 const GD_AT_END: u64 = u64::MAX;
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
-}
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
-}
-
 /// Open a KDMV extent: its grain map and, if present, its embedded descriptor.
 pub(crate) fn open(file: Arc<DataFile>) -> Result<(GrainMap, Option<Descriptor>), Error> {
     let p = file.path.clone();
-    let file_len = file
-        .file
-        .metadata()
-        .map_err(|e| Error::io(&p, "reading file size", e))?
-        .len();
-    if file_len < KDMV_HEADER_BYTES as u64 {
-        return Err(Error::invalid(
-            &p,
-            format!("truncated: {file_len} bytes, shorter than the hosted sparse header"),
-        ));
-    }
-    let mut h = [0u8; KDMV_HEADER_BYTES];
-    file.file
-        .read_exact_at(&mut h, 0)
-        .map_err(|e| Error::io(&p, "reading hosted sparse header", e))?;
-    if u32_at(&h, 0) != KDMV_MAGIC {
+    let (h, file_len) = read_header::<KDMV_HEADER_BYTES>(&file, "hosted sparse")?;
+    if le_u32(&h, 0) != KDMV_MAGIC {
         return Err(Error::invalid(
             &p,
             "wrong magic: not a hosted sparse (KDMV) file",
         ));
     }
-    let version = u32_at(&h, 4);
+    let version = le_u32(&h, 4);
     if !KDMV_VERSIONS.contains(&version) {
         return Err(Error::unsupported(
             &p,
             format!("hosted sparse version {version}"),
         ));
     }
-    let flags = u32_at(&h, 8);
-    let gd_offset = u64_at(&h, 56);
+    let flags = le_u32(&h, 8);
+    let gd_offset = le_u64(&h, 56);
     if flags & (FLAG_COMPRESSED | FLAG_MARKERS) != 0 || gd_offset == GD_AT_END {
         return Err(Error::unsupported(
             &p,
@@ -75,21 +54,21 @@ pub(crate) fn open(file: Arc<DataFile>) -> Result<(GrainMap, Option<Descriptor>)
             "hosted sparse uncleanShutdown is set: the disk is still open or was not closed cleanly",
         ));
     }
-    let grain_sectors = u64_at(&h, 20);
+    let grain_sectors = le_u64(&h, 20);
     if !grain_sectors.is_power_of_two() {
         return Err(Error::invalid(
             &p,
             format!("grain size {grain_sectors} sectors is not a power of two"),
         ));
     }
-    let gt_entries = u32_at(&h, 44) as u64;
+    let gt_entries = le_u32(&h, 44) as u64;
     if gt_entries == 0 || gt_entries > MAX_GT_ENTRIES {
         return Err(Error::invalid(
             &p,
             format!("{gt_entries} entries per grain table is outside 1..={MAX_GT_ENTRIES}"),
         ));
     }
-    let capacity = error::mul(&p, "capacity", u64_at(&h, 12), 512)?;
+    let capacity = error::mul(&p, "capacity", le_u64(&h, 12), 512)?;
     let grain_bytes = error::mul(&p, "grain size", grain_sectors, 512)?;
     let span = error::mul(&p, "grain table span", grain_bytes, gt_entries)?;
     let map = GrainMap {
@@ -108,7 +87,7 @@ pub(crate) fn open(file: Arc<DataFile>) -> Result<(GrainMap, Option<Descriptor>)
     };
     map.check()?;
 
-    let (desc_off, desc_len) = (u64_at(&h, 28), u64_at(&h, 36));
+    let (desc_off, desc_len) = (le_u64(&h, 28), le_u64(&h, 36));
     let descriptor = if desc_off == 0 || desc_len == 0 {
         None
     } else {

@@ -4,7 +4,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use super::error::{self, Error};
-use super::grains::{Format, GrainMap};
+use super::grains::{le_u64, read_header, Format, GrainMap};
 use super::runs::DataFile;
 
 /// Constant header magic.
@@ -20,39 +20,21 @@ pub const SESPARSE_GT_SECTORS: u64 = 64;
 /// Constant header size in bytes.
 pub const SESPARSE_HEADER_BYTES: usize = 512;
 
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
-}
-
 /// Open an SEsparse extent: check both headers and return its grain map.
 pub(crate) fn open(file: Arc<DataFile>) -> Result<GrainMap, Error> {
     let p = file.path.clone();
-    let file_len = file
-        .file
-        .metadata()
-        .map_err(|e| Error::io(&p, "reading file size", e))?
-        .len();
-    if file_len < SESPARSE_HEADER_BYTES as u64 {
-        return Err(Error::invalid(
-            &p,
-            format!("truncated: {file_len} bytes, shorter than the SEsparse header"),
-        ));
-    }
-    let mut h = [0u8; SESPARSE_HEADER_BYTES];
-    file.file
-        .read_exact_at(&mut h, 0)
-        .map_err(|e| Error::io(&p, "reading SEsparse header", e))?;
-    if u64_at(&h, 0) != SESPARSE_MAGIC {
+    let (h, file_len) = read_header::<SESPARSE_HEADER_BYTES>(&file, "SEsparse")?;
+    if le_u64(&h, 0) != SESPARSE_MAGIC {
         return Err(Error::invalid(&p, "wrong magic: not an SEsparse extent"));
     }
-    let version = u64_at(&h, 8);
+    let version = le_u64(&h, 8);
     if version != SESPARSE_VERSION {
         return Err(Error::unsupported(
             &p,
             format!("SEsparse version {version:#x} (only 2.1 is known)"),
         ));
     }
-    let (grain, gt, flags) = (u64_at(&h, 24), u64_at(&h, 32), u64_at(&h, 40));
+    let (grain, gt, flags) = (le_u64(&h, 24), le_u64(&h, 32), le_u64(&h, 40));
     if grain != SESPARSE_GRAIN_SECTORS || gt != SESPARSE_GT_SECTORS || flags != 0 {
         return Err(Error::unsupported(
             &p,
@@ -61,8 +43,8 @@ pub(crate) fn open(file: Arc<DataFile>) -> Result<GrainMap, Error> {
     }
     // Areas are (offset, size) pairs in sectors; turn them into checked byte ranges.
     let area = |at: usize, what: &str| -> Result<(u64, u64), Error> {
-        let off = error::mul(&p, what, u64_at(&h, at), 512)?;
-        let len = error::mul(&p, what, u64_at(&h, at + 8), 512)?;
+        let off = error::mul(&p, what, le_u64(&h, at), 512)?;
+        let len = error::mul(&p, what, le_u64(&h, at + 8), 512)?;
         let end = error::add(&p, what, off, len)?;
         if end > file_len {
             return Err(Error::invalid(
@@ -80,10 +62,10 @@ pub(crate) fn open(file: Arc<DataFile>) -> Result<GrainMap, Error> {
     file.file
         .read_exact_at(&mut vh, vol_off)
         .map_err(|e| Error::io(&p, "reading SEsparse volatile header", e))?;
-    if u64_at(&vh, 0) != SESPARSE_VOLATILE_MAGIC {
+    if le_u64(&vh, 0) != SESPARSE_VOLATILE_MAGIC {
         return Err(Error::invalid(&p, "wrong volatile header magic"));
     }
-    if u64_at(&vh, 24) != 0 {
+    if le_u64(&vh, 24) != 0 {
         return Err(Error::invalid(
             &p,
             "SEsparse volatile header asks for a journal replay (replay_journal != 0): the delta is dirty; \
@@ -93,7 +75,7 @@ pub(crate) fn open(file: Arc<DataFile>) -> Result<GrainMap, Error> {
     let (gd_off, gd_len) = area(128, "grain directory")?;
     let (gt_off, gt_len) = area(144, "grain tables")?;
     let (grains_off, grains_len) = area(192, "grains")?;
-    let capacity = error::mul(&p, "capacity", u64_at(&h, 16), 512)?;
+    let capacity = error::mul(&p, "capacity", le_u64(&h, 16), 512)?;
     let map = GrainMap {
         file_len,
         capacity,

@@ -5,6 +5,7 @@ pub mod bootimg;
 pub mod fixtures;
 pub mod libvirt;
 pub mod vmximport;
+pub mod xml;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
