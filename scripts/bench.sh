@@ -5,6 +5,7 @@
 #
 #   scripts/bench.sh          full sizes (about 5-10 minutes on 2 cores)
 #   scripts/bench.sh --quick  scaled-down sizes, one run per figure (for trying it out)
+#   scripts/bench.sh --keep   leave inputs, pools and domains in place afterwards (for a look)
 #
 # Run as root (it starts libvirtd through scripts/setup-host.sh). Everything it makes is named
 # vmdkimport-bench* and lives under /var/tmp/vmdkimport-bench; it is all removed at the end,
@@ -25,7 +26,7 @@ for a in "$@"; do
     case $a in
     --quick) QUICK=1 ;;
     --keep) KEEP=1 ;; # leave everything in place for a look afterwards
-    -h | --help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "bench: unknown argument $a" >&2; exit 2 ;;
     esac
 done
