@@ -222,10 +222,8 @@ trap cleanup EXIT INT TERM
 "$here/scripts/setup-host.sh"
 (cd "$here" && cargo build --release --bins --examples) >&2
 # Leftovers of an interrupted earlier run.
-KEEP_SAVED=$KEEP; KEEP=0
 for d in "${DOMS[@]}"; do v destroy "$d" >/dev/null 2>&1 || true; v undefine "$d" >/dev/null 2>&1 || true; done
 for p in "$P1" "$P2"; do v pool-destroy "$p" >/dev/null 2>&1 || true; v pool-undefine "$p" >/dev/null 2>&1 || true; done
-KEEP=$KEEP_SAVED
 rm -rf "$W"
 
 started=$(date +%s)
