@@ -1,0 +1,359 @@
+#!/usr/bin/env bash
+# The benchmark of issue 5: virt-vmdkimport's stage 1 and stage 2 against a real libvirtd
+# (qemu:///system), each next to the plain virsh / raw-file operation that does the same work,
+# with every ratio computed from figures measured in this run. Prints one table.
+#
+#   scripts/bench.sh          full sizes (about 5-10 minutes on 2 cores)
+#   scripts/bench.sh --quick  scaled-down sizes, one run per figure (for trying it out)
+#   scripts/bench.sh --keep   leave inputs, pools and domains in place afterwards (for a look)
+#
+# Run as root (it starts libvirtd through scripts/setup-host.sh). Everything it makes is named
+# vmdkimport-bench* and lives under /var/tmp/vmdkimport-bench; it is all removed at the end,
+# on failure and on Ctrl-C too.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+URI=qemu:///system
+W=/var/tmp/vmdkimport-bench
+P1=vmdkimport-bench-1vol   # holds only the bench's own volumes
+P2=vmdkimport-bench-2kvol  # holds the bench's volumes plus OTHERS small unrelated ones
+MiB=$((1024 * 1024))
+GiB=$((1024 * MiB))
+
+QUICK=0
+KEEP=0
+for a in "$@"; do
+    case $a in
+    --quick) QUICK=1 ;;
+    --keep) KEEP=1 ;; # leave everything in place for a look afterwards
+    -h | --help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) echo "bench: unknown argument $a" >&2; exit 2 ;;
+    esac
+done
+
+if [ "$QUICK" = 1 ]; then
+    DENSE=$((256 * MiB)) S1_RUNS=64                       # case 1 (and 3's dense image)
+    SCAT_CAP=$((1 * GiB)) SCAT_RUNS=8192                  # case 2
+    ZERO_CAP=$((1 * GiB))                                 # case 3's 90%-zero image
+    OTHERS=200 REPEAT=1
+else
+    DENSE=$((1 * GiB)) S1_RUNS=256
+    SCAT_CAP=$((4 * GiB)) SCAT_RUNS=32768
+    ZERO_CAP=$((4 * GiB))
+    OTHERS=2000 REPEAT=3
+fi
+
+BIN=$here/target/release/virt-vmdkimport
+MKDELTA=$here/target/release/examples/mkdelta
+DOMS=(vmdkimport-bench-dense vmdkimport-bench-zero90 vmdkimport-bench-scat1 vmdkimport-bench-scat2k)
+
+v() { virsh -q -c "$URI" "$@"; }
+log() { printf 'bench: %s\n' "$*" >&2; }
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if [ "$KEEP" = 1 ]; then log "--keep: leaving $W, pools $P1 $P2 and the bench domains"; exit $rc; fi
+    log "cleaning up"
+    for d in "${DOMS[@]}"; do
+        v destroy "$d" >/dev/null 2>&1 || true
+        v undefine "$d" >/dev/null 2>&1 || true
+    done
+    for p in "$P1" "$P2"; do
+        v pool-destroy "$p" >/dev/null 2>&1 || true
+        v pool-undefine "$p" >/dev/null 2>&1 || true
+    done
+    rm -rf "$W"
+    exit $rc
+}
+
+# ---------------------------------------------------------------------------------------------
+# Measuring. Each timed command runs under /usr/bin/time for its peak RSS; the wall time is
+# taken with date +%s%N around it because /usr/bin/time's %e has only 10 ms resolution and
+# case 1's baseline is ~0.15 s. Before each run: sync, so the previous run's dirty pages are
+# not written back on this run's clock.
+
+# measure NAME CMD...: run once; sets T (seconds), RSS (KiB), leaves stdout in $W/out/NAME.
+measure() {
+    local name=$1; shift
+    sync
+    local t0 t1
+    t0=$(date +%s%N)
+    if ! /usr/bin/time -f '%e %M' -o "$W/out/$name.time" "$@" >"$W/out/$name" 2>"$W/out/$name.err"; then
+        log "FAILED: $*"; cat "$W/out/$name" "$W/out/$name.err" >&2; return 1
+    fi
+    t1=$(date +%s%N)
+    T=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", (b - a) / 1e9 }')
+    RSS=$(awk '{ print $2 }' "$W/out/$name.time")
+}
+
+# one_run NAME PREP CMD...: one more run of CMD after the shell command PREP (untimed; it
+# resets the state, e.g. a fresh volume), unless NAME has had REPEAT runs or is marked done.
+# Keeps NAME's minimum time, max RSS and the stdout of its fastest run ($W/out/NAME). A command
+# whose first run takes over COSTLY seconds is not repeated (marked "*" in the table), to keep
+# the whole benchmark near 10 minutes.
+COSTLY=15
+declare -A BT=() BR=() BN=() BM=()
+one_run() {
+    local name=$1 prep=$2; shift 2
+    local n=${BN[$name]:-0}
+    if [ "$n" -ge "$REPEAT" ] || [ -n "${BM[$name]:-}" ]; then return 0; fi
+    n=$((n + 1)) BN[$name]=$n
+    eval "$prep"
+    measure "$name.$n" "$@"
+    [ "$RSS" -gt "${BR[$name]:-0}" ] && BR[$name]=$RSS
+    if [ -z "${BT[$name]:-}" ] || awk -v a="$T" -v b="${BT[$name]}" 'BEGIN { exit !(a < b) }'; then
+        BT[$name]=$T; cp "$W/out/$name.$n" "$W/out/$name"
+    fi
+    if [ "$REPEAT" -gt 1 ] && [ "$n" = 1 ] && awk -v a="$T" -v c="$COSTLY" 'BEGIN { exit !(a > c) }'; then
+        BM[$name]="*"
+    fi
+}
+# result NAME: T (best seconds, with its mark) and RSS (KiB) of NAME.
+result() { T=${BT[$1]}${BM[$1]:-} RSS=${BR[$1]}; }
+
+# pair NAME_A PREP_A NAME_B PREP_B: the two sides of a ratio, commands in the arrays A and B,
+# run alternately (A B A B A B), so that both meet the same load on a shared host.
+pair() {
+    local i
+    for i in $(seq 1 "$REPEAT"); do
+        one_run "$1" "$2" "${A[@]}"
+        one_run "$3" "$4" "${B[@]}"
+    done
+}
+
+# field KEY FILE: the value of KEY= in the stage 2 "disk vda: ..." line.
+field() { sed -n "s/^disk [a-z0-9]*: .*\\b$1=\\([^ ]*\\).*/\\1/p" "$2" | head -n1; }
+
+warm() { cat "$@" >/dev/null; } # the same page-cache state for both sides of a ratio
+
+# ---------------------------------------------------------------------------------------------
+# Inputs: VMware-style folders (a monolithic flat base: descriptor + -flat extent; a
+# snapshot: child descriptor + SEsparse extent written by examples/mkdelta.rs).
+
+# base_descriptor DIR NAME CAPACITY CID: DIR/NAME.vmdk describing DIR/NAME-flat.vmdk (ESX "vmfs").
+base_descriptor() {
+    cat >"$1/$2.vmdk" <<EOF
+# Disk DescriptorFile
+version=1
+encoding="UTF-8"
+CID=$4
+parentCID=ffffffff
+createType="vmfs"
+
+# Extent description
+RW $(($3 / 512)) VMFS "$2-flat.vmdk"
+
+# The Disk Data Base
+#DDB
+
+ddb.virtualHWVersion = "14"
+ddb.adapterType = "lsilogic"
+EOF
+}
+
+make_inputs() {
+    mkdir -p "$W/dense" "$W/zero90" "$W/scat" "$W/out" "$W/pool1" "$W/pool2k"
+
+    # Dense: random bytes throughout (nothing for a sparse stream to skip).
+    head -c "$DENSE" /dev/urandom >"$W/dense/dense-flat.vmdk"
+    base_descriptor "$W/dense" dense "$DENSE" 1d000001
+    "$MKDELTA" --format sesparse --capacity "$DENSE" --base-descriptor "$W/dense/dense.vmdk" \
+        --out "$W/dense/dense-000001.vmdk" --runs "$S1_RUNS" --run-size $MiB --seed 11 >&2
+    # Case 1's baseline uploads the same number of bytes as the delta holds.
+    head -c $((S1_RUNS * MiB)) "$W/dense/dense-flat.vmdk" >"$W/dense/delta-bytes.bin"
+
+    # 90% zeros: a sparse file with 10% of its 1 MiB blocks, picked at random, full of random data.
+    truncate -s "$ZERO_CAP" "$W/zero90/zero90-flat.vmdk"
+    python3 - "$W/zero90/zero90-flat.vmdk" "$ZERO_CAP" <<'EOF'
+import os, random, sys
+path, cap = sys.argv[1], int(sys.argv[2])
+blocks = cap // (1 << 20)
+rnd = random.Random(90)
+with open(path, "r+b") as f:
+    for b in sorted(rnd.sample(range(blocks), blocks // 10)):
+        f.seek(b << 20)
+        f.write(os.urandom(1 << 20))
+EOF
+    base_descriptor "$W/zero90" zero90 "$ZERO_CAP" 2d000002
+
+    # Scattered: an empty (sparse) base and a delta of SCAT_RUNS random 4 KiB runs.
+    truncate -s "$SCAT_CAP" "$W/scat/scat-flat.vmdk"
+    base_descriptor "$W/scat" scat "$SCAT_CAP" 3d000003
+    "$MKDELTA" --format sesparse --capacity "$SCAT_CAP" --base-descriptor "$W/scat/scat.vmdk" \
+        --out "$W/scat/scat-000001.vmdk" --runs "$SCAT_RUNS" --run-size 4096 --seed 22 >&2
+    # The raw-file reference (a): the base copied sparse, the same delta applied with --target.
+    cp --sparse=always "$W/scat/scat-flat.vmdk" "$W/scat/raw.img"
+    # The whole-disk reference (c): the disk as it is after the delta, 4 GiB sent by vol-upload.
+    cp --sparse=always "$W/scat/scat-flat.vmdk" "$W/scat/full.img"
+    "$BIN" --target "$W/scat/full.img" "$W/scat/scat-000001.vmdk" >&2
+}
+
+make_pools() {
+    for p in "$P1:$W/pool1" "$P2:$W/pool2k"; do
+        v pool-define-as "${p%%:*}" dir --target "${p#*:}" >/dev/null
+        v pool-start "${p%%:*}" >/dev/null
+    done
+    # OTHERS unrelated small volumes: sparse files made directly and picked up by one refresh
+    # (vol-create-as one by one takes minutes, and each create refreshes nothing anyway).
+    (cd "$W/pool2k" && seq -f 'other-%04g.img' 1 "$OTHERS" | xargs truncate -s 1M)
+    v pool-refresh "$P2" >/dev/null
+    log "pool $P2 holds $(v vol-list "$P2" | wc -l) volumes"
+}
+
+# fresh_vol POOL NAME SIZE: an empty volume, as a baseline's upload target.
+fresh_vol() {
+    v vol-delete "$2" --pool "$1" >/dev/null 2>&1 || true
+    v vol-create-as "$1" "$2" "$3" --format raw >/dev/null
+}
+
+# fresh_dom DOMAIN POOL: no domain and no volume, so stage 1 creates both as on a new host.
+fresh_dom() {
+    v undefine "$1" >/dev/null 2>&1 || true
+    v vol-delete "$1-disk0" --pool "$2" >/dev/null 2>&1 || true
+}
+
+# Timed commands run under /usr/bin/time, so they are programs with arguments, not shell functions.
+VIRSH=(virsh -q -c "$URI")
+
+# ---------------------------------------------------------------------------------------------
+trap cleanup EXIT INT TERM
+[ "$(id -u)" = 0 ] || { echo "bench: run as root (it uses qemu:///system)" >&2; exit 1; }
+"$here/scripts/setup-host.sh"
+(cd "$here" && cargo build --release --bins --examples) >&2
+# Leftovers of an interrupted earlier run.
+for d in "${DOMS[@]}"; do v destroy "$d" >/dev/null 2>&1 || true; v undefine "$d" >/dev/null 2>&1 || true; done
+for p in "$P1" "$P2"; do v pool-destroy "$p" >/dev/null 2>&1 || true; v pool-undefine "$p" >/dev/null 2>&1 || true; done
+rm -rf "$W"
+
+started=$(date +%s)
+load0=$(cut -d' ' -f1 /proc/loadavg)
+log "making inputs under $W"
+make_inputs
+make_pools
+
+ROWS=()   # table rows: case|ours_s|calls|rss_kib|baseline|base_s|ratio|goal|result
+MAXRSS=0
+note_rss() { [ "$1" -gt "$MAXRSS" ] && MAXRSS=$1; return 0; }
+
+# row CASE OURS CALLS RSS BASELINE BASE GOALOP GOALVAL: ratio OURS/BASE, checked against the goal
+# (GOALOP le: ratio <= GOALVAL; ge-inv: BASE/OURS >= GOALVAL, i.e. "at least N x faster"; -: none).
+# A CASE of "+" continues the row above: another baseline for the same run.
+row() {
+    local ratio goal result
+    ratio=$(awk -v a="${2%\*}" -v b="${6%\*}" 'BEGIN { printf "%.2fx", (b > 0 ? a / b : 0) }')
+    case $7 in
+    le) goal="<= $8x"; result=$(awk -v a="${2%\*}" -v b="${6%\*}" -v g="$8" 'BEGIN { print (b > 0 && a / b <= g ? "PASS" : "MISS") }') ;;
+    ge-inv) goal=">= ${8}x faster"
+        result=$(awk -v a="${2%\*}" -v b="${6%\*}" -v g="$8" 'BEGIN { print (a > 0 && b / a >= g ? "PASS" : "MISS") }')
+        ratio="$ratio ($(awk -v a="${2%\*}" -v b="${6%\*}" 'BEGIN { printf "%.1f", (a > 0 ? b / a : 0) }')x faster)" ;;
+    *) goal="-"; result="" ;;
+    esac
+    ROWS+=("$1|$2|$3|$4|$5|$6|$ratio|$goal|$result")
+}
+
+# --- case 3 first: its dense stage 1 also makes the domain case 1 needs -------------------------
+log "case 3: stage 1 of a dense $((DENSE / MiB)) MiB image"
+warm "$W/dense/dense-flat.vmdk"
+A=("$BIN" -c "$URI" --domain vmdkimport-bench-dense --pool "$P1" --flat "$W/dense/dense.vmdk" --no-start)
+B=("${VIRSH[@]}" vol-upload --vol bench-up-dense --pool "$P1" "$W/dense/dense-flat.vmdk")
+pair s3-dense "fresh_dom vmdkimport-bench-dense $P1" s3-dense-virsh "fresh_vol $P1 bench-up-dense $DENSE"
+result s3-dense; s3d_t=$T s3d_rss=$RSS; note_rss "$RSS"
+result s3-dense-virsh; s3d_b=$T
+v vol-delete bench-up-dense --pool "$P1" >/dev/null
+
+log "case 3: stage 1 of a $((ZERO_CAP / MiB)) MiB image that is 90% zeros"
+warm "$W/zero90/zero90-flat.vmdk"
+A=("$BIN" -c "$URI" --domain vmdkimport-bench-zero90 --pool "$P1" --flat "$W/zero90/zero90.vmdk" --no-start)
+B=("${VIRSH[@]}" vol-upload --vol bench-up-zero --pool "$P1" "$W/zero90/zero90-flat.vmdk")
+pair s3-zero "fresh_dom vmdkimport-bench-zero90 $P1" s3-zero-virsh "fresh_vol $P1 bench-up-zero $ZERO_CAP"
+result s3-zero; s3z_t=$T s3z_rss=$RSS; note_rss "$RSS"
+result s3-zero-virsh; s3z_b=$T
+# For reference, no goal: what libvirt's own sparse upload (holes found with SEEK_DATA/SEEK_HOLE)
+# does with the same file.
+for _ in $(seq 1 "$REPEAT"); do
+    one_run s3-zero-sparse "fresh_vol $P1 bench-up-zero $ZERO_CAP" \
+        "${VIRSH[@]}" vol-upload --sparse --vol bench-up-zero --pool "$P1" "$W/zero90/zero90-flat.vmdk"
+done
+result s3-zero-sparse; s3z_s=$T
+v vol-delete bench-up-zero --pool "$P1" >/dev/null
+# Done with it: free its space and page cache before the stage 2 cases.
+fresh_dom vmdkimport-bench-zero90 "$P1"
+
+# --- case 1: on the dense domain of case 3 ------------------------------------------------------
+log "case 1: stage 2 of $S1_RUNS x 1 MiB runs, --io stream"
+warm "$W/dense/dense-000001-sesparse.vmdk" "$W/dense/delta-bytes.bin"
+A=("$BIN" -c "$URI" --domain vmdkimport-bench-dense "$W/dense/dense-000001.vmdk" --io stream --no-start)
+B=("${VIRSH[@]}" vol-upload --vol bench-up-256 --pool "$P1" "$W/dense/delta-bytes.bin")
+pair s1 : s1-virsh "fresh_vol $P1 bench-up-256 $((S1_RUNS * MiB))"
+result s1; s1_t=$T s1_rss=$RSS s1_calls=$(field calls "$W/out/s1"); note_rss "$RSS"
+result s1-virsh; s1_b=$T
+v vol-delete bench-up-256 --pool "$P1" >/dev/null
+fresh_dom vmdkimport-bench-dense "$P1"
+row "1 stage 2, ${S1_RUNS}x1MiB runs, stream" "$s1_t" "$s1_calls" "$s1_rss" "virsh vol-upload $((S1_RUNS)) MiB" "$s1_b" le 1.1
+
+# --- case 2 -----------------------------------------------------------------------------------
+for pool in "$P1" "$P2"; do
+    if [ "$pool" = "$P1" ]; then dom=vmdkimport-bench-scat1 tag=1vol; else dom=vmdkimport-bench-scat2k tag=${OTHERS}vol; fi
+    log "case 2, pool $pool: stage 1 of the empty base"
+    measure "s2-stage1-$tag" "$BIN" -c "$URI" --domain "$dom" --pool "$pool" --flat "$W/scat/scat.vmdk" --no-start
+    note_rss "$RSS"
+    warm "$W/scat/scat-000001-sesparse.vmdk" "$W/scat/raw.img" "$W/scat/full.img"
+
+    log "case 2, pool $pool: stage 2 --io stream, and (c) virsh vol-upload of the whole disk"
+    A=("$BIN" -c "$URI" --domain "$dom" "$W/scat/scat-000001.vmdk" --io stream --no-start)
+    B=("${VIRSH[@]}" vol-upload --vol bench-full --pool "$pool" "$W/scat/full.img")
+    pair "s2-stream-$tag" : "s2-full-$tag" "fresh_vol $pool bench-full $SCAT_CAP"
+    v vol-delete bench-full --pool "$pool" >/dev/null
+    result "s2-full-$tag"; c=$T
+
+    log "case 2, pool $pool: stage 2 --io direct, and (a) --target apply to a raw file"
+    A=("$BIN" -c "$URI" --domain "$dom" "$W/scat/scat-000001.vmdk" --io direct --no-start)
+    B=("$BIN" --target "$W/scat/raw.img" "$W/scat/scat-000001.vmdk")
+    pair "s2-direct-$tag" : "s2-raw-$tag" :
+    result "s2-raw-$tag"; a=$T a_rss=$RSS; note_rss "$RSS"
+
+    result "s2-stream-$tag"; t=$T rss=$RSS; note_rss "$RSS"
+    out=$W/out/s2-stream-$tag
+    calls=$(field calls "$out") call_ms=$(field call_ms "$out") runs=$(field runs "$out")
+    # (b) one upload call per run, at the call cost the stream run measured on this pool.
+    b=$(awk -v r="$runs" -v c="$call_ms" 'BEGIN { printf "%.3f", r * c / 1000 }')
+    row "2 $tag, --io stream" "$t" "$calls" "$rss" "(a) --target raw apply" "$a" - -
+    row + "$t" "" "" "(b) $runs calls x ${call_ms} ms" "$b" le "$([ "$pool" = "$P2" ] && echo 0.02 || echo 1)"
+    row + "$t" "" "" "(c) virsh vol-upload $((SCAT_CAP / MiB)) MiB" "$c" "$([ "$pool" = "$P2" ] && echo le || echo -)" 5
+
+    result "s2-direct-$tag"; t=$T rss=$RSS; note_rss "$RSS"
+    row "2 $tag, --io direct" "$t" "$(field calls "$W/out/s2-direct-$tag")" "$rss" "(a) --target raw apply" "$a" le 1.5
+    row + "$t" "" "" "(b) as above" "$b" - -
+    row + "$t" "" "" "(c) virsh vol-upload $((SCAT_CAP / MiB)) MiB" "$c" - -
+    row "  (a) itself: --target raw apply" "$a" - "$a_rss" "" "" - -
+    fresh_dom "$dom" "$pool"
+done
+
+row "3 stage 1, dense $((DENSE / MiB)) MiB" "$s3d_t" "-" "$s3d_rss" "virsh vol-upload, same file" "$s3d_b" le 1.05
+row "3 stage 1, 90%-zero $((ZERO_CAP / MiB)) MiB" "$s3z_t" "-" "$s3z_rss" "virsh vol-upload, same file" "$s3z_b" ge-inv 5
+row + "$s3z_t" "" "" "virsh vol-upload --sparse, same file" "$s3z_s" - -
+
+# --- the table ----------------------------------------------------------------------------------
+elapsed=$(($(date +%s) - started))
+{
+    echo
+    echo "virt-vmdkimport benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "host: $(nproc) cores, $(. /etc/os-release && echo "$PRETTY_NAME"), $(v version | sed -n 's/.*Using library: //p' | head -n1), $(v version | sed -n 's/.*Running hypervisor: //p' | head -n1), $URI, dir pools"
+    echo "load average (1 min) at start $load0, at end $(cut -d' ' -f1 /proc/loadavg): other work shares this host"
+    if [ "$REPEAT" -gt 1 ]; then echo "times: wall seconds, best of $REPEAT runs (* = one run: it took over ${COSTLY}s); RSS: peak of those runs"; else echo "times: wall seconds, 1 run each (--quick)"; fi
+    echo
+    printf '%-36s %8s %6s %8s  %-34s %8s  %-22s %-15s %s\n' case ours_s calls rss_MiB baseline base_s ratio goal result
+    for r in "${ROWS[@]}"; do
+        IFS='|' read -r c o k m bn bs ra g res <<<"$r"
+        [ "$c" = + ] && c="" o="" k="" m=""
+        [ -n "$m" ] && [ "$m" != - ] && m=$(awk -v k="$m" 'BEGIN { printf "%.1f", k / 1024 }')
+        [ -z "$bn" ] && ra="" && g="" && res=""
+        printf '%-36s %8s %6s %8s  %-34s %8s  %-22s %-15s %s\n' "$c" "$o" "$k" "$m" "$bn" "$bs" "$ra" "$g" "$res"
+    done
+    maxm=$(awk -v k="$MAXRSS" 'BEGIN { printf "%.1f", k / 1024 }')
+    printf '%-36s %8s %6s %8s  %-34s %8s  %-22s %-15s %s\n' "4 peak RSS, all our runs" "" "" "$maxm" "" "" "" "< 64 MiB" \
+        "$(awk -v k="$MAXRSS" 'BEGIN { print (k < 64 * 1024 ? "PASS" : "MISS") }')"
+    echo
+    echo "bench took ${elapsed}s"
+}
