@@ -313,14 +313,29 @@ for pool in "$P1" "$P2"; do
     pair "s2-direct-$tag" : "s2-raw-$tag" :
     result "s2-raw-$tag"; a=$T a_rss=$RSS; note_rss "$RSS"
 
-    result "s2-stream-$tag"; t=$T rss=$RSS; note_rss "$RSS"
-    out=$W/out/s2-stream-$tag
-    calls=$(field calls "$out") call_ms=$(field call_ms "$out") runs=$(field runs "$out")
-    # (b) one upload call per run, at the call cost the stream run measured on this pool.
-    b=$(awk -v r="$runs" -v c="$call_ms" 'BEGIN { printf "%.3f", r * c / 1000 }')
-    row "2 $tag, --io stream" "$t" "$calls" "$rss" "(a) --target raw apply" "$a" - -
-    row + "$t" "" "" "(b) $runs calls x ${call_ms} ms" "$b" le "$([ "$pool" = "$P2" ] && echo 0.02 || echo 1)"
-    row + "$t" "" "" "(c) virsh vol-upload $((SCAT_CAP / MiB)) MiB" "$c" "$([ "$pool" = "$P2" ] && echo le || echo -)" 5
+    log "case 2, pool $pool: stage 2 --io stream with the base moved away (gaps downloaded from the volume)"
+    mv "$W/scat/scat-flat.vmdk" "$W/scat/scat-flat.vmdk.away"
+    measure "s2-streamdl-$tag" "$BIN" -c "$URI" --domain "$dom" "$W/scat/scat-000001.vmdk" --io stream --no-start
+    mv "$W/scat/scat-flat.vmdk.away" "$W/scat/scat-flat.vmdk"
+    tdl=$T rssdl=$RSS; note_rss "$RSS"
+
+    for variant in stream streamdl; do
+        if [ "$variant" = stream ]; then
+            result "s2-stream-$tag"; t=$T rss=$RSS; note_rss "$RSS"
+            label="2 $tag, --io stream (gaps: base)"
+        else
+            t=$tdl rss=$rssdl label="2 $tag, --io stream (gaps: volume)"
+        fi
+        out=$W/out/s2-$variant-$tag
+        calls=$(field calls "$out") call_ms=$(field call_ms "$out") byte_ns=$(field byte_ns "$out")
+        runs=$(field runs "$out") data=$(field data_bytes "$out")
+        # (b) one upload call per run: each run's call at the fixed cost this stream run fitted
+        # on this pool, plus the run's own bytes at the fitted cost per byte.
+        b=$(awk -v r="$runs" -v c="$call_ms" -v d="$data" -v n="$byte_ns" 'BEGIN { printf "%.3f", r * c / 1000 + d * n / 1e9 }')
+        row "$label" "$t" "$calls" "$rss" "(a) --target raw apply" "$a" - -
+        row + "$t" "" "" "(b) $runs calls x ${call_ms} ms + bytes" "$b" le "$([ "$pool" = "$P2" ] && echo 0.02 || echo 1)"
+        row + "$t" "" "" "(c) virsh vol-upload $((SCAT_CAP / MiB)) MiB" "$c" "$([ "$pool" = "$P2" ] && echo le || echo -)" 5
+    done
 
     result "s2-direct-$tag"; t=$T rss=$RSS; note_rss "$RSS"
     row "2 $tag, --io direct" "$t" "$(field calls "$W/out/s2-direct-$tag")" "$rss" "(a) --target raw apply" "$a" le 1.5

@@ -16,79 +16,109 @@ pub const MAX_WINDOW_BYTES: u64 = 1 << 30;
 /// Most pieces held for one window (a few MiB of bookkeeping at worst).
 pub const MAX_WINDOW_PIECES: usize = 1 << 16;
 
-/// Starting guesses, replaced by measurements as soon as calls complete: the call cost of a
-/// small pool on a local daemon, and the cost of one byte downloaded then uploaded again.
-const INITIAL_CALL_SECS: f64 = 0.3e-3;
-const INITIAL_GAP_BYTE_SECS: f64 = 3.0e-9;
-/// Weight of a new sample in the running averages: reacts within a few calls, and one
-/// slow outlier does not swing the plan.
-const EWMA_WEIGHT: f64 = 0.3;
+/// Starting guesses, outweighed by measurements within a few calls: the fixed cost of a call
+/// on a small local pool, and the cost of one byte of a window (read, downloaded or not, and
+/// uploaded).
+const PRIOR_CALL_SECS: f64 = 0.3e-3;
+const PRIOR_BYTE_SECS: f64 = 3.0e-9;
+/// The guesses count as this many calls (one empty, one of `PRIOR_SPAN` bytes) at the start.
+const PRIOR_WEIGHT: f64 = 1.0;
+const PRIOR_SPAN: f64 = (4 << 20) as f64;
+/// Each new call weighs this much more than the one before: a pool that fills up, or a
+/// daemon that gets busier, is followed within tens of calls.
+const FORGET: f64 = 0.95;
 
-/// What a call and a gap byte cost, as measured so far in this run.
+/// What a call costs, as measured so far in this run: the time of each call fitted as a fixed
+/// part plus a part per byte of its window (weighted least squares, older calls fading).
+///
+/// Fitting whole calls, rather than timing their parts, catches every fixed cost wherever it
+/// lands: the wait for the previous call's pool refresh, the stream setup, the daemon's sync
+/// when a stream closes.
 #[derive(Debug, Clone)]
 pub struct CostModel {
-    call_secs: f64,
-    gap_byte_secs: f64,
+    // Weighted sums over (bytes, seconds) observations.
+    w: f64,
+    sx: f64,
+    sy: f64,
+    sxx: f64,
+    sxy: f64,
     calls_observed: u64,
 }
 
 impl Default for CostModel {
     fn default() -> Self {
-        CostModel {
-            call_secs: INITIAL_CALL_SECS,
-            gap_byte_secs: INITIAL_GAP_BYTE_SECS,
-            calls_observed: 0,
-        }
+        CostModel::with_costs(Duration::from_secs_f64(PRIOR_CALL_SECS), PRIOR_BYTE_SECS)
     }
 }
 
 impl CostModel {
-    /// A model with given starting figures (tests and benchmarks pin them).
-    pub fn with_costs(call: Duration, gap_byte_secs: f64) -> Self {
-        CostModel {
-            call_secs: call.as_secs_f64(),
-            gap_byte_secs,
+    /// A model that starts from the given figures (tests and benchmarks pin them).
+    pub fn with_costs(call: Duration, byte_secs: f64) -> Self {
+        let mut m = CostModel {
+            w: 0.0,
+            sx: 0.0,
+            sy: 0.0,
+            sxx: 0.0,
+            sxy: 0.0,
             calls_observed: 0,
-        }
+        };
+        let a = call.as_secs_f64();
+        m.add(0.0, a, PRIOR_WEIGHT);
+        m.add(PRIOR_SPAN, a + byte_secs * PRIOR_SPAN, PRIOR_WEIGHT);
+        m
     }
 
-    /// Record one finished call: `overhead` is the time spent outside moving bytes (opening
-    /// the streams, waiting for the pool's lock, finishing), `gap_bytes` the bytes that were
-    /// downloaded and sent again, and `gap_time` the time spent moving them.
-    pub fn observe_call(&mut self, overhead: Duration, gap_bytes: u64, gap_time: Duration) {
-        let blend = |old: f64, new: f64, first: bool| {
-            if first {
-                new
-            } else {
-                old + EWMA_WEIGHT * (new - old)
-            }
-        };
-        let first = self.calls_observed == 0;
-        self.call_secs = blend(self.call_secs, overhead.as_secs_f64(), first);
-        // Tiny gaps say little about throughput; keep the previous figure.
-        if gap_bytes >= 1 << 20 {
-            let per_byte = gap_time.as_secs_f64() / gap_bytes as f64;
-            self.gap_byte_secs = blend(self.gap_byte_secs, per_byte, first);
+    fn add(&mut self, x: f64, y: f64, weight: f64) {
+        self.w += weight;
+        self.sx += weight * x;
+        self.sy += weight * y;
+        self.sxx += weight * x * x;
+        self.sxy += weight * x * y;
+    }
+
+    /// Record one finished call that moved `bytes` (its whole window) in `elapsed`.
+    pub fn observe_call(&mut self, bytes: u64, elapsed: Duration) {
+        for v in [
+            &mut self.w,
+            &mut self.sx,
+            &mut self.sy,
+            &mut self.sxx,
+            &mut self.sxy,
+        ] {
+            *v *= FORGET;
         }
+        self.add(bytes as f64, elapsed.as_secs_f64(), 1.0);
         self.calls_observed += 1;
+    }
+
+    /// (fixed seconds per call, seconds per byte), both kept non-negative.
+    fn fit(&self) -> (f64, f64) {
+        let mean_x = self.sx / self.w;
+        let mean_y = self.sy / self.w;
+        let var = self.sxx / self.w - mean_x * mean_x;
+        let cov = self.sxy / self.w - mean_x * mean_y;
+        let b = if var > 0.0 { (cov / var).max(0.0) } else { 0.0 };
+        let a = (mean_y - b * mean_x).max(0.0);
+        (a, b)
     }
 
     /// The estimated fixed cost of one upload call.
     pub fn call_cost(&self) -> Duration {
-        Duration::from_secs_f64(self.call_secs.max(0.0))
+        Duration::from_secs_f64(self.fit().0)
     }
 
-    /// The estimated cost of re-sending one gap byte, in seconds.
-    pub fn gap_byte_secs(&self) -> f64 {
-        self.gap_byte_secs
+    /// The estimated cost of one more byte in a window, in seconds.
+    pub fn byte_secs(&self) -> f64 {
+        self.fit().1
     }
 
-    /// The largest gap worth filling rather than paying one more call.
+    /// The largest gap worth re-sending rather than paying one more call.
     pub fn max_merged_gap(&self) -> u64 {
-        if self.gap_byte_secs <= 0.0 {
+        let (a, b) = self.fit();
+        if b <= 0.0 {
             return MAX_WINDOW_BYTES;
         }
-        ((self.call_secs / self.gap_byte_secs) as u64).min(MAX_WINDOW_BYTES)
+        ((a / b) as u64).min(MAX_WINDOW_BYTES)
     }
 }
 
@@ -316,20 +346,58 @@ mod tests {
     }
 
     #[test]
-    fn the_model_follows_measured_calls() {
+    fn the_model_separates_the_fixed_cost_from_the_byte_cost() {
+        // Calls of many sizes on a crowded pool: 29 ms each plus 2.5 ns a byte.
         let mut cost = CostModel::default();
-        let before = cost.max_merged_gap();
-        cost.observe_call(
-            Duration::from_millis(29),
-            64 << 20,
-            Duration::from_millis(160),
-        );
-        assert!((cost.call_cost().as_secs_f64() - 0.029).abs() < 1e-9);
-        assert!(cost.max_merged_gap() > 100 * before);
-        for _ in 0..20 {
-            cost.observe_call(Duration::from_micros(300), 0, Duration::ZERO);
+        for i in 0..60u64 {
+            let bytes = (i % 7) * (3 << 20) + 4096;
+            cost.observe_call(
+                bytes,
+                Duration::from_secs_f64(0.029 + 2.5e-9 * bytes as f64),
+            );
         }
-        assert!(cost.call_cost() < Duration::from_millis(1));
+        assert!(
+            (cost.call_cost().as_secs_f64() - 0.029).abs() < 0.001,
+            "{:?}",
+            cost.call_cost()
+        );
+        assert!(
+            (cost.byte_secs() - 2.5e-9).abs() < 0.2e-9,
+            "{}",
+            cost.byte_secs()
+        );
+        // About 11.6 MB of gap is worth one call there.
+        assert!(
+            (11_000_000..12_200_000).contains(&cost.max_merged_gap()),
+            "{}",
+            cost.max_merged_gap()
+        );
+        // The pool empties (another import finished): calls get cheap, the model follows.
+        for i in 0..100u64 {
+            let bytes = (i % 5) * (1 << 20) + 4096;
+            cost.observe_call(
+                bytes,
+                Duration::from_secs_f64(0.0003 + 2.5e-9 * bytes as f64),
+            );
+        }
+        assert!(
+            cost.call_cost() < Duration::from_millis(1),
+            "{:?}",
+            cost.call_cost()
+        );
+    }
+
+    #[test]
+    fn calls_of_one_size_keep_the_prior_split() {
+        // Every call 1 MiB in 5 ms: the data cannot split fixed and byte costs, so the prior's
+        // slope stays and the line goes through the measured calls.
+        let mut cost = CostModel::default();
+        for _ in 0..200 {
+            cost.observe_call(1 << 20, Duration::from_millis(5));
+        }
+        let predicted = cost.call_cost().as_secs_f64() + cost.byte_secs() * (1 << 20) as f64;
+        assert!((predicted - 0.005).abs() < 0.0005, "{predicted}");
+        assert!(cost.byte_secs() >= 0.0);
     }
 
     #[test]

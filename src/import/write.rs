@@ -22,22 +22,18 @@ pub struct WriteReport {
     pub gap_bytes: u64,
     /// libvirt upload calls made.
     pub calls: u64,
-    /// Time spent outside moving bytes, over all calls (opening streams, waiting for the
-    /// pool's lock, finishing).
-    pub call_overhead: Duration,
+    /// The fixed cost of one upload call and the cost of one byte of a window, as fitted
+    /// over this run's calls (what one call per run would have cost, for comparison).
+    pub call_cost: Duration,
+    pub byte_secs: f64,
     pub elapsed: Duration,
 }
 
 impl fmt::Display for WriteReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let call_ms = if self.calls == 0 {
-            0.0
-        } else {
-            self.call_overhead.as_secs_f64() * 1e3 / self.calls as f64
-        };
         write!(
             f,
-            "io={} runs={} pieces={} data_bytes={} zero_bytes={} gap_bytes={} calls={} call_ms={:.3} elapsed_s={:.3}",
+            "io={} runs={} pieces={} data_bytes={} zero_bytes={} gap_bytes={} calls={} call_ms={:.3} byte_ns={:.2} elapsed_s={:.3}",
             self.io,
             self.changes.runs,
             self.changes.pieces,
@@ -45,7 +41,8 @@ impl fmt::Display for WriteReport {
             self.changes.zero_bytes,
             self.gap_bytes,
             self.calls,
-            call_ms,
+            self.call_cost.as_secs_f64() * 1e3,
+            self.byte_secs * 1e9,
             self.elapsed.as_secs_f64()
         )
     }
@@ -155,7 +152,8 @@ pub fn write_streamed(
         for p in &window.pieces {
             apply::tally(&mut report.changes, p, &mut last_end);
         }
-        let timing = upload_window(vol, &window, gaps).with_context(|| {
+        let call_started = Instant::now();
+        upload_window(vol, &window, gaps).with_context(|| {
             format!(
                 "writing bytes {}..{} of volume '{}'",
                 window.offset,
@@ -163,25 +161,17 @@ pub fn write_streamed(
                 vol.describe()
             )
         })?;
-        cost.observe_call(timing.overhead, timing.moved, timing.moving);
+        cost.observe_call(window.len, call_started.elapsed());
         report.calls += 1;
-        report.call_overhead += timing.overhead;
         report.gap_bytes += window.gap_bytes();
+    }
+    if report.calls > 0 {
+        report.call_cost = cost.call_cost();
+        report.byte_secs = cost.byte_secs();
     }
     report.elapsed = started.elapsed();
     report.changes.elapsed = report.elapsed;
     Ok(report)
-}
-
-/// Where one window's time went.
-struct WindowTiming {
-    /// Opening the streams: this is where a call waits for the pool refresh that the previous
-    /// call's close started, so it is the fixed cost of a call.
-    overhead: Duration,
-    /// Bytes of the window that were gap-filled and sent (0 when the window had no gap).
-    moved: u64,
-    /// From the first byte produced to the upload's finish: proportional to the bytes.
-    moving: Duration,
 }
 
 /// Chunks of a window's download in flight between the reading thread and the upload: enough
@@ -192,14 +182,11 @@ const DOWNLOAD_CHUNK: usize = 1 << 20;
 /// One upload call for `window`. Gap bytes come from `gaps`: from the base image, or from a
 /// download of the same range that a second thread reads ahead while this one uploads, so
 /// each gap byte is rewritten with exactly what the volume held.
-fn upload_window(vol: &Vol, window: &Window, gaps: &Gaps) -> Result<WindowTiming> {
-    let t0 = Instant::now();
+fn upload_window(vol: &Vol, window: &Window, gaps: &Gaps) -> Result<()> {
     let has_gaps = window.gap_bytes() > 0;
-    let mut first_fill = None;
     let mut next_piece = 0usize;
     let mut fill_from =
         |rel: u64, buf: &mut [u8], gap: &mut dyn FnMut(u64, &mut [u8]) -> std::io::Result<()>| {
-            first_fill.get_or_insert_with(Instant::now);
             if has_gaps {
                 gap(window.offset + rel, buf)?;
             }
@@ -241,13 +228,7 @@ fn upload_window(vol: &Vol, window: &Window, gaps: &Gaps) -> Result<WindowTiming
             fill_from(rel, buf, &mut |_, _| Ok(()))
         })?,
     }
-    let end = Instant::now();
-    let first = first_fill.unwrap_or(end);
-    Ok(WindowTiming {
-        overhead: first - t0,
-        moved: if has_gaps { window.len } else { 0 },
-        moving: end - first,
-    })
+    Ok(())
 }
 
 /// The download side of a window: read `len` bytes in chunks and pass them on, reusing the
