@@ -14,6 +14,7 @@ use super::grains::{Cursor, GrainMap};
 use super::hosted;
 use super::names;
 use super::runs::Source;
+use crate::image_read::{file_extent, Extent, ImageRead};
 
 #[derive(Debug)]
 enum Segment {
@@ -142,7 +143,9 @@ impl BaseImage {
     }
 
     /// The whole virtual disk, front to back (zeros for ZERO extents and unallocated grains).
-    pub fn reader(&self) -> io::Result<Box<dyn Read + Send>> {
+    /// Its [`ImageRead::next_extent`] skips ZERO extents, unallocated and zero grains and the
+    /// holes of flat extent files without reading them.
+    pub fn reader(&self) -> io::Result<Box<dyn ImageRead + Send>> {
         Ok(Box::new(BaseReader {
             segments: self.segments.clone(),
             index: 0,
@@ -159,6 +162,56 @@ struct BaseReader {
     pos: u64,
     /// Cursor over the current sparse segment.
     cursor: Option<Cursor>,
+}
+
+impl ImageRead for BaseReader {
+    fn next_extent(&mut self, max: u64) -> io::Result<Extent> {
+        let max = max.max(1);
+        let segments = self.segments.clone();
+        // Skip the segments behind the position, as `read` does.
+        let (start, len, seg) = loop {
+            let Some((start, len, seg)) = segments.get(self.index) else {
+                // The end: `read` says so.
+                return Ok(Extent::Data(max));
+            };
+            if self.pos - start < *len {
+                break (*start, *len, seg);
+            }
+            self.index += 1;
+            self.cursor = None;
+        };
+        let rel = self.pos - start;
+        // Never past this segment: the next one answers for itself.
+        let max = max.min(len - rel);
+        let ext = match seg {
+            Segment::Flat(FlatSource::Zeros) => Extent::Zeros(max),
+            Segment::Flat(FlatSource::Data { file, offset }) => {
+                file_extent(&file.file, offset + rel, max).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "{}: looking for holes at byte {}: {e}",
+                            show(&file.path),
+                            offset + rel
+                        ),
+                    )
+                })?
+            }
+            Segment::Sparse(map) => {
+                let cursor = self.cursor.get_or_insert_with(|| Cursor::new(map.clone()));
+                let span = cursor.lookup(rel).map_err(io::Error::other)?;
+                let n = max.min(span.len);
+                match span.source {
+                    None | Some(Source::Zeros) => Extent::Zeros(n),
+                    Some(Source::Data { .. }) => Extent::Data(n),
+                }
+            }
+        };
+        if let Extent::Zeros(n) = ext {
+            self.pos += n;
+        }
+        Ok(ext)
+    }
 }
 
 impl Read for BaseReader {
