@@ -289,8 +289,11 @@ mod tests {
         matches!(data, Ok(d) if d > 0)
     }
 
-    /// Walk `r` as `upload_image` does: (extents seen at their virtual offsets, bytes).
-    fn walk(r: &mut dyn ImageRead, max: u64) -> io::Result<(Vec<(u64, Extent)>, Vec<u8>)> {
+    /// Answers of `next_extent` at their virtual offsets.
+    type Seen = Vec<(u64, Extent)>;
+
+    /// Walk `r` as `upload_image` does: (the answers, the bytes).
+    fn walk(r: &mut dyn ImageRead, max: u64) -> io::Result<(Seen, Vec<u8>)> {
         let mut seen = Vec::new();
         let mut bytes = Vec::new();
         loop {
