@@ -10,8 +10,12 @@ use virt::stream::Stream;
 use super::{ffi, Conn, Vol};
 use crate::image_read::{Extent, ImageRead};
 
-/// Bytes read from the source per block in `upload_image`.
-const READ_BLOCK: usize = 4 << 20;
+/// Bytes read from the source per block in `upload_image`: one `SEND_MAX` piece, so the bytes
+/// are still in the CPU's cache when they are checked for zeros and sent. Measured here
+/// (release build, dense 1 GiB into a fresh dir-pool volume, 6-8 interleaved runs on a busy
+/// 2-core machine, medians): 4 MiB blocks 2.0x the time of `virsh vol-upload`, 1 MiB 1.07x,
+/// 256 KiB 1.04x (the spread between runs was larger than these differences).
+const READ_BLOCK: usize = 256 << 10;
 /// Zero detection granularity: a run of zeros shorter than this is sent as data. 64 KiB keeps
 /// the number of hole messages small while still finding the empty areas of a disk image.
 const ZERO_CHUNK: usize = 64 << 10;
@@ -131,8 +135,22 @@ pub fn upload_image(
     let mut buf = vec![0u8; READ_BLOCK];
     // Read the first block before touching the volume: a source that fails at once (a wrong
     // path at the far end of ssh, say) leaves the volume as it was.
-    let first = fill_block(reader, &mut buf, 0, capacity).context("reading the image at byte 0")?;
-    let sent = send_image(vol, capacity, is_file, reader, &mut buf, first, progress);
+    let mut source = ImageSource {
+        reader,
+        data_left: 0,
+    };
+    let first = source
+        .fill(&mut buf, 0, capacity)
+        .context("reading the image at byte 0")?;
+    let sent = send_image(
+        vol,
+        capacity,
+        is_file,
+        &mut source,
+        &mut buf,
+        first,
+        progress,
+    );
     let sent = match sent {
         Err(err) if is_file => {
             // The failed stream truncated the file where it stopped; give it its length back.
@@ -161,52 +179,56 @@ struct Block {
     zeros: u64,
 }
 
-/// Fill `buf` from `reader`, whose position is `covered`, until it is full, the reader ends,
-/// or the reader knows that zeros come next (those are skipped, not read, and end the block).
-/// Reads stop where the reader said its data ends, so they never read a hole's pages. Past
-/// `capacity` nothing is skipped: the reads show whether the image is longer than the volume.
-fn fill_block(
-    reader: &mut dyn ImageRead,
-    buf: &mut [u8],
-    covered: u64,
-    capacity: u64,
-) -> io::Result<Block> {
-    let mut n = 0;
-    // Bytes the reader said hold data, not all read yet.
-    let mut data_left: u64 = 0;
-    while n < buf.len() {
-        if data_left == 0 {
-            let max = capacity.saturating_sub(covered + n as u64);
-            data_left = if max == 0 {
-                u64::MAX
-            } else {
-                match reader.next_extent(max)? {
-                    // Not a valid answer; read on.
-                    Extent::Zeros(0) => max,
-                    Extent::Zeros(z) => {
-                        if z > max {
-                            return Err(io::Error::other(format!(
-                                "the image reader skipped {z} bytes where at most {max} were asked"
-                            )));
+/// The reading side of `upload_image`: the reader and what it said of the bytes ahead.
+struct ImageSource<'a> {
+    reader: &'a mut dyn ImageRead,
+    /// Bytes the reader said hold data and that were not read yet: no need to ask again
+    /// before reading them (a dense image is asked once, not once a block).
+    data_left: u64,
+}
+
+impl ImageSource<'_> {
+    /// Fill `buf` from the reader, whose position is `covered`, until it is full, the reader
+    /// ends, or the reader knows that zeros come next (those are skipped, not read, and end
+    /// the block). Reads stop where the reader said its data ends, so they never read a hole's
+    /// pages. Past `capacity` nothing is skipped: the reads show whether the image is longer
+    /// than the volume.
+    fn fill(&mut self, buf: &mut [u8], covered: u64, capacity: u64) -> io::Result<Block> {
+        let mut n = 0;
+        while n < buf.len() {
+            if self.data_left == 0 {
+                let max = capacity.saturating_sub(covered + n as u64);
+                self.data_left = if max == 0 {
+                    u64::MAX
+                } else {
+                    match self.reader.next_extent(max)? {
+                        // Not a valid answer; read on.
+                        Extent::Zeros(0) => max,
+                        Extent::Zeros(z) => {
+                            if z > max {
+                                return Err(io::Error::other(format!(
+                                    "the image reader skipped {z} bytes where at most {max} were asked"
+                                )));
+                            }
+                            return Ok(Block { read: n, zeros: z });
                         }
-                        return Ok(Block { read: n, zeros: z });
+                        Extent::Data(d) => d.max(1),
                     }
-                    Extent::Data(d) => d.max(1),
-                }
-            };
-        }
-        let want = (buf.len() - n).min(usize::try_from(data_left).unwrap_or(usize::MAX));
-        match reader.read(&mut buf[n..n + want]) {
-            Ok(0) => break,
-            Ok(k) => {
-                n += k;
-                data_left = data_left.saturating_sub(k as u64);
+                };
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            let want = (buf.len() - n).min(usize::try_from(self.data_left).unwrap_or(usize::MAX));
+            match self.reader.read(&mut buf[n..n + want]) {
+                Ok(0) => break,
+                Ok(k) => {
+                    n += k;
+                    self.data_left = self.data_left.saturating_sub(k as u64);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
+        Ok(Block { read: n, zeros: 0 })
     }
-    Ok(Block { read: n, zeros: 0 })
 }
 
 /// The body of `upload_image`, from the first block read on: (bytes covered, bytes skipped,
@@ -215,7 +237,7 @@ fn send_image(
     vol: &Vol,
     capacity: u64,
     is_file: bool,
-    reader: &mut dyn ImageRead,
+    source: &mut ImageSource,
     buf: &mut [u8],
     first: Block,
     progress: &mut dyn FnMut(u64),
@@ -271,12 +293,13 @@ fn send_image(
             pos = end;
         }
         // Known zeros after the data: a hole (merged with its neighbours), never read.
-        // `fill_block` skips nothing past the capacity.
+        // `fill` skips nothing past the capacity.
         out.zeros(block.zeros)?;
         covered += block.zeros;
         skipped += block.zeros;
         progress(covered);
-        block = fill_block(reader, buf, covered, capacity)
+        block = source
+            .fill(buf, covered, capacity)
             .with_context(|| format!("reading the image at byte {covered}"))?;
     }
     // The tail past the image (LVM rounds volumes up) must read zeros too.
