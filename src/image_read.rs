@@ -50,7 +50,10 @@ impl<R: ImageRead + ?Sized> ImageRead for &mut R {
 impl ImageRead for File {
     fn next_extent(&mut self, max: u64) -> io::Result<Extent> {
         let max = max.max(1);
-        let pos = lseek(self.as_fd(), 0, Whence::SeekCur)?;
+        // A pipe or a socket opened as a file has no offset: nothing known, read it.
+        let Ok(pos) = lseek(self.as_fd(), 0, Whence::SeekCur) else {
+            return Ok(Extent::Data(max));
+        };
         let pos = u64::try_from(pos).map_err(io::Error::other)?;
         let ext = file_extent(self, pos, max)?;
         // SEEK_DATA/SEEK_HOLE moved the offset: put it where the caller reads next.
@@ -149,6 +152,18 @@ mod tests {
         file.seek(SeekFrom::Start(0)).unwrap();
         assert_eq!(file.next_extent(100).unwrap(), Extent::Zeros(100));
         assert_eq!(file.stream_position().unwrap(), 100);
+    }
+
+    #[test]
+    fn a_pipe_opened_as_a_file_knows_nothing() {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let mut r = File::from(r);
+        let mut w = File::from(w);
+        w.write_all(&[0u8; 10]).unwrap();
+        assert_eq!(r.next_extent(1 << 30).unwrap(), Extent::Data(1 << 30));
+        let mut b = [1u8; 10];
+        r.read_exact(&mut b).unwrap();
+        assert_eq!(b, [0; 10]);
     }
 
     #[test]
