@@ -13,8 +13,9 @@ use crate::image_read::{Extent, ImageRead};
 /// Bytes read from the source per block in `upload_image`: one `SEND_MAX` piece, so the bytes
 /// are still in the CPU's cache when they are checked for zeros and sent. Measured here
 /// (release build, dense 1 GiB into a fresh dir-pool volume, 6-8 interleaved runs on a busy
-/// 2-core machine, medians): 4 MiB blocks 2.0x the time of `virsh vol-upload`, 1 MiB 1.07x,
-/// 256 KiB 1.04x (the spread between runs was larger than these differences).
+/// 2-core machine, medians, before the buffer was page-aligned): 4 MiB blocks 2.0x the time
+/// of `virsh vol-upload`, 1 MiB 1.07x, 256 KiB 1.04x (the spread between runs was larger
+/// than these differences).
 const READ_BLOCK: usize = 256 << 10;
 /// Zero detection granularity: a run of zeros shorter than this is sent as data. 64 KiB keeps
 /// the number of hole messages small while still finding the empty areas of a disk image.
