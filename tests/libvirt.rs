@@ -213,6 +213,8 @@ impl std::io::Read for FailingReader {
     }
 }
 
+impl vmdkimport::libvirt::ImageRead for FailingReader {}
+
 #[test]
 fn failing_source_fails_the_upload_and_the_volume_keeps_its_size() {
     let tp = TestPool::new("fail");

@@ -4,12 +4,13 @@ pub mod write;
 
 use crate::cli::{Cli, IoMode, OsArg};
 use crate::domain_xml::{self, DiskSource as SpecDisk, DomainSpec, NetSource, NicSpec};
+use crate::image_read::ImageRead;
 use crate::libvirt::{self, Conn, DiskKind, Dom, Vol};
 use crate::state::{self, AppliedDelta, DiskState, ImportState};
 use crate::vmdk::{self, BaseImage, Chain, LayerInfo, OpenOptions};
 use crate::vmx::{self, Firmware, OsFamily, VmxConfig};
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -58,7 +59,7 @@ impl BaseInput {
         }
     }
 
-    fn reader(&self) -> Result<Box<dyn Read + Send>> {
+    fn reader(&self) -> Result<Box<dyn ImageRead + Send>> {
         match self {
             BaseInput::Image(b) => b
                 .reader()
@@ -477,12 +478,13 @@ fn stage_one(
         );
         let secs = started.elapsed().as_secs_f64();
         println!(
-            "uploaded {} into '{}': {} bytes ({} data, {} as holes) in {:.2}s ({:.0} MB/s)",
+            "uploaded {} into '{}': {} bytes ({} data, {} as holes, {} skipped unread) in {:.2}s ({:.0} MB/s)",
             base.name(),
             vol.describe(),
             stats.bytes_read,
             stats.data_bytes,
             stats.hole_bytes,
+            stats.bytes_skipped,
             secs,
             stats.bytes_read as f64 / secs.max(1e-9) / 1e6
         );

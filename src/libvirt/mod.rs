@@ -12,3 +12,5 @@ pub use stream::{
     download, download_into, is_zero, upload_at, upload_image, Download, UploadStats,
 };
 pub use volume::{volume_xml, Pool, Vol};
+
+pub use crate::image_read::{Extent, ImageRead};

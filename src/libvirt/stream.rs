@@ -1,6 +1,6 @@
 //! Volume streams: the sparse whole-volume base upload, positioned non-sparse uploads, downloads.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::mem::ManuallyDrop;
 use std::time::{Duration, Instant};
 
@@ -8,9 +8,15 @@ use anyhow::{bail, ensure, Context, Result};
 use virt::stream::Stream;
 
 use super::{ffi, Conn, Vol};
+use crate::image_read::{Extent, ImageRead};
 
-/// Bytes read from the source per block in `upload_image`.
-const READ_BLOCK: usize = 4 << 20;
+/// Bytes read from the source per block in `upload_image`: one `SEND_MAX` piece, so the bytes
+/// are still in the CPU's cache when they are checked for zeros and sent. Measured here
+/// (release build, dense 1 GiB into a fresh dir-pool volume, 6-8 interleaved runs on a busy
+/// 2-core machine, medians, before the buffer was page-aligned): 4 MiB blocks 2.0x the time
+/// of `virsh vol-upload`, 1 MiB 1.07x, 256 KiB 1.04x (the spread between runs was larger
+/// than these differences).
+const READ_BLOCK: usize = 256 << 10;
 /// Zero detection granularity: a run of zeros shorter than this is sent as data. 64 KiB keeps
 /// the number of hole messages small while still finding the empty areas of a disk image.
 const ZERO_CHUNK: usize = 64 << 10;
@@ -81,8 +87,12 @@ impl Drop for OwnedStream {
 /// What `upload_image` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UploadStats {
-    /// Bytes read from the image.
+    /// Bytes of the image covered: read, or skipped as known zeros (`bytes_skipped`). A
+    /// whole image covers its capacity.
     pub bytes_read: u64,
+    /// Of `bytes_read`, the bytes the reader knew to be zeros and that were never read (holes
+    /// of a sparse file, ZERO extents, unallocated grains).
+    pub bytes_skipped: u64,
     /// Bytes sent as data.
     pub data_bytes: u64,
     /// Bytes sent as holes, the tail past the image's end included.
@@ -103,13 +113,16 @@ static ZEROS: [u8; FORCED_DATA as usize] = [0; FORCED_DATA as usize];
 /// in the volume can be read through the image's empty areas. (A file volume gets one tiny
 /// stream before that one: see `reset_file_volume`.)
 ///
-/// `reader` is read sequentially (standard input works); an image longer than the volume is
-/// refused. `progress` gets the number of bytes read so far after every block. On failure the
+/// `reader` is read sequentially (standard input works); before each read it is asked what
+/// lies ahead ([`ImageRead::next_extent`]): zeros it knows of (the holes of a sparse file, a
+/// ZERO extent) become holes without being read, and reads stop where they begin. Data is
+/// still read and checked for zero runs. An image longer than the volume is refused.
+/// `progress` gets the number of bytes covered so far after every block. On failure the
 /// volume's content is undefined (a base upload is redone from the start), but a file volume
 /// keeps its length, so a second attempt sees the same capacity.
 pub fn upload_image(
     vol: &Vol,
-    reader: &mut dyn Read,
+    reader: &mut dyn ImageRead,
     progress: &mut dyn FnMut(u64),
 ) -> Result<UploadStats> {
     let what = vol.describe();
@@ -120,11 +133,18 @@ pub fn upload_image(
     let capacity = info.capacity;
     let is_file = info.kind == virt::sys::VIR_STORAGE_VOL_FILE;
     let start = Instant::now();
-    let mut buf = vec![0u8; READ_BLOCK];
+    let mut block = PageAligned::new(READ_BLOCK);
+    let buf = block.get();
     // Read the first block before touching the volume: a source that fails at once (a wrong
     // path at the far end of ssh, say) leaves the volume as it was.
-    let first = read_full(reader, &mut buf).context("reading the image at byte 0")?;
-    let sent = send_image(vol, capacity, is_file, reader, &mut buf, first, progress);
+    let mut source = ImageSource {
+        reader,
+        data_left: 0,
+    };
+    let first = source
+        .fill(buf, 0, capacity)
+        .context("reading the image at byte 0")?;
+    let sent = send_image(vol, capacity, is_file, &mut source, buf, first, progress);
     let sent = match sent {
         Err(err) if is_file => {
             // The failed stream truncated the file where it stopped; give it its length back.
@@ -135,25 +155,117 @@ pub fn upload_image(
         }
         other => other,
     };
-    let (bytes_read, data_bytes, hole_bytes) = sent?;
+    let (bytes_read, bytes_skipped, data_bytes, hole_bytes) = sent?;
     Ok(UploadStats {
         bytes_read,
+        bytes_skipped,
         data_bytes,
         hole_bytes,
         elapsed: start.elapsed(),
     })
 }
 
-/// The body of `upload_image`, from the first block read on: (bytes read, data, holes).
+/// A buffer that starts on a page boundary. The kernel copies a read into it several times
+/// faster than into one that does not: measured here, `pread` of 256 KiB from the page cache
+/// took 35 us into a page-aligned buffer and 140-160 us into a `Vec` whose data starts 16
+/// bytes past a page boundary (what the allocator returns for a block this size); a 64-byte
+/// aligned buffer was as fast as a page-aligned one.
+struct PageAligned {
+    raw: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl PageAligned {
+    const ALIGN: usize = 4096;
+
+    fn new(len: usize) -> PageAligned {
+        let raw = vec![0u8; len + Self::ALIGN];
+        // `align_offset` may in theory give up (usize::MAX): then the buffer stays unaligned,
+        // which is slower but correct.
+        let start = match raw.as_ptr().align_offset(Self::ALIGN) {
+            off if off < Self::ALIGN => off,
+            _ => 0,
+        };
+        PageAligned { raw, start, len }
+    }
+
+    fn get(&mut self) -> &mut [u8] {
+        &mut self.raw[self.start..self.start + self.len]
+    }
+}
+
+/// One step of `upload_image`'s reading: `read` bytes read into the front of the buffer,
+/// then `zeros` known zeros skipped without reading. Both 0: the end of the image.
+#[derive(Debug, Clone, Copy)]
+struct Block {
+    read: usize,
+    zeros: u64,
+}
+
+/// The reading side of `upload_image`: the reader and what it said of the bytes ahead.
+struct ImageSource<'a> {
+    reader: &'a mut dyn ImageRead,
+    /// Bytes the reader said hold data and that were not read yet: no need to ask again
+    /// before reading them (a dense image is asked once, not once a block).
+    data_left: u64,
+}
+
+impl ImageSource<'_> {
+    /// Fill `buf` from the reader, whose position is `covered`, until it is full, the reader
+    /// ends, or the reader knows that zeros come next (those are skipped, not read, and end
+    /// the block). Reads stop where the reader said its data ends, so they never read a hole's
+    /// pages. Past `capacity` nothing is skipped: the reads show whether the image is longer
+    /// than the volume.
+    fn fill(&mut self, buf: &mut [u8], covered: u64, capacity: u64) -> io::Result<Block> {
+        let mut n = 0;
+        while n < buf.len() {
+            if self.data_left == 0 {
+                let max = capacity.saturating_sub(covered + n as u64);
+                self.data_left = if max == 0 {
+                    u64::MAX
+                } else {
+                    match self.reader.next_extent(max)? {
+                        // Not a valid answer; read on.
+                        Extent::Zeros(0) => max,
+                        Extent::Zeros(z) => {
+                            if z > max {
+                                return Err(io::Error::other(format!(
+                                    "the image reader skipped {z} bytes where at most {max} were asked"
+                                )));
+                            }
+                            return Ok(Block { read: n, zeros: z });
+                        }
+                        Extent::Data(d) => d.max(1),
+                    }
+                };
+            }
+            let want = (buf.len() - n).min(usize::try_from(self.data_left).unwrap_or(usize::MAX));
+            match self.reader.read(&mut buf[n..n + want]) {
+                Ok(0) => break,
+                Ok(k) => {
+                    n += k;
+                    self.data_left = self.data_left.saturating_sub(k as u64);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Block { read: n, zeros: 0 })
+    }
+}
+
+/// The body of `upload_image`, from the first block read on: (bytes covered, bytes skipped,
+/// data, holes).
 fn send_image(
     vol: &Vol,
     capacity: u64,
     is_file: bool,
-    reader: &mut dyn Read,
+    source: &mut ImageSource,
     buf: &mut [u8],
-    first: usize,
+    first: Block,
     progress: &mut dyn FnMut(u64),
-) -> Result<(u64, u64, u64)> {
+) -> Result<(u64, u64, u64, u64)> {
     let what = vol.describe();
     if is_file {
         reset_file_volume(vol)?;
@@ -175,39 +287,47 @@ fn send_image(
         data_bytes: 0,
         hole_bytes: 0,
     };
-    let mut bytes_read: u64 = 0;
-    let mut n = first;
-    while n > 0 {
-        bytes_read += n as u64;
-        if bytes_read > capacity {
+    let mut covered: u64 = 0;
+    let mut skipped: u64 = 0;
+    let mut block = first;
+    while block.read > 0 || block.zeros > 0 {
+        let n = block.read;
+        covered += n as u64;
+        if covered > capacity {
             // Dropping the stream aborts it.
             bail!(
                 "the image is longer than volume '{what}' ({capacity} bytes): \
-                 read {bytes_read} bytes so far"
+                 read {covered} bytes so far"
             );
         }
-        let block = &buf[..n];
+        let data = &buf[..n];
         let mut pos = 0;
         while pos < n {
             // One run: consecutive chunks that are all zero, or all not.
-            let zero = is_zero(&block[pos..(pos + ZERO_CHUNK).min(n)]);
+            let zero = is_zero(&data[pos..(pos + ZERO_CHUNK).min(n)]);
             let mut end = (pos + ZERO_CHUNK).min(n);
-            while end < n && is_zero(&block[end..(end + ZERO_CHUNK).min(n)]) == zero {
+            while end < n && is_zero(&data[end..(end + ZERO_CHUNK).min(n)]) == zero {
                 end = (end + ZERO_CHUNK).min(n);
             }
             if zero {
                 out.zeros((end - pos) as u64)?;
             } else {
-                out.data(&block[pos..end])?;
+                out.data(&data[pos..end])?;
             }
             pos = end;
         }
-        progress(bytes_read);
-        n = read_full(reader, buf)
-            .with_context(|| format!("reading the image at byte {bytes_read}"))?;
+        // Known zeros after the data: a hole (merged with its neighbours), never read.
+        // `fill` skips nothing past the capacity.
+        out.zeros(block.zeros)?;
+        covered += block.zeros;
+        skipped += block.zeros;
+        progress(covered);
+        block = source
+            .fill(buf, covered, capacity)
+            .with_context(|| format!("reading the image at byte {covered}"))?;
     }
     // The tail past the image (LVM rounds volumes up) must read zeros too.
-    out.zeros(capacity - bytes_read)?;
+    out.zeros(capacity - covered)?;
     out.flush_hole()?;
     let (data_bytes, hole_bytes) = (out.data_bytes, out.hole_bytes);
     ensure!(
@@ -217,7 +337,7 @@ fn send_image(
     stream
         .finish()
         .with_context(|| format!("finishing the upload to volume '{what}'"))?;
-    Ok((bytes_read, data_bytes, hole_bytes))
+    Ok((covered, skipped, data_bytes, hole_bytes))
 }
 
 /// Cut a file volume down to one byte before a sparse upload rewrites it.
@@ -523,38 +643,41 @@ pub fn download_into(vol: &Vol, offset: u64, buf: &mut [u8]) -> Result<()> {
     Ok(())
 }
 
-/// Read until `buf` is full or the reader is at its end (pipes return short reads).
-fn read_full(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match reader.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+/// Whether `data` is all zero bytes. ORs 256-byte pieces together without a branch inside a
+/// piece, which the compiler vectorises: measured here 53 GB/s on cache-hot zeros, against
+/// 20 GB/s for a 16-byte compare with an early exit after each.
+pub fn is_zero(data: &[u8]) -> bool {
+    let mut pieces = data.chunks_exact(256);
+    for piece in pieces.by_ref() {
+        let acc = piece.chunks_exact(8).fold(0u64, |acc, w| {
+            acc | u64::from_ne_bytes(w.try_into().expect("8 bytes"))
+        });
+        if acc != 0 {
+            return false;
         }
     }
-    Ok(n)
-}
-
-/// Whether `data` is all zero bytes; compares 16 bytes at a time, which the compiler vectorises.
-pub fn is_zero(data: &[u8]) -> bool {
-    let mut chunks = data.chunks_exact(16);
-    let wide = chunks
-        .by_ref()
-        .all(|c| u128::from_ne_bytes(c.try_into().expect("16-byte chunk")) == 0);
-    wide && chunks.remainder().iter().all(|&b| b == 0)
+    pieces.remainder().iter().all(|&b| b == 0)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::is_zero;
+    use super::{is_zero, PageAligned};
+
+    #[test]
+    fn the_read_buffer_starts_on_a_page() {
+        for len in [1, 4096, 256 << 10] {
+            let mut b = PageAligned::new(len);
+            let buf = b.get();
+            assert_eq!(buf.len(), len);
+            assert_eq!(buf.as_ptr() as usize % 4096, 0);
+        }
+    }
 
     #[test]
     fn is_zero_sees_a_single_set_byte_anywhere() {
         let mut v = vec![0u8; 4096 + 7];
         assert!(is_zero(&v));
-        for i in [0, 15, 16, 4095, 4096, 4102] {
+        for i in [0, 7, 8, 15, 16, 255, 256, 4095, 4096, 4102] {
             v[i] = 1;
             assert!(!is_zero(&v), "byte {i}");
             v[i] = 0;

@@ -14,6 +14,7 @@ use super::grains::{Cursor, GrainMap};
 use super::hosted;
 use super::names;
 use super::runs::Source;
+use crate::image_read::{file_extent, Extent, ImageRead};
 
 #[derive(Debug)]
 enum Segment {
@@ -168,7 +169,9 @@ impl BaseImage {
     }
 
     /// The whole virtual disk, front to back (zeros for ZERO extents and unallocated grains).
-    pub fn reader(&self) -> io::Result<Box<dyn Read + Send>> {
+    /// Its [`ImageRead::next_extent`] skips ZERO extents, unallocated and zero grains and the
+    /// holes of flat extent files without reading them.
+    pub fn reader(&self) -> io::Result<Box<dyn ImageRead + Send>> {
         Ok(Box::new(BaseReader {
             segments: self.segments.clone(),
             index: 0,
@@ -185,6 +188,56 @@ struct BaseReader {
     pos: u64,
     /// Cursor over the current sparse segment.
     cursor: Option<Cursor>,
+}
+
+impl ImageRead for BaseReader {
+    fn next_extent(&mut self, max: u64) -> io::Result<Extent> {
+        let max = max.max(1);
+        let segments = self.segments.clone();
+        // Skip the segments behind the position, as `read` does.
+        let (start, len, seg) = loop {
+            let Some((start, len, seg)) = segments.get(self.index) else {
+                // The end: `read` says so.
+                return Ok(Extent::Data(max));
+            };
+            if self.pos - start < *len {
+                break (*start, *len, seg);
+            }
+            self.index += 1;
+            self.cursor = None;
+        };
+        let rel = self.pos - start;
+        // Never past this segment: the next one answers for itself.
+        let max = max.min(len - rel);
+        let ext = match seg {
+            Segment::Flat(FlatSource::Zeros) => Extent::Zeros(max),
+            Segment::Flat(FlatSource::Data { file, offset }) => {
+                file_extent(&file.file, offset + rel, max).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "{}: looking for holes at byte {}: {e}",
+                            show(&file.path),
+                            offset + rel
+                        ),
+                    )
+                })?
+            }
+            Segment::Sparse(map) => {
+                let cursor = self.cursor.get_or_insert_with(|| Cursor::new(map.clone()));
+                let span = cursor.lookup(rel).map_err(io::Error::other)?;
+                let n = max.min(span.len);
+                match span.source {
+                    None | Some(Source::Zeros) => Extent::Zeros(n),
+                    Some(Source::Data { .. }) => Extent::Data(n),
+                }
+            }
+        };
+        if let Extent::Zeros(n) = ext {
+            self.pos += n;
+        }
+        Ok(ext)
+    }
 }
 
 impl Read for BaseReader {
@@ -234,5 +287,163 @@ impl Read for BaseReader {
             self.pos += n;
             return Ok(n as usize);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::File;
+    use std::os::fd::AsFd;
+
+    const MIB: u64 = 1 << 20;
+
+    fn sparse_file(path: &Path, len: u64, data: &[(u64, u64)]) {
+        let f = File::create(path).unwrap();
+        f.set_len(len).unwrap();
+        for &(at, n) in data {
+            f.write_all_at(&vec![0xa7u8; n as usize], at).unwrap();
+        }
+    }
+
+    /// Whether this file system keeps holes (else only the generic checks apply).
+    fn holes_here(dir: &Path) -> bool {
+        let p = dir.join("probe");
+        sparse_file(&p, 2 * MIB, &[(MIB, 4096)]);
+        let f = File::open(&p).unwrap();
+        let data = nix::unistd::lseek(f.as_fd(), 0, nix::unistd::Whence::SeekData);
+        matches!(data, Ok(d) if d > 0)
+    }
+
+    /// Answers of `next_extent` at their virtual offsets.
+    type Seen = Vec<(u64, Extent)>;
+
+    /// Walk `r` as `upload_image` does: (the answers, the bytes).
+    fn walk(r: &mut dyn ImageRead, max: u64) -> io::Result<(Seen, Vec<u8>)> {
+        let mut seen = Vec::new();
+        let mut bytes = Vec::new();
+        loop {
+            let at = bytes.len() as u64;
+            let ext = r.next_extent(max)?;
+            seen.push((at, ext));
+            match ext {
+                Extent::Zeros(n) => bytes.resize((at + n) as usize, 0),
+                Extent::Data(n) => {
+                    let mut buf = vec![0u8; n.min(8 * MIB) as usize];
+                    let k = r.read(&mut buf)?;
+                    if k == 0 {
+                        return Ok((seen, bytes));
+                    }
+                    bytes.extend_from_slice(&buf[..k]);
+                }
+            }
+        }
+    }
+
+    /// FLAT a (4 MiB, data crossing the segment's end in the file) | ZERO 2 MiB | FLAT b at
+    /// 1 MiB of its file (2 MiB: hole, data, a hole to the file's end) | FLAT c (1 MiB, all
+    /// hole).
+    fn image(dir: &Path) -> BaseImage {
+        sparse_file(
+            &dir.join("a.raw"),
+            5 * MIB,
+            &[(MIB, 8192), (7 * MIB / 2, MIB)],
+        );
+        sparse_file(&dir.join("b.raw"), 3 * MIB, &[(3 * MIB / 2, MIB / 2)]);
+        sparse_file(&dir.join("c.raw"), MIB, &[]);
+        let desc = "# Disk DescriptorFile\nversion=1\nCID=0000abcd\nparentCID=ffffffff\n\
+                    createType=\"monolithicFlat\"\n\
+                    RW 8192 FLAT \"a.raw\" 0\nRW 4096 ZERO\nRW 4096 FLAT \"b.raw\" 2048\n\
+                    RW 2048 FLAT \"c.raw\" 0\n";
+        std::fs::write(dir.join("d.vmdk"), desc).unwrap();
+        BaseImage::open(&dir.join("d.vmdk"), &OpenOptions::default()).unwrap()
+    }
+
+    #[test]
+    fn known_zeros_stop_at_segment_boundaries_and_match_the_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = image(dir.path());
+        assert_eq!(base.capacity, 9 * MIB);
+        let mut plain = Vec::new();
+        base.reader().unwrap().read_to_end(&mut plain).unwrap();
+        let (seen, bytes) = walk(&mut base.reader().unwrap(), u64::MAX).unwrap();
+        assert!(bytes == plain, "skipping changed the bytes");
+        // No answer crosses a segment boundary.
+        let bounds = [4 * MIB, 6 * MIB, 8 * MIB];
+        for &(at, ext) in &seen {
+            let (Extent::Zeros(n) | Extent::Data(n)) = ext;
+            if at < base.capacity {
+                for b in bounds {
+                    assert!(!(at < b && at + n > b), "{ext:?} at {at} crosses {b}");
+                }
+            }
+        }
+        // Known zeros never cover data.
+        for &(at, ext) in &seen {
+            if let Extent::Zeros(n) = ext {
+                assert!(plain[at as usize..(at + n) as usize]
+                    .iter()
+                    .all(|&b| b == 0));
+            }
+        }
+        let zeros_at = |at: u64| {
+            seen.iter()
+                .find(|&&(a, _)| a == at)
+                .map(|&(_, e)| e)
+                .unwrap_or_else(|| panic!("no answer at {at}: {seen:?}"))
+        };
+        // The ZERO extent, whole, whatever the file systems.
+        assert_eq!(zeros_at(4 * MIB), Extent::Zeros(2 * MIB));
+        if !holes_here(dir.path()) {
+            eprintln!("no holes on this file system: file hole checks skipped");
+            return;
+        }
+        assert_eq!(zeros_at(0), Extent::Zeros(MIB));
+        // a's data runs on past the segment: the answer stops at its end.
+        let (at, ext) = *seen
+            .iter()
+            .find(|&&(a, e)| a >= 2 * MIB && matches!(e, Extent::Data(_)))
+            .unwrap();
+        assert_eq!(at, 7 * MIB / 2);
+        assert_eq!(ext, Extent::Data(MIB / 2));
+        // b: its hole, its data, then a hole to the end of its file (SEEK_DATA says ENXIO).
+        assert_eq!(zeros_at(6 * MIB), Extent::Zeros(MIB / 2));
+        assert_eq!(zeros_at(13 * MIB / 2), Extent::Data(MIB / 2));
+        assert_eq!(zeros_at(7 * MIB), Extent::Zeros(MIB));
+        // c: all hole.
+        assert_eq!(zeros_at(8 * MIB), Extent::Zeros(MIB));
+        let skipped: u64 = seen
+            .iter()
+            .map(|&(_, e)| match e {
+                Extent::Zeros(n) => n,
+                Extent::Data(_) => 0,
+            })
+            .sum();
+        assert!(skipped >= 7 * MIB, "skipped {skipped}");
+        // `max` bounds the answer.
+        let mut r = base.reader().unwrap();
+        assert_eq!(r.next_extent(100).unwrap(), Extent::Zeros(100));
+        let mut b = [1u8; 10];
+        r.read_exact(&mut b).unwrap();
+        assert_eq!(b, [0; 10]);
+    }
+
+    #[test]
+    fn a_flat_file_cut_short_after_opening_still_fails_the_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = image(dir.path());
+        // c.raw (the last MiB) loses its second half after the base was opened.
+        File::options()
+            .write(true)
+            .open(dir.path().join("c.raw"))
+            .unwrap()
+            .set_len(MIB / 2)
+            .unwrap();
+        let err = walk(&mut base.reader().unwrap(), u64::MAX).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
+        // Plain reading fails the same way.
+        let mut plain = Vec::new();
+        let err = base.reader().unwrap().read_to_end(&mut plain).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
     }
 }
