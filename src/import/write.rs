@@ -132,8 +132,24 @@ fn write_direct(vol: &Vol, chain: &Chain) -> Result<WriteReport> {
     })
 }
 
-/// Upload calls over windows planned with the cost model. The caller has surveyed the chain
-/// (every table read and checked) before this writes a byte.
+/// Upload calls in flight at once. A call's fixed cost is mostly waiting (the daemon starts
+/// a helper process per stream, syncs the data when it closes, refreshes the pool), so a
+/// second call in flight hides much of it; windows never overlap, so the order in which
+/// they land does not matter.
+const CALLS_IN_FLIGHT: usize = 2;
+
+/// The planner and what the calls taught it, shared by the uploading threads.
+struct Shared<'c, I: Iterator> {
+    planner: WindowPlanner<I>,
+    cost: &'c mut CostModel,
+    report: WriteReport,
+    last_end: Option<u64>,
+    /// Set by the first thread that fails: the others stop taking windows.
+    failed: bool,
+}
+
+/// Upload calls over windows planned with the cost model, `CALLS_IN_FLIGHT` at a time. The
+/// caller has surveyed the chain (every table read and checked) before this writes a byte.
 pub fn write_streamed(
     vol: &Vol,
     chain: &Chain,
@@ -141,33 +157,76 @@ pub fn write_streamed(
     gaps: &Gaps,
 ) -> Result<WriteReport> {
     let started = Instant::now();
-    let mut report = WriteReport {
-        io: "stream",
-        ..Default::default()
-    };
-    let mut planner = WindowPlanner::new(chain.pieces());
-    let mut last_end = None;
-    while let Some(window) = planner.next_window(cost) {
-        let window = window?;
-        for p in &window.pieces {
-            apply::tally(&mut report.changes, p, &mut last_end);
+    let shared = std::sync::Mutex::new(Shared {
+        planner: WindowPlanner::new(chain.pieces()),
+        cost,
+        report: WriteReport {
+            io: "stream",
+            ..Default::default()
+        },
+        last_end: None,
+        failed: false,
+    });
+    let worker = || -> Result<()> {
+        loop {
+            let window = {
+                let mut sh = shared.lock().expect("no thread panics holding the plan");
+                if sh.failed {
+                    return Ok(());
+                }
+                let Shared { planner, cost, .. } = &mut *sh;
+                match planner.next_window(cost) {
+                    None => return Ok(()),
+                    Some(Err(e)) => {
+                        sh.failed = true;
+                        return Err(e.into());
+                    }
+                    Some(Ok(w)) => {
+                        let Shared {
+                            report, last_end, ..
+                        } = &mut *sh;
+                        for p in &w.pieces {
+                            apply::tally(&mut report.changes, p, last_end);
+                        }
+                        w
+                    }
+                }
+            };
+            let call_started = Instant::now();
+            let done = upload_window(vol, &window, gaps).with_context(|| {
+                format!(
+                    "writing bytes {}..{} of volume '{}'",
+                    window.offset,
+                    window.end(),
+                    vol.describe()
+                )
+            });
+            let mut sh = shared.lock().expect("no thread panics holding the plan");
+            if let Err(e) = done {
+                sh.failed = true;
+                return Err(e);
+            }
+            sh.cost.observe_call(window.len, call_started.elapsed());
+            sh.report.calls += 1;
+            sh.report.gap_bytes += window.gap_bytes();
         }
-        let call_started = Instant::now();
-        upload_window(vol, &window, gaps).with_context(|| {
-            format!(
-                "writing bytes {}..{} of volume '{}'",
-                window.offset,
-                window.end(),
-                vol.describe()
-            )
-        })?;
-        cost.observe_call(window.len, call_started.elapsed());
-        report.calls += 1;
-        report.gap_bytes += window.gap_bytes();
-    }
+    };
+    std::thread::scope(|scope| -> Result<()> {
+        let others: Vec<_> = (1..CALLS_IN_FLIGHT).map(|_| scope.spawn(worker)).collect();
+        let mut result = worker();
+        for t in others {
+            let r = t
+                .join()
+                .map_err(|_| anyhow::anyhow!("an upload thread panicked"))?;
+            result = result.and(r);
+        }
+        result
+    })?;
+    let sh = shared.into_inner().expect("no thread panicked");
+    let mut report = sh.report;
     if report.calls > 0 {
-        report.call_cost = cost.call_cost();
-        report.byte_secs = cost.byte_secs();
+        report.call_cost = sh.cost.call_cost();
+        report.byte_secs = sh.cost.byte_secs();
     }
     report.elapsed = started.elapsed();
     report.changes.elapsed = report.elapsed;
