@@ -258,13 +258,12 @@ fn upload_window(vol: &Vol, window: &Window, gaps: &Gaps) -> Result<()> {
             })?;
         }
         Gaps::Volume if has_gaps => {
-            let download = Download::open(vol, window.offset, window.len)?;
             std::thread::scope(|scope| -> Result<()> {
                 let (full_tx, full_rx) =
                     std::sync::mpsc::sync_channel::<Result<Vec<u8>>>(DOWNLOAD_QUEUE);
                 let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-                let len = window.len;
-                let reader = scope.spawn(move || read_ahead(download, len, full_tx, empty_rx));
+                let (offset, len) = (window.offset, window.len);
+                let reader = scope.spawn(move || read_ahead(vol, offset, len, full_tx, empty_rx));
                 let mut queue = ChunkQueue {
                     rx: full_rx,
                     recycle: empty_tx,
@@ -290,34 +289,51 @@ fn upload_window(vol: &Vol, window: &Window, gaps: &Gaps) -> Result<()> {
     Ok(())
 }
 
-/// The download side of a window: read `len` bytes in chunks and pass them on, reusing the
-/// buffers the upload side hands back. Stops early, without error, when the upload side has
-/// gone (it failed, and reports why).
+/// Bytes one download stream covers. libvirt's client queues a download's data as fast as the
+/// daemon sends it, whether or not it is read yet, so one stream over a long window would
+/// hold much of the window in memory; a window is read through a series of these instead
+/// (downloads start no pool refresh, so the extra calls are cheap).
+const DOWNLOAD_SPAN: u64 = 8 << 20;
+
+/// The download side of a window: read `len` bytes at `offset` of `vol`, a span at a time,
+/// and pass them on in chunks, reusing the buffers the upload side hands back. An error goes
+/// to the upload side (which fails with it) and is returned; when the upload side has gone
+/// (it failed, and reports why), this stops without one.
 fn read_ahead(
-    mut download: Download,
+    vol: &Vol,
+    offset: u64,
     len: u64,
     full: std::sync::mpsc::SyncSender<Result<Vec<u8>>>,
     empty: std::sync::mpsc::Receiver<Vec<u8>>,
 ) -> Result<()> {
     let mut done = 0u64;
     while done < len {
-        let n = DOWNLOAD_CHUNK.min((len - done) as usize);
-        let mut buf = empty.try_recv().unwrap_or_default();
-        buf.resize(n, 0);
-        match download.read_exact(&mut buf) {
-            Ok(()) => {
-                if full.send(Ok(buf)).is_err() {
-                    return Ok(());
-                }
-            }
+        let span = DOWNLOAD_SPAN.min(len - done);
+        let mut download = match Download::open(vol, offset + done, span) {
+            Ok(d) => d,
             Err(e) => {
-                let _ = full.send(Err(e));
+                let _ = full.send(Err(anyhow::anyhow!("{e:#}")));
+                return Err(e);
+            }
+        };
+        let mut got = 0u64;
+        while got < span {
+            let n = DOWNLOAD_CHUNK.min((span - got) as usize);
+            let mut buf = empty.try_recv().unwrap_or_default();
+            buf.resize(n, 0);
+            if let Err(e) = download.read_exact(&mut buf) {
+                let _ = full.send(Err(anyhow::anyhow!("{e:#}")));
+                return Err(e);
+            }
+            if full.send(Ok(buf)).is_err() {
                 return Ok(());
             }
+            got += n as u64;
         }
-        done += n as u64;
+        download.finish()?;
+        done += span;
     }
-    download.finish().map(drop)
+    Ok(())
 }
 
 /// The upload side's view of the download: chunks as they arrive, read in any sizes.
