@@ -35,17 +35,18 @@ if [ "$QUICK" = 1 ]; then
     DENSE=$((256 * MiB)) S1_RUNS=64                       # case 1 (and 3's dense image)
     SCAT_CAP=$((1 * GiB)) SCAT_RUNS=8192                  # case 2
     ZERO_CAP=$((1 * GiB))                                 # case 3's 90%-zero image
-    OTHERS=200 REPEAT=1
+    OTHERS=200 REPEAT=1 PROBE_RUNS=8
 else
     DENSE=$((1 * GiB)) S1_RUNS=256
     SCAT_CAP=$((4 * GiB)) SCAT_RUNS=32768
     ZERO_CAP=$((4 * GiB))
-    OTHERS=2000 REPEAT=3
+    OTHERS=2000 REPEAT=3 PROBE_RUNS=16
 fi
 
 BIN=$here/target/release/virt-vmdkimport
 MKDELTA=$here/target/release/examples/mkdelta
-DOMS=(vmdkimport-bench-dense vmdkimport-bench-zero90 vmdkimport-bench-scat1 vmdkimport-bench-scat2k)
+DOMS=(vmdkimport-bench-dense vmdkimport-bench-zero90 vmdkimport-bench-scat1 vmdkimport-bench-scat2k
+      vmdkimport-bench-probe1 vmdkimport-bench-probe2k)
 
 v() { virsh -q -c "$URI" "$@"; }
 log() { printf 'bench: %s\n' "$*" >&2; }
@@ -183,6 +184,13 @@ EOF
     "$MKDELTA" --format sesparse --capacity "$SCAT_CAP" --base-descriptor "$W/scat/scat.vmdk" \
         --out "$W/scat/scat-000001.vmdk" --runs "$SCAT_RUNS" --run-size 4096 --seed 22 >&2
     # The raw-file reference (a): the base copied sparse, the same delta applied with --target.
+    # The call-cost probe: a few 4 KiB runs too far apart to share a call, on a disk of the
+    # same size; its stage 2 time over its calls is what one call per run costs on a pool.
+    mkdir -p "$W/probe"
+    truncate -s "$SCAT_CAP" "$W/probe/probe-flat.vmdk"
+    base_descriptor "$W/probe" probe "$SCAT_CAP" 3d000004
+    "$MKDELTA" --format sesparse --capacity "$SCAT_CAP" --base-descriptor "$W/probe/probe.vmdk" \
+        --out "$W/probe/probe-000001.vmdk" --runs "$PROBE_RUNS" --run-size 4096 --seed 23 >&2
     cp --sparse=always "$W/scat/scat-flat.vmdk" "$W/scat/raw.img"
     # The whole-disk reference (c): the disk as it is after the delta, 4 GiB sent by vol-upload.
     cp --sparse=always "$W/scat/scat-flat.vmdk" "$W/scat/full.img"
@@ -313,6 +321,15 @@ for pool in "$P1" "$P2"; do
     pair "s2-direct-$tag" : "s2-raw-$tag" :
     result "s2-raw-$tag"; a=$T a_rss=$RSS; note_rss "$RSS"
 
+    log "case 2, pool $pool: the call-cost probe ($PROBE_RUNS runs far apart, one call each)"
+    probe=vmdkimport-bench-probe$([ "$pool" = "$P1" ] && echo 1 || echo 2k)
+    "$BIN" -c "$URI" --domain "$probe" --pool "$pool" --flat "$W/probe/probe.vmdk" --no-start >/dev/null
+    measure "s2-probe-$tag" "$BIN" -c "$URI" --domain "$probe" "$W/probe/probe-000001.vmdk" --io stream --no-start
+    pout=$W/out/s2-probe-$tag
+    [ "$(field gap_bytes "$pout")" = 0 ] || log "warning: the probe merged runs (gap_bytes $(field gap_bytes "$pout")): (b) is overstated"
+    per_call_ms=$(awk -v e="$(field elapsed_s "$pout")" -v c="$(field calls "$pout")" 'BEGIN { printf "%.3f", e * 1000 / c }')
+    fresh_dom "$probe" "$pool"
+
     log "case 2, pool $pool: stage 2 --io stream with the base moved away (gaps downloaded from the volume)"
     mv "$W/scat/scat-flat.vmdk" "$W/scat/scat-flat.vmdk.away"
     measure "s2-streamdl-$tag" "$BIN" -c "$URI" --domain "$dom" "$W/scat/scat-000001.vmdk" --io stream --no-start
@@ -327,13 +344,11 @@ for pool in "$P1" "$P2"; do
             t=$tdl rss=$rssdl label="2 $tag, --io stream (gaps: volume)"
         fi
         out=$W/out/s2-$variant-$tag
-        calls=$(field calls "$out") call_ms=$(field call_ms "$out") byte_ns=$(field byte_ns "$out")
-        runs=$(field runs "$out") data=$(field data_bytes "$out")
-        # (b) one upload call per run: each run's call at the fixed cost this stream run fitted
-        # on this pool, plus the run's own bytes at the fitted cost per byte.
-        b=$(awk -v r="$runs" -v c="$call_ms" -v d="$data" -v n="$byte_ns" 'BEGIN { printf "%.3f", r * c / 1000 + d * n / 1e9 }')
+        calls=$(field calls "$out") runs=$(field runs "$out")
+        # (b) one upload call per run, at the time one call took in the probe on this pool.
+        b=$(awk -v r="$runs" -v c="$per_call_ms" 'BEGIN { printf "%.3f", r * c / 1000 }')
         row "$label" "$t" "$calls" "$rss" "(a) --target raw apply" "$a" - -
-        row + "$t" "" "" "(b) $runs calls x ${call_ms} ms + bytes" "$b" le "$([ "$pool" = "$P2" ] && echo 0.02 || echo 1)"
+        row + "$t" "" "" "(b) $runs calls x ${per_call_ms} ms" "$b" le "$([ "$pool" = "$P2" ] && echo 0.02 || echo 1)"
         row + "$t" "" "" "(c) virsh vol-upload $((SCAT_CAP / MiB)) MiB" "$c" "$([ "$pool" = "$P2" ] && echo le || echo -)" 5
     done
 
