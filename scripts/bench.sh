@@ -326,7 +326,9 @@ for pool in "$P1" "$P2"; do
     "$BIN" -c "$URI" --domain "$probe" --pool "$pool" --flat "$W/probe/probe.vmdk" --no-start >/dev/null
     measure "s2-probe-$tag" "$BIN" -c "$URI" --domain "$probe" "$W/probe/probe-000001.vmdk" --io stream --no-start
     pout=$W/out/s2-probe-$tag
-    [ "$(field gap_bytes "$pout")" = 0 ] || log "warning: the probe merged runs (gap_bytes $(field gap_bytes "$pout")): (b) is overstated"
+    # Two of its runs may land close enough to share a call; a few hundred KiB of gap change
+    # nothing, more would overstate (b).
+    [ "$(field gap_bytes "$pout")" -lt $((4 * MiB)) ] || log "warning: the probe merged runs (gap_bytes $(field gap_bytes "$pout")): (b) is overstated"
     per_call_ms=$(awk -v e="$(field elapsed_s "$pout")" -v c="$(field calls "$pout")" 'BEGIN { printf "%.3f", e * 1000 / c }')
     fresh_dom "$probe" "$pool"
 
