@@ -10,7 +10,7 @@ use util::bootimg;
 use util::fixtures::{descriptor, pattern, Kind, SECTOR};
 use util::import::*;
 use util::libvirt::{unique_name, TestPool, REMOTE_URI};
-use util::{qemu_read, Folder, Rng, BASE_CID};
+use util::{assert_same, qemu_read, Folder, Rng, BASE_CID};
 
 /// Every test disk: 8 MiB.
 const CAP: u64 = 8 * MIB;

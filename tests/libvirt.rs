@@ -7,6 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use util::assert_same;
 use util::bootimg;
 use util::libvirt::{unique_name, TestPool, LOCAL_URI, REMOTE_URI};
 use vmdkimport::libvirt::{
@@ -54,17 +55,6 @@ fn read_all(vol: &Vol) -> Vec<u8> {
     let n = download(vol, 0, cap, &mut out).unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(n, cap);
     out
-}
-
-/// Compare without printing megabytes: the first differing offset.
-fn assert_same(got: &[u8], want: &[u8], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
-        panic!(
-            "{what}: first difference at byte {i}: got {:#04x}, want {:#04x}",
-            got[i], want[i]
-        );
-    }
 }
 
 fn expected_volume(img: &[u8], capacity: usize) -> Vec<u8> {

@@ -8,6 +8,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use util::assert_same;
 use util::fixtures::{descriptor, pattern, write_hosted, HostedOptions, Kind};
 use util::libvirt::TestPool;
 use vmdkimport::libvirt::{download, upload_at, upload_image, Vol};
@@ -36,16 +37,6 @@ fn read_all(vol: &Vol) -> Vec<u8> {
     let mut out = Vec::with_capacity(cap as usize);
     download(vol, 0, cap, &mut out).unwrap_or_else(|e| panic!("{e:#}"));
     out
-}
-
-fn assert_same(got: &[u8], want: &[u8], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
-        panic!(
-            "{what}: first difference at byte {i}: got {:#04x}, want {:#04x}",
-            got[i], want[i]
-        );
-    }
 }
 
 /// Whether `path` starts with a hole (the file system keeps holes).

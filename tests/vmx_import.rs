@@ -11,13 +11,13 @@ use std::time::Duration;
 use util::bootimg;
 use util::fixtures::{pattern, Kind, SECTOR};
 use util::libvirt::{unique_name, TestPool};
-use util::qemu_read;
 use util::vmximport::{
-    add_console_log, assert_same, cowd_child, disks_of, domain_exists, domstate, dumpxml,
-    flat_base, import, import_on, memory_mib, mib_of, nics_of, sesparse_child, set_cowd_unclean,
-    tool, unique_bios_uuid, validate_domain_xml, virsh, volume_bytes, volume_names, wait_for_line,
-    El, TestNet,
+    add_console_log, cowd_child, disks_of, domain_exists, domstate, dumpxml, flat_base, import,
+    import_on, memory_mib, mib_of, nics_of, sesparse_child, set_cowd_unclean, tool,
+    unique_bios_uuid, validate_domain_xml, virsh, volume_bytes, volume_names, wait_for_line, El,
+    TestNet,
 };
+use util::{assert_same, qemu_read};
 use vmdkimport::state::NS_URI;
 
 const MIB: usize = 1 << 20;

@@ -94,23 +94,6 @@ pub fn virsh(uri: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Compare without printing megabytes: the first differing offset.
-pub fn assert_same(got: &[u8], want: &[u8], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    if got == want {
-        // memcmp: quick even in a debug build.
-        return;
-    }
-    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
-        panic!(
-            "{what}: first difference at byte {i} (sector {}): got {:#04x}, want {:#04x}",
-            i / 512,
-            got[i],
-            want[i]
-        );
-    }
-}
-
 /// Every byte of `vol`, through a libvirt download stream.
 pub fn read_volume(vol: &Vol) -> Vec<u8> {
     let cap = vol.capacity().unwrap();

@@ -143,3 +143,20 @@ impl Rng {
         }
     }
 }
+
+/// Compare two images without printing megabytes: the first differing byte and its sector.
+pub fn assert_same(got: &[u8], want: &[u8], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if got == want {
+        // memcmp: quick even in a debug build.
+        return;
+    }
+    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+        panic!(
+            "{what}: first difference at byte {i} (sector {}): got {:#04x}, want {:#04x}",
+            i / 512,
+            got[i],
+            want[i]
+        );
+    }
+}

@@ -392,22 +392,6 @@ pub fn volume_names(tp: &TestPool) -> Vec<String> {
     v
 }
 
-/// Compare without printing megabytes: the first differing byte and its sector.
-pub fn assert_same(got: &[u8], want: &[u8], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    if got == want {
-        return;
-    }
-    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
-        panic!(
-            "{what}: first difference at byte {i} (sector {}): got {:#04x}, want {:#04x}",
-            i / 512,
-            got[i],
-            want[i]
-        );
-    }
-}
-
 pub use super::xml::El;
 
 /// What a test checks of a domain's disks: (device, target dev, bus, source pool, source volume).
