@@ -2,7 +2,7 @@
 
 mod util;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use util::fixtures::*;
@@ -35,69 +35,12 @@ fn scatter(rng: &mut Rng, capacity_grains: u64, n: usize, kinds: &[Kind]) -> Vec
 const DATA: &[Kind] = &[Kind::Data, Kind::Data, Kind::Data];
 const DATA_ZERO_UNMAPPED: &[Kind] = &[Kind::Data, Kind::Data, Kind::Zero, Kind::Unmapped];
 
-/// A COWD child (descriptor + extent) of `parent` (cid, hint).
-fn cowd_child(
-    f: &Folder,
-    name: &str,
-    cid: u32,
-    parent: (u32, &str),
-    grain_sectors: u64,
-    grains: &[(u64, Kind)],
-) -> (PathBuf, PathBuf) {
-    let extent = format!("{name}-delta.vmdk");
-    let ep = f.path(&extent);
-    write_cowd(
-        &ep,
-        f.capacity_sectors,
-        grain_sectors,
-        grains,
-        &mut pattern(cid as u64),
-        &CowdOptions::default(),
-    )
-    .unwrap();
-    let d = descriptor(
-        cid,
-        Some(parent),
-        "vmfsSparse",
-        &[format!("RW {} VMFSSPARSE \"{extent}\"", f.capacity_sectors)],
-    );
-    (f.write(&format!("{name}.vmdk"), &d), ep)
-}
-
-/// An SEsparse child (descriptor + extent) of `parent`.
-fn sesparse_child(
-    f: &Folder,
-    name: &str,
-    cid: u32,
-    parent: (u32, &str),
-    grains: &[(u64, Kind)],
-    opts: &SeSparseOptions,
-) -> (PathBuf, PathBuf) {
-    let extent = format!("{name}-sesparse.vmdk");
-    let ep = f.path(&extent);
-    write_sesparse(
-        &ep,
-        f.capacity_sectors,
-        grains,
-        &mut pattern(cid as u64),
-        opts,
-    )
-    .unwrap();
-    let d = descriptor(
-        cid,
-        Some(parent),
-        "seSparse",
-        &[format!("RW {} SESPARSE \"{extent}\"", f.capacity_sectors)],
-    );
-    (f.write(&format!("{name}.vmdk"), &d), ep)
-}
-
 #[test]
 fn cowd_grain_1_with_partial_last_table_matches_qemu() {
     // 3 full tables of 4096 sectors and a partial fourth.
     let f = Folder::base(3 * 4096 + 123);
     let grains = scatter(&mut Rng(1), f.capacity_sectors, 400, DATA);
-    let (desc, extent) = cowd_child(&f, "vm-000001", 0x11, (BASE_CID, "base.vmdk"), 1, &grains);
+    let (desc, extent) = f.cowd_child("vm-000001", 0x11, (BASE_CID, "base.vmdk"), 1, &grains);
     assert_matches_qemu(&f, &desc, &[&desc]);
     // The bare extent gives the same bytes.
     assert_matches_qemu(&f, &desc, &[&extent]);
@@ -107,7 +50,7 @@ fn cowd_grain_1_with_partial_last_table_matches_qemu() {
 fn cowd_grain_8_out_of_order_matches_qemu() {
     let f = Folder::base(40_000);
     let grains = scatter(&mut Rng(2), 40_000 / 8, 300, DATA);
-    let (desc, _) = cowd_child(&f, "vm-000001", 0x12, (BASE_CID, "base.vmdk"), 8, &grains);
+    let (desc, _) = f.cowd_child("vm-000001", 0x12, (BASE_CID, "base.vmdk"), 8, &grains);
     assert_matches_qemu(&f, &desc, &[&desc]);
 }
 
@@ -115,7 +58,7 @@ fn cowd_grain_8_out_of_order_matches_qemu() {
 fn crlf_nul_padded_odd_case_descriptor_reads_the_same() {
     let f = Folder::base(3 * 4096);
     let grains = scatter(&mut Rng(7), 3 * 4096, 100, DATA);
-    let (desc, _) = cowd_child(&f, "vm-000001", 0x14, (BASE_CID, "base.vmdk"), 1, &grains);
+    let (desc, _) = f.cowd_child("vm-000001", 0x14, (BASE_CID, "base.vmdk"), 1, &grains);
     let want = assert_matches_qemu(&f, &desc, &[&desc]);
     let text = std::fs::read_to_string(&desc).unwrap();
     let mut odd = text
@@ -149,7 +92,7 @@ fn cowd_entry_one_is_a_zeroed_grain_not_sector_one() {
         (4100, Kind::Zero),
         (11, Kind::Data),
     ];
-    let (desc, _) = cowd_child(&f, "vm-000001", 0x13, (BASE_CID, "base.vmdk"), 1, &grains);
+    let (desc, _) = f.cowd_child("vm-000001", 0x13, (BASE_CID, "base.vmdk"), 1, &grains);
     let mut expected = qemu_read(&desc);
     for g in [9usize, 10, 4100] {
         expected[g * 512..(g + 1) * 512].fill(0);
@@ -175,14 +118,8 @@ fn sesparse_zero_unmapped_high_clusters_partial_table_matches_qemu() {
         cluster_base: 5000,
         ..Default::default()
     };
-    let (desc, extent) = sesparse_child(
-        &f,
-        "vm-000001",
-        0x21,
-        (BASE_CID, "base.vmdk"),
-        &grains,
-        &opts,
-    );
+    let (desc, extent) =
+        f.sesparse_child("vm-000001", 0x21, (BASE_CID, "base.vmdk"), &grains, &opts);
     assert_matches_qemu(&f, &desc, &[&desc]);
     assert_matches_qemu(&f, &desc, &[&extent]);
 }
@@ -194,10 +131,9 @@ fn three_level_chain_matches_qemu_at_once_and_one_by_one() {
     let g1 = scatter(&mut rng, 40_000, 600, DATA);
     let g2 = scatter(&mut rng, 40_000 / 8, 200, DATA);
     let g3 = scatter(&mut rng, 40_000 / 8, 200, DATA_ZERO_UNMAPPED);
-    let (d1, _) = cowd_child(&f, "vm-000001", 0x31, (BASE_CID, "base.vmdk"), 1, &g1);
-    let (d2, _) = cowd_child(&f, "vm-000002", 0x32, (0x31, "vm-000001.vmdk"), 8, &g2);
-    let (d3, _) = sesparse_child(
-        &f,
+    let (d1, _) = f.cowd_child("vm-000001", 0x31, (BASE_CID, "base.vmdk"), 1, &g1);
+    let (d2, _) = f.cowd_child("vm-000002", 0x32, (0x31, "vm-000001.vmdk"), 8, &g2);
+    let (d3, _) = f.sesparse_child(
         "vm-000003",
         0x33,
         (0x32, "vm-000002.vmdk"),
@@ -253,7 +189,7 @@ fn pieces_are_ascending_merged_and_disjoint() {
         (30, Kind::Data),
         (8000, Kind::Data),
     ]);
-    let (desc, _) = cowd_child(&f, "vm-000001", 0x41, (BASE_CID, "base.vmdk"), 1, &grains);
+    let (desc, _) = f.cowd_child("vm-000001", 0x41, (BASE_CID, "base.vmdk"), 1, &grains);
     let chain = Chain::open_deltas(&[desc], &OpenOptions::default()).unwrap();
     let pieces: Vec<_> = chain.pieces().map(Result::unwrap).collect();
     let shape: Vec<_> = pieces
@@ -404,8 +340,7 @@ fn qemu_made_hosted_children_match_qemu() {
 fn repeated_run_gives_the_same_bytes() {
     let f = Folder::base(3 * 4096);
     let grains = scatter(&mut Rng(6), 3 * 4096 / 8, 100, DATA_ZERO_UNMAPPED);
-    let (desc, _) = sesparse_child(
-        &f,
+    let (desc, _) = f.sesparse_child(
         "vm-000001",
         0x51,
         (BASE_CID, "base.vmdk"),

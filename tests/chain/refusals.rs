@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use super::util::fixtures::*;
 use super::util::*;
-use super::{cowd_child, sesparse_child};
 
 /// Run the binary on `args`; it must fail with exit 1, one line naming `expect`, and leave the
 /// target's bytes and size as they were.
@@ -65,14 +64,7 @@ const COWD_GT2: u64 = 37 * 512;
 fn sesparse(opts: SeSparseOptions) -> (Folder, PathBuf, PathBuf) {
     let f = Folder::base(CAP);
     let grains = [(1, Kind::Data), (2, Kind::Zero), (1500, Kind::Data)];
-    let (d, e) = sesparse_child(
-        &f,
-        "vm-000001",
-        0x41,
-        (BASE_CID, "base.vmdk"),
-        &grains,
-        &opts,
-    );
+    let (d, e) = f.sesparse_child("vm-000001", 0x41, (BASE_CID, "base.vmdk"), &grains, &opts);
     (f, d, e)
 }
 
@@ -266,8 +258,7 @@ fn unsupported_extents_are_named() {
 #[test]
 fn parent_cid_mismatch() {
     let (f, d1, _) = cowd(false);
-    let (d2, _) = cowd_child(
-        &f,
+    let (d2, _) = f.cowd_child(
         "vm-000002",
         0x32,
         (0x99, "vm-000001.vmdk"),

@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use super::fixtures::{descriptor, write_cowd, write_sesparse, CowdOptions, Kind};
-use super::fixtures::{pattern, SeSparseOptions};
+use super::fixtures::{Kind, SeSparseOptions};
 use super::libvirt::{unique_name, TestPool};
 use super::xml::El;
 use super::{Folder, BIN};
@@ -446,23 +445,8 @@ pub fn cowd_child_sized(
     grains: &[(u64, Kind)],
     capacity_sectors: u64,
 ) -> PathBuf {
-    let extent = format!("{name}-delta.vmdk");
-    write_cowd(
-        &f.path(&extent),
-        capacity_sectors,
-        grain_sectors,
-        grains,
-        &mut pattern(cid as u64),
-        &CowdOptions::default(),
-    )
-    .unwrap();
-    let d = descriptor(
-        cid,
-        Some(parent),
-        "vmfsSparse",
-        &[format!("RW {capacity_sectors} VMFSSPARSE \"{extent}\"")],
-    );
-    f.write(&format!("{name}.vmdk"), &d)
+    f.cowd_child_sized(name, cid, parent, grain_sectors, grains, capacity_sectors)
+        .0
 }
 
 /// An SEsparse child (4 KiB grains) of `parent`: descriptor and extent.
@@ -473,22 +457,8 @@ pub fn sesparse_child(
     parent: (u32, &str),
     grains: &[(u64, Kind)],
 ) -> PathBuf {
-    let extent = format!("{name}-sesparse.vmdk");
-    write_sesparse(
-        &f.path(&extent),
-        f.capacity_sectors,
-        grains,
-        &mut pattern(cid as u64),
-        &SeSparseOptions::default(),
-    )
-    .unwrap();
-    let d = descriptor(
-        cid,
-        Some(parent),
-        "seSparse",
-        &[format!("RW {} SESPARSE \"{extent}\"", f.capacity_sectors)],
-    );
-    f.write(&format!("{name}.vmdk"), &d)
+    f.sesparse_child(name, cid, parent, grains, &SeSparseOptions::default())
+        .0
 }
 
 /// A hosted sparse (KDMV, monolithicSparse) child of the folder's `base.vmdk`, made by

@@ -11,7 +11,9 @@ pub mod xml;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use fixtures::{descriptor, pattern, SECTOR};
+use fixtures::{
+    descriptor, pattern, write_cowd, write_sesparse, CowdOptions, Kind, SeSparseOptions, SECTOR,
+};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_virt-vmdkimport");
 
@@ -58,6 +60,88 @@ impl Folder {
         let p = self.path(name);
         std::fs::write(&p, text).unwrap();
         p
+    }
+
+    /// A COWD child (descriptor + `-delta.vmdk` extent) of `parent` (cid, file name) at the
+    /// folder's capacity; returns (descriptor, extent).
+    pub fn cowd_child(
+        &self,
+        name: &str,
+        cid: u32,
+        parent: (u32, &str),
+        grain_sectors: u64,
+        grains: &[(u64, Kind)],
+    ) -> (PathBuf, PathBuf) {
+        self.cowd_child_sized(
+            name,
+            cid,
+            parent,
+            grain_sectors,
+            grains,
+            self.capacity_sectors,
+        )
+    }
+
+    /// [`Folder::cowd_child`] of another capacity (for capacity-mismatch cases).
+    pub fn cowd_child_sized(
+        &self,
+        name: &str,
+        cid: u32,
+        parent: (u32, &str),
+        grain_sectors: u64,
+        grains: &[(u64, Kind)],
+        capacity_sectors: u64,
+    ) -> (PathBuf, PathBuf) {
+        let extent = format!("{name}-delta.vmdk");
+        let ep = self.path(&extent);
+        write_cowd(
+            &ep,
+            capacity_sectors,
+            grain_sectors,
+            grains,
+            &mut pattern(cid as u64),
+            &CowdOptions::default(),
+        )
+        .unwrap();
+        let d = descriptor(
+            cid,
+            Some(parent),
+            "vmfsSparse",
+            &[format!("RW {capacity_sectors} VMFSSPARSE \"{extent}\"")],
+        );
+        (self.write(&format!("{name}.vmdk"), &d), ep)
+    }
+
+    /// An SEsparse child (descriptor + `-sesparse.vmdk` extent) of `parent`; returns
+    /// (descriptor, extent).
+    pub fn sesparse_child(
+        &self,
+        name: &str,
+        cid: u32,
+        parent: (u32, &str),
+        grains: &[(u64, Kind)],
+        opts: &SeSparseOptions,
+    ) -> (PathBuf, PathBuf) {
+        let extent = format!("{name}-sesparse.vmdk");
+        let ep = self.path(&extent);
+        write_sesparse(
+            &ep,
+            self.capacity_sectors,
+            grains,
+            &mut pattern(cid as u64),
+            opts,
+        )
+        .unwrap();
+        let d = descriptor(
+            cid,
+            Some(parent),
+            "seSparse",
+            &[format!(
+                "RW {} SESPARSE \"{extent}\"",
+                self.capacity_sectors
+            )],
+        );
+        (self.write(&format!("{name}.vmdk"), &d), ep)
     }
 
     /// A fresh target holding the base's bytes.
