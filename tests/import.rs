@@ -9,8 +9,8 @@ use std::time::Duration;
 use util::bootimg;
 use util::fixtures::{descriptor, pattern, Kind, SECTOR};
 use util::import::*;
-use util::libvirt::{unique_name, TestPool, REMOTE_URI};
-use util::{assert_same, qemu_read, Folder, Rng, BASE_CID};
+use util::libvirt::{fill_volume, read_volume, unique_name, TestPool, REMOTE_URI};
+use util::{assert_same, qemu_read, scatter, Folder, Rng, BASE_CID};
 
 /// Every test disk: 8 MiB.
 const CAP: u64 = 8 * MIB;
@@ -18,26 +18,6 @@ const SECTORS: u64 = CAP / SECTOR;
 
 const DATA: &[Kind] = &[Kind::Data];
 const DATA_ZERO_UNMAPPED: &[Kind] = &[Kind::Data, Kind::Data, Kind::Zero, Kind::Unmapped];
-
-/// `n` distinct grains below `capacity_grains` (first and last included), in short runs,
-/// kinds drawn from `kinds`, stored in shuffled order.
-fn scatter(rng: &mut Rng, capacity_grains: u64, n: usize, kinds: &[Kind]) -> Vec<(u64, Kind)> {
-    let mut set = std::collections::BTreeSet::from([0, capacity_grains - 1]);
-    while set.len() < n {
-        let g = rng.below(capacity_grains);
-        for k in 0..=rng.below(4) {
-            if g + k < capacity_grains {
-                set.insert(g + k);
-            }
-        }
-    }
-    let mut v: Vec<_> = set
-        .into_iter()
-        .map(|g| (g, kinds[rng.below(kinds.len() as u64) as usize]))
-        .collect();
-    rng.shuffle(&mut v);
-    v
-}
 
 /// Many short runs (1-4 grains) separated by short gaps (1-8 grains, now and then a long
 /// one) over the whole disk: the shape that makes one upload call per run expensive.

@@ -9,10 +9,9 @@ use std::time::{Duration, Instant};
 
 use util::assert_same;
 use util::bootimg;
+use util::libvirt::{fill_volume, read_volume};
 use util::libvirt::{unique_name, TestPool, LOCAL_URI, REMOTE_URI};
-use vmdkimport::libvirt::{
-    connect, download, download_into, upload_at, upload_image, DiskKind, Vol,
-};
+use vmdkimport::libvirt::{connect, download_into, upload_at, upload_image, DiskKind};
 
 const MIB: usize = 1 << 20;
 
@@ -40,23 +39,6 @@ fn mixed_image() -> Vec<u8> {
     img
 }
 
-fn fill_with(vol: &Vol, byte: u8) {
-    let cap = vol.capacity().unwrap();
-    upload_at(vol, 0, cap, &mut |_, buf| {
-        buf.fill(byte);
-        Ok(())
-    })
-    .unwrap_or_else(|e| panic!("{e:#}"));
-}
-
-fn read_all(vol: &Vol) -> Vec<u8> {
-    let cap = vol.capacity().unwrap();
-    let mut out = Vec::with_capacity(cap as usize);
-    let n = download(vol, 0, cap, &mut out).unwrap_or_else(|e| panic!("{e:#}"));
-    assert_eq!(n, cap);
-    out
-}
-
 fn expected_volume(img: &[u8], capacity: usize) -> Vec<u8> {
     let mut want = img.to_vec();
     want.resize(capacity, 0);
@@ -69,7 +51,7 @@ fn base_upload_overwrites_every_stale_byte_and_keeps_a_file_volume_sparse() {
     let cap = 32 * MIB;
     let vol = tp.volume("disk", cap as u64);
     // A volume that held someone else's data: not one byte of it may survive.
-    fill_with(&vol, 0x5a);
+    fill_volume(&vol, 0x5a);
     let img = mixed_image();
     let path = tp.path("image.raw");
     std::fs::write(&path, &img).unwrap();
@@ -92,7 +74,7 @@ fn base_upload_overwrites_every_stale_byte_and_keeps_a_file_volume_sparse() {
         cap as u64,
         "the volume keeps its size"
     );
-    let got = read_all(&vol);
+    let got = read_volume(&vol);
     assert_same(
         &got,
         &expected_volume(&img, cap),
@@ -119,7 +101,7 @@ fn base_upload_from_a_pipe_gives_the_same_bytes() {
     let tp = TestPool::new("pipe");
     let cap = 24 * MIB;
     let vol = tp.volume("disk", cap as u64);
-    fill_with(&vol, 0x5a);
+    fill_volume(&vol, 0x5a);
     let img = mixed_image();
     let path = tp.path("image.raw");
     std::fs::write(&path, &img).unwrap();
@@ -134,7 +116,7 @@ fn base_upload_from_a_pipe_gives_the_same_bytes() {
     assert!(child.wait().unwrap().success());
     assert_eq!(stats.bytes_read, img.len() as u64);
     assert_same(
-        &read_all(&vol),
+        &read_volume(&vol),
         &expected_volume(&img, cap),
         "volume after piped upload",
     );
@@ -162,7 +144,11 @@ fn base_upload_writes_real_zeros_into_a_block_device() {
     let stats = upload_image(&vol, &mut &img[..], &mut |_| {}).unwrap_or_else(|e| panic!("{e:#}"));
     assert!(stats.hole_bytes > 5 * MIB as u64, "{stats:?}");
     let want = expected_volume(img, cap);
-    assert_same(&read_all(&vol), &want, "block volume read through libvirt");
+    assert_same(
+        &read_volume(&vol),
+        &want,
+        "block volume read through libvirt",
+    );
     // And on the device itself, bypassing libvirt: holes became zeros on the device.
     let mut direct = vec![0u8; cap];
     std::fs::File::open(&lo.dev)
@@ -218,14 +204,14 @@ fn failing_source_fails_the_upload_and_the_volume_keeps_its_size() {
     );
     assert_eq!(vol.capacity().unwrap(), cap);
     // A source that fails at once leaves the volume untouched.
-    fill_with(&vol, 0x5a);
+    fill_volume(&vol, 0x5a);
     upload_image(&vol, &mut FailingReader { ok: 0 }, &mut |_| {}).unwrap_err();
-    assert!(read_all(&vol).iter().all(|&b| b == 0x5a));
+    assert!(read_volume(&vol).iter().all(|&b| b == 0x5a));
     // And a retry from a good source succeeds.
     let img = mixed_image();
     upload_image(&vol, &mut &img[..], &mut |_| {}).unwrap_or_else(|e| panic!("{e:#}"));
     assert_same(
-        &read_all(&vol),
+        &read_volume(&vol),
         &expected_volume(&img, cap as usize),
         "volume after the retry",
     );
@@ -252,7 +238,7 @@ fn upload_at_changes_only_its_range() {
 
     let mut want = base.clone();
     want[off..off + len].copy_from_slice(&patch);
-    let got = read_all(&vol);
+    let got = read_volume(&vol);
     assert_same(&got, &want, "volume after upload_at");
     assert_eq!(
         vol.capacity().unwrap(),
@@ -300,7 +286,7 @@ fn many_small_uploads_in_a_row_succeed() {
     }
     let per_call = start.elapsed() / calls as u32;
     eprintln!("upload_at of 4 KiB: {per_call:?} per call on a pool of 1 volume");
-    let got = read_all(&vol);
+    let got = read_volume(&vol);
     for i in 0..calls {
         let at = i * 64 * 1024;
         assert!(
@@ -320,7 +306,7 @@ fn remote_uri_gives_the_same_bytes() {
     assert!(!tp.conn.is_local(), "{} counts as remote", tp.conn.uri());
     let cap = 24 * MIB;
     let vol = tp.volume("disk", cap as u64);
-    fill_with(&vol, 0x5a);
+    fill_volume(&vol, 0x5a);
     let img = mixed_image();
     upload_image(&vol, &mut &img[..], &mut |_| {}).unwrap_or_else(|e| panic!("{e:#}"));
     let patch = data(8, 300_000);
@@ -336,7 +322,7 @@ fn remote_uri_gives_the_same_bytes() {
     .unwrap_or_else(|e| panic!("{e:#}"));
     let mut want = expected_volume(&img, cap);
     want[7 * MIB + 3..7 * MIB + 3 + patch.len()].copy_from_slice(&patch);
-    assert_same(&read_all(&vol), &want, "volume written over TCP");
+    assert_same(&read_volume(&vol), &want, "volume written over TCP");
 
     // The same volume seen through the local connection has the same bytes.
     let local = connect(Some(LOCAL_URI)).unwrap();
@@ -345,7 +331,7 @@ fn remote_uri_gives_the_same_bytes() {
     assert_eq!(same.name(), "disk.img");
     assert_eq!(same.pool_name(), tp.name);
     assert!(!same.is_block().unwrap());
-    assert_same(&read_all(&same), &want, "volume read locally");
+    assert_same(&read_volume(&same), &want, "volume read locally");
 }
 
 #[test]
@@ -437,7 +423,7 @@ fn wait_for_marker(log: &std::path::Path, timeout: Duration) -> Option<String> {
 fn domain_boots_from_an_uploaded_volume() {
     let tp = TestPool::new("boot");
     let vol = tp.volume("disk", 8 * MIB as u64);
-    fill_with(&vol, 0x5a);
+    fill_volume(&vol, 0x5a);
     let payload = data(9, bootimg::PAYLOAD_LEN);
     let img = bootimg::boot_disk(&payload, 2 * MIB + 512);
     upload_image(&vol, &mut &img[..], &mut |_| {}).unwrap_or_else(|e| panic!("{e:#}"));
@@ -555,7 +541,7 @@ fn base_upload_speed_next_to_virsh_vol_upload() {
             cap as f64 / virsh.as_secs_f64() / 1e6
         );
         let t = Instant::now();
-        let back = read_all(&vol);
+        let back = read_volume(&vol);
         eprintln!("{label}: download of the volume {:?}", t.elapsed());
         assert_same(&back, img, "downloaded image");
         theirs.delete().unwrap();
@@ -586,7 +572,7 @@ fn concurrent_uploads_to_one_volume_both_land() {
             });
         }
     });
-    let got = read_all(&vol);
+    let got = read_volume(&vol);
     for i in 0..2usize {
         for k in 0..20usize {
             let off = i * 4 * MIB + k * 128 * 1024;

@@ -11,7 +11,8 @@ use std::path::Path;
 use util::assert_same;
 use util::fixtures::{descriptor, pattern, write_hosted, HostedOptions, Kind};
 use util::libvirt::TestPool;
-use vmdkimport::libvirt::{download, upload_at, upload_image, Vol};
+use util::libvirt::{fill_volume, read_volume};
+use vmdkimport::libvirt::upload_image;
 use vmdkimport::vmdk::{BaseImage, OpenOptions};
 
 const MIB: u64 = 1 << 20;
@@ -21,22 +22,6 @@ fn data(seed: u8, len: u64) -> Vec<u8> {
     (0..len as usize)
         .map(|i| (i as u32).wrapping_mul(2654435761).rotate_left(seed as u32) as u8 | 1)
         .collect()
-}
-
-fn fill_with(vol: &Vol, byte: u8) {
-    let cap = vol.capacity().unwrap();
-    upload_at(vol, 0, cap, &mut |_, buf| {
-        buf.fill(byte);
-        Ok(())
-    })
-    .unwrap_or_else(|e| panic!("{e:#}"));
-}
-
-fn read_all(vol: &Vol) -> Vec<u8> {
-    let cap = vol.capacity().unwrap();
-    let mut out = Vec::with_capacity(cap as usize);
-    download(vol, 0, cap, &mut out).unwrap_or_else(|e| panic!("{e:#}"));
-    out
 }
 
 /// Whether `path` starts with a hole (the file system keeps holes).
@@ -66,7 +51,7 @@ fn sparse_file(path: &Path, len: u64, pieces: &[(u64, Vec<u8>)]) -> Vec<u8> {
 /// the volume reads as `want` then zeros, and return the bytes skipped unread.
 fn upload_over_stale(tp: &TestPool, tag: &str, base: &BaseImage, want: &[u8], cap: u64) -> u64 {
     let vol = tp.volume(tag, cap);
-    fill_with(&vol, 0x5a);
+    fill_volume(&vol, 0x5a);
     let mut seen = 0;
     let stats = upload_image(&vol, &mut base.reader().unwrap(), &mut |n| seen = n)
         .unwrap_or_else(|e| panic!("{e:#}"));
@@ -79,7 +64,7 @@ fn upload_over_stale(tp: &TestPool, tag: &str, base: &BaseImage, want: &[u8], ca
         cap,
         "{tag}: the volume keeps its size"
     );
-    let got = read_all(&vol);
+    let got = read_volume(&vol);
     let mut expected = want.to_vec();
     expected.resize(cap as usize, 0);
     assert_same(&got, &expected, tag);
@@ -121,7 +106,7 @@ fn a_sparse_flat_file_skips_its_holes_and_leaves_no_stale_byte() {
 
     // The same file as a plain `File` (what a test or a caller with a raw image passes).
     let vol = tp.volume("file", 24 * MIB);
-    fill_with(&vol, 0x5a);
+    fill_volume(&vol, 0x5a);
     let stats = upload_image(&vol, &mut File::open(&path).unwrap(), &mut |_| {})
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(stats.bytes_read, len);
@@ -130,7 +115,7 @@ fn a_sparse_flat_file_skips_its_holes_and_leaves_no_stale_byte() {
     }
     let mut expected = want.clone();
     expected.resize(24 * MIB as usize, 0);
-    assert_same(&read_all(&vol), &expected, "plain file");
+    assert_same(&read_volume(&vol), &expected, "plain file");
 }
 
 #[test]
@@ -141,7 +126,7 @@ fn an_all_hole_base_sends_data_only_for_its_first_block() {
     let holes = has_leading_hole(&path);
     let base = BaseImage::open(&path, &OpenOptions::default()).unwrap();
     let vol = tp.volume("disk", 16 * MIB);
-    fill_with(&vol, 0x5a);
+    fill_volume(&vol, 0x5a);
     let stats = upload_image(&vol, &mut base.reader().unwrap(), &mut |_| {})
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(stats.bytes_read, 16 * MIB);
@@ -150,7 +135,7 @@ fn an_all_hole_base_sends_data_only_for_its_first_block() {
     if holes {
         assert_eq!(stats.bytes_skipped, 16 * MIB, "{stats:?}");
     }
-    assert_same(&read_all(&vol), &want, "all-hole base");
+    assert_same(&read_volume(&vol), &want, "all-hole base");
 }
 
 #[test]

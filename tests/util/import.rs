@@ -7,10 +7,10 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use super::fixtures::{Kind, SeSparseOptions};
-use super::libvirt::{unique_name, TestPool};
+use super::libvirt::{read_volume, unique_name, TestPool};
 use super::xml::El;
 use super::{Folder, BIN};
-use vmdkimport::libvirt::{download, upload_at, Vol};
+use vmdkimport::libvirt::Vol;
 
 pub const MIB: u64 = 1 << 20;
 
@@ -91,24 +91,6 @@ pub fn virsh(uri: &str, args: &[&str]) -> String {
         .expect("virsh runs");
     assert!(out.status.success(), "virsh {args:?}:\n{}", show(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Every byte of `vol`, through a libvirt download stream.
-pub fn read_volume(vol: &Vol) -> Vec<u8> {
-    let cap = vol.capacity().unwrap();
-    let mut out = Vec::with_capacity(cap as usize);
-    download(vol, 0, cap, &mut out).unwrap_or_else(|e| panic!("{e:#}"));
-    out
-}
-
-/// Overwrite every byte of `vol` with `byte`.
-pub fn fill_volume(vol: &Vol, byte: u8) {
-    let cap = vol.capacity().unwrap();
-    upload_at(vol, 0, cap, &mut |_, buf| {
-        buf.fill(byte);
-        Ok(())
-    })
-    .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 /// One import through the CLI: a domain named after `tag` on the pool's daemon at `uri`,

@@ -4,7 +4,7 @@ use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use vmdkimport::libvirt::{connect, Conn, Dom, Pool, Vol};
+use vmdkimport::libvirt::{connect, download, upload_at, Conn, Dom, Pool, Vol};
 
 /// The local system daemon the tests use.
 pub const LOCAL_URI: &str = "qemu:///system";
@@ -166,4 +166,23 @@ impl Drop for LoopDev {
             .arg(&self.dev)
             .status();
     }
+}
+
+/// Every byte of `vol`, through a libvirt download stream.
+pub fn read_volume(vol: &Vol) -> Vec<u8> {
+    let cap = vol.capacity().unwrap();
+    let mut out = Vec::with_capacity(cap as usize);
+    let n = download(vol, 0, cap, &mut out).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(n, cap);
+    out
+}
+
+/// Overwrite every byte of `vol` with `byte`.
+pub fn fill_volume(vol: &Vol, byte: u8) {
+    let cap = vol.capacity().unwrap();
+    upload_at(vol, 0, cap, &mut |_, buf| {
+        buf.fill(byte);
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
 }

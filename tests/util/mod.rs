@@ -244,3 +244,26 @@ pub fn assert_same(got: &[u8], want: &[u8], what: &str) {
         );
     }
 }
+
+/// Random grain list over `capacity_grains`: `n` distinct grains, kinds chosen by `kinds`,
+/// stored in shuffled order. Always includes the first and the last grain.
+pub fn scatter(rng: &mut Rng, capacity_grains: u64, n: usize, kinds: &[Kind]) -> Vec<(u64, Kind)> {
+    let mut set = std::collections::BTreeSet::new();
+    set.insert(0);
+    set.insert(capacity_grains - 1);
+    while set.len() < n {
+        let g = rng.below(capacity_grains);
+        // Sometimes a short run, so contiguous grains get merged.
+        for k in 0..=rng.below(4) {
+            if g + k < capacity_grains {
+                set.insert(g + k);
+            }
+        }
+    }
+    let mut v: Vec<_> = set
+        .into_iter()
+        .map(|g| (g, kinds[rng.below(kinds.len() as u64) as usize]))
+        .collect();
+    rng.shuffle(&mut v);
+    v
+}
