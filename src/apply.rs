@@ -65,8 +65,18 @@ pub fn tally(r: &mut ApplyReport, piece: &Piece, last_end: &mut Option<u64>) {
 
 /// Write every changed piece of `chain` into `target` at its virtual offset, then fsync.
 pub fn apply_to_target(chain: &Chain, target: &Path) -> anyhow::Result<ApplyReport> {
-    let started = Instant::now();
     let planned = survey(chain)?;
+    write_surveyed(chain, target, &planned)
+}
+
+/// The writing half of [`apply_to_target`], for a caller that has already surveyed `chain`
+/// (stage 2 surveys every disk's chain before it writes any): `planned` is that survey.
+pub fn write_surveyed(
+    chain: &Chain,
+    target: &Path,
+    planned: &ApplyReport,
+) -> anyhow::Result<ApplyReport> {
+    let started = Instant::now();
     let file = OpenOptions::new()
         .write(true)
         .open(target)

@@ -674,7 +674,7 @@ fn stage_two(
             write_state(dom, st)?;
             continue;
         }
-        let Some((chain, lineage, vol, _, direct)) = w else {
+        let Some((chain, lineage, vol, survey, direct)) = w else {
             continue;
         };
         let base = base_for_gaps(&st.disks[i], &disks[i], &chain, &req.open);
@@ -688,7 +688,7 @@ fn stage_two(
         st.disks[i].applying = true;
         st.disks[i].applied = lineage;
         write_state(dom, st)?;
-        let report = write::write_chain(&vol, &chain, direct, gaps)?;
+        let report = write::write_chain(&vol, &chain, &survey, direct, gaps)?;
         println!("disk {}: {report}", st.disks[i].target_dev);
         st.disks[i].applying = false;
         write_state(dom, st)?;

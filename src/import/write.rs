@@ -85,10 +85,17 @@ pub fn use_direct(conn: &Conn, vol: &Vol, mode: IoMode) -> Result<bool> {
 }
 
 /// Write `chain` into `vol`: positional writes to its path when `direct`, else upload calls
-/// with the gaps between runs refilled from `gaps`.
-pub fn write_chain(vol: &Vol, chain: &Chain, direct: bool, gaps: Gaps) -> Result<WriteReport> {
+/// with the gaps between runs refilled from `gaps`. `surveyed` is the chain's survey (every
+/// table already read and checked).
+pub fn write_chain(
+    vol: &Vol,
+    chain: &Chain,
+    surveyed: &ApplyReport,
+    direct: bool,
+    gaps: Gaps,
+) -> Result<WriteReport> {
     if direct {
-        write_direct(vol, chain)
+        write_direct(vol, chain, surveyed)
     } else {
         if let Gaps::Base(b) = gaps {
             println!("io: gaps between runs refilled from {}", b.path.display());
@@ -120,9 +127,9 @@ fn direct_possible(conn: &Conn, vol: &Vol) -> Result<(), String> {
 
 /// Positional writes to the volume's path (as `--target` does), fsync, then one pool refresh
 /// so libvirt's view of the volume (allocation) catches up.
-fn write_direct(vol: &Vol, chain: &Chain) -> Result<WriteReport> {
+fn write_direct(vol: &Vol, chain: &Chain, surveyed: &ApplyReport) -> Result<WriteReport> {
     let started = Instant::now();
-    let changes = apply::apply_to_target(chain, Path::new(vol.path()))?;
+    let changes = apply::write_surveyed(chain, Path::new(vol.path()), surveyed)?;
     vol.pool()?.refresh()?;
     Ok(WriteReport {
         io: "direct",
