@@ -10,17 +10,20 @@ pkgs=(libvirt-dev libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu qemu
       qemu-utils pkg-config ovmf nasm python3 libxml2-utils time)
 need_pkgs=()
 for p in "${pkgs[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_pkgs+=("$p")
+    status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+    [ "$status" = "install ok installed" ] || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     echo "setup-host: installing ${need_pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
-    # A newer backported qemu-utils conflicts with bookworm's qemu-system-x86: take both from
-    # bookworm in one command.
-    if apt-cache policy qemu-utils 2>/dev/null | grep -q ' bookworm/main'; then
-        pkgs=("${pkgs[@]/#qemu-utils/qemu-utils/bookworm}")
-    fi
+    # A qemu-utils from bookworm-backports conflicts with bookworm's qemu-system-x86: ask for
+    # bookworm's qemu-utils in the same command (scripts/lib/qemu-pin.sh decides).
+    source "$(dirname "$0")/lib/qemu-pin.sh"
+    policy=$(apt-cache policy qemu-utils 2>/dev/null || true)
+    qemu_utils=$(qemu_utils_request "$policy")
+    [ "$qemu_utils" = qemu-utils ] || echo "setup-host: asking for $qemu_utils (bookworm's, to match qemu-system-x86)"
+    pkgs=("${pkgs[@]/#qemu-utils/$qemu_utils}")
     apt-get install -y -q --allow-downgrades --no-install-recommends "${pkgs[@]}"
 fi
 
