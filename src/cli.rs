@@ -122,6 +122,11 @@ pub struct Cli {
     #[arg(long)]
     pub allow_outside_paths: bool,
 
+    /// Stage 1 over a disk whose base upload completed: upload the base again, destroying the
+    /// deltas applied over it and everything the guest wrote since the hand-over.
+    #[arg(long)]
+    pub reupload_base: bool,
+
     /// Copy independent disks whole (they are not in any snapshot, so they cannot be delta-synced).
     #[arg(long)]
     pub copy_independent: bool,

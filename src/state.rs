@@ -3,12 +3,13 @@
 //! In the domain XML (`virsh dumpxml`) it reads:
 //!
 //! ```xml
-//! <vmdkimport:import xmlns:vmdkimport="https://virt-vmdkimport.example/ns/import/1">
+//! <vmdkimport:import xmlns:vmdkimport="https://virt-vmdkimport.example/ns/import/1" lifecycle="1">
 //!   <vmdkimport:disk target-dev="sda" pool="default" volume="web1-disk0" capacity="1073741824"
 //!                    base-cid="3d0c8a4f" base-uploaded="yes">
 //!     <vmdkimport:source>web1.vmdk</vmdkimport:source>
-//!     <vmdkimport:applied file="web1-000001.vmdk" cid="5a1e2b3c" parent-cid="3d0c8a4f"/>
+//!     <vmdkimport:applied file="web1-000001.vmdk" cid="5a1e2b3c" parent-cid="3d0c8a4f" handed-over="yes"/>
 //!   </vmdkimport:disk>
+//!   <vmdkimport:handed-over at="2026-11-27T09:12:44Z" by="start"/>
 //! </vmdkimport:import>
 //! ```
 //!
@@ -19,6 +20,10 @@
 //! [`ImportState::from_xml`] reads the plain, the prefixed and the default-namespace forms.
 //!
 //! CIDs are written as 8 hex digits, as VMware writes them in descriptors.
+//!
+//! `lifecycle="1"` marks a state that records hand-overs (see [`crate::import::lifecycle`]).
+//! A state without it was written by an older version that did not: its applied deltas are
+//! read as handed over at an unknown time, the safe reading.
 
 use anyhow::{bail, ensure, Context, Result};
 
@@ -33,6 +38,48 @@ pub const NS_PREFIX: &str = "vmdkimport";
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ImportState {
     pub disks: Vec<DiskState>,
+    /// The latest hand-over of the domain to its guest, if any.
+    pub handed_over: Option<HandOver>,
+}
+
+/// The domain was given to its guest: started by stage 2, or stage 2 finished with `--no-start`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandOver {
+    /// UTC, `YYYY-MM-DDTHH:MM:SSZ`; None when an older version recorded no time.
+    pub at: Option<String>,
+    pub how: HandOverHow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandOverHow {
+    Started,
+    NoStart,
+    /// Inferred from a state written before hand-overs were recorded.
+    Unknown,
+}
+
+impl HandOverHow {
+    fn as_str(self) -> &'static str {
+        match self {
+            HandOverHow::Started => "start",
+            HandOverHow::NoStart => "no-start",
+            HandOverHow::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for HandOver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let at = self.at.as_deref().unwrap_or("an unknown time");
+        match self.how {
+            HandOverHow::Started => write!(f, "started at {at}"),
+            HandOverHow::NoStart => write!(f, "finished with --no-start at {at}"),
+            HandOverHow::Unknown => write!(
+                f,
+                "handed over at {at} (recorded by an older virt-vmdkimport)"
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -61,6 +108,9 @@ pub struct AppliedDelta {
     pub file: String,
     pub cid: Option<u32>,
     pub parent_cid: Option<u32>,
+    /// The delta was in the volume when the domain was handed over: applying it again could
+    /// overwrite what the guest wrote since.
+    pub handed_over: bool,
 }
 
 fn cid_str(c: u32) -> String {
@@ -72,7 +122,7 @@ impl ImportState {
     /// element, key [`NS_PREFIX`], uri [`NS_URI`]; the namespace comes from the call). Characters XML 1.0 cannot carry (C0 controls other than tab, LF, CR)
     /// are written as U+FFFD; everything else round-trips.
     pub fn to_xml(&self) -> String {
-        let mut root = Element::new("import");
+        let mut root = Element::new("import").attr("lifecycle", LIFECYCLE_VERSION);
         for d in &self.disks {
             let mut el = Element::new("disk")
                 .attr("target-dev", &d.target_dev)
@@ -97,7 +147,17 @@ impl ImportState {
                 if let Some(c) = a.parent_cid {
                     ap = ap.attr("parent-cid", &cid_str(c));
                 }
+                if a.handed_over {
+                    ap = ap.attr("handed-over", "yes");
+                }
                 el = el.child(ap);
+            }
+            root = root.child(el);
+        }
+        if let Some(h) = &self.handed_over {
+            let mut el = Element::new("handed-over").attr("by", h.how.as_str());
+            if let Some(at) = &h.at {
+                el = el.attr("at", at);
             }
             root = root.child(el);
         }
@@ -158,6 +218,7 @@ impl ImportState {
                         .to_string(),
                     cid: parse_cid(a.get_attr("cid"), &what)?,
                     parent_cid: parse_cid(a.get_attr("parent-cid"), &what)?,
+                    handed_over: yes_no(a.get_attr("handed-over"), "handed-over", &what)?,
                 });
             }
             state.disks.push(DiskState {
@@ -177,7 +238,56 @@ impl ImportState {
                 applied,
             });
         }
+        state.handed_over = read_hand_over(&root)?;
+        if root.get_attr("lifecycle").is_none() {
+            infer_legacy_hand_over(&mut state);
+        }
         Ok(state)
+    }
+}
+
+/// The format version of the lifecycle records (the `lifecycle` attribute of the root).
+const LIFECYCLE_VERSION: &str = "1";
+
+fn yes_no(v: Option<&str>, key: &str, what: &str) -> Result<bool> {
+    match v {
+        Some("yes") => Ok(true),
+        Some("no") | None => Ok(false),
+        Some(v) => bail!("{what}: {key}={v:?}: expected yes or no"),
+    }
+}
+
+fn read_hand_over(root: &Element) -> Result<Option<HandOver>> {
+    let Some(el) = root.elements().find(|e| e.local_name() == "handed-over") else {
+        return Ok(None);
+    };
+    let how = match el.get_attr("by") {
+        Some("start") => HandOverHow::Started,
+        Some("no-start") => HandOverHow::NoStart,
+        Some("unknown") | None => HandOverHow::Unknown,
+        Some(v) => bail!("import state: handed-over by={v:?}: expected start, no-start or unknown"),
+    };
+    Ok(Some(HandOver {
+        at: el.get_attr("at").map(str::to_string),
+        how,
+    }))
+}
+
+/// A state from before hand-overs were recorded: a disk whose deltas were all written may
+/// have run since, so they count as handed over (a disk left `applying` can still be rerun).
+fn infer_legacy_hand_over(state: &mut ImportState) {
+    let mut any = false;
+    for d in state.disks.iter_mut().filter(|d| !d.applying) {
+        for a in &mut d.applied {
+            a.handed_over = true;
+            any = true;
+        }
+    }
+    if any && state.handed_over.is_none() {
+        state.handed_over = Some(HandOver {
+            at: None,
+            how: HandOverHow::Unknown,
+        });
     }
 }
 
@@ -232,16 +342,22 @@ mod tests {
                             file: nasty.into(),
                             cid: Some(1),
                             parent_cid: Some(0xfffffffe),
+                            handed_over: true,
                         },
                         AppliedDelta {
                             file: "x".into(),
                             cid: None,
                             parent_cid: None,
+                            handed_over: false,
                         },
                     ],
                 },
                 DiskState::default(),
             ],
+            handed_over: Some(HandOver {
+                at: Some(nasty.into()),
+                how: HandOverHow::NoStart,
+            }),
         }
     }
 
@@ -314,6 +430,36 @@ mod tests {
             }
             let _ = ImportState::from_xml(&text);
         }
+    }
+
+    #[test]
+    fn an_older_state_reads_its_written_deltas_as_handed_over() {
+        let xml = "<import><disk target-dev='sda' pool='p' volume='v' capacity='5' base-uploaded='yes'><applied file='d1.vmdk' cid='000000d1'/></disk><disk target-dev='sdb' pool='p' volume='w' capacity='5' base-uploaded='yes' applying='yes'><applied file='e1.vmdk' cid='000000e1'/></disk></import>";
+        let s = ImportState::from_xml(xml).unwrap();
+        assert!(s.disks[0].applied[0].handed_over);
+        assert!(
+            !s.disks[1].applied[0].handed_over,
+            "a disk left applying can be rerun"
+        );
+        let h = s.handed_over.unwrap();
+        assert_eq!((h.at, h.how), (None, HandOverHow::Unknown));
+    }
+
+    #[test]
+    fn a_state_that_records_hand_overs_is_read_as_written() {
+        let s = ImportState {
+            disks: vec![DiskState {
+                base_uploaded: true,
+                applied: vec![AppliedDelta {
+                    file: "d1".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            handed_over: None,
+        };
+        let back = ImportState::from_xml(&s.to_xml()).unwrap();
+        assert_eq!(back, s, "applied but not yet handed over stays so");
     }
 
     #[test]

@@ -72,6 +72,8 @@ pub struct VmxDisk {
     pub file_name: PathBuf,
     /// `mode = "independent-persistent"` / `"independent-nonpersistent"`: not in any snapshot.
     pub independent: bool,
+    /// The name as written is absolute or contains `..`: not among the VM's own files.
+    pub outside_folder: bool,
 }
 
 impl VmxDisk {
@@ -521,14 +523,14 @@ fn build(keys: &BTreeMap<String, String>, mut notes: Vec<String>, name: &str) ->
             continue;
         }
         let path = Path::new(file);
-        if path.is_absolute()
+        let outside_folder = path.is_absolute()
             || path
                 .components()
-                .any(|c| matches!(c, std::path::Component::ParentDir))
-        {
+                .any(|c| matches!(c, std::path::Component::ParentDir));
+        if outside_folder {
             // Legal (a disk on another datastore), but not among the VM's own files.
             notes.push(format!(
-                "{slot} ({file}) is outside the VM's folder: copy it over and give its path"
+                "{slot} ({file}) is outside the VM's folder: refused unless --allow-outside-paths (or copy it over)"
             ));
         }
         let mode = field("mode").unwrap_or("").to_ascii_lowercase();
@@ -543,6 +545,7 @@ fn build(keys: &BTreeMap<String, String>, mut notes: Vec<String>, name: &str) ->
             controller_model,
             file_name: PathBuf::from(file),
             independent: mode.starts_with("independent"),
+            outside_folder,
         });
     }
     // slots is ordered by (bus, controller, unit): disks are already in bus order.

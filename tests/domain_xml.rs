@@ -676,6 +676,7 @@ fn switch_to_virtio_keeps_macs_drops_driver_disk_and_follows_metadata() {
                 ..Default::default()
             },
         ],
+        ..Default::default()
     };
     virsh(&[
         "metadata",
@@ -789,14 +790,17 @@ fn import_state_with_hostile_strings_round_trips_through_libvirt_metadata() {
                     file: nasty.into(),
                     cid: Some(0),
                     parent_cid: Some(u32::MAX),
+                    handed_over: true,
                 },
                 AppliedDelta {
                     file: "b-000002.vmdk".into(),
                     cid: None,
                     parent_cid: Some(0),
+                    handed_over: false,
                 },
             ],
         }],
+        ..Default::default()
     };
     assert_eq!(ImportState::from_xml(&state.to_xml()).unwrap(), state);
 

@@ -692,6 +692,37 @@ fn missing_disk_file_is_refused_naming_the_file_and_nothing_is_created() {
     assert_refused_cleanly(&tp, &name, &vmx, &CPU, &["db01_1-000003.vmdk"]);
 }
 
+/// A disk whose fileName leaves the .vmx's folder (`..`, an absolute path, a symlink out):
+/// refused naming it and the override, nothing created; with --allow-outside-paths it is
+/// imported.
+#[test]
+fn disk_outside_the_vmx_folder_is_refused_unless_allow_outside_paths() {
+    let tp = TestPool::new("vmx-outside");
+    let dir = vm_folder(&tp);
+    let other = tp.path("datastore2");
+    std::fs::create_dir_all(&other).unwrap();
+    let base = flat_base(&other, "app03", &patterned(0xa903, 8 * MIB), 0x0a0b0c03);
+    std::os::unix::fs::symlink(&base, dir.join("link.vmdk")).unwrap();
+    let vmx = dir.join("app03.vmx");
+    let absolute = base.to_str().unwrap().to_owned();
+    for file in ["../datastore2/app03.vmdk", absolute.as_str(), "link.vmdk"] {
+        std::fs::write(&vmx, single_disk_vmx("app03", file)).unwrap();
+        let name = unique_name("vmx-outside");
+        tp.track_domain(&name);
+        assert_refused_cleanly(&tp, &name, &vmx, &CPU, &[file, "--allow-outside-paths"]);
+    }
+    std::fs::write(&vmx, single_disk_vmx("app03", "../datastore2/app03.vmdk")).unwrap();
+    let name = unique_name("vmx-outside");
+    tp.track_domain(&name);
+    let args = ["--allow-outside-paths", "--no-start", CPU[0], CPU[1]];
+    import(&tp, &name, &vmx, &args).ok();
+    assert_same(
+        &volume_bytes(&tp, &format!("{name}-disk0")),
+        &qemu_read(&base),
+        "volume after stage 1",
+    );
+}
+
 /// A snapshot child whose parent (parentFileNameHint) is not in the folder: refused, naming
 /// the missing parent, nothing created.
 #[test]
@@ -1401,11 +1432,12 @@ ethernet0.generatedAddress = "00:0c:29:aa:bb:cc"
 // 10. Interrupted runs and changed chains
 
 /// Stage 1 cut off after the first disk (as the import state records it: disk 1's base not
-/// uploaded, its volume holding garbage): the same command redoes stage 1 (it does not jump to
-/// stage 2 on a half-uploaded VM) without defining the domain again, and the next run does
-/// stage 2. Running stage 2 once more changes nothing.
+/// uploaded, its volume holding garbage): the same command redoes stage 1 for that disk (it
+/// does not jump to stage 2 on a half-uploaded VM, and keeps the disk it finished) without
+/// defining the domain again, and the next run does stage 2. Once stage 2 handed the domain
+/// over, the same command is refused and changes nothing; --reupload-base starts over.
 #[test]
-fn interrupted_stage_1_is_redone_by_the_same_command_and_stage_2_is_repeatable() {
+fn interrupted_stage_1_is_redone_by_the_same_command_and_a_handed_over_stage_2_is_not() {
     let tp = TestPool::new("vmx-resume");
     let dir = vm_folder(&tp);
     let vm = write_web01(&dir);
@@ -1457,19 +1489,47 @@ fn interrupted_stage_1_is_redone_by_the_same_command_and_stage_2_is_repeatable()
         "disk 1 after the redone stage 1",
     );
 
-    for round in 1..=2 {
-        let s2 = import(&tp, &name, &vmx, &args).ok();
-        println!("{s2}");
-        assert!(!s2.stdout().contains("stage 1 done"), "round {round}: {s2}");
+    let s2 = import(&tp, &name, &vmx, &args).ok();
+    println!("{s2}");
+    assert!(!s2.stdout().contains("stage 1 done"), "stage 2: {s2}");
+    let after_stage2 = || {
         for (vol, top) in vols.iter().zip(&vm.tops) {
             assert_same(
                 &volume_bytes(&tp, vol),
                 &qemu_read(top),
-                &format!("{vol} after stage 2 round {round}"),
+                &format!("{vol} after stage 2"),
             );
         }
-    }
+    };
+    after_stage2();
+    // The same command once more: stage 2 handed the domain over (--no-start), so its deltas
+    // are not written again; nothing changes.
+    let meta = virsh(&["metadata", &name, NS_URI]).ok().stdout();
+    let again = import(&tp, &name, &vmx, &args);
+    assert_eq!(again.code(), Some(1), "{again}");
+    assert!(again.stderr().contains("already applied"), "{again}");
+    after_stage2();
+    assert_eq!(virsh(&["metadata", &name, NS_URI]).ok().stdout(), meta);
     assert_eq!(domstate(&name), "shut off");
+
+    // --reupload-base starts over: it says what it destroys, the volumes hold the bases
+    // again, and the next run is stage 2 once more.
+    let re = import(
+        &tp,
+        &name,
+        &vmx,
+        &[&args[..], &["--reupload-base"]].concat(),
+    )
+    .ok();
+    assert!(
+        re.stderr().contains("destroys") && re.stderr().contains("guest wrote"),
+        "{re}"
+    );
+    for (vol, base) in vols.iter().zip(&vm.bases) {
+        assert_same(&volume_bytes(&tp, vol), &qemu_read(base), vol);
+    }
+    import(&tp, &name, &vmx, &args).ok();
+    after_stage2();
 }
 
 /// Between the stages the snapshot was consolidated and a new one taken: the base now has

@@ -1,5 +1,7 @@
 //! The migration on a libvirt host: stage 1 (volume, domain, base upload) and stage 2 (delta apply, start), each checked against the import state in the domain's metadata.
 
+mod guards;
+pub mod lifecycle;
 pub mod write;
 
 use crate::cli::{Cli, IoMode, OsArg};
@@ -93,6 +95,7 @@ pub struct Request {
     driver_disk: bool,
     hyperv_passthrough: bool,
     cpu: Option<domain_xml::CpuMode>,
+    reupload_base: bool,
 }
 
 impl Request {
@@ -148,6 +151,10 @@ impl Request {
             vmx.is_none() || cli.deltas.is_empty(),
             "with --vmx the deltas come from the .vmx's disks: give no delta files"
         );
+        ensure!(
+            !cli.reupload_base || ((base.is_some() || vmx.is_some()) && cli.deltas.is_empty()),
+            "--reupload-base goes with stage 1 alone (--flat BASE or --vmx), without delta files"
+        );
         let (network, network_map) = crate::cli::network_args(&cli.network)?;
         let mac = cli
             .mac
@@ -185,6 +192,7 @@ impl Request {
                 "default" => domain_xml::CpuMode::Default,
                 model => domain_xml::CpuMode::Model(model.to_string()),
             }),
+            reupload_base: cli.reupload_base,
         })
     }
 }
@@ -210,7 +218,10 @@ pub fn run(mut req: Request) -> Result<()> {
         .is_some_and(|s| !s.disks.is_empty() && s.disks.iter().all(|d| d.base_uploaded));
     let (stage1, stage2) = match &req.vmx {
         // The same command does stage 1 until every base is uploaded, then stage 2.
-        Some(_) => (!base_done, base_done),
+        Some(_) => (
+            !base_done || req.reupload_base,
+            base_done && !req.reupload_base,
+        ),
         None => (req.base.is_some(), !req.deltas.is_empty()),
     };
     let disks = plan_disks(&mut req)?;
@@ -250,13 +261,16 @@ pub fn run(mut req: Request) -> Result<()> {
     if stage2 && req.driver_disk {
         attach_driver_disk(&req, &conn, &dom)?;
     }
+    if stage2 && req.no_start {
+        hand_over_without_start(&dom, &mut state)?;
+    }
     if stage2 && !req.no_start {
         ensure!(
             state.disks.iter().all(|d| d.base_uploaded && !d.applying),
             "domain '{}': a disk is not completely written; not starting it",
             req.domain
         );
-        dom.start()?;
+        hand_over_and_start(&dom, &mut state)?;
         println!("domain '{}' started", req.domain);
     } else if stage1 && !stage2 {
         println!(
@@ -265,6 +279,31 @@ pub fn run(mut req: Request) -> Result<()> {
     }
     let uri = conn.uri();
     println!("follow up with:\n  virsh -c {uri} console {}\n  virsh -c {uri} domstate {}\n  virsh -c {uri} metadata {} {}", req.domain, req.domain, req.domain, state::NS_URI);
+    Ok(())
+}
+
+/// Record that stage 2 finished with `--no-start`: the deltas in the volumes are not written
+/// again, since whoever starts the domain next hands the disk to its guest.
+fn hand_over_without_start(dom: &Dom, st: &mut ImportState) -> Result<()> {
+    lifecycle::hand_over(st, state::HandOverHow::NoStart, lifecycle::utc_now());
+    write_state(dom, st)?;
+    println!(
+        "handed over (--no-start): the deltas applied are final; only newer deltas can follow"
+    );
+    Ok(())
+}
+
+/// Record the hand-over, then start: recorded first, so a guest never runs on a disk the
+/// state would let stage 2 write again. A start that fails puts the record back.
+fn hand_over_and_start(dom: &Dom, st: &mut ImportState) -> Result<()> {
+    let before = st.clone();
+    lifecycle::hand_over(st, state::HandOverHow::Started, lifecycle::utc_now());
+    write_state(dom, st)?;
+    if let Err(e) = dom.start() {
+        *st = before;
+        write_state(dom, st)?;
+        return Err(e);
+    }
     Ok(())
 }
 
@@ -313,6 +352,7 @@ fn plan_disks(req: &mut Request) -> Result<Vec<DiskPlan>> {
                 disk.file_name.display()
             );
         }
+        guards::vmx_disk_inside(vmx_path, disk, req.open.allow_outside_paths)?;
         let slot = || format!("{}: disk {}", vmx_path.display(), disk.slot());
         let resolved = vmdk::resolve_chain(&disk.file_name, &req.open).with_context(slot)?;
         let base = BaseImage::open(&resolved.base, &req.open).with_context(slot)?;
@@ -359,6 +399,7 @@ fn stage_one(
     disks: &[DiskPlan],
 ) -> Result<(Option<Dom>, ImportState)> {
     let mut vols = Vec::new();
+    let mut steps = Vec::new();
     let mut st = ImportState::default();
     let dom = match dom {
         Some(dom) => {
@@ -375,15 +416,22 @@ fn stage_one(
                 sources.len(),
                 disks.len()
             );
+            let xml = dom.xml()?;
             for (i, plan) in disks.iter().enumerate() {
-                let vol = match state.as_ref().and_then(|s| s.disks.get(i)) {
+                let old = state.as_ref().and_then(|s| s.disks.get(i));
+                let vol = match old {
                     Some(ds) => conn.pool(&ds.pool)?.volume(&ds.volume)?,
                     None => volume_of(conn, &sources[i].kind).with_context(|| {
                         format!("domain '{}' disk {}", req.domain, sources[i].target_dev)
                     })?,
                 };
-                st.disks
-                    .push(disk_state(&sources[i].target_dev, &vol, plan)?);
+                guards::ensure_raw(&req.domain, &xml, &sources[i].target_dev, &vol)?;
+                let step = base_step(req, &sources[i].target_dev, old, state.as_ref())?;
+                st.disks.push(match (&step, old) {
+                    (lifecycle::BaseStep::Keep, Some(ds)) => ds.clone(),
+                    _ => disk_state(&sources[i].target_dev, &vol, plan)?,
+                });
+                steps.push(step);
                 vols.push(vol);
             }
             Some(dom)
@@ -408,10 +456,13 @@ fn stage_one(
                     );
                     None
                 } else {
-                    Some(ensure_volume(conn, &req.pool, volume, capacity)?)
+                    let vol = ensure_volume(conn, &req.pool, volume, capacity)?;
+                    guards::ensure_raw_volume(&vol)?;
+                    Some(vol)
                 };
                 if let Some(vol) = vol {
                     st.disks.push(disk_state(target, &vol, plan)?);
+                    steps.push(lifecycle::BaseStep::Upload);
                     vols.push(vol);
                 }
             }
@@ -460,9 +511,25 @@ fn stage_one(
         }
         return Ok((Some(dom), st));
     }
+    for (step, ds) in steps.iter().zip(&st.disks) {
+        if let lifecycle::BaseStep::Reupload { destroys } = step {
+            eprintln!(
+                "virt-vmdkimport: --reupload-base: uploading the base of disk {} again destroys {destroys}",
+                ds.target_dev
+            );
+        }
+    }
     write_state(&dom, &st)?;
     for (i, (plan, vol)) in disks.iter().zip(&vols).enumerate() {
         let Some(base) = &plan.base else { continue };
+        if steps[i] == lifecycle::BaseStep::Keep {
+            println!(
+                "disk {}: base already uploaded into '{}': kept",
+                st.disks[i].target_dev,
+                vol.describe()
+            );
+            continue;
+        }
         let started = Instant::now();
         let mut reader = base.reader()?;
         let mut progress = progress_printer(base.capacity());
@@ -492,6 +559,20 @@ fn stage_one(
         write_state(&dom, &st)?;
     }
     Ok((Some(dom), st))
+}
+
+/// What stage 1 does with the base of a disk the import state may already know.
+fn base_step(
+    req: &Request,
+    target_dev: &str,
+    old: Option<&DiskState>,
+    state: Option<&ImportState>,
+) -> Result<lifecycle::BaseStep> {
+    let handed = state.and_then(|s| s.handed_over.as_ref());
+    // A .vmx import reruns the same command: disks it finished are kept.
+    let keep_uploaded = req.vmx.is_some();
+    lifecycle::base_step(target_dev, old, handed, req.reupload_base, keep_uploaded)
+        .with_context(|| format!("domain '{}'", req.domain))
 }
 
 fn disk_state(target_dev: &str, vol: &Vol, plan: &DiskPlan) -> Result<DiskState> {
@@ -605,6 +686,7 @@ fn stage_two(
         disks.len()
     );
     // Open and check every chain before anything is written.
+    let dom_xml = dom.map(Dom::xml).transpose()?;
     let mut work = Vec::new();
     for (i, plan) in disks.iter().enumerate() {
         let ds = &st.disks[i];
@@ -614,11 +696,24 @@ fn stage_two(
             req.domain,
             ds.target_dev
         );
-        if plan.copy_whole || plan.deltas.is_empty() {
+        if !plan.copy_whole && plan.deltas.is_empty() {
+            work.push(None);
+            continue;
+        }
+        let vol = conn.pool(&ds.pool)?.volume(&ds.volume)?;
+        if let Some(xml) = &dom_xml {
+            guards::ensure_raw(&req.domain, xml, &ds.target_dev, &vol)?;
+        }
+        let handed = st.handed_over.as_ref();
+        let what = || format!("domain '{}'", req.domain);
+        if plan.copy_whole {
+            lifecycle::may_copy_whole(&ds.target_dev, ds, handed).with_context(what)?;
             work.push(None);
             continue;
         }
         let chain = Chain::open_deltas(&plan.deltas, &req.open)?;
+        let given: Vec<_> = chain.layers().iter().map(as_applied).collect();
+        lifecycle::may_apply(&ds.target_dev, ds, handed, &given).with_context(what)?;
         ensure!(
             chain.capacity() == ds.capacity,
             "{}: the delta's capacity ({} bytes) differs from the base recorded for disk {} ({} bytes)",
@@ -628,7 +723,6 @@ fn stage_two(
             ds.capacity
         );
         let lineage = new_lineage(ds, chain.layers())?;
-        let vol = conn.pool(&ds.pool)?.volume(&ds.volume)?;
         let vol_cap = vol.capacity()?;
         ensure!(
             chain.capacity() <= vol_cap,
@@ -720,12 +814,9 @@ fn base_for_gaps(
     (base.cid == Some(cid) && base.capacity == ds.capacity).then_some(base)
 }
 
-/// The deltas the volume holds after applying `layers`. The first layer must sit on the base
-/// or on a delta already applied; deltas applied after that point must be given again, in
-/// order, or applying `layers` would put older grains over newer ones.
-fn new_lineage(ds: &DiskState, layers: &[LayerInfo]) -> Result<Vec<AppliedDelta>> {
-    let first = &layers[0];
-    let as_applied = |l: &LayerInfo| AppliedDelta {
+/// How a layer is recorded once applied.
+fn as_applied(l: &LayerInfo) -> AppliedDelta {
+    AppliedDelta {
         file: l
             .path
             .file_name()
@@ -733,7 +824,15 @@ fn new_lineage(ds: &DiskState, layers: &[LayerInfo]) -> Result<Vec<AppliedDelta>
             .unwrap_or_default(),
         cid: l.cid,
         parent_cid: l.parent_cid,
-    };
+        handed_over: false,
+    }
+}
+
+/// The deltas the volume holds after applying `layers`. The first layer must sit on the base
+/// or on a delta already applied; deltas applied after that point must be given again, in
+/// order, or applying `layers` would put older grains over newer ones.
+fn new_lineage(ds: &DiskState, layers: &[LayerInfo]) -> Result<Vec<AppliedDelta>> {
+    let first = &layers[0];
     let Some(pc) = first.parent_cid else {
         eprintln!(
             "virt-vmdkimport: warning: {} has no descriptor, so its parent cannot be checked; give the child descriptor (vm-000001.vmdk) to have it checked",
@@ -881,6 +980,7 @@ mod tests {
                     file: f.to_string(),
                     cid: Some(*c),
                     parent_cid: Some(*p),
+                    handed_over: false,
                 })
                 .collect(),
             ..Default::default()

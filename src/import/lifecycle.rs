@@ -1,0 +1,377 @@
+//! The import's lifecycle (uploading, uploaded, applying, applied, handed over) and the rules of what may follow what, so nothing is written over a guest's newer data.
+
+use crate::state::{AppliedDelta, DiskState, HandOver, HandOverHow, ImportState};
+use anyhow::{bail, Result};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Where one disk stands, read from the import state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// The base upload has not completed (never begun, or interrupted).
+    Uploading,
+    /// The base is in the volume; no delta written since.
+    Uploaded,
+    /// Stage 2 began writing deltas and has not finished: a rerun completes it.
+    Applying,
+    /// Deltas written, domain not handed over since (stopped before the start, or it failed).
+    Applied,
+    /// Given to the guest: it may have written since.
+    HandedOver(HandOver),
+}
+
+/// The phase of `ds` in a state whose latest hand-over is `handed`.
+pub fn phase(ds: &DiskState, handed: Option<&HandOver>) -> Phase {
+    if !ds.base_uploaded {
+        return Phase::Uploading;
+    }
+    if ds.applying {
+        return Phase::Applying;
+    }
+    match handed {
+        Some(h) if ds.applied.iter().all(|a| a.handed_over) => Phase::HandedOver(h.clone()),
+        _ if ds.applied.is_empty() => Phase::Uploaded,
+        _ => Phase::Applied,
+    }
+}
+
+/// What stage 1 does with one disk's base.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BaseStep {
+    Upload,
+    /// Already uploaded and nothing written over it: kept (a rerun of an interrupted
+    /// multi-disk stage 1 uploads only the disks it did not finish).
+    Keep,
+    /// `--reupload-base` over a disk past its upload: what that destroys, for the user.
+    Reupload {
+        destroys: String,
+    },
+}
+
+/// The rule for stage 1 on a disk: a base whose upload completed is never uploaded again
+/// unless `reupload`; `keep_uploaded` lets a disk with nothing written over its base be kept.
+pub fn base_step(
+    disk: &str,
+    ds: Option<&DiskState>,
+    handed: Option<&HandOver>,
+    reupload: bool,
+    keep_uploaded: bool,
+) -> Result<BaseStep> {
+    let Some(ds) = ds else {
+        return Ok(BaseStep::Upload);
+    };
+    let ph = phase(ds, handed);
+    if ph == Phase::Uploading {
+        return Ok(BaseStep::Upload);
+    }
+    if reupload {
+        return Ok(BaseStep::Reupload {
+            destroys: destroyed_by_reupload(ds, &ph),
+        });
+    }
+    if ph == Phase::Uploaded && keep_uploaded {
+        return Ok(BaseStep::Keep);
+    }
+    let done = match &ph {
+        Phase::Uploaded => "its base upload completed".to_string(),
+        Phase::Applying | Phase::Applied => {
+            format!("delta(s) {} were applied over its base", files(&ds.applied))
+        }
+        Phase::HandedOver(h) => format!(
+            "delta(s) {} were applied and the domain was {h}",
+            files(&ds.applied)
+        ),
+        Phase::Uploading => unreachable!("handled above"),
+    };
+    bail!(
+        "disk {disk} (volume '{}/{}'): {done}; uploading the base again would destroy {}. \
+         Give the deltas for stage 2 instead, or --reupload-base to start the import over",
+        ds.pool,
+        ds.volume,
+        destroyed_by_reupload(ds, &ph)
+    )
+}
+
+fn destroyed_by_reupload(ds: &DiskState, ph: &Phase) -> String {
+    let mut what = Vec::new();
+    if !ds.applied.is_empty() {
+        what.push(format!("the applied delta(s) {}", files(&ds.applied)));
+    }
+    match ph {
+        Phase::HandedOver(h) => what.push(format!(
+            "everything the guest wrote since the domain was {h}"
+        )),
+        _ if what.is_empty() => what.push("nothing but the uploaded base".to_string()),
+        _ => {}
+    }
+    what.join(" and ")
+}
+
+fn files(applied: &[AppliedDelta]) -> String {
+    applied
+        .iter()
+        .map(|a| a.file.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Whether `given` is the delta `a` recorded as applied: by CID when both have one, else by
+/// file name.
+fn same_delta(a: &AppliedDelta, given: &AppliedDelta) -> bool {
+    match (a.cid, given.cid) {
+        (Some(x), Some(y)) => x == y,
+        _ => a.file == given.file,
+    }
+}
+
+/// The rule for stage 2 on a disk: after a hand-over, no delta that was in the volume then is
+/// written again (the guest may have written over its grains since); after a start, nothing
+/// from VMware is. A disk left `applying` by a failed run may be rerun.
+pub fn may_apply(
+    disk: &str,
+    ds: &DiskState,
+    handed: Option<&HandOver>,
+    given: &[AppliedDelta],
+) -> Result<()> {
+    for g in given {
+        if let Some(a) = ds
+            .applied
+            .iter()
+            .find(|a| a.handed_over && same_delta(a, g))
+        {
+            let h = handed.map_or("handed over".to_string(), |h| h.to_string());
+            bail!(
+                "disk {disk}: {} (CID {}) was already applied, and the domain was {h}: applying it again would write its old grains over the guest's newer data. \
+                 Give only deltas newer than {}, or --reupload-base with --flat to start the import over",
+                g.file,
+                a.cid.map_or("unknown".into(), |c| format!("{c:08x}")),
+                ds.applied.last().map_or(a.file.as_str(), |l| l.file.as_str())
+            );
+        }
+    }
+    if let (Phase::HandedOver(h), HandOverHow::Started) = (
+        phase(ds, handed),
+        handed.map(|h| h.how).unwrap_or(HandOverHow::Unknown),
+    ) {
+        bail!(
+            "disk {disk}: the domain was {h}: its guest has run on this host, and a delta from VMware would overwrite what it wrote. \
+             Give --reupload-base with --flat to start the import over"
+        );
+    }
+    Ok(())
+}
+
+/// The rule for an independent disk copied whole in stage 2: never after a hand-over.
+pub fn may_copy_whole(disk: &str, ds: &DiskState, handed: Option<&HandOver>) -> Result<()> {
+    if let Phase::HandedOver(h) = phase(ds, handed) {
+        bail!(
+            "disk {disk}: independent disk already copied, and the domain was {h}: copying it again would overwrite the guest's newer data"
+        );
+    }
+    Ok(())
+}
+
+/// Record the hand-over: every delta in the volumes now is one the guest may write over.
+pub fn hand_over(st: &mut ImportState, how: HandOverHow, at: String) {
+    for d in &mut st.disks {
+        for a in &mut d.applied {
+            a.handed_over = true;
+        }
+    }
+    st.handed_over = Some(HandOver { at: Some(at), how });
+}
+
+/// The time now in UTC, `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn utc_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    utc(secs)
+}
+
+/// `secs` since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (days to civil date: H. Hinnant's algorithm).
+fn utc(secs: u64) -> String {
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delta(file: &str, cid: u32, handed_over: bool) -> AppliedDelta {
+        AppliedDelta {
+            file: file.into(),
+            cid: Some(cid),
+            parent_cid: None,
+            handed_over,
+        }
+    }
+
+    fn disk(applied: Vec<AppliedDelta>, applying: bool) -> DiskState {
+        DiskState {
+            target_dev: "sda".into(),
+            pool: "p".into(),
+            volume: "v".into(),
+            base_uploaded: true,
+            applying,
+            applied,
+            ..Default::default()
+        }
+    }
+
+    fn at(how: HandOverHow) -> HandOver {
+        HandOver {
+            at: Some("2026-11-27T09:00:00Z".into()),
+            how,
+        }
+    }
+
+    #[test]
+    fn phases_follow_the_state() {
+        let up = DiskState::default();
+        assert_eq!(phase(&up, None), Phase::Uploading);
+        assert_eq!(phase(&disk(vec![], false), None), Phase::Uploaded);
+        let d1 = vec![delta("d1", 0xd1, false)];
+        assert_eq!(phase(&disk(d1.clone(), true), None), Phase::Applying);
+        assert_eq!(phase(&disk(d1, false), None), Phase::Applied);
+        let h = at(HandOverHow::NoStart);
+        let d1h = vec![delta("d1", 0xd1, true)];
+        assert_eq!(
+            phase(&disk(d1h.clone(), false), Some(&h)),
+            Phase::HandedOver(h.clone())
+        );
+        // A newer delta being written after a hand-over: applying, not handed over.
+        let two = vec![delta("d1", 0xd1, true), delta("d2", 0xd2, false)];
+        assert_eq!(phase(&disk(two.clone(), true), Some(&h)), Phase::Applying);
+        assert_eq!(phase(&disk(two, false), Some(&h)), Phase::Applied);
+    }
+
+    #[test]
+    fn an_uploaded_base_is_not_uploaded_again_without_reupload() {
+        let d = disk(vec![], false);
+        let e = base_step("sda", Some(&d), None, false, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("base upload completed") && e.contains("--reupload-base"),
+            "{e}"
+        );
+        assert_eq!(
+            base_step("sda", Some(&d), None, false, true).unwrap(),
+            BaseStep::Keep
+        );
+        assert_eq!(
+            base_step("sda", None, None, false, false).unwrap(),
+            BaseStep::Upload
+        );
+        let unfinished = DiskState::default();
+        assert_eq!(
+            base_step("sda", Some(&unfinished), None, false, false).unwrap(),
+            BaseStep::Upload
+        );
+    }
+
+    #[test]
+    fn reupload_says_it_destroys_the_deltas_and_the_guests_writes() {
+        let h = at(HandOverHow::Started);
+        let d = disk(vec![delta("d1.vmdk", 0xd1, true)], false);
+        let e = base_step("sda", Some(&d), Some(&h), false, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("d1.vmdk") && e.contains("started at 2026-11-27T09:00:00Z"),
+            "{e}"
+        );
+        match base_step("sda", Some(&d), Some(&h), true, false).unwrap() {
+            BaseStep::Reupload { destroys } => {
+                assert!(
+                    destroys.contains("d1.vmdk") && destroys.contains("guest wrote"),
+                    "{destroys}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_delta_applied_before_the_hand_over_is_refused_naming_it_and_the_time() {
+        let h = at(HandOverHow::NoStart);
+        let d = disk(vec![delta("d1.vmdk", 0xd1, true)], false);
+        let e = may_apply("sda", &d, Some(&h), &[delta("d1.vmdk", 0xd1, false)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("d1.vmdk") && e.contains("2026-11-27T09:00:00Z"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn pre_copy_a_newer_delta_after_no_start_is_allowed_after_a_start_is_not() {
+        let d = disk(vec![delta("d1", 0xd1, true)], false);
+        let d2 = [delta("d2", 0xd2, false)];
+        may_apply("sda", &d, Some(&at(HandOverHow::NoStart)), &d2).unwrap();
+        let e = may_apply("sda", &d, Some(&at(HandOverHow::Started)), &d2)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("guest has run"), "{e}");
+    }
+
+    #[test]
+    fn a_failed_run_may_be_rerun_but_not_with_deltas_from_before_the_hand_over() {
+        let h = at(HandOverHow::NoStart);
+        let d = disk(
+            vec![delta("d1", 0xd1, true), delta("d2", 0xd2, false)],
+            true,
+        );
+        may_apply("sda", &d, Some(&h), &[delta("d2", 0xd2, false)]).unwrap();
+        assert!(may_apply(
+            "sda",
+            &d,
+            Some(&h),
+            &[delta("d1", 0xd1, false), delta("d2", 0xd2, false)]
+        )
+        .is_err());
+        // Before any hand-over, a rerun of the whole chain is what completes it.
+        let fresh = disk(vec![delta("d1", 0xd1, false)], true);
+        may_apply("sda", &fresh, None, &[delta("d1", 0xd1, false)]).unwrap();
+        let applied = disk(vec![delta("d1", 0xd1, false)], false);
+        may_apply("sda", &applied, None, &[delta("d1", 0xd1, false)]).unwrap();
+    }
+
+    #[test]
+    fn hand_over_marks_every_delta_and_an_independent_disk_is_then_not_copied() {
+        let mut st = ImportState {
+            disks: vec![
+                disk(vec![delta("d1", 0xd1, false)], false),
+                disk(vec![], false),
+            ],
+            handed_over: None,
+        };
+        may_copy_whole("sdb", &st.disks[1], None).unwrap();
+        hand_over(&mut st, HandOverHow::Started, "T".into());
+        assert!(st.disks[0].applied[0].handed_over);
+        assert!(may_copy_whole("sdb", &st.disks[1], st.handed_over.as_ref()).is_err());
+    }
+
+    #[test]
+    fn utc_dates_are_civil() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(1_795_768_364), "2026-11-27T08:32:44Z");
+    }
+}
