@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::vmdk::{show, Chain, Piece, Source};
+use crate::vmdk::OpenOptions as OpenChain;
+use crate::vmdk::{check_parent_link, show, Chain, ParentLink, Piece, Source};
 
 /// Largest single write: large enough to stream, small enough to stay cheap in memory.
 const WRITE_BUFFER_BYTES: usize = 1 << 20;
@@ -61,6 +62,60 @@ pub fn tally(r: &mut ApplyReport, piece: &Piece, last_end: &mut Option<u64>) {
         Source::Zeros => r.zero_bytes += piece.len,
         Source::Data { .. } => r.data_bytes += piece.len,
     }
+}
+
+/// `--target`: check the oldest delta's link to its parent where the parent is here, then
+/// apply the chain; with `dry_run`, say what would be written and open nothing for writing.
+pub fn run_target(
+    chain: &Chain,
+    target: &Path,
+    opts: &OpenChain,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let first = &chain.layers()[0];
+    match check_parent_link(first, opts)? {
+        ParentLink::Checked(parent) => println!(
+            "{}: parentCID matches the CID of {}",
+            show(&first.path),
+            show(&parent)
+        ),
+        ParentLink::NotChecked(why) => eprintln!(
+            "virt-vmdkimport: note: {}: the link to its parent was not checked: {why}; make sure {} holds that parent's bytes",
+            show(&first.path),
+            show(target)
+        ),
+    }
+    if !dry_run {
+        println!("{}", apply_to_target(chain, target)?);
+        return Ok(());
+    }
+    let planned = survey(chain)?;
+    let size = target_size(target)?;
+    if size < chain.capacity() {
+        bail!(
+            "{}: target holds {size} bytes, smaller than the disk's {} bytes",
+            show(target),
+            chain.capacity()
+        );
+    }
+    println!(
+        "would apply {} runs ({} pieces) to {}: {} data bytes, {} zero bytes (--dry-run: nothing written)",
+        planned.runs,
+        planned.pieces,
+        show(target),
+        planned.data_bytes,
+        planned.zero_bytes
+    );
+    Ok(())
+}
+
+/// The size of a regular file or block device, opened read-only.
+fn target_size(target: &Path) -> anyhow::Result<u64> {
+    let file = std::fs::File::open(target)
+        .with_context(|| format!("{}: opening target for reading", show(target)))?;
+    (&file)
+        .seek(SeekFrom::End(0))
+        .with_context(|| format!("{}: finding the target's size", show(target)))
 }
 
 /// Write every changed piece of `chain` into `target` at its virtual offset, then fsync.

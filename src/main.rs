@@ -2,7 +2,7 @@
 
 use anyhow::{ensure, Context};
 use clap::Parser;
-use vmdkimport::apply::apply_to_target;
+use vmdkimport::apply::run_target;
 use vmdkimport::cli::Cli;
 use vmdkimport::vmdk::{Chain, OpenOptions};
 use vmdkimport::{domain_xml, import, libvirt};
@@ -17,9 +17,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             allow_outside_paths: cli.allow_outside_paths,
         };
         let chain = Chain::open_deltas(&cli.deltas, &opts)?;
-        let report = apply_to_target(&chain, target)?;
-        println!("{report}");
-        return Ok(());
+        return run_target(&chain, target, &opts, cli.dry_run);
     }
     if cli.switch_to_virtio {
         let name = cli.domain.as_deref().expect("clap requires --domain");

@@ -336,3 +336,6 @@ mod refusals;
 
 #[path = "chain/library.rs"]
 mod library;
+
+#[path = "chain/target.rs"]
+mod target;

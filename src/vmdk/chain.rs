@@ -459,6 +459,53 @@ fn read_meta(path: &Path) -> Result<Meta, Error> {
     })
 }
 
+/// What is known of the link between a delta and the parent its parentFileNameHint names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParentLink {
+    /// The parent is here and its CID is the delta's parentCID.
+    Checked(PathBuf),
+    /// The link could not be checked, and why.
+    NotChecked(String),
+}
+
+/// Check `child`'s parentCID against the CID of the parent its hint names, when that parent is
+/// on this host (a mismatch is an error); say why when it cannot be checked. A hint leading out
+/// of the child's folder is not followed unless `opts` allows it.
+pub fn check_parent_link(child: &LayerInfo, opts: &OpenOptions) -> Result<ParentLink, Error> {
+    let (Some(pc), Some(hint)) = (child.parent_cid, child.parent_hint.as_deref()) else {
+        return Ok(ParentLink::NotChecked(
+            "it has no descriptor naming a parent (parentCID and parentFileNameHint)".into(),
+        ));
+    };
+    let folder = match child.path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !folder.join(hint).exists() {
+        return Ok(ParentLink::NotChecked(format!(
+            "its parent {:?} is not on this host",
+            show(Path::new(hint))
+        )));
+    }
+    let parent = match names::resolve(&folder, hint, &child.path, opts.allow_outside_paths) {
+        Ok(p) => p,
+        Err(e) => return Ok(ParentLink::NotChecked(e.to_string())),
+    };
+    let meta = read_meta(&parent)?;
+    match meta.cid {
+        None => Ok(ParentLink::NotChecked(format!(
+            "its parent {} has no CID",
+            show(&parent)
+        ))),
+        Some(cid) if cid != pc => Err(Error::chain(format!(
+            "{}: parentCID {pc:08x} does not match the CID {cid:08x} of its parent {}: the delta belongs to another disk or the parent changed",
+            show(&child.path),
+            show(&parent)
+        ))),
+        Some(_) => Ok(ParentLink::Checked(parent)),
+    }
+}
+
 /// Walk from a top descriptor (what a .vmx fileName names after snapshots) down
 /// parentFileNameHint to the base; returns the base and the deltas oldest first.
 pub fn resolve_chain(top: &Path, opts: &OpenOptions) -> Result<ResolvedChain, Error> {

@@ -14,7 +14,8 @@ pub mod sesparse;
 
 pub use base::BaseImage;
 pub use chain::{
-    resolve_chain, Chain, LayerInfo, LayerKind, OpenOptions, Pieces, ResolvedChain, MAX_CHAIN_DEPTH,
+    check_parent_link, resolve_chain, Chain, LayerInfo, LayerKind, OpenOptions, ParentLink, Pieces,
+    ResolvedChain, MAX_CHAIN_DEPTH,
 };
 pub use descriptor::Descriptor;
 pub use error::{show, Error};
