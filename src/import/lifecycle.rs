@@ -73,9 +73,11 @@ pub fn base_step(
     }
     let done = match &ph {
         Phase::Uploaded => "its base upload completed".to_string(),
-        Phase::Applying | Phase::Applied => {
-            format!("delta(s) {} were applied over its base", files(&ds.applied))
-        }
+        Phase::Applying => format!(
+            "stage 2 began applying delta(s) {} over its base",
+            files(&ds.applied)
+        ),
+        Phase::Applied => format!("delta(s) {} were applied over its base", files(&ds.applied)),
         Phase::HandedOver(h) => format!(
             "delta(s) {} were applied and the domain was {h}",
             files(&ds.applied)

@@ -498,6 +498,19 @@ fn stage_one(
     let Some(dom) = dom else {
         return Ok((None, st));
     };
+    for (step, ds) in steps.iter().zip(&st.disks) {
+        if let lifecycle::BaseStep::Reupload { destroys } = step {
+            let verb = if req.dry_run {
+                "would destroy"
+            } else {
+                "destroys"
+            };
+            eprintln!(
+                "virt-vmdkimport: --reupload-base: uploading the base of disk {} again {verb} {destroys}",
+                ds.target_dev
+            );
+        }
+    }
     if req.dry_run {
         for (plan, vol) in disks.iter().zip(&vols) {
             if let Some(b) = &plan.base {
@@ -510,14 +523,6 @@ fn stage_one(
             }
         }
         return Ok((Some(dom), st));
-    }
-    for (step, ds) in steps.iter().zip(&st.disks) {
-        if let lifecycle::BaseStep::Reupload { destroys } = step {
-            eprintln!(
-                "virt-vmdkimport: --reupload-base: uploading the base of disk {} again destroys {destroys}",
-                ds.target_dev
-            );
-        }
     }
     write_state(&dom, &st)?;
     for (i, (plan, vol)) in disks.iter().zip(&vols).enumerate() {

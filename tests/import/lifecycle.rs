@@ -171,6 +171,17 @@ fn stage1_rerun_is_refused_and_reupload_base_starts_over() {
         "the guest's write after the refusal",
     );
 
+    let meta = im.metadata();
+    let dry = im.stage1(&f.path("base.vmdk"), &["--reupload-base", "--dry-run"]);
+    ok(&dry, "stage 1 --reupload-base --dry-run");
+    assert!(
+        String::from_utf8_lossy(&dry.stderr).contains("would destroy"),
+        "{}",
+        show(&dry)
+    );
+    assert_same(&im.read(), &with_guest, "volume after --dry-run");
+    assert_eq!(im.metadata(), meta, "import state after --dry-run");
+
     let out = im.stage1(&f.path("base.vmdk"), &["--reupload-base"]);
     ok(&out, "stage 1 --reupload-base");
     let stderr = String::from_utf8_lossy(&out.stderr);
