@@ -307,3 +307,65 @@ fn stage2_refuses_a_disk_made_qcow2_after_stage1() {
     assert_eq!(im.metadata(), meta, "import state after the refusal");
     assert!(!im.is_active());
 }
+
+/// `virsh metadata --set` of the import state `xml` (as `virsh metadata` printed it).
+fn set_state(im: &Import, xml: &str) {
+    virsh(
+        &im.uri,
+        &[
+            "metadata",
+            &im.domain,
+            vmdkimport::state::NS_URI,
+            "--config",
+            "--key",
+            vmdkimport::state::NS_PREFIX,
+            "--set",
+            xml.trim(),
+        ],
+    );
+}
+
+/// The state as a version before the lifecycle wrote it: no `lifecycle` attribute, no
+/// hand-over records.
+fn as_older_version(state: &str) -> String {
+    let old = remove_elements(state, "handed-over")
+        .replace(" lifecycle=\"1\"", "")
+        .replace(" handed-over=\"yes\"", "");
+    assert!(
+        !old.contains("lifecycle") && !old.contains("handed-over"),
+        "{old}"
+    );
+    old
+}
+
+#[test]
+fn a_state_written_by_an_older_version_counts_its_written_deltas_as_handed_over() {
+    let tp = TestPool::new("lc-old");
+    let f = Folder::base(SECTORS);
+    let deltas = make_chain(&f, Chain::TwoDeltas);
+    let im = Import::new(&tp, "lc-old");
+    stage1_ok(&im, &f, &[]);
+    // After stage 1 only: the older state lets stage 2 go on as before.
+    set_state(&im, &as_older_version(&im.state()));
+    ok(
+        &im.stage2(&[&deltas[0]], &["--no-start"]),
+        "stage 2 on an older state",
+    );
+    set_state(&im, &as_older_version(&im.state()));
+    let with_guest = guest_writes(&im);
+    let line = refused(
+        &im.stage2(&[&deltas[0]], &["--no-start"]),
+        &["already applied"],
+    );
+    assert!(
+        line.contains("older"),
+        "says the record is an older one: {line}"
+    );
+    assert_same(
+        &im.read(),
+        &with_guest,
+        "the guest's write after the refusal",
+    );
+    // A newer delta still follows, as pre-copy would.
+    ok(&im.stage2(&[&deltas[1]], &["--no-start"]), "the next delta");
+}
