@@ -101,6 +101,9 @@ pub struct DiskState {
     pub source: Option<String>,
     /// Deltas applied, oldest first; while `applying`, the chain being applied.
     pub applied: Vec<AppliedDelta>,
+    /// The volume's modification time as libvirt reported it right after the hand-over
+    /// (`<timestamps><mtime>`; file volumes only): a later one means something wrote the disk.
+    pub volume_mtime: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -135,6 +138,9 @@ impl ImportState {
             el = el.attr("base-uploaded", if d.base_uploaded { "yes" } else { "no" });
             if d.applying {
                 el = el.attr("applying", "yes");
+            }
+            if let Some(m) = &d.volume_mtime {
+                el = el.attr("volume-mtime", m);
             }
             if let Some(s) = &d.source {
                 el = el.child(Element::new("source").text(s));
@@ -236,6 +242,7 @@ impl ImportState {
                     .find(|e| e.local_name() == "source")
                     .map(|e| e.text_content()),
                 applied,
+                volume_mtime: d.get_attr("volume-mtime").map(str::to_string),
             });
         }
         state.handed_over = read_hand_over(&root)?;
@@ -351,6 +358,7 @@ mod tests {
                             handed_over: false,
                         },
                     ],
+                    volume_mtime: Some("1795768236.038995910".into()),
                 },
                 DiskState::default(),
             ],

@@ -667,6 +667,7 @@ fn switch_to_virtio_keeps_macs_drops_driver_disk_and_follows_metadata() {
                 applying: false,
                 source: Some("win2019-dc01.vmdk".into()),
                 applied: vec![],
+                volume_mtime: None,
             },
             DiskState {
                 target_dev: "sdb".into(),
@@ -799,6 +800,7 @@ fn import_state_with_hostile_strings_round_trips_through_libvirt_metadata() {
                     handed_over: false,
                 },
             ],
+            volume_mtime: None,
         }],
         ..Default::default()
     };

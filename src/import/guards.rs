@@ -58,6 +58,21 @@ pub fn ensure_raw_volume(vol: &Vol) -> Result<()> {
     Ok(())
 }
 
+/// The volume's modification time as libvirt reports it (`<timestamps><mtime>`, seconds with
+/// nanoseconds); None for volumes without one (block devices, some pool types).
+pub fn volume_mtime(vol: &Vol) -> Result<Option<String>> {
+    let xml = vol
+        .raw()
+        .xml_desc(0)
+        .with_context(|| format!("reading the XML of volume '{}'", vol.describe()))?;
+    let doc = xmltree::parse(&xml).context("volume XML")?;
+    Ok(child(&doc, "target")
+        .and_then(|t| child(t, "timestamps"))
+        .and_then(|t| child(t, "mtime"))
+        .map(|m| m.text_content().trim().to_string())
+        .filter(|m| !m.is_empty()))
+}
+
 /// `<driver type>` of the domain's disk whose target is `target_dev` (None when not said).
 fn driver_type(domain_xml: &str, target_dev: &str) -> Result<Option<String>> {
     let dom = xmltree::parse(domain_xml).context("domain XML")?;

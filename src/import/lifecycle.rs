@@ -162,6 +162,31 @@ pub fn may_apply(
     Ok(())
 }
 
+/// The rule for a newer delta after a `--no-start` hand-over: the volume must not have been
+/// written since (its modification time, `now`, as recorded then). Someone who started the
+/// domain in between (`virsh start`) gave it to its guest, and a delta from VMware would
+/// overwrite what that guest wrote. Volumes without a time (block devices) are not checked.
+pub fn unchanged_since_hand_over(
+    disk: &str,
+    ds: &DiskState,
+    handed: Option<&HandOver>,
+    now: Option<&str>,
+) -> Result<()> {
+    let Phase::HandedOver(h) = phase(ds, handed) else {
+        return Ok(());
+    };
+    if let (Some(then), Some(now)) = (ds.volume_mtime.as_deref(), now) {
+        if then != now {
+            bail!(
+                "disk {disk}: volume '{}/{}' was written after the domain was {h} (modified at {now} s, recorded {then} s):                  its guest may have run, and a delta from VMware would overwrite what it wrote.                  Give --reupload-base with --flat to start the import over",
+                ds.pool,
+                ds.volume
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The rule for an independent disk copied whole in stage 2: never after a hand-over.
 pub fn may_copy_whole(disk: &str, ds: &DiskState, handed: Option<&HandOver>) -> Result<()> {
     if let Phase::HandedOver(h) = phase(ds, handed) {
@@ -172,12 +197,18 @@ pub fn may_copy_whole(disk: &str, ds: &DiskState, handed: Option<&HandOver>) -> 
     Ok(())
 }
 
-/// Record the hand-over: every delta in the volumes now is one the guest may write over.
-pub fn hand_over(st: &mut ImportState, how: HandOverHow, at: String) {
-    for d in &mut st.disks {
+/// Record the hand-over: every delta in the volumes now is one the guest may write over;
+/// `mtimes` are the volumes' modification times now, disk by disk.
+pub fn hand_over(st: &mut ImportState, how: HandOverHow, at: String, mtimes: Vec<Option<String>>) {
+    for (d, m) in st
+        .disks
+        .iter_mut()
+        .zip(mtimes.into_iter().chain(std::iter::repeat(None)))
+    {
         for a in &mut d.applied {
             a.handed_over = true;
         }
+        d.volume_mtime = m;
     }
     st.handed_over = Some(HandOver { at: Some(at), how });
 }
@@ -365,9 +396,34 @@ mod tests {
             handed_over: None,
         };
         may_copy_whole("sdb", &st.disks[1], None).unwrap();
-        hand_over(&mut st, HandOverHow::Started, "T".into());
+        hand_over(&mut st, HandOverHow::Started, "T".into(), vec![]);
         assert!(st.disks[0].applied[0].handed_over);
         assert!(may_copy_whole("sdb", &st.disks[1], st.handed_over.as_ref()).is_err());
+    }
+
+    #[test]
+    fn a_volume_written_since_a_no_start_hand_over_takes_no_newer_delta() {
+        let mut st = ImportState {
+            disks: vec![disk(vec![delta("d1", 0xd1, false)], false)],
+            handed_over: None,
+        };
+        hand_over(
+            &mut st,
+            HandOverHow::NoStart,
+            "T".into(),
+            vec![Some("100.5".into())],
+        );
+        let (ds, h) = (&st.disks[0], st.handed_over.as_ref());
+        unchanged_since_hand_over("sda", ds, h, Some("100.5")).unwrap();
+        unchanged_since_hand_over("sda", ds, h, None).unwrap();
+        let e = unchanged_since_hand_over("sda", ds, h, Some("160.25"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("written after") && e.contains("160.25"), "{e}");
+        // A rerun of a failed newer delta writes the volume itself: not checked then.
+        let mut applying = ds.clone();
+        applying.applying = true;
+        unchanged_since_hand_over("sda", &applying, h, Some("160.25")).unwrap();
     }
 
     #[test]

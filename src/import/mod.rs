@@ -262,7 +262,7 @@ pub fn run(mut req: Request) -> Result<()> {
         attach_driver_disk(&req, &conn, &dom)?;
     }
     if stage2 && req.no_start {
-        hand_over_without_start(&dom, &mut state)?;
+        hand_over_without_start(&conn, &dom, &mut state)?;
     }
     if stage2 && !req.no_start {
         ensure!(
@@ -270,7 +270,7 @@ pub fn run(mut req: Request) -> Result<()> {
             "domain '{}': a disk is not completely written; not starting it",
             req.domain
         );
-        hand_over_and_start(&dom, &mut state)?;
+        hand_over_and_start(&conn, &dom, &mut state)?;
         println!("domain '{}' started", req.domain);
     } else if stage1 && !stage2 {
         println!(
@@ -284,8 +284,14 @@ pub fn run(mut req: Request) -> Result<()> {
 
 /// Record that stage 2 finished with `--no-start`: the deltas in the volumes are not written
 /// again, since whoever starts the domain next hands the disk to its guest.
-fn hand_over_without_start(dom: &Dom, st: &mut ImportState) -> Result<()> {
-    lifecycle::hand_over(st, state::HandOverHow::NoStart, lifecycle::utc_now());
+fn hand_over_without_start(conn: &Conn, dom: &Dom, st: &mut ImportState) -> Result<()> {
+    let mtimes = volume_mtimes(conn, st)?;
+    lifecycle::hand_over(
+        st,
+        state::HandOverHow::NoStart,
+        lifecycle::utc_now(),
+        mtimes,
+    );
     write_state(dom, st)?;
     println!(
         "handed over (--no-start): the deltas applied are final; only newer deltas can follow"
@@ -295,9 +301,15 @@ fn hand_over_without_start(dom: &Dom, st: &mut ImportState) -> Result<()> {
 
 /// Record the hand-over, then start: recorded first, so a guest never runs on a disk the
 /// state would let stage 2 write again. A start that fails puts the record back.
-fn hand_over_and_start(dom: &Dom, st: &mut ImportState) -> Result<()> {
+fn hand_over_and_start(conn: &Conn, dom: &Dom, st: &mut ImportState) -> Result<()> {
     let before = st.clone();
-    lifecycle::hand_over(st, state::HandOverHow::Started, lifecycle::utc_now());
+    let mtimes = volume_mtimes(conn, st)?;
+    lifecycle::hand_over(
+        st,
+        state::HandOverHow::Started,
+        lifecycle::utc_now(),
+        mtimes,
+    );
     write_state(dom, st)?;
     if let Err(e) = dom.start() {
         *st = before;
@@ -305,6 +317,14 @@ fn hand_over_and_start(dom: &Dom, st: &mut ImportState) -> Result<()> {
         return Err(e);
     }
     Ok(())
+}
+
+/// Every disk's volume modification time now, for the hand-over record.
+fn volume_mtimes(conn: &Conn, st: &ImportState) -> Result<Vec<Option<String>>> {
+    st.disks
+        .iter()
+        .map(|d| guards::volume_mtime(&conn.pool(&d.pool)?.volume(&d.volume)?))
+        .collect()
 }
 
 /// Size of the driver-install disk: Windows only needs to see a virtio disk, not use it.
@@ -602,6 +622,7 @@ fn disk_state(target_dev: &str, vol: &Vol, plan: &DiskPlan) -> Result<DiskState>
         applying: false,
         source: plan.base.as_ref().and_then(BaseInput::location),
         applied: Vec::new(),
+        volume_mtime: None,
     })
 }
 
@@ -719,6 +740,9 @@ fn stage_two(
         let chain = Chain::open_deltas(&plan.deltas, &req.open)?;
         let given: Vec<_> = chain.layers().iter().map(as_applied).collect();
         lifecycle::may_apply(&ds.target_dev, ds, handed, &given).with_context(what)?;
+        let mtime = guards::volume_mtime(&vol)?;
+        lifecycle::unchanged_since_hand_over(&ds.target_dev, ds, handed, mtime.as_deref())
+            .with_context(what)?;
         ensure!(
             chain.capacity() == ds.capacity,
             "{}: the delta's capacity ({} bytes) differs from the base recorded for disk {} ({} bytes)",
