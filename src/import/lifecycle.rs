@@ -143,7 +143,7 @@ pub fn may_apply(
             let h = handed.map_or("handed over".to_string(), |h| h.to_string());
             bail!(
                 "disk {disk}: {} (CID {}) was already applied, and the domain was {h}: applying it again would write its old grains over the guest's newer data. \
-                 Give only deltas newer than {}, or --reupload-base with --flat to start the import over",
+                 Give only deltas newer than {}, or rerun stage 1 with --reupload-base to start the import over",
                 g.file,
                 a.cid.map_or("unknown".into(), |c| format!("{c:08x}")),
                 ds.applied.last().map_or(a.file.as_str(), |l| l.file.as_str())
@@ -156,7 +156,7 @@ pub fn may_apply(
     ) {
         bail!(
             "disk {disk}: the domain was {h}: its guest has run on this host, and a delta from VMware would overwrite what it wrote. \
-             Give --reupload-base with --flat to start the import over"
+             Rerun stage 1 with --reupload-base to start the import over"
         );
     }
     Ok(())
@@ -178,13 +178,25 @@ pub fn unchanged_since_hand_over(
     if let (Some(then), Some(now)) = (ds.volume_mtime.as_deref(), now) {
         if then != now {
             bail!(
-                "disk {disk}: volume '{}/{}' was written after the domain was {h} (modified at {now} s, recorded {then} s):                  its guest may have run, and a delta from VMware would overwrite what it wrote.                  Give --reupload-base with --flat to start the import over",
+                "disk {disk}: volume '{}/{}' was written after the domain was {h} (modified at {}, recorded {}): its guest may have run, and a delta from VMware would overwrite what it wrote. Rerun stage 1 with --reupload-base to start the import over",
                 ds.pool,
-                ds.volume
+                ds.volume,
+                show_mtime(now),
+                show_mtime(then)
             );
         }
     }
     Ok(())
+}
+
+/// A volume's `mtime` (`seconds.nanoseconds`) as UTC, with its fraction.
+fn show_mtime(m: &str) -> String {
+    let (secs, frac) = m.split_once('.').unwrap_or((m, ""));
+    match secs.parse::<u64>() {
+        Ok(s) if frac.is_empty() => utc(s),
+        Ok(s) => utc(s).replace('Z', &format!(".{frac}Z")),
+        Err(_) => m.to_string(),
+    }
 }
 
 /// The rule for an independent disk copied whole in stage 2: never after a hand-over.
@@ -419,7 +431,10 @@ mod tests {
         let e = unchanged_since_hand_over("sda", ds, h, Some("160.25"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("written after") && e.contains("160.25"), "{e}");
+        assert!(
+            e.contains("written after") && e.contains("1970-01-01T00:02:40.25Z"),
+            "{e}"
+        );
         // A rerun of a failed newer delta writes the volume itself: not checked then.
         let mut applying = ds.clone();
         applying.applying = true;
