@@ -14,19 +14,29 @@ fn request_for(fixture: &str) -> String {
         .args(["bash", root, &policy])
         .output()
         .expect("running bash");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 #[test]
 fn the_fresh_image_backported_qemu_utils_is_replaced_by_bookworms() {
     // The machine image: 10.0.2 from bookworm-backports, known only from dpkg's status file.
-    assert_eq!(request_for("fresh-image.txt"), "qemu-utils=1:7.2+dfsg-7+deb12u18+b3");
+    assert_eq!(
+        request_for("fresh-image.txt"),
+        "qemu-utils=1:7.2+dfsg-7+deb12u18+b3"
+    );
 }
 
 #[test]
 fn a_backported_qemu_utils_with_its_source_enabled_is_replaced_too() {
-    assert_eq!(request_for("with-backports-source.txt"), "qemu-utils=1:7.2+dfsg-7+deb12u18+b3");
+    assert_eq!(
+        request_for("with-backports-source.txt"),
+        "qemu-utils=1:7.2+dfsg-7+deb12u18+b3"
+    );
 }
 
 #[test]
@@ -36,7 +46,10 @@ fn bookworms_qemu_utils_is_kept() {
 
 #[test]
 fn an_absent_qemu_utils_comes_from_bookworm() {
-    assert_eq!(request_for("not-installed.txt"), "qemu-utils=1:7.2+dfsg-7+deb12u18+b3");
+    assert_eq!(
+        request_for("not-installed.txt"),
+        "qemu-utils=1:7.2+dfsg-7+deb12u18+b3"
+    );
 }
 
 #[test]
@@ -59,12 +72,20 @@ fn no_script_ends_a_pipeline_in_grep_q() {
             let code = line.split(" #").next().unwrap_or("").replace("||", " or ");
             let piped_grep = code.split('|').skip(1).any(|part| {
                 let w: Vec<&str> = part.split_whitespace().collect();
-                w.first() == Some(&"grep") && w.iter().any(|a| a.starts_with("-q") || (a.starts_with('-') && !a.starts_with("--") && a.contains('q')))
+                w.first() == Some(&"grep")
+                    && w.iter().any(|a| {
+                        a.starts_with("-q")
+                            || (a.starts_with('-') && !a.starts_with("--") && a.contains('q'))
+                    })
             });
             if piped_grep {
                 bad.push(format!("{}:{}: {}", p.display(), i + 1, line.trim()));
             }
         }
     }
-    assert!(bad.is_empty(), "grep -q at the end of a pipeline:\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "grep -q at the end of a pipeline:\n{}",
+        bad.join("\n")
+    );
 }
