@@ -74,7 +74,7 @@ pub fn run_target(
 ) -> anyhow::Result<()> {
     let first = &chain.layers()[0];
     match check_parent_link(first, opts)? {
-        ParentLink::Checked(parent) => println!(
+        ParentLink::Checked(parent) => crate::say!(
             "{}: parentCID matches the CID of {}",
             show(&first.path),
             show(&parent)
@@ -86,7 +86,7 @@ pub fn run_target(
         ),
     }
     if !dry_run {
-        println!("{}", apply_to_target(chain, target)?);
+        crate::say!("{}", apply_to_target(chain, target)?);
         return Ok(());
     }
     let planned = survey(chain)?;
@@ -98,7 +98,7 @@ pub fn run_target(
             chain.capacity()
         );
     }
-    println!(
+    crate::say!(
         "would apply {} runs ({} pieces) to {}: {} data bytes, {} zero bytes (--dry-run: nothing written)",
         planned.runs,
         planned.pieces,

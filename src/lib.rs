@@ -6,6 +6,7 @@ pub mod domain_xml;
 pub mod image_read;
 pub mod import;
 pub mod libvirt;
+pub mod out;
 pub mod plan;
 pub mod state;
 pub mod vmdk;

@@ -31,11 +31,11 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         );
         let xml = domain_xml::switch_to_virtio(&dom.xml()?)?;
         if cli.print_xml || cli.dry_run {
-            print!("{xml}");
+            vmdkimport::say_raw!("{xml}");
             return Ok(());
         }
         conn.define_domain(&xml)?;
-        println!("domain '{name}': disks and NICs are virtio now (MACs kept); start it with virsh -c {} start {name}", conn.uri());
+        vmdkimport::say!("domain '{name}': disks and NICs are virtio now (MACs kept); start it with virsh -c {} start {name}", conn.uri());
         return Ok(());
     }
     import::run(import::Request::from_cli(cli)?)

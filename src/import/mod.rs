@@ -228,7 +228,7 @@ pub fn run(mut req: Request) -> Result<()> {
 
     if req.print_xml {
         let spec = new_domain_spec(&req, &conn, &volume_names(&req, disks.len()))?;
-        print!("{}", domain_xml::render(&spec)?);
+        crate::say_raw!("{}", domain_xml::render(&spec)?);
         return Ok(());
     }
     if let Some(d) = &dom {
@@ -271,14 +271,14 @@ pub fn run(mut req: Request) -> Result<()> {
             req.domain
         );
         hand_over_and_start(&conn, &dom, &mut state)?;
-        println!("domain '{}' started", req.domain);
+        crate::say!("domain '{}' started", req.domain);
     } else if stage1 && !stage2 {
-        println!(
+        crate::say!(
             "stage 1 done: after the VM is shut down on VMware, copy its delta(s) and run stage 2"
         );
     }
     let uri = conn.uri();
-    println!("follow up with:\n  virsh -c {uri} console {}\n  virsh -c {uri} domstate {}\n  virsh -c {uri} metadata {} {}", req.domain, req.domain, req.domain, state::NS_URI);
+    crate::say!("follow up with:\n  virsh -c {uri} console {}\n  virsh -c {uri} domstate {}\n  virsh -c {uri} metadata {} {}", req.domain, req.domain, req.domain, state::NS_URI);
     Ok(())
 }
 
@@ -293,7 +293,7 @@ fn hand_over_without_start(conn: &Conn, dom: &Dom, st: &mut ImportState) -> Resu
         mtimes,
     );
     write_state(dom, st)?;
-    println!(
+    crate::say!(
         "handed over (--no-start): the deltas applied are final; only newer deltas can follow"
     );
     Ok(())
@@ -343,7 +343,7 @@ fn attach_driver_disk(req: &Request, conn: &Conn, dom: &Dom) -> Result<()> {
     let with_disk = domain_xml::add_driver_disk(&xml, &source)?;
     if with_disk != xml {
         conn.define_domain(&with_disk)?;
-        println!("attached the driver-install virtio disk; after the virtio-win drivers are installed, run --switch-to-virtio");
+        crate::say!("attached the driver-install virtio disk; after the virtio-win drivers are installed, run --switch-to-virtio");
     }
     Ok(())
 }
@@ -470,7 +470,7 @@ fn stage_one(
                     .map(BaseInput::capacity)
                     .ok_or_else(|| anyhow!("no base image for disk {target}: give --flat"))?;
                 let vol = if req.dry_run {
-                    println!(
+                    crate::say!(
                         "would create volume '{volume}' of {capacity} bytes in pool '{}'",
                         req.pool
                     );
@@ -487,14 +487,14 @@ fn stage_one(
                 }
             }
             if req.dry_run {
-                println!(
+                crate::say!(
                     "would define domain '{}':\n{}",
                     req.domain,
                     domain_xml::render(&spec)?
                 );
                 for (plan, name) in disks.iter().zip(&names) {
                     if let (Some(b), SpecDisk::Volume { volume, .. }) = (&plan.base, name) {
-                        println!(
+                        crate::say!(
                             "would upload {} ({} bytes) into volume '{volume}'",
                             b.name(),
                             b.capacity()
@@ -504,7 +504,7 @@ fn stage_one(
                 None
             } else {
                 let dom = conn.define_domain(&domain_xml::render(&spec)?)?;
-                println!(
+                crate::say!(
                     "defined domain '{}' ({} guest, {} MiB, {} vCPUs)",
                     req.domain,
                     os_name(spec.os),
@@ -534,7 +534,7 @@ fn stage_one(
     if req.dry_run {
         for (plan, vol) in disks.iter().zip(&vols) {
             if let Some(b) = &plan.base {
-                println!(
+                crate::say!(
                     "would upload {} ({} bytes) into volume '{}'",
                     b.name(),
                     b.capacity(),
@@ -548,7 +548,7 @@ fn stage_one(
     for (i, (plan, vol)) in disks.iter().zip(&vols).enumerate() {
         let Some(base) = &plan.base else { continue };
         if steps[i] == lifecycle::BaseStep::Keep {
-            println!(
+            crate::say!(
                 "disk {}: base already uploaded into '{}': kept",
                 st.disks[i].target_dev,
                 vol.describe()
@@ -569,7 +569,7 @@ fn stage_one(
             base.capacity()
         );
         let secs = started.elapsed().as_secs_f64();
-        println!(
+        crate::say!(
             "uploaded {} into '{}': {} bytes ({} data, {} as holes, {} skipped unread) in {:.2}s ({:.0} MB/s)",
             base.name(),
             vol.describe(),
@@ -637,12 +637,12 @@ fn ensure_volume(conn: &Conn, pool: &str, name: &str, capacity: u64) -> Result<V
                 "volume '{}' exists with {have} bytes, smaller than the disk's {capacity} bytes",
                 vol.describe()
             );
-            println!("reusing volume '{}' ({have} bytes)", vol.describe());
+            crate::say!("reusing volume '{}' ({have} bytes)", vol.describe());
             Ok(vol)
         }
         None => {
             let vol = pool.create_volume(name, capacity)?;
-            println!("created volume '{}' ({capacity} bytes)", vol.describe());
+            crate::say!("created volume '{}' ({capacity} bytes)", vol.describe());
             Ok(vol)
         }
     }
@@ -696,7 +696,7 @@ fn stage_two(
         // Stage 1 was only described: check the chains and say what they would write.
         for plan in disks.iter().filter(|p| !p.deltas.is_empty()) {
             let chain = Chain::open_deltas(&plan.deltas, &req.open)?;
-            println!(
+            crate::say!(
                 "would then apply {} delta(s): {}",
                 chain.layers().len(),
                 crate::apply::survey(&chain)?
@@ -766,7 +766,7 @@ fn stage_two(
     if req.dry_run {
         for (ds, w) in st.disks.iter().zip(&work) {
             if let Some((chain, _, vol, survey, _)) = w {
-                println!(
+                crate::say!(
                     "would apply {} delta(s) to volume '{}' (disk {}): {survey}",
                     chain.layers().len(),
                     vol.describe(),
@@ -788,7 +788,7 @@ fn stage_two(
                 .expect("independent disks have a base");
             let vol = conn.pool(&st.disks[i].pool)?.volume(&st.disks[i].volume)?;
             let stats = libvirt::upload_image(&vol, &mut base.reader()?, &mut |_| {})?;
-            println!(
+            crate::say!(
                 "copied independent disk {} whole: {} bytes",
                 base.name(),
                 stats.bytes_read
@@ -812,7 +812,7 @@ fn stage_two(
         st.disks[i].applied = lineage;
         write_state(dom, st)?;
         let report = write::write_chain(&vol, &chain, &survey, direct, gaps)?;
-        println!("disk {}: {report}", st.disks[i].target_dev);
+        crate::say!("disk {}: {report}", st.disks[i].target_dev);
         st.disks[i].applying = false;
         write_state(dom, st)?;
     }

@@ -73,11 +73,11 @@ pub fn use_direct(conn: &Conn, vol: &Vol, mode: IoMode) -> Result<bool> {
         }
         IoMode::Auto => match direct_possible(conn, vol) {
             Ok(()) => {
-                println!("io: direct writes to {} (local volume)", vol.path());
+                crate::say!("io: direct writes to {} (local volume)", vol.path());
                 true
             }
             Err(why) => {
-                println!("io: libvirt upload streams ({why})");
+                crate::say!("io: libvirt upload streams ({why})");
                 false
             }
         },
@@ -98,7 +98,7 @@ pub fn write_chain(
         write_direct(vol, chain, surveyed)
     } else {
         if let Gaps::Base(b) = gaps {
-            println!("io: gaps between runs refilled from {}", b.path.display());
+            crate::say!("io: gaps between runs refilled from {}", b.path.display());
         }
         write_streamed(vol, chain, &mut CostModel::default(), &gaps)
     }
