@@ -46,6 +46,7 @@ pub fn survey(chain: &Chain) -> anyhow::Result<ApplyReport> {
     let mut r = ApplyReport::default();
     let mut last_end = None;
     for piece in chain.pieces() {
+        crate::interrupt::check()?;
         let piece = piece?;
         tally(&mut r, &piece, &mut last_end);
     }
@@ -155,6 +156,7 @@ pub fn write_surveyed(
         let piece = piece?;
         let mut done = 0u64;
         while done < piece.len {
+            crate::interrupt::check()?;
             let n = (piece.len - done).min(WRITE_BUFFER_BYTES as u64) as usize;
             let data = match piece.source {
                 Source::Zeros => &zeros[..n],

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod domain_xml;
 pub mod image_read;
 pub mod import;
+pub mod interrupt;
 pub mod libvirt;
 pub mod out;
 pub mod plan;

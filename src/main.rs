@@ -5,7 +5,7 @@ use clap::Parser;
 use vmdkimport::apply::run_target;
 use vmdkimport::cli::Cli;
 use vmdkimport::vmdk::{Chain, OpenOptions};
-use vmdkimport::{domain_xml, import, libvirt};
+use vmdkimport::{domain_xml, import, interrupt, libvirt};
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
     if let Some(target) = &cli.target {
@@ -42,8 +42,19 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
 }
 
 fn main() {
+    if let Err(e) = interrupt::install() {
+        eprintln!("virt-vmdkimport: catching SIGINT and SIGTERM: {e}");
+        std::process::exit(1);
+    }
     let cli = Cli::parse();
     if let Err(e) = run(&cli) {
+        if let Some(sig) = interrupt::received() {
+            eprintln!(
+                "virt-vmdkimport: {}",
+                interrupt::rerun_line(sig, &e, cli.target.is_some())
+            );
+            std::process::exit(128 + sig);
+        }
         eprintln!("virt-vmdkimport: {e:#}");
         std::process::exit(1);
     }

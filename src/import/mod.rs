@@ -270,6 +270,7 @@ pub fn run(mut req: Request) -> Result<()> {
             "domain '{}': a disk is not completely written; not starting it",
             req.domain
         );
+        crate::interrupt::check()?;
         hand_over_and_start(&conn, &dom, &mut state)?;
         crate::say!("domain '{}' started", req.domain);
     } else if stage1 && !stage2 {
@@ -555,6 +556,7 @@ fn stage_one(
             );
             continue;
         }
+        crate::interrupt::check()?;
         let started = Instant::now();
         let mut reader = base.reader()?;
         let mut progress = progress_printer(base.capacity());
@@ -778,6 +780,7 @@ fn stage_two(
     }
     let dom = dom.expect("a domain exists unless dry-run");
     for (i, w) in work.into_iter().enumerate() {
+        crate::interrupt::check()?;
         if disks[i].copy_whole {
             // Independent disk: the whole image again, now that the VM is off.
             st.disks[i].applying = true;
@@ -811,7 +814,8 @@ fn stage_two(
         st.disks[i].applying = true;
         st.disks[i].applied = lineage;
         write_state(dom, st)?;
-        let report = write::write_chain(&vol, &chain, &survey, direct, gaps)?;
+        let report =
+            write::write_disk(&vol, &st.disks[i].target_dev, &chain, &survey, direct, gaps)?;
         crate::say!("disk {}: {report}", st.disks[i].target_dev);
         st.disks[i].applying = false;
         write_state(dom, st)?;

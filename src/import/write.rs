@@ -104,6 +104,24 @@ pub fn write_chain(
     }
 }
 
+/// [`write_chain`] for disk `dev` of an import, once the state marks it as being applied:
+/// says which volume is written and names it in any error (a full pool, a lost daemon).
+pub fn write_disk(
+    vol: &Vol,
+    dev: &str,
+    chain: &Chain,
+    surveyed: &ApplyReport,
+    direct: bool,
+    gaps: Gaps,
+) -> Result<WriteReport> {
+    let what = format!(
+        "applying the delta(s) to volume '{}' (disk {dev})",
+        vol.describe()
+    );
+    crate::say!("{what}...");
+    write_chain(vol, chain, surveyed, direct, gaps).with_context(|| what)
+}
+
 /// Why the direct path cannot be taken, if it cannot.
 fn direct_possible(conn: &Conn, vol: &Vol) -> Result<(), String> {
     if !conn.is_local() {

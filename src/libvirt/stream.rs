@@ -291,6 +291,7 @@ fn send_image(
     let mut skipped: u64 = 0;
     let mut block = first;
     while block.read > 0 || block.zeros > 0 {
+        crate::interrupt::check()?;
         let n = block.read;
         covered += n as u64;
         if covered > capacity {
@@ -326,6 +327,9 @@ fn send_image(
             .fill(buf, covered, capacity)
             .with_context(|| format!("reading the image at byte {covered}"))?;
     }
+    // A signal that came while the source ended (Ctrl-C stops the whole pipeline) aborts
+    // the stream rather than finishing a short image.
+    crate::interrupt::check()?;
     // The tail past the image (LVM rounds volumes up) must read zeros too.
     out.zeros(capacity - covered)?;
     out.flush_hole()?;
@@ -464,6 +468,7 @@ pub fn upload_at(
     let mut buf = vec![0u8; IO_CHUNK.min(len as usize)];
     let mut sent: u64 = 0;
     while sent < len {
+        crate::interrupt::check()?;
         let n = IO_CHUNK.min((len - sent) as usize);
         fill(sent, &mut buf[..n]).with_context(|| {
             format!(
