@@ -448,6 +448,10 @@ fn stage_one(
                 };
                 guards::ensure_raw(&req.domain, &xml, &sources[i].target_dev, &vol)?;
                 let step = base_step(req, &sources[i].target_dev, old, state.as_ref())?;
+                if let Some(ds) = old.filter(|_| step != lifecycle::BaseStep::Keep && !req.dry_run)
+                {
+                    repair_interrupted_base(&vol, ds, plan)?;
+                }
                 st.disks.push(match (&step, old) {
                     (lifecycle::BaseStep::Keep, Some(ds)) => ds.clone(),
                     _ => disk_state(&sources[i].target_dev, &vol, plan)?,
@@ -600,6 +604,24 @@ fn base_step(
     let keep_uploaded = req.vmx.is_some();
     lifecycle::base_step(target_dev, old, handed, req.reupload_base, keep_uploaded)
         .with_context(|| format!("domain '{}'", req.domain))
+}
+
+/// A base upload that was cut off (Ctrl-C, a killed process or daemon) can leave a file
+/// volume shorter than the disk; while the state says the base is incomplete, its length is
+/// given back before the upload starts again.
+fn repair_interrupted_base(vol: &Vol, ds: &DiskState, plan: &DiskPlan) -> Result<()> {
+    if ds.base_uploaded {
+        return Ok(());
+    }
+    let capacity = plan.base.as_ref().map_or(ds.capacity, BaseInput::capacity);
+    if let Some(had) = libvirt::repair_file_length(vol, capacity.max(ds.capacity))? {
+        crate::say!(
+            "volume '{}' held {had} bytes after an interrupted upload: its length is restored to {} bytes",
+            vol.describe(),
+            capacity.max(ds.capacity)
+        );
+    }
+    Ok(())
 }
 
 fn disk_state(target_dev: &str, vol: &Vol, plan: &DiskPlan) -> Result<DiskState> {
@@ -790,6 +812,8 @@ fn stage_two(
                 .as_ref()
                 .expect("independent disks have a base");
             let vol = conn.pool(&st.disks[i].pool)?.volume(&st.disks[i].volume)?;
+            // An earlier copy cut off outright can have left the file short.
+            libvirt::repair_file_length(&vol, st.disks[i].capacity)?;
             let stats = libvirt::upload_image(&vol, &mut base.reader()?, &mut |_| {})?;
             crate::say!(
                 "copied independent disk {} whole: {} bytes",

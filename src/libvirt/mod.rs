@@ -9,7 +9,8 @@ mod volume;
 pub use conn::{connect, uri_is_local, Conn};
 pub use domain::{parse_disk_sources, DiskKind, DiskSource, Dom};
 pub use stream::{
-    download, download_into, is_zero, upload_at, upload_image, Download, UploadStats,
+    download, download_into, is_zero, repair_file_length, upload_at, upload_image, Download,
+    UploadStats,
 };
 pub use volume::{volume_xml, Pool, Vol};
 

@@ -367,6 +367,21 @@ fn restore_file_length(vol: &Vol, capacity: u64) -> Result<()> {
     })
 }
 
+/// Give a file volume that an interrupted upload left short (a killed process or daemon
+/// cannot restore it) its length `capacity` back. Returns the length it had, or `None` when
+/// nothing was needed (a block device, or a file at least that long).
+pub fn repair_file_length(vol: &Vol, capacity: u64) -> Result<Option<u64>> {
+    let info = vol
+        .vol
+        .info()
+        .with_context(|| format!("reading the size of volume '{}'", vol.describe()))?;
+    if info.kind != virt::sys::VIR_STORAGE_VOL_FILE || info.capacity >= capacity {
+        return Ok(None);
+    }
+    restore_file_length(vol, capacity)?;
+    Ok(Some(info.capacity))
+}
+
 /// One sparse upload stream at offset 0 that sends a single hole of `len` bytes.
 fn sparse_hole_stream(vol: &Vol, len: u64) -> Result<()> {
     let stream = OwnedStream::new(&vol.conn)?;
