@@ -206,8 +206,13 @@ struct DiskPlan {
 }
 
 /// Run the import the request describes.
-pub fn run(mut req: Request) -> Result<()> {
+pub fn run(req: Request) -> Result<()> {
     let conn = libvirt::connect(req.uri.as_deref())?;
+    // A clone shares the connection: asked afterwards whether the daemon is still there.
+    run_on(conn.clone(), req).map_err(|e| libvirt::explain(&conn, e))
+}
+
+fn run_on(conn: Conn, mut req: Request) -> Result<()> {
     let dom = conn.domain(&req.domain)?;
     let state = match &dom {
         Some(d) => read_state(d)?,
