@@ -65,6 +65,22 @@ impl TestPool {
         }
     }
 
+    /// The same pool through a new connection, after the daemon restarted (the old one is
+    /// dead, and cleanup needs a live one).
+    pub fn reconnected(self) -> TestPool {
+        let old = std::mem::ManuallyDrop::new(self);
+        let conn = connect(Some(old.conn.uri())).unwrap_or_else(|e| panic!("{e:#}"));
+        let pool = conn.pool(&old.name).unwrap_or_else(|e| panic!("{e:#}"));
+        let domains = RefCell::new(old.domains.borrow().clone());
+        TestPool {
+            conn,
+            pool,
+            name: old.name.clone(),
+            dir: old.dir.clone(),
+            domains,
+        }
+    }
+
     /// Create a volume (named uniquely from `tag`) of `capacity` bytes.
     pub fn volume(&self, tag: &str, capacity: u64) -> Vol {
         let name = format!("{tag}.img");

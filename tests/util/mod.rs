@@ -4,6 +4,7 @@
 pub mod bootimg;
 pub mod fixtures;
 pub mod import;
+pub mod interrupt;
 pub mod libvirt;
 pub mod vmximport;
 pub mod xml;

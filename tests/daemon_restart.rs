@@ -1,0 +1,96 @@
+//! libvirtd killed by its pid in the middle of an import and started again: one line saying the connection was lost, then a rerun of the same command that gives qemu-img's bytes. These kill the daemon every other test uses: they are ignored in the main run, and scripts/test.sh runs them alone afterwards.
+
+mod util;
+
+use nix::libc::{SYS_read, SYS_write};
+
+use util::fixtures::SECTOR;
+use util::import::*;
+use util::interrupt::*;
+use util::libvirt::{TestPool, LOCAL_URI};
+use util::{assert_same, qemu_read, Folder};
+
+const CAP: u64 = 8 * MIB;
+const SECTORS: u64 = CAP / SECTOR;
+
+/// The one line of a run whose daemon went away, checked to say so and to name `volume`.
+fn assert_lost(out: &std::process::Output, volume: &str) {
+    assert_eq!(out.status.code(), Some(1), "{}", show(out));
+    let line = one_line(out);
+    eprintln!("{line}");
+    for want in [
+        format!("lost the connection to libvirtd at {LOCAL_URI}"),
+        volume.to_owned(),
+        "rerun the same command".into(),
+    ] {
+        assert!(line.contains(&want), "{want:?} in {line}");
+    }
+    assert!(!line.contains("Broken pipe"), "{line}");
+}
+
+#[test]
+#[ignore = "kills libvirtd: run alone (scripts/test.sh does)"]
+fn libvirtd_killed_mid_base_upload_is_one_line_and_a_rerun_repairs_the_volume_and_converges() {
+    let tp = TestPool::new("dkill1");
+    let f = Folder::base(SECTORS);
+    let base = base_bytes(&f);
+    let im = Import::new(&tp, "dkill1");
+    let (domain, volume) = (
+        im.domain.clone(),
+        format!("{}/{}", tp.name, im.volume_name()),
+    );
+    let mut upload = Running::start(&stage1_stdin_args(&im, CAP), Stdout::Collected);
+    upload.feed(&base[..MIB as usize]).unwrap();
+    // Waiting for more, with the stream open and a megabyte sent.
+    upload.wait_in_syscall(SYS_read, 0);
+    DaemonDown::kill().restart();
+    upload.close_stdin();
+    assert_lost(&upload.finish(), &volume);
+
+    drop(im);
+    let tp = tp.reconnected();
+    let im = Import::existing(&tp, &domain);
+    assert_eq!(state_attr(&im, "base-uploaded").as_deref(), Some("no"));
+    assert!(
+        im.volume().capacity().unwrap() < CAP,
+        "the volume was left short"
+    );
+    let stdout = ok(&im.stage1_stdin(&base, CAP, &[]), "stage 1 again");
+    assert!(stdout.contains("after an interrupted upload"), "{stdout}");
+    assert_same(&im.read(), &base, "volume after the rerun");
+    let delta = spread_delta(&f);
+    ok(&im.stage2(&[&delta], &["--no-start"]), "stage 2");
+    assert_same(&im.read(), &qemu_read(&delta), "volume after stage 2");
+}
+
+#[test]
+#[ignore = "kills libvirtd: run alone (scripts/test.sh does)"]
+fn libvirtd_killed_during_a_streamed_stage2_is_one_line_and_a_rerun_converges() {
+    let tp = TestPool::new("dkill2");
+    let f = Folder::base(SECTORS);
+    let im = Import::new(&tp, "dkill2");
+    let (domain, volume) = (
+        im.domain.clone(),
+        format!("{}/{}", tp.name, im.volume_name()),
+    );
+    ok(&im.stage1(&f.path("base.vmdk"), &[]), "stage 1");
+    let delta = spread_delta(&f);
+    let args = stage2_args(&im, &[&delta], "stream");
+    // Its stdout full, the binary waits at the line announcing the disk, which the state
+    // already marks as being applied.
+    let mut apply = Running::start(&args, Stdout::Full(FullPipe::new()));
+    apply.wait_in_syscall(SYS_write, 1);
+    DaemonDown::kill().restart();
+    apply.drain_stdout();
+    let out = apply.finish();
+    assert_lost(&out, &volume);
+    assert!(disk_stats(&String::from_utf8_lossy(&out.stdout)).is_none());
+
+    drop(im);
+    let tp = tp.reconnected();
+    let im = Import::existing(&tp, &domain);
+    assert_eq!(state_attr(&im, "applying").as_deref(), Some("yes"));
+    ok(&run(&args), "stage 2 again");
+    assert_same(&im.read(), &qemu_read(&delta), "volume after the rerun");
+    assert_eq!(state_attr(&im, "applying"), None);
+}
