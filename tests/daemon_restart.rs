@@ -65,7 +65,7 @@ fn libvirtd_killed_mid_base_upload_is_one_line_and_a_rerun_repairs_the_volume_an
 
 #[test]
 #[ignore = "kills libvirtd: run alone (scripts/test.sh does)"]
-fn libvirtd_killed_during_a_streamed_stage2_is_one_line_and_a_rerun_converges() {
+fn libvirtd_killed_mid_stream_in_stage2_is_one_line_and_a_rerun_converges() {
     let tp = TestPool::new("dkill2");
     let f = Folder::base(SECTORS);
     let im = Import::new(&tp, "dkill2");
@@ -74,14 +74,24 @@ fn libvirtd_killed_during_a_streamed_stage2_is_one_line_and_a_rerun_converges() 
         format!("{}/{}", tp.name, im.volume_name()),
     );
     ok(&im.stage1(&f.path("base.vmdk"), &[]), "stage 1");
-    let delta = spread_delta(&f);
-    let args = stage2_args(&im, &[&delta], "stream");
-    // Its stdout full, the binary waits at the line announcing the disk, which the state
-    // already marks as being applied.
+    let (d1, d2) = halves_chain(&f);
+    let want = qemu_read(&d2);
+    let served = FuseFile::serve(&f.path("d2-delta.vmdk"));
+    let args = stage2_args(&im, &[&d1, &d2], "stream");
+    // Stdout full: the binary waits at the line announcing the disk (marked as being
+    // applied); then, a stream open, for the second delta's bytes.
     let mut apply = Running::start(&args, Stdout::Full(FullPipe::new()));
     apply.wait_in_syscall(SYS_write, 1);
-    DaemonDown::kill().restart();
+    served.pause();
     apply.drain_stdout();
+    apply.wait_reading(&served.path);
+    let daemon = libvirtd_pid().expect("libvirtd runs");
+    assert!(
+        holds_open(daemon, &volume_file(&tp, &im)),
+        "a stream is open"
+    );
+    DaemonDown::kill().restart();
+    served.resume();
     let out = apply.finish();
     assert_lost(&out, &volume);
     assert!(disk_stats(&String::from_utf8_lossy(&out.stdout)).is_none());
@@ -91,6 +101,6 @@ fn libvirtd_killed_during_a_streamed_stage2_is_one_line_and_a_rerun_converges() 
     let im = Import::existing(&tp, &domain);
     assert_eq!(state_attr(&im, "applying").as_deref(), Some("yes"));
     ok(&run(&args), "stage 2 again");
-    assert_same(&im.read(), &qemu_read(&delta), "volume after the rerun");
+    assert_same(&im.read(), &want, "volume after the rerun");
     assert_eq!(state_attr(&im, "applying"), None);
 }

@@ -92,22 +92,49 @@ fn a_base_upload_killed_outright_leaves_a_short_volume_that_the_rerun_repairs() 
     assert_eq!(state_attr(&im, "base-uploaded").as_deref(), Some("yes"));
 }
 
-/// Stage 2 through `--io io`, stopped by `sig` while it announces the disk it writes (the
-/// state already marks the disk as being applied; its stdout is a pipe nobody reads yet):
-/// exit 128 + signal, one line naming the volume and the rerun, the disk still marked
-/// unfinished, no stats line; the same command then gives qemu-img's bytes.
+/// Stage 2 of two deltas through `--io io`, stopped by `sig` mid-transfer: the first delta's
+/// bytes written (direct) or a stream open (stream), the binary waiting for the second
+/// delta's bytes (served by a paused FUSE file). Exit 128 + signal, one line naming the
+/// volume and the rerun, the disk still marked unfinished, no stats line; the same command
+/// then gives qemu-img's bytes.
 fn signal_mid_stage2(sig: Signal, io: &str) {
     let tp = TestPool::new("sig2");
     let f = Folder::base(SECTORS);
     let im = Import::new(&tp, "sig2");
     ok(&im.stage1(&f.path("base.vmdk"), &[]), "stage 1");
-    let delta = spread_delta(&f);
-    let args = stage2_args(&im, &[&delta], io);
+    let (d1, d2) = halves_chain(&f);
+    let want = qemu_read(&d2);
+    let served = FuseFile::serve(&f.path("d2-delta.vmdk"));
+    let args = stage2_args(&im, &[&d1, &d2], io);
+    // With its stdout full, the binary waits at the line announcing the disk: every table
+    // read, the disk marked as being applied.
     let mut apply = Running::start(&args, Stdout::Full(FullPipe::new()));
     apply.wait_in_syscall(SYS_write, 1);
     assert_eq!(state_attr(&im, "applying").as_deref(), Some("yes"));
-    apply.signal(sig);
+    served.pause();
     apply.drain_stdout();
+    apply.wait_reading(&served.path);
+    let half = (CAP / 2) as usize;
+    if io == "direct" {
+        let now = std::fs::read(volume_file(&tp, &im)).unwrap();
+        assert_same(
+            &now[..half],
+            &want[..half],
+            "first half, written before the signal",
+        );
+        assert!(
+            now[half..] != want[half..],
+            "the second half is not written yet"
+        );
+    } else {
+        let daemon = libvirtd_pid().expect("libvirtd runs");
+        assert!(
+            holds_open(daemon, &volume_file(&tp, &im)),
+            "a stream is open"
+        );
+    }
+    apply.signal(sig);
+    served.resume();
     let out = apply.finish();
     assert_eq!(out.status.code(), Some(128 + sig as i32), "{}", show(&out));
     let line = one_line(&out);
@@ -127,7 +154,7 @@ fn signal_mid_stage2(sig: Signal, io: &str) {
 
     let out = run(&args);
     assert!(disk_stats(&ok(&out, "stage 2 again")).is_some());
-    assert_same(&im.read(), &qemu_read(&delta), "volume after the rerun");
+    assert_same(&im.read(), &want, "volume after the rerun");
     assert_eq!(state_attr(&im, "applying"), None);
 }
 

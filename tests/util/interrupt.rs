@@ -130,6 +130,21 @@ impl Running {
         }
     }
 
+    /// Wait until one of the binary's threads sits in `pread64` on `file` (one served by a
+    /// paused [`FuseFile`]: it waits there until the test resumes it).
+    pub fn wait_reading(&self, file: &Path) {
+        let pid = self.child.id();
+        let start = Instant::now();
+        while !threads_reading(pid, file) {
+            assert!(
+                start.elapsed() < PATIENCE,
+                "the binary never waited reading {}",
+                file.display()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Wait for the exit; status and both outputs.
     pub fn finish(mut self) -> Output {
         self.stdin = None;
@@ -157,6 +172,99 @@ impl Drop for Running {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// Whether a thread of process `pid` is in `pread64` on a descriptor of `file`.
+fn threads_reading(pid: u32, file: &Path) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|t| {
+        let now = std::fs::read_to_string(t.path().join("syscall")).unwrap_or_default();
+        let mut f = now.split_whitespace();
+        let (Some(nr), Some(fd)) = (f.next(), f.next()) else {
+            return false;
+        };
+        let fd = i64::from_str_radix(fd.trim_start_matches("0x"), 16).unwrap_or(-1);
+        nr == nix::libc::SYS_pread64.to_string()
+            && std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).is_ok_and(|p| p == file)
+    })
+}
+
+/// Whether process `pid` holds `file` open (the daemon, while a stream on a volume is open).
+pub fn holds_open(pid: Pid, file: &Path) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten()
+        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|p| p == file))
+}
+
+/// A file whose reads the test can hold up: the bytes of another file, served at `path`
+/// through a FUSE export of qemu-storage-daemon. While [`FuseFile::pause`]d (the daemon
+/// stopped), a read waits; on drop the daemon ends and unmounts.
+pub struct FuseFile {
+    pid: Pid,
+    pub path: PathBuf,
+}
+
+impl FuseFile {
+    /// Move `path` aside and serve its bytes at `path` from now on.
+    pub fn serve(path: &Path) -> FuseFile {
+        let data = path.with_extension("served");
+        std::fs::rename(path, &data).unwrap();
+        File::create(path).unwrap();
+        let pidfile = path.with_extension("pid");
+        // --daemonize returns once the export is mounted.
+        run_ok(
+            Command::new("qemu-storage-daemon")
+                .arg("--daemonize")
+                .arg("--pidfile")
+                .arg(&pidfile)
+                .arg("--blockdev")
+                .arg(format!(
+                    "driver=file,node-name=served,filename={},read-only=on",
+                    data.display()
+                ))
+                .arg("--export")
+                .arg(format!(
+                    "type=fuse,id=served,node-name=served,mountpoint={},writable=off",
+                    path.display()
+                )),
+        );
+        let pid = std::fs::read_to_string(&pidfile).unwrap();
+        FuseFile {
+            pid: Pid::from_raw(pid.trim().parse().unwrap()),
+            path: path.to_owned(),
+        }
+    }
+
+    /// Stop serving: reads wait from now on.
+    pub fn pause(&self) {
+        kill(self.pid, Signal::SIGSTOP).unwrap();
+    }
+
+    /// Serve again: waiting reads complete.
+    pub fn resume(&self) {
+        kill(self.pid, Signal::SIGCONT).unwrap();
+    }
+}
+
+impl Drop for FuseFile {
+    fn drop(&mut self) {
+        let _ = kill(self.pid, Signal::SIGCONT);
+        let _ = kill(self.pid, Signal::SIGTERM);
+        let start = Instant::now();
+        while kill(self.pid, None).is_ok() && start.elapsed() < PATIENCE {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Normally unmounted by the daemon as it ends; never leave a mount behind.
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -387,4 +495,31 @@ pub fn one_line(out: &std::process::Output) -> String {
     assert_eq!(lines.len(), 1, "one line on stderr:\n{}", show(out));
     assert!(lines[0].starts_with("virt-vmdkimport: "), "{}", show(out));
     lines[0].to_owned()
+}
+
+/// Two deltas over the folder's base: `d1` changes grains in the first half of the disk,
+/// `d2` (its child) grains in the second half, so stage 2 writes d1's bytes before it reads
+/// any of d2's. Returns their descriptors; d2's extent is `d2-delta.vmdk`.
+pub fn halves_chain(f: &Folder) -> (PathBuf, PathBuf) {
+    let grains = f.capacity_sectors / 8;
+    let every_4th = |from: u64, to: u64| -> Vec<(u64, Kind)> {
+        (from..to).step_by(4).map(|g| (g, Kind::Data)).collect()
+    };
+    let d1 = cowd_child(
+        f,
+        "d1",
+        0xd1,
+        (BASE_CID, "base.vmdk"),
+        8,
+        &every_4th(0, grains / 2),
+    );
+    let d2 = cowd_child(
+        f,
+        "d2",
+        0xd2,
+        (0xd1, "d1.vmdk"),
+        8,
+        &every_4th(grains / 2, grains),
+    );
+    (d1, d2)
 }
