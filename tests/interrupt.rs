@@ -92,6 +92,33 @@ fn a_base_upload_killed_outright_leaves_a_short_volume_that_the_rerun_repairs() 
     assert_eq!(state_attr(&im, "base-uploaded").as_deref(), Some("yes"));
 }
 
+#[test]
+fn a_second_ctrl_c_exits_at_once_and_the_rerun_repairs_the_volume() {
+    let tp = TestPool::new("sigsig");
+    let f = Folder::base(SECTORS);
+    let base = base_bytes(&f);
+    let im = Import::new(&tp, "sigsig");
+    let mut upload = Running::start(&stage1_stdin_args(&im, CAP), Stdout::Collected);
+    upload.feed(&base[..MIB as usize]).unwrap();
+    upload.wait_in_syscall(SYS_read, 0);
+    upload.signal(Signal::SIGINT);
+    upload.wait_signals_handled();
+    // Still waiting for its input (the pipe's writer did not stop): a second Ctrl-C.
+    upload.signal(Signal::SIGINT);
+    let out = upload.finish();
+    assert_eq!(out.status.code(), Some(130), "{}", show(&out));
+    assert!(
+        out.stderr.is_empty(),
+        "no clean-up, no line: {}",
+        show(&out)
+    );
+    assert!(im.volume().capacity().unwrap() < CAP, "left short");
+
+    let stdout = ok(&im.stage1_stdin(&base, CAP, &[]), "stage 1 again");
+    assert!(stdout.contains("after an interrupted upload"), "{stdout}");
+    assert_same(&im.read(), &base, "volume after the rerun");
+}
+
 /// Stage 2 of two deltas through `--io io`, stopped by `sig` mid-transfer: the first delta's
 /// bytes written (direct) or a stream open (stream), the binary waiting for the second
 /// delta's bytes (served by a paused FUSE file). Exit 128 + signal, one line naming the

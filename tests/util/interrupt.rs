@@ -130,6 +130,31 @@ impl Running {
         }
     }
 
+    /// Wait until no signal is pending for the binary: the last one sent was handled.
+    pub fn wait_signals_handled(&self) {
+        let file = format!("/proc/{}/status", self.child.id());
+        let start = Instant::now();
+        loop {
+            let status = std::fs::read_to_string(&file).unwrap_or_default();
+            let pending = status
+                .lines()
+                .filter(|l| l.starts_with("SigPnd:") || l.starts_with("ShdPnd:"))
+                .any(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .is_some_and(|m| !m.trim_start_matches('0').is_empty())
+                });
+            if !pending {
+                return;
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "a signal stays pending: {status}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Wait until one of the binary's threads sits in `pread64` on `file` (one served by a
     /// paused [`FuseFile`]: it waits there until the test resumes it).
     pub fn wait_reading(&self, file: &Path) {
