@@ -42,5 +42,8 @@ fn is_no_space(err: &anyhow::Error) -> bool {
 
 /// The innermost message of `err`'s chain.
 fn root_cause(err: &anyhow::Error) -> String {
-    err.chain().last().map(|e| e.to_string()).unwrap_or_default()
+    err.chain()
+        .last()
+        .map(|e| e.to_string())
+        .unwrap_or_default()
 }

@@ -2,8 +2,8 @@
 
 mod conn;
 mod domain;
-mod ffi;
 mod failure;
+mod ffi;
 mod stream;
 mod volume;
 
