@@ -308,7 +308,7 @@ main() {
 
     echo
     say "commit $subject"
-    cat "$logs/results" 2>/dev/null | sed 's/^/  /'
+    sed 's/^/  /' "$logs/results" 2>/dev/null || echo "  (no step finished)"
     local steps=3
     [ -z "$command" ] || steps=1
     if [ "$(grep -c ' PASS ' "$logs/results" 2>/dev/null)" = "$steps" ]; then result=PASS; else result=FAIL; fi
