@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/fresh-check.sh [--rebuild] [--keep] [COMMIT]
+# scripts/fresh-check.sh [--rebuild] [--image] [--keep] [--run CMD] [COMMIT]
 # The README's quick start on a fresh machine of this project's kind, as root: a clean clone of
 # COMMIT (default HEAD) in a fresh copy of a Debian bookworm root in the image's state, where it
 # runs scripts/demo.sh, scripts/test.sh, scripts/demo.sh --cleanup, each timed, PASS or FAIL.
