@@ -91,14 +91,15 @@ pub struct Cli {
     #[arg(long, value_name = "MAC")]
     pub mac: Option<String>,
 
-    /// Guest CPU: host-passthrough (default under KVM), host-model, default (QEMU's generic
-    /// CPU; what nested hosts whose KVM refuses some MSRs need), or a named model.
+    /// Guest CPU, tried alone and never replaced: host-passthrough, host-model, default (the
+    /// hypervisor's), or a named model. Without it, stage 1 keeps the first of host-passthrough,
+    /// host-model, default that starts on this host (nested KVMs refuse the first two).
     #[arg(long, value_name = "MODE")]
     pub cpu: Option<String>,
 
     /// Windows guests: give them every Hyper-V enlightenment the host's KVM offers
-    /// (`<hyperv mode='passthrough'/>`) instead of the fixed list, which nested hosts refuse
-    /// ("kernel doesn't allow setting HyperV VP_INDEX").
+    /// (`<hyperv mode='passthrough'/>`) instead of the fixed list, tried alone. Without it,
+    /// stage 1 keeps the first of the fixed list, passthrough, none that starts.
     #[arg(long)]
     pub hyperv_passthrough: bool,
 

@@ -13,6 +13,11 @@
 //! </vmdkimport:import>
 //! ```
 //!
+//! A domain this tool defined also carries `defined-by="virt-vmdkimport"` and `os` on
+//! `<import>`, and after stage 1's trial start a `<trial>` element saying which CPU and
+//! Hyper-V setting started, and each fallback taken with the daemon's error (see
+//! [`TrialRecord`]). All three are optional: states written before them still read.
+//!
 //! virDomainSetMetadata wants that element without any namespace (libvirt 9.0 fails with
 //! "failed to create a new XML namespace" when it already declares one) and puts it in
 //! [`NS_URI`] under the prefix given as `key`; virDomainGetMetadata hands it back without a
@@ -40,6 +45,13 @@ pub struct ImportState {
     pub disks: Vec<DiskState>,
     /// The latest hand-over of the domain to its guest, if any.
     pub handed_over: Option<HandOver>,
+    /// Who defined the domain: `Some(true)` this tool, `Some(false)` other tooling, `None` not
+    /// recorded (a state written before this was kept).
+    pub defined_by_tool: Option<bool>,
+    /// The guest family the domain was defined for (`linux`, `windows`), when this tool defined it.
+    pub os: Option<String>,
+    /// What stage 1's trial start proved.
+    pub trial: Option<TrialRecord>,
 }
 
 /// The domain was given to its guest: started by stage 2, or stage 2 finished with `--no-start`.
@@ -80,6 +92,29 @@ impl std::fmt::Display for HandOver {
             ),
         }
     }
+}
+
+/// The outcome of the last trial start (paused, then destroyed): the settings it started with,
+/// and every fallback taken to get there, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TrialRecord {
+    /// Whether the domain started; false when stage 1 stopped with an error.
+    pub started: bool,
+    /// `host-passthrough`, `host-model`, `default` or `model NAME`.
+    pub cpu: String,
+    /// `fixed`, `passthrough` or `none`; None for a domain without Hyper-V enlightenments.
+    pub hyperv: Option<String>,
+    pub fallbacks: Vec<Fallback>,
+}
+
+/// One step down the fallback ladder: `what` (`cpu` or `hyperv`) went `from` -> `to` because
+/// the start failed with `error` (the daemon's text).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Fallback {
+    pub what: String,
+    pub from: String,
+    pub to: String,
+    pub error: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -167,7 +202,7 @@ impl ImportState {
             }
             root = root.child(el);
         }
-        xmltree::to_string(&root)
+        xmltree::to_string(&self.with_domain_record(root))
     }
 
     /// Read the element back: as virDomainGetMetadata returns it (no namespace: the URI was
@@ -249,7 +284,67 @@ impl ImportState {
         if root.get_attr("lifecycle").is_none() {
             infer_legacy_hand_over(&mut state);
         }
+        state.read_domain_record(&root)?;
         Ok(state)
+    }
+
+    /// `defined-by`, `os` and `<trial>` added to the `<import>` element.
+    fn with_domain_record(&self, mut root: Element) -> Element {
+        if let Some(ours) = self.defined_by_tool {
+            root = root.attr("defined-by", if ours { DEFINED_BY_US } else { "other" });
+        }
+        if let Some(os) = &self.os {
+            root = root.attr("os", os);
+        }
+        if let Some(t) = &self.trial {
+            let mut el = Element::new("trial")
+                .attr("started", if t.started { "yes" } else { "no" })
+                .attr("cpu", &t.cpu);
+            if let Some(h) = &t.hyperv {
+                el = el.attr("hyperv", h);
+            }
+            for f in &t.fallbacks {
+                el = el.child(
+                    Element::new("fallback")
+                        .attr("what", &f.what)
+                        .attr("from", &f.from)
+                        .attr("to", &f.to)
+                        .attr("error", &f.error),
+                );
+            }
+            root = root.child(el);
+        }
+        root
+    }
+
+    /// The counterpart of [`Self::with_domain_record`]; absent parts stay None.
+    fn read_domain_record(&mut self, root: &Element) -> Result<()> {
+        self.defined_by_tool = root.get_attr("defined-by").map(|v| v == DEFINED_BY_US);
+        self.os = root.get_attr("os").map(str::to_string);
+        let Some(t) = root.elements().find(|e| e.local_name() == "trial") else {
+            return Ok(());
+        };
+        let attr = |e: &Element, k: &str| -> Result<String> {
+            e.get_attr(k)
+                .map(str::to_string)
+                .with_context(|| format!("import state: <{}> has no {k} attribute", e.name))
+        };
+        let mut rec = TrialRecord {
+            started: t.get_attr("started") != Some("no"),
+            cpu: attr(t, "cpu")?,
+            hyperv: t.get_attr("hyperv").map(str::to_string),
+            fallbacks: Vec::new(),
+        };
+        for f in t.elements().filter(|e| e.local_name() == "fallback") {
+            rec.fallbacks.push(Fallback {
+                what: attr(f, "what")?,
+                from: attr(f, "from")?,
+                to: attr(f, "to")?,
+                error: attr(f, "error")?,
+            });
+        }
+        self.trial = Some(rec);
+        Ok(())
     }
 }
 
@@ -297,6 +392,8 @@ fn infer_legacy_hand_over(state: &mut ImportState) {
         });
     }
 }
+/// `defined-by` of a domain this tool defined.
+const DEFINED_BY_US: &str = "virt-vmdkimport";
 
 /// The import state inside a whole domain XML (`virsh dumpxml`), found by its namespace;
 /// None when the domain has none.
@@ -366,7 +463,31 @@ mod tests {
                 at: Some(nasty.into()),
                 how: HandOverHow::NoStart,
             }),
+            defined_by_tool: Some(true),
+            os: Some(nasty.into()),
+            trial: Some(TrialRecord {
+                started: false,
+                cpu: "default".into(),
+                hyperv: Some("none".into()),
+                fallbacks: vec![Fallback {
+                    what: "cpu".into(),
+                    from: "host-passthrough".into(),
+                    to: "host-model".into(),
+                    error: nasty.into(),
+                }],
+            }),
         }
+    }
+
+    #[test]
+    fn a_state_without_the_domain_record_reads_as_not_recorded() {
+        let xml = "<import><disk target-dev='vda' pool='p' volume='v' capacity='5' base-uploaded='yes'/></import>";
+        let s = ImportState::from_xml(xml).unwrap();
+        assert_eq!(
+            (s.defined_by_tool, s.os, s.trial),
+            (None, None, None),
+            "older states carry none of it"
+        );
     }
 
     #[test]
@@ -465,6 +586,7 @@ mod tests {
                 ..Default::default()
             }],
             handed_over: None,
+            ..Default::default()
         };
         let back = ImportState::from_xml(&s.to_xml()).unwrap();
         assert_eq!(back, s, "applied but not yet handed over stays so");

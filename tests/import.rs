@@ -10,6 +10,7 @@ use util::bootimg;
 use util::fixtures::{descriptor, pattern, Kind, SECTOR};
 use util::import::*;
 use util::libvirt::{fill_volume, read_volume, unique_name, TestPool, REMOTE_URI};
+use util::vmximport::TestNet;
 use util::{assert_same, qemu_read, scatter, Folder, Rng, BASE_CID};
 
 /// Every test disk: 8 MiB.
@@ -821,8 +822,9 @@ fn stage2_refuses_an_older_delta_after_a_newer_one() {
 
 // ---- a domain defined by other tooling --------------------------------------------------
 
-/// A domain as virt-install or puppet might define it: its disk is `disk_xml`, plus a NIC,
-/// a serial console and some things the tool's templates do not have.
+/// A domain as virt-install or puppet might define it: its disk is `disk_xml`, plus a NIC
+/// (user networking: it needs nothing on the host, so stage 1's trial start passes), a serial
+/// console and some things the tool's templates do not have.
 fn foreign_domain_xml(tp: &TestPool, name: &str, disk_xml: &str) -> String {
     format!(
         "<domain type='{kind}'>
@@ -834,9 +836,8 @@ fn foreign_domain_xml(tp: &TestPool, name: &str, disk_xml: &str) -> String {
   <metadata><other:owner xmlns:other='urn:example:other'>puppet keeps this</other:owner></metadata>
   <devices>
     {disk_xml}
-    <interface type='network'>
+    <interface type='user'>
       <mac address='52:54:00:12:34:56'/>
-      <source network='default'/>
       <model type='rtl8139'/>
     </interface>
     <serial type='pty'><target port='0'/></serial>
@@ -1018,7 +1019,8 @@ fn windows_domain_round_trip_writes_its_sata_disk() {
     let deltas = make_chain(&f, Chain::SeSparse);
     let want = oracle(&f, &deltas[0]);
     let im = Import::new(&tp, "win");
-    stage1_ok(&im, &f, &["--os", "windows", "--network", "default"]);
+    let net = TestNet::isolated("win");
+    stage1_ok(&im, &f, &["--os", "windows", "--network", &net.name]);
     let xml = im.xml();
     let elems = elements(&xml);
     assert_eq!(the_disk_bus(&elems, &xml).1, "sata", "{xml}");
@@ -1113,10 +1115,12 @@ fn a_block_device_volume_gets_real_zeros_and_both_write_paths() {
 
     let f = Folder::base(SECTORS);
     let deltas = make_chain(&f, Chain::TwoDeltas);
+    // A block disk on the volume's path: the domain can start (QEMU opens a `type='volume'`
+    // disk of a dir pool as a regular file, which this one is not).
     let disk = format!(
-        "<disk type='volume' device='disk'><driver name='qemu' type='raw'/>\
-         <source pool='{}' volume='blk'/><target dev='vda' bus='virtio'/></disk>",
-        tp.name
+        "<disk type='block' device='disk'><driver name='qemu' type='raw'/>\
+         <source dev='{}'/><target dev='vda' bus='virtio'/></disk>",
+        tp.pool_dir().join("blk").display()
     );
     let name = unique_name("block");
     tp.define_domain(&foreign_domain_xml(&tp, &name, &disk));
@@ -1264,10 +1268,12 @@ fn a_failed_write_leaves_the_domain_off_and_a_rerun_completes(io: &str) {
     tp.pool.refresh().unwrap();
     let f = Folder::base(SECTORS);
     let deltas = make_chain(&f, Chain::SeSparse);
+    // A block disk on the volume's path: the domain can start (QEMU opens a `type='volume'`
+    // disk of a dir pool as a regular file, which this one is not).
     let disk = format!(
-        "<disk type='volume' device='disk'><driver name='qemu' type='raw'/>\
-         <source pool='{}' volume='blk'/><target dev='vda' bus='virtio'/></disk>",
-        tp.name
+        "<disk type='block' device='disk'><driver name='qemu' type='raw'/>\
+         <source dev='{}'/><target dev='vda' bus='virtio'/></disk>",
+        tp.pool_dir().join("blk").display()
     );
     let name = unique_name("wfail");
     tp.define_domain(&foreign_domain_xml(&tp, &name, &disk));

@@ -406,6 +406,7 @@ mod tests {
                 disk(vec![], false),
             ],
             handed_over: None,
+            ..Default::default()
         };
         may_copy_whole("sdb", &st.disks[1], None).unwrap();
         hand_over(&mut st, HandOverHow::Started, "T".into(), vec![]);
@@ -418,6 +419,7 @@ mod tests {
         let mut st = ImportState {
             disks: vec![disk(vec![delta("d1", 0xd1, false)], false)],
             handed_over: None,
+            ..Default::default()
         };
         hand_over(
             &mut st,

@@ -2,6 +2,9 @@
 
 mod guards;
 pub mod lifecycle;
+mod reshape;
+pub mod shape;
+pub mod trial;
 pub mod write;
 
 use crate::cli::{Cli, IoMode, OsArg};
@@ -143,9 +146,17 @@ impl Request {
             }
             None => None,
         };
+        let shaping = cli.cpu.is_some()
+            || cli.memory.is_some()
+            || cli.vcpus.is_some()
+            || cli.os.is_some()
+            || cli.mac.is_some()
+            || !cli.network.is_empty()
+            || cli.bridge.is_some()
+            || cli.hyperv_passthrough;
         ensure!(
-            base.is_some() || !cli.deltas.is_empty() || vmx.is_some() || cli.print_xml,
-            "nothing to do: give --flat BASE (stage 1), delta files (stage 2), or --vmx"
+            base.is_some() || !cli.deltas.is_empty() || vmx.is_some() || cli.print_xml || shaping,
+            "nothing to do: give --flat BASE (stage 1), delta files (stage 2), --vmx, or options that shape the domain"
         );
         ensure!(
             vmx.is_none() || cli.deltas.is_empty(),
@@ -214,7 +225,7 @@ pub fn run(req: Request) -> Result<()> {
 
 fn run_on(conn: Conn, mut req: Request) -> Result<()> {
     let dom = conn.domain(&req.domain)?;
-    let state = match &dom {
+    let mut state = match &dom {
         Some(d) => read_state(d)?,
         None => None,
     };
@@ -239,12 +250,28 @@ fn run_on(conn: Conn, mut req: Request) -> Result<()> {
     if let Some(d) = &dom {
         ensure!(
             !d.is_active()?,
-            "domain '{}' is running: writing under a live guest corrupts it; shut it down first",
-            req.domain
+            "domain '{}' is running: {}; shut it down first",
+            req.domain,
+            if stage1 || stage2 {
+                "writing under a live guest corrupts it"
+            } else {
+                "the options that shape it apply to a shut-off domain only"
+            }
         );
     }
+    // Options that shape the domain, given for one that exists: applied or refused, never ignored.
+    let dom = match (dom, state.as_mut()) {
+        (Some(d), Some(st)) if !stage1 => Some(reshape::apply_and_prove(&req, &conn, d, st)?),
+        (Some(d), st) => match reshape::apply(&req, &conn, &d, st.as_deref())? {
+            // Stage 1's trial start, after the upload, proves the new definition.
+            Some((new, _)) => Some(new),
+            None => Some(d),
+        },
+        (None, _) => None,
+    };
     let (dom, mut state) = if stage1 {
-        stage_one(&req, &conn, dom, state, &disks)?
+        let (dom, mut st) = stage_one(&req, &conn, dom, state, &disks)?;
+        (prove_stage_one(&req, &conn, dom, &mut st)?, st)
     } else {
         let dom = dom.ok_or_else(|| {
             anyhow!(
@@ -317,7 +344,7 @@ fn hand_over_and_start(conn: &Conn, dom: &Dom, st: &mut ImportState) -> Result<(
         mtimes,
     );
     write_state(dom, st)?;
-    if let Err(e) = dom.start() {
+    if let Err(e) = trial::start_after_stage_two(conn, dom) {
         *st = before;
         write_state(dom, st)?;
         return Err(e);
@@ -331,6 +358,32 @@ fn volume_mtimes(conn: &Conn, st: &ImportState) -> Result<Vec<Option<String>>> {
         .iter()
         .map(|d| guards::volume_mtime(&conn.pool(&d.pool)?.volume(&d.volume)?))
         .collect()
+}
+
+/// Stage 1's trial start, once every base upload is complete: the domain started paused and
+/// destroyed, falling back along the ladder when this tool defined it (see [`trial::prove`]).
+/// The outcome goes into the import state whether it starts or not.
+fn prove_stage_one(
+    req: &Request,
+    conn: &Conn,
+    dom: Option<Dom>,
+    st: &mut ImportState,
+) -> Result<Option<Dom>> {
+    let Some(mut dom) = dom else {
+        return Ok(None);
+    };
+    if req.dry_run || !st.disks.iter().all(|d| d.base_uploaded) {
+        return Ok(Some(dom));
+    }
+    let fixed = trial::Fixed {
+        cpu: req.cpu.is_some(),
+        hyperv: req.hyperv_passthrough,
+    };
+    let ours = st.defined_by_tool == Some(true);
+    let proved = trial::prove(conn, &mut dom, fixed, ours, st);
+    write_state(&dom, st)?;
+    proved?;
+    Ok(Some(dom))
 }
 
 /// Size of the driver-install disk: Windows only needs to see a virtio disk, not use it.
@@ -427,6 +480,7 @@ fn stage_one(
     let mut vols = Vec::new();
     let mut steps = Vec::new();
     let mut st = ImportState::default();
+    trial::carry_over(&mut st, state.as_ref(), &req.domain);
     let dom = match dom {
         Some(dom) => {
             // Defined by someone else (or an earlier run): write into its disks, keep its XML.
@@ -514,6 +568,8 @@ fn stage_one(
                 None
             } else {
                 let dom = conn.define_domain(&domain_xml::render(&spec)?)?;
+                st.defined_by_tool = Some(true);
+                st.os = Some(os_name(spec.os).to_lowercase());
                 crate::say!(
                     "defined domain '{}' ({} guest, {} MiB, {} vCPUs)",
                     req.domain,

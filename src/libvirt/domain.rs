@@ -88,6 +88,13 @@ impl Dom {
         Ok(())
     }
 
+    /// Start the defined domain paused (`VIR_DOMAIN_START_PAUSED`): QEMU is set up with every
+    /// device, firmware and CPU setting, and no guest code runs. On failure the error is the
+    /// daemon's own (its text says why), without context added.
+    pub fn start_paused(&self) -> std::result::Result<(), virt::error::Error> {
+        self.dom.create_with_flags(sys::VIR_DOMAIN_START_PAUSED)
+    }
+
     /// Stop the domain at once (pulling the plug).
     pub fn destroy(&self) -> Result<()> {
         self.dom

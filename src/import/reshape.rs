@@ -1,0 +1,211 @@
+//! The domain-shaping options (`--cpu`, `--memory`, `--vcpus`, `--os`, `--mac`, `--network`, `--bridge`, `--hyperv-passthrough`) given for a domain that exists: applied to a shut-off domain this tool defined, refused with the reason otherwise, never ignored.
+
+use anyhow::{bail, ensure, Context, Result};
+
+use super::shape::{self, Hyperv};
+use super::{os_name, trial, Request};
+use crate::domain_xml::NetSource;
+use crate::libvirt::{Conn, Dom};
+use crate::state::ImportState;
+use crate::vmx::OsFamily;
+use crate::xmltree::{self, Element};
+
+impl Request {
+    /// Whether any option that shapes the domain was given.
+    pub(super) fn shapes_domain(&self) -> bool {
+        self.cpu.is_some()
+            || self.memory_mib.is_some()
+            || self.vcpus.is_some()
+            || self.os.is_some()
+            || self.mac.is_some()
+            || self.network.is_some()
+            || !self.network_map.is_empty()
+            || self.bridge.is_some()
+            || self.hyperv_passthrough
+    }
+
+    /// The network asked for the NIC on VMware network `vmware_net` (None: the plain one).
+    fn given_net(&self, vmware_net: Option<&str>) -> Option<NetSource> {
+        if let Some((_, to)) =
+            vmware_net.and_then(|n| self.network_map.iter().find(|(from, _)| from == n))
+        {
+            return Some(NetSource::Network(to.clone()));
+        }
+        match (&self.bridge, &self.network) {
+            (Some(br), _) => Some(NetSource::Bridge(br.clone())),
+            (None, Some(net)) => Some(NetSource::Network(net.clone())),
+            (None, None) => None,
+        }
+    }
+}
+
+/// The guest family the domain was defined for: recorded, else read from the XML.
+fn domain_os(xml: &Element, st: Option<&ImportState>) -> OsFamily {
+    match st.and_then(|s| s.os.as_deref()) {
+        Some("windows") => OsFamily::Windows,
+        Some(_) => OsFamily::Linux,
+        None if shape::looks_windows(xml) => OsFamily::Windows,
+        None => OsFamily::Linux,
+    }
+}
+
+/// Apply the given options to `xml`: what changed, one phrase each.
+fn edit(req: &Request, xml: &mut Element, st: Option<&ImportState>) -> Result<Vec<String>> {
+    let os = domain_os(xml, st);
+    let mut changed = Vec::new();
+    if let Some(want) = req.os.filter(|&o| o != os) {
+        bail!(
+            "--os {}: domain '{}' was defined for a {} guest; the guest family decides its disk buses, NIC models and clock, which this tool does not rewrite in place: leave --os out, or undefine the domain (virsh undefine {}; its volumes stay) and run stage 1 again",
+            os_name(want).to_lowercase(),
+            req.domain,
+            os_name(os),
+            req.domain
+        );
+    }
+    if let Some(m) = req.memory_mib {
+        ensure!(m > 0, "--memory must be more than 0 MiB");
+        if shape::set_memory(xml, m)? {
+            changed.push(format!("memory {m} MiB"));
+        }
+    }
+    if let Some(v) = req.vcpus {
+        ensure!(v > 0, "--vcpus must be more than 0");
+        if shape::set_vcpus(xml, v)? {
+            changed.push(format!("{v} vCPUs"));
+        }
+    }
+    if let Some(cpu) = &req.cpu {
+        if shape::set_cpu_mode(xml, cpu) {
+            changed.push(format!("CPU {}", shape::cpu_name(cpu)));
+        }
+    }
+    if req.hyperv_passthrough {
+        ensure!(
+            os == OsFamily::Windows,
+            "--hyperv-passthrough: domain '{}' is a Linux guest, which gets no Hyper-V enlightenments; leave the option out",
+            req.domain
+        );
+        if shape::set_hyperv(xml, Hyperv::Passthrough)? {
+            changed.push("Hyper-V passthrough".into());
+        }
+    }
+    edit_nics(req, xml, os, &mut changed)?;
+    Ok(changed)
+}
+
+fn edit_nics(
+    req: &Request,
+    xml: &mut Element,
+    os: OsFamily,
+    changed: &mut Vec<String>,
+) -> Result<()> {
+    let model = match os {
+        OsFamily::Linux => "virtio",
+        OsFamily::Windows => "e1000e",
+    };
+    let wanted: Vec<Option<NetSource>> = match &req.vmx {
+        Some((_, vmx)) => vmx
+            .nics
+            .iter()
+            .map(|n| req.given_net(n.network_name.as_deref()))
+            .collect(),
+        None => vec![req.given_net(None)],
+    };
+    for (i, net) in wanted.iter().enumerate() {
+        let Some(net) = net else { continue };
+        if shape::set_nic_source(xml, i, net, model)? {
+            let (kind, name) = match net {
+                NetSource::Network(n) => ("network", n),
+                NetSource::Bridge(b) => ("bridge", b),
+            };
+            changed.push(format!("NIC {} on {kind} '{name}'", i + 1));
+        }
+    }
+    if let Some(mac) = &req.mac {
+        if req.vmx.is_none() && wanted[0].is_none() {
+            // A NIC for the MAC, on the network a new domain would get.
+            let net = NetSource::Network("default".into());
+            if xml
+                .find("devices")
+                .is_some_and(|d| d.find("interface").is_none())
+                && shape::set_nic_source(xml, 0, &net, model)?
+            {
+                changed.push("NIC 1 on network 'default'".into());
+            }
+        }
+        if shape::set_first_mac(xml, mac)? {
+            changed.push(format!("MAC {mac}"));
+        }
+    }
+    Ok(())
+}
+
+/// Apply the shaping options given for the existing `dom`. Returns the redefined domain and
+/// its XML before, or None when every option already matched (or none was given). Refused,
+/// saying why, for a running domain and for one defined by other tooling.
+pub fn apply(
+    req: &Request,
+    conn: &Conn,
+    dom: &Dom,
+    st: Option<&ImportState>,
+) -> Result<Option<(Dom, String)>> {
+    if !req.shapes_domain() {
+        return Ok(None);
+    }
+    let before = dom.xml()?;
+    let mut xml = xmltree::parse(&before).context("reading the domain XML")?;
+    let changed = edit(req, &mut xml, st)
+        .with_context(|| format!("domain '{}' exists already", req.domain))?;
+    if changed.is_empty() {
+        return Ok(None);
+    }
+    let what = changed.join(", ");
+    ensure!(
+        trial::defined_here(st, &req.domain),
+        "domain '{}' exists and was defined by other tooling: the options asking for {what} would change its definition, which this tool leaves alone; change it with virsh -c {} edit {} (or the tooling that defined it), or leave those options out",
+        req.domain,
+        conn.uri(),
+        req.domain
+    );
+    ensure!(
+        !dom.is_active()?,
+        "domain '{}' is running: {what} can only be applied to a shut-off domain; shut it down first",
+        req.domain
+    );
+    if req.dry_run {
+        println!(
+            "would redefine domain '{}' with {what}, then trial-start it",
+            req.domain
+        );
+        return Ok(None);
+    }
+    let new = conn.define_domain(&xmltree::to_string(&xml))?;
+    println!("domain '{}' redefined with {what}", req.domain);
+    Ok(Some((new, before)))
+}
+
+/// Apply the options, then prove the domain still starts; when it does not, the previous
+/// definition is put back and the error says why. Returns the domain to go on with.
+pub fn apply_and_prove(req: &Request, conn: &Conn, dom: Dom, st: &mut ImportState) -> Result<Dom> {
+    let Some((mut new, before)) = apply(req, conn, &dom, Some(st))? else {
+        return Ok(dom);
+    };
+    let fixed = trial::Fixed {
+        cpu: req.cpu.is_some(),
+        hyperv: req.hyperv_passthrough,
+    };
+    match trial::prove(conn, &mut new, fixed, true, st) {
+        Ok(()) => {
+            super::write_state(&new, st)?;
+            Ok(new)
+        }
+        Err(e) => {
+            conn.define_domain(&before)
+                .context("putting the previous definition back")?;
+            Err(e.context(format!(
+                "domain '{}': the previous definition is back in place",
+                req.domain
+            )))
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! End to end on the real libvirtd: stage 1's trial start (the CPU ladder, explicit --cpu, a missing network, bridge or firmware), the shaping options for an existing domain, and stage 2's failed start.
+
+mod util;
+
+use std::process::{Command, Output};
+
+use util::fixtures::{Kind, SECTOR};
+use util::import::*;
+use util::libvirt::{fill_volume, read_volume, unique_name, TestPool};
+use util::vmximport::TestNet;
+use util::{assert_same, qemu_read, Folder, BASE_CID};
+
+/// Every test disk: 8 MiB.
+const CAP: u64 = 8 * MIB;
+const SECTORS: u64 = CAP / SECTOR;
+const SMALL: &[&str] = &["--memory", "128"];
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn virsh_try(uri: &str, args: &[&str]) -> Output {
+    Command::new("virsh")
+        .arg("-c")
+        .arg(uri)
+        .args(args)
+        .output()
+        .expect("virsh runs")
+}
+
+/// Whether a throwaway domain with `cpu_xml` starts paused on this host, asked straight of
+/// libvirtd (not through the tool): the oracle for the ladder.
+fn host_starts(tp: &TestPool, cpu_xml: &str) -> bool {
+    let name = unique_name("probe");
+    tp.track_domain(&name);
+    let xml = format!(
+        "<domain type='{}'><name>{name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
+         <os><type arch='x86_64' machine='q35'>hvm</type></os>{cpu_xml}<devices/></domain>",
+        tp.conn.domain_type()
+    );
+    let file = tp.path(&format!("{name}.xml"));
+    std::fs::write(&file, xml).unwrap();
+    virsh(
+        &tp.conn.uri().to_owned(),
+        &["define", file.to_str().unwrap()],
+    );
+    let started = virsh_try(tp.conn.uri(), &["start", "--paused", &name])
+        .status
+        .success();
+    if started {
+        virsh(tp.conn.uri(), &["destroy", &name]);
+    }
+    started
+}
+
+/// The CPU rung a plain stage 1 should end on here: the first of the ladder that starts.
+fn first_rung_that_starts(tp: &TestPool) -> (&'static str, Vec<&'static str>) {
+    let ladder = [
+        (
+            "host-passthrough",
+            "<cpu mode='host-passthrough' check='none'/>",
+        ),
+        ("host-model", "<cpu mode='host-model'/>"),
+    ];
+    let mut failed = Vec::new();
+    for (name, xml) in ladder {
+        if host_starts(tp, xml) {
+            return (name, failed);
+        }
+        failed.push(name);
+    }
+    ("default", failed)
+}
+
+/// The tool's trial record (`<trial>`) in the metadata.
+fn trial_elem(meta: &str) -> Elem {
+    elements(meta)
+        .into_iter()
+        .find(|e| e.path.ends_with("trial"))
+        .unwrap_or_else(|| panic!("no <trial> in {meta}"))
+}
+
+/// A plain stage 1 (no --cpu) ends on the first CPU of the ladder this host starts, says
+/// for each rung it left that it did not start and libvirt's reason, records the same, and
+/// the domain then really starts.
+#[test]
+fn a_plain_stage1_falls_back_to_the_first_cpu_this_host_starts_and_the_domain_starts() {
+    let tp = TestPool::new("ladder");
+    let (want, failed) = first_rung_that_starts(&tp);
+    let f = Folder::base(SECTORS);
+    let im = Import::new(&tp, "ladder");
+    let out = im.stage1(&f.path("base.vmdk"), SMALL);
+    let text = ok(&out, "stage 1");
+    for rung in &failed {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("trial start: cpu {rung} does not start")))
+            .unwrap_or_else(|| panic!("no fallback line for {rung}:\n{text}"));
+        assert!(line.contains("error"), "the daemon's reason: {line}");
+    }
+    assert!(
+        text.contains(&format!("starts (started paused"))
+            && text.contains(&format!("with CPU {want}")),
+        "says which CPU it starts with ({want}):\n{text}"
+    );
+    assert!(!im.is_active(), "the trial domain is destroyed again");
+    let meta = im.metadata();
+    let t = trial_elem(&meta);
+    assert_eq!(
+        (t.attr("started"), t.attr("cpu")),
+        (Some("yes"), Some(want)),
+        "{meta}"
+    );
+    assert_eq!(
+        elements(&meta)
+            .iter()
+            .filter(|e| e.path.ends_with("fallback"))
+            .count(),
+        failed.len(),
+        "{meta}"
+    );
+    assert_same(
+        &im.read(),
+        &std::fs::read(f.path("base-flat.vmdk")).unwrap(),
+        "volume",
+    );
+    virsh(&im.uri, &["start", &im.domain]);
+    assert!(im.is_active(), "the domain stage 1 defined starts");
+    virsh(&im.uri, &["destroy", &im.domain]);
+}
+
+/// A CPU this host refuses, asked of libvirtd directly: host-passthrough on nested hosts,
+/// else a named model of the other vendor.
+fn a_cpu_this_host_refuses(tp: &TestPool) -> &'static str {
+    let candidates = [
+        ("host-passthrough", "<cpu mode='host-passthrough' check='none'/>"),
+        ("EPYC-Rome", "<cpu mode='custom' match='exact' check='partial'><model fallback='forbid'>EPYC-Rome</model></cpu>"),
+        ("Icelake-Server", "<cpu mode='custom' match='exact' check='partial'><model fallback='forbid'>Icelake-Server</model></cpu>"),
+    ];
+    candidates
+        .iter()
+        .find(|(_, xml)| !host_starts(tp, xml))
+        .map(|(name, _)| *name)
+        .expect("this host starts every candidate CPU; the test needs one it refuses")
+}
+
+/// An explicit --cpu the host refuses fails stage 1 with one clear line (nothing started,
+/// the CPU not replaced, the upload recorded); `--domain D --cpu default` then redefines the
+/// shut-off domain and its trial start passes.
+#[test]
+fn an_explicit_cpu_the_host_refuses_fails_stage1_and_cpu_default_then_reshapes_it() {
+    let tp = TestPool::new("explicit");
+    let cpu = a_cpu_this_host_refuses(&tp);
+    let f = Folder::base(SECTORS);
+    let im = Import::new(&tp, "explicit");
+    let out = im.stage1(&f.path("base.vmdk"), &[SMALL, &["--cpu", cpu]].concat());
+    let line = refused(&out, &["never replaced"]);
+    assert!(
+        line.contains("stage 1") && line.contains("--cpu default"),
+        "{line}"
+    );
+    assert!(
+        !stdout(&out).contains("trying cpu"),
+        "no fallback: {}",
+        show(&out)
+    );
+    assert!(!im.is_active(), "nothing runs");
+    let xml = im.xml();
+    let mode = if cpu == "host-passthrough" {
+        "mode='host-passthrough'"
+    } else {
+        cpu
+    };
+    assert!(xml.contains(mode), "the asked CPU is kept: {xml}");
+    let meta = im.metadata();
+    assert_eq!(
+        state_elem(&meta).unwrap().attr("base-uploaded"),
+        Some("yes"),
+        "{meta}"
+    );
+    assert_eq!(trial_elem(&meta).attr("started"), Some("no"), "{meta}");
+
+    let out = run(&[&im.common()[..], &["--cpu".into(), "default".into()]].concat());
+    let text = ok(&out, "--cpu default for the existing domain");
+    assert!(text.contains("redefined with CPU default"), "{text}");
+    assert!(text.contains("with CPU default"), "trial passes: {text}");
+    assert!(!im.is_active());
+    let meta = im.metadata();
+    assert_eq!(
+        (
+            trial_elem(&meta).attr("started"),
+            trial_elem(&meta).attr("cpu")
+        ),
+        (Some("yes"), Some("default")),
+        "{meta}"
+    );
+    assert!(!im.xml().contains(mode), "CPU changed");
+}
+
+/// A network or bridge that does not exist is a stage-1 error naming it and the fix.
+fn missing_nic_backend_is_refused(tag: &str, option: &str, fix: &str) {
+    let tp = TestPool::new(tag);
+    let f = Folder::base(SECTORS);
+    let im = Import::new(&tp, tag);
+    let missing = format!("vknone{}", std::process::id());
+    let out = im.stage1(
+        &f.path("base.vmdk"),
+        &[SMALL, &["--cpu", "default", option, &missing]].concat(),
+    );
+    let line = refused(&out, &[fix]);
+    assert!(
+        line.contains(&missing) && line.contains("stage 1"),
+        "{line}"
+    );
+    assert!(!im.is_active(), "nothing runs");
+}
+
+#[test]
+fn a_missing_network_is_refused_in_stage1_naming_it() {
+    missing_nic_backend_is_refused("nonet", "--network", "net-start");
+}
+
+#[test]
+fn a_missing_bridge_is_refused_in_stage1_naming_it() {
+    missing_nic_backend_is_refused("nobr", "--bridge", "ip link add");
+}
+
+/// Shaping options for a domain this tool defined and that is shut off are applied (the
+/// domain redefined, the trial start run again); given again they change nothing.
+#[test]
+fn shaping_options_are_applied_to_our_shut_off_domain_and_proved() {
+    let tp = TestPool::new("reshape");
+    let net = TestNet::isolated("reshape");
+    let f = Folder::base(SECTORS);
+    let im = Import::new(&tp, "reshape");
+    ok(
+        &im.stage1(
+            &f.path("base.vmdk"),
+            &[SMALL, &["--cpu", "default"]].concat(),
+        ),
+        "stage 1",
+    );
+    let args = [
+        "--memory",
+        "192",
+        "--vcpus",
+        "2",
+        "--network",
+        &net.name,
+        "--mac",
+        "52:54:00:0a:0b:0c",
+    ];
+    let cmd = [&im.common()[..], &args.map(Into::into)[..]].concat();
+    let text = ok(&run(&cmd), "shaping options");
+    assert!(
+        text.contains("redefined with memory 192 MiB, 2 vCPUs")
+            && text.contains(&format!("network '{}'", net.name))
+            && text.contains("MAC 52:54:00:0a:0b:0c"),
+        "{text}"
+    );
+    assert!(
+        text.contains("trial start: domain") && text.contains("starts"),
+        "{text}"
+    );
+    let xml = im.xml();
+    for want in [
+        "<memory unit='KiB'>196608</memory>",
+        ">2</vcpu>",
+        "52:54:00:0a:0b:0c",
+        &net.name,
+    ] {
+        assert!(xml.contains(want), "{want}: {xml}");
+    }
+    let again = ok(&run(&cmd), "the same options again");
+    assert!(!again.contains("redefined"), "nothing to change: {again}");
+    assert!(!im.is_active());
+
+    // Running: refused, saying why, and the definition stays.
+    virsh(&im.uri, &["start", &im.domain]);
+    let before = im.xml();
+    let cmd = [&im.common()[..], &["--memory".into(), "256".into()]].concat();
+    let line = refused(&run(&cmd), &["is running"]);
+    assert!(line.contains("shut-off domain"), "{line}");
+    assert_eq!(im.xml(), before, "definition unchanged");
+    virsh(&im.uri, &["destroy", &im.domain]);
+}
+
+/// A domain as other tooling defines it: its volume `vol`, no NIC.
+fn foreign_domain(
+    tp: &TestPool,
+    name: &str,
+    vol: &vmdkimport::libvirt::Vol,
+    os_attr: &str,
+    os_inner: &str,
+) -> String {
+    format!(
+        "<domain type='{}'><name>{name}</name><memory unit='MiB'>96</memory><vcpu>1</vcpu>\
+         <os{os_attr}><type arch='x86_64' machine='pc'>hvm</type>{os_inner}</os><features><acpi/></features>\
+         <devices><disk type='volume' device='disk'><driver name='qemu' type='raw'/>\
+         <source pool='{}' volume='{}'/><target dev='vda' bus='virtio'/></disk></devices></domain>",
+        tp.conn.domain_type(),
+        tp.name,
+        vol.name()
+    )
+}
+
+/// Shaping options for a domain other tooling defined are refused, saying so, before
+/// anything is written; the same stage 1 without them goes through.
+#[test]
+fn shaping_options_are_refused_for_a_domain_other_tooling_defined() {
+    let tp = TestPool::new("foreign-shape");
+    let f = Folder::base(SECTORS);
+    let vol = tp.volume("root", CAP);
+    fill_volume(&vol, 0x5a);
+    let name = unique_name("foreign-shape");
+    tp.define_domain(&foreign_domain(&tp, &name, &vol, "", ""));
+    let im = Import::existing(&tp, &name);
+    let xml = im.xml();
+    let out = im.stage1(
+        &f.path("base.vmdk"),
+        &["--memory", "512", "--cpu", "host-model"],
+    );
+    let line = refused(&out, &["other tooling"]);
+    assert!(
+        line.contains("memory 512 MiB") && line.contains("virsh"),
+        "{line}"
+    );
+    assert!(
+        read_volume(&vol).iter().all(|&b| b == 0x5a),
+        "volume written"
+    );
+    assert_eq!(im.xml(), xml, "the domain's XML");
+    ok(
+        &im.stage1(&f.path("base.vmdk"), &[]),
+        "stage 1 without them",
+    );
+    let out = run(&[&im.common()[..], &["--vcpus".into(), "4".into()]].concat());
+    refused(&out, &["other tooling"]);
+}
+
+/// A domain whose UEFI firmware request no OVMF build on the host meets (secure boot on the
+/// pc machine) is a stage-1 error naming OVMF.
+#[test]
+fn a_firmware_request_no_ovmf_meets_is_refused_in_stage1() {
+    let tp = TestPool::new("noovmf");
+    let f = Folder::base(SECTORS);
+    let vol = tp.volume("root", CAP);
+    let name = unique_name("noovmf");
+    let fw = "<firmware><feature enabled='yes' name='secure-boot'/></firmware>";
+    tp.define_domain(&foreign_domain(&tp, &name, &vol, " firmware='efi'", fw));
+    let im = Import::existing(&tp, &name);
+    let out = im.stage1(&f.path("base.vmdk"), &[]);
+    let line = refused(&out, &["ovmf"]);
+    assert!(
+        line.contains("stage 1") && line.contains("firmware"),
+        "{line}"
+    );
+    assert!(!im.is_active());
+}
+
+/// The network stage 1 proved is gone by stage 2: the start fails, the error says the disk
+/// is complete and marked applied and gives the command to start it; the volume holds the
+/// chain and the state records the delta as applied.
+#[test]
+fn a_failed_start_in_stage2_leaves_the_disk_complete_and_applied_and_says_how_to_start() {
+    let tp = TestPool::new("s2start");
+    let f = Folder::base(SECTORS);
+    let grains = [(3, Kind::Data), (40, Kind::Data)];
+    let delta = cowd_child(&f, "vm-000001", 0x61, (BASE_CID, "base.vmdk"), 8, &grains);
+    let want = qemu_read(&delta);
+    let im = Import::new(&tp, "s2start");
+    let net = TestNet::isolated("s2start");
+    ok(
+        &im.stage1(
+            &f.path("base.vmdk"),
+            &[SMALL, &["--cpu", "default", "--network", &net.name]].concat(),
+        ),
+        "stage 1",
+    );
+    drop(net);
+    let out = im.stage2(&[&delta], &[]);
+    let line = refused(&out, &["did not start"]);
+    assert!(line.contains("marked applied"), "{line}");
+    let retry = format!("virsh -c {} start {}", im.uri, im.domain);
+    assert!(line.ends_with(&retry), "the retry command: {line}");
+    assert!(!im.is_active());
+    assert_same(&im.read(), &want, "volume");
+    let meta = im.metadata();
+    let st = state_elem(&meta).unwrap();
+    assert_eq!(st.attr("applying"), None, "{meta}");
+    assert_eq!(applied_count(&meta), 1, "{meta}");
+}
