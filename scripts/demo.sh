@@ -86,10 +86,10 @@ v pool-start "$NAME" >/dev/null
 v pool-list --all | sed -n "1,2p;/ $NAME /p"
 
 say "stage 1 (while the VM would still run on VMware): volume, domain, base upload"
-# --cpu default: the tool's default under KVM is host-passthrough, which QEMU cannot start on
-# nested hosts whose KVM refuses some MSRs ("failed to set MSR 0x10a"); a boot sector does not
-# care about the CPU model, so the demo takes the CPU that starts everywhere.
-run "$BIN" -c "$URI" --domain "$NAME" --pool "$NAME" --flat "$D/vmware/demo.vmdk" --memory 128 --cpu default
+# No --cpu: stage 1 trial-starts the domain paused and, on hosts that refuse the default
+# host-passthrough CPU (nested KVM: "failed to set MSR 0x10a"), falls back along the ladder
+# and says which CPU it kept and why.
+run "$BIN" -c "$URI" --domain "$NAME" --pool "$NAME" --flat "$D/vmware/demo.vmdk" --memory 128
 
 # Log the guest's COM1 to a file as well, so this script can show it without an interactive
 # console: the domain's pty serial gets a <log> (virtlogd writes it; `virsh console` still
