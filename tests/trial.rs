@@ -359,8 +359,9 @@ fn a_firmware_request_no_ovmf_meets_is_refused_in_stage1() {
 }
 
 /// The network stage 1 proved is gone by stage 2: the start fails, the error says the disk
-/// is complete and marked applied and gives the command to start it; the volume holds the
-/// chain and the state records the delta as applied.
+/// is complete and marked applied and gives the command to retry (the same command); the
+/// volume holds the chain, the state records the delta as applied and not handed over. With
+/// the network back, that command starts the domain.
 #[test]
 fn a_failed_start_in_stage2_leaves_the_disk_complete_and_applied_and_says_how_to_start() {
     let tp = TestPool::new("s2start");
@@ -370,23 +371,43 @@ fn a_failed_start_in_stage2_leaves_the_disk_complete_and_applied_and_says_how_to
     let want = qemu_read(&delta);
     let im = Import::new(&tp, "s2start");
     let net = TestNet::isolated("s2start");
-    ok(
-        &im.stage1(
-            &f.path("base.vmdk"),
-            &[SMALL, &["--cpu", "default", "--network", &net.name]].concat(),
-        ),
-        "stage 1",
-    );
-    drop(net);
+    let stage1 = [SMALL, &["--cpu", "default", "--network", &net.name]].concat();
+    ok(&im.stage1(&f.path("base.vmdk"), &stage1), "stage 1");
+    virsh(&im.uri, &["net-destroy", &net.name]);
+
     let out = im.stage2(&[&delta], &[]);
     let line = refused(&out, &["did not start"]);
-    assert!(line.contains("marked applied"), "{line}");
-    let retry = format!("virsh -c {} start {}", im.uri, im.domain);
-    assert!(line.ends_with(&retry), "the retry command: {line}");
+    assert!(
+        line.contains("marked applied") && line.contains(&net.name),
+        "{line}"
+    );
+    let mut command = vec![util::BIN.to_string()];
+    command.extend(im.common().iter().map(|a| a.to_string_lossy().into_owned()));
+    command.push(delta.display().to_string());
+    assert!(
+        line.ends_with(&command.join(" ")),
+        "the retry command: {line}"
+    );
     assert!(!im.is_active());
     assert_same(&im.read(), &want, "volume");
     let meta = im.metadata();
     let st = state_elem(&meta).unwrap();
     assert_eq!(st.attr("applying"), None, "{meta}");
     assert_eq!(applied_count(&meta), 1, "{meta}");
+    assert!(!meta.contains("handed-over by"), "not handed over: {meta}");
+
+    let xml = tp.path("net.xml");
+    std::fs::write(
+        &xml,
+        format!(
+            "<network><name>{}</name><forward mode='bridge'/><bridge name='{}'/></network>",
+            net.name, net.bridge
+        ),
+    )
+    .unwrap();
+    virsh(&im.uri, &["net-create", xml.to_str().unwrap()]);
+    ok(&im.stage2(&[&delta], &[]), "the retry");
+    assert!(im.is_active(), "the retry starts the domain");
+    assert_same(&im.read(), &want, "volume after the retry");
+    virsh(&im.uri, &["destroy", &im.domain]);
 }

@@ -298,21 +298,23 @@ fn sh(s: &str) -> String {
 }
 
 /// Stage 2's start, the last check: when it fails, the error says that the disks are complete
-/// and marked applied, why the start failed, and the exact command that starts the domain.
+/// and marked applied, why the start failed, and the exact command to retry. That command is
+/// this one again, not `virsh start`: the hand-over is recorded only when this tool starts the
+/// domain, and without that record a later stage 2 could write over what the guest wrote.
 pub fn start_after_stage_two(conn: &Conn, dom: &Dom) -> Result<()> {
     let Err(e) = dom.raw().create() else {
         return Ok(());
     };
-    let uri = conn.uri();
-    let name = dom.name();
     let text = one_line(e.message());
-    let fix = host_cause(&classify(&text), uri)
+    let fix = host_cause(&classify(&text), conn.uri())
         .map(|c| format!(" ({c})"))
         .unwrap_or_default();
+    let again: Vec<String> = std::env::args().map(|a| sh(&a)).collect();
     bail!(
-        "domain '{name}' did not start: {text}{fix}. Its disks are completely written and marked applied: nothing is lost and nothing needs writing again. \
-         Once the cause is fixed, start it with: virsh -c {uri} start {}",
-        sh(name)
+        "domain '{}' did not start: {text}{fix}. Its disks are completely written and marked applied: nothing is lost. \
+         Once the cause is fixed, rerun the same command (it writes the same bytes again, records the hand-over and starts the domain): {}",
+        dom.name(),
+        again.join(" ")
     )
 }
 
