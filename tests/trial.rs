@@ -40,10 +40,7 @@ fn host_starts(tp: &TestPool, cpu_xml: &str) -> bool {
     );
     let file = tp.path(&format!("{name}.xml"));
     std::fs::write(&file, xml).unwrap();
-    virsh(
-        &tp.conn.uri().to_owned(),
-        &["define", file.to_str().unwrap()],
-    );
+    virsh(tp.conn.uri(), &["define", file.to_str().unwrap()]);
     let started = virsh_try(tp.conn.uri(), &["start", "--paused", &name])
         .status
         .success();
@@ -99,8 +96,7 @@ fn a_plain_stage1_falls_back_to_the_first_cpu_this_host_starts_and_the_domain_st
         assert!(line.contains("error"), "the daemon's reason: {line}");
     }
     assert!(
-        text.contains(&format!("starts (started paused"))
-            && text.contains(&format!("with CPU {want}")),
+        text.contains("starts (started paused") && text.contains(&format!("with CPU {want}")),
         "says which CPU it starts with ({want}):\n{text}"
     );
     assert!(!im.is_active(), "the trial domain is destroyed again");

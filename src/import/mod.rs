@@ -567,7 +567,9 @@ fn stage_one(
                 }
                 None
             } else {
-                let dom = conn.define_domain(&domain_xml::render(&spec)?)?;
+                let dom = conn
+                    .define_domain(&domain_xml::render(&spec)?)
+                    .map_err(|e| trial::explain_define(conn, e))?;
                 st.defined_by_tool = Some(true);
                 st.os = Some(os_name(spec.os).to_lowercase());
                 crate::say!(

@@ -173,14 +173,16 @@ pub fn apply(
         req.domain
     );
     if req.dry_run {
-        println!(
+        crate::say!(
             "would redefine domain '{}' with {what}, then trial-start it",
             req.domain
         );
         return Ok(None);
     }
-    let new = conn.define_domain(&xmltree::to_string(&xml))?;
-    println!("domain '{}' redefined with {what}", req.domain);
+    let new = conn
+        .define_domain(&xmltree::to_string(&xml))
+        .map_err(|e| trial::explain_define(conn, e))?;
+    crate::say!("domain '{}' redefined with {what}", req.domain);
     Ok(Some((new, before)))
 }
 

@@ -185,6 +185,9 @@ pub fn prove(
     // host QEMU now and then dies early ("domain is no longer running").
     let mut retried = false;
     let result = loop {
+        // Interrupted: nothing is started (the paused domain of a start already made is
+        // destroyed below before the loop looks here again).
+        crate::interrupt::check()?;
         let Err(e) = dom.start_paused() else {
             dom.destroy()
                 .context("trial start: destroying the paused domain")?;
@@ -193,21 +196,23 @@ pub fn prove(
         let text = one_line(e.message());
         let problem = classify(&text);
         if matches!(problem, Problem::QemuExited | Problem::Other) && !retried {
-            println!("trial start: the start failed for a reason this tool does not know ({text}); trying once more");
+            crate::say!("trial start: the start failed for a reason this tool does not know ({text}); trying once more");
             retried = true;
             continue;
         }
         match step(&mut xml, &problem, fixed)? {
             Some((what, from, to)) => {
                 retried = false;
-                println!("trial start: {what} {from} does not start on this host ({text}); trying {what} {to}");
+                crate::say!("trial start: {what} {from} does not start on this host ({text}); trying {what} {to}");
                 rec.fallbacks.push(Fallback {
                     what: what.into(),
                     from,
                     to,
                     error: text,
                 });
-                *dom = conn.define_domain(&xmltree::to_string(&xml))?;
+                *dom = conn
+                    .define_domain(&xmltree::to_string(&xml))
+                    .map_err(|e| explain_define(conn, e))?;
             }
             None => break Err((problem, text)),
         }
@@ -232,7 +237,7 @@ pub fn prove(
             .collect();
         format!("; redefined after falling back: {}", steps.join(", "))
     };
-    println!(
+    crate::say!(
         "trial start: domain '{}' starts (started paused, no guest code ran, destroyed again) with CPU {}{}{changed}",
         dom.name(),
         rec.cpu,
@@ -252,6 +257,15 @@ fn host_cause(problem: &Problem, uri: &str) -> Option<String> {
         Problem::Smm => "this host's KVM has no System Management Mode, which UEFI secure boot needs (nested hosts often lack it): run the domain on a host whose KVM has SMM, or without secure boot".to_string(),
         _ => return None,
     })
+}
+
+/// A definition the daemon refused, with the fix when its reason is one the trial knows (a
+/// machine type the host's QEMU lacks is refused at define time, not at start).
+pub fn explain_define(conn: &Conn, e: anyhow::Error) -> anyhow::Error {
+    match host_cause(&classify(&format!("{e:#}")), conn.uri()) {
+        Some(cause) => e.context(format!("stage 1: {cause}")),
+        None => e,
+    }
 }
 
 /// The stage-1 error for a domain that does not start: the cause, its fix, the daemon's text.
