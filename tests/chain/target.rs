@@ -2,16 +2,6 @@
 
 use super::*;
 
-/// Run `virt-vmdkimport --target TARGET ARGS...` (paths and flags).
-fn target_run(target: &Path, args: &[&std::ffi::OsStr]) -> std::process::Output {
-    Command::new(BIN)
-        .arg("--target")
-        .arg(target)
-        .args(args)
-        .output()
-        .expect("binary runs")
-}
-
 #[test]
 fn dry_run_target_leaves_the_target_identical() {
     let f = Folder::base(4096);
@@ -20,7 +10,7 @@ fn dry_run_target_leaves_the_target_identical() {
     let target = f.target();
     let before = std::fs::read(&target).unwrap();
     assert!(qemu_read(&desc) != before, "the delta changes the target");
-    let out = target_run(&target, &["--dry-run".as_ref(), desc.as_os_str()]);
+    let out = apply(&target, &["--dry-run".as_ref(), desc.as_os_str()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -174,7 +174,7 @@ pub fn qemu_read(top: &Path) -> Vec<u8> {
 }
 
 /// Run `virt-vmdkimport --target TARGET ARGS...`.
-pub fn apply(target: &Path, args: &[&Path]) -> Output {
+pub fn apply<A: AsRef<std::ffi::OsStr>>(target: &Path, args: &[A]) -> Output {
     Command::new(BIN)
         .arg("--target")
         .arg(target)
