@@ -17,7 +17,7 @@ done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     echo "setup-host: installing ${need_pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q
+    apt-get update -q --error-on=any # an unreachable mirror is an error here, not later
     # A qemu-utils from bookworm-backports conflicts with bookworm's qemu-system-x86: ask for
     # bookworm's qemu-utils in the same command (scripts/lib/qemu-pin.sh decides).
     source "$(dirname "$0")/lib/qemu-pin.sh"
@@ -44,8 +44,11 @@ if ! grep -qs "^listen_tcp = 1" "$conf"; then
     printf 'listen_tls = 0\nlisten_tcp = 1\nlisten_addr = "127.0.0.1"\nauth_tcp = "none"\n' >> "$conf"
 fi
 
-if ! pgrep -x virtlogd >/dev/null; then virtlogd -d; fi
-if ! pgrep -x libvirtd >/dev/null; then libvirtd -d --listen; fi
+# Alive by the daemon's own pid file, not by pgrep: a process of that name may belong to
+# another daemon on this machine (scripts/fresh-check.sh runs one in its own namespaces).
+alive() { local pid; pid=$(cat "/run/$1.pid" 2>/dev/null) && kill -0 "$pid" 2>/dev/null; }
+alive virtlogd || virtlogd -d
+alive libvirtd || libvirtd -d --listen
 for _ in $(seq 1 50); do
     virsh -c qemu:///system version >/dev/null 2>&1 && break
     sleep 0.2
