@@ -44,7 +44,9 @@ fn quoted_after(text: &str, marker: &str) -> Option<String> {
 }
 
 /// Whether QEMU exited with nothing after libvirt's "...monitor" (libvirt sometimes reads
-/// QEMU's message too late), as opposed to a reason of its own.
+/// QEMU's message too late), or was stopped by the daemon itself ("terminating on signal 15
+/// from pid N (libvirtd)": the daemon gave up on the start, seen on busy hosts with a CPU
+/// that starts at once when tried again), as opposed to a reason of its own.
 fn qemu_gave_no_reason(lower: &str) -> bool {
     [
         "process exited while connecting to monitor",
@@ -57,7 +59,11 @@ fn qemu_gave_no_reason(lower: &str) -> bool {
             lower[i + m.len()..]
                 .split(" | ")
                 .map(|l| l.trim_matches(|c: char| c == ':' || c.is_whitespace()))
-                .all(|l| l.is_empty() || l.contains("warning:"))
+                .all(|l| {
+                    l.is_empty()
+                        || l.contains("warning:")
+                        || (l.contains("terminating on signal") && l.ends_with("(libvirtd)"))
+                })
         })
     })
 }
@@ -316,10 +322,20 @@ fn sh(s: &str) -> String {
 /// this one again, not `virsh start`: the hand-over is recorded only when this tool starts the
 /// domain, and without that record a later stage 2 could write over what the guest wrote.
 pub fn start_after_stage_two(conn: &Conn, dom: &Dom) -> Result<()> {
-    let Err(e) = dom.raw().create() else {
-        return Ok(());
-    };
-    let text = one_line(e.message());
+    let mut text = String::new();
+    // A QEMU that exits with no reason of its own (see `qemu_gave_no_reason`) is started once
+    // more, as in the trial: a second try costs a second, an operator's retry minutes.
+    for attempt in 0..2 {
+        let Err(e) = dom.raw().create() else {
+            return Ok(());
+        };
+        text = one_line(e.message());
+        if attempt == 0 && classify(&text) == Problem::QemuExited {
+            crate::say!("the start failed for a reason this tool does not know ({text}); trying once more");
+            continue;
+        }
+        break;
+    }
     let fix = host_cause(&classify(&text), conn.uri())
         .map(|c| format!(" ({c})"))
         .unwrap_or_default();
@@ -350,6 +366,7 @@ mod tests {
             ("internal error: qemu unexpectedly closed the monitor: qemu-system-x86_64: System Management Mode not supported by this hypervisor.", Problem::Smm),
             ("Cannot access storage file '/x/y.img': No such file or directory", Problem::Other),
             ("internal error: process exited while connecting to monitor", Problem::QemuExited),
+            ("internal error: qemu unexpectedly closed the monitor: 2026-11-27T09:40:06.985607Z qemu-system-x86_64: warning: host doesn't support requested feature: CPUID.01H:ECX.pni [bit 0] | 2026-11-27T09:40:07.038753Z qemu-system-x86_64: terminating on signal 15 from pid 20440 (libvirtd)", Problem::QemuExited),
             ("internal error: process exited while connecting to monitor: 2026-11-27T09:15:09.709806Z qemu-system-x86_64: warning: host doesn't support requested feature: CPUID.01H:ECX.pni [bit 0]", Problem::QemuExited),
             ("internal error: qemu unexpectedly closed the monitor: 2026-11-27T08:47:41.228136Z qemu-system-x86_64: -blockdev {\"driver\":\"file\"}: 'file' driver requires '/p/blk' to be a regular file", Problem::Other),
         ];
