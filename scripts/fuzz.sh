@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Fuzz every reader with cargo-fuzz (libFuzzer, AddressSanitizer, nightly toolchain):
+#   scripts/fuzz.sh [SECONDS] [TARGET...]
+# runs each target (default: all) for SECONDS (default 60), one after the other, and prints
+# one line per target: name, executions, coverage, crashes. Exits non-zero if any target
+# crashed, hung (-timeout), or went over 128 MiB (-rss_limit_mb, -malloc_limit_mb). Crashing
+# inputs land in fuzz/artifacts/TARGET/; reproduce with `cargo +nightly fuzz run TARGET FILE`.
+# Seeds come from the test fixture writers (examples/fuzzseeds.rs) into fuzz/seeds/; what
+# the fuzzer finds is kept in fuzz/corpus/ for the next run. Not part of CI: too slow.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+seconds=${1:-60}
+shift || true
+all=(descriptor cowd sesparse hosted vmx chain)
+[ $# -gt 0 ] && targets=("$@") || targets=("${all[@]}")
+
+toolchains=$(rustup toolchain list)
+case "$toolchains" in
+    *nightly*) ;;
+    *) rustup toolchain install nightly --profile minimal ;;
+esac
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    cargo install cargo-fuzz
+fi
+
+rm -rf fuzz/seeds
+cargo run -q --example fuzzseeds -- fuzz/seeds
+mkdir -p fuzz/logs
+# Debug assertions and overflow checks on: an arithmetic overflow is a crash too.
+cargo +nightly fuzz build -a
+
+# The targets write their inputs to /dev/shm/vmdkfuzz-PID: remove those of finished runs.
+remove_stale_scratch() {
+    local d
+    for d in /dev/shm/vmdkfuzz-*; do
+        [ -d "$d" ] || continue
+        kill -0 "${d##*-}" 2>/dev/null || rm -rf "$d"
+    done
+}
+
+# AddressSanitizer keeps freed memory in a quarantine (256 MiB by default) that counts in the
+# RSS: keep it small so the 128 MiB limit measures the readers, not the sanitizer.
+export ASAN_OPTIONS="${ASAN_OPTIONS:-quarantine_size_mb=16}"
+
+failed=0
+for t in "${targets[@]}"; do
+    mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t"
+    before=$(find "fuzz/artifacts/$t" -type f | wc -l)
+    log="fuzz/logs/$t.log"
+    status=0
+    cargo +nightly fuzz run -a "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
+        -max_total_time="$seconds" -timeout=10 -rss_limit_mb=128 -malloc_limit_mb=128 \
+        -max_len=262144 -print_final_stats=1 >"$log" 2>&1 || status=$?
+    after=$(find "fuzz/artifacts/$t" -type f | wc -l)
+    crashes=$((after - before))
+    [ "$status" -eq 0 ] || [ "$crashes" -gt 0 ] || crashes=1
+    stats=$(cat "$log")
+    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' <<<"$stats" | tail -n 1)
+    cov=$(grep -o 'cov: [0-9]* ft: [0-9]*' <<<"$stats" | tail -n 1 || true)
+    printf '%-10s executions=%s %s crashes=%s\n' "$t" "${execs:-?}" "${cov:-cov: ? ft: ?}" "$crashes"
+    [ "$crashes" -eq 0 ] || { failed=1; grep -m 3 -E 'panicked|ERROR: libFuzzer|SUMMARY' <<<"$stats" || true; }
+    remove_stale_scratch
+done
+exit "$failed"
