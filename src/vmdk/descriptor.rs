@@ -184,6 +184,19 @@ impl Descriptor {
                 _ => {}
             }
         }
+        // QEMU refuses both too: without a CID no child can be checked against this disk,
+        // and without a createType nothing says how the extents are meant.
+        for (missing, key) in [
+            (d.cid.is_none(), "CID"),
+            (d.create_type.is_none(), "createType"),
+        ] {
+            if missing {
+                return Err(Error::invalid(
+                    path,
+                    format!("descriptor has no {key} line: not a complete VMware descriptor"),
+                ));
+            }
+        }
         Ok(d)
     }
 
@@ -332,7 +345,7 @@ mod tests {
 
     #[test]
     fn parent_cid_all_ones_means_no_parent_and_flat_offsets_parse() {
-        let text = "CID=0000000000abc\nparentCID=ffffffff\nRW 100 FLAT \"a b-f001.vmdk\" 7\nRDONLY 5 ZERO\n";
+        let text = "CID=0000000000abc\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\nRW 100 FLAT \"a b-f001.vmdk\" 7\nRDONLY 5 ZERO\n";
         let d = Descriptor::parse(text.as_bytes(), Path::new("d.vmdk")).unwrap();
         assert_eq!(d.cid, Some(0xabc));
         assert_eq!(d.parent_cid, None);

@@ -22,6 +22,8 @@ const FLAG_COMPRESSED: u32 = 1 << 16;
 const FLAG_MARKERS: u32 = 1 << 17;
 /// gdOffset meaning "the directory is in a footer" (streamOptimized).
 const GD_AT_END: u64 = u64::MAX;
+/// Offset of the u16 compressAlgorithm field (1 is deflate; QEMU then inflates every grain).
+const COMPRESS_ALGORITHM_AT: usize = 77;
 
 /// Open a KDMV extent: its grain map and, if present, its embedded descriptor.
 pub(crate) fn open(file: Arc<DataFile>) -> Result<(GrainMap, Option<Descriptor>), Error> {
@@ -46,6 +48,13 @@ pub(crate) fn open(file: Arc<DataFile>) -> Result<(GrainMap, Option<Descriptor>)
         return Err(Error::unsupported(
             &p,
             "compressed grains (streamOptimized): convert it with qemu-img first",
+        ));
+    }
+    let algorithm = u16::from_le_bytes([h[COMPRESS_ALGORITHM_AT], h[COMPRESS_ALGORITHM_AT + 1]]);
+    if algorithm != 0 {
+        return Err(Error::unsupported(
+            &p,
+            format!("hosted sparse compressAlgorithm {algorithm} (compressed grains): convert it with qemu-img first"),
         ));
     }
     if h[72] != 0 {
@@ -110,7 +119,25 @@ pub(crate) fn open(file: Arc<DataFile>) -> Result<(GrainMap, Option<Descriptor>)
             .file
             .read_exact_at(&mut text, off)
             .map_err(|e| Error::io(&p, "reading embedded descriptor", e))?;
-        Some(Descriptor::parse(&text, &p)?)
+        let d = Descriptor::parse(&text, &p)?;
+        check_embedded_capacity(&d, capacity)?;
+        Some(d)
     };
     Ok((map, descriptor))
+}
+
+/// The embedded descriptor's extents must add up to the header's capacity: QEMU reads the
+/// header's and ignores the lines, other readers the reverse, so a file where they differ
+/// has no single meaning.
+fn check_embedded_capacity(d: &Descriptor, capacity: u64) -> Result<(), Error> {
+    let listed = d.capacity()?;
+    if listed != capacity {
+        return Err(Error::invalid(
+            &d.path,
+            format!(
+                "hosted sparse header capacity of {capacity} bytes differs from its embedded descriptor's extents ({listed} bytes)"
+            ),
+        ));
+    }
+    Ok(())
 }

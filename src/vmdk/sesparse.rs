@@ -41,6 +41,8 @@ pub(crate) fn open(file: Arc<DataFile>) -> Result<GrainMap, Error> {
             format!("SEsparse grain size {grain}, table size {gt}, flags {flags:#x} (expected 8, 64, 0)"),
         ));
     }
+    check_zero(&p, &h[48..80], "reserved header fields")?;
+    check_zero(&p, &h[208..], "constant header padding")?;
     // Areas are (offset, size) pairs in sectors; turn them into checked byte ranges.
     let area = |at: usize, what: &str| -> Result<(u64, u64), Error> {
         let off = error::mul(&p, what, le_u64(&h, at), 512)?;
@@ -58,7 +60,7 @@ pub(crate) fn open(file: Arc<DataFile>) -> Result<GrainMap, Error> {
     if vol_len < 32 {
         return Err(Error::invalid(&p, "volatile header area is too small"));
     }
-    let mut vh = [0u8; 32];
+    let mut vh = vec![0u8; vol_len.min(512) as usize];
     file.file
         .read_exact_at(&mut vh, vol_off)
         .map_err(|e| Error::io(&p, "reading SEsparse volatile header", e))?;
@@ -71,6 +73,9 @@ pub(crate) fn open(file: Arc<DataFile>) -> Result<GrainMap, Error> {
             "SEsparse volatile header asks for a journal replay (replay_journal != 0): the delta is dirty; \
              let ESXi open it once or consolidate first",
         ));
+    }
+    if vh.len() > 32 {
+        check_zero(&p, &vh[32..], "volatile header padding")?;
     }
     let (gd_off, gd_len) = area(128, "grain directory")?;
     let (gt_off, gt_len) = area(144, "grain tables")?;
@@ -94,4 +99,16 @@ pub(crate) fn open(file: Arc<DataFile>) -> Result<GrainMap, Error> {
     };
     map.check()?;
     Ok(map)
+}
+
+/// ESXi writes zeros in the reserved fields and paddings, and QEMU refuses anything else: a
+/// nonzero byte there is a format revision or corruption this tool cannot read safely.
+fn check_zero(p: &std::path::Path, bytes: &[u8], what: &str) -> Result<(), Error> {
+    match bytes.iter().position(|&b| b != 0) {
+        None => Ok(()),
+        Some(i) => Err(Error::unsupported(
+            p,
+            format!("SEsparse {what} are not zero (byte {i} of them): a format revision this tool does not read"),
+        )),
+    }
 }
