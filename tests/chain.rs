@@ -334,6 +334,9 @@ fn repeated_run_gives_the_same_bytes() {
 #[path = "chain/refusals.rs"]
 mod refusals;
 
+#[path = "chain/bad_inputs.rs"]
+mod bad_inputs;
+
 #[path = "chain/library.rs"]
 mod library;
 

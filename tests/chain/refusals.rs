@@ -8,7 +8,7 @@ use super::util::*;
 
 /// Run the binary on `args`; it must fail with exit 1, one line naming `expect`, and leave the
 /// target's bytes and size as they were.
-fn refuse(f: &Folder, args: &[&Path], expect: &str) {
+pub(super) fn refuse(f: &Folder, args: &[&Path], expect: &str) {
     let target = f.target();
     let before = std::fs::read(&target).unwrap();
     let out = apply(&target, args);
@@ -24,7 +24,7 @@ fn refuse(f: &Folder, args: &[&Path], expect: &str) {
     assert!(std::fs::read(&target).unwrap() == before, "target changed");
 }
 
-fn patch(path: &Path, at: u64, bytes: &[u8]) {
+pub(super) fn patch(path: &Path, at: u64, bytes: &[u8]) {
     let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     f.write_all_at(bytes, at).unwrap();
 }
