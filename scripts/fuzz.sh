@@ -25,10 +25,14 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 rm -rf fuzz/seeds
-cargo run -q --example fuzzseeds -- fuzz/seeds
 mkdir -p fuzz/logs
-# Debug assertions and overflow checks on: an arithmetic overflow is a crash too.
-cargo +nightly fuzz build -a
+# Debug assertions and overflow checks on (-a): an arithmetic overflow is a crash too.
+if ! { cargo run -q --example fuzzseeds -- fuzz/seeds && cargo +nightly fuzz build -a; } \
+        >fuzz/logs/build.log 2>&1; then
+    cat fuzz/logs/build.log >&2
+    echo "fuzz.sh: building the seeds or the targets failed (fuzz/logs/build.log)" >&2
+    exit 2
+fi
 
 # The targets write their inputs to /dev/shm/vmdkfuzz-PID: remove those of finished runs.
 remove_stale_scratch() {
