@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::descriptor::{Descriptor, MAX_DESCRIPTOR_BYTES};
 use super::error::{self, Error};
-use super::grains::{le_u32, le_u64, read_header, Format, GrainMap, MAX_GT_ENTRIES};
+use super::grains::{le_u32, le_u64, read_header, Format, GrainMap};
 use super::runs::DataFile;
 
 /// `KDMV` read as a little-endian u32.
@@ -22,6 +22,8 @@ const FLAG_COMPRESSED: u32 = 1 << 16;
 const FLAG_MARKERS: u32 = 1 << 17;
 /// gdOffset meaning "the directory is in a footer" (streamOptimized).
 const GD_AT_END: u64 = u64::MAX;
+/// Largest grain table: VMware writes 512 entries, and QEMU refuses more.
+const MAX_GT_ENTRIES: u64 = 512;
 /// Offset of the u16 compressAlgorithm field (1 is deflate; QEMU then inflates every grain).
 const COMPRESS_ALGORITHM_AT: usize = 77;
 
@@ -78,6 +80,15 @@ pub(crate) fn open(file: Arc<DataFile>) -> Result<(GrainMap, Option<Descriptor>)
         ));
     }
     let capacity = error::mul(&p, "capacity", le_u64(&h, 12), 512)?;
+    let overhead = error::mul(&p, "grain offset", le_u64(&h, 64), 512)?;
+    if overhead > file_len {
+        return Err(Error::invalid(
+            &p,
+            format!(
+                "truncated: {file_len} bytes, but the header says grains start at byte {overhead}"
+            ),
+        ));
+    }
     let grain_bytes = error::mul(&p, "grain size", grain_sectors, 512)?;
     let span = error::mul(&p, "grain table span", grain_bytes, gt_entries)?;
     let map = GrainMap {

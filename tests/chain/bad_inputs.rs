@@ -125,6 +125,24 @@ const TABLE: &[(&str, &str, Build)] = &[
         },
     ),
     (
+        "hosted-sparse.vmdk",
+        "1024 entries per grain table is outside 1..=512",
+        |f| {
+            let p = hosted(f, "hosted-sparse.vmdk", None);
+            patch(&p, 44, &1024u32.to_le_bytes());
+            vec![p]
+        },
+    ),
+    (
+        "hosted-sparse.vmdk",
+        "but the header says grains start at byte",
+        |f| {
+            let p = hosted(f, "hosted-sparse.vmdk", None);
+            patch(&p, 64, &(1u64 << 30).to_le_bytes());
+            vec![p]
+        },
+    ),
+    (
         "vm-000001-sesparse.vmdk",
         "SEsparse reserved header fields are not zero",
         |f| {
