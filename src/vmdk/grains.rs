@@ -69,6 +69,10 @@ impl GrainMap {
     /// allocated from them.
     pub fn check(&self) -> Result<(), Error> {
         let p = self.path();
+        if self.capacity == 0 {
+            // QEMU skips extents of 0 sectors and then has no disk to open.
+            return Err(Error::invalid(p, "capacity of 0 bytes: not a disk"));
+        }
         if self.capacity > MAX_CAPACITY_BYTES {
             return Err(Error::invalid(
                 p,

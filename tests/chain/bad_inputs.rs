@@ -126,6 +126,15 @@ const TABLE: &[(&str, &str, Build)] = &[
     ),
     (
         "hosted-sparse.vmdk",
+        "capacity of 0 bytes: not a disk",
+        |f| {
+            let p = hosted(f, "hosted-sparse.vmdk", None);
+            patch(&p, 12, &0u64.to_le_bytes());
+            vec![p]
+        },
+    ),
+    (
+        "hosted-sparse.vmdk",
         "1024 entries per grain table is outside 1..=512",
         |f| {
             let p = hosted(f, "hosted-sparse.vmdk", None);
