@@ -6,9 +6,12 @@ set -euo pipefail
 
 # Everything the build, the tests, the demo and the benchmark use. libxml2-utils: xmllint,
 # which virt-xml-validate runs; time: GNU time for the benchmark's peak memory; iproute2: `ip`,
-# with which the .vmx tests make the bridges their NICs name.
+# with which the .vmx tests make the bridges their NICs name; openssh-client: `ssh` for
+# --vmx ssh://; openssh-server: the tests' stand-in ESXi host runs its own `sshd` (the
+# system's ssh service is not used).
 pkgs=(libvirt-dev libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86
-      qemu-utils pkg-config ovmf nasm python3 libxml2-utils time iproute2)
+      qemu-utils pkg-config ovmf nasm python3 libxml2-utils time iproute2 openssh-client
+      openssh-server)
 need_pkgs=()
 for p in "${pkgs[@]}"; do
     status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
