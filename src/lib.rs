@@ -3,6 +3,7 @@
 pub mod apply;
 pub mod cli;
 pub mod domain_xml;
+pub mod esx;
 pub mod image_read;
 pub mod import;
 pub mod interrupt;

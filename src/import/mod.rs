@@ -26,7 +26,11 @@ const DEFAULT_VCPUS: u32 = 1;
 /// Where stage 1 reads the base image from.
 enum BaseInput {
     Image(BaseImage),
-    Stdin { capacity: u64 },
+    Stdin {
+        capacity: u64,
+    },
+    /// On an ESXi host, streamed over ssh.
+    Remote(crate::esx::RemoteBase),
 }
 
 impl BaseInput {
@@ -34,6 +38,7 @@ impl BaseInput {
         match self {
             BaseInput::Image(b) => b.capacity,
             BaseInput::Stdin { capacity } => *capacity,
+            BaseInput::Remote(r) => r.capacity,
         }
     }
 
@@ -41,6 +46,7 @@ impl BaseInput {
         match self {
             BaseInput::Image(b) => b.cid,
             BaseInput::Stdin { .. } => None,
+            BaseInput::Remote(r) => r.cid,
         }
     }
 
@@ -48,6 +54,7 @@ impl BaseInput {
         match self {
             BaseInput::Image(b) => b.path.display().to_string(),
             BaseInput::Stdin { .. } => "standard input".to_string(),
+            BaseInput::Remote(r) => r.name(),
         }
     }
 
@@ -61,6 +68,7 @@ impl BaseInput {
                     .to_string(),
             ),
             BaseInput::Stdin { .. } => None,
+            BaseInput::Remote(r) => Some(r.name()),
         }
     }
 
@@ -70,6 +78,7 @@ impl BaseInput {
                 .reader()
                 .with_context(|| format!("{}: opening for reading", b.path.display())),
             BaseInput::Stdin { .. } => Ok(Box::new(std::io::stdin())),
+            BaseInput::Remote(r) => r.reader(),
         }
     }
 }
@@ -83,6 +92,8 @@ pub struct Request {
     base: Option<BaseInput>,
     deltas: Vec<PathBuf>,
     vmx: Option<(PathBuf, VmxConfig)>,
+    /// With `--vmx ssh://...`: every disk's base on the ESXi host.
+    remote: Option<Vec<crate::esx::RemoteBase>>,
     os: Option<OsFamily>,
     memory_mib: Option<u64>,
     vcpus: Option<u32>,
@@ -135,7 +146,22 @@ impl Request {
             }
             None => None,
         };
+        let mut remote = None;
         let vmx = match &cli.vmx {
+            Some(p) if crate::esx::is_ssh(p) => {
+                ensure!(
+                    cli.deltas.is_empty(),
+                    "with --vmx the deltas come from the .vmx's disks: give no delta files"
+                );
+                if !cli.reupload_base {
+                    crate::esx::refuse_stage_two(cli.connect.as_deref(), &domain)?;
+                }
+                let url = p.to_string_lossy();
+                let one =
+                    crate::esx::prepare_stage_one(&url, cli.dry_run || cli.print_xml, cli.dry_run)?;
+                remote = Some(one.bases);
+                Some((p.clone(), one.vmx))
+            }
             Some(p) => {
                 let vmx = vmx::parse_vmx(p)?;
                 // What the domain will not get (CD-ROMs, ignored devices) is said, not dropped silently.
@@ -180,6 +206,7 @@ impl Request {
             base,
             deltas: cli.deltas.clone(),
             vmx,
+            remote,
             os: cli.os.map(|o| match o {
                 OsArg::Linux => OsFamily::Linux,
                 OsArg::Windows => OsFamily::Windows,
@@ -408,6 +435,16 @@ fn attach_driver_disk(req: &Request, conn: &Conn, dom: &Dom) -> Result<()> {
 }
 
 fn plan_disks(req: &mut Request) -> Result<Vec<DiskPlan>> {
+    if let Some(bases) = req.remote.take() {
+        return Ok(bases
+            .into_iter()
+            .map(|b| DiskPlan {
+                base: Some(BaseInput::Remote(b)),
+                deltas: Vec::new(),
+                copy_whole: false,
+            })
+            .collect());
+    }
     let Some((vmx_path, vmx)) = &req.vmx else {
         return Ok(vec![DiskPlan {
             base: req.base.take(),

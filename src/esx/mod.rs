@@ -1,0 +1,332 @@
+//! Stage 1 straight from an ESXi host over SSH: the VM found by its .vmx path, a migration snapshot taken, each base streamed from the host.
+
+pub mod ssh;
+pub mod vimcmd;
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::image_read::ImageRead;
+use crate::state::{self, ImportState};
+use crate::vmdk::descriptor::{ExtentKind, MAX_DESCRIPTOR_BYTES};
+use crate::vmdk::Descriptor;
+use crate::vmx::{self, VmxConfig};
+use ssh::{quote, Ssh, SshUrl};
+use vimcmd::Power;
+
+/// Snapshots whose name starts with this are the tool's own.
+pub const SNAPSHOT_NAME: &str = "virt-vmdkimport";
+/// Longest snapshot chain walked (ESXi allows 32 snapshots).
+const MAX_CHAIN: usize = 64;
+/// How long a snapshot.create may take to show in snapshot.get (it may run as a task).
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(120);
+
+/// Whether a `--vmx` value is an `ssh://` URL.
+pub fn is_ssh(p: &Path) -> bool {
+    p.to_str().is_some_and(|s| s.starts_with("ssh://"))
+}
+
+/// A base disk on the ESXi host: one flat extent, streamed by one `dd`.
+pub struct RemoteBase {
+    ssh: Arc<Ssh>,
+    /// The flat extent's path on the host.
+    pub path: String,
+    pub capacity: u64,
+    pub cid: Option<u32>,
+}
+
+impl RemoteBase {
+    /// `ssh://host/path-flat.vmdk`, for messages and the import state.
+    pub fn name(&self) -> String {
+        self.ssh.url().with_path(&self.path)
+    }
+
+    /// A fresh stream of the whole extent.
+    pub fn reader(&self) -> Result<Box<dyn ImageRead + Send>> {
+        Ok(Box::new(self.ssh.stream(&self.path)?))
+    }
+}
+
+/// What stage 1 takes from the host: the .vmx and every disk's base.
+pub struct StageOne {
+    pub vmx: VmxConfig,
+    pub bases: Vec<RemoteBase>,
+}
+
+/// Refuse a run that would be stage 2 (every base of the domain uploaded): not built over
+/// ssh:// yet.
+pub fn refuse_stage_two(uri: Option<&str>, domain: &str) -> Result<()> {
+    let conn = crate::libvirt::connect(uri)?;
+    let Some(dom) = conn.domain(domain)? else {
+        return Ok(());
+    };
+    let Some(xml) = dom.metadata(state::NS_URI)? else {
+        return Ok(());
+    };
+    let st = ImportState::from_xml(&xml)
+        .with_context(|| format!("domain '{domain}': reading the import state"))?;
+    if !st.disks.is_empty() && st.disks.iter().all(|d| d.base_uploaded) {
+        bail!(
+            "domain '{domain}': every base is uploaded, so this run would be stage 2; stage 2, --sync and --cutover over ssh:// are not built yet: \
+             shut the VM down on ESXi, copy its delta files (each disk's -00000N.vmdk descriptors with their -delta.vmdk or -sesparse.vmdk extents) \
+             and run stage 2 with them as local files (virt-vmdkimport --domain {domain} DELTA.vmdk...)"
+        );
+    }
+    Ok(())
+}
+
+/// Find the VM, snapshot it unless it has one of ours, and read every disk's chain down to
+/// its base. With `dry_run` nothing changes on the host (the snapshot is only said, the bases
+/// are not probed); with `say` every ESXi command is printed.
+pub fn prepare_stage_one(url: &str, dry_run: bool, say: bool) -> Result<StageOne> {
+    let url = SshUrl::parse(url)?;
+    ensure!(
+        url.path.ends_with(".vmx"),
+        "{}: the path must name the VM's .vmx",
+        url.with_path(&url.path)
+    );
+    let ds_path = datastore_path(&url.path)?;
+    let ssh = Arc::new(Ssh::new(&url)?);
+    let host = Host {
+        ssh: &ssh,
+        dry_run,
+        say,
+    };
+    let id = host.find_vm(&ds_path)?;
+    let power = host.power(id)?;
+    let snaps = host.snapshots(id)?;
+    match snaps.iter().find(|s| s.name.starts_with(SNAPSHOT_NAME)) {
+        Some(s) => crate::say!("{ds_path}: keeps its migration snapshot '{}'", s.name),
+        None => host.take_snapshot(id, &ds_path, snaps.len())?,
+    }
+    let name = url.with_path(&url.path);
+    let (text, more) = ssh.read_file(&url.path, vmx::MAX_VMX_BYTES)?;
+    ensure!(
+        !more,
+        "{name}: larger than {} bytes: not a .vmx",
+        vmx::MAX_VMX_BYTES
+    );
+    let cfg = vmx::parse_vmx_str(&text, &name)?;
+    for note in &cfg.notes {
+        eprintln!("note: {name}: {note}");
+    }
+    ensure!(!cfg.disks.is_empty(), "{name}: the VM has no disks");
+    let mut bases = Vec::new();
+    for disk in &cfg.disks {
+        ensure!(
+            !disk.independent,
+            "{name}: disk {} ({}) is independent: it is in no snapshot and stays locked while the VM runs; \
+             independent disks over ssh:// are not built yet (copy the VM's files and import the local .vmx)",
+            disk.slot(),
+            disk.file_name.display()
+        );
+        let top = remote_join(ssh::folder(&url.path), &disk.file_name.to_string_lossy());
+        let base =
+            walk_to_base(&ssh, &top).with_context(|| format!("{name}: disk {}", disk.slot()))?;
+        if !dry_run {
+            host.probe(&base.path, power)?;
+        } else if say {
+            crate::say!(
+                "{}: would run {} (streamed into disk {}'s volume)",
+                url.host,
+                ssh::stream_command(&base.path),
+                disk.slot()
+            );
+        }
+        bases.push(base);
+    }
+    Ok(StageOne { vmx: cfg, bases })
+}
+
+/// `/vmfs/volumes/<ds>/<dir>/<file>.vmx` as getallvms prints it: `[<ds>] <dir>/<file>.vmx`.
+pub fn datastore_path(path: &str) -> Result<String> {
+    const ROOT: &str = "/vmfs/volumes/";
+    let at = path
+        .rfind(ROOT)
+        .ok_or_else(|| anyhow!("{path}: not under /vmfs/volumes/<datastore>/"))?;
+    let rest = &path[at + ROOT.len()..];
+    match rest.split_once('/') {
+        Some((ds, file)) if !ds.is_empty() && !file.is_empty() => Ok(format!("[{ds}] {file}")),
+        _ => bail!("{path}: not under /vmfs/volumes/<datastore>/<folder>/"),
+    }
+}
+
+/// `name` (relative to `folder`, or absolute) as one path on the host.
+fn remote_join(folder: &str, name: &str) -> String {
+    if name.starts_with('/') {
+        name.to_string()
+    } else {
+        format!("{}/{name}", folder.trim_end_matches('/'))
+    }
+}
+
+/// The ESXi host's vim-cmd, each command said under --dry-run.
+struct Host<'a> {
+    ssh: &'a Ssh,
+    dry_run: bool,
+    say: bool,
+}
+
+impl Host<'_> {
+    /// Run a query that changes nothing; its output, checked for success.
+    fn query(&self, cmd: &str) -> Result<String> {
+        if self.say {
+            crate::say!("{}: running {cmd}", self.ssh.url().host);
+        }
+        self.ssh.read(cmd)
+    }
+
+    fn find_vm(&self, ds_path: &str) -> Result<u32> {
+        let cmd = "vim-cmd vmsvc/getallvms";
+        let out = self.query(cmd)?;
+        let rows = vimcmd::parse_getallvms(cmd, &out)?;
+        let ids: Vec<u32> = rows
+            .iter()
+            .filter(|r| r.file == ds_path)
+            .map(|r| r.id)
+            .collect();
+        match ids.as_slice() {
+            [id] => Ok(*id),
+            [] => bail!(
+                "no VM on {} is registered with {ds_path} (`{cmd}` lists {})",
+                self.ssh.url().host,
+                rows.iter()
+                    .map(|r| r.file.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            _ => bail!("`{cmd}` lists {ds_path} for several Vmids: {ids:?}"),
+        }
+    }
+
+    fn power(&self, id: u32) -> Result<Power> {
+        let cmd = format!("vim-cmd vmsvc/power.getstate {id}");
+        vimcmd::parse_power(&cmd, &self.query(&cmd)?)
+    }
+
+    fn snapshots(&self, id: u32) -> Result<Vec<vimcmd::Snapshot>> {
+        let cmd = format!("vim-cmd vmsvc/snapshot.get {id}");
+        vimcmd::parse_snapshots(&cmd, &self.query(&cmd)?)
+    }
+
+    /// Take the migration snapshot (no memory, not quiesced) and wait until ESXi lists it.
+    fn take_snapshot(&self, id: u32, ds_path: &str, existing: usize) -> Result<()> {
+        let name = format!("{SNAPSHOT_NAME}-{}", existing + 1);
+        let cmd = format!(
+            "vim-cmd vmsvc/snapshot.create {id} {} {} 0 0",
+            quote(&name),
+            quote("taken by virt-vmdkimport: the base disks are copied to KVM from under it")
+        );
+        let host = &self.ssh.url().host;
+        if self.dry_run {
+            if self.say {
+                crate::say!("{host}: would run {cmd}");
+            }
+            return Ok(());
+        }
+        vimcmd::check_created(&cmd, &self.ssh.read(&cmd)?)?;
+        let waited = std::time::Instant::now();
+        while !self.snapshots(id)?.iter().any(|s| s.name == name) {
+            ensure!(
+                waited.elapsed() < SNAPSHOT_WAIT,
+                "{host}: `{cmd}` said `Create Snapshot:` but `vim-cmd vmsvc/snapshot.get {id}` has not listed '{name}' after {}s",
+                SNAPSHOT_WAIT.as_secs()
+            );
+            crate::interrupt::check()?;
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        crate::say!("{ds_path}: took snapshot '{name}' on {host}");
+        Ok(())
+    }
+
+    /// Read the first sector of a base, so a locked one is refused before anything is made.
+    fn probe(&self, path: &str, power: Power) -> Result<()> {
+        let cmd = format!("dd if={} bs=512 count=1 of=/dev/null", quote(path));
+        let a = self.ssh.run(&cmd)?;
+        if a.code == Some(0) {
+            return Ok(());
+        }
+        let what = format!("{}:{path}", self.ssh.url().host);
+        if ssh::is_lock_error(&a.stderr) {
+            bail!(
+                "{} (the VM is {})",
+                ssh::locked_message(&what, &a.stderr),
+                match power {
+                    Power::On => "powered on",
+                    Power::Off => "powered off",
+                    Power::Suspended => "suspended",
+                }
+            );
+        }
+        bail!("{}", a.failure(&self.ssh.url().host, &cmd))
+    }
+}
+
+/// Follow `parentFileNameHint` from the descriptor `top` down to the base, checking each
+/// parent's CID against its child's parentCID; the base must be one flat extent.
+fn walk_to_base(ssh: &Arc<Ssh>, top: &str) -> Result<RemoteBase> {
+    let mut path = top.to_string();
+    let mut want_cid: Option<(u32, String)> = None;
+    for _ in 0..MAX_CHAIN {
+        let (text, more) = ssh.read_file(&path, MAX_DESCRIPTOR_BYTES)?;
+        let shown = ssh.url().with_path(&path);
+        ensure!(
+            !more,
+            "{shown}: larger than {MAX_DESCRIPTOR_BYTES} bytes: not a descriptor"
+        );
+        let d = Descriptor::parse(&text, Path::new(&shown))?;
+        if let Some((pcid, child)) = &want_cid {
+            ensure!(
+                d.cid == Some(*pcid),
+                "{shown}: its CID {} is not the parentCID {pcid:08x} of its child {child}: the chain is broken",
+                d.cid.map_or("(none)".into(), |c| format!("{c:08x}"))
+            );
+        }
+        let Some(pcid) = d.parent_cid else {
+            return flat_base(ssh, &path, &shown, &d);
+        };
+        let hint = d
+            .parent_hint
+            .as_deref()
+            .ok_or_else(|| anyhow!("{shown}: has a parentCID but no parentFileNameHint"))?;
+        want_cid = Some((pcid, shown));
+        path = remote_join(ssh::folder(&path), hint);
+    }
+    bail!("{top}: more than {MAX_CHAIN} descriptors above the base")
+}
+
+fn flat_base(ssh: &Arc<Ssh>, path: &str, shown: &str, d: &Descriptor) -> Result<RemoteBase> {
+    let capacity = d.capacity()?;
+    match d.extents.as_slice() {
+        [e] if matches!(e.kind, ExtentKind::Flat | ExtentKind::Vmfs) && e.offset == 0 => {
+            let file = e.file.as_deref().expect("flat extents name a file");
+            Ok(RemoteBase {
+                ssh: ssh.clone(),
+                path: remote_join(ssh::folder(path), file),
+                capacity,
+                cid: d.cid,
+            })
+        }
+        _ => bail!(
+            "{shown}: the base is not one flat extent (createType {}): only flat bases can be streamed over ssh:// for now",
+            d.create_type.as_deref().unwrap_or("unknown")
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vmfs_paths_map_to_datastore_paths() {
+        assert_eq!(
+            datastore_path("/vmfs/volumes/datastore1/web 1/web 1.vmx").unwrap(),
+            "[datastore1] web 1/web 1.vmx"
+        );
+        assert!(datastore_path("/home/x/web.vmx").is_err());
+        assert!(datastore_path("/vmfs/volumes/ds1").is_err());
+    }
+}

@@ -1,0 +1,366 @@
+//! The SSH transport to an ESXi host: the system's OpenSSH client, one multiplexed connection for the whole run.
+
+use anyhow::{anyhow, bail, Context, Result};
+use std::io::{self, Read};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
+
+use crate::image_read::ImageRead;
+
+/// The environment variable naming an ssh config file passed as `ssh -F FILE` (tests use it
+/// for their key and known_hosts; unset, the operator's ~/.ssh/config applies).
+pub const CONFIG_ENV: &str = "VIRT_VMDKIMPORT_SSH_CONFIG";
+
+/// How long the master connection outlives its last use when this process cannot close it
+/// (killed): it then goes away by itself.
+const PERSIST_SECS: u32 = 60;
+
+/// `ssh://[user@]host[:port]/path`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshUrl {
+    pub user: Option<String>,
+    pub host: String,
+    pub port: Option<u16>,
+    pub path: String,
+}
+
+impl SshUrl {
+    /// Parse an `ssh://` URL; the path must be absolute.
+    pub fn parse(url: &str) -> Result<SshUrl> {
+        let bad = |why: &str| {
+            anyhow!("{url:?}: {why} (expected ssh://[user@]host[:port]/path/to/vm.vmx)")
+        };
+        let rest = url
+            .strip_prefix("ssh://")
+            .ok_or_else(|| bad("not an ssh:// URL"))?;
+        let slash = rest
+            .find('/')
+            .ok_or_else(|| bad("no path after the host"))?;
+        let (authority, path) = rest.split_at(slash);
+        let (user, hostport) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u.to_string()), h),
+            None => (None, authority),
+        };
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p.parse::<u16>().map_err(|_| bad("bad port"))?)),
+            None => (hostport, None),
+        };
+        let plain = |s: &str| {
+            !s.is_empty()
+                && !s.starts_with('-')
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+        };
+        if !plain(host) || user.as_deref().is_some_and(|u| !plain(u)) {
+            return Err(bad(
+                "the user and host may hold letters, digits, '-', '.', '_' only",
+            ));
+        }
+        if path.contains('\0') || path.contains('\n') {
+            return Err(bad("the path holds a NUL or a newline"));
+        }
+        Ok(SshUrl {
+            user,
+            host: host.to_string(),
+            port,
+            path: path.to_string(),
+        })
+    }
+
+    /// `[user@]host`, as ssh takes it.
+    pub fn destination(&self) -> String {
+        match &self.user {
+            Some(u) => format!("{u}@{}", self.host),
+            None => self.host.clone(),
+        }
+    }
+
+    /// The URL of another file on the same host.
+    pub fn with_path(&self, path: &str) -> String {
+        let port = self.port.map(|p| format!(":{p}")).unwrap_or_default();
+        format!("ssh://{}{port}{path}", self.destination())
+    }
+}
+
+/// Quote `s` for the remote POSIX shell.
+pub fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// One master connection (ControlMaster in a private folder), used by every command.
+pub struct Ssh {
+    url: SshUrl,
+    dir: PathBuf,
+    config: Option<PathBuf>,
+}
+
+impl Ssh {
+    /// Prepare the connection; the master starts with the first command.
+    pub fn new(url: &SshUrl) -> Result<Ssh> {
+        let dir = std::env::temp_dir().join(format!("virt-vmdkimport-ssh.{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("{}: creating the ssh control folder", dir.display()))?;
+        let config = std::env::var_os(CONFIG_ENV).map(PathBuf::from);
+        Ok(Ssh {
+            url: url.clone(),
+            dir,
+            config,
+        })
+    }
+
+    pub fn url(&self) -> &SshUrl {
+        &self.url
+    }
+
+    fn control_path(&self) -> PathBuf {
+        self.dir.join("master")
+    }
+
+    /// `ssh` with the multiplexing options, the config file and the port, up to the destination.
+    fn command(&self) -> Command {
+        let mut c = Command::new("ssh");
+        if let Some(cfg) = &self.config {
+            c.arg("-F").arg(cfg);
+        }
+        c.arg("-o").arg("ControlMaster=auto");
+        c.arg("-o")
+            .arg(format!("ControlPath={}", self.control_path().display()));
+        c.arg("-o").arg(format!("ControlPersist={PERSIST_SECS}"));
+        if let Some(p) = self.url.port {
+            c.arg("-p").arg(p.to_string());
+        }
+        c.arg("-T").arg("--").arg(self.url.destination());
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// Run a shell command on the host; its exit status and both outputs.
+    pub fn run(&self, cmd: &str) -> Result<Answer> {
+        let out = self
+            .command()
+            .arg(cmd)
+            .output()
+            .context("running ssh (is openssh-client installed?)")?;
+        let answer = Answer {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        if answer.code == Some(255) {
+            bail!("ssh {}: {}", self.url.destination(), answer.stderr.trim());
+        }
+        Ok(answer)
+    }
+
+    /// Run a command that must succeed; its standard output.
+    pub fn read(&self, cmd: &str) -> Result<String> {
+        let a = self.run(cmd)?;
+        if a.code != Some(0) {
+            bail!("{}", a.failure(&self.url.host, cmd));
+        }
+        Ok(a.stdout)
+    }
+
+    /// The first `limit` bytes of a remote file (`head -c`), and whether there were more.
+    pub fn read_file(&self, path: &str, limit: u64) -> Result<(Vec<u8>, bool)> {
+        let cmd = format!("head -c {} {}", limit + 1, quote(path));
+        let out = self
+            .command()
+            .arg(&cmd)
+            .output()
+            .context("running ssh (is openssh-client installed?)")?;
+        if !out.status.success() {
+            let a = Answer {
+                code: out.status.code(),
+                stdout: String::new(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            };
+            if a.code == Some(255) {
+                bail!("ssh {}: {}", self.url.destination(), a.stderr.trim());
+            }
+            bail!("{}", a.failure(&self.url.host, &cmd));
+        }
+        let mut bytes = out.stdout;
+        let more = bytes.len() as u64 > limit;
+        bytes.truncate(limit as usize);
+        Ok((bytes, more))
+    }
+
+    /// A file's bytes streamed from the host by one `dd` over the shared connection.
+    pub fn stream(&self, path: &str) -> Result<RemoteRead> {
+        let cmd = stream_command(path);
+        let mut child = self
+            .command()
+            .arg(&cmd)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running ssh (is openssh-client installed?)")?;
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        Ok(RemoteRead {
+            child,
+            stdout,
+            stderr: Some(stderr),
+            what: format!("{}:{path}", self.url.host),
+        })
+    }
+}
+
+/// The command that streams `path`: dd with large blocks (busybox's dd has no iflag options).
+pub fn stream_command(path: &str) -> String {
+    format!("dd if={} bs=4M", quote(path))
+}
+
+impl Drop for Ssh {
+    fn drop(&mut self) {
+        if self.control_path().exists() {
+            let _ = self
+                .command()
+                .arg("-O")
+                .arg("exit")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What a remote command answered.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Answer {
+    /// "`cmd` on host failed (exit N): output", the output as the host printed it.
+    pub fn failure(&self, host: &str, cmd: &str) -> String {
+        let code = self.code.map_or("a signal".to_string(), |c| c.to_string());
+        format!(
+            "`{cmd}` on {host} failed (exit {code}): {}",
+            show_output(&format!("{}{}", self.stdout, self.stderr))
+        )
+    }
+}
+
+/// Output quoted for a message: trimmed, at most 2000 characters.
+pub fn show_output(s: &str) -> String {
+    let t = s.trim();
+    if t.is_empty() {
+        return "no output".into();
+    }
+    let cut: String = t.chars().take(2000).collect();
+    format!("{cut:?}")
+}
+
+/// The text ESXi's BusyBox prints for a file another host or the VM holds locked.
+pub fn is_lock_error(stderr: &str) -> bool {
+    stderr.contains("Device or resource busy")
+        || stderr.contains("Resource temporarily unavailable")
+}
+
+/// Why a read of `what` failed on a lock: the VM writes into it.
+pub fn locked_message(what: &str, err: &str) -> String {
+    format!(
+        "{what}: locked on the ESXi host ({}): the VM has no snapshot over this disk, so its base is still open for writing",
+        err.trim()
+    )
+}
+
+/// Standard output of a remote `dd`; at its end the exit status is checked, so a failed or
+/// cut-off read is an error, never a short image.
+pub struct RemoteRead {
+    child: Child,
+    stdout: ChildStdout,
+    stderr: Option<ChildStderr>,
+    what: String,
+}
+
+impl RemoteRead {
+    fn finish(&mut self) -> io::Result<()> {
+        let mut err = String::new();
+        if let Some(mut e) = self.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        let status = self.child.wait()?;
+        if status.success() {
+            return Ok(());
+        }
+        let why = if is_lock_error(&err) {
+            locked_message(&self.what, &err)
+        } else {
+            format!(
+                "{}: reading over ssh failed ({status}): {}",
+                self.what,
+                show_output(&err)
+            )
+        };
+        Err(io::Error::other(why))
+    }
+}
+
+impl Read for RemoteRead {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.stdout.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            self.finish()?;
+        }
+        Ok(n)
+    }
+}
+
+impl ImageRead for RemoteRead {}
+
+impl Drop for RemoteRead {
+    fn drop(&mut self) {
+        if self.stderr.is_some() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The folder part of a remote path.
+pub fn folder(path: &str) -> &str {
+    Path::new(path)
+        .parent()
+        .and_then(|p| p.to_str())
+        .unwrap_or("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_give_user_host_port_and_path() {
+        let u = SshUrl::parse("ssh://root@esx1.lan:2222/vmfs/volumes/ds 1/web/web.vmx").unwrap();
+        assert_eq!(u.user.as_deref(), Some("root"));
+        assert_eq!((u.host.as_str(), u.port), ("esx1.lan", Some(2222)));
+        assert_eq!(u.path, "/vmfs/volumes/ds 1/web/web.vmx");
+        assert_eq!(
+            SshUrl::parse("ssh://esx1/a.vmx").unwrap().destination(),
+            "esx1"
+        );
+        for bad in [
+            "ssh://esx1",
+            "ssh://-oProxy=x/a.vmx",
+            "ssh://h:99999/a",
+            "http://h/a",
+        ] {
+            assert!(SshUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn quoting_survives_quotes_and_spaces() {
+        assert_eq!(quote("a b'c"), r"'a b'\''c'");
+    }
+}
