@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod bootimg;
+pub mod esx;
 pub mod fixtures;
 pub mod import;
 pub mod interrupt;
