@@ -80,7 +80,7 @@ pub fn refuse_stage_two(uri: Option<&str>, domain: &str) -> Result<()> {
 /// Find the VM, snapshot it unless it has one of ours, and read every disk's chain down to
 /// its base. With `dry_run` nothing changes on the host (the snapshot is only said, the bases
 /// are not probed); with `say` every ESXi command is printed.
-pub fn prepare_stage_one(url: &str, dry_run: bool, say: bool) -> Result<StageOne> {
+pub fn prepare_stage_one(url: &str, dry_run: bool, say: bool, outside: bool) -> Result<StageOne> {
     let url = SshUrl::parse(url)?;
     ensure!(
         url.path.ends_with(".vmx"),
@@ -122,9 +122,13 @@ pub fn prepare_stage_one(url: &str, dry_run: bool, say: bool) -> Result<StageOne
             disk.slot(),
             disk.file_name.display()
         );
-        let top = remote_join(ssh::folder(&url.path), &disk.file_name.to_string_lossy());
-        let base =
-            walk_to_base(&ssh, &top).with_context(|| format!("{name}: disk {}", disk.slot()))?;
+        let top = remote_join(
+            ssh::folder(&url.path),
+            &disk.file_name.to_string_lossy(),
+            outside,
+        )?;
+        let base = walk_to_base(&ssh, &top, outside)
+            .with_context(|| format!("{name}: disk {}", disk.slot()))?;
         if !dry_run {
             host.probe(&base.path, power)?;
         } else if say {
@@ -153,12 +157,19 @@ pub fn datastore_path(path: &str) -> Result<String> {
     }
 }
 
-/// `name` (relative to `folder`, or absolute) as one path on the host.
-fn remote_join(folder: &str, name: &str) -> String {
+/// `name` (relative to `folder`, or absolute) as one path on the host. Names that leave the
+/// folder (absolute, `..`) are followed only with `outside` (--allow-outside-paths), as for
+/// local files: a hostile descriptor must not make the tool read another file of the host.
+fn remote_join(folder: &str, name: &str, outside: bool) -> Result<String> {
+    let leaves = name.starts_with('/') || name.split('/').any(|c| c == "..");
+    ensure!(
+        outside || !leaves,
+        "{name:?} (named in {folder}) is outside that folder: give --allow-outside-paths to follow it"
+    );
     if name.starts_with('/') {
-        name.to_string()
+        Ok(name.to_string())
     } else {
-        format!("{}/{name}", folder.trim_end_matches('/'))
+        Ok(format!("{}/{name}", folder.trim_end_matches('/')))
     }
 }
 
@@ -266,7 +277,7 @@ impl Host<'_> {
 
 /// Follow `parentFileNameHint` from the descriptor `top` down to the base, checking each
 /// parent's CID against its child's parentCID; the base must be one flat extent.
-fn walk_to_base(ssh: &Arc<Ssh>, top: &str) -> Result<RemoteBase> {
+fn walk_to_base(ssh: &Arc<Ssh>, top: &str, outside: bool) -> Result<RemoteBase> {
     let mut path = top.to_string();
     let mut want_cid: Option<(u32, String)> = None;
     for _ in 0..MAX_CHAIN {
@@ -285,26 +296,33 @@ fn walk_to_base(ssh: &Arc<Ssh>, top: &str) -> Result<RemoteBase> {
             );
         }
         let Some(pcid) = d.parent_cid else {
-            return flat_base(ssh, &path, &shown, &d);
+            return flat_base(ssh, &path, &shown, &d, outside);
         };
         let hint = d
             .parent_hint
             .as_deref()
             .ok_or_else(|| anyhow!("{shown}: has a parentCID but no parentFileNameHint"))?;
         want_cid = Some((pcid, shown));
-        path = remote_join(ssh::folder(&path), hint);
+        path = remote_join(ssh::folder(&path), hint, outside)?;
     }
     bail!("{top}: more than {MAX_CHAIN} descriptors above the base")
 }
 
-fn flat_base(ssh: &Arc<Ssh>, path: &str, shown: &str, d: &Descriptor) -> Result<RemoteBase> {
+fn flat_base(
+    ssh: &Arc<Ssh>,
+    path: &str,
+    shown: &str,
+    d: &Descriptor,
+    outside: bool,
+) -> Result<RemoteBase> {
     let capacity = d.capacity()?;
     match d.extents.as_slice() {
         [e] if matches!(e.kind, ExtentKind::Flat | ExtentKind::Vmfs) && e.offset == 0 => {
             let file = e.file.as_deref().expect("flat extents name a file");
             Ok(RemoteBase {
                 ssh: ssh.clone(),
-                path: remote_join(ssh::folder(path), file),
+                path: remote_join(ssh::folder(path), file, outside)
+                    .with_context(|| shown.to_string())?,
                 capacity,
                 cid: d.cid,
             })
@@ -328,5 +346,20 @@ mod tests {
         );
         assert!(datastore_path("/home/x/web.vmx").is_err());
         assert!(datastore_path("/vmfs/volumes/ds1").is_err());
+    }
+
+    #[test]
+    fn names_leaving_the_folder_need_allow_outside_paths() {
+        let j = |n: &str, o| remote_join("/vmfs/volumes/ds/vm", n, o);
+        assert_eq!(
+            j("vm-flat.vmdk", false).unwrap(),
+            "/vmfs/volumes/ds/vm/vm-flat.vmdk"
+        );
+        assert!(j("/etc/shadow", false).is_err());
+        assert!(j("../other/x.vmdk", false).is_err());
+        assert_eq!(
+            j("/vmfs/volumes/ds2/x.vmdk", true).unwrap(),
+            "/vmfs/volumes/ds2/x.vmdk"
+        );
     }
 }

@@ -157,8 +157,12 @@ impl Request {
                     crate::esx::refuse_stage_two(cli.connect.as_deref(), &domain)?;
                 }
                 let url = p.to_string_lossy();
-                let one =
-                    crate::esx::prepare_stage_one(&url, cli.dry_run || cli.print_xml, cli.dry_run)?;
+                let one = crate::esx::prepare_stage_one(
+                    &url,
+                    cli.dry_run || cli.print_xml,
+                    cli.dry_run,
+                    cli.allow_outside_paths,
+                )?;
                 remote = Some(one.bases);
                 Some((p.clone(), one.vmx))
             }
