@@ -64,7 +64,8 @@ pub struct Cli {
     pub capacity: Option<u64>,
 
     /// The VM's .vmx: import every disk, CPUs, memory, NICs and firmware as VMware had them.
-    #[arg(long, value_name = "FILE", conflicts_with = "flat")]
+    /// Stage 1 can read it straight from ESXi: ssh://[user@]host[:port]/vmfs/volumes/DS/VM/VM.vmx.
+    #[arg(long, value_name = "FILE|URL", conflicts_with = "flat")]
     pub vmx: Option<PathBuf>,
 
     /// Guest operating system family (decides the device models).
