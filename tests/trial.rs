@@ -407,3 +407,48 @@ fn a_failed_start_in_stage2_leaves_the_disk_complete_and_applied_and_says_how_to
     assert_same(&im.read(), &want, "volume after the retry");
     virsh(&im.uri, &["destroy", &im.domain]);
 }
+
+/// A domain whose stage-1 trial start failed is proved again by stage 2 before anything is
+/// marked or written: still failing, stage 2 is refused with the volume and the state as
+/// they were; with the cause fixed (here a network that exists), stage 2 applies and starts.
+#[test]
+fn stage2_on_a_domain_stage1_could_not_prove_tries_it_first_and_writes_nothing_when_it_fails() {
+    let tp = TestPool::new("s2prove");
+    let f = Folder::base(SECTORS);
+    let base = qemu_read(&f.path("base.vmdk"));
+    let delta = cowd_child(
+        &f,
+        "vm-000001",
+        0x62,
+        (BASE_CID, "base.vmdk"),
+        8,
+        &[(5, Kind::Data)],
+    );
+    let want = qemu_read(&delta);
+    let im = Import::new(&tp, "s2prove");
+    let missing = format!("vknone{}", std::process::id());
+    let stage1 = [SMALL, &["--cpu", "default", "--network", &missing]].concat();
+    refused(&im.stage1(&f.path("base.vmdk"), &stage1), &["net-start"]);
+    let before = im.metadata();
+
+    let line = refused(&im.stage2(&[&delta], &[]), &["nothing written"]);
+    assert!(line.contains(&missing), "{line}");
+    assert!(!im.is_active(), "nothing runs");
+    assert_same(&im.read(), &base, "volume untouched");
+    let meta = im.metadata();
+    assert_eq!(applied_count(&meta), 0, "{meta}");
+    assert_eq!(state_elem(&meta).unwrap().attr("applying"), None, "{meta}");
+    assert_eq!(
+        trial_elem(&meta).attr("started"),
+        trial_elem(&before).attr("started")
+    );
+
+    let net = TestNet::isolated("s2prove");
+    ok(
+        &im.stage2(&[&delta], &["--network", &net.name]),
+        "stage 2 with a network that exists",
+    );
+    assert!(im.is_active(), "started");
+    assert_same(&im.read(), &want, "volume");
+    virsh(&im.uri, &["destroy", &im.domain]);
+}

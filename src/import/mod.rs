@@ -314,6 +314,11 @@ fn run_on(conn: Conn, mut req: Request) -> Result<()> {
         let state = state.ok_or_else(|| anyhow!("domain '{}' has no import state: its base was not uploaded by virt-vmdkimport (run stage 1 with --flat)", req.domain))?;
         (Some(dom), state)
     };
+    let dom = if stage2 && !stage1 {
+        prove_before_stage_two(&req, &conn, dom, &mut state)?
+    } else {
+        dom
+    };
     if stage2 {
         stage_two(&req, &conn, dom.as_ref(), &mut state, &disks)?;
     }
@@ -415,6 +420,30 @@ fn prove_stage_one(
     write_state(&dom, st)?;
     proved?;
     Ok(Some(dom))
+}
+
+/// Stage 2 on a domain that stage 1 never proved (its trial start failed, or the import
+/// predates it): the trial start now, before anything is marked or written, so a domain that
+/// cannot start is refused while the disks and the VMware side are still as they were.
+fn prove_before_stage_two(
+    req: &Request,
+    conn: &Conn,
+    dom: Option<Dom>,
+    st: &mut ImportState,
+) -> Result<Option<Dom>> {
+    if dom.is_none() || req.dry_run || st.trial.as_ref().is_some_and(|t| t.started) {
+        return Ok(dom);
+    }
+    crate::say!(
+        "domain '{}': stage 1 did not prove that it starts; trial start before anything is written",
+        req.domain
+    );
+    prove_stage_one(req, conn, dom, st).with_context(|| {
+        format!(
+            "stage 2 refused, nothing written: domain '{}' does not start",
+            req.domain
+        )
+    })
 }
 
 /// Size of the driver-install disk: Windows only needs to see a virtio disk, not use it.

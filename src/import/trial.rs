@@ -331,7 +331,9 @@ pub fn start_after_stage_two(conn: &Conn, dom: &Dom) -> Result<()> {
         };
         text = one_line(e.message());
         if attempt == 0 && classify(&text) == Problem::QemuExited {
-            crate::say!("the start failed for a reason this tool does not know ({text}); trying once more");
+            crate::say!(
+                "the start failed for a reason this tool does not know ({text}); trying once more"
+            );
             continue;
         }
         break;
