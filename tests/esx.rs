@@ -8,7 +8,7 @@ mod util;
 use std::path::Path;
 
 use util::esx::StandIn;
-use util::fixtures::{pattern, Kind, SECTOR};
+use util::fixtures::{pattern, patterned, Kind, SECTOR};
 use util::libvirt::{unique_name, TestPool};
 use util::vmximport::{
     cowd_child, domain_exists, domstate, flat_base, virsh, volume_bytes, volume_names, Run,
@@ -19,17 +19,6 @@ use vmdkimport::state::NS_URI;
 const MIB: usize = 1 << 20;
 /// The nested KVM here cannot start host-passthrough: the trial start asks for QEMU's CPU.
 const CPU: [&str; 2] = ["--cpu", "default"];
-
-fn patterned(seed: u64, len: usize) -> Vec<u8> {
-    let mut data = vec![0u8; len];
-    let mut fill = pattern(seed);
-    for (i, block) in data.chunks_mut(64 * 1024).enumerate() {
-        if i % 5 != 2 {
-            fill(i as u64, block);
-        }
-    }
-    data
-}
 
 /// A .vmx with no NIC and the given disk file names on scsi0.
 fn vmx_text(name: &str, disks: &[&str]) -> String {

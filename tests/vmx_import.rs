@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use util::bootimg;
-use util::fixtures::{pattern, Kind, SECTOR};
+use util::fixtures::{pattern, patterned, Kind, SECTOR};
 use util::libvirt::{unique_name, TestPool};
 use util::vmximport::{
     add_console_log, cowd_child, disks_of, domain_exists, domstate, dumpxml, flat_base, import,
@@ -24,18 +24,6 @@ const MIB: usize = 1 << 20;
 /// This machine's nested KVM cannot start the default host-passthrough CPU ("failed to set
 /// MSR 0x10a"): every command that may start a domain asks for QEMU's default CPU.
 const CPU: [&str; 2] = ["--cpu", "default"];
-
-/// Patterned data with zero stretches (every 5th 64 KiB block), never a whole zero disk.
-fn patterned(seed: u64, len: usize) -> Vec<u8> {
-    let mut data = vec![0u8; len];
-    let mut fill = pattern(seed);
-    for (i, block) in data.chunks_mut(64 * 1024).enumerate() {
-        if i % 5 != 2 {
-            fill(i as u64, block);
-        }
-    }
-    data
-}
 
 /// A VM folder (under the test's directory, which QEMU can read).
 fn vm_folder(tp: &TestPool) -> std::path::PathBuf {

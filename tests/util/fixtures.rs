@@ -38,6 +38,18 @@ pub fn pattern(seed: u64) -> impl FnMut(u64, &mut [u8]) {
     }
 }
 
+/// Patterned data with zero stretches (every 5th 64 KiB block), never a whole zero disk.
+pub fn patterned(seed: u64, len: usize) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    let mut fill = pattern(seed);
+    for (i, block) in data.chunks_mut(64 * 1024).enumerate() {
+        if i % 5 != 2 {
+            fill(i as u64, block);
+        }
+    }
+    data
+}
+
 fn create(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .read(true)
