@@ -3,6 +3,7 @@
 mod util;
 
 use std::path::PathBuf;
+use std::process::Output;
 
 use nix::libc::{SYS_read, SYS_write};
 use nix::sys::signal::Signal;
@@ -15,6 +16,22 @@ use util::{assert_same, qemu_read, Folder};
 
 const CAP: u64 = 8 * MIB;
 const SECTORS: u64 = CAP / SECTOR;
+
+/// Assert the exit of a run stopped by `sig`: code 128 + `sig` and one stderr line naming the
+/// signal, the volume, the rerun and each of `also`.
+fn assert_interrupted(out: &Output, sig: Signal, tp: &TestPool, im: &Import, also: &[&str]) {
+    assert_eq!(out.status.code(), Some(128 + sig as i32), "{}", show(out));
+    let line = one_line(out);
+    let mut wants = vec![
+        format!("interrupted by {sig}"),
+        format!("volume '{}/{}'", tp.name, im.volume_name()),
+        "rerun the same command".to_string(),
+    ];
+    wants.extend(also.iter().map(|a| a.to_string()));
+    for want in wants {
+        assert!(line.contains(&want), "{want:?} in {line}");
+    }
+}
 
 /// Stage 1 from a pipe, stopped by `sig` while it waits for more of the base: the stream is
 /// aborted, the file volume has its length back, the state says the base is incomplete, the
@@ -35,16 +52,7 @@ fn signal_mid_base_upload(sig: Signal) {
     // Ctrl-C stops the whole pipeline: the source ends too.
     run.close_stdin();
     let out = run.finish();
-    assert_eq!(out.status.code(), Some(128 + sig as i32), "{}", show(&out));
-    let line = one_line(&out);
-    for want in [
-        format!("interrupted by {sig}"),
-        format!("volume '{}/{}'", tp.name, im.volume_name()),
-        "rerun the same command".into(),
-        "--flat -".into(),
-    ] {
-        assert!(line.contains(&want), "{want:?} in {line}");
-    }
+    assert_interrupted(&out, sig, &tp, &im, &["--flat -"]);
     assert_eq!(im.volume().capacity().unwrap(), CAP, "length given back");
     assert_eq!(std::fs::metadata(volume_file(&tp, &im)).unwrap().len(), CAP);
     assert_eq!(state_attr(&im, "base-uploaded").as_deref(), Some("no"));
@@ -163,15 +171,7 @@ fn signal_mid_stage2(sig: Signal, io: &str) {
     apply.signal(sig);
     served.resume();
     let out = apply.finish();
-    assert_eq!(out.status.code(), Some(128 + sig as i32), "{}", show(&out));
-    let line = one_line(&out);
-    for want in [
-        format!("interrupted by {sig}"),
-        format!("volume '{}/{}'", tp.name, im.volume_name()),
-        "rerun the same command".into(),
-    ] {
-        assert!(line.contains(&want), "{want:?} in {line}");
-    }
+    assert_interrupted(&out, sig, &tp, &im, &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         disk_stats(&stdout).is_none(),
