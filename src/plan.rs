@@ -323,10 +323,10 @@ mod tests {
     #[test]
     fn a_piece_longer_than_a_window_is_split_with_its_source_offset() {
         let cost = CostModel::default();
-        let file = std::sync::Arc::new(crate::vmdk::DataFile {
-            path: "x".into(),
-            file: tempfile::tempfile().unwrap(),
-        });
+        let file = std::sync::Arc::new(crate::vmdk::DataFile::local(
+            "x".into(),
+            tempfile::tempfile().unwrap(),
+        ));
         let big = Piece {
             offset: 512,
             len: MAX_WINDOW_BYTES + 4096,

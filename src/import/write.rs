@@ -430,10 +430,7 @@ mod tests {
         let mut f = tempfile::tempfile().unwrap();
         f.write_all(&(0..=255u8).cycle().take(8192).collect::<Vec<_>>())
             .unwrap();
-        let file = Arc::new(DataFile {
-            path: "d".into(),
-            file: f,
-        });
+        let file = Arc::new(DataFile::local("d".into(), f));
         let pieces = vec![
             Piece {
                 offset: 10,

@@ -2,7 +2,6 @@
 //! a bare flat file, or a monolithicSparse file, read front to back.
 
 use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -64,9 +63,8 @@ impl BaseImage {
                 let file = names::open_data(path, false)?;
                 let capacity = file
                     .file
-                    .metadata()
-                    .map_err(|e| Error::io(path, "reading file size", e))?
-                    .len();
+                    .len()
+                    .map_err(|e| Error::io(path, "reading file size", e))?;
                 Ok(BaseImage {
                     path: path.to_path_buf(),
                     capacity,
@@ -211,8 +209,9 @@ impl ImageRead for BaseReader {
         let max = max.min(len - rel);
         let ext = match seg {
             Segment::Flat(FlatSource::Zeros) => Extent::Zeros(max),
-            Segment::Flat(FlatSource::Data { file, offset }) => {
-                file_extent(&file.file, offset + rel, max).map_err(|e| {
+            Segment::Flat(FlatSource::Data { file, offset }) => match file.file.local() {
+                None => Extent::Data(max),
+                Some(local) => file_extent(local, offset + rel, max).map_err(|e| {
                     io::Error::new(
                         e.kind(),
                         format!(
@@ -221,8 +220,8 @@ impl ImageRead for BaseReader {
                             offset + rel
                         ),
                     )
-                })?
-            }
+                })?,
+            },
             Segment::Sparse(map) => {
                 let cursor = self.cursor.get_or_insert_with(|| Cursor::new(map.clone()));
                 let span = cursor.lookup(rel).map_err(io::Error::other)?;
@@ -294,6 +293,7 @@ impl Read for BaseReader {
 mod tests {
     use super::*;
     use std::fs::File;
+    use std::os::unix::fs::FileExt;
     use std::os::fd::AsFd;
 
     const MIB: u64 = 1 << 20;

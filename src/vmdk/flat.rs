@@ -40,9 +40,8 @@ pub(crate) fn open(
 fn check_len(path: &Path, file: &DataFile, need: u64) -> Result<(), Error> {
     let have = file
         .file
-        .metadata()
-        .map_err(|e| Error::io(path, "reading file size", e))?
-        .len();
+        .len()
+        .map_err(|e| Error::io(path, "reading file size", e))?;
     if have < need {
         return Err(Error::invalid(
             path,

@@ -264,7 +264,6 @@ impl Cursor {
     }
 
     fn read(&self, offset: u64, buf: &mut [u8], what: &str) -> Result<(), Error> {
-        use std::os::unix::fs::FileExt;
         let m = &self.map;
         m.file
             .file
@@ -390,9 +389,8 @@ pub(crate) fn read_header<const N: usize>(
     let p = &file.path;
     let file_len = file
         .file
-        .metadata()
-        .map_err(|e| Error::io(p, "reading file size", e))?
-        .len();
+        .len()
+        .map_err(|e| Error::io(p, "reading file size", e))?;
     if file_len < N as u64 {
         return Err(Error::invalid(
             p,
@@ -400,7 +398,8 @@ pub(crate) fn read_header<const N: usize>(
         ));
     }
     let mut h = [0u8; N];
-    std::os::unix::fs::FileExt::read_exact_at(&file.file, &mut h, 0)
+    file.file
+        .read_exact_at(&mut h, 0)
         .map_err(|e| Error::io(p, format!("reading {what} header"), e))?;
     Ok((h, file_len))
 }

@@ -1,7 +1,6 @@
 //! Hosted sparse (KDMV) extents: monolithicSparse disks and Workstation/Fusion snapshots,
 //! uncompressed only.
 
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use super::descriptor::{Descriptor, MAX_DESCRIPTOR_BYTES};

@@ -65,10 +65,7 @@ pub(crate) fn open_data(path: &Path, nofollow: bool) -> Result<Arc<DataFile>, Er
         o.custom_flags(nix::libc::O_NOFOLLOW);
     }
     let file: File = o.open(path).map_err(|e| Error::io(path, "opening", e))?;
-    Ok(Arc::new(DataFile {
-        path: path.to_path_buf(),
-        file,
-    }))
+    Ok(Arc::new(DataFile::local(path.to_path_buf(), file)))
 }
 
 #[cfg(test)]

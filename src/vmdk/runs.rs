@@ -6,11 +6,47 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// Positional reads of a file's bytes: a file on this host, or one read over ssh.
+pub trait ReadAt: Send + Sync + std::fmt::Debug {
+    /// Fill `buf` with the bytes at `offset`; fewer bytes than asked is an error.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// The file's length in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// The file of this host, when it is one (to look for its holes).
+    fn local(&self) -> Option<&File> {
+        None
+    }
+}
+
+impl ReadAt for File {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        FileExt::read_exact_at(self, buf, offset)
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+
+    fn local(&self) -> Option<&File> {
+        Some(self)
+    }
+}
+
 /// An open file that holds grain data, with the path it was opened from (for messages).
 #[derive(Debug)]
 pub struct DataFile {
     pub path: PathBuf,
-    pub file: File,
+    pub file: Box<dyn ReadAt>,
+}
+
+impl DataFile {
+    /// A file of this host.
+    pub fn local(path: PathBuf, file: File) -> DataFile {
+        DataFile {
+            path,
+            file: Box::new(file),
+        }
+    }
 }
 
 /// Where the bytes of a changed piece come from.

@@ -1,6 +1,5 @@
 //! SEsparse (`-sesparse.vmdk`) delta extents: VMFS6 snapshots and large VMFS5 disks.
 
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use super::error::{self, Error};
