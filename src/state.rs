@@ -52,6 +52,32 @@ pub struct ImportState {
     pub os: Option<String>,
     /// What stage 1's trial start proved.
     pub trial: Option<TrialRecord>,
+    /// Pre-copy rounds (`--sync` from ESXi), oldest first.
+    pub syncs: Vec<SyncRound>,
+    /// The outage of the cutover from ESXi, once the domain started.
+    pub cutover: Option<Outage>,
+}
+
+/// One `--sync` round: the deltas it applied, with the VM still running on ESXi.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SyncRound {
+    /// UTC, `YYYY-MM-DDTHH:MM:SSZ`.
+    pub at: String,
+    pub bytes: u64,
+    pub ms: u64,
+}
+
+/// The figures of a cutover from ESXi, in milliseconds: guest shutdown (the command to powered
+/// off), the final deltas read and applied, the domain start, and the total from the shutdown
+/// command to the domain running.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Outage {
+    pub at: String,
+    pub shutdown_ms: u64,
+    pub apply_ms: u64,
+    pub bytes: u64,
+    pub start_ms: u64,
+    pub total_ms: u64,
 }
 
 /// The domain was given to its guest: started by stage 2, or stage 2 finished with `--no-start`.
@@ -132,6 +158,9 @@ pub struct DiskState {
     /// True while stage 2 writes this disk: a run that stopped half way leaves it set, and
     /// the domain is not started until a rerun completes.
     pub applying: bool,
+    /// While `applying`: the index in `applied` of the first delta being written, when the
+    /// run recorded it (runs from ESXi do); the ones before it were complete.
+    pub applying_from: Option<usize>,
     /// The base image's file name.
     pub source: Option<String>,
     /// Deltas applied, oldest first; while `applying`, the chain being applied.
@@ -149,6 +178,9 @@ pub struct AppliedDelta {
     /// The delta was in the volume when the domain was handed over: applying it again could
     /// overwrite what the guest wrote since.
     pub handed_over: bool,
+    /// The delta was the VM's active one (no snapshot over it) when it was applied: if the VM
+    /// ran again on ESXi it may have grown since, so it counts as not applied.
+    pub active: bool,
 }
 
 fn cid_str(c: u32) -> String {
@@ -174,6 +206,9 @@ impl ImportState {
             if d.applying {
                 el = el.attr("applying", "yes");
             }
+            if let Some(i) = d.applying_from {
+                el = el.attr("applying-from", &i.to_string());
+            }
             if let Some(m) = &d.volume_mtime {
                 el = el.attr("volume-mtime", m);
             }
@@ -190,6 +225,9 @@ impl ImportState {
                 }
                 if a.handed_over {
                     ap = ap.attr("handed-over", "yes");
+                }
+                if a.active {
+                    ap = ap.attr("active", "yes");
                 }
                 el = el.child(ap);
             }
@@ -260,6 +298,7 @@ impl ImportState {
                     cid: parse_cid(a.get_attr("cid"), &what)?,
                     parent_cid: parse_cid(a.get_attr("parent-cid"), &what)?,
                     handed_over: yes_no(a.get_attr("handed-over"), "handed-over", &what)?,
+                    active: yes_no(a.get_attr("active"), "active", &what)?,
                 });
             }
             state.disks.push(DiskState {
@@ -272,6 +311,13 @@ impl ImportState {
                 base_cid: parse_cid(d.get_attr("base-cid"), &what)?,
                 base_uploaded,
                 applying,
+                applying_from: d
+                    .get_attr("applying-from")
+                    .map(|v| {
+                        v.parse()
+                            .with_context(|| format!("{what}: applying-from={v:?} is not a number"))
+                    })
+                    .transpose()?,
                 source: d
                     .elements()
                     .find(|e| e.local_name() == "source")
@@ -314,6 +360,25 @@ impl ImportState {
             }
             root = root.child(el);
         }
+        for s in &self.syncs {
+            root = root.child(
+                Element::new("sync")
+                    .attr("at", &s.at)
+                    .attr("bytes", &s.bytes.to_string())
+                    .attr("ms", &s.ms.to_string()),
+            );
+        }
+        if let Some(o) = &self.cutover {
+            root = root.child(
+                Element::new("cutover")
+                    .attr("at", &o.at)
+                    .attr("shutdown-ms", &o.shutdown_ms.to_string())
+                    .attr("apply-ms", &o.apply_ms.to_string())
+                    .attr("bytes", &o.bytes.to_string())
+                    .attr("start-ms", &o.start_ms.to_string())
+                    .attr("total-ms", &o.total_ms.to_string()),
+            );
+        }
         root
     }
 
@@ -321,6 +386,7 @@ impl ImportState {
     fn read_domain_record(&mut self, root: &Element) -> Result<()> {
         self.defined_by_tool = root.get_attr("defined-by").map(|v| v == DEFINED_BY_US);
         self.os = root.get_attr("os").map(str::to_string);
+        self.read_esx_records(root)?;
         let Some(t) = root.elements().find(|e| e.local_name() == "trial") else {
             return Ok(());
         };
@@ -344,6 +410,38 @@ impl ImportState {
             });
         }
         self.trial = Some(rec);
+        Ok(())
+    }
+}
+
+impl ImportState {
+    /// `<sync>` and `<cutover>` records of the runs from ESXi.
+    fn read_esx_records(&mut self, root: &Element) -> Result<()> {
+        let num = |e: &Element, k: &str| -> Result<u64> {
+            let v = e
+                .get_attr(k)
+                .with_context(|| format!("import state: <{}> has no {k} attribute", e.name))?;
+            v.parse()
+                .with_context(|| format!("import state: <{}> {k}={v:?} is not a number", e.name))
+        };
+        let at = |e: &Element| e.get_attr("at").unwrap_or_default().to_string();
+        for s in root.elements().filter(|e| e.local_name() == "sync") {
+            self.syncs.push(SyncRound {
+                at: at(s),
+                bytes: num(s, "bytes")?,
+                ms: num(s, "ms")?,
+            });
+        }
+        if let Some(c) = root.elements().find(|e| e.local_name() == "cutover") {
+            self.cutover = Some(Outage {
+                at: at(c),
+                shutdown_ms: num(c, "shutdown-ms")?,
+                apply_ms: num(c, "apply-ms")?,
+                bytes: num(c, "bytes")?,
+                start_ms: num(c, "start-ms")?,
+                total_ms: num(c, "total-ms")?,
+            });
+        }
         Ok(())
     }
 }
@@ -440,6 +538,7 @@ mod tests {
                     base_cid: Some(0xfffffffe),
                     base_uploaded: true,
                     applying: true,
+                    applying_from: Some(1),
                     source: Some(format!("  {nasty}  ")),
                     applied: vec![
                         AppliedDelta {
@@ -447,12 +546,14 @@ mod tests {
                             cid: Some(1),
                             parent_cid: Some(0xfffffffe),
                             handed_over: true,
+                            active: true,
                         },
                         AppliedDelta {
                             file: "x".into(),
                             cid: None,
                             parent_cid: None,
                             handed_over: false,
+                            active: false,
                         },
                     ],
                     volume_mtime: Some("1795768236.038995910".into()),
@@ -465,6 +566,19 @@ mod tests {
             }),
             defined_by_tool: Some(true),
             os: Some(nasty.into()),
+            syncs: vec![SyncRound {
+                at: nasty.into(),
+                bytes: 4096,
+                ms: 12,
+            }],
+            cutover: Some(Outage {
+                at: "2026-11-27T12:00:00Z".into(),
+                shutdown_ms: 1,
+                apply_ms: 2,
+                bytes: 3,
+                start_ms: 4,
+                total_ms: 10,
+            }),
             trial: Some(TrialRecord {
                 started: false,
                 cpu: "default".into(),

@@ -665,6 +665,7 @@ fn switch_to_virtio_keeps_macs_drops_driver_disk_and_follows_metadata() {
                 base_cid: Some(0x1234abcd),
                 base_uploaded: true,
                 applying: false,
+                applying_from: None,
                 source: Some("win2019-dc01.vmdk".into()),
                 applied: vec![],
                 volume_mtime: None,
@@ -785,6 +786,7 @@ fn import_state_with_hostile_strings_round_trips_through_libvirt_metadata() {
             base_cid: Some(u32::MAX),
             base_uploaded: true,
             applying: true,
+            applying_from: None,
             source: Some(nasty.into()),
             applied: vec![
                 AppliedDelta {
@@ -792,12 +794,14 @@ fn import_state_with_hostile_strings_round_trips_through_libvirt_metadata() {
                     cid: Some(0),
                     parent_cid: Some(u32::MAX),
                     handed_over: true,
+                    active: false,
                 },
                 AppliedDelta {
                     file: "b-000002.vmdk".into(),
                     cid: None,
                     parent_cid: Some(0),
                     handed_over: false,
+                    active: false,
                 },
             ],
             volume_mtime: None,

@@ -263,6 +263,7 @@ mod tests {
             cid: Some(cid),
             parent_cid: None,
             handed_over,
+            active: false,
         }
     }
 

@@ -777,6 +777,7 @@ fn disk_state(target_dev: &str, vol: &Vol, plan: &DiskPlan) -> Result<DiskState>
         base_cid: plan.base.as_ref().and_then(BaseInput::cid),
         base_uploaded: false,
         applying: false,
+        applying_from: None,
         source: plan.base.as_ref().and_then(BaseInput::location),
         applied: Vec::new(),
         volume_mtime: None,
@@ -1015,6 +1016,7 @@ fn as_applied(l: &LayerInfo) -> AppliedDelta {
         cid: l.cid,
         parent_cid: l.parent_cid,
         handed_over: false,
+        active: false,
     }
 }
 
@@ -1171,6 +1173,7 @@ mod tests {
                     cid: Some(*c),
                     parent_cid: Some(*p),
                     handed_over: false,
+                    active: false,
                 })
                 .collect(),
             ..Default::default()

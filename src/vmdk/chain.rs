@@ -136,7 +136,12 @@ fn open_layer(path: &Path, opts: &OpenOptions) -> Result<Layer, Error> {
             let (map, d) = hosted::open(names::open_data(path, false)?)?;
             Ok(bare(LayerKind::Hosted, map, d))
         }
-        Sniffed::Descriptor => layer_from_descriptor(Descriptor::read(path)?, opts),
+        Sniffed::Descriptor => {
+            layer_from_descriptor(Descriptor::read(path)?, &mut |d: &Descriptor, name: &str| {
+                let p = names::resolve(&d.folder(), name, &d.path, opts.allow_outside_paths)?;
+                names::open_data(&p, !opts.allow_outside_paths)
+            })
+        }
         Sniffed::Other => Err(Error::invalid(
             path,
             "not a VMware delta: no COWD, SEsparse or KDMV magic, and not a descriptor",
@@ -144,7 +149,10 @@ fn open_layer(path: &Path, opts: &OpenOptions) -> Result<Layer, Error> {
     }
 }
 
-fn layer_from_descriptor(d: Descriptor, opts: &OpenOptions) -> Result<Layer, Error> {
+/// Opens the data file an extent line names (`name`), for the descriptor that names it.
+pub type ExtentOpener<'a> = dyn FnMut(&Descriptor, &str) -> Result<Arc<DataFile>, Error> + 'a;
+
+fn layer_from_descriptor(d: Descriptor, open_file: &mut ExtentOpener) -> Result<Layer, Error> {
     if let Some(t) = &d.create_type {
         if t.eq_ignore_ascii_case("streamOptimized") {
             return Err(Error::unsupported(
@@ -181,8 +189,7 @@ fn layer_from_descriptor(d: Descriptor, opts: &OpenOptions) -> Result<Layer, Err
         };
         kind.get_or_insert(k);
         let name = e.file.as_deref().unwrap_or_default();
-        let p = names::resolve(&d.folder(), name, &d.path, opts.allow_outside_paths)?;
-        let map = open(names::open_data(&p, !opts.allow_outside_paths)?)?;
+        let map = open(open_file(&d, name)?)?;
         let len = e
             .sectors
             .checked_mul(512)
@@ -244,13 +251,37 @@ impl Chain {
             }
             layers.push(layer);
         }
+        Ok(Chain::assemble(layers))
+    }
+
+    /// Deltas given as parsed descriptors, oldest first, whose extent files `open` provides
+    /// (files read from elsewhere than this host); checked as [`Chain::open_deltas`] checks.
+    pub fn from_descriptors(
+        descriptors: Vec<Descriptor>,
+        open: &mut ExtentOpener,
+    ) -> Result<Chain, Error> {
+        if descriptors.is_empty() {
+            return Err(Error::chain("no deltas given"));
+        }
+        let mut layers: Vec<Layer> = Vec::new();
+        for d in descriptors {
+            let layer = layer_from_descriptor(d, open)?;
+            if let Some(prev) = layers.last() {
+                check_link(&prev.info, &layer.info)?;
+            }
+            layers.push(layer);
+        }
+        Ok(Chain::assemble(layers))
+    }
+
+    fn assemble(layers: Vec<Layer>) -> Chain {
         let infos = layers.iter().map(|l| l.info.clone()).collect();
         let capacity = layers[0].info.capacity;
-        Ok(Chain {
+        Chain {
             layers,
             infos,
             capacity,
-        })
+        }
     }
 
     /// Virtual size in bytes.
