@@ -1,7 +1,9 @@
 //! Stage 1 straight from an ESXi host over SSH: the VM found by its .vmx path, a migration snapshot taken, each base streamed from the host.
 
+pub mod remote;
 pub mod ssh;
 pub mod vimcmd;
+pub mod vm;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use std::path::Path;
@@ -99,7 +101,7 @@ pub fn prepare_stage_one(url: &str, dry_run: bool, say: bool, outside: bool) -> 
     let snaps = host.snapshots(id)?;
     match snaps.iter().find(|s| s.name.starts_with(SNAPSHOT_NAME)) {
         Some(s) => crate::say!("{ds_path}: keeps its migration snapshot '{}'", s.name),
-        None => host.take_snapshot(id, &ds_path, snaps.len())?,
+        None => host.take_snapshot(id, &ds_path, &format!("{SNAPSHOT_NAME}-{}", snaps.len() + 1))?,
     }
     let name = url.with_path(&url.path);
     let (text, more) = ssh.read_file(&url.path, vmx::MAX_VMX_BYTES)?;
@@ -223,11 +225,10 @@ impl Host<'_> {
     }
 
     /// Take the migration snapshot (no memory, not quiesced) and wait until ESXi lists it.
-    fn take_snapshot(&self, id: u32, ds_path: &str, existing: usize) -> Result<()> {
-        let name = format!("{SNAPSHOT_NAME}-{}", existing + 1);
+    fn take_snapshot(&self, id: u32, ds_path: &str, name: &str) -> Result<()> {
         let cmd = format!(
             "vim-cmd vmsvc/snapshot.create {id} {} {} 0 0",
-            quote(&name),
+            quote(name),
             quote("taken by virt-vmdkimport: the base disks are copied to KVM from under it")
         );
         let host = &self.ssh.url().host;
@@ -275,11 +276,33 @@ impl Host<'_> {
     }
 }
 
+/// A delta of a disk's chain on the host: its descriptor, read and parsed.
+#[derive(Debug, Clone)]
+pub struct RemoteDelta {
+    /// The descriptor's path on the host.
+    pub path: String,
+    /// `ssh://host/path`, for messages and the import state.
+    pub shown: String,
+    pub descriptor: Descriptor,
+}
+
+/// One disk's chain on the host: its base, and its deltas oldest first (the top last).
+pub struct RemoteChain {
+    pub base: RemoteBase,
+    pub deltas: Vec<RemoteDelta>,
+}
+
 /// Follow `parentFileNameHint` from the descriptor `top` down to the base, checking each
 /// parent's CID against its child's parentCID; the base must be one flat extent.
 fn walk_to_base(ssh: &Arc<Ssh>, top: &str, outside: bool) -> Result<RemoteBase> {
+    Ok(walk_chain(ssh, top, outside)?.base)
+}
+
+/// [`walk_to_base`], keeping every delta on the way.
+fn walk_chain(ssh: &Arc<Ssh>, top: &str, outside: bool) -> Result<RemoteChain> {
     let mut path = top.to_string();
     let mut want_cid: Option<(u32, String)> = None;
+    let mut deltas = Vec::new();
     for _ in 0..MAX_CHAIN {
         let (text, more) = ssh.read_file(&path, MAX_DESCRIPTOR_BYTES)?;
         let shown = ssh.url().with_path(&path);
@@ -296,14 +319,24 @@ fn walk_to_base(ssh: &Arc<Ssh>, top: &str, outside: bool) -> Result<RemoteBase> 
             );
         }
         let Some(pcid) = d.parent_cid else {
-            return flat_base(ssh, &path, &shown, &d, outside);
+            deltas.reverse();
+            return Ok(RemoteChain {
+                base: flat_base(ssh, &path, &shown, &d, outside)?,
+                deltas,
+            });
         };
         let hint = d
             .parent_hint
-            .as_deref()
+            .clone()
             .ok_or_else(|| anyhow!("{shown}: has a parentCID but no parentFileNameHint"))?;
-        want_cid = Some((pcid, shown));
-        path = remote_join(ssh::folder(&path), hint, outside)?;
+        want_cid = Some((pcid, shown.clone()));
+        let parent = remote_join(ssh::folder(&path), &hint, outside)?;
+        deltas.push(RemoteDelta {
+            path,
+            shown,
+            descriptor: d,
+        });
+        path = parent;
     }
     bail!("{top}: more than {MAX_CHAIN} descriptors above the base")
 }

@@ -165,26 +165,36 @@ impl Ssh {
         Ok(a.stdout)
     }
 
+    /// Run a command that must succeed; its standard output as bytes. A failure says what
+    /// the host printed; a lock is said as such, naming `what`.
+    pub fn read_bytes(&self, cmd: &str, what: &str) -> Result<Vec<u8>> {
+        let out = self
+            .command()
+            .arg(cmd)
+            .output()
+            .context("running ssh (is openssh-client installed?)")?;
+        if out.status.success() {
+            return Ok(out.stdout);
+        }
+        let a = Answer {
+            code: out.status.code(),
+            stdout: String::new(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        if a.code == Some(255) {
+            bail!("ssh {}: {}", self.url.destination(), a.stderr.trim());
+        }
+        if is_lock_error(&a.stderr) {
+            bail!("{}", locked_message(what, &a.stderr));
+        }
+        bail!("{}", a.failure(&self.url.host, cmd))
+    }
+
     /// The first `limit` bytes of a remote file (`head -c`), and whether there were more.
     pub fn read_file(&self, path: &str, limit: u64) -> Result<(Vec<u8>, bool)> {
         let cmd = format!("head -c {} {}", limit + 1, quote(path));
-        let out = self
-            .command()
-            .arg(&cmd)
-            .output()
-            .context("running ssh (is openssh-client installed?)")?;
-        if !out.status.success() {
-            let a = Answer {
-                code: out.status.code(),
-                stdout: String::new(),
-                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            };
-            if a.code == Some(255) {
-                bail!("ssh {}: {}", self.url.destination(), a.stderr.trim());
-            }
-            bail!("{}", a.failure(&self.url.host, &cmd));
-        }
-        let mut bytes = out.stdout;
+        let what = format!("{}:{path}", self.url.host);
+        let mut bytes = self.read_bytes(&cmd, &what)?;
         let more = bytes.len() as u64 > limit;
         bytes.truncate(limit as usize);
         Ok((bytes, more))
@@ -192,10 +202,26 @@ impl Ssh {
 
     /// A file's bytes streamed from the host by one `dd` over the shared connection.
     pub fn stream(&self, path: &str) -> Result<RemoteRead> {
-        let cmd = stream_command(path);
+        self.stream_cmd(path, &stream_command(path))
+    }
+
+    /// The bytes of `path` from block `skip` of `bs` bytes on (`count` blocks, or to the end).
+    pub fn stream_from(
+        &self,
+        path: &str,
+        bs: u64,
+        skip: u64,
+        count: Option<u64>,
+    ) -> Result<RemoteRead> {
+        let count = count.map(|c| format!(" count={c}")).unwrap_or_default();
+        let cmd = format!("dd if={} bs={bs} skip={skip}{count}", quote(path));
+        self.stream_cmd(path, &cmd)
+    }
+
+    fn stream_cmd(&self, path: &str, cmd: &str) -> Result<RemoteRead> {
         let mut child = self
             .command()
-            .arg(&cmd)
+            .arg(cmd)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

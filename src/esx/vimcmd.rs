@@ -155,6 +155,19 @@ pub fn check_created(cmd: &str, out: &str) -> Result<()> {
     Ok(())
 }
 
+/// `snapshot.remove` succeeded only if it printed `Remove Snapshot:` and nothing else.
+pub fn check_removed(cmd: &str, out: &str) -> Result<()> {
+    let lines: Vec<&str> = out
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if lines != ["Remove Snapshot:"] {
+        bail!("{}", refuse(cmd, out, "not `Remove Snapshot:`"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,4 +19,4 @@ pub use chain::{
 };
 pub use descriptor::Descriptor;
 pub use error::{show, Error};
-pub use runs::{DataFile, Piece, Source};
+pub use runs::{DataFile, Piece, ReadAt, Source};
