@@ -141,6 +141,36 @@ pub struct Cli {
     /// Rewrite a defined domain's disks and NICs to virtio (MACs kept); drops the driver disk.
     #[arg(long, requires = "domain")]
     pub switch_to_virtio: bool,
+
+    /// With --vmx ssh://: a pre-copy round while the VM runs on ESXi: a new migration snapshot
+    /// freezes its deltas, which are applied now. Repeatable; each round leaves less for the cutover.
+    #[arg(long, conflicts_with = "cutover")]
+    pub sync: bool,
+
+    /// With --vmx ssh://: the cutover: guest shutdown on ESXi, the final deltas read over ssh
+    /// and applied, the domain started, the outage printed.
+    #[arg(long)]
+    pub cutover: bool,
+
+    /// --cutover: seconds to wait for the VM to power off after the guest shutdown request.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub shutdown_timeout: u64,
+
+    /// --cutover: power the VM off when the guest does not shut down in time (or has no VMware Tools).
+    #[arg(long)]
+    pub hard_off: bool,
+
+    /// --cutover: power the VM on again at ESXi if anything fails after it was shut down.
+    #[arg(long)]
+    pub rollback_on_failure: bool,
+
+    /// --sync/--cutover: disks read and written side by side.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub jobs: usize,
+
+    /// --cutover: remove the migration snapshots on ESXi once the domain runs here.
+    #[arg(long)]
+    pub remove_esx_snapshots: bool,
 }
 
 /// Parse `123`, `4K`, `512M`, `16G`, `2T` (binary multiples).

@@ -206,21 +206,18 @@ fn a_vm_with_snapshots_of_its_own_is_walked_down_to_its_base_and_a_second_run_is
     );
     assert!(trial_started(&name));
 
-    // The same command again would be stage 2: not over ssh:// yet, and nothing is taken.
+    // The same command again is refused, pointing at --sync and --cutover; nothing is taken.
     let again = stage1(&esx, &tp, &name, "app/app.vmx", &CPU);
     assert_eq!(again.code(), Some(1), "{again}");
     assert!(
-        again
-            .stderr()
-            .contains("stage 2, --sync and --cutover over ssh:// are not built yet")
-            && again
-                .stderr()
-                .contains("run stage 2 with them as local files"),
+        again.stderr().contains(
+            "stage 1 is done; add --sync for a pre-copy round while the VM runs, or --cutover"
+        ),
         "{again}"
     );
     assert!(!dir.join("app-000003.vmdk").exists(), "no third snapshot");
 
-    // What works today for stage 2: the deltas copied over and applied as local files.
+    // Stage 2 from the deltas copied over as local files works too.
     let local = tp.path("copied");
     std::fs::create_dir_all(&local).unwrap();
     for f in [

@@ -71,9 +71,7 @@ pub fn refuse_stage_two(uri: Option<&str>, domain: &str) -> Result<()> {
         .with_context(|| format!("domain '{domain}': reading the import state"))?;
     if !st.disks.is_empty() && st.disks.iter().all(|d| d.base_uploaded) {
         bail!(
-            "domain '{domain}': every base is uploaded, so this run would be stage 2; stage 2, --sync and --cutover over ssh:// are not built yet: \
-             shut the VM down on ESXi, copy its delta files (each disk's -00000N.vmdk descriptors with their -delta.vmdk or -sesparse.vmdk extents) \
-             and run stage 2 with them as local files (virt-vmdkimport --domain {domain} DELTA.vmdk...)"
+            "domain '{domain}': every base is uploaded: stage 1 is done; add --sync for a pre-copy round while the VM runs, or --cutover to shut it down on ESXi and start the domain here"
         );
     }
     Ok(())
@@ -101,7 +99,11 @@ pub fn prepare_stage_one(url: &str, dry_run: bool, say: bool, outside: bool) -> 
     let snaps = host.snapshots(id)?;
     match snaps.iter().find(|s| s.name.starts_with(SNAPSHOT_NAME)) {
         Some(s) => crate::say!("{ds_path}: keeps its migration snapshot '{}'", s.name),
-        None => host.take_snapshot(id, &ds_path, &format!("{SNAPSHOT_NAME}-{}", snaps.len() + 1))?,
+        None => host.take_snapshot(
+            id,
+            &ds_path,
+            &format!("{SNAPSHOT_NAME}-{}", snaps.len() + 1),
+        )?,
     }
     let name = url.with_path(&url.path);
     let (text, more) = ssh.read_file(&url.path, vmx::MAX_VMX_BYTES)?;
@@ -162,7 +164,7 @@ pub fn datastore_path(path: &str) -> Result<String> {
 /// `name` (relative to `folder`, or absolute) as one path on the host. Names that leave the
 /// folder (absolute, `..`) are followed only with `outside` (--allow-outside-paths), as for
 /// local files: a hostile descriptor must not make the tool read another file of the host.
-fn remote_join(folder: &str, name: &str, outside: bool) -> Result<String> {
+pub(crate) fn remote_join(folder: &str, name: &str, outside: bool) -> Result<String> {
     let leaves = name.starts_with('/') || name.split('/').any(|c| c == "..");
     ensure!(
         outside || !leaves,
@@ -299,7 +301,7 @@ fn walk_to_base(ssh: &Arc<Ssh>, top: &str, outside: bool) -> Result<RemoteBase> 
 }
 
 /// [`walk_to_base`], keeping every delta on the way.
-fn walk_chain(ssh: &Arc<Ssh>, top: &str, outside: bool) -> Result<RemoteChain> {
+pub(crate) fn walk_chain(ssh: &Arc<Ssh>, top: &str, outside: bool) -> Result<RemoteChain> {
     let mut path = top.to_string();
     let mut want_cid: Option<(u32, String)> = None;
     let mut deltas = Vec::new();

@@ -81,12 +81,20 @@ impl RemoteFile {
                 bytes.len()
             )));
         }
-        Ok(bytes.chunks(PAGE as usize).map(|c| Arc::new(c.to_vec())).collect())
+        Ok(bytes
+            .chunks(PAGE as usize)
+            .map(|c| Arc::new(c.to_vec()))
+            .collect())
     }
 
     /// Page `index`, from the cache or read with the ones after it.
     fn page(&self, index: u64) -> io::Result<Arc<Vec<u8>>> {
-        if let Some(p) = self.pages.lock().expect("no panic holding pages").get(&index) {
+        if let Some(p) = self
+            .pages
+            .lock()
+            .expect("no panic holding pages")
+            .get(&index)
+        {
             return Ok(p.clone());
         }
         let last = self.len.div_ceil(PAGE);
@@ -122,7 +130,7 @@ impl crate::vmdk::ReadAt for RemoteFile {
         Ok(())
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.len)
     }
 }
@@ -173,7 +181,11 @@ pub fn write_in_file_order(
                 let mut buf = vec![0u8; CHUNK.min(left as usize)];
                 let r = stream.read_exact(&mut buf).map(|_| buf);
                 let failed = r.is_err();
-                left -= if failed { left } else { CHUNK.min(left as usize) as u64 };
+                left -= if failed {
+                    left
+                } else {
+                    CHUNK.min(left as usize) as u64
+                };
                 if tx.send(r).is_err() || failed {
                     return;
                 }

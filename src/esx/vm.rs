@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use super::remote::RemoteFile;
 use super::ssh::{self, Ssh, SshUrl};
 use super::vimcmd::{self, Power, Snapshot};
-use super::{datastore_path, remote_join, walk_chain, Host, RemoteChain, RemoteDelta};
 use super::SNAPSHOT_NAME;
+use super::{datastore_path, remote_join, walk_chain, Host, RemoteChain, RemoteDelta};
 use crate::vmdk::{self, Chain};
 use crate::vmx::{self, VmxConfig};
 
@@ -94,7 +94,11 @@ impl Vm {
     pub fn take_snapshot(&self) -> Result<String> {
         let snaps = self.snapshots()?;
         let n = (1..)
-            .find(|n| !snaps.iter().any(|s| s.name == format!("{SNAPSHOT_NAME}-{n}")))
+            .find(|n| {
+                !snaps
+                    .iter()
+                    .any(|s| s.name == format!("{SNAPSHOT_NAME}-{n}"))
+            })
             .expect("some number is free");
         let name = format!("{SNAPSHOT_NAME}-{n}");
         self.host().take_snapshot(self.id, &self.ds_path, &name)?;
@@ -154,16 +158,22 @@ impl Vm {
     fn try_open_delta(&self, d: &RemoteDelta) -> Result<Chain> {
         let folder = ssh::folder(&d.path).to_string();
         let mut open = |_: &vmdk::Descriptor, name: &str| {
-            let path = remote_join(&folder, name, self.outside).map_err(|e| {
-                vmdk::Error::invalid(Path::new(&d.shown), format!("{e:#}"))
-            })?;
+            let path = remote_join(&folder, name, self.outside)
+                .map_err(|e| vmdk::Error::invalid(Path::new(&d.shown), format!("{e:#}")))?;
             let shown = self.ssh.url().with_path(&path);
             let file = RemoteFile::open(self.ssh.clone(), &path).map_err(|e| {
-                vmdk::Error::io(Path::new(&shown), "opening", std::io::Error::other(format!("{e:#}")))
+                vmdk::Error::io(
+                    Path::new(&shown),
+                    "opening",
+                    std::io::Error::other(format!("{e:#}")),
+                )
             })?;
             Ok(file.into_data_file(&shown))
         };
-        Ok(Chain::from_descriptors(vec![d.descriptor.clone()], &mut open)?)
+        Ok(Chain::from_descriptors(
+            vec![d.descriptor.clone()],
+            &mut open,
+        )?)
     }
 
     /// Ask VMware Tools for a guest shutdown; returns at once.

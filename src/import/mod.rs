@@ -1,5 +1,6 @@
 //! The migration on a libvirt host: stage 1 (volume, domain, base upload) and stage 2 (delta apply, start), each checked against the import state in the domain's metadata.
 
+pub mod fromesx;
 mod guards;
 pub mod lifecycle;
 mod reshape;
@@ -110,6 +111,8 @@ pub struct Request {
     hyperv_passthrough: bool,
     cpu: Option<domain_xml::CpuMode>,
     reupload_base: bool,
+    /// `--sync` or `--cutover` from an ESXi host.
+    esx: Option<fromesx::EsxOptions>,
 }
 
 impl Request {
@@ -146,8 +149,10 @@ impl Request {
             }
             None => None,
         };
+        let esx = esx_options(cli)?;
         let mut remote = None;
         let vmx = match &cli.vmx {
+            Some(_) if esx.is_some() => None,
             Some(p) if crate::esx::is_ssh(p) => {
                 ensure!(
                     cli.deltas.is_empty(),
@@ -185,7 +190,11 @@ impl Request {
             || cli.bridge.is_some()
             || cli.hyperv_passthrough;
         ensure!(
-            base.is_some() || !cli.deltas.is_empty() || vmx.is_some() || cli.print_xml || shaping,
+            esx.is_none() || !shaping,
+            "--sync and --cutover change no settings of the domain: give the options that shape it to stage 1, or to a run on the shut-off domain without them"
+        );
+        ensure!(
+            base.is_some() || !cli.deltas.is_empty() || vmx.is_some() || esx.is_some() || cli.print_xml || shaping,
             "nothing to do: give --flat BASE (stage 1), delta files (stage 2), --vmx, or options that shape the domain"
         );
         ensure!(
@@ -235,8 +244,57 @@ impl Request {
                 model => domain_xml::CpuMode::Model(model.to_string()),
             }),
             reupload_base: cli.reupload_base,
+            esx,
         })
     }
+}
+
+/// `--sync`/`--cutover` and their options, checked: they go with `--vmx ssh://` alone.
+fn esx_options(cli: &Cli) -> Result<Option<fromesx::EsxOptions>> {
+    let cutover_only = [
+        (cli.hard_off, "--hard-off"),
+        (cli.rollback_on_failure, "--rollback-on-failure"),
+        (cli.remove_esx_snapshots, "--remove-esx-snapshots"),
+        (cli.shutdown_timeout != 300, "--shutdown-timeout"),
+    ];
+    if let Some((_, name)) = cutover_only
+        .iter()
+        .find(|(given, _)| *given && !cli.cutover)
+    {
+        bail!("{name} goes with --cutover");
+    }
+    if !cli.sync && !cli.cutover {
+        return Ok(None);
+    }
+    let step = if cli.sync { "--sync" } else { "--cutover" };
+    let url = match &cli.vmx {
+        Some(p) if crate::esx::is_ssh(p) => p.to_string_lossy().into_owned(),
+        _ => bail!("{step} drives the VM on its ESXi host: give --vmx ssh://[user@]host/vmfs/volumes/DS/VM/VM.vmx"),
+    };
+    ensure!(
+        cli.deltas.is_empty(),
+        "{step}: the deltas come from ESXi: give no delta files"
+    );
+    ensure!(
+        !cli.reupload_base && cli.flat.is_none(),
+        "{step} goes without --flat and --reupload-base"
+    );
+    ensure!(!cli.no_start, "--cutover starts the domain: without --no-start (a cutover that does not start it is a --sync)");
+    ensure!(cli.jobs >= 1, "--jobs {}: at least 1", cli.jobs);
+    crate::esx::ssh::SshUrl::parse(&url)?;
+    Ok(Some(fromesx::EsxOptions {
+        url,
+        step: if cli.sync {
+            fromesx::Step::Sync
+        } else {
+            fromesx::Step::Cutover
+        },
+        shutdown_timeout: std::time::Duration::from_secs(cli.shutdown_timeout),
+        hard_off: cli.hard_off,
+        rollback: cli.rollback_on_failure,
+        jobs: cli.jobs,
+        remove_snapshots: cli.remove_esx_snapshots,
+    }))
 }
 
 /// One disk of the import: where its base comes from (stage 1) and its deltas (stage 2).
@@ -250,6 +308,9 @@ struct DiskPlan {
 /// Run the import the request describes.
 pub fn run(req: Request) -> Result<()> {
     let conn = libvirt::connect(req.uri.as_deref())?;
+    if let Some(o) = &req.esx {
+        return fromesx::run(&req, &conn, o).map_err(|e| libvirt::explain(&conn, e));
+    }
     // A clone shares the connection: asked afterwards whether the daemon is still there.
     run_on(conn.clone(), req).map_err(|e| libvirt::explain(&conn, e))
 }

@@ -63,7 +63,7 @@ impl BaseImage {
                 let file = names::open_data(path, false)?;
                 let capacity = file
                     .file
-                    .len()
+                    .size()
                     .map_err(|e| Error::io(path, "reading file size", e))?;
                 Ok(BaseImage {
                     path: path.to_path_buf(),
@@ -293,8 +293,8 @@ impl Read for BaseReader {
 mod tests {
     use super::*;
     use std::fs::File;
-    use std::os::unix::fs::FileExt;
     use std::os::fd::AsFd;
+    use std::os::unix::fs::FileExt;
 
     const MIB: u64 = 1 << 20;
 

@@ -136,12 +136,13 @@ fn open_layer(path: &Path, opts: &OpenOptions) -> Result<Layer, Error> {
             let (map, d) = hosted::open(names::open_data(path, false)?)?;
             Ok(bare(LayerKind::Hosted, map, d))
         }
-        Sniffed::Descriptor => {
-            layer_from_descriptor(Descriptor::read(path)?, &mut |d: &Descriptor, name: &str| {
+        Sniffed::Descriptor => layer_from_descriptor(
+            Descriptor::read(path)?,
+            &mut |d: &Descriptor, name: &str| {
                 let p = names::resolve(&d.folder(), name, &d.path, opts.allow_outside_paths)?;
                 names::open_data(&p, !opts.allow_outside_paths)
-            })
-        }
+            },
+        ),
         Sniffed::Other => Err(Error::invalid(
             path,
             "not a VMware delta: no COWD, SEsparse or KDMV magic, and not a descriptor",

@@ -40,7 +40,7 @@ pub(crate) fn open(
 fn check_len(path: &Path, file: &DataFile, need: u64) -> Result<(), Error> {
     let have = file
         .file
-        .len()
+        .size()
         .map_err(|e| Error::io(path, "reading file size", e))?;
     if have < need {
         return Err(Error::invalid(

@@ -389,7 +389,7 @@ pub(crate) fn read_header<const N: usize>(
     let p = &file.path;
     let file_len = file
         .file
-        .len()
+        .size()
         .map_err(|e| Error::io(p, "reading file size", e))?;
     if file_len < N as u64 {
         return Err(Error::invalid(

@@ -11,7 +11,7 @@ pub trait ReadAt: Send + Sync + std::fmt::Debug {
     /// Fill `buf` with the bytes at `offset`; fewer bytes than asked is an error.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// The file's length in bytes.
-    fn len(&self) -> io::Result<u64>;
+    fn size(&self) -> io::Result<u64>;
     /// The file of this host, when it is one (to look for its holes).
     fn local(&self) -> Option<&File> {
         None
@@ -23,7 +23,7 @@ impl ReadAt for File {
         FileExt::read_exact_at(self, buf, offset)
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.metadata()?.len())
     }
 

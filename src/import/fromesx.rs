@@ -1,0 +1,669 @@
+//! Pre-copy rounds (`--sync`) and the cutover (`--cutover`) from an ESXi host: frozen deltas applied while the VM runs, then guest shutdown, the final deltas read over ssh into the volumes, the domain started and the outage measured.
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::time::{Duration, Instant};
+
+use super::Request;
+use super::{guards, hand_over_and_start, prove_before_stage_two, read_state, write, write_state};
+use crate::esx::remote::{self, PassReport};
+use crate::esx::vimcmd::Power;
+use crate::esx::vm::{ShutdownRefused, Vm};
+use crate::esx::{RemoteChain, RemoteDelta, SNAPSHOT_NAME};
+use crate::libvirt::{Conn, Dom, Vol};
+use crate::state::{AppliedDelta, DiskState, ImportState, Outage, SyncRound};
+use crate::vmdk::{Chain, Piece};
+
+/// Which run from ESXi.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Sync,
+    Cutover,
+}
+
+/// The options of a run from ESXi, checked.
+#[derive(Debug, Clone)]
+pub struct EsxOptions {
+    pub url: String,
+    pub step: Step,
+    pub shutdown_timeout: Duration,
+    pub hard_off: bool,
+    pub rollback: bool,
+    pub jobs: usize,
+    pub remove_snapshots: bool,
+}
+
+/// A disk's volume, written directly on this host.
+struct Target {
+    vol: Vol,
+}
+
+/// One delta opened over ssh, its pieces listed (every table read and checked).
+struct Opened {
+    chain: Chain,
+    pieces: Vec<Piece>,
+    /// The extent's path on the host.
+    extent: String,
+}
+
+/// What one disk gets: the deltas from `start` in its lineage, each opened.
+struct DiskWork {
+    disk: usize,
+    start: usize,
+    lineage: Vec<AppliedDelta>,
+    deltas: Vec<String>,
+}
+
+/// Figures of one apply over every disk.
+#[derive(Debug, Default, Clone, Copy)]
+struct Moved {
+    deltas: usize,
+    read: u64,
+    data: u64,
+    zero: u64,
+    secs: f64,
+}
+
+/// Run `--sync` or `--cutover` for the domain of `req`.
+pub fn run(req: &Request, conn: &Conn, o: &EsxOptions) -> Result<()> {
+    let (dom, mut st) = checked_domain(req, conn)?;
+    let dom = prove_before_stage_two(req, conn, Some(dom), &mut st)?.expect("a domain");
+    let targets = targets(req, conn, &dom, &st)?;
+    let vm = Vm::find(
+        &o.url,
+        req.dry_run,
+        req.dry_run,
+        req.open.allow_outside_paths,
+    )?;
+    match o.step {
+        Step::Sync => sync(req, &dom, &mut st, &targets, &vm, o),
+        Step::Cutover => cutover(req, conn, &dom, &mut st, &targets, &vm, o),
+    }
+}
+
+/// The domain and its import state, when a run from ESXi may write into it: every base
+/// uploaded, never handed over to its guest, not running.
+fn checked_domain(req: &Request, conn: &Conn) -> Result<(Dom, ImportState)> {
+    let name = &req.domain;
+    let dom = conn.domain(name)?.ok_or_else(|| {
+        anyhow!(
+            "domain '{name}' does not exist on {}: run stage 1 (the same command without --sync or --cutover) first",
+            conn.uri()
+        )
+    })?;
+    let st = read_state(&dom)?.ok_or_else(|| {
+        anyhow!(
+            "domain '{name}' has no import state: it was not made by stage 1 of virt-vmdkimport"
+        )
+    })?;
+    ensure!(
+        !st.disks.is_empty() && st.disks.iter().all(|d| d.base_uploaded),
+        "domain '{name}': not every base is uploaded; run stage 1 (the same command without --sync or --cutover) to finish it"
+    );
+    if let Some(h) = &st.handed_over {
+        bail!("domain '{name}' was already handed over to its guest ({h}): the cutover is done; nothing from ESXi may be written into it any more");
+    }
+    ensure!(
+        !dom.is_active()?,
+        "domain '{name}' is running: writing under a live guest corrupts it; shut it down first"
+    );
+    Ok((dom, st))
+}
+
+/// Every disk's volume, checked raw and writable from this host (the grains are written
+/// where they arrive, in the delta's file order).
+fn targets(req: &Request, conn: &Conn, dom: &Dom, st: &ImportState) -> Result<Vec<Target>> {
+    ensure!(
+        req.io != crate::cli::IoMode::Stream,
+        "--io stream: the deltas from ESXi are written with direct writes to volumes on this host; run virt-vmdkimport on the KVM host (with --io auto or direct)"
+    );
+    let xml = dom.xml()?;
+    st.disks
+        .iter()
+        .map(|ds| {
+            let vol = conn.pool(&ds.pool)?.volume(&ds.volume)?;
+            guards::ensure_raw(&req.domain, &xml, &ds.target_dev, &vol)?;
+            ensure!(
+                write::use_direct(conn, &vol, crate::cli::IoMode::Direct).is_ok(),
+                "volume '{}' (disk {}) cannot be written directly from this host: the deltas from ESXi need a local volume; run virt-vmdkimport on the KVM host",
+                vol.describe(),
+                ds.target_dev
+            );
+            Ok(Target { vol })
+        })
+        .collect()
+}
+
+/// The host's chains now, matched with the disks stage 1 uploaded.
+fn chains(vm: &Vm, st: &ImportState) -> Result<Vec<RemoteChain>> {
+    let cfg = vm.config()?;
+    let chains = vm.chains(&cfg)?;
+    ensure!(
+        chains.len() == st.disks.len(),
+        "{}: the VM has {} disks on ESXi, stage 1 uploaded {}",
+        vm.ds_path,
+        chains.len(),
+        st.disks.len()
+    );
+    for (c, ds) in chains.iter().zip(&st.disks) {
+        ensure!(
+            c.base.capacity == ds.capacity && (ds.base_cid.is_none() || c.base.cid == ds.base_cid),
+            "{}: its base (CID {}, {} bytes) is not the one stage 1 uploaded to disk {} (CID {}, {} bytes): the VM's disks changed on ESXi; rerun stage 1 with --reupload-base",
+            c.base.name(),
+            c.base.cid.map_or("none".into(), |c| format!("{c:08x}")),
+            c.base.capacity,
+            ds.target_dev,
+            ds.base_cid.map_or("none".into(), |c| format!("{c:08x}")),
+            ds.capacity
+        );
+    }
+    Ok(chains)
+}
+
+/// Where the deltas of `chain` up to `eligible` start to need writing, and the lineage after.
+/// Deltas recorded as applied must be the chain's first ones, in order; one applied while it
+/// was the VM's active delta counts as not applied (the VM may have written into it since).
+/// After an interrupted run, its deltas are written again from where it started.
+fn pending(
+    ds: &DiskState,
+    chain: &RemoteChain,
+    eligible: usize,
+    top_active: bool,
+) -> Result<(usize, Vec<AppliedDelta>)> {
+    let cid = |i: usize| chain.deltas[i].descriptor.cid;
+    let mut k = 0;
+    while k < ds.applied.len()
+        && k < eligible
+        && ds.applied[k].cid == cid(k)
+        && !ds.applied[k].active
+    {
+        k += 1;
+    }
+    for (j, a) in ds.applied.iter().enumerate().skip(k) {
+        ensure!(
+            j < chain.deltas.len() && a.cid == cid(j),
+            "disk {}: {} (applied earlier) is no longer in the VM's chain on ESXi ({}): its snapshots were reverted or consolidated since, so the volume holds data the VM no longer has; rerun stage 1 with --reupload-base",
+            ds.target_dev,
+            a.file,
+            chain.deltas.iter().map(|d| d.shown.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    let start = if ds.applying {
+        k.min(ds.applying_from.unwrap_or(0))
+    } else {
+        k
+    };
+    let mut lineage = ds.applied[..start].to_vec();
+    for (i, d) in chain.deltas.iter().enumerate().take(eligible).skip(start) {
+        lineage.push(AppliedDelta {
+            file: d.path.rsplit('/').next().unwrap_or_default().to_string(),
+            cid: d.descriptor.cid,
+            parent_cid: d.descriptor.parent_cid,
+            handed_over: false,
+            active: top_active && i + 1 == chain.deltas.len(),
+        });
+    }
+    Ok((start, lineage))
+}
+
+/// Open `d` over ssh and list its pieces, once per run.
+fn open<'c>(
+    vm: &Vm,
+    d: &RemoteDelta,
+    cache: &'c mut HashMap<String, Opened>,
+) -> Result<&'c Opened> {
+    if !cache.contains_key(&d.path) {
+        let chain = vm.open_delta(d)?;
+        let pieces = chain
+            .pieces()
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("{}: reading its tables", d.shown))?;
+        let extent = match d.descriptor.extents.as_slice() {
+            [e] => crate::esx::remote_join(
+                crate::esx::ssh::folder(&d.path),
+                e.file.as_deref().unwrap_or_default(),
+                true,
+            )?,
+            _ => bail!(
+                "{}: a delta of several extents: not read over ssh:// (ESXi writes one)",
+                d.shown
+            ),
+        };
+        cache.insert(
+            d.path.clone(),
+            Opened {
+                chain,
+                pieces,
+                extent,
+            },
+        );
+    }
+    Ok(&cache[&d.path])
+}
+
+/// For every disk, the deltas up to `eligible(chain)` not yet in its volume, opened and
+/// checked (capacity, tables) before anything is marked or written.
+fn prepare(
+    vm: &Vm,
+    st: &ImportState,
+    chains: &[RemoteChain],
+    eligible: &dyn Fn(&RemoteChain) -> usize,
+    top_active: bool,
+    cache: &mut HashMap<String, Opened>,
+) -> Result<Vec<DiskWork>> {
+    let mut work = Vec::new();
+    for (i, (ds, chain)) in st.disks.iter().zip(chains).enumerate() {
+        let upto = eligible(chain);
+        let (start, lineage) = pending(ds, chain, upto, top_active)?;
+        let mut deltas = Vec::new();
+        for d in &chain.deltas[start..upto] {
+            let o = open(vm, d, cache)?;
+            ensure!(
+                o.chain.capacity() == ds.capacity,
+                "{}: {} bytes, but disk {} holds {}",
+                d.shown,
+                o.chain.capacity(),
+                ds.target_dev,
+                ds.capacity
+            );
+            deltas.push(d.path.clone());
+        }
+        if !deltas.is_empty() {
+            work.push(DiskWork {
+                disk: i,
+                start,
+                lineage,
+                deltas,
+            });
+        }
+    }
+    Ok(work)
+}
+
+/// Mark the disks, write their deltas (`jobs` disks at a time), unmark the ones finished.
+fn apply(
+    vm: &Vm,
+    dom: &Dom,
+    st: &mut ImportState,
+    targets: &[Target],
+    work: &[DiskWork],
+    cache: &HashMap<String, Opened>,
+    jobs: usize,
+) -> Result<Moved> {
+    let started = Instant::now();
+    for w in work {
+        let ds = &mut st.disks[w.disk];
+        ds.applying = true;
+        ds.applying_from = Some(w.start);
+        ds.applied = w.lineage.clone();
+    }
+    write_state(dom, st)?;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<(usize, Result<PassReport>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..jobs.clamp(1, work.len().max(1)))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let Some(w) = work.get(i) else { break };
+                        done.push((
+                            w.disk,
+                            write_disk(
+                                vm,
+                                &targets[w.disk],
+                                w,
+                                cache,
+                                &st.disks[w.disk].target_dev,
+                            ),
+                        ));
+                    }
+                    done
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|t| t.join().unwrap_or_default())
+            .collect()
+    });
+    let mut moved = Moved::default();
+    let mut first_err = None;
+    for (disk, r) in results {
+        match r {
+            Ok(p) => {
+                let ds = &mut st.disks[disk];
+                ds.applying = false;
+                ds.applying_from = None;
+                moved.read += p.read;
+                moved.data += p.data_bytes;
+                moved.zero += p.zero_bytes;
+            }
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    moved.deltas = work.iter().map(|w| w.deltas.len()).sum();
+    write_state(dom, st)?;
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    for t in targets {
+        t.vol.pool()?.refresh()?;
+    }
+    moved.secs = started.elapsed().as_secs_f64();
+    Ok(moved)
+}
+
+/// One disk's deltas, oldest first, each in one pass over ssh, then flushed.
+fn write_disk(
+    vm: &Vm,
+    t: &Target,
+    w: &DiskWork,
+    cache: &HashMap<String, Opened>,
+    dev: &str,
+) -> Result<PassReport> {
+    let path = t.vol.path();
+    let file: File = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .with_context(|| format!("{path}: opening volume '{}' for writing", t.vol.describe()))?;
+    let mut total = PassReport::default();
+    for d in &w.deltas {
+        let o = &cache[d];
+        crate::say!(
+            "disk {dev}: applying {} over ssh...",
+            vm.ssh.url().with_path(d)
+        );
+        let p = remote::write_in_file_order(&vm.ssh, &o.extent, o.pieces.clone(), &file, path)
+            .with_context(|| format!("disk {dev}: applying {}", vm.ssh.url().with_path(d)))?;
+        total.read += p.read;
+        total.data_bytes += p.data_bytes;
+        total.zero_bytes += p.zero_bytes;
+    }
+    file.sync_all()
+        .with_context(|| format!("{path}: flushing to stable storage"))?;
+    Ok(total)
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1 << 20) as f64
+}
+
+/// `--sync`: a new migration snapshot freezes the VM's deltas, which are applied now.
+fn sync(
+    req: &Request,
+    dom: &Dom,
+    st: &mut ImportState,
+    targets: &[Target],
+    vm: &Vm,
+    o: &EsxOptions,
+) -> Result<()> {
+    ensure!(
+        vm.power()? != Power::Suspended,
+        "{}: the VM is suspended on {}: resume it or power it off first",
+        vm.ds_path,
+        vm.host_name()
+    );
+    let snap = vm.take_snapshot()?;
+    let chains = chains(vm, st)?;
+    let frozen = |c: &RemoteChain| c.deltas.len().saturating_sub(1);
+    let mut cache = HashMap::new();
+    if req.dry_run {
+        for (ds, c) in st.disks.iter().zip(&chains) {
+            let (start, _) = pending(ds, c, c.deltas.len(), false)?;
+            for d in &c.deltas[start..] {
+                crate::say!(
+                    "disk {}: would apply {} (frozen by '{snap}') over ssh",
+                    ds.target_dev,
+                    d.shown
+                );
+            }
+        }
+        return Ok(());
+    }
+    let work = prepare(vm, st, &chains, &frozen, false, &mut cache)?;
+    let moved = apply(vm, dom, st, targets, &work, &cache, o.jobs)?;
+    st.syncs.push(SyncRound {
+        at: super::lifecycle::utc_now(),
+        bytes: moved.data + moved.zero,
+        ms: (moved.secs * 1e3) as u64,
+    });
+    write_state(dom, st)?;
+    crate::say!(
+        "sync round {}: applied {} delta(s): {:.1} MiB of data, {:.1} MiB of zeros ({:.1} MiB read over ssh) in {:.1} s; the VM now writes into the deltas of '{snap}', which the next --sync or the --cutover applies",
+        st.syncs.len(),
+        moved.deltas,
+        mib(moved.data),
+        mib(moved.zero),
+        mib(moved.read),
+        moved.secs
+    );
+    Ok(())
+}
+
+/// `--cutover`: everything checked, then guest shutdown, the final deltas, the start.
+fn cutover(
+    req: &Request,
+    conn: &Conn,
+    dom: &Dom,
+    st: &mut ImportState,
+    targets: &[Target],
+    vm: &Vm,
+    o: &EsxOptions,
+) -> Result<()> {
+    let power = vm.power()?;
+    ensure!(
+        power != Power::Suspended,
+        "{}: the VM is suspended on {}: resume it or power it off first",
+        vm.ds_path,
+        vm.host_name()
+    );
+    let chains = chains(vm, st)?;
+    let running = power == Power::On;
+    // Before the VM is touched: the lineage of every delta, and the frozen ones opened.
+    let frozen = |c: &RemoteChain| c.deltas.len() - usize::from(running && !c.deltas.is_empty());
+    let mut cache = HashMap::new();
+    for (ds, c) in st.disks.iter().zip(&chains) {
+        pending(ds, c, c.deltas.len(), true)?;
+    }
+    if req.dry_run {
+        return say_cutover_plan(vm, st, &chains, running, o);
+    }
+    prepare(vm, st, &chains, &frozen, false, &mut cache)?;
+    let t0 = Instant::now();
+    if running {
+        stop_vm(vm, o)?;
+    } else {
+        crate::say!("{}: the VM is powered off already: no shutdown", vm.ds_path);
+    }
+    let shutdown = t0.elapsed();
+    let outcome = finish(conn, dom, st, targets, vm, &chains, &mut cache, o);
+    let (moved, start) = match outcome {
+        Ok(v) => v,
+        Err(e) => return Err(roll_back(vm, running && o.rollback, e)),
+    };
+    let outage = Outage {
+        at: super::lifecycle::utc_now(),
+        shutdown_ms: shutdown.as_millis() as u64,
+        apply_ms: (moved.secs * 1e3) as u64,
+        bytes: moved.data + moved.zero,
+        start_ms: start.as_millis() as u64,
+        total_ms: t0.elapsed().as_millis() as u64,
+    };
+    say_outage(&req.domain, &outage, &moved, running);
+    st.cutover = Some(outage);
+    write_state(dom, st)?;
+    if o.remove_snapshots {
+        remove_snapshots(vm);
+    } else {
+        crate::say!(
+            "the migration snapshots stay on {} (powering the VM on there is the way back); --remove-esx-snapshots removes them after a cutover",
+            vm.host_name()
+        );
+    }
+    Ok(())
+}
+
+/// Guest shutdown, waited for; `--hard-off` powers off when it cannot be had.
+fn stop_vm(vm: &Vm, o: &EsxOptions) -> Result<()> {
+    crate::say!(
+        "{}: asking for a guest shutdown (vim-cmd vmsvc/power.shutdown {})",
+        vm.ds_path,
+        vm.id
+    );
+    let unchanged = "the VM still runs on ESXi and nothing was changed here";
+    match vm.shutdown() {
+        Ok(()) => {
+            if vm.wait_for(Power::Off, o.shutdown_timeout)? {
+                return Ok(());
+            }
+            ensure!(
+                o.hard_off,
+                "{}: not powered off {} s after the shutdown request: {unchanged}; retry, give a longer --shutdown-timeout, or --hard-off to power it off",
+                vm.ds_path,
+                o.shutdown_timeout.as_secs()
+            );
+            crate::say!(
+                "{}: not off after {} s: powering it off (--hard-off)",
+                vm.ds_path,
+                o.shutdown_timeout.as_secs()
+            );
+        }
+        Err(ShutdownRefused::NoTools(why)) => {
+            ensure!(
+                o.hard_off,
+                "{why}: VMware Tools do not run in the guest, so it cannot be shut down cleanly: {unchanged}; shut the guest down from inside, or give --hard-off"
+            );
+            crate::say!(
+                "{}: no VMware Tools: powering it off (--hard-off)",
+                vm.ds_path
+            );
+        }
+        Err(ShutdownRefused::Other(e)) => {
+            return Err(e.context(format!(
+                "{}: the shutdown request failed: {unchanged}",
+                vm.ds_path
+            )))
+        }
+    }
+    vm.power_off()
+}
+
+/// After the VM is off: the final deltas opened and applied, the domain started.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    conn: &Conn,
+    dom: &Dom,
+    st: &mut ImportState,
+    targets: &[Target],
+    vm: &Vm,
+    chains: &[RemoteChain],
+    cache: &mut HashMap<String, Opened>,
+    o: &EsxOptions,
+) -> Result<(Moved, Duration)> {
+    let all = |c: &RemoteChain| c.deltas.len();
+    let work = prepare(vm, st, chains, &all, true, cache)?;
+    let moved = apply(vm, dom, st, targets, &work, cache, o.jobs)?;
+    crate::interrupt::check()?;
+    let t = Instant::now();
+    hand_over_and_start(conn, dom, st)?;
+    Ok((moved, t.elapsed()))
+}
+
+/// After a failure with the VM off: power it on again at ESXi when asked (`--rollback-on-failure`).
+fn roll_back(vm: &Vm, rollback: bool, e: anyhow::Error) -> anyhow::Error {
+    if !rollback {
+        return e.context(format!(
+            "the cutover stopped; the VM is powered off on ESXi: rerun --cutover to finish, or power it on there (vim-cmd vmsvc/power.on {}) to go back",
+            vm.id
+        ));
+    }
+    match vm.power_on() {
+        Ok(()) => e.context(format!(
+            "the cutover failed; rolled back: the VM runs on ESXi again ({}, its snapshot chain unchanged); the domain was not started",
+            vm.ds_path
+        )),
+        Err(on) => e.context(format!(
+            "the cutover failed, and powering the VM on again at ESXi failed too ({on:#}): power it on there (vim-cmd vmsvc/power.on {})",
+            vm.id
+        )),
+    }
+}
+
+fn say_cutover_plan(
+    vm: &Vm,
+    st: &ImportState,
+    chains: &[RemoteChain],
+    running: bool,
+    o: &EsxOptions,
+) -> Result<()> {
+    let host = vm.host_name();
+    if running {
+        crate::say!("{host}: would run vim-cmd vmsvc/power.shutdown {} and wait up to {} s for it to power off{}", vm.id, o.shutdown_timeout.as_secs(),
+            if o.hard_off { ", then vim-cmd vmsvc/power.off" } else { "" });
+    }
+    for (ds, c) in st.disks.iter().zip(chains) {
+        let (start, _) = pending(ds, c, c.deltas.len(), true)?;
+        for d in &c.deltas[start..] {
+            crate::say!(
+                "disk {}: would read {} over ssh and apply it",
+                ds.target_dev,
+                d.shown
+            );
+        }
+    }
+    crate::say!("would then start the domain");
+    Ok(())
+}
+
+fn say_outage(domain: &str, o: &Outage, m: &Moved, was_running: bool) {
+    let s = |ms: u64| ms as f64 / 1e3;
+    let rate = if m.secs > 0.0 {
+        mib(m.read) / m.secs
+    } else {
+        0.0
+    };
+    crate::say!(
+        "cutover of '{domain}': the outage\n  \
+         guest shutdown     {:>8.1} s  {}\n  \
+         final deltas       {:>8.1} s  {} delta(s), {} bytes read over ssh ({:.1} MiB/s), {} data + {} zero bytes applied\n  \
+         domain start       {:>8.1} s\n  \
+         total              {:>8.1} s  from the shutdown command to the domain running",
+        s(o.shutdown_ms),
+        if was_running { "power.shutdown to powered off" } else { "(was off already)" },
+        s(o.apply_ms),
+        m.deltas,
+        m.read,
+        rate,
+        m.data,
+        m.zero,
+        s(o.start_ms),
+        s(o.total_ms)
+    );
+}
+
+/// `--remove-esx-snapshots`: the migration snapshots, once the domain runs here; a failure
+/// is said, not fatal (the cutover is done).
+fn remove_snapshots(vm: &Vm) {
+    let snaps = match vm.snapshots() {
+        Ok(s) => s,
+        Err(e) => {
+            crate::say!("warning: listing the snapshots to remove them: {e:#}");
+            return;
+        }
+    };
+    for s in snaps.iter().filter(|s| s.name.starts_with(SNAPSHOT_NAME)) {
+        let Some(id) = s.id else { continue };
+        match vm.remove_snapshot(id) {
+            Ok(()) => crate::say!("{}: removed snapshot '{}'", vm.ds_path, s.name),
+            Err(e) => crate::say!(
+                "warning: {}: removing snapshot '{}': {e:#}",
+                vm.ds_path,
+                s.name
+            ),
+        }
+    }
+}
