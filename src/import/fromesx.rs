@@ -167,11 +167,11 @@ fn chains(vm: &Vm, st: &ImportState) -> Result<Vec<RemoteChain>> {
 /// After an interrupted run, its deltas are written again from where it started.
 fn pending(
     ds: &DiskState,
-    chain: &RemoteChain,
+    deltas: &[RemoteDelta],
     eligible: usize,
     top_active: bool,
 ) -> Result<(usize, Vec<AppliedDelta>)> {
-    let cid = |i: usize| chain.deltas[i].descriptor.cid;
+    let cid = |i: usize| deltas[i].descriptor.cid;
     let mut k = 0;
     while k < ds.applied.len()
         && k < eligible
@@ -182,11 +182,11 @@ fn pending(
     }
     for (j, a) in ds.applied.iter().enumerate().skip(k) {
         ensure!(
-            j < chain.deltas.len() && a.cid == cid(j),
+            j < deltas.len() && a.cid == cid(j),
             "disk {}: {} (applied earlier) is no longer in the VM's chain on ESXi ({}): its snapshots were reverted or consolidated since, so the volume holds data the VM no longer has; rerun stage 1 with --reupload-base",
             ds.target_dev,
             a.file,
-            chain.deltas.iter().map(|d| d.shown.as_str()).collect::<Vec<_>>().join(", ")
+            deltas.iter().map(|d| d.shown.as_str()).collect::<Vec<_>>().join(", ")
         );
     }
     let start = if ds.applying {
@@ -195,13 +195,13 @@ fn pending(
         k
     };
     let mut lineage = ds.applied[..start].to_vec();
-    for (i, d) in chain.deltas.iter().enumerate().take(eligible).skip(start) {
+    for (i, d) in deltas.iter().enumerate().take(eligible).skip(start) {
         lineage.push(AppliedDelta {
             file: d.path.rsplit('/').next().unwrap_or_default().to_string(),
             cid: d.descriptor.cid,
             parent_cid: d.descriptor.parent_cid,
             handed_over: false,
-            active: top_active && i + 1 == chain.deltas.len(),
+            active: top_active && i + 1 == deltas.len(),
         });
     }
     Ok((start, lineage))
@@ -255,7 +255,7 @@ fn prepare(
     let mut work = Vec::new();
     for (i, (ds, chain)) in st.disks.iter().zip(chains).enumerate() {
         let upto = eligible(chain);
-        let (start, lineage) = pending(ds, chain, upto, top_active)?;
+        let (start, lineage) = pending(ds, &chain.deltas, upto, top_active)?;
         let mut deltas = Vec::new();
         for d in &chain.deltas[start..upto] {
             let o = open(vm, d, cache)?;
@@ -413,7 +413,7 @@ fn sync(
     let mut cache = HashMap::new();
     if req.dry_run {
         for (ds, c) in st.disks.iter().zip(&chains) {
-            let (start, _) = pending(ds, c, c.deltas.len(), false)?;
+            let (start, _) = pending(ds, &c.deltas, c.deltas.len(), false)?;
             for d in &c.deltas[start..] {
                 crate::say!(
                     "disk {}: would apply {} (frozen by '{snap}') over ssh",
@@ -467,7 +467,7 @@ fn cutover(
     let frozen = |c: &RemoteChain| c.deltas.len() - usize::from(running && !c.deltas.is_empty());
     let mut cache = HashMap::new();
     for (ds, c) in st.disks.iter().zip(&chains) {
-        pending(ds, c, c.deltas.len(), true)?;
+        pending(ds, &c.deltas, c.deltas.len(), true)?;
     }
     if req.dry_run {
         return say_cutover_plan(vm, st, &chains, running, o);
@@ -606,7 +606,7 @@ fn say_cutover_plan(
             if o.hard_off { ", then vim-cmd vmsvc/power.off" } else { "" });
     }
     for (ds, c) in st.disks.iter().zip(chains) {
-        let (start, _) = pending(ds, c, c.deltas.len(), true)?;
+        let (start, _) = pending(ds, &c.deltas, c.deltas.len(), true)?;
         for d in &c.deltas[start..] {
             crate::say!(
                 "disk {}: would read {} over ssh and apply it",
@@ -665,5 +665,96 @@ fn remove_snapshots(vm: &Vm) {
                 s.name
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmdk::Descriptor;
+
+    fn delta(name: &str, cid: u32, parent: u32) -> RemoteDelta {
+        let text = format!(
+            "# Disk DescriptorFile\nversion=1\nCID={cid:08x}\nparentCID={parent:08x}\ncreateType=\"vmfsSparse\"\nparentFileNameHint=\"p.vmdk\"\nRW 16 VMFSSPARSE \"{name}-delta.vmdk\"\n"
+        );
+        RemoteDelta {
+            path: format!("/vmfs/volumes/ds/vm/{name}.vmdk"),
+            shown: format!("ssh://esx/{name}.vmdk"),
+            descriptor: Descriptor::parse(text.as_bytes(), std::path::Path::new(name)).unwrap(),
+        }
+    }
+
+    fn chain() -> Vec<RemoteDelta> {
+        vec![delta("d1", 1, 0xb), delta("d2", 2, 1), delta("d3", 3, 2)]
+    }
+
+    fn disk(applied: &[(u32, bool)], applying: Option<Option<usize>>) -> DiskState {
+        DiskState {
+            target_dev: "sda".into(),
+            base_cid: Some(0xb),
+            applying: applying.is_some(),
+            applying_from: applying.flatten(),
+            applied: applied
+                .iter()
+                .map(|&(cid, active)| AppliedDelta {
+                    file: format!("d{cid}.vmdk"),
+                    cid: Some(cid),
+                    parent_cid: None,
+                    handed_over: false,
+                    active,
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn cids(v: &[AppliedDelta]) -> Vec<(u32, bool)> {
+        v.iter().map(|a| (a.cid.unwrap(), a.active)).collect()
+    }
+
+    #[test]
+    fn a_sync_applies_the_frozen_deltas_not_yet_applied() {
+        let (start, lineage) = pending(&disk(&[(1, false)], None), &chain(), 2, false).unwrap();
+        assert_eq!(start, 1);
+        assert_eq!(cids(&lineage), [(1, false), (2, false)]);
+    }
+
+    #[test]
+    fn the_cutover_marks_the_top_it_applies_as_active() {
+        let (start, lineage) =
+            pending(&disk(&[(1, false), (2, false)], None), &chain(), 3, true).unwrap();
+        assert_eq!(start, 2);
+        assert_eq!(cids(&lineage), [(1, false), (2, false), (3, true)]);
+    }
+
+    #[test]
+    fn a_delta_applied_while_active_is_applied_again() {
+        // A cutover applied d2 as the active top, then the VM ran again on ESXi (rollback)
+        // and a later snapshot froze d2 with more in it.
+        let (start, lineage) =
+            pending(&disk(&[(1, false), (2, true)], None), &chain(), 2, false).unwrap();
+        assert_eq!(start, 1);
+        assert_eq!(cids(&lineage), [(1, false), (2, false)]);
+    }
+
+    #[test]
+    fn an_interrupted_run_is_written_again_from_where_it_started() {
+        let d = disk(&[(1, false), (2, false), (3, true)], Some(Some(1)));
+        assert_eq!(pending(&d, &chain(), 3, true).unwrap().0, 1);
+        // Marked by a run that did not say where it started (a local stage 2): from the base.
+        let d = disk(&[(1, false), (2, false)], Some(None));
+        assert_eq!(pending(&d, &chain(), 3, true).unwrap().0, 0);
+    }
+
+    #[test]
+    fn an_applied_delta_gone_from_the_chain_is_refused() {
+        let d = disk(&[(1, false), (9, false)], None);
+        let e = pending(&d, &chain(), 3, true).unwrap_err().to_string();
+        assert!(
+            e.contains("d9.vmdk (applied earlier) is no longer in the VM's chain"),
+            "{e}"
+        );
+        let d = disk(&[(1, false), (2, false), (3, false), (4, false)], None);
+        assert!(pending(&d, &chain(), 3, true).is_err());
     }
 }
