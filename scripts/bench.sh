@@ -6,6 +6,7 @@
 #   scripts/bench.sh          full sizes (about 5-10 minutes on 2 cores)
 #   scripts/bench.sh --quick  scaled-down sizes, one run per figure (for trying it out)
 #   scripts/bench.sh --keep   leave inputs, pools and domains in place afterwards (for a look)
+#   scripts/bench.sh --esx-only   only case 5 (the cutover from the stand-in ESXi host)
 #
 # Run as root (it starts libvirtd through scripts/setup-host.sh). Everything it makes is named
 # vmdkimport-bench* and lives under /var/tmp/vmdkimport-bench; it is all removed at the end,
@@ -22,10 +23,12 @@ GiB=$((1024 * MiB))
 
 QUICK=0
 KEEP=0
+ESX_ONLY=0
 for a in "$@"; do
     case $a in
     --quick) QUICK=1 ;;
     --keep) KEEP=1 ;; # leave everything in place for a look afterwards
+    --esx-only) ESX_ONLY=1 ;;
     -h | --help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "bench: unknown argument $a" >&2; exit 2 ;;
     esac
@@ -36,17 +39,19 @@ if [ "$QUICK" = 1 ]; then
     SCAT_CAP=$((1 * GiB)) SCAT_RUNS=8192                  # case 2
     ZERO_CAP=$((1 * GiB))                                 # case 3's 90%-zero image
     OTHERS=200 REPEAT=1 PROBE_RUNS=8
+    ESX_CAP=$((1 * GiB)) ESX_RUNS=1024                    # case 5: runs of 64 KiB
 else
     DENSE=$((1 * GiB)) S1_RUNS=256
     SCAT_CAP=$((4 * GiB)) SCAT_RUNS=32768
     ZERO_CAP=$((4 * GiB))
     OTHERS=2000 REPEAT=3 PROBE_RUNS=16
+    ESX_CAP=$((4 * GiB)) ESX_RUNS=4096
 fi
 
 BIN=$here/target/release/virt-vmdkimport
 MKDELTA=$here/target/release/examples/mkdelta
 DOMS=(vmdkimport-bench-dense vmdkimport-bench-zero90 vmdkimport-bench-scat1 vmdkimport-bench-scat2k
-      vmdkimport-bench-probe1 vmdkimport-bench-probe2k)
+      vmdkimport-bench-probe1 vmdkimport-bench-probe2k vmdkimport-bench-esx vmdkimport-bench-esxlocal)
 
 v() { virsh -q -c "$URI" "$@"; }
 log() { printf 'bench: %s\n' "$*" >&2; }
@@ -56,6 +61,7 @@ cleanup() {
     trap - EXIT INT TERM
     if [ "$KEEP" = 1 ]; then log "--keep: leaving $W, pools $P1 $P2 and the bench domains"; exit $rc; fi
     log "cleaning up"
+    standin_stop "$W/esx"
     for d in "${DOMS[@]}"; do
         v destroy "$d" >/dev/null 2>&1 || true
         v undefine "$d" >/dev/null 2>&1 || true
@@ -224,6 +230,62 @@ fresh_dom() {
 # Timed commands run under /usr/bin/time, so they are programs with arguments, not shell functions.
 VIRSH=(virsh -q -c "$URI")
 
+. "$here/scripts/lib/esx-standin.sh"
+
+# Case 5: the cutover from a (stand-in) ESXi host over ssh, a VM powered off already, its
+# final delta ESX_RUNS x 64 KiB scattered; and stage 1's base streaming. Each side once.
+esx_case() {
+    local root=$W/esx dir url
+    dir=$root/vmfs/volumes/datastore1/bench
+    standin_start "$root" "$here/target/release/examples"
+    mkdir -p "$dir"
+    log "case 5: a $((ESX_CAP / MiB)) MiB base on the stand-in ESXi host (sshd on port $STANDIN_PORT)"
+    head -c "$ESX_CAP" /dev/urandom >"$dir/bench-flat.vmdk"
+    base_descriptor "$dir" bench "$ESX_CAP" 5d000005
+    printf '%s\n' 'config.version = "8"' 'virtualHW.version = "19"' 'displayName = "bench"' \
+        'guestOS = "ubuntu-64"' 'memsize = "128"' 'numvcpus = "1"' 'scsi0.present = "TRUE"' \
+        'scsi0.virtualDev = "pvscsi"' 'scsi0:0.present = "TRUE"' 'scsi0:0.fileName = "bench.vmdk"' >"$dir/bench.vmx"
+    standin_register "$root" 4 bench bench/bench.vmx off sesparse
+    url=ssh://root@127.0.0.1:$STANDIN_PORT$dir/bench.vmx
+    export VIRT_VMDKIMPORT_SSH_CONFIG=$STANDIN_SSH_CONFIG
+    local SSH=(ssh -F "$STANDIN_SSH_CONFIG" -p "$STANDIN_PORT" root@127.0.0.1)
+    warm "$dir/bench-flat.vmdk"
+
+    log "case 5: stage 1 over ssh, and ssh cat of the base"
+    measure s5-cat-base sh -c '"$@" >/dev/null' - "${SSH[@]}" cat "$dir/bench-flat.vmdk"
+    local cat_base=$T
+    measure s5-stage1 "$BIN" -c "$URI" --domain vmdkimport-bench-esx --pool "$P1" --vmx "$url" --cpu default
+    local s1_rss=$RSS s1_stream
+    note_rss "$RSS"
+    s1_stream=$(sed -n 's/^uploaded .* in \([0-9.]*\)s (.*/\1/p' "$W/out/s5-stage1" | head -n1)
+
+    log "case 5: the final delta, $ESX_RUNS x 64 KiB"
+    "$MKDELTA" --format sesparse --capacity "$ESX_CAP" --base-descriptor "$dir/bench.vmdk" \
+        --out "$dir/bench-000001.vmdk" --runs "$ESX_RUNS" --run-size 65536 --seed 55 >&2
+    warm "$dir/bench-000001-sesparse.vmdk"
+    measure s5-cat-delta sh -c '"$@" >/dev/null' - "${SSH[@]}" cat "$dir/bench-000001-sesparse.vmdk"
+    local cat_delta=$T
+    log "case 5: the same stage 2 from local files (the .vmx read locally), and the cutover"
+    "$BIN" -c "$URI" --domain vmdkimport-bench-esxlocal --pool "$P1" --vmx "$dir/bench.vmx" --cpu default >&2
+    measure s5-local "$BIN" -c "$URI" --domain vmdkimport-bench-esxlocal --vmx "$dir/bench.vmx" --io direct
+    local local_s2=$T
+    measure s5-cutover "$BIN" -c "$URI" --domain vmdkimport-bench-esx --vmx "$url" --cutover
+    local c_rss=$RSS outage read
+    note_rss "$RSS"
+    outage=$(sed -n 's/^  total *\([0-9.]*\) s.*/\1/p' "$W/out/s5-cutover")
+    read=$(sed -n 's/.* \([0-9]*\) bytes read over ssh.*/\1/p' "$W/out/s5-cutover")
+    local larger
+    larger=$(awk -v a="$cat_delta" -v b="$local_s2" 'BEGIN { print (a > b ? a : b) }')
+    row "5 ESXi cutover, off->running" "$outage" "-" "$c_rss" "larger of the two below" "$larger" le 1.2
+    row + "$outage" "" "" "ssh cat delta ($((read / MiB)) MiB read)" "$cat_delta" - -
+    row + "$outage" "" "" "stage 2 from local files" "$local_s2" - -
+    row "5 ESXi stage 1, base streaming" "$s1_stream" "-" "$s1_rss" "ssh cat base $((ESX_CAP / MiB)) MiB" "$cat_base" le 1.1
+    v destroy vmdkimport-bench-esx >/dev/null 2>&1 || true
+    v destroy vmdkimport-bench-esxlocal >/dev/null 2>&1 || true
+    fresh_dom vmdkimport-bench-esx "$P1"
+    fresh_dom vmdkimport-bench-esxlocal "$P1"
+}
+
 # ---------------------------------------------------------------------------------------------
 trap cleanup EXIT INT TERM
 [ "$(id -u)" = 0 ] || { echo "bench: run as root (it uses qemu:///system)" >&2; exit 1; }
@@ -237,8 +299,14 @@ rm -rf "$W"
 started=$(date +%s)
 load0=$(cut -d' ' -f1 /proc/loadavg)
 log "making inputs under $W"
-make_inputs
-make_pools
+if [ "$ESX_ONLY" = 1 ]; then
+    mkdir -p "$W/out" "$W/pool1"
+    v pool-define-as "$P1" dir --target "$W/pool1" >/dev/null
+    v pool-start "$P1" >/dev/null
+else
+    make_inputs
+    make_pools
+fi
 
 ROWS=()   # table rows: case|ours_s|calls|rss_kib|baseline|base_s|ratio|goal|result
 MAXRSS=0
@@ -260,6 +328,8 @@ row() {
     ROWS+=("$1|$2|$3|$4|$5|$6|$ratio|$goal|$result")
 }
 
+# Cases 1-3 (all but --esx-only); indented as before to keep the history readable.
+if [ "$ESX_ONLY" = 0 ]; then
 # --- case 3 first: its dense stage 1 also makes the domain case 1 needs -------------------------
 log "case 3: stage 1 of a dense $((DENSE / MiB)) MiB image"
 warm "$W/dense/dense-flat.vmdk"
@@ -365,6 +435,11 @@ done
 row "3 stage 1, dense $((DENSE / MiB)) MiB" "$s3d_t" "-" "$s3d_rss" "virsh vol-upload, same file" "$s3d_b" le 1.05
 row "3 stage 1, 90%-zero $((ZERO_CAP / MiB)) MiB" "$s3z_t" "-" "$s3z_rss" "virsh vol-upload, same file" "$s3z_b" ge-inv 5
 row + "$s3z_t" "" "" "virsh vol-upload --sparse, same file" "$s3z_s" - -
+
+fi
+
+# --- case 5 -------------------------------------------------------------------------------------
+esx_case
 
 # --- the table ----------------------------------------------------------------------------------
 elapsed=$(($(date +%s) - started))

@@ -46,6 +46,82 @@ impl<R: ImageRead + ?Sized> ImageRead for &mut R {
     }
 }
 
+/// A reader read ahead by a thread of its own, a few chunks at a time, so the source (a
+/// transfer over the network) keeps going while the consumer writes what came before.
+pub struct ReadAhead {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    at: usize,
+    done: bool,
+}
+
+/// Bytes per chunk, and chunks queued.
+const AHEAD_CHUNK: usize = 4 << 20;
+const AHEAD_QUEUE: usize = 4;
+
+impl ReadAhead {
+    pub fn new<R: Read + Send + 'static>(mut inner: R) -> ReadAhead {
+        let (tx, rx) = std::sync::mpsc::sync_channel(AHEAD_QUEUE);
+        std::thread::spawn(move || loop {
+            let mut buf = vec![0u8; AHEAD_CHUNK];
+            let mut n = 0;
+            let r = loop {
+                match inner.read(&mut buf[n..]) {
+                    Ok(0) => break Ok(()),
+                    Ok(k) => {
+                        n += k;
+                        if n == buf.len() {
+                            break Ok(());
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => break Err(e),
+                }
+            };
+            buf.truncate(n);
+            let end = n == 0 || r.is_err();
+            let sent = match r {
+                Ok(()) => tx.send(Ok(buf)),
+                Err(e) => tx.send(Err(e)),
+            };
+            if end || sent.is_err() {
+                return;
+            }
+        });
+        ReadAhead {
+            rx,
+            chunk: Vec::new(),
+            at: 0,
+            done: false,
+        }
+    }
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.chunk.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Ok(c)) => {
+                    self.done = c.is_empty();
+                    self.chunk = c;
+                    self.at = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(io::Error::other("the reading thread stopped")),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+impl ImageRead for ReadAhead {}
+
 /// A regular file read from its current offset: its holes (SEEK_DATA/SEEK_HOLE) are zeros.
 impl ImageRead for File {
     fn next_extent(&mut self, max: u64) -> io::Result<Extent> {
@@ -104,6 +180,31 @@ pub fn file_extent(file: &File, pos: u64, max: u64) -> io::Result<Extent> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn read_ahead_gives_every_byte_in_order_and_passes_errors_on() {
+        let data: Vec<u8> = (0..(9 << 20) + 123).map(|i| (i % 251) as u8).collect();
+        let mut got = Vec::new();
+        ReadAhead::new(std::io::Cursor::new(data.clone()))
+            .read_to_end(&mut got)
+            .unwrap();
+        assert!(got == data);
+        struct Failing(u32);
+        impl Read for Failing {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                self.0 += 1;
+                if self.0 > 3 {
+                    return Err(io::Error::other("cut off"));
+                }
+                buf[..1000].fill(7);
+                Ok(1000)
+            }
+        }
+        let e = ReadAhead::new(Failing(0))
+            .read_to_end(&mut Vec::new())
+            .unwrap_err();
+        assert_eq!(e.to_string(), "cut off");
+    }
+
     use super::*;
     use std::io::{Seek, SeekFrom, Write};
     use std::os::unix::fs::FileExt;

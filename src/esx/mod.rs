@@ -47,7 +47,9 @@ impl RemoteBase {
 
     /// A fresh stream of the whole extent.
     pub fn reader(&self) -> Result<Box<dyn ImageRead + Send>> {
-        Ok(Box::new(self.ssh.stream(&self.path)?))
+        Ok(Box::new(crate::image_read::ReadAhead::new(
+            self.ssh.stream(&self.path)?,
+        )))
     }
 }
 
