@@ -98,6 +98,8 @@ pub fn prepare_stage_one(url: &str, dry_run: bool, say: bool, outside: bool) -> 
     };
     let id = host.find_vm(&ds_path)?;
     let power = host.power(id)?;
+    // Disks this cannot take are refused before the snapshot: nothing changes on ESXi then.
+    refuse_independent(&read_vmx(&ssh, &url)?, &url)?;
     let snaps = host.snapshots(id)?;
     match snaps.iter().find(|s| s.name.starts_with(SNAPSHOT_NAME)) {
         Some(s) => crate::say!("{ds_path}: keeps its migration snapshot '{}'", s.name),
@@ -108,26 +110,14 @@ pub fn prepare_stage_one(url: &str, dry_run: bool, say: bool, outside: bool) -> 
         )?,
     }
     let name = url.with_path(&url.path);
-    let (text, more) = ssh.read_file(&url.path, vmx::MAX_VMX_BYTES)?;
-    ensure!(
-        !more,
-        "{name}: larger than {} bytes: not a .vmx",
-        vmx::MAX_VMX_BYTES
-    );
-    let cfg = vmx::parse_vmx_str(&text, &name)?;
+    // Read again: the snapshot rewrote the disks' file names.
+    let cfg = read_vmx(&ssh, &url)?;
     for note in &cfg.notes {
         eprintln!("note: {name}: {note}");
     }
-    ensure!(!cfg.disks.is_empty(), "{name}: the VM has no disks");
+    refuse_independent(&cfg, &url)?;
     let mut bases = Vec::new();
     for disk in &cfg.disks {
-        ensure!(
-            !disk.independent,
-            "{name}: disk {} ({}) is independent: it is in no snapshot and stays locked while the VM runs; \
-             independent disks over ssh:// are not built yet (copy the VM's files and import the local .vmx)",
-            disk.slot(),
-            disk.file_name.display()
-        );
         let top = remote_join(
             ssh::folder(&url.path),
             &disk.file_name.to_string_lossy(),
@@ -148,6 +138,34 @@ pub fn prepare_stage_one(url: &str, dry_run: bool, say: bool, outside: bool) -> 
         bases.push(base);
     }
     Ok(StageOne { vmx: cfg, bases })
+}
+
+/// The .vmx as the host has it now.
+pub(crate) fn read_vmx(ssh: &Ssh, url: &SshUrl) -> Result<VmxConfig> {
+    let name = url.with_path(&url.path);
+    let (text, more) = ssh.read_file(&url.path, vmx::MAX_VMX_BYTES)?;
+    ensure!(
+        !more,
+        "{name}: larger than {} bytes: not a .vmx",
+        vmx::MAX_VMX_BYTES
+    );
+    let cfg = vmx::parse_vmx_str(&text, &name)?;
+    ensure!(!cfg.disks.is_empty(), "{name}: the VM has no disks");
+    Ok(cfg)
+}
+
+/// Independent disks are in no snapshot and stay locked while the VM runs: refused.
+pub(crate) fn refuse_independent(cfg: &VmxConfig, url: &SshUrl) -> Result<()> {
+    match cfg.disks.iter().find(|d| d.independent) {
+        Some(disk) => bail!(
+            "{}: disk {} ({}) is independent: it is in no snapshot and stays locked while the VM runs; \
+             independent disks over ssh:// are not built yet (copy the VM's files and import the local .vmx)",
+            url.with_path(&url.path),
+            disk.slot(),
+            disk.file_name.display()
+        ),
+        None => Ok(()),
+    }
 }
 
 /// `/vmfs/volumes/<ds>/<dir>/<file>.vmx` as getallvms prints it: `[<ds>] <dir>/<file>.vmx`.

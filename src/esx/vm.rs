@@ -11,7 +11,7 @@ use super::vimcmd::{self, Power, Snapshot};
 use super::SNAPSHOT_NAME;
 use super::{datastore_path, remote_join, walk_chain, Host, RemoteChain, RemoteDelta};
 use crate::vmdk::{self, Chain};
-use crate::vmx::{self, VmxConfig};
+use crate::vmx::VmxConfig;
 
 /// How often the power state is asked while waiting for it to change.
 const POLL: Duration = Duration::from_secs(1);
@@ -107,28 +107,16 @@ impl Vm {
 
     /// The .vmx as the host has it now (a snapshot rewrites its disks' file names).
     pub fn config(&self) -> Result<VmxConfig> {
-        let name = self.url.with_path(&self.url.path);
-        let (text, more) = self.ssh.read_file(&self.url.path, vmx::MAX_VMX_BYTES)?;
-        ensure!(
-            !more,
-            "{name}: larger than {} bytes: not a .vmx",
-            vmx::MAX_VMX_BYTES
-        );
-        vmx::parse_vmx_str(&text, &name)
+        super::read_vmx(&self.ssh, &self.url)
     }
 
     /// Every disk's chain, in the .vmx's disk order, each walked from the file the .vmx names.
     pub fn chains(&self, cfg: &VmxConfig) -> Result<Vec<RemoteChain>> {
         let name = self.url.with_path(&self.url.path);
+        super::refuse_independent(cfg, &self.url)?;
         cfg.disks
             .iter()
             .map(|disk| {
-                ensure!(
-                    !disk.independent,
-                    "{name}: disk {} ({}) is independent: it is in no snapshot; independent disks over ssh:// are not built yet",
-                    disk.slot(),
-                    disk.file_name.display()
-                );
                 let top = remote_join(
                     ssh::folder(&self.url.path),
                     &disk.file_name.to_string_lossy(),
