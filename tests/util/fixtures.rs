@@ -59,6 +59,38 @@ fn create(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+/// Grain data written in order at rising offsets, gathered into chunks of up to 1 MiB so a
+/// file of small grains costs few writes.
+struct Gather<'a> {
+    f: &'a File,
+    at: u64,
+    buf: Vec<u8>,
+}
+
+impl<'a> Gather<'a> {
+    fn new(f: &'a File) -> Self {
+        Gather {
+            f,
+            at: 0,
+            buf: Vec::new(),
+        }
+    }
+    fn write(&mut self, data: &[u8], offset: u64) -> io::Result<()> {
+        if offset != self.at + self.buf.len() as u64 || self.buf.len() >= 1 << 20 {
+            self.flush()?;
+            self.at = offset;
+        }
+        self.buf.extend_from_slice(data);
+        Ok(())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.f.write_all_at(&self.buf, self.at)?;
+        self.at += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
 fn put32(b: &mut [u8], at: usize, v: u32) {
     b[at..at + 4].copy_from_slice(&v.to_le_bytes());
 }
@@ -112,12 +144,13 @@ pub fn write_cowd(
     }
     let mut gts = vec![0u8; (order.len() as u64 * GT_ENTRIES * 4) as usize];
     let mut buf = vec![0u8; (grain_sectors * SECTOR) as usize];
+    let mut out = Gather::new(&f);
     for &(g, kind) in grains {
         let slot = (tindex[&(g / GT_ENTRIES)] * GT_ENTRIES + g % GT_ENTRIES) as usize;
         let v = match kind {
             Kind::Data => {
                 fill(g, &mut buf);
-                f.write_all_at(&buf, next * SECTOR)?;
+                out.write(&buf, next * SECTOR)?;
                 next += grain_sectors;
                 next - grain_sectors
             }
@@ -125,6 +158,7 @@ pub fn write_cowd(
         };
         put32(&mut gts, slot * 4, v as u32);
     }
+    out.flush()?;
     f.write_all_at(&gts, gt_first * SECTOR)?;
     let mut h = vec![0u8; 2048];
     h[0..4].copy_from_slice(b"COWD");
@@ -180,12 +214,13 @@ pub fn write_sesparse(
     let mut gts = vec![0u8; (gt_size * SECTOR) as usize];
     let mut buf = vec![0u8; (GRAIN * SECTOR) as usize];
     let mut cluster = opts.cluster_base;
+    let mut out = Gather::new(&f);
     for &(g, kind) in grains {
         let slot = (tindex[&(g / GT_ENTRIES)] * GT_ENTRIES + g % GT_ENTRIES) as usize;
         let v = match kind {
             Kind::Data => {
                 fill(g, &mut buf);
-                f.write_all_at(&buf, (grains_off + cluster * GRAIN) * SECTOR)?;
+                out.write(&buf, (grains_off + cluster * GRAIN) * SECTOR)?;
                 let v = (3u64 << 60) | ((cluster & 0xfff) << 48) | (cluster >> 12);
                 cluster += 1;
                 v
@@ -195,6 +230,7 @@ pub fn write_sesparse(
         };
         put64(&mut gts, slot * 8, v);
     }
+    out.flush()?;
     let grains_size = cluster.max(1) * GRAIN;
     f.write_all_at(&gts, gt_off * SECTOR)?;
     let mut h = vec![0u8; 512];
