@@ -5,7 +5,8 @@
 
 mod util;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use util::esx::StandIn;
 use util::fixtures::{pattern, patterned, Kind, SECTOR};
@@ -347,4 +348,220 @@ fn dry_run_prints_the_esxi_commands_and_changes_nothing() {
     );
     assert!(!dir.join("dry-000001.vmdk").exists());
     assert!(!domain_exists(&name) && volume_names(&tp).is_empty());
+}
+
+/// Poll `vim-cmd vmsvc/power.getstate ID` over ssh until it says `Powered off` (bounded).
+fn wait_powered_off(esx: &StandIn, id: u32) {
+    let until = Instant::now() + Duration::from_secs(120);
+    loop {
+        let run = esx.ssh(&format!("vim-cmd vmsvc/power.getstate {id}")).ok();
+        if run.stdout() == "Retrieved runtime info\nPowered off\n" {
+            return;
+        }
+        assert!(Instant::now() < until, "never powered off: {run}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn lock_markers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".standin-lock"))
+        .collect()
+}
+
+/// A stand-in VM and the files a snapshot freezes and makes.
+struct StandInVm {
+    id: u32,
+    dir: PathBuf,
+    /// The top before the snapshot (descriptor, extent).
+    frozen: (PathBuf, PathBuf),
+    /// The child the snapshot adds (descriptor, extent).
+    child: (PathBuf, PathBuf),
+    base: Vec<u8>,
+}
+
+/// VM 31: SEsparse snapshots over a flat base it writes into. VM 32: COWD snapshots, running
+/// on a COWD snapshot of its own that already holds sectors 10 and 12.
+fn stand_in_vms(esx: &StandIn) -> Vec<StandInVm> {
+    let mut vms = Vec::new();
+    for (id, stem, format, delta) in [
+        (31, "se", "sesparse", "sesparse"),
+        (32, "co", "cowd", "delta"),
+    ] {
+        let dir = esx.vm_dir(stem);
+        let base = patterned(0x5700 + u64::from(id), 8 * MIB);
+        let mut top = flat_base(&dir, stem, &base, 0x1000 + id);
+        let mut extent = dir.join(format!("{stem}-flat.vmdk"));
+        let mut n = 1;
+        if id == 32 {
+            let sectors = (8 * MIB) as u64 / SECTOR;
+            let grains = [(10, Kind::Data), (12, Kind::Data)];
+            top = cowd_child(
+                &dir,
+                "co-000001",
+                "co.vmdk",
+                0x1020,
+                0x2020,
+                sectors,
+                &grains,
+                &mut pattern(0x7e),
+            );
+            extent = dir.join("co-000001-delta.vmdk");
+            esx.add_snapshot_record(id, 1, "theirs");
+            n = 2;
+        }
+        let name = top.file_name().unwrap().to_str().unwrap().to_string();
+        let vmx = format!("{stem}/{stem}.vmx");
+        std::fs::write(esx.vmx_path(&vmx), vmx_text(stem, &[&name])).unwrap();
+        esx.register(id, stem, &vmx, false, format, "");
+        let child = (
+            dir.join(format!("{stem}-{n:06}.vmdk")),
+            dir.join(format!("{stem}-{n:06}-{delta}.vmdk")),
+        );
+        vms.push(StandInVm {
+            id,
+            dir,
+            frozen: (top, extent),
+            child,
+            base,
+        });
+    }
+    vms
+}
+
+#[test]
+fn the_stand_in_vm_writes_its_top_until_a_guest_shutdown() {
+    let esx = StandIn::start();
+    let vim = |cmd: &str| esx.ssh(&format!("vim-cmd {cmd}"));
+    let vms = stand_in_vms(&esx);
+    let theirs = qemu_read(&vms[1].frozen.0);
+    assert!(
+        theirs[5120..5632] != vms[1].base[5120..5632],
+        "their snapshot holds sector 10"
+    );
+    for vm in &vms {
+        esx.shutdown_delay(vm.id, 0.2);
+        esx.power_on(vm.id);
+        assert_eq!(esx.power_state(vm.id), "on");
+        assert_eq!(
+            lock_markers(&vm.dir),
+            [format!(
+                "{}.standin-lock",
+                vm.frozen.1.file_name().unwrap().to_str().unwrap()
+            )]
+        );
+    }
+    let again = vim("vmsvc/power.on 31");
+    assert_eq!(
+        (again.code(), again.stdout().as_str()),
+        (Some(1), "Powering on VM:\nPower on failed\n"),
+        "{again}"
+    );
+
+    let dd = |f: &Path| esx.ssh(&format!("dd if='{}' bs=4M", f.display()));
+    for vm in &vms {
+        esx.wait_rounds(vm.id, 2);
+        let snap = vim(&format!(
+            "vmsvc/snapshot.create {} virt-vmdkimport-1 x 0 0",
+            vm.id
+        ))
+        .ok();
+        assert_eq!(snap.stdout(), "Create Snapshot:\n");
+        assert!(
+            !esx.is_locked(&vm.frozen.1) && esx.is_locked(&vm.child.1),
+            "the lock moved to the child"
+        );
+        let frozen = dd(&vm.frozen.1).ok();
+        esx.wait_rounds(vm.id, 3);
+        assert_same(
+            &dd(&vm.frozen.1).ok().out.stdout,
+            &frozen.out.stdout,
+            "the frozen top, read twice",
+        );
+        let busy = dd(&vm.child.1);
+        assert!(
+            busy.code() == Some(1) && busy.stderr().contains("Device or resource busy"),
+            "{busy}"
+        );
+        let was = qemu_read(&vm.frozen.0);
+        assert!(
+            was[512..4608] != vm.base[512..4608],
+            "written while it was the top"
+        );
+        if vm.id == 32 {
+            assert_same(&was[5120..7168], &theirs[5120..7168], "their sectors kept");
+        }
+    }
+
+    // The guest shutdown: its last round is in the top, its files are let go.
+    esx.on_powered_off(
+        31,
+        "vim-cmd vmsvc/power.getstate 31 | tail -n 1 > \"$STANDIN_ROOT/hook-31\"",
+    );
+    for vm in &vms {
+        let down = vim(&format!("vmsvc/power.shutdown {}", vm.id)).ok();
+        assert_eq!(down.stdout(), "", "{down}");
+    }
+    for vm in &vms {
+        wait_powered_off(&esx, vm.id);
+        let top = qemu_read(&vm.child.0);
+        assert_eq!(
+            top[512..4608],
+            esx.last_payload(vm.id),
+            "the data written last"
+        );
+        assert!(
+            top[8192..] != qemu_read(&vm.frozen.0)[8192..],
+            "the child holds writes"
+        );
+        assert_eq!(lock_markers(&vm.dir), Vec::<String>::new());
+        dd(&vm.child.1).ok();
+        let off = vim(&format!("vmsvc/power.off {}", vm.id));
+        assert_eq!(
+            (off.code(), off.stdout().as_str()),
+            (Some(1), "Powering off VM:\nPower off failed\n"),
+            "{off}"
+        );
+    }
+    assert_eq!(
+        qemu_read(&vms[1].child.0)[5120..7168],
+        theirs[5120..7168],
+        "their sectors kept"
+    );
+    let hook = std::fs::read_to_string(esx.root().join("hook-31")).unwrap();
+    assert_eq!(
+        hook, "Powered on\n",
+        "the hook runs before the VM shows powered off"
+    );
+
+    // snapshot.remove drops the record only; a hard power.off kills the VM at once.
+    let dir = &vms[1].dir;
+    assert_eq!(
+        vim("vmsvc/snapshot.remove 32 2").ok().stdout(),
+        "Remove Snapshot:\n"
+    );
+    let left = vim("vmsvc/snapshot.get 32").ok().stdout();
+    assert!(
+        left.contains("Snapshot Name        : theirs") && !left.contains("virt-vmdkimport-1"),
+        "{left}"
+    );
+    assert!(vms[1].child.1.exists(), "no consolidation");
+    let gone = vim("vmsvc/snapshot.remove 32 2");
+    assert!(
+        gone.code() == Some(1) && gone.stdout().contains("(vim.fault.NotFound)"),
+        "{gone}"
+    );
+    assert_eq!(vim("vmsvc/power.on 32").ok().stdout(), "Powering on VM:\n");
+    esx.wait_rounds(32, 1);
+    assert_eq!(
+        vim("vmsvc/power.off 32").ok().stdout(),
+        "Powering off VM:\n"
+    );
+    assert_eq!(esx.power_state(32), "off");
+    assert_eq!(lock_markers(dir), Vec::<String>::new());
+    let rounds = esx.vm_rounds(32);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(esx.vm_rounds(32), rounds, "no round after the power-off");
 }
