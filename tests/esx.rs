@@ -432,7 +432,7 @@ fn stand_in_vms(esx: &StandIn) -> Vec<StandInVm> {
 }
 
 #[test]
-fn the_stand_in_vm_writes_its_top_until_a_guest_shutdown() {
+fn the_stand_in_vm_writes_its_top_until_a_guest_shutdown_and_a_read_can_be_cut() {
     let esx = StandIn::start();
     let vim = |cmd: &str| esx.ssh(&format!("vim-cmd {cmd}"));
     let vms = stand_in_vms(&esx);
@@ -494,6 +494,23 @@ fn the_stand_in_vm_writes_its_top_until_a_guest_shutdown() {
             assert_same(&was[5120..7168], &theirs[5120..7168], "their sectors kept");
         }
     }
+
+    // A read cut after 1 MiB: the client sees the connection drop; the next read is whole.
+    let flat = &vms[0].frozen.1;
+    let whole = std::fs::read(flat).unwrap();
+    esx.drop_read("se-flat.vmdk", MIB as u64);
+    let cut = dd(flat);
+    let got = &cut.out.stdout;
+    assert!(
+        cut.code() == Some(255) && cut.stderr().contains("closed by remote host"),
+        "{cut}"
+    );
+    assert!(
+        !got.is_empty() && got.len() <= MIB && got[..] == whole[..got.len()],
+        "{} bytes",
+        got.len()
+    );
+    assert_same(&dd(flat).ok().out.stdout, &whole, "the read after the cut");
 
     // The guest shutdown: its last round is in the top, its files are let go.
     esx.on_powered_off(

@@ -262,6 +262,11 @@ impl StandIn {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
 
+    /// The next `dd if=...SUFFIX` passes `bytes` bytes on, then its ssh connection is cut.
+    pub fn drop_read(&self, suffix: &str, bytes: u64) {
+        std::fs::write(self.state("drop-read"), format!("{suffix} {bytes}")).unwrap();
+    }
+
     /// The payload the VM wrote at bytes 512..4608 of its first disk in its last round before
     /// a guest shutdown.
     pub fn last_payload(&self, id: u32) -> Vec<u8> {
