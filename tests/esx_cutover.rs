@@ -150,3 +150,339 @@ fn a_powered_off_vm_with_snapshots_of_its_own_is_cut_over_without_a_shutdown() {
         "{again}"
     );
 }
+
+/// A VM folder `dir` on the stand-in with `disks` flat bases of 8 MiB (the first bootable),
+/// registered as VM `id` with deltas of `format`, and powered on: its process writes into
+/// every disk from now on. With `nic`, the .vmx has a vmxnet3 NIC on "VM Network".
+fn running_vm(esx: &StandIn, dir: &str, id: u32, format: &str, disks: usize, nic: bool) -> String {
+    let folder = esx.vm_dir(dir);
+    let mut names = Vec::new();
+    for i in 0..disks {
+        let stem = if i == 0 {
+            dir.to_string()
+        } else {
+            format!("{dir}_{i}")
+        };
+        let data = if i == 0 {
+            bootimg::boot_disk(&patterned(0x100 + id as u64, bootimg::PAYLOAD_LEN), 8 * MIB)
+        } else {
+            patterned(0x200 + id as u64 + i as u64, 8 * MIB)
+        };
+        flat_base(&folder, &stem, &data, 0x10000000 + id * 16 + i as u32);
+        names.push(format!("{stem}.vmdk"));
+    }
+    let mut vmx = vmx_text(dir, &names.iter().map(String::as_str).collect::<Vec<_>>());
+    if nic {
+        vmx += "ethernet0.present = \"TRUE\"\nethernet0.virtualDev = \"vmxnet3\"\n\
+                ethernet0.networkName = \"VM Network\"\nethernet0.addressType = \"static\"\n\
+                ethernet0.address = \"00:50:56:3f:00:21\"\n";
+    }
+    let rel = format!("{dir}/{dir}.vmx");
+    std::fs::write(esx.vmx_path(&rel), vmx).unwrap();
+    esx.register(id, dir, &rel, false, format, "");
+    esx.power_on(id);
+    esx.wait_rounds(id, 2);
+    rel
+}
+
+/// The descriptor each disk's .vmx line names now (the top of its chain).
+fn tops(esx: &StandIn, vmx: &str) -> Vec<std::path::PathBuf> {
+    let path = esx.vmx_path(vmx);
+    std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(".fileName"))
+        .map(|l| path.parent().unwrap().join(l.split('"').nth(1).unwrap()))
+        .collect()
+}
+
+/// Every volume of the domain against qemu-img's reading of its disk's descriptor `tops`.
+fn assert_volumes(tp: &TestPool, domain: &str, tops: &[std::path::PathBuf], what: &str) {
+    for (i, top) in tops.iter().enumerate() {
+        assert_same(
+            &volume_bytes(tp, &format!("{domain}-disk{i}")),
+            &qemu_read(top),
+            &format!("{what}: disk {i} against {}", top.display()),
+        );
+    }
+}
+
+#[test]
+fn stage_one_two_syncs_and_the_cutover_of_a_running_vm_bring_its_last_writes_over() {
+    let esx = StandIn::start();
+    let tp = TestPool::new("esx-e2e");
+    let vmx = running_vm(&esx, "web", 21, "sesparse", 2, false);
+    let name = unique_name("esx-e2e");
+    tp.track_domain(&name);
+
+    let s1 = tool(&esx, &tp, &name, &vmx, &CPU).ok();
+    assert!(
+        s1.stdout().contains("took snapshot 'virt-vmdkimport-1'"),
+        "{s1}"
+    );
+    esx.wait_rounds(21, 3);
+
+    // A dry run says what a round would do and changes nothing.
+    let dry = tool(&esx, &tp, &name, &vmx, &["--sync", "--dry-run"]).ok();
+    assert!(
+        dry.stdout()
+            .contains("would run vim-cmd vmsvc/snapshot.create 21 'virt-vmdkimport-2'"),
+        "{dry}"
+    );
+    assert!(
+        tops(&esx, &vmx)[0].ends_with("web-000001.vmdk"),
+        "no snapshot taken"
+    );
+
+    // Two pre-copy rounds: each freezes what the VM wrote since the last and applies it.
+    for round in 1..=2 {
+        let frozen = tops(&esx, &vmx);
+        let sync = tool(&esx, &tp, &name, &vmx, &["--sync"]).ok();
+        println!("{sync}");
+        assert!(
+            sync.stdout()
+                .contains(&format!("sync round {round}: applied 2 delta(s)")),
+            "{sync}"
+        );
+        assert_volumes(&tp, &name, &frozen, &format!("after sync round {round}"));
+        assert_eq!(esx.power_state(21), "on", "the VM keeps running");
+        esx.wait_rounds(21, 3);
+    }
+
+    let dry = tool(&esx, &tp, &name, &vmx, &["--cutover", "--dry-run"]).ok();
+    assert!(
+        dry.stdout()
+            .contains("would run vim-cmd vmsvc/power.shutdown 21"),
+        "{dry}"
+    );
+    assert_eq!(esx.power_state(21), "on");
+
+    let log = tp.path("console.log");
+    add_console_log(&name, &log);
+    let cut = tool(
+        &esx,
+        &tp,
+        &name,
+        &vmx,
+        &["--cutover", "--jobs", "2", "--remove-esx-snapshots"],
+    )
+    .ok();
+    println!("{cut}");
+    let out = cut.stdout();
+    for want in [
+        "asking for a guest shutdown (vim-cmd vmsvc/power.shutdown 21)",
+        "power.shutdown to powered off",
+        "final deltas",
+        "domain start",
+        "from the shutdown command to the domain running",
+        "removed snapshot 'virt-vmdkimport-1'",
+        "removed snapshot 'virt-vmdkimport-3'",
+    ] {
+        assert!(out.contains(want), "{want}: {cut}");
+    }
+    assert_eq!(esx.power_state(21), "off");
+    let top = tops(&esx, &vmx);
+    // The guest booted on KVM shows what the VM wrote last on ESXi, before its shutdown.
+    let last = esx.last_payload(21);
+    assert_eq!(booted_line(&log), bootimg::expected_line(&last));
+    assert_eq!(boot_line_of(&top[0]), bootimg::expected_line(&last));
+    virsh(&["destroy", &name]).ok();
+    assert_volumes(&tp, &name, &top, "after the cutover");
+    let meta = metadata(&name);
+    assert_eq!(meta.matches("<sync ").count(), 2, "{meta}");
+    assert!(
+        meta.contains("<cutover ") && meta.contains("total-ms="),
+        "{meta}"
+    );
+    let snaps = esx.vim_cmd(&["vmsvc/snapshot.get", "21"]).ok();
+    assert!(!snaps.stdout().contains("virt-vmdkimport"), "{snaps}");
+    assert_eq!(
+        esx.connections(),
+        6,
+        "one ssh connection per run:\n{}",
+        esx.log()
+    );
+}
+
+#[test]
+fn a_guest_that_does_not_shut_down_is_left_running_and_nothing_changes_unless_hard_off() {
+    let esx = StandIn::start();
+    let tp = TestPool::new("esx-stuck");
+    let vmx = running_vm(&esx, "db", 22, "cowd", 1, false);
+    let name = unique_name("esx-stuck");
+    tp.track_domain(&name);
+    tool(&esx, &tp, &name, &vmx, &CPU).ok();
+    esx.wait_rounds(22, 2);
+    let meta = metadata(&name);
+    let vol = volume_bytes(&tp, &format!("{name}-disk0"));
+
+    esx.ignore_shutdown(22);
+    let run = tool(
+        &esx,
+        &tp,
+        &name,
+        &vmx,
+        &["--cutover", "--shutdown-timeout", "2"],
+    );
+    assert_eq!(run.code(), Some(1), "{run}");
+    assert!(
+        run.stderr().contains("not powered off 2 s after the shutdown request: the VM still runs on ESXi and nothing was changed here"),
+        "{run}"
+    );
+    assert_eq!(esx.power_state(22), "on");
+    std::fs::remove_file(esx.root().join("standin/ignore-shutdown-22")).unwrap();
+
+    esx.no_tools(22);
+    let run = tool(&esx, &tp, &name, &vmx, &["--cutover"]);
+    assert_eq!(run.code(), Some(1), "{run}");
+    assert!(
+        run.stderr()
+            .contains("VMware Tools do not run in the guest"),
+        "{run}"
+    );
+    assert!(run.stderr().contains("ToolsUnavailable"), "{run}");
+    assert_eq!(esx.power_state(22), "on");
+    assert_eq!(metadata(&name), meta, "the import state is unchanged");
+    assert!(
+        volume_bytes(&tp, &format!("{name}-disk0")) == vol,
+        "the volume is unchanged"
+    );
+    assert_eq!(domstate(&name), "shut off");
+
+    let run = tool(&esx, &tp, &name, &vmx, &["--cutover", "--hard-off"]).ok();
+    assert!(
+        run.stdout()
+            .contains("no VMware Tools: powering it off (--hard-off)"),
+        "{run}"
+    );
+    assert_eq!(esx.power_state(22), "off");
+    assert_eq!(domstate(&name), "running");
+    virsh(&["destroy", &name]).ok();
+    assert_volumes(&tp, &name, &tops(&esx, &vmx), "after a hard power-off");
+}
+
+#[test]
+fn a_connection_cut_while_the_final_delta_is_read_leaves_the_disk_marked_and_a_rerun_finishes() {
+    let esx = StandIn::start();
+    let tp = TestPool::new("esx-drop");
+    let vmx = running_vm(&esx, "mx", 23, "sesparse", 1, false);
+    let name = unique_name("esx-drop");
+    tp.track_domain(&name);
+    tool(&esx, &tp, &name, &vmx, &CPU).ok();
+    esx.wait_rounds(23, 4);
+
+    // The pass over the grains reads with bs=1048576: the cut comes there, after the
+    // disk was marked, 64 KiB into the grains.
+    esx.drop_read("mx-000001-sesparse.vmdk bs=1048576", 65536);
+    let run = tool(&esx, &tp, &name, &vmx, &["--cutover"]);
+    assert_eq!(run.code(), Some(1), "{run}");
+    let err = run.stderr();
+    assert!(err.contains("mx-000001-sesparse.vmdk"), "{run}");
+    assert!(
+        err.contains("the VM is powered off on ESXi: rerun --cutover to finish"),
+        "{run}"
+    );
+    assert!(
+        metadata(&name).contains("applying=\"yes\""),
+        "the disk is marked"
+    );
+    assert_eq!(
+        domstate(&name),
+        "shut off",
+        "never started on a half-written disk"
+    );
+
+    let again = tool(&esx, &tp, &name, &vmx, &["--cutover"]).ok();
+    assert!(
+        again.stdout().contains("powered off already: no shutdown"),
+        "{again}"
+    );
+    assert_eq!(domstate(&name), "running");
+    virsh(&["destroy", &name]).ok();
+    assert_volumes(&tp, &name, &tops(&esx, &vmx), "after the rerun");
+    assert!(!metadata(&name).contains("applying=\"yes\""));
+}
+
+#[test]
+fn a_start_that_fails_rolls_back_to_esxi_and_the_next_cutover_brings_the_newer_writes() {
+    let esx = StandIn::start();
+    let tp = TestPool::new("esx-back");
+    let net = util::vmximport::TestNet::isolated("esx-back");
+    let vmx = running_vm(&esx, "shop", 24, "cowd", 1, true);
+    let name = unique_name("esx-back");
+    tp.track_domain(&name);
+    let map = format!("VM Network={}", net.name);
+    tool(&esx, &tp, &name, &vmx, &[CPU[0], CPU[1], "--network", &map]).ok();
+    esx.wait_rounds(24, 2);
+
+    // Something on the KVM host breaks while the VM is going down on ESXi: its network goes.
+    let net_xml = format!(
+        "<network><name>{}</name><forward mode='bridge'/><bridge name='{}'/></network>",
+        net.name, net.bridge
+    );
+    esx.on_powered_off(
+        24,
+        &format!("virsh -c qemu:///system net-destroy '{}'", net.name),
+    );
+    let run = tool(
+        &esx,
+        &tp,
+        &name,
+        &vmx,
+        &["--cutover", "--rollback-on-failure"],
+    );
+    assert_eq!(run.code(), Some(1), "{run}");
+    assert!(
+        run.stderr()
+            .contains("rolled back: the VM runs on ESXi again"),
+        "{run}"
+    );
+    assert_eq!(esx.power_state(24), "on");
+    assert_eq!(domstate(&name), "shut off");
+    let meta = metadata(&name);
+    assert!(
+        meta.contains("active=\"yes\"") && !meta.contains("handed-over"),
+        "{meta}"
+    );
+
+    // The VM writes on on ESXi, into the delta already applied once; the next cutover must
+    // bring those writes too.
+    esx.wait_rounds(24, 4);
+    std::fs::remove_file(esx.root().join("standin/on-powered-off-24")).unwrap();
+    let f = tp.path("net.xml");
+    std::fs::write(&f, net_xml).unwrap();
+    virsh(&["net-create", f.to_str().unwrap()]).ok();
+    let log = tp.path("console.log");
+    add_console_log(&name, &log);
+    tool(&esx, &tp, &name, &vmx, &["--cutover"]).ok();
+    let top = tops(&esx, &vmx);
+    assert_eq!(
+        booted_line(&log),
+        bootimg::expected_line(&esx.last_payload(24))
+    );
+    virsh(&["destroy", &name]).ok();
+    assert_volumes(&tp, &name, &top, "after the second cutover");
+}
+
+#[test]
+fn a_vm_with_an_independent_disk_is_refused_over_ssh_naming_the_disk() {
+    let esx = StandIn::start();
+    let tp = TestPool::new("esx-indep");
+    let dir = esx.vm_dir("ind");
+    flat_base(&dir, "ind", &patterned(0x1d1, 8 * MIB), 0x1d1d1d1d);
+    flat_base(&dir, "ind_1", &patterned(0x1d2, 8 * MIB), 0x1d1d1d1e);
+    let mut vmx = vmx_text("ind", &["ind.vmdk", "ind_1.vmdk"]);
+    vmx += "scsi0:1.mode = \"independent-persistent\"\n";
+    std::fs::write(dir.join("ind.vmx"), vmx).unwrap();
+    esx.register(25, "ind", "ind/ind.vmx", false, "cowd", "");
+    let name = unique_name("esx-indep");
+    tp.track_domain(&name);
+    let run = tool(&esx, &tp, &name, "ind/ind.vmx", &CPU);
+    assert_eq!(run.code(), Some(1), "{run}");
+    assert!(
+        run.stderr()
+            .contains("disk scsi0:1 (ind_1.vmdk) is independent"),
+        "{run}"
+    );
+    assert!(!util::vmximport::domain_exists(&name));
+}
