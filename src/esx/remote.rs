@@ -1,6 +1,6 @@
 //! Delta files on the ESXi host: their tables read through a page cache of ranged `dd` reads, their grains in one sequential pass written straight into the volume.
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read};
@@ -38,20 +38,38 @@ impl std::fmt::Debug for RemoteFile {
 }
 
 impl RemoteFile {
-    /// The file `path`, its length asked with `stat`.
+    /// The file `path`: its length (`stat`) and its first pages (where every format keeps
+    /// its header and tables) in one command.
     pub fn open(ssh: Arc<Ssh>, path: &str) -> Result<RemoteFile> {
         let what = format!("{}:{path}", ssh.url().host);
-        let out = ssh.read_bytes(&format!("stat -c %s {}", quote(path)), &what)?;
-        let text = String::from_utf8_lossy(&out);
-        let len = text
+        let q = quote(path);
+        let cmd = format!("stat -c %s {q} && dd if={q} bs={PAGE} count={READ_AHEAD_PAGES}");
+        let out = ssh.read_bytes(&cmd, &what)?;
+        let nl = out
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| anyhow!("{what}: `{cmd}` gave no size line"))?;
+        let text = String::from_utf8_lossy(&out[..nl]);
+        let len: u64 = text
             .trim()
             .parse()
             .map_err(|_| anyhow!("{what}: `stat -c %s` answered {text:?}, not a size"))?;
+        let head = &out[nl + 1..];
+        ensure!(
+            head.len() as u64 == len.min(READ_AHEAD_PAGES * PAGE),
+            "{what}: `{cmd}` gave {} bytes of a {len}-byte file: the file changed while it was read",
+            head.len()
+        );
+        let pages = head
+            .chunks(PAGE as usize)
+            .enumerate()
+            .map(|(i, c)| (i as u64, Arc::new(c.to_vec())))
+            .collect();
         Ok(RemoteFile {
             ssh,
             path: path.to_string(),
             len,
-            pages: Mutex::new(HashMap::new()),
+            pages: Mutex::new(pages),
         })
     }
 

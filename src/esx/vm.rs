@@ -13,8 +13,9 @@ use super::{datastore_path, remote_join, walk_chain, Host, RemoteChain, RemoteDe
 use crate::vmdk::{self, Chain};
 use crate::vmx::VmxConfig;
 
-/// How often the power state is asked while waiting for it to change.
-const POLL: Duration = Duration::from_secs(1);
+/// How often the power state is asked while waiting for it to change: each second of the
+/// wait after the VM is off is outage, and one `getstate` costs a command on the open connection.
+const POLL: Duration = Duration::from_millis(250);
 /// How long a hard power-off may take to show.
 const POWER_OFF_WAIT: Duration = Duration::from_secs(60);
 /// How long a delta may stay locked after the VM is off (ESX.md: when it becomes readable is

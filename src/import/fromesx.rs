@@ -207,39 +207,71 @@ fn pending(
     Ok((start, lineage))
 }
 
-/// Open `d` over ssh and list its pieces, once per run.
-fn open<'c>(
+/// Open `d` over ssh and list its pieces (every table read and checked).
+fn open(vm: &Vm, d: &RemoteDelta) -> Result<Opened> {
+    let chain = vm.open_delta(d)?;
+    let pieces = chain
+        .pieces()
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("{}: reading its tables", d.shown))?;
+    let extent = match d.descriptor.extents.as_slice() {
+        [e] => crate::esx::remote_join(
+            crate::esx::ssh::folder(&d.path),
+            e.file.as_deref().unwrap_or_default(),
+            true,
+        )?,
+        _ => bail!(
+            "{}: a delta of several extents: not read over ssh:// (ESXi writes one)",
+            d.shown
+        ),
+    };
+    Ok(Opened {
+        chain,
+        pieces,
+        extent,
+    })
+}
+
+/// Open every delta of `wanted` not in `cache` yet, `jobs` at a time.
+fn open_all(
     vm: &Vm,
-    d: &RemoteDelta,
-    cache: &'c mut HashMap<String, Opened>,
-) -> Result<&'c Opened> {
-    if !cache.contains_key(&d.path) {
-        let chain = vm.open_delta(d)?;
-        let pieces = chain
-            .pieces()
-            .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("{}: reading its tables", d.shown))?;
-        let extent = match d.descriptor.extents.as_slice() {
-            [e] => crate::esx::remote_join(
-                crate::esx::ssh::folder(&d.path),
-                e.file.as_deref().unwrap_or_default(),
-                true,
-            )?,
-            _ => bail!(
-                "{}: a delta of several extents: not read over ssh:// (ESXi writes one)",
-                d.shown
-            ),
-        };
-        cache.insert(
-            d.path.clone(),
-            Opened {
-                chain,
-                pieces,
-                extent,
-            },
-        );
+    wanted: &[&RemoteDelta],
+    cache: &mut HashMap<String, Opened>,
+    jobs: usize,
+) -> Result<()> {
+    let todo: Vec<&RemoteDelta> = wanted
+        .iter()
+        .filter(|d| !cache.contains_key(&d.path))
+        .copied()
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let opened: Vec<(String, Result<Opened>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..jobs.clamp(1, todo.len().max(1)))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    while let Some(d) =
+                        todo.get(next.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
+                    {
+                        done.push((d.path.clone(), open(vm, d)));
+                    }
+                    done
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|t| t.join().unwrap_or_default())
+            .collect()
+    });
+    for (path, o) in opened {
+        cache.insert(path, o?);
     }
-    Ok(&cache[&d.path])
+    ensure!(
+        todo.iter().all(|d| cache.contains_key(&d.path)),
+        "a thread opening the deltas panicked"
+    );
+    Ok(())
 }
 
 /// For every disk, the deltas up to `eligible(chain)` not yet in its volume, opened and
@@ -251,14 +283,21 @@ fn prepare(
     eligible: &dyn Fn(&RemoteChain) -> usize,
     top_active: bool,
     cache: &mut HashMap<String, Opened>,
+    jobs: usize,
 ) -> Result<Vec<DiskWork>> {
-    let mut work = Vec::new();
-    for (i, (ds, chain)) in st.disks.iter().zip(chains).enumerate() {
+    let mut plans = Vec::new();
+    for (ds, chain) in st.disks.iter().zip(chains) {
         let upto = eligible(chain);
         let (start, lineage) = pending(ds, &chain.deltas, upto, top_active)?;
-        let mut deltas = Vec::new();
-        for d in &chain.deltas[start..upto] {
-            let o = open(vm, d, cache)?;
+        plans.push((start, lineage, &chain.deltas[start..upto]));
+    }
+    let wanted: Vec<&RemoteDelta> = plans.iter().flat_map(|p| p.2.iter()).collect();
+    open_all(vm, &wanted, cache, jobs)?;
+    let mut work = Vec::new();
+    for (i, (start, lineage, deltas)) in plans.into_iter().enumerate() {
+        let ds = &st.disks[i];
+        for d in deltas {
+            let o = &cache[&d.path];
             ensure!(
                 o.chain.capacity() == ds.capacity,
                 "{}: {} bytes, but disk {} holds {}",
@@ -267,14 +306,13 @@ fn prepare(
                 ds.target_dev,
                 ds.capacity
             );
-            deltas.push(d.path.clone());
         }
         if !deltas.is_empty() {
             work.push(DiskWork {
                 disk: i,
                 start,
                 lineage,
-                deltas,
+                deltas: deltas.iter().map(|d| d.path.clone()).collect(),
             });
         }
     }
@@ -424,7 +462,7 @@ fn sync(
         }
         return Ok(());
     }
-    let work = prepare(vm, st, &chains, &frozen, false, &mut cache)?;
+    let work = prepare(vm, st, &chains, &frozen, false, &mut cache, o.jobs)?;
     let moved = apply(vm, dom, st, targets, &work, &cache, o.jobs)?;
     st.syncs.push(SyncRound {
         at: super::lifecycle::utc_now(),
@@ -472,7 +510,7 @@ fn cutover(
     if req.dry_run {
         return say_cutover_plan(vm, st, &chains, running, o);
     }
-    prepare(vm, st, &chains, &frozen, false, &mut cache)?;
+    prepare(vm, st, &chains, &frozen, false, &mut cache, o.jobs)?;
     let t0 = Instant::now();
     if running {
         stop_vm(vm, o)?;
@@ -564,9 +602,12 @@ fn finish(
     cache: &mut HashMap<String, Opened>,
     o: &EsxOptions,
 ) -> Result<(Moved, Duration)> {
+    let opened = Instant::now();
     let all = |c: &RemoteChain| c.deltas.len();
-    let work = prepare(vm, st, chains, &all, true, cache)?;
-    let moved = apply(vm, dom, st, targets, &work, cache, o.jobs)?;
+    let work = prepare(vm, st, chains, &all, true, cache, o.jobs)?;
+    let mut moved = apply(vm, dom, st, targets, &work, cache, o.jobs)?;
+    // The final deltas' time counts from the VM off: opening them is part of it.
+    moved.secs = opened.elapsed().as_secs_f64();
     crate::interrupt::check()?;
     let t = Instant::now();
     hand_over_and_start(conn, dom, st)?;
