@@ -232,6 +232,31 @@ fn open(vm: &Vm, d: &RemoteDelta) -> Result<Opened> {
     })
 }
 
+/// `f` over `items`, `jobs` threads taking the next item as they finish one; the results in
+/// the order they came. A thread that panicked loses its results: callers check for gaps.
+fn side_by_side<T: Sync, R: Send>(items: &[T], jobs: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..jobs.clamp(1, items.len().max(1)))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    while let Some(item) =
+                        items.get(next.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
+                    {
+                        done.push(f(item));
+                    }
+                    done
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|t| t.join().unwrap_or_default())
+            .collect()
+    })
+}
+
 /// Open every delta of `wanted` not in `cache` yet, `jobs` at a time.
 fn open_all(
     vm: &Vm,
@@ -244,26 +269,7 @@ fn open_all(
         .filter(|d| !cache.contains_key(&d.path))
         .copied()
         .collect();
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let opened: Vec<(String, Result<Opened>)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..jobs.clamp(1, todo.len().max(1)))
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut done = Vec::new();
-                    while let Some(d) =
-                        todo.get(next.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
-                    {
-                        done.push((d.path.clone(), open(vm, d)));
-                    }
-                    done
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|t| t.join().unwrap_or_default())
-            .collect()
-    });
+    let opened = side_by_side(&todo, jobs, |d| (d.path.clone(), open(vm, d)));
     for (path, o) in opened {
         cache.insert(path, o?);
     }
@@ -337,34 +343,9 @@ fn apply(
         ds.applied = w.lineage.clone();
     }
     write_state(dom, st)?;
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<(usize, Result<PassReport>)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..jobs.clamp(1, work.len().max(1)))
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        let Some(w) = work.get(i) else { break };
-                        done.push((
-                            w.disk,
-                            write_disk(
-                                vm,
-                                &targets[w.disk],
-                                w,
-                                cache,
-                                &st.disks[w.disk].target_dev,
-                            ),
-                        ));
-                    }
-                    done
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|t| t.join().unwrap_or_default())
-            .collect()
+    let results = side_by_side(work, jobs, |w| {
+        let dev = &st.disks[w.disk].target_dev;
+        (w.disk, write_disk(vm, &targets[w.disk], w, cache, dev))
     });
     let mut moved = Moved::default();
     let mut first_err = None;
@@ -388,6 +369,10 @@ fn apply(
     if let Some(e) = first_err {
         return Err(e);
     }
+    ensure!(
+        work.iter().all(|w| !st.disks[w.disk].applying),
+        "a disk is not completely written (a writing thread stopped); it stays marked"
+    );
     for t in targets {
         t.vol.pool()?.refresh()?;
     }
