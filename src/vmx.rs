@@ -3,12 +3,12 @@
 //! Keys read: `.encoding`, `displayName`, `memsize`, `numvcpus`, `cpuid.coresPerSocket`,
 //! `guestOS`, `firmware`, `uefi.secureBoot.enabled`, `uuid.bios`, `bios.hddOrder` (first entry),
 //! `{scsi,sata,nvme,ide}N.present`, `scsiN.virtualDev`, `{bus}N:M.{present,fileName,deviceType,mode}`,
-//! `ethernetN.{present,virtualDev,networkName,addressType,generatedAddress,address}`.
+//! `ethernetN.{present,virtualDev,networkName,addressType,generatedAddress,address,pciSlotNumber}`.
 //! Knowingly ignored (no libvirt equivalent the migration needs, or decided elsewhere):
 //! `uuid.location`, `vc.uuid`, `virtualHW.version`, `nvram` (the VMware NVRAM file: boot
 //! entries are rebuilt by OVMF), `bios.bootOrder`, `sched.*`, `mem.hotadd`, `vcpu.hotadd`,
 //! `tools.*`, `ethernetN.connectionType`/`dvs.*`/`wakeOnPcktRcv`/`uptCompatibility`,
-//! `scsiN.sharedBus`, `{bus}N:M.writeThrough`, `*.pciSlotNumber`, `svga.*`, `extendedConfigFile`,
+//! `scsiN.sharedBus`, `{bus}N:M.writeThrough`, `pciSlotNumber` of all but NICs, `svga.*`, `extendedConfigFile`,
 //! `annotation`, `guestinfo.*`, `migrate.*`, `floppyN.*`, `serialN.*`, `parallelN.*`,
 //! `sound.*`, `usb*`, `pciPassthruN.*` (present floppies, ports, sound, USB and passthrough
 //! devices get a note).
@@ -93,7 +93,14 @@ pub struct VmxNic {
     pub network_name: Option<String>,
     /// Lowercase `aa:bb:cc:dd:ee:ff`, chosen by the addressType rules.
     pub mac: Option<String>,
+    /// `ethernetN.pciSlotNumber`: the PCI slot number VMware gave the NIC (160, 192, 224, 256,
+    /// 1184, ...), from which a Linux guest names it (`ens192`). None when absent, `-1` (not
+    /// yet placed) or not a slot number (above 8191, the PCIe slot number's 13 bits).
+    pub pci_slot: Option<u32>,
 }
+
+/// The largest PCIe physical slot number (13 bits).
+pub const MAX_PCI_SLOT: u32 = 8191;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmxConfig {
@@ -387,6 +394,21 @@ fn split_device_key(key: &str) -> Option<(VmxBus, u32, Option<u32>, &str)> {
     Some((bus, ctl, unit, field))
 }
 
+/// `ethernetN.pciSlotNumber` as a slot number; a value that is not one gets a note.
+fn pci_slot(value: Option<&str>, index: u32, notes: &mut Vec<String>) -> Option<u32> {
+    let v = value?.trim();
+    match v.parse::<i64>() {
+        Ok(-1) => None,
+        Ok(n) if (0..=MAX_PCI_SLOT as i64).contains(&n) => Some(n as u32),
+        _ => {
+            notes.push(format!(
+                "ethernet{index}.pciSlotNumber {v:?} is not a PCI slot number (0-{MAX_PCI_SLOT}): ignored"
+            ));
+            None
+        }
+    }
+}
+
 fn build(keys: &BTreeMap<String, String>, mut notes: Vec<String>, name: &str) -> Result<VmxConfig> {
     let get = |k: &str| keys.get(k).map(|s| s.as_str());
 
@@ -617,11 +639,13 @@ fn build(keys: &BTreeMap<String, String>, mut notes: Vec<String>, name: &str) ->
                 "ethernet{index} names no network (networkName): map it explicitly"
             ));
         }
+        let pci_slot = pci_slot(field("pcislotnumber"), index, &mut notes);
         nics.push(VmxNic {
             index,
             model: field("virtualdev").map(|s| s.to_ascii_lowercase()),
             network_name,
             mac,
+            pci_slot,
         });
     }
 
@@ -781,6 +805,27 @@ mod tests {
             }
             let _ = parse_vmx_str(&text, "fuzz.vmx");
         }
+    }
+
+    #[test]
+    fn nic_slot_numbers_are_read_and_bad_ones_noted() {
+        let v = parse_vmx_str(
+            b"ethernet0.present = \"TRUE\"\nethernet0.pciSlotNumber = \"192\"\nethernet1.present = \"TRUE\"\nethernet1.pciSlotNumber = \"-1\"\nethernet2.present = \"TRUE\"\nethernet2.pciSlotNumber = \"9000\"\nethernet3.present = \"TRUE\"\n",
+            "t",
+        )
+        .unwrap();
+        let slots: Vec<Option<u32>> = v.nics.iter().map(|n| n.pci_slot).collect();
+        assert_eq!(slots, [Some(192), None, None, None]);
+        let bad: Vec<&String> = v
+            .notes
+            .iter()
+            .filter(|n| n.contains("pciSlotNumber"))
+            .collect();
+        assert_eq!(bad.len(), 1, "{:?}", v.notes);
+        assert!(
+            bad[0].starts_with("ethernet2.pciSlotNumber \"9000\""),
+            "{bad:?}"
+        );
     }
 
     #[test]
