@@ -22,6 +22,24 @@ pub enum IoMode {
     Direct,
 }
 
+/// How a Linux guest's NICs are placed, and so named by the guest (`--nic-names`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NicNames {
+    /// As on VMware (`ens192`): each NIC behind a PCIe root port with the .vmx's slot number.
+    Vmware,
+    /// libvirt's default addressing: the guest names them after KVM's slots (`enp1s0`).
+    Kvm,
+}
+
+/// The bus of a Linux guest's disks (`--disk-bus`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DiskBusArg {
+    /// virtio-scsi: `sdX` as on VMware, in the .vmx's controller and unit order.
+    VirtioScsi,
+    /// virtio-blk: `vdX`.
+    VirtioBlk,
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "virt-vmdkimport",
@@ -171,6 +189,17 @@ pub struct Cli {
     /// --cutover: remove the migration snapshots on ESXi once the domain runs here.
     #[arg(long)]
     pub remove_esx_snapshots: bool,
+
+    /// Linux guests from a .vmx: `vmware` (the default) keeps VMware's NIC names (`ens192`)
+    /// by giving each NIC the PCI slot number the .vmx records; `kvm` leaves the NICs to
+    /// libvirt's addressing (`enp1s0`-style names).
+    #[arg(long, value_enum, value_name = "vmware|kvm")]
+    pub nic_names: Option<NicNames>,
+
+    /// Linux guests: `virtio-scsi` (the default: disks stay `sdX` in VMware's order) or
+    /// `virtio-blk` (`vdX`).
+    #[arg(long, value_enum, value_name = "virtio-scsi|virtio-blk")]
+    pub disk_bus: Option<DiskBusArg>,
 }
 
 /// Parse `123`, `4K`, `512M`, `16G`, `2T` (binary multiples).

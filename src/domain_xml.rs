@@ -60,8 +60,12 @@ impl DiskBus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskSpec {
     pub source: DiskSource,
-    /// None: the OS's default (virtio for Linux, SATA for Windows, IDE for legacy Windows).
+    /// None: the OS's default ([`DomainSpec::linux_disk_bus`] for Linux, SATA for Windows, IDE
+    /// for legacy Windows).
     pub bus_override: Option<DiskBus>,
+    /// The disk's SCSI controller and unit in the .vmx (`scsi1:2` is (1, 2)): on virtio-scsi it
+    /// keeps that place (controller, SCSI target), so the guest's `sdX` names keep VMware's order.
+    pub scsi_slot: Option<(u32, u32)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +81,9 @@ pub struct NicSpec {
     pub mac: Option<String>,
     /// A libvirt model (`virtio`, `e1000e`, `e1000`, `rtl8139`, ...); None: the OS's default.
     pub model_override: Option<String>,
+    /// The PCI slot number VMware gave the NIC (`ethernetN.pciSlotNumber`); see
+    /// [`DomainSpec::nic_slots`].
+    pub pci_slot: Option<u32>,
 }
 
 /// The guest CPU.
@@ -124,7 +131,31 @@ pub struct DomainSpec {
     /// Windows: a small extra virtio disk so Windows installs the virtio storage driver
     /// before [`switch_to_virtio`] moves the boot disk to virtio.
     pub extra_virtio_disk: Option<DiskSource>,
+    /// Linux guests: each NIC with a `pci_slot` sits alone behind a pcie-root-port whose PCIe
+    /// slot number is that one, so the guest names it as VMware's did (`ens192`); see
+    /// [`nic_slot_notes`].
+    pub nic_slots: bool,
+    /// The bus of a Linux guest's disks: [`DiskBus::Scsi`] (virtio-scsi, `sdX` as on VMware)
+    /// or [`DiskBus::Virtio`] (virtio-blk, `vdX`).
+    pub linux_disk_bus: DiskBus,
 }
+
+/// libvirt's namespace for QEMU pass-through elements (`<qemu:commandline>`, `<qemu:override>`).
+pub const QEMU_NS: &str = "http://libvirt.org/schemas/domain/qemu/1.0";
+
+/// QEMU's switch from ACPI hotplug to native PCIe hotplug on q35's bridges and root ports:
+/// with ACPI hotplug (QEMU's default since 6.1) Linux names a slot by acpiphp (`enp1s0`), with
+/// native hotplug by the root port's slot number (pciehp, `ens192`).
+pub const NATIVE_HOTPLUG_GLOBAL: &str = "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off";
+
+/// The user alias of the root port that carries the domain's NIC number `i` (from 0): libvirt
+/// keeps `ua-` aliases in the persistent definition, and `<qemu:override>` finds the device by it.
+pub fn nic_port_alias(i: usize) -> String {
+    format!("{NIC_PORT_ALIAS_PREFIX}{i}-port")
+}
+
+/// What every [`nic_port_alias`] starts with.
+pub const NIC_PORT_ALIAS_PREFIX: &str = "ua-vmdkimport-nic";
 
 /// The DomainSpec for a parsed .vmx. `disk_sources` gives one source per `vmx.disks` entry, in
 /// the same order; `net_for` maps each NIC (by its VMware network name) to a libvirt network or
@@ -163,9 +194,11 @@ pub fn spec_from_vmx(
         firmware: vmx.firmware,
         disks: disk_sources
             .into_iter()
-            .map(|source| DiskSpec {
+            .zip(&vmx.disks)
+            .map(|(source, d)| DiskSpec {
                 source,
                 bus_override: None,
+                scsi_slot: (d.bus == crate::vmx::VmxBus::Scsi).then_some((d.controller, d.unit)),
             })
             .collect(),
         nics: vmx
@@ -175,10 +208,13 @@ pub fn spec_from_vmx(
                 net: net_for(n),
                 mac: n.mac.clone(),
                 model_override: None,
+                pci_slot: n.pci_slot,
             })
             .collect(),
         serial_log: None,
         extra_virtio_disk: None,
+        nic_slots: true,
+        linux_disk_bus: DiskBus::Scsi,
     })
 }
 
@@ -397,7 +433,7 @@ pub fn render(spec: &DomainSpec) -> Result<String> {
         (true, true) => "e1000",
     };
     let placed = place_disks(spec);
-    let ide = placed.iter().filter(|(b, _)| *b == DiskBus::Ide).count();
+    let ide = placed.iter().filter(|p| p.bus == DiskBus::Ide).count();
     ensure!(
         ide == 0 || legacy,
         "IDE disks need the pc machine (q35 has no IDE); this domain gets q35"
@@ -407,10 +443,18 @@ pub fn render(spec: &DomainSpec) -> Result<String> {
         "the pc machine's IDE holds at most {MAX_IDE_DISKS} disks; this domain has {ide}"
     );
     let mut new_devices: Vec<Element> = Vec::new();
-    let mut any_scsi = false;
-    for (i, (d, (bus, dev))) in spec.disks.iter().zip(&placed).enumerate() {
-        any_scsi |= *bus == DiskBus::Scsi;
-        let mut disk = disk_element(&d.source, dev, bus.name(), &format!("disk {}", i + 1))?;
+    for (i, (d, p)) in spec.disks.iter().zip(&placed).enumerate() {
+        let mut disk = disk_element(&d.source, &p.dev, p.bus.name(), &format!("disk {}", i + 1))?;
+        if let Some((controller, target)) = p.scsi {
+            disk.children.push(Node::Element(
+                Element::new("address")
+                    .attr("type", "drive")
+                    .attr("controller", &controller.to_string())
+                    .attr("bus", "0")
+                    .attr("target", &target.to_string())
+                    .attr("unit", "0"),
+            ));
+        }
         if i == 0 {
             disk.children
                 .push(Node::Element(Element::new("boot").attr("order", "1")));
@@ -418,8 +462,8 @@ pub fn render(spec: &DomainSpec) -> Result<String> {
         new_devices.push(disk);
     }
     let mut counts = std::collections::HashMap::<&str, usize>::new();
-    for (bus, _) in &placed {
-        *counts.entry(bus.dev_prefix()).or_default() += 1;
+    for p in &placed {
+        *counts.entry(p.bus.dev_prefix()).or_default() += 1;
     }
     if let Some(extra) = &spec.extra_virtio_disk {
         let n = counts.entry("vd").or_default();
@@ -431,14 +475,21 @@ pub fn render(spec: &DomainSpec) -> Result<String> {
         ));
         new_devices.push(disk);
     }
-    if any_scsi {
+    let scsi_controllers = placed
+        .iter()
+        .filter_map(|p| p.scsi)
+        .map(|(c, _)| c + 1)
+        .max();
+    for index in 0..scsi_controllers.unwrap_or(0) {
         new_devices.push(
             Element::new("controller")
                 .attr("type", "scsi")
-                .attr("index", "0")
+                .attr("index", &index.to_string())
                 .attr("model", "virtio-scsi"),
         );
     }
+    let ports = nic_ports(spec);
+    let mut port_aliases = Vec::new();
     for (i, nic) in spec.nics.iter().enumerate() {
         let what = format!("NIC {}", i + 1);
         let (kind, key, value) = match &nic.net {
@@ -457,6 +508,21 @@ pub fn render(spec: &DomainSpec) -> Result<String> {
         iface = iface
             .child(Element::new("source").attr(key, value))
             .child(Element::new("model").attr("type", model));
+        if let Some(slot) = ports[i] {
+            // Bus numbers 1, 2, ...: the root ports libvirt adds for other devices come after.
+            let bus = port_aliases.len() + 1;
+            let alias = nic_port_alias(i);
+            new_devices.push(root_port(bus, &alias));
+            iface = iface.child(
+                Element::new("address")
+                    .attr("type", "pci")
+                    .attr("domain", "0x0000")
+                    .attr("bus", &format!("{bus:#04x}"))
+                    .attr("slot", "0x00")
+                    .attr("function", "0x0"),
+            );
+            port_aliases.push((alias, slot));
+        }
         new_devices.push(iface);
     }
     let devices = dom.find_mut("devices").context("template: <devices>")?;
@@ -480,8 +546,90 @@ pub fn render(spec: &DomainSpec) -> Result<String> {
     for (i, d) in new_devices.into_iter().enumerate() {
         devices.children.insert(i, Node::Element(d));
     }
+    if !port_aliases.is_empty() {
+        add_slot_overrides(&mut dom, &port_aliases);
+    }
 
     Ok(xmltree::to_string(&dom))
+}
+
+/// A pcie-root-port on bus `index` with a user alias for `<qemu:override>`.
+fn root_port(index: usize, alias: &str) -> Element {
+    Element::new("controller")
+        .attr("type", "pci")
+        .attr("index", &index.to_string())
+        .attr("model", "pcie-root-port")
+        .child(Element::new("alias").attr("name", alias))
+}
+
+/// The QEMU namespace part of the NIC slots: each root port's `slot` property (libvirt has no
+/// attribute for it) and native PCIe hotplug (libvirt has no element for it), without which
+/// the guest reads the slot's ACPI name instead of its number.
+fn add_slot_overrides(dom: &mut Element, ports: &[(String, u32)]) {
+    dom.set_attr("xmlns:qemu", QEMU_NS);
+    let cmdline = Element::new("qemu:commandline")
+        .child(Element::new("qemu:arg").attr("value", "-global"))
+        .child(Element::new("qemu:arg").attr("value", NATIVE_HOTPLUG_GLOBAL));
+    let mut ov = Element::new("qemu:override");
+    for (alias, slot) in ports {
+        ov = ov.child(
+            Element::new("qemu:device").attr("alias", alias).child(
+                Element::new("qemu:frontend").child(
+                    Element::new("qemu:property")
+                        .attr("name", "slot")
+                        .attr("type", "unsigned")
+                        .attr("value", &slot.to_string()),
+                ),
+            ),
+        );
+    }
+    dom.children.push(Node::Element(cmdline));
+    dom.children.push(Node::Element(ov));
+}
+
+/// Whether the spec's NICs get VMware's slot numbers at all: Linux guests on q35 that ask.
+fn slots_wanted(spec: &DomainSpec) -> bool {
+    spec.nic_slots && spec.os == OsFamily::Linux && !spec.legacy_machine
+}
+
+/// Per NIC, the slot number its root port gets; None: libvirt's default addressing (no
+/// recorded slot, a slot number out of range, or one an earlier NIC has).
+fn nic_ports(spec: &DomainSpec) -> Vec<Option<u32>> {
+    let mut seen = std::collections::HashSet::new();
+    spec.nics
+        .iter()
+        .map(|n| {
+            n.pci_slot
+                .filter(|&s| slots_wanted(spec) && s <= crate::vmx::MAX_PCI_SLOT && seen.insert(s))
+        })
+        .collect()
+}
+
+/// Notes for the NICs that do not get VMware's slot number although the spec asks for it.
+pub fn nic_slot_notes(spec: &DomainSpec) -> Vec<String> {
+    if !slots_wanted(spec) {
+        return Vec::new();
+    }
+    let why = "it gets libvirt's default PCI address, and the guest names it after that (enp1s0 style), not as on VMware";
+    spec.nics
+        .iter()
+        .zip(nic_ports(spec))
+        .enumerate()
+        .filter(|(_, (_, port))| port.is_none())
+        .map(|(i, (nic, _))| {
+            let mac = nic.mac.as_deref().unwrap_or("no MAC");
+            match nic.pci_slot {
+                None => format!(
+                    "NIC {} ({mac}) has no pciSlotNumber in the .vmx: {why}",
+                    i + 1
+                ),
+                Some(s) => format!(
+                    "NIC {} ({mac}): PCI slot {s} is unusable or another NIC's: {why}",
+                    i + 1
+                ),
+            }
+        })
+        .collect()
 }
 
 fn remove_hypervclock(dom: &mut Element) {
@@ -492,29 +640,81 @@ fn remove_hypervclock(dom: &mut Element) {
     }
 }
 
-/// Each disk's bus and `<target dev>`, in `spec.disks` order, as [`render`] writes them: the
+/// Each disk's `<target dev>`, in `spec.disks` order, as [`render`] writes them: the
 /// names the import state records (see [`crate::state::DiskState::target_dev`]).
 pub fn disk_targets(spec: &DomainSpec) -> Vec<String> {
-    place_disks(spec).into_iter().map(|(_, dev)| dev).collect()
+    place_disks(spec).into_iter().map(|p| p.dev).collect()
 }
 
-fn place_disks(spec: &DomainSpec) -> Vec<(DiskBus, String)> {
+/// Where [`render`] puts a disk.
+struct Placed {
+    bus: DiskBus,
+    dev: String,
+    /// On SCSI: (controller, target).
+    scsi: Option<(u32, u32)>,
+}
+
+fn place_disks(spec: &DomainSpec) -> Vec<Placed> {
     let default_bus = match (spec.os, spec.legacy_machine) {
-        (OsFamily::Linux, _) => DiskBus::Virtio,
+        (OsFamily::Linux, _) => spec.linux_disk_bus,
         (OsFamily::Windows, false) => DiskBus::Sata,
         (OsFamily::Windows, true) => DiskBus::Ide,
     };
-    let mut counts = std::collections::HashMap::<&str, usize>::new();
-    spec.disks
+    let buses: Vec<DiskBus> = spec
+        .disks
         .iter()
-        .map(|d| {
-            let bus = d.bus_override.unwrap_or(default_bus);
-            let n = counts.entry(bus.dev_prefix()).or_default();
-            let dev = target_dev(bus.dev_prefix(), *n);
-            *n += 1;
-            (bus, dev)
-        })
+        .map(|d| d.bus_override.unwrap_or(default_bus))
+        .collect();
+    let scsi = scsi_addresses(spec, &buses);
+    // Names: SCSI disks in address order (the order the guest finds them), then each other
+    // bus in the spec's order.
+    let mut order: Vec<usize> = (0..buses.len()).collect();
+    order.sort_by_key(|&i| (buses[i] != DiskBus::Scsi, scsi[i], i));
+    let mut devs = vec![String::new(); buses.len()];
+    let mut counts = std::collections::HashMap::<&str, usize>::new();
+    for i in order {
+        let n = counts.entry(buses[i].dev_prefix()).or_default();
+        devs[i] = target_dev(buses[i].dev_prefix(), *n);
+        *n += 1;
+    }
+    buses
+        .into_iter()
+        .zip(devs)
+        .zip(scsi)
+        .map(|((bus, dev), scsi)| Placed { bus, dev, scsi })
         .collect()
+}
+
+/// (controller, target) of each SCSI disk: the .vmx's controller (renumbered from 0 in order)
+/// and unit where known and free, else the next free target on controller 0.
+fn scsi_addresses(spec: &DomainSpec, buses: &[DiskBus]) -> Vec<Option<(u32, u32)>> {
+    let on_scsi = |i: usize| buses[i] == DiskBus::Scsi;
+    let mut controllers: Vec<u32> = (0..buses.len())
+        .filter(|&i| on_scsi(i))
+        .filter_map(|i| spec.disks[i].scsi_slot.map(|(c, _)| c))
+        .collect();
+    controllers.sort_unstable();
+    controllers.dedup();
+    let mut used = std::collections::HashSet::new();
+    let mut out = vec![None; buses.len()];
+    for (i, slot) in out.iter_mut().enumerate() {
+        if let Some((c, unit)) = spec.disks[i].scsi_slot.filter(|_| on_scsi(i)) {
+            let ctl = controllers.binary_search(&c).expect("listed above") as u32;
+            if used.insert((ctl, unit)) {
+                *slot = Some((ctl, unit));
+            }
+        }
+    }
+    for (i, slot) in out.iter_mut().enumerate() {
+        if on_scsi(i) && slot.is_none() {
+            let target = (0..)
+                .find(|t| !used.contains(&(0, *t)))
+                .expect("a free target");
+            used.insert((0, target));
+            *slot = Some((0, target));
+        }
+    }
+    out
 }
 
 fn disk_element(source: &DiskSource, dev: &str, bus: &str, what: &str) -> Result<Element> {
@@ -686,11 +886,14 @@ mod tests {
                 .map(|i| DiskSpec {
                     source: DiskSource::File(PathBuf::from(format!("/d{i}"))),
                     bus_override: None,
+                    scsi_slot: None,
                 })
                 .collect(),
             nics: vec![],
             serial_log: None,
             extra_virtio_disk: None,
+            nic_slots: true,
+            linux_disk_bus: DiskBus::Scsi,
         }
     }
 
@@ -747,8 +950,51 @@ mod tests {
             ["hda", "hdb"]
         );
         let mut s = spec(OsFamily::Linux, false, 2);
+        s.linux_disk_bus = DiskBus::Virtio;
         s.disks[1].bus_override = Some(DiskBus::Sata);
         assert_eq!(disk_targets(&s), ["vda", "sda"]);
+    }
+
+    #[test]
+    fn scsi_disks_keep_the_vmx_controller_and_unit_and_are_named_in_that_order() {
+        let mut s = spec(OsFamily::Linux, false, 4);
+        // The boot disk first (bios.hddOrder), then scsi0:0, a SCSI disk without a slot
+        // (a SATA disk of the .vmx), and scsi2:3.
+        s.disks[0].scsi_slot = Some((0, 1));
+        s.disks[1].scsi_slot = Some((0, 0));
+        s.disks[3].scsi_slot = Some((2, 3));
+        assert_eq!(disk_targets(&s), ["sdb", "sda", "sdc", "sdd"]);
+        let placed: Vec<_> = place_disks(&s).into_iter().map(|p| p.scsi).collect();
+        assert_eq!(
+            placed,
+            [Some((0, 1)), Some((0, 0)), Some((0, 2)), Some((1, 3))]
+        );
+        let xml = render(&s).unwrap();
+        assert_eq!(xml.matches("model=\"virtio-scsi\"").count(), 2, "{xml}");
+    }
+
+    #[test]
+    fn slotted_nics_get_a_root_port_each_and_the_others_a_note() {
+        let mut s = spec(OsFamily::Linux, false, 1);
+        let nic = |slot| NicSpec {
+            net: NetSource::Network("n".into()),
+            mac: Some("00:50:56:00:00:01".into()),
+            model_override: None,
+            pci_slot: slot,
+        };
+        s.nics = vec![nic(Some(192)), nic(None), nic(Some(192)), nic(Some(1184))];
+        assert_eq!(nic_ports(&s), [Some(192), None, None, Some(1184)]);
+        let notes = nic_slot_notes(&s);
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].starts_with("NIC 2 ") && notes[0].contains("no pciSlotNumber"));
+        assert!(notes[1].starts_with("NIC 3 ") && notes[1].contains("another NIC's"));
+        let xml = render(&s).unwrap();
+        assert_eq!(xml.matches("pcie-root-port").count(), 2, "{xml}");
+        assert_eq!(xml.matches(NATIVE_HOTPLUG_GLOBAL).count(), 1, "{xml}");
+        s.os = OsFamily::Windows;
+        assert!(nic_slot_notes(&s).is_empty());
+        let xml = render(&s).unwrap();
+        assert!(!xml.contains("qemu:"), "Windows guests get no slots: {xml}");
     }
 
     #[test]

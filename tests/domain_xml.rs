@@ -346,10 +346,56 @@ ethernet0.virtualDev = "vmxnet3"
 ethernet0.networkName = "DMZ"
 ethernet0.addressType = "generated"
 ethernet0.generatedAddress = "00:0c:29:12:34:56"
+ethernet0.pciSlotNumber = "192"
 "#;
 
+/// The NIC's root port as libvirt keeps it: (its alias, the slot number the QEMU override
+/// gives it, the bus the NIC sits on).
+fn nic_port(xml: &str) -> Option<(String, String, String)> {
+    let d = El::parse(xml);
+    let dev = d.one("devices");
+    let port = dev
+        .all("controller")
+        .into_iter()
+        .find(|c| c.at("model") == Some("pcie-root-port") && c.opt("alias").is_some())?;
+    let alias = port.one("alias").at("name").unwrap().to_string();
+    let ov = d
+        .one("qemu:override")
+        .all("qemu:device")
+        .into_iter()
+        .find(|x| x.at("alias") == Some(alias.as_str()))
+        .expect("an override for the port");
+    let prop = ov.one("qemu:frontend").one("qemu:property");
+    assert_eq!(
+        (prop.at("name"), prop.at("type")),
+        (Some("slot"), Some("unsigned"))
+    );
+    let args: Vec<&str> = d
+        .one("qemu:commandline")
+        .all("qemu:arg")
+        .iter()
+        .map(|a| a.at("value").unwrap())
+        .collect();
+    assert_eq!(
+        args,
+        [
+            "-global",
+            "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off"
+        ]
+    );
+    let nic_bus = dev.one("interface").one("address").at("bus").unwrap();
+    assert_eq!(
+        u32::from_str_radix(nic_bus.trim_start_matches("0x"), 16)
+            .unwrap()
+            .to_string(),
+        port.at("index").unwrap(),
+        "the NIC sits behind its port"
+    );
+    Some((alias, prop.at("value").unwrap().into(), nic_bus.into()))
+}
+
 #[test]
-fn ubuntu_pvscsi_vmxnet3_gets_virtio_disk_and_nic() {
+fn ubuntu_pvscsi_vmxnet3_gets_virtio_scsi_disk_and_a_nic_on_vmwares_slot() {
     let (vmx, xml, back) = through_everything(UBUNTU.as_bytes(), "ubuntu");
     assert_eq!(vmx.os, OsFamily::Linux);
     assert_eq!(vmx.nics[0].model.as_deref(), Some("vmxnet3"));
@@ -369,7 +415,7 @@ fn ubuntu_pvscsi_vmxnet3_gets_virtio_disk_and_nic() {
             topology: (s("1"), s("2"), s("1")),
             clock: s("utc"),
             hyperv: false,
-            disks: vec![(s("vda"), s("virtio"), disk_path(&name, 0))],
+            disks: vec![(s("sda"), s("scsi"), disk_path(&name, 0))],
             nics: vec![(s("virtio"), Some(s("00:0c:29:12:34:56")), s("lv-DMZ"))],
         }
     );
@@ -377,7 +423,41 @@ fn ubuntu_pvscsi_vmxnet3_gets_virtio_disk_and_nic() {
     let dev = d.one("devices");
     assert_eq!(dev.one("serial").at("type"), Some("pty"));
     assert_eq!(dev.one("console").at("type"), Some("pty"));
-    assert_eq!(summarize(&back).disks[0].1, "virtio");
+    assert_eq!(summarize(&back).disks[0].1, "scsi");
+    let want = Some((s("ua-vmdkimport-nic0-port"), s("192"), s("0x01")));
+    assert_eq!(nic_port(&xml), want);
+    assert_eq!(
+        nic_port(&back),
+        want,
+        "libvirt keeps the port, its alias and the override"
+    );
+    let scsi = El::parse(&back)
+        .one("devices")
+        .all("controller")
+        .into_iter()
+        .filter(|c| c.at("type") == Some("scsi"))
+        .map(|c| c.at("model").unwrap().to_string())
+        .collect::<Vec<_>>();
+    assert_eq!(scsi, ["virtio-scsi"]);
+}
+
+#[test]
+fn kvm_nic_names_and_virtio_blk_give_the_plain_domain() {
+    let dir = tempfile::tempdir().unwrap();
+    let vmx = parse_vmx(&write_vmx(dir.path(), UBUNTU.as_bytes())).unwrap();
+    let name = unique("ubuntu-kvm");
+    let mut spec = spec_for(&vmx, &name);
+    spec.nic_slots = false;
+    spec.linux_disk_bus = vmdkimport::domain_xml::DiskBus::Virtio;
+    let xml = render(&spec).unwrap();
+    validate(&xml);
+    assert!(
+        !xml.contains("qemu:") && !xml.contains("pcie-root-port"),
+        "{xml}"
+    );
+    let back = Defined::new(&xml, &name).inactive_xml();
+    assert_eq!(nic_port(&back), None);
+    assert_eq!(summarize(&back).disks[0].0, "vda");
 }
 
 const RHEL_THREE_DISKS: &str = r#".encoding = "UTF-8"
@@ -460,9 +540,30 @@ fn rhel_disks_come_in_controller_order_and_the_independent_one_is_marked() {
     assert_eq!(
         sm.disks,
         vec![
-            (s("vda"), s("virtio"), disk_path(&name, 0)),
-            (s("vdb"), s("virtio"), disk_path(&name, 1)),
-            (s("vdc"), s("virtio"), disk_path(&name, 2)),
+            (s("sda"), s("scsi"), disk_path(&name, 0)),
+            (s("sdb"), s("scsi"), disk_path(&name, 1)),
+            (s("sdc"), s("scsi"), disk_path(&name, 2)),
+        ]
+    );
+    // VMware's controller and unit: scsi0:0, scsi0:1, scsi1:0.
+    let parsed = El::parse(&xml);
+    let places: Vec<(Option<&str>, Option<&str>)> = parsed
+        .one("devices")
+        .all("disk")
+        .iter()
+        .map(|k| {
+            (
+                k.one("address").at("controller"),
+                k.one("address").at("target"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        places,
+        [
+            (Some("0"), Some("0")),
+            (Some("0"), Some("1")),
+            (Some("1"), Some("0"))
         ]
     );
     assert_eq!(

@@ -543,13 +543,19 @@ fn the_disk_bus(elems: &[Elem], xml: &str) -> (String, String) {
 }
 
 #[test]
-fn print_xml_for_linux_validates_with_a_virtio_disk_and_no_nic() {
+fn print_xml_for_linux_validates_with_a_virtio_scsi_disk_and_no_nic() {
     let tp = TestPool::new("xml-linux");
     let f = Folder::base(SECTORS);
+    let (xml, elems) = print_xml(&tp, &f, &["--disk-bus", "virtio-blk"]);
+    assert_eq!(
+        the_disk_bus(&elems, &xml),
+        ("vda".to_owned(), "virtio".to_owned()),
+        "--disk-bus virtio-blk: the old way"
+    );
     let (xml, elems) = print_xml(&tp, &f, &[]);
     assert_eq!(
         the_disk_bus(&elems, &xml),
-        ("vda".to_owned(), "virtio".to_owned())
+        ("sda".to_owned(), "scsi".to_owned())
     );
     assert!(
         find(&elems, "domain/devices/interface").is_empty(),

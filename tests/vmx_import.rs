@@ -253,15 +253,15 @@ fn two_disk_linux_vm_imports_in_two_stages_from_its_vmx_and_boots() {
         (
             "disk".to_string(),
             dev.to_string(),
-            "virtio".to_string(),
+            "scsi".to_string(),
             tp.name.clone(),
             vol.to_string(),
         )
     };
     assert_eq!(
         disks,
-        vec![expect_disk("vda", &vols[0]), expect_disk("vdb", &vols[1])],
-        "two virtio disks in slot order, no CD-ROM: {xml}"
+        vec![expect_disk("sda", &vols[0]), expect_disk("sdb", &vols[1])],
+        "two virtio-scsi disks in slot order, no CD-ROM: {xml}"
     );
     let devices = dom.one("devices");
     assert_eq!(
@@ -818,8 +818,8 @@ scsi0:0.fileName = "app01.vmdk"
         disks_of(&dom),
         vec![(
             "disk".into(),
-            "vda".into(),
-            "virtio".into(),
+            "sda".into(),
+            "scsi".into(),
             tp.name.clone(),
             format!("{name}-disk0")
         )]
@@ -1116,7 +1116,7 @@ fn os_option_overrides_the_vmx_guest_family() {
     let map = format!("VM Network={}", net.name);
     for (vmx, os, bus, model, clock) in [
         (&linux, "windows", "sata", "e1000e", "localtime"),
-        (&windows, "linux", "virtio", "virtio", "utc"),
+        (&windows, "linux", "scsi", "virtio", "utc"),
     ] {
         let name = unique_name("vmx-os");
         tp.track_domain(&name);
@@ -1303,16 +1303,18 @@ fn boot_disk_from_hdd_order_is_disk0_and_each_chain_lands_in_its_own_volume() {
     );
     let xml = dumpxml(&name);
     let dom = El::parse(&xml);
-    let first = dom.one("devices").all("disk")[0];
-    assert_eq!(
-        first.opt("source").and_then(|s| s.at("volume")),
-        Some(vols[0].as_str())
-    );
+    let disks = dom.one("devices").all("disk");
+    let first = disks
+        .iter()
+        .find(|d| d.opt("source").and_then(|s| s.at("volume")) == Some(vols[0].as_str()))
+        .expect("disk0 in the domain");
     assert_eq!(
         first.opt("boot").and_then(|b| b.at("order")),
         Some("1"),
         "{xml}"
     );
+    // The guest's names follow the SCSI units, not the boot order, as on VMware: scsi0:1 is sdb.
+    assert_eq!(first.one("target").at("dev"), Some("sdb"), "{xml}");
 }
 
 // ---------------------------------------------------------------------------------------------

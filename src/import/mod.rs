@@ -3,6 +3,7 @@
 pub mod fromesx;
 mod guards;
 pub mod lifecycle;
+mod names;
 mod reshape;
 pub mod shape;
 pub mod trial;
@@ -113,6 +114,7 @@ pub struct Request {
     reupload_base: bool,
     /// `--sync` or `--cutover` from an ESXi host.
     esx: Option<fromesx::EsxOptions>,
+    naming: names::Naming,
 }
 
 impl Request {
@@ -211,6 +213,15 @@ impl Request {
             .as_deref()
             .map(crate::cli::normalise_mac)
             .transpose()?;
+        let os = cli.os.map(|o| match o {
+            OsArg::Linux => OsFamily::Linux,
+            OsArg::Windows => OsFamily::Windows,
+        });
+        let naming = names::Naming {
+            nics: cli.nic_names,
+            disk_bus: cli.disk_bus,
+        }
+        .check(os, vmx.as_ref().map(|(_, v)| v))?;
         Ok(Request {
             uri: cli.connect.clone(),
             domain,
@@ -220,10 +231,7 @@ impl Request {
             deltas: cli.deltas.clone(),
             vmx,
             remote,
-            os: cli.os.map(|o| match o {
-                OsArg::Linux => OsFamily::Linux,
-                OsArg::Windows => OsFamily::Windows,
-            }),
+            os,
             memory_mib: cli.memory,
             vcpus: cli.vcpus,
             network,
@@ -245,6 +253,7 @@ impl Request {
             }),
             reupload_base: cli.reupload_base,
             esx,
+            naming,
         })
     }
 }
@@ -1141,6 +1150,7 @@ fn new_domain_spec(req: &Request, conn: &Conn, disks: &[SpecDisk]) -> Result<Dom
                     net: net_source(req, None),
                     mac: req.mac.clone(),
                     model_override: None,
+                    pci_slot: None,
                 }]
             } else {
                 Vec::new()
@@ -1168,11 +1178,14 @@ fn new_domain_spec(req: &Request, conn: &Conn, disks: &[SpecDisk]) -> Result<Dom
                     .map(|s| domain_xml::DiskSpec {
                         source: s.clone(),
                         bus_override: None,
+                        scsi_slot: None,
                     })
                     .collect(),
                 nics,
                 serial_log: None,
                 extra_virtio_disk: None,
+                nic_slots: false,
+                linux_disk_bus: domain_xml::DiskBus::Scsi,
             }
         }
     };
@@ -1193,6 +1206,7 @@ fn new_domain_spec(req: &Request, conn: &Conn, disks: &[SpecDisk]) -> Result<Dom
         spec.cpu = cpu.clone();
     }
     spec.hyperv_passthrough |= req.hyperv_passthrough;
+    req.naming.apply(conn, &mut spec, req.vmx.is_some())?;
     Ok(spec)
 }
 

@@ -1,4 +1,4 @@
-//! The domain-shaping options (`--cpu`, `--memory`, `--vcpus`, `--os`, `--mac`, `--network`, `--bridge`, `--hyperv-passthrough`) given for a domain that exists: applied to a shut-off domain this tool defined, refused with the reason otherwise, never ignored.
+//! The domain-shaping options (`--cpu`, `--memory`, `--vcpus`, `--os`, `--mac`, `--network`, `--bridge`, `--hyperv-passthrough`, `--nic-names`, `--disk-bus`) given for a domain that exists: applied to a shut-off domain this tool defined, refused with the reason otherwise, never ignored.
 
 use anyhow::{bail, ensure, Context, Result};
 
@@ -22,6 +22,7 @@ impl Request {
             || !self.network_map.is_empty()
             || self.bridge.is_some()
             || self.hyperv_passthrough
+            || self.naming.given()
     }
 
     /// The network asked for the NIC on VMware network `vmware_net` (None: the plain one).
@@ -52,6 +53,8 @@ fn domain_os(xml: &Element, st: Option<&ImportState>) -> OsFamily {
 /// Apply the given options to `xml`: what changed, one phrase each.
 fn edit(req: &Request, xml: &mut Element, st: Option<&ImportState>) -> Result<Vec<String>> {
     let os = domain_os(xml, st);
+    req.naming
+        .check_existing(&req.domain, xml, req.vmx.as_ref().map(|(_, v)| v))?;
     let mut changed = Vec::new();
     if let Some(want) = req.os.filter(|&o| o != os) {
         bail!(

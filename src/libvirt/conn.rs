@@ -65,6 +65,13 @@ impl Conn {
         }
     }
 
+    /// The daemon's libvirt version (major * 1,000,000 + minor * 1,000 + release).
+    pub fn lib_version(&self) -> Result<u32> {
+        self.inner
+            .lib_version()
+            .map_err(|e| anyhow::anyhow!("asking {} for its libvirt version: {e}", self.uri))
+    }
+
     /// The underlying `virt` connection, for calls this module does not wrap.
     pub fn raw(&self) -> &Connect {
         &self.inner
