@@ -845,6 +845,61 @@ scsi0:0.fileName = "{file}"
     )
 }
 
+/// `--nic-names` and `--disk-bus` shape Linux guests: refused for a Windows guest, and
+/// `--nic-names vmware` without a .vmx, before anything is touched; for a domain that exists
+/// they are refused when it is defined otherwise (its devices are not moved in place).
+#[test]
+fn naming_options_are_refused_where_they_cannot_apply() {
+    let tp = TestPool::new("vmx-naming");
+    let dir = vm_folder(&tp);
+    let base = flat_base(&dir, "app05", &patterned(0xa905, 8 * MIB), 0x05050505);
+    let linux = dir.join("linux.vmx");
+    std::fs::write(&linux, single_disk_vmx("app05", "app05.vmdk")).unwrap();
+    let windows = dir.join("windows.vmx");
+    std::fs::write(
+        &windows,
+        single_disk_vmx("app05", "app05.vmdk").replace("rhel9-64", "windows2019srv-64"),
+    )
+    .unwrap();
+    let name = unique_name("vmx-naming");
+    tp.track_domain(&name);
+
+    for opt in [["--disk-bus", "virtio-blk"], ["--nic-names", "kvm"]] {
+        let r = import(&tp, &name, &windows, &opt);
+        println!("{r}");
+        assert_ne!(r.code(), Some(0), "{r}");
+        assert!(r.stderr().contains("shapes Linux guests"), "{r}");
+    }
+    let r = tool(&[
+        "--domain",
+        &name,
+        "--flat",
+        base.to_str().unwrap(),
+        "--nic-names",
+        "vmware",
+        "--print-xml",
+    ]);
+    assert_ne!(r.code(), Some(0), "{r}");
+    assert!(r.stderr().contains("give --vmx"), "{r}");
+    assert!(!domain_exists(&name), "a refusal defined the domain");
+
+    import(&tp, &name, &linux, &[CPU[0], CPU[1]]).ok();
+    let before = dumpxml(&name);
+    let r = import(
+        &tp,
+        &name,
+        &linux,
+        &["--disk-bus", "virtio-blk", CPU[0], CPU[1]],
+    );
+    println!("{r}");
+    assert_ne!(r.code(), Some(0), "{r}");
+    assert!(
+        r.stderr().contains("has a disk on bus scsi") && r.stderr().contains("virsh undefine"),
+        "{r}"
+    );
+    assert_eq!(dumpxml(&name), before, "the refusal changed the domain");
+}
+
 /// ESX moves fileName to the newest child at every snapshot. A snapshot taken after stage 1
 /// (the .vmx now names app02-000002.vmdk over app02-000001.vmdk) must not lose the first
 /// one: stage 2 applies both, oldest first, above the base stage 1 uploaded.
@@ -1189,6 +1244,20 @@ fn dry_run_and_print_xml_of_a_vmx_import_create_nothing() {
     let dom = El::parse(&xml);
     assert_eq!(dom.one("uuid").text, uuid);
     assert_eq!(disks_of(&dom).len(), 2, "{xml}");
+    // The NIC behind its root port, slot 192 as on VMware, and native PCIe hotplug.
+    assert!(
+        xml.contains(r#"model="pcie-root-port""#)
+            && xml.contains(r#"<qemu:property name="slot" type="unsigned" value="192"/>"#)
+            && xml.contains("ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off"),
+        "{xml}"
+    );
+    let kvm = import(&tp, &name, &vmx, &["--print-xml", "--nic-names", "kvm"]).ok();
+    let kvm = kvm.stdout();
+    validate_domain_xml(&kvm);
+    assert!(
+        !kvm.contains("qemu:") && !kvm.contains("pcie-root-port"),
+        "{kvm}"
+    );
     assert!(!domain_exists(&name), "--print-xml defined the domain");
     assert_eq!(
         volume_names(&tp),
