@@ -4,7 +4,8 @@
 # /var/tmp/vmdkimport-debian-guest): disk.raw (an MBR disk, one ext4 partition at 1 MiB), and
 # the guest's vmlinuz and initrd.img for a direct kernel boot. The guest runs the unit
 # vmdkimport-report.service: once boot is over it prints `ip -br addr`, `findmnt /` and
-# `systemctl --failed` on ttyS0 between REPORT-BEGIN and REPORT-END lines, then powers off.
+# `systemctl --failed` on ttyS0 between REPORT-BEGIN and REPORT-END lines, each line starting
+# with `REPORT: `, then powers off. No getty on ttyS0, so no login prompt cuts into the report.
 # No mounts of our own: debootstrap (minbase) makes the root in a folder, mkfs.ext4 -d makes the
 # filesystem from it, sfdisk and dd make the disk. Prints the seconds it took.
 set -euo pipefail
@@ -12,7 +13,7 @@ set -euo pipefail
 cache=${VMDKIMPORT_GUEST_CACHE:-/var/tmp/vmdkimport-debian-guest}
 mirror=${VMDKIMPORT_GUEST_MIRROR:-http://deb.debian.org/debian}
 pkgs=systemd,systemd-sysv,udev,iproute2,ifupdown,linux-image-amd64
-key="v1 bookworm $pkgs"
+key="v2 bookworm $pkgs"
 say() { echo "debian-guest: $*"; }
 die() { echo "debian-guest: $*" >&2; exit 1; }
 
@@ -72,14 +73,13 @@ cat >"$root/usr/local/sbin/vmdkimport-report" <<'EOF'
 #!/bin/sh
 # Wait until boot is over (running or degraded), report, power off.
 state=$(systemctl is-system-running --wait)
-{
-    echo "REPORT-BEGIN"
+report=$(
     echo "system: $state"
     ip -br addr
     findmnt -n -o SOURCE,TARGET,FSTYPE /
     systemctl --failed --no-legend --plain
-    echo "REPORT-END"
-} >/dev/ttyS0 2>&1
+)
+printf 'REPORT-BEGIN\n%s\nREPORT-END\n' "$(printf '%s\n' "$report" | sed 's/^/REPORT: /')" >/dev/ttyS0
 systemctl poweroff
 EOF
 chmod 755 "$root/usr/local/sbin/vmdkimport-report"
@@ -96,6 +96,7 @@ WantedBy=multi-user.target
 EOF
 ln -sf /etc/systemd/system/vmdkimport-report.service \
     "$root/etc/systemd/system/multi-user.target.wants/vmdkimport-report.service"
+ln -sf /dev/null "$root/etc/systemd/system/serial-getty@ttyS0.service"
 # Smaller image: no documentation, no package lists, no downloaded packages.
 rm -rf "$root/usr/share/doc" "$root/usr/share/man" "$root/usr/share/locale" \
     "$root/var/cache/apt/archives/"*.deb "$root/var/lib/apt/lists/"*

@@ -205,7 +205,7 @@ ethernet0.pciSlotNumber = "192"
 fn boot_directly_under_tcg(domain: &str, guest: &Path, log: &Path) {
     let xml = dumpxml(domain);
     let kernel = format!(
-        "<kernel>{}</kernel><initrd>{}</initrd><cmdline>root=/dev/sda1 ro console=ttyS0</cmdline></os>",
+        "<kernel>{}</kernel><initrd>{}</initrd><cmdline>root=/dev/sda1 ro console=ttyS0 quiet</cmdline></os>",
         guest.join("vmlinuz").display(),
         guest.join("initrd.img").display()
     );
@@ -223,7 +223,7 @@ fn boot_directly_under_tcg(domain: &str, guest: &Path, log: &Path) {
     virsh(&["define", f.path().to_str().unwrap()]).ok();
 }
 
-/// The guest's report: the lines between REPORT-BEGIN and REPORT-END on its console.
+/// The guest's report: its console's lines that start with `REPORT: `, once REPORT-END is there.
 fn report(log: &Path) -> Vec<String> {
     let end = wait_for_line(log, "REPORT-END", Duration::from_secs(300));
     let console = String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned();
@@ -233,10 +233,8 @@ fn report(log: &Path) -> Vec<String> {
     );
     let lines: Vec<String> = console
         .lines()
-        .map(|l| l.trim_end_matches('\r').to_string())
-        .skip_while(|l| !l.contains("REPORT-BEGIN"))
-        .skip(1)
-        .take_while(|l| !l.contains("REPORT-END"))
+        .filter_map(|l| l.split_once("REPORT: "))
+        .map(|(_, r)| r.trim_end_matches('\r').to_string())
         .collect();
     println!("guest report:\n{}", lines.join("\n"));
     lines
