@@ -10,6 +10,7 @@ pub mod interrupt;
 pub mod libvirt;
 pub mod out;
 pub mod plan;
+pub mod qcow2;
 pub mod state;
 pub mod vmdk;
 pub mod vmx;

@@ -1,0 +1,612 @@
+//! A qcow2 image holding a chain's changed pieces over a raw backing file, produced front to back as one stream (16 KiB clusters, extended L2: 512-byte subclusters).
+//!
+//! Why this geometry: VMware grains are multiples of 512 bytes (COWD's can be exactly 512), so
+//! the image must map 512-byte units to keep every byte outside the changed runs in the
+//! backing file. Extended L2 entries give a 16 KiB cluster 32 subclusters of 512 bytes, each
+//! allocated (data here), zero (reads zeros, hiding the base) or unallocated (read from the
+//! backing file). 512-byte clusters would map the same, but their L1 table grows to 1 MiB per
+//! 4 GiB of disk and QEMU's 32 MiB L1 limit caps them at 128 GiB; with 16 KiB clusters one L2
+//! table maps 16 MiB and a 1 TiB disk needs a 512 KiB L1 table. The unallocated subclusters
+//! of a data cluster are holes in the stream, so the image sent is the changed data plus its
+//! tables.
+//!
+//! Layout: header cluster (header, backing-format extension, backing file name), L1 table,
+//! refcount table, refcount blocks, L2 tables, data clusters in virtual order; every cluster
+//! has refcount 1, every table entry the COPIED flag.
+
+use std::collections::VecDeque;
+use std::io::{self, Read};
+
+use crate::image_read::{Extent, ImageRead};
+use crate::vmdk::{Chain, Piece, Source};
+
+pub const CLUSTER_BITS: u32 = 14;
+pub const CLUSTER: u64 = 1 << CLUSTER_BITS;
+pub const SUBCLUSTER: u64 = CLUSTER / 32;
+const L2_ENTRY_BYTES: u64 = 16;
+const L2_ENTRIES: u64 = CLUSTER / L2_ENTRY_BYTES;
+const REFCOUNTS_PER_BLOCK: u64 = CLUSTER / 2;
+const COPIED: u64 = 1 << 63;
+const INCOMPAT_EXTENDED_L2: u64 = 1 << 4;
+const HEADER_BYTES: usize = 104;
+const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
+/// QEMU refuses backing file names longer than this.
+const MAX_BACKING_NAME: usize = 1023;
+/// QEMU refuses an L1 table larger than this.
+const MAX_L1_BYTES: u64 = 32 << 20;
+
+/// One cluster of the virtual disk that the chain touches.
+#[derive(Debug)]
+struct Cluster {
+    index: u64,
+    /// Subclusters holding data (bit n: bytes n*512..(n+1)*512 of the cluster).
+    alloc: u32,
+    /// Subclusters that read as zeros.
+    zero: u32,
+    /// The data pieces inside the cluster.
+    parts: Vec<Piece>,
+}
+
+impl Cluster {
+    fn add(&mut self, p: Piece) {
+        let first = (p.offset - self.index * CLUSTER) / SUBCLUSTER;
+        let n = p.len / SUBCLUSTER;
+        let mask = (((1u64 << n) - 1) << first) as u32;
+        match p.source {
+            Source::Zeros => self.zero |= mask,
+            Source::Data { .. } => {
+                self.alloc |= mask;
+                self.parts.push(p);
+            }
+        }
+    }
+}
+
+/// `p` cut at virtual byte `at` (inside it): the part before and the part from `at` on.
+fn split(p: Piece, at: u64) -> (Piece, Piece) {
+    let head_len = at - p.offset;
+    let tail_source = match &p.source {
+        Source::Zeros => Source::Zeros,
+        Source::Data { file, offset } => Source::Data {
+            file: file.clone(),
+            offset: offset + head_len,
+        },
+    };
+    let tail = Piece {
+        offset: at,
+        len: p.len - head_len,
+        source: tail_source,
+    };
+    let head = Piece { len: head_len, ..p };
+    (head, tail)
+}
+
+/// The chain's pieces regrouped by cluster, in virtual order.
+struct ClusterWalk<I> {
+    pieces: I,
+    pending: Option<Piece>,
+}
+
+fn misaligned(p: &Piece) -> io::Error {
+    io::Error::other(format!(
+        "a changed run at byte {} of {} bytes is not a whole number of 512-byte sectors",
+        p.offset, p.len
+    ))
+}
+
+impl<I: Iterator<Item = Result<Piece, crate::vmdk::Error>>> ClusterWalk<I> {
+    fn pull(&mut self) -> Option<io::Result<Piece>> {
+        if let Some(p) = self.pending.take() {
+            return Some(Ok(p));
+        }
+        let p = self.pieces.next()?;
+        Some(
+            p.map_err(|e| io::Error::other(format!("{e:#}")))
+                .and_then(|p| {
+                    if p.offset % SUBCLUSTER != 0 || p.len % SUBCLUSTER != 0 {
+                        Err(misaligned(&p))
+                    } else {
+                        Ok(p)
+                    }
+                }),
+        )
+    }
+}
+
+impl<I: Iterator<Item = Result<Piece, crate::vmdk::Error>>> Iterator for ClusterWalk<I> {
+    type Item = io::Result<Cluster>;
+
+    fn next(&mut self) -> Option<io::Result<Cluster>> {
+        let mut p = match self.pull()? {
+            Ok(p) => p,
+            Err(e) => return Some(Err(e)),
+        };
+        let index = p.offset / CLUSTER;
+        let end = (index + 1) * CLUSTER;
+        let mut c = Cluster {
+            index,
+            alloc: 0,
+            zero: 0,
+            parts: Vec::new(),
+        };
+        loop {
+            if p.end() > end {
+                let (head, tail) = split(p, end);
+                c.add(head);
+                self.pending = Some(tail);
+                break;
+            }
+            c.add(p);
+            match self.pull() {
+                None => break,
+                Some(Err(e)) => return Some(Err(e)),
+                Some(Ok(n)) if n.offset >= end => {
+                    self.pending = Some(n);
+                    break;
+                }
+                Some(Ok(n)) => p = n,
+            }
+        }
+        Some(Ok(c))
+    }
+}
+
+fn walk(chain: &Chain) -> ClusterWalk<crate::vmdk::Pieces<'_>> {
+    ClusterWalk {
+        pieces: chain.pieces(),
+        pending: None,
+    }
+}
+
+/// Where everything goes in the image (offsets in bytes, counts in clusters).
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub capacity: u64,
+    l1_entries: u64,
+    l1_offset: u64,
+    rt_offset: u64,
+    rt_clusters: u64,
+    rb_offset: u64,
+    rb_count: u64,
+    l2_offset: u64,
+    /// The L2 tables present, by index (virtual offset / 16 MiB), ascending.
+    l2_tables: Vec<u64>,
+    data_offset: u64,
+    pub data_clusters: u64,
+    total_clusters: u64,
+}
+
+impl Layout {
+    /// The image's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.total_clusters * CLUSTER
+    }
+
+    /// Bytes of tables (everything but the data clusters).
+    pub fn table_bytes(&self) -> u64 {
+        self.data_offset
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// Read every piece of `chain` once and place the image's parts.
+pub fn layout(chain: &Chain) -> io::Result<Layout> {
+    let capacity = chain.capacity();
+    let l1_entries = capacity.div_ceil(L2_ENTRIES * CLUSTER);
+    if l1_entries * 8 > MAX_L1_BYTES {
+        return Err(io::Error::other(format!(
+            "a disk of {capacity} bytes is too large for a qcow2 overlay with {CLUSTER}-byte clusters"
+        )));
+    }
+    let mut l2_tables: Vec<u64> = Vec::new();
+    let mut data_clusters = 0u64;
+    for c in walk(chain) {
+        crate::interrupt::check().map_err(|e| io::Error::other(format!("{e:#}")))?;
+        let c = c?;
+        if c.alloc != 0 {
+            data_clusters += 1;
+        }
+        let l2 = c.index / L2_ENTRIES;
+        if l2_tables.last() != Some(&l2) {
+            l2_tables.push(l2);
+        }
+    }
+    let l1_clusters = (l1_entries * 8).div_ceil(CLUSTER).max(1);
+    let fixed = 1 + l1_clusters + l2_tables.len() as u64 + data_clusters;
+    let (mut rt, mut rb) = (1u64, 1u64);
+    loop {
+        let total = fixed + rt + rb;
+        let nrb = total.div_ceil(REFCOUNTS_PER_BLOCK);
+        let nrt = (nrb * 8).div_ceil(CLUSTER);
+        if (nrt, nrb) == (rt, rb) {
+            break;
+        }
+        (rt, rb) = (nrt, nrb);
+    }
+    let l1_offset = CLUSTER;
+    let rt_offset = l1_offset + l1_clusters * CLUSTER;
+    let rb_offset = rt_offset + rt * CLUSTER;
+    let l2_offset = rb_offset + rb * CLUSTER;
+    let data_offset = l2_offset + l2_tables.len() as u64 * CLUSTER;
+    Ok(Layout {
+        capacity,
+        l1_entries,
+        l1_offset,
+        rt_offset,
+        rt_clusters: rt,
+        rb_offset,
+        rb_count: rb,
+        l2_offset,
+        l2_tables,
+        data_offset,
+        data_clusters,
+        total_clusters: fixed + rt + rb,
+    })
+}
+
+/// The header cluster: qcow2 version 3 header, the backing format extension ("raw"), the
+/// end of extensions, then the backing file's name.
+fn header(l: &Layout, backing: &str) -> io::Result<Vec<u8>> {
+    if backing.is_empty() || backing.len() > MAX_BACKING_NAME {
+        return Err(io::Error::other(format!(
+            "backing file name '{backing}': must be 1 to {MAX_BACKING_NAME} bytes"
+        )));
+    }
+    let mut h = Vec::with_capacity(CLUSTER as usize);
+    let backing_offset = (HEADER_BYTES + 16 + 8) as u64;
+    h.extend_from_slice(b"QFI\xfb");
+    h.extend_from_slice(&3u32.to_be_bytes());
+    h.extend_from_slice(&backing_offset.to_be_bytes());
+    h.extend_from_slice(&(backing.len() as u32).to_be_bytes());
+    h.extend_from_slice(&CLUSTER_BITS.to_be_bytes());
+    h.extend_from_slice(&l.capacity.to_be_bytes());
+    h.extend_from_slice(&0u32.to_be_bytes()); // no encryption
+    h.extend_from_slice(&(l.l1_entries as u32).to_be_bytes());
+    h.extend_from_slice(&l.l1_offset.to_be_bytes());
+    h.extend_from_slice(&l.rt_offset.to_be_bytes());
+    h.extend_from_slice(&(l.rt_clusters as u32).to_be_bytes());
+    h.extend_from_slice(&0u32.to_be_bytes()); // snapshots
+    h.extend_from_slice(&0u64.to_be_bytes());
+    h.extend_from_slice(&INCOMPAT_EXTENDED_L2.to_be_bytes());
+    h.extend_from_slice(&0u64.to_be_bytes()); // compatible features
+    h.extend_from_slice(&0u64.to_be_bytes()); // autoclear features
+    h.extend_from_slice(&4u32.to_be_bytes()); // refcount order: 16-bit refcounts
+    h.extend_from_slice(&(HEADER_BYTES as u32).to_be_bytes());
+    debug_assert_eq!(h.len(), HEADER_BYTES);
+    h.extend_from_slice(&EXT_BACKING_FORMAT.to_be_bytes());
+    h.extend_from_slice(&3u32.to_be_bytes());
+    h.extend_from_slice(b"raw\0\0\0\0\0");
+    h.extend_from_slice(&[0u8; 8]); // end of extensions
+    h.extend_from_slice(backing.as_bytes());
+    h.resize(CLUSTER as usize, 0);
+    Ok(h)
+}
+
+fn put(buf: &mut [u8], index: u64, value: u64) {
+    let at = index as usize * 8;
+    buf[at..at + 8].copy_from_slice(&value.to_be_bytes());
+}
+
+/// What the stream holds next.
+enum Chunk {
+    Bytes(Vec<u8>, usize),
+    Zeros(u64),
+}
+
+/// Where the producer stands.
+enum Phase {
+    Header,
+    L1,
+    RefcountTable,
+    RefcountBlock(u64),
+    L2Table(usize),
+    Data,
+    Done,
+}
+
+/// The image as an [`ImageRead`]: read front to back, its unallocated subclusters and
+/// unused table space reported as zeros (holes in a sparse upload).
+pub struct Overlay<'c> {
+    chain: &'c Chain,
+    layout: Layout,
+    backing: String,
+    phase: Phase,
+    queue: VecDeque<Chunk>,
+    clusters: ClusterWalk<crate::vmdk::Pieces<'c>>,
+    /// The next cluster of the walk, read ahead while L2 tables are made.
+    ahead: Option<Cluster>,
+    data_rank: u64,
+    produced: u64,
+}
+
+impl<'c> Overlay<'c> {
+    /// The image of `chain`'s changed pieces whose backing file is `backing` (raw), with the
+    /// layout [`layout`] found for the same chain.
+    pub fn new(chain: &'c Chain, layout: Layout, backing: &str) -> io::Result<Overlay<'c>> {
+        header(&layout, backing)?;
+        Ok(Overlay {
+            chain,
+            layout,
+            backing: backing.to_string(),
+            phase: Phase::Header,
+            queue: VecDeque::new(),
+            clusters: walk(chain),
+            ahead: None,
+            data_rank: 0,
+            produced: 0,
+        })
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Queue the next part of the image; false at the end.
+    fn produce(&mut self) -> io::Result<bool> {
+        let l = &self.layout;
+        match self.phase {
+            Phase::Header => {
+                self.queue
+                    .push_back(Chunk::Bytes(header(l, &self.backing)?, 0));
+                self.phase = Phase::L1;
+            }
+            Phase::L1 => {
+                let mut t = vec![0u8; (l.rt_offset - l.l1_offset) as usize];
+                for (k, i) in l.l2_tables.iter().enumerate() {
+                    put(&mut t, *i, (l.l2_offset + k as u64 * CLUSTER) | COPIED);
+                }
+                self.queue.push_back(Chunk::Bytes(t, 0));
+                self.phase = Phase::RefcountTable;
+            }
+            Phase::RefcountTable => {
+                let mut t = vec![0u8; (l.rt_clusters * CLUSTER) as usize];
+                for b in 0..l.rb_count {
+                    put(&mut t, b, l.rb_offset + b * CLUSTER);
+                }
+                self.queue.push_back(Chunk::Bytes(t, 0));
+                self.phase = Phase::RefcountBlock(0);
+            }
+            Phase::RefcountBlock(b) => {
+                let first = b * REFCOUNTS_PER_BLOCK;
+                let used = l
+                    .total_clusters
+                    .saturating_sub(first)
+                    .min(REFCOUNTS_PER_BLOCK);
+                let mut t = vec![0u8; CLUSTER as usize];
+                for k in 0..used as usize {
+                    t[2 * k + 1] = 1;
+                }
+                self.queue.push_back(Chunk::Bytes(t, 0));
+                self.phase = if b + 1 < l.rb_count {
+                    Phase::RefcountBlock(b + 1)
+                } else {
+                    Phase::L2Table(0)
+                };
+            }
+            Phase::L2Table(k) if k < l.l2_tables.len() => {
+                let t = self.l2_table(l.l2_tables[k])?;
+                self.queue.push_back(Chunk::Bytes(t, 0));
+                self.phase = Phase::L2Table(k + 1);
+            }
+            Phase::L2Table(_) => {
+                // The data pass walks the pieces again from the start.
+                self.ahead = None;
+                self.clusters = walk(self.chain);
+                self.phase = Phase::Data;
+                return Ok(true);
+            }
+            Phase::Data => return self.data_cluster(),
+            Phase::Done => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// The L2 table of the 16 MiB at `index`: every cluster the walk gives there.
+    fn l2_table(&mut self, index: u64) -> io::Result<Vec<u8>> {
+        let mut t = vec![0u8; CLUSTER as usize];
+        loop {
+            let c = match self.ahead.take() {
+                Some(c) => c,
+                None => match self.clusters.next() {
+                    Some(c) => c?,
+                    None => break,
+                },
+            };
+            if c.index / L2_ENTRIES != index {
+                self.ahead = Some(c);
+                break;
+            }
+            let slot = c.index % L2_ENTRIES;
+            let word0 = if c.alloc != 0 {
+                let host = self.layout.data_offset + self.data_rank * CLUSTER;
+                self.data_rank += 1;
+                host | COPIED
+            } else {
+                0
+            };
+            put(&mut t, 2 * slot, word0);
+            put(
+                &mut t,
+                2 * slot + 1,
+                (u64::from(c.zero) << 32) | u64::from(c.alloc),
+            );
+        }
+        Ok(t)
+    }
+
+    /// Queue the next data cluster: its allocated subclusters as bytes, the rest as zeros.
+    fn data_cluster(&mut self) -> io::Result<bool> {
+        let c = loop {
+            match self.clusters.next() {
+                None => {
+                    self.phase = Phase::Done;
+                    return Ok(false);
+                }
+                Some(c) => {
+                    let c = c?;
+                    if c.alloc != 0 {
+                        break c;
+                    }
+                }
+            }
+        };
+        let base = c.index * CLUSTER;
+        let mut buf = vec![0u8; CLUSTER as usize];
+        for p in &c.parts {
+            let at = (p.offset - base) as usize;
+            p.read_at(0, &mut buf[at..at + p.len as usize])?;
+        }
+        let mut sc = 0u32;
+        while sc < 32 {
+            let on = c.alloc >> sc & 1 == 1;
+            let mut end = sc + 1;
+            while end < 32 && (c.alloc >> end & 1 == 1) == on {
+                end += 1;
+            }
+            let (a, b) = (
+                (u64::from(sc) * SUBCLUSTER) as usize,
+                (u64::from(end) * SUBCLUSTER) as usize,
+            );
+            self.queue.push_back(if on {
+                Chunk::Bytes(buf[a..b].to_vec(), 0)
+            } else {
+                Chunk::Zeros((b - a) as u64)
+            });
+            sc = end;
+        }
+        Ok(true)
+    }
+
+    /// Make sure a chunk is queued; false at the end of the image.
+    fn fill(&mut self) -> io::Result<bool> {
+        while self.queue.is_empty() {
+            if !self.produce()? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Bytes produced so far.
+    pub fn produced(&self) -> u64 {
+        self.produced
+    }
+}
+
+impl Read for Overlay<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() || !self.fill()? {
+            return Ok(0);
+        }
+        let n = match self.queue.front_mut().expect("filled") {
+            Chunk::Bytes(b, pos) => {
+                let n = buf.len().min(b.len() - *pos);
+                buf[..n].copy_from_slice(&b[*pos..*pos + n]);
+                *pos += n;
+                if *pos == b.len() {
+                    self.queue.pop_front();
+                }
+                n
+            }
+            Chunk::Zeros(z) => {
+                let n = (buf.len() as u64).min(*z) as usize;
+                buf[..n].fill(0);
+                *z -= n as u64;
+                if *z == 0 {
+                    self.queue.pop_front();
+                }
+                n
+            }
+        };
+        self.produced += n as u64;
+        Ok(n)
+    }
+}
+
+impl ImageRead for Overlay<'_> {
+    fn next_extent(&mut self, max: u64) -> io::Result<Extent> {
+        let max = max.max(1);
+        if !self.fill()? {
+            return Ok(Extent::Data(max));
+        }
+        Ok(match self.queue.front_mut().expect("filled") {
+            Chunk::Bytes(b, pos) => Extent::Data(((b.len() - *pos) as u64).min(max)),
+            Chunk::Zeros(z) => {
+                let n = (*z).min(max);
+                *z -= n;
+                if *z == 0 {
+                    self.queue.pop_front();
+                }
+                self.produced += n;
+                Extent::Zeros(n)
+            }
+        })
+    }
+}
+
+/// Write the overlay image of `chain` (backing file `backing`, raw) to `path`, zeros as holes;
+/// returns its layout. For tests and for looking at an overlay with `qemu-img`.
+pub fn write_file(chain: &Chain, backing: &str, path: &std::path::Path) -> io::Result<Layout> {
+    use std::io::{Seek, SeekFrom, Write};
+    let l = layout(chain)?;
+    let mut img = Overlay::new(chain, l.clone(), backing)?;
+    let mut out = std::fs::File::create(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match img.next_extent(1 << 30)? {
+            Extent::Zeros(n) => {
+                out.seek(SeekFrom::Current(n as i64))?;
+            }
+            Extent::Data(n) => {
+                let want = (n as usize).min(buf.len());
+                let got = img.read(&mut buf[..want])?;
+                if got == 0 {
+                    break;
+                }
+                out.write_all(&buf[..got])?;
+            }
+        }
+    }
+    out.set_len(l.len())?;
+    out.sync_all()?;
+    Ok(l)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zeros(offset: u64, len: u64) -> Piece {
+        Piece {
+            offset,
+            len,
+            source: Source::Zeros,
+        }
+    }
+
+    #[test]
+    fn a_piece_across_clusters_is_split_into_subcluster_masks() {
+        let pieces: Vec<Result<Piece, crate::vmdk::Error>> =
+            vec![Ok(zeros(CLUSTER - 1024, 2048)), Ok(zeros(3 * CLUSTER, 512))];
+        let w = ClusterWalk {
+            pieces: pieces.into_iter(),
+            pending: None,
+        };
+        let got: Vec<_> = w.map(|c| c.unwrap()).map(|c| (c.index, c.zero)).collect();
+        assert_eq!(got, [(0, 0b11 << 30), (1, 0b11), (3, 1)]);
+    }
+
+    #[test]
+    fn a_piece_not_in_whole_sectors_is_refused() {
+        let pieces: Vec<Result<Piece, crate::vmdk::Error>> = vec![Ok(zeros(100, 512))];
+        let mut w = ClusterWalk {
+            pieces: pieces.into_iter(),
+            pending: None,
+        };
+        let e = w.next().unwrap().unwrap_err().to_string();
+        assert!(e.contains("byte 100"), "{e}");
+    }
+}
