@@ -169,6 +169,57 @@ impl Dom {
     }
 }
 
+/// A disk's block job, as `virDomainGetBlockJobInfo` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockJob {
+    /// The job is an active block commit (`VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT`).
+    pub active_commit: bool,
+    /// Progress: `cur` of `end` (units libvirt chooses); equal once the job is ready.
+    pub cur: u64,
+    pub end: u64,
+}
+
+impl Dom {
+    /// Start an active block commit of disk `dev` (its top image merged into its backing
+    /// file), at most `bandwidth` bytes per second (0: no limit).
+    pub fn block_commit_active(&self, dev: &str, bandwidth: u64) -> Result<()> {
+        super::ffi::block_commit_active(&self.dom, dev, bandwidth).with_context(|| {
+            format!(
+                "starting a block commit of disk {dev} of domain '{}'",
+                self.name
+            )
+        })
+    }
+
+    /// The block job running on disk `dev`, if any.
+    pub fn block_job(&self, dev: &str) -> Result<Option<BlockJob>> {
+        let info = super::ffi::block_job_info(&self.dom, dev).with_context(|| {
+            format!(
+                "reading the block job of disk {dev} of domain '{}'",
+                self.name
+            )
+        })?;
+        Ok(info.map(|i| BlockJob {
+            active_commit: i.kind == sys::VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT as i32,
+            cur: i.cur,
+            end: i.end,
+        }))
+    }
+
+    /// Pivot disk `dev` to its block job's target (the commit's base): the daemon's error
+    /// as is, so a caller can tell "not ready yet" from a failure.
+    pub fn block_job_pivot(&self, dev: &str) -> std::result::Result<(), virt::error::Error> {
+        super::ffi::block_job_abort(&self.dom, dev, true)
+    }
+
+    /// The running domain's live XML (what QEMU uses now).
+    pub fn live_xml(&self) -> Result<String> {
+        self.dom
+            .xml_desc(0)
+            .with_context(|| format!("reading the live XML of domain '{}'", self.name))
+    }
+}
+
 impl std::fmt::Debug for Dom {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dom").field("name", &self.name).finish()

@@ -1,8 +1,9 @@
-//! The few raw libvirt calls the `virt` 0.5 crate wraps unsafely or not at all: stream holes, and closing handles without panicking.
+//! The few raw libvirt calls the `virt` 0.5 crate wraps unsafely or not at all: stream holes, closing handles without panicking, block commit jobs.
 
 use std::mem::ManuallyDrop;
 
 use virt::connect::Connect;
+use virt::domain::Domain;
 use virt::error::Error;
 use virt::stream::Stream;
 
@@ -59,5 +60,86 @@ pub(crate) fn connect_close(conn: &mut ManuallyDrop<Connect>) {
     // once, from its Drop; being ManuallyDrop, virt's Drop does not close it a second time.
     unsafe {
         virt::sys::virConnectClose(conn.as_ptr());
+    }
+}
+
+/// What `virDomainGetBlockJobInfo` says of a disk's block job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BlockJobInfo {
+    pub kind: i32,
+    pub cur: u64,
+    pub end: u64,
+}
+
+/// `disk` (a target name such as `vda`) as a C string, or the error libvirt would give for it.
+fn disk_cstr(disk: &str) -> Result<std::ffi::CString, Error> {
+    std::ffi::CString::new(disk).map_err(|_| Error::last_error())
+}
+
+/// Start an active block commit of `disk`'s top image into its backing file
+/// (`virDomainBlockCommit` with `VIR_DOMAIN_BLOCK_COMMIT_ACTIVE`, base and top left to
+/// libvirt), at most `bandwidth` bytes per second (0: no limit).
+pub(crate) fn block_commit_active(dom: &Domain, disk: &str, bandwidth: u64) -> Result<(), Error> {
+    let d = disk_cstr(disk)?;
+    // SAFETY: `dom` is a live `virt::domain::Domain`, so its pointer is a valid, referenced
+    // virDomainPtr for this call; `d` is a NUL-terminated string that outlives the call; NULL
+    // base and top are documented as "the backing file" and "the active image"; libvirt keeps
+    // none of these pointers.
+    let rc = unsafe {
+        virt::sys::virDomainBlockCommit(
+            dom.as_ptr(),
+            d.as_ptr(),
+            std::ptr::null(),
+            std::ptr::null(),
+            bandwidth as std::os::raw::c_ulong,
+            virt::sys::VIR_DOMAIN_BLOCK_COMMIT_ACTIVE
+                | virt::sys::VIR_DOMAIN_BLOCK_COMMIT_BANDWIDTH_BYTES,
+        )
+    };
+    if rc < 0 {
+        Err(Error::last_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// The block job running on `disk`, if any (`virDomainGetBlockJobInfo`).
+pub(crate) fn block_job_info(dom: &Domain, disk: &str) -> Result<Option<BlockJobInfo>, Error> {
+    let d = disk_cstr(disk)?;
+    let mut info = virt::sys::virDomainBlockJobInfo {
+        type_: 0,
+        bandwidth: 0,
+        cur: 0,
+        end: 0,
+    };
+    // SAFETY: as in `block_commit_active` for `dom` and `d`; `info` is a properly sized
+    // struct on our stack that libvirt fills and does not keep.
+    let rc = unsafe { virt::sys::virDomainGetBlockJobInfo(dom.as_ptr(), d.as_ptr(), &mut info, 0) };
+    match rc {
+        rc if rc < 0 => Err(Error::last_error()),
+        0 => Ok(None),
+        _ => Ok(Some(BlockJobInfo {
+            kind: info.type_,
+            cur: info.cur,
+            end: info.end,
+        })),
+    }
+}
+
+/// End `disk`'s block job (`virDomainBlockJobAbort`), pivoting to the job's target when
+/// `pivot`; waits for the pivot to complete.
+pub(crate) fn block_job_abort(dom: &Domain, disk: &str, pivot: bool) -> Result<(), Error> {
+    let d = disk_cstr(disk)?;
+    let flags = if pivot {
+        virt::sys::VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT
+    } else {
+        0
+    };
+    // SAFETY: as in `block_commit_active`.
+    let rc = unsafe { virt::sys::virDomainBlockJobAbort(dom.as_ptr(), d.as_ptr(), flags) };
+    if rc < 0 {
+        Err(Error::last_error())
+    } else {
+        Ok(())
     }
 }

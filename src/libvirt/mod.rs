@@ -8,7 +8,7 @@ mod stream;
 mod volume;
 
 pub use conn::{connect, uri_is_local, Conn};
-pub use domain::{parse_disk_sources, DiskKind, DiskSource, Dom};
+pub use domain::{parse_disk_sources, BlockJob, DiskKind, DiskSource, Dom};
 pub use failure::explain;
 pub use stream::{
     download, download_into, is_zero, repair_file_length, upload_at, upload_image, Download,
