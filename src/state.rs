@@ -522,6 +522,133 @@ fn parse_cid(v: Option<&str>, what: &str) -> Result<Option<u32>> {
         .transpose()
 }
 
+// ---- `--io overlay`: where each disk's qcow2 overlay stands ------------------------------
+
+/// The namespace of the overlay records: beside the import state in the domain's metadata,
+/// in an element of their own, so that a state without them reads as before.
+pub const OVERLAY_NS_URI: &str = "https://virt-vmdkimport.example/ns/overlay/1";
+pub const OVERLAY_NS_PREFIX: &str = "vmdkoverlay";
+
+/// The steps of one disk's overlay, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum OverlayStep {
+    /// The overlay volume is being created and uploaded; the domain's disk is the raw volume.
+    Uploading,
+    /// The upload finished; the domain's disk is being switched to the overlay.
+    Uploaded,
+    /// The domain's persistent definition has the overlay as this disk (backing: the volume).
+    OnOverlay,
+    /// A block commit of the overlay into the volume was started.
+    Committing,
+    /// Pivoted back to the volume and the definition checked: the overlay can go.
+    Committed,
+}
+
+impl OverlayStep {
+    const ALL: [(OverlayStep, &'static str); 5] = [
+        (OverlayStep::Uploading, "uploading"),
+        (OverlayStep::Uploaded, "uploaded"),
+        (OverlayStep::OnOverlay, "on-overlay"),
+        (OverlayStep::Committing, "committing"),
+        (OverlayStep::Committed, "committed"),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(s, _)| *s == self)
+            .expect("every step")
+            .1
+    }
+}
+
+/// One disk's overlay: its volume, its step, and the disk element it replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlayRecord {
+    pub target_dev: String,
+    pub pool: String,
+    pub volume: String,
+    /// The overlay volume's path (the disk's source while on the overlay).
+    pub path: String,
+    pub step: OverlayStep,
+    /// The commit runs in a domain started paused for it (the operator had it shut off):
+    /// destroyed again once committed.
+    pub offline: bool,
+    /// The domain's `<disk>` element before the switch, put back after the commit.
+    pub original_disk: String,
+}
+
+/// The overlay records as one metadata element (no namespace, as virDomainSetMetadata wants).
+pub fn overlays_to_xml(records: &[OverlayRecord]) -> String {
+    let mut root = Element::new("overlays");
+    for r in records {
+        let mut el = Element::new("overlay")
+            .attr("target-dev", &r.target_dev)
+            .attr("pool", &r.pool)
+            .attr("volume", &r.volume)
+            .attr("path", &r.path)
+            .attr("step", r.step.as_str());
+        if r.offline {
+            el = el.attr("offline", "yes");
+        }
+        root = root.child(el.child(Element::new("original-disk").text(&r.original_disk)));
+    }
+    xmltree::to_string(&root)
+}
+
+/// The counterpart of [`overlays_to_xml`].
+pub fn overlays_from_xml(xml: &str) -> Result<Vec<OverlayRecord>> {
+    let root = xmltree::parse(xml).context("overlay records")?;
+    let mut out = Vec::new();
+    for el in root.elements().filter(|e| e.local_name() == "overlay") {
+        let attr = |k: &str| -> Result<String> {
+            el.get_attr(k)
+                .map(str::to_string)
+                .with_context(|| format!("overlay record: no {k} attribute"))
+        };
+        let step = attr("step")?;
+        out.push(OverlayRecord {
+            target_dev: attr("target-dev")?,
+            pool: attr("pool")?,
+            volume: attr("volume")?,
+            path: attr("path")?,
+            step: OverlayStep::ALL
+                .iter()
+                .find(|(_, n)| *n == step)
+                .with_context(|| format!("overlay record: unknown step {step:?}"))?
+                .0,
+            offline: yes_no(el.get_attr("offline"), "offline", "overlay record")?,
+            original_disk: el
+                .elements()
+                .find(|e| e.local_name() == "original-disk")
+                .map(|e| e.text_content())
+                .unwrap_or_default(),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod overlay_tests {
+    use super::*;
+
+    #[test]
+    fn overlay_records_round_trip_with_the_disk_element_they_replaced() {
+        let r = OverlayRecord {
+            target_dev: "vda".into(),
+            pool: "p".into(),
+            volume: "web1-disk0-overlay".into(),
+            path: "/var/lib/libvirt/images/web1-disk0-overlay".into(),
+            step: OverlayStep::Committing,
+            offline: true,
+            original_disk: "<disk type='volume'><source pool='p' volume='v&amp;'/></disk>".into(),
+        };
+        let xml = overlays_to_xml(std::slice::from_ref(&r));
+        assert_eq!(overlays_from_xml(&xml).unwrap(), vec![r]);
+        assert!(overlays_from_xml("<overlays/>").unwrap().is_empty());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
