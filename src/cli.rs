@@ -20,6 +20,9 @@ pub enum IoMode {
     Stream,
     /// Positional writes to the volume's path on this host, then one pool refresh.
     Direct,
+    /// The delta as a qcow2 overlay volume (one upload), the domain started on it, then
+    /// merged into the volume by a live block commit.
+    Overlay,
 }
 
 /// How a Linux guest's NICs are placed, and so named by the guest (`--nic-names`).
@@ -137,6 +140,16 @@ pub struct Cli {
     /// How stage 2 writes into the volume.
     #[arg(long, value_enum, default_value_t = IoMode::Auto)]
     pub io: IoMode,
+
+    /// With --io overlay: the pool for the qcow2 overlay volume (default: the disk's own pool;
+    /// needed when that pool cannot hold qcow2 files, as a logical pool cannot).
+    #[arg(long, value_name = "POOL")]
+    pub overlay_pool: Option<String>,
+
+    /// With --io overlay: limit the block commit to this many bytes per second (default: no
+    /// limit), to spare a busy host's storage.
+    #[arg(long, value_name = "BYTES")]
+    pub commit_bandwidth: Option<u64>,
 
     /// Let descriptors name files outside their own folder (absolute paths, `..`, symlinks).
     #[arg(long)]

@@ -4,3 +4,6 @@ mod util;
 
 #[path = "overlay/writer.rs"]
 mod writer;
+
+#[path = "overlay/roundtrip.rs"]
+mod roundtrip;

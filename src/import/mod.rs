@@ -4,6 +4,7 @@ pub mod fromesx;
 mod guards;
 pub mod lifecycle;
 mod names;
+pub mod overlay;
 mod reshape;
 pub mod shape;
 pub mod trial;
@@ -107,6 +108,8 @@ pub struct Request {
     pub print_xml: bool,
     pub dry_run: bool,
     pub io: IoMode,
+    pub overlay_pool: Option<String>,
+    pub commit_bandwidth: Option<u64>,
     copy_independent: bool,
     driver_disk: bool,
     hyperv_passthrough: bool,
@@ -242,6 +245,8 @@ impl Request {
             print_xml: cli.print_xml,
             dry_run: cli.dry_run,
             io: cli.io,
+            overlay_pool: cli.overlay_pool.clone(),
+            commit_bandwidth: cli.commit_bandwidth,
             copy_independent: cli.copy_independent,
             driver_disk: cli.driver_disk,
             hyperv_passthrough: cli.hyperv_passthrough,
@@ -316,6 +321,7 @@ struct DiskPlan {
 
 /// Run the import the request describes.
 pub fn run(req: Request) -> Result<()> {
+    overlay::mark_start();
     let conn = libvirt::connect(req.uri.as_deref())?;
     if let Some(o) = &req.esx {
         return fromesx::run(&req, &conn, o).map_err(|e| libvirt::explain(&conn, e));
@@ -349,6 +355,10 @@ fn run_on(conn: Conn, mut req: Request) -> Result<()> {
         return Ok(());
     }
     if let Some(d) = &dom {
+        // A disk left on a qcow2 overlay (--io overlay) is committed before anything else.
+        if overlay::resume(&req, &conn, d, state.as_mut())? {
+            return Ok(());
+        }
         ensure!(
             !d.is_active()?,
             "domain '{}' is running: {}; shut it down first",
@@ -411,6 +421,9 @@ fn run_on(conn: Conn, mut req: Request) -> Result<()> {
         crate::interrupt::check()?;
         hand_over_and_start(&conn, &dom, &mut state)?;
         crate::say!("domain '{}' started", req.domain);
+        if req.io == IoMode::Overlay {
+            overlay::after_start(&req, &conn, &dom, &state)?;
+        }
     } else if stage1 && !stage2 {
         crate::say!(
             "stage 1 done: after the VM is shut down on VMware, copy its delta(s) and run stage 2"
@@ -989,6 +1002,9 @@ fn stage_two(
         );
         let survey = crate::apply::survey(&chain)?;
         let direct = write::use_direct(conn, &vol, req.io)?;
+        if req.io == IoMode::Overlay {
+            overlay::check(req, conn, ds)?;
+        }
         work.push(Some((chain, lineage, vol, survey, direct)));
     }
     if req.dry_run {
@@ -1042,8 +1058,14 @@ fn stage_two(
         st.disks[i].applying = true;
         st.disks[i].applied = lineage;
         write_state(dom, st)?;
-        let report =
-            write::write_disk(&vol, &st.disks[i].target_dev, &chain, &survey, direct, gaps)?;
+        let report = if req.io == IoMode::Overlay {
+            let ds = st.disks[i].clone();
+            let pool = overlay::check(req, conn, &ds)?;
+            overlay::write_disk(conn, dom, &pool, &ds, &vol, &chain)?
+        } else {
+            write::write_disk(&vol, &st.disks[i].target_dev, &chain, &survey, direct, gaps)?
+                .to_string()
+        };
         crate::say!("disk {}: {report}", st.disks[i].target_dev);
         st.disks[i].applying = false;
         write_state(dom, st)?;

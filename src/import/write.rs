@@ -64,7 +64,7 @@ pub enum Gaps<'a> {
 /// open for writing; it says which path it took, and why.
 pub fn use_direct(conn: &Conn, vol: &Vol, mode: IoMode) -> Result<bool> {
     Ok(match mode {
-        IoMode::Stream => false,
+        IoMode::Stream | IoMode::Overlay => false,
         IoMode::Direct => {
             if let Err(why) = direct_possible(conn, vol) {
                 bail!("--io direct: volume '{}': {why}", vol.describe());
