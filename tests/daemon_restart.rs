@@ -104,3 +104,41 @@ fn libvirtd_killed_mid_stream_in_stage2_is_one_line_and_a_rerun_converges() {
     assert_same(&im.read(), &want, "volume after the rerun");
     assert_eq!(state_attr(&im, "applying"), None);
 }
+
+#[test]
+#[ignore = "kills libvirtd: run alone (scripts/test.sh does)"]
+fn libvirtd_killed_during_an_overlay_commit_rerun_finds_the_job_and_finishes() {
+    use util::libvirt::REMOTE_URI;
+    use util::overlay::*;
+    let (f, _) = boot_folder();
+    let (delta, want) = slow_commit_delta(&f);
+    let tp = TestPool::on(REMOTE_URI, "dkill-ovl");
+    let (im, _log) = stage1(&tp, &f, "dkill-ovl");
+    let domain = im.domain.clone();
+    let mut args = im.common();
+    args.push(delta.clone().into());
+    args.extend(SLOW.iter().map(Into::into));
+    let run = Running::start(&args, Stdout::Collected);
+    wait_for_step(&im, "committing");
+    DaemonDown::kill().restart();
+    let out = run.finish();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let line = one_line(&out);
+    assert!(line.contains("lost the connection to libvirtd"), "{line}");
+
+    drop(im);
+    let tp = tp.reconnected();
+    let im = Import::existing(&tp, &domain);
+    assert!(
+        im.is_active(),
+        "the domain kept running through the daemon's restart"
+    );
+    let text = ok(&run_args(&args), "the rerun");
+    eprintln!("{text}");
+    assert!(text.contains("still on a qcow2 overlay"), "{text}");
+    assert_committed(&im, &want);
+}
+
+fn run_args(args: &[std::ffi::OsString]) -> std::process::Output {
+    util::import::run(args)
+}

@@ -7,3 +7,6 @@ mod writer;
 
 #[path = "overlay/roundtrip.rs"]
 mod roundtrip;
+
+#[path = "overlay/interrupt.rs"]
+mod interrupt;

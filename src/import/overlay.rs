@@ -326,39 +326,84 @@ fn commit_all(req: &Request, conn: &Conn, dom: &Dom, st: &ImportState) -> Result
 
 /// Run (or find) the active block commit of `rec`'s disk and pivot once it is ready. A job
 /// already running (a rerun after the tool or the daemon went away) is taken over; one that
-/// vanished while the disk is still on the overlay is started again.
+/// vanished while the disk is still on the overlay is started again. A domain that stops
+/// meanwhile leaves the disk on its overlay, for a rerun to commit.
 fn commit_live(req: &Request, dom: &Dom, rec: &mut OverlayRecord) -> Result<()> {
-    let dev = rec.target_dev.clone();
+    if let Ok(Some(j)) = dom.block_job(&rec.target_dev) {
+        crate::say!(
+            "disk {}: a block commit is already running ({} of {}): taking it over",
+            rec.target_dev,
+            j.cur,
+            j.end
+        );
+    } else if rec.step >= OverlayStep::Committing {
+        crate::say!(
+            "disk {}: no block commit running; starting it again",
+            rec.target_dev
+        );
+    }
     loop {
         crate::interrupt::check()?;
-        if disk_file(&dom.live_xml()?, &dev)?.as_deref() != Some(rec.path.as_str()) {
-            return Ok(()); // pivoted already
-        }
-        match dom.block_job(&dev)? {
-            None => {
-                if rec.step < OverlayStep::Committing {
-                    rec.step = OverlayStep::Committing;
-                    record(dom, rec)?;
-                }
-                dom.block_commit_active(&dev, req.commit_bandwidth.unwrap_or(0))?;
+        match commit_step(req, dom, rec) {
+            Ok(true) => return Ok(()),
+            Ok(false) => std::thread::sleep(POLL),
+            Err(e) if stopping(dom) => {
+                return Err(e.context(format!(
+                    "domain '{}' stopped before the commit of disk {} finished: the disk stays on its overlay '{}' and nothing is lost; rerun the same command to commit it (the domain is started paused for that, no guest code runs, and is left shut off)",
+                    dom.name(),
+                    rec.target_dev,
+                    rec.path
+                )))
             }
-            Some(j) if !j.active_commit => bail!(
-                "disk {dev} of domain '{}' has another block job running; wait for it or abort it (virsh blockjob {} {dev} --abort) and rerun",
-                dom.name(),
-                dom.name()
-            ),
-            Some(j) if j.cur == j.end => match dom.block_job_pivot(&dev) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.code().is(virt::error::ErrorNumber::BlockCopyActive) => {}
-                Err(e) => {
-                    return Err(anyhow::Error::new(e)
-                        .context(format!("pivoting disk {dev} of domain '{}'", dom.name())))
-                }
-            },
-            Some(_) => {}
+            Err(e) => return Err(e),
         }
-        std::thread::sleep(POLL);
     }
+}
+
+/// Whether the domain stopped (or is stopping: a call that fails as QEMU exits can return
+/// before libvirt marks the domain shut off, so look again for up to 2 s).
+fn stopping(dom: &Dom) -> bool {
+    for _ in 0..20 {
+        if !dom.is_active().unwrap_or(true) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// One look at the commit: started when there is none, pivoted when ready; true once the
+/// disk is back on the volume.
+fn commit_step(req: &Request, dom: &Dom, rec: &mut OverlayRecord) -> Result<bool> {
+    let dev = rec.target_dev.clone();
+    if disk_file(&dom.live_xml()?, &dev)?.as_deref() != Some(rec.path.as_str()) {
+        return Ok(true); // pivoted already
+    }
+    ensure!(dom.is_active()?, "domain '{}' is not running", dom.name());
+    match dom.block_job(&dev)? {
+        None => {
+            if rec.step < OverlayStep::Committing {
+                rec.step = OverlayStep::Committing;
+                record(dom, rec)?;
+            }
+            dom.block_commit_active(&dev, req.commit_bandwidth.unwrap_or(0))?;
+        }
+        Some(j) if !j.active_commit => bail!(
+            "disk {dev} of domain '{}' has another block job running; wait for it or abort it (virsh blockjob {} {dev} --abort) and rerun",
+            dom.name(),
+            dom.name()
+        ),
+        Some(j) if j.cur == j.end => match dom.block_job_pivot(&dev) {
+            Ok(()) => return Ok(true),
+            Err(e) if e.code().is(virt::error::ErrorNumber::BlockCopyActive) => {}
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("pivoting disk {dev} of domain '{}'", dom.name())))
+            }
+        },
+        Some(_) => {}
+    }
+    Ok(false)
 }
 
 /// After the pivot: the persistent definition gets the disk element it had before the

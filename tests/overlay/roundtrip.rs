@@ -2,78 +2,14 @@
 //! starts on the overlay and shows the delta's data; after the commit the volume equals
 //! qemu-img's reading of the chain, the definition names the volume only, the overlay is gone.
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
 use crate::util::bootimg;
 use crate::util::fixtures::*;
 use crate::util::import::*;
 use crate::util::libvirt::{TestPool, REMOTE_URI};
+use crate::util::overlay::*;
 use crate::util::*;
-
-pub const SECTORS: u64 = 16384;
-
-/// QEMU's generic CPU and a small guest (see tests/import.rs).
-pub const SMALL_VM: &[&str] = &["--memory", "128", "--vcpus", "1", "--cpu", "default"];
-
-/// A folder whose base is the boot disk (payload in sectors 1..=8).
-pub fn boot_folder() -> (Folder, Vec<u8>) {
-    let f = Folder::base(SECTORS);
-    let mut payload = vec![0u8; bootimg::PAYLOAD_LEN];
-    pattern(0xb007)(0, &mut payload);
-    std::fs::write(
-        f.path("base-flat.vmdk"),
-        bootimg::boot_disk(&payload, (SECTORS * 512) as usize),
-    )
-    .unwrap();
-    (f, payload)
-}
-
-/// Stage 1 of the boot disk through the remote URI, with a serial log.
-pub fn stage1<'a>(tp: &'a TestPool, f: &Folder, tag: &str) -> (Import<'a>, PathBuf) {
-    let im = Import::with_uri(tp, REMOTE_URI, tag);
-    ok(&im.stage1(&f.path("base.vmdk"), SMALL_VM), "stage 1");
-    let log = tp.path("console.log");
-    im.add_serial_log(&log);
-    (im, log)
-}
-
-/// The guest's boot line once it booted: the hash of sectors 1..=8 as it read them.
-pub fn boot_line(log: &Path) -> String {
-    wait_for_line(log, bootimg::MARKER, Duration::from_secs(60)).unwrap_or_else(|| {
-        panic!(
-            "no boot marker in {} after 60 s: {:?}",
-            log.display(),
-            std::fs::read_to_string(log)
-        )
-    })
-}
-
-/// After the commit: the volume holds `want`, the persistent definition names the volume
-/// (no qcow2, no overlay), the overlay volume and its records are gone.
-pub fn assert_committed(im: &Import, want: &[u8]) {
-    assert_same(&im.read(), want, "volume after the commit");
-    let xml = im.xml();
-    let disk = section(&xml, "devices").unwrap();
-    assert!(
-        !disk.contains("qcow2") && !disk.contains("overlay"),
-        "{xml}"
-    );
-    assert!(disk.contains(&im.volume_name()), "{xml}");
-    assert!(
-        im.tp
-            .pool
-            .find_volume(&format!("{}-overlay", im.volume_name()))
-            .unwrap()
-            .is_none(),
-        "the overlay volume is removed"
-    );
-    let records = virsh(
-        &im.uri,
-        &["metadata", &im.domain, vmdkimport::state::OVERLAY_NS_URI],
-    );
-    assert!(!records.contains("<overlay "), "{records}");
-}
 
 /// Stage 2 of `deltas` (top `top`) with --io overlay: booted from the overlay with the
 /// delta's sectors, then committed.

@@ -7,6 +7,7 @@ pub mod fixtures;
 pub mod import;
 pub mod interrupt;
 pub mod libvirt;
+pub mod overlay;
 pub mod vmximport;
 pub mod xml;
 
