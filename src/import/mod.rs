@@ -421,9 +421,7 @@ fn run_on(conn: Conn, mut req: Request) -> Result<()> {
         crate::interrupt::check()?;
         hand_over_and_start(&conn, &dom, &mut state)?;
         crate::say!("domain '{}' started", req.domain);
-        if req.io == IoMode::Overlay {
-            overlay::after_start(&req, &conn, &dom, &state)?;
-        }
+        overlay::after_start(&req, &conn, &dom, &state)?;
     } else if stage1 && !stage2 {
         crate::say!(
             "stage 1 done: after the VM is shut down on VMware, copy its delta(s) and run stage 2"
@@ -1001,10 +999,16 @@ fn stage_two(
             chain.capacity()
         );
         let survey = crate::apply::survey(&chain)?;
-        let direct = write::use_direct(conn, &vol, req.io)?;
-        if req.io == IoMode::Overlay {
-            overlay::check(req, conn, ds)?;
-        }
+        let direct = match overlay::choose(req, conn, ds)? {
+            Some(pool) => {
+                crate::say!(
+                    "io: a qcow2 overlay in pool '{}', then a live block commit",
+                    pool.name()
+                );
+                false
+            }
+            None => write::use_direct(conn, &vol, req.io)?,
+        };
         work.push(Some((chain, lineage, vol, survey, direct)));
     }
     if req.dry_run {
@@ -1058,9 +1062,8 @@ fn stage_two(
         st.disks[i].applying = true;
         st.disks[i].applied = lineage;
         write_state(dom, st)?;
-        let report = if req.io == IoMode::Overlay {
-            let ds = st.disks[i].clone();
-            let pool = overlay::check(req, conn, &ds)?;
+        let ds = st.disks[i].clone();
+        let report = if let Some(pool) = overlay::choose(req, conn, &ds)? {
             overlay::write_disk(conn, dom, &pool, &ds, &vol, &chain)?
         } else {
             write::write_disk(&vol, &st.disks[i].target_dev, &chain, &survey, direct, gaps)?
