@@ -7,6 +7,7 @@
 #   scripts/bench.sh --quick  scaled-down sizes, one run per figure (for trying it out)
 #   scripts/bench.sh --keep   leave inputs, pools and domains in place afterwards (for a look)
 #   scripts/bench.sh --esx-only   only case 5 (the cutover from the stand-in ESXi host)
+#   scripts/bench.sh --overlay-only   only case 6 (--io overlay through qemu+tcp://127.0.0.1/system)
 #
 # Run as root (it starts libvirtd through scripts/setup-host.sh). Everything it makes is named
 # vmdkimport-bench* and lives under /var/tmp/vmdkimport-bench; it is all removed at the end,
@@ -24,21 +25,27 @@ GiB=$((1024 * MiB))
 QUICK=0
 KEEP=0
 ESX_ONLY=0
+OVL_ONLY=0
 for a in "$@"; do
     case $a in
     --quick) QUICK=1 ;;
     --keep) KEEP=1 ;; # leave everything in place for a look afterwards
     --esx-only) ESX_ONLY=1 ;;
-    -h | --help) sed -n '2,12p' "$0"; exit 0 ;;
+    --overlay-only) OVL_ONLY=1 ;;
+    -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "bench: unknown argument $a" >&2; exit 2 ;;
     esac
 done
 
+if [ "$OVL_ONLY" = 1 ]; then
+    # Names of its own, so it can run beside another bench run.
+    W=/var/tmp/vmdkimport-bench-ovl P1=vmdkimport-bench-ovl-1vol P2=vmdkimport-bench-ovl-2kvol
+fi
 if [ "$QUICK" = 1 ]; then
     DENSE=$((256 * MiB)) S1_RUNS=64                       # case 1 (and 3's dense image)
     SCAT_CAP=$((1 * GiB)) SCAT_RUNS=8192                  # case 2
     ZERO_CAP=$((1 * GiB))                                 # case 3's 90%-zero image
-    OTHERS=200 REPEAT=1 PROBE_RUNS=8
+    OTHERS=200 REPEAT=1 PROBE_RUNS=8 OVL_REPEAT=1
     ESX_CAP=$((1 * GiB)) ESX_RUNS=1024                    # case 5: runs of 64 KiB
 else
     DENSE=$((1 * GiB)) S1_RUNS=256
@@ -51,7 +58,11 @@ fi
 BIN=$here/target/release/virt-vmdkimport
 MKDELTA=$here/target/release/examples/mkdelta
 DOMS=(vmdkimport-bench-dense vmdkimport-bench-zero90 vmdkimport-bench-scat1 vmdkimport-bench-scat2k
-      vmdkimport-bench-probe1 vmdkimport-bench-probe2k vmdkimport-bench-esx vmdkimport-bench-esxlocal)
+      vmdkimport-bench-probe1 vmdkimport-bench-probe2k vmdkimport-bench-esx vmdkimport-bench-esxlocal
+      vmdkimport-bench-ovl)
+# Case 6 goes through the remote URI, as a plan driving a fleet of KVM hosts would.
+RURI=qemu+tcp://127.0.0.1/system
+: "${OVL_REPEAT:=3}"
 
 v() { virsh -q -c "$URI" "$@"; }
 log() { printf 'bench: %s\n' "$*" >&2; }
@@ -161,6 +172,7 @@ EOF
 
 make_inputs() {
     mkdir -p "$W/dense" "$W/zero90" "$W/scat" "$W/out" "$W/pool1" "$W/pool2k"
+    if [ "$OVL_ONLY" = 1 ]; then make_scat; return; fi
 
     # Dense: random bytes throughout (nothing for a sparse stream to skip).
     head -c "$DENSE" /dev/urandom >"$W/dense/dense-flat.vmdk"
@@ -184,11 +196,7 @@ with open(path, "r+b") as f:
 EOF
     base_descriptor "$W/zero90" zero90 "$ZERO_CAP" 2d000002
 
-    # Scattered: an empty (sparse) base and a delta of SCAT_RUNS random 4 KiB runs.
-    truncate -s "$SCAT_CAP" "$W/scat/scat-flat.vmdk"
-    base_descriptor "$W/scat" scat "$SCAT_CAP" 3d000003
-    "$MKDELTA" --format sesparse --capacity "$SCAT_CAP" --base-descriptor "$W/scat/scat.vmdk" \
-        --out "$W/scat/scat-000001.vmdk" --runs "$SCAT_RUNS" --run-size 4096 --seed 22 >&2
+    make_scat
     # The raw-file reference (a): the base copied sparse, the same delta applied with --target.
     # The call-cost probe: a few 4 KiB runs too far apart to share a call, on a disk of the
     # same size; its stage 2 time over its calls is what one call per run costs on a pool.
@@ -201,6 +209,19 @@ EOF
     # The whole-disk reference (c): the disk as it is after the delta, 4 GiB sent by vol-upload.
     cp --sparse=always "$W/scat/scat-flat.vmdk" "$W/scat/full.img"
     "$BIN" --target "$W/scat/full.img" "$W/scat/scat-000001.vmdk" >&2
+}
+
+# Scattered: an empty (sparse) base and a delta of SCAT_RUNS random 4 KiB runs; for case 6
+# also S1_RUNS runs of 1 MiB over the same base, and files holding just each delta's bytes.
+make_scat() {
+    truncate -s "$SCAT_CAP" "$W/scat/scat-flat.vmdk"
+    base_descriptor "$W/scat" scat "$SCAT_CAP" 3d000003
+    "$MKDELTA" --format sesparse --capacity "$SCAT_CAP" --base-descriptor "$W/scat/scat.vmdk" \
+        --out "$W/scat/scat-000001.vmdk" --runs "$SCAT_RUNS" --run-size 4096 --seed 22 >&2
+    "$MKDELTA" --format sesparse --capacity "$SCAT_CAP" --base-descriptor "$W/scat/scat.vmdk" \
+        --out "$W/scat/big-000001.vmdk" --runs "$S1_RUNS" --run-size $MiB --seed 33 >&2
+    head -c $((SCAT_RUNS * 4096)) /dev/urandom >"$W/scat/scat-bytes.bin"
+    head -c $((S1_RUNS * MiB)) /dev/urandom >"$W/scat/big-bytes.bin"
 }
 
 make_pools() {
@@ -294,6 +315,60 @@ esx_case() {
     fresh_dom vmdkimport-bench-esxlocal "$P1"
 }
 
+# Case 6: --io overlay through the remote URI.
+# ovl_stage1 POOL: the domain made afresh by stage 1 (a started stage 2 refuses to run again).
+ovl_stage1() {
+    v destroy vmdkimport-bench-ovl >/dev/null 2>&1 || true
+    fresh_dom vmdkimport-bench-ovl "$1"
+    "$BIN" -c "$RURI" --domain vmdkimport-bench-ovl --pool "$1" --flat "$W/scat/scat.vmdk" \
+        --memory 128 --vcpus 1 >/dev/null 2>"$W/out/ovl-stage1.err" || { cat "$W/out/ovl-stage1.err" >&2; return 1; }
+}
+# ovl_field KEY FILE: KEY= anywhere in the tool's output.
+ovl_field() { sed -n "s/.*\b$1=\([0-9.]*\).*/\1/p" "$2" | head -n1; }
+minof() { awk -v a="$1" -v b="$2" 'BEGIN { print (b == "" || a + 0 < b + 0) ? a : b }'; }
+
+# ovl_case POOL TAG DELTA BYTES LABEL: OVL_REPEAT alternating runs of --io overlay (its outage:
+# command start to domain running, as the tool reports it) and of the baseline (vol-upload of
+# a file of just the delta's bytes into a fresh volume, then virsh start of the same domain,
+# shut off); then one --io stream stage 2 of the same delta (a fresh stage 1 before each).
+ovl_case() {
+    local pool=$1 tag=$2 delta=$3 bytes=$4 label=$5 i ours="" base="" commit="" rss=0
+    warm "${delta%.vmdk}-sesparse.vmdk" "$bytes"
+    for i in $(seq 1 "$OVL_REPEAT"); do
+        ovl_stage1 "$pool"
+        measure "ovl-$tag.$i" "$BIN" -c "$RURI" --domain vmdkimport-bench-ovl "$delta" --io overlay
+        ours=$(minof "$(ovl_field outage_s "$W/out/ovl-$tag.$i")" "$ours")
+        commit=$(minof "$(ovl_field commit_s "$W/out/ovl-$tag.$i")" "$commit")
+        [ "$RSS" -gt "$rss" ] && rss=$RSS
+        v destroy vmdkimport-bench-ovl >/dev/null
+        fresh_vol "$pool" bench-ovl-up "$(stat -c %s "$bytes")"
+        measure "ovl-base-$tag.$i" bash -c "virsh -q -c $RURI vol-upload --vol bench-ovl-up --pool $pool $bytes && virsh -q -c $RURI start vmdkimport-bench-ovl"
+        base=$(minof "$T" "$base")
+    done
+    v vol-delete bench-ovl-up --pool "$pool" >/dev/null
+    ovl_stage1 "$pool"
+    measure "ovl-stream-$tag" "$BIN" -c "$RURI" --domain vmdkimport-bench-ovl "$delta" --io stream
+    local st=$T calls
+    calls=$(field calls "$W/out/ovl-stream-$tag")
+    v destroy vmdkimport-bench-ovl >/dev/null 2>&1 || true
+    note_rss "$rss"
+    row "6 $label, overlay outage" "$ours" 1 "$rss" "vol-upload $(($(stat -c %s "$bytes") / MiB)) MiB + virsh start" "$base" le 1.5
+    row "  same, --io stream (stage 2+start)" "$st*" "$calls" "" "as above" "$base" - -
+    row "  same, overlay's commit (guest runs)" "$commit" - "" "" "" - -
+}
+
+overlay_cases() {
+    local pool tag
+for pool in "$P1" "$P2"; do
+    if [ "$pool" = "$P1" ]; then tag=1vol; else tag=${OTHERS}vol; fi
+    log "case 6, pool $pool: --io overlay, ${SCAT_RUNS}x4KiB"
+    ovl_case "$pool" "scat-$tag" "$W/scat/scat-000001.vmdk" "$W/scat/scat-bytes.bin" "$tag ${SCAT_RUNS}x4KiB"
+    log "case 6, pool $pool: --io overlay, ${S1_RUNS}x1MiB"
+    ovl_case "$pool" "big-$tag" "$W/scat/big-000001.vmdk" "$W/scat/big-bytes.bin" "$tag ${S1_RUNS}x1MiB"
+done
+fresh_dom vmdkimport-bench-ovl "$P1"; fresh_dom vmdkimport-bench-ovl "$P2"
+}
+
 # ---------------------------------------------------------------------------------------------
 trap cleanup EXIT INT TERM
 [ "$(id -u)" = 0 ] || { echo "bench: run as root (it uses qemu:///system)" >&2; exit 1; }
@@ -337,7 +412,7 @@ row() {
 }
 
 # Cases 1-3 (all but --esx-only); indented as before to keep the history readable.
-if [ "$ESX_ONLY" = 0 ]; then
+if [ "$ESX_ONLY" = 0 ] && [ "$OVL_ONLY" = 0 ]; then
 # --- case 3 first: its dense stage 1 also makes the domain case 1 needs -------------------------
 log "case 3: stage 1 of a dense $((DENSE / MiB)) MiB image"
 warm "$W/dense/dense-flat.vmdk"
@@ -447,14 +522,17 @@ row + "$s3z_t" "" "" "virsh vol-upload --sparse, same file" "$s3z_s" - -
 fi
 
 # --- case 5 -------------------------------------------------------------------------------------
-esx_case
+[ "$OVL_ONLY" = 1 ] || esx_case
+
+# --- case 6 -------------------------------------------------------------------------------------
+[ "$ESX_ONLY" = 1 ] || overlay_cases
 
 # --- the table ----------------------------------------------------------------------------------
 elapsed=$(($(date +%s) - started))
 {
     echo
     echo "virt-vmdkimport benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
-    echo "host: $(nproc) cores, $(. /etc/os-release && echo "$PRETTY_NAME"), $(v version | sed -n 's/.*Using library: //p' | head -n1), $(v version | sed -n 's/.*Running hypervisor: //p' | head -n1), $URI, dir pools"
+    echo "host: $(nproc) cores, $(. /etc/os-release && echo "$PRETTY_NAME"), $(v version | sed -n 's/.*Using library: //p' | head -n1), $(v version | sed -n 's/.*Running hypervisor: //p' | head -n1), $URI (case 6: $RURI), dir pools"
     echo "load average (1 min) at start $load0, at end $(cut -d' ' -f1 /proc/loadavg): other work shares this host"
     if [ "$REPEAT" -gt 1 ]; then echo "times: wall seconds, best of $REPEAT runs (* = one run: it took over ${COSTLY}s); RSS: peak of those runs"; else echo "times: wall seconds, 1 run each (--quick)"; fi
     echo
