@@ -34,7 +34,10 @@ fn assert_overlay_matches_qemu(f: &Folder, top: &Path, deltas: &[&Path]) -> qcow
     let img_s = img.to_str().unwrap();
     qemu_img(&["check", "-f", "qcow2", img_s]);
     let info = qemu_img(&["info", "--output=json", "-f", "qcow2", img_s]);
-    assert!(info.contains("\"extended-l2\": true"), "{info}");
+    let ext = format!("\"extended-l2\": {}", layout.geometry.extended);
+    assert!(info.contains(&ext), "{ext} in {info}");
+    let cs = format!("\"cluster-size\": {}", layout.geometry.cluster());
+    assert!(info.contains(&cs), "{cs} in {info}");
     assert!(
         info.contains("\"backing-filename-format\": \"raw\""),
         "{info}"
@@ -81,12 +84,13 @@ fn cowd_512_byte_grains_become_subclusters_over_the_raw_base() {
     let grains = scatter(&mut Rng(11), 16384, 900, MIXED);
     let (desc, _) = f.cowd_child("vm-000001", 0x21, (BASE_CID, "base.vmdk"), 1, &grains);
     let l = assert_overlay_matches_qemu(&f, &desc, &[&desc]);
+    assert!(l.geometry.extended && l.geometry.sub() == 512, "{l:?}");
     let file = std::fs::metadata(f.path("overlay.qcow2")).unwrap().len();
     assert_eq!(file, l.len());
 }
 
 #[test]
-fn a_two_delta_sesparse_chain_keeps_the_lower_deltas_data() {
+fn a_two_delta_sesparse_chain_keeps_the_lower_deltas_data_in_4k_clusters() {
     let f = Folder::base(16384);
     let g1 = scatter(&mut Rng(12), 2048, 300, MIXED);
     let g2 = scatter(&mut Rng(13), 2048, 200, MIXED);
@@ -104,7 +108,11 @@ fn a_two_delta_sesparse_chain_keeps_the_lower_deltas_data() {
         &g2,
         &Default::default(),
     );
-    assert_overlay_matches_qemu(&f, &d2, &[&d1, &d2]);
+    let l = assert_overlay_matches_qemu(&f, &d2, &[&d1, &d2]);
+    assert!(
+        !l.geometry.extended && l.geometry.cluster() == 4096,
+        "{l:?}"
+    );
 }
 
 #[test]
@@ -119,5 +127,6 @@ fn a_hosted_sparse_child_with_zeroed_grains_hides_the_base() {
             "write -P 0x33 8000k 192k",
         ],
     );
-    assert_overlay_matches_qemu(&f, &top, &[&top]);
+    let l = assert_overlay_matches_qemu(&f, &top, &[&top]);
+    assert!(!l.geometry.extended, "{l:?}");
 }
