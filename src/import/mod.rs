@@ -1064,7 +1064,7 @@ fn stage_two(
         write_state(dom, st)?;
         let ds = st.disks[i].clone();
         let report = if let Some(pool) = overlay::choose(req, conn, &ds)? {
-            overlay::write_disk(conn, dom, &pool, &ds, &vol, &chain)?
+            overlay::write_disk(dom, &pool, &ds, &vol, &chain)?
         } else {
             write::write_disk(&vol, &st.disks[i].target_dev, &chain, &survey, direct, gaps)?
                 .to_string()
@@ -1073,6 +1073,7 @@ fn stage_two(
         st.disks[i].applying = false;
         write_state(dom, st)?;
     }
+    overlay::switch_all(conn, dom)?;
     Ok(())
 }
 

@@ -118,10 +118,10 @@ fn disk_mut<'a>(root: &'a mut Element, dev: &str) -> Result<&'a mut Element> {
 }
 
 /// Stage 2's write for one disk: the chain as a qcow2 overlay volume over `vol`, uploaded in
-/// one stream, and the domain's persistent definition switched to it. Each step is recorded
-/// before it is taken, so a rerun knows what exists.
+/// one stream. Each step is recorded before it is taken, so a rerun knows what exists. The
+/// disks are switched to their overlays only once every upload is complete ([`switch_all`]):
+/// a run cut off before that leaves the definition untouched, and its rerun uploads again.
 pub fn write_disk(
-    conn: &Conn,
     dom: &Dom,
     pool: &Pool,
     ds: &DiskState,
@@ -129,8 +129,7 @@ pub fn write_disk(
     chain: &Chain,
 ) -> Result<String> {
     let name = overlay_name(ds);
-    let mut xml = xmltree::parse(&dom.xml()?)?;
-    let original = disk_mut(&mut xml, &ds.target_dev)?.clone();
+    let original = disk_mut(&mut xmltree::parse(&dom.xml()?)?, &ds.target_dev)?.clone();
     let mut rec = OverlayRecord {
         target_dev: ds.target_dev.clone(),
         pool: pool.name().to_string(),
@@ -165,11 +164,6 @@ pub fn write_disk(
         .with_context(|| format!("uploading the overlay into volume '{}'", ovl.describe()))?;
     rec.step = OverlayStep::Uploaded;
     record(dom, &rec)?;
-    let disk = disk_mut(&mut xml, &ds.target_dev)?;
-    *disk = on_overlay(&original, ovl.path());
-    conn.define_domain(&xmltree::to_string(&xml))?;
-    rec.step = OverlayStep::OnOverlay;
-    record(dom, &rec)?;
     Ok(format!(
         "io=overlay volume={} image_bytes={} table_bytes={} data_clusters={} data_bytes={} hole_bytes={} elapsed_s={:.3}",
         ovl.describe(),
@@ -180,6 +174,24 @@ pub fn write_disk(
         stats.hole_bytes,
         started.elapsed().as_secs_f64()
     ))
+}
+
+/// Switch every disk whose overlay is uploaded to it in the persistent definition (each
+/// switch recorded once made).
+pub fn switch_all(conn: &Conn, dom: &Dom) -> Result<()> {
+    for mut rec in read_records(dom)? {
+        if rec.step != OverlayStep::Uploaded {
+            continue;
+        }
+        // The definition as it is now (the records just written in it), the disk switched.
+        let mut xml = xmltree::parse(&dom.xml()?)?;
+        let original = xmltree::parse(&rec.original_disk)?;
+        *disk_mut(&mut xml, &rec.target_dev)? = on_overlay(&original, &rec.path);
+        conn.define_domain(&xmltree::to_string(&xml))?;
+        rec.step = OverlayStep::OnOverlay;
+        record(dom, &rec)?;
+    }
+    Ok(())
 }
 
 /// `original` (a `<disk>`) reading the qcow2 file `path` instead: file type, qcow2 driver,
@@ -277,10 +289,24 @@ pub fn resume(req: &Request, conn: &Conn, dom: &Dom, st: Option<&mut ImportState
         })?;
         commit_all(req, conn, dom, st)?;
     } else {
-        // Switched to the overlay but never started: the disks are complete; start now.
+        // Switched but never started: every overlay was uploaded before the first switch, so
+        // the disks are complete; switch the rest and start now.
+        let uploaded = read_records(dom)?;
         for d in &mut st.disks {
-            d.applying = false;
+            if uploaded
+                .iter()
+                .any(|r| r.target_dev == d.target_dev && r.step >= OverlayStep::Uploaded)
+            {
+                d.applying = false;
+            }
         }
+        ensure!(
+            st.disks.iter().all(|d| d.base_uploaded && !d.applying),
+            "domain '{}': disk(s) {} are on their overlays but another disk is not completely written; not starting it",
+            dom.name(),
+            devs.join(", ")
+        );
+        switch_all(conn, dom)?;
         super::write_state(dom, st)?;
         super::hand_over_and_start(conn, dom, st)?;
         crate::say!(

@@ -381,12 +381,14 @@ pub fn stat<'s>(stats: &'s [(String, String)], key: &str) -> &'s str {
         .unwrap_or_else(|| panic!("no {key}= in {stats:?}"))
 }
 
-/// Wait up to `timeout` for a line containing `marker` in the file `log`.
+/// Wait up to `timeout` for a whole line (ended by its newline: the guest writes a character
+/// at a time) containing `marker` in the file `log`.
 pub fn wait_for_line(log: &Path, marker: &str, timeout: Duration) -> Option<String> {
     let start = Instant::now();
     while start.elapsed() < timeout {
         if let Ok(text) = std::fs::read_to_string(log) {
-            if let Some(line) = text.lines().find(|l| l.contains(marker)) {
+            let whole = text.split_inclusive('\n').filter(|l| l.ends_with('\n'));
+            if let Some(line) = whole.into_iter().find(|l| l.contains(marker)) {
                 return Some(line.trim().to_owned());
             }
         }
