@@ -160,7 +160,7 @@ pub fn write_disk(
     rec.path = ovl.path().to_string();
     record(dom, &rec)?;
     let mut image = qcow2::Overlay::new(chain, layout.clone(), vol.path())?;
-    let stats = libvirt::upload_image(&ovl, &mut image, &mut |_| {})
+    let stats = libvirt::upload_image_fresh(&ovl, &mut image, &mut |_| {})
         .with_context(|| format!("uploading the overlay into volume '{}'", ovl.describe()))?;
     rec.step = OverlayStep::Uploaded;
     record(dom, &rec)?;

@@ -11,8 +11,8 @@ pub use conn::{connect, uri_is_local, Conn};
 pub use domain::{parse_disk_sources, BlockJob, DiskKind, DiskSource, Dom};
 pub use failure::explain;
 pub use stream::{
-    download, download_into, is_zero, repair_file_length, upload_at, upload_image, Download,
-    UploadStats,
+    download, download_into, is_zero, repair_file_length, upload_at, upload_image,
+    upload_image_fresh, Download, UploadStats,
 };
 pub use volume::{volume_xml, Pool, Vol};
 

@@ -125,6 +125,26 @@ pub fn upload_image(
     reader: &mut dyn ImageRead,
     progress: &mut dyn FnMut(u64),
 ) -> Result<UploadStats> {
+    upload(vol, reader, progress, true)
+}
+
+/// [`upload_image`] into a volume this run has just created (a new file reads zeros
+/// throughout, so its holes need no clearing first): one stream, one pool refresh, where a
+/// file volume otherwise costs two.
+pub fn upload_image_fresh(
+    vol: &Vol,
+    reader: &mut dyn ImageRead,
+    progress: &mut dyn FnMut(u64),
+) -> Result<UploadStats> {
+    upload(vol, reader, progress, false)
+}
+
+fn upload(
+    vol: &Vol,
+    reader: &mut dyn ImageRead,
+    progress: &mut dyn FnMut(u64),
+    reset: bool,
+) -> Result<UploadStats> {
     let what = vol.describe();
     let info = vol
         .vol
@@ -144,7 +164,15 @@ pub fn upload_image(
     let first = source
         .fill(buf, 0, capacity)
         .context("reading the image at byte 0")?;
-    let sent = send_image(vol, capacity, is_file, &mut source, buf, first, progress);
+    let sent = send_image(
+        vol,
+        capacity,
+        is_file && reset,
+        &mut source,
+        buf,
+        first,
+        progress,
+    );
     let sent = match sent {
         Err(err) if is_file => {
             // The failed stream truncated the file where it stopped; give it its length back.
