@@ -90,7 +90,7 @@ pub fn check(req: &Request, conn: &Conn, ds: &DiskState) -> Result<Pool> {
 /// Whether stage 2 writes disk `ds` through an overlay, and into which pool: always with
 /// `--io overlay` (refused when it cannot be), and with `--io auto` on a remote connection
 /// when the domain is to be started and the pool can hold the overlay (the benchmark in
-/// scripts/bench.sh, case 5: one upload and a start cost less than upload calls there).
+/// scripts/bench.sh, case 6: one upload and a start cost less than upload calls there).
 pub fn choose(req: &Request, conn: &Conn, ds: &DiskState) -> Result<Option<Pool>> {
     Ok(match req.io {
         IoMode::Overlay => Some(check(req, conn, ds)?),
