@@ -301,14 +301,17 @@ esx_case() {
     local c_rss=$RSS outage read
     note_rss "$RSS"
     outage=$(sed -n 's/^  total *\([0-9.]*\) s.*/\1/p' "$W/out/s5-cutover")
+    local finals
+    finals=$(sed -n 's/^  final deltas *\([0-9.]*\) s.*/\1/p' "$W/out/s5-cutover")
     read=$(sed -n 's/.* \([0-9]*\) bytes read over ssh.*/\1/p' "$W/out/s5-cutover")
     local larger
     larger=$(awk -v a="$cat_delta" -v b="$local_s2" 'BEGIN { print (a > b ? a : b) }')
     row "5 ESXi cutover, off->running" "$outage" "-" "$c_rss" "larger of the two below" "$larger" le 1.2
     row + "$outage" "" "" "ssh cat delta ($((read / MiB)) MiB read)" "$cat_delta" - -
     row + "$outage" "" "" "stage 2 from local files" "$local_s2" - -
+    row "  of it: final delta read+applied" "$finals" "-" "" "ssh cat delta" "$cat_delta" le 1.2
     row "5 ESXi stage 1, base streaming" "$s1_stream" "-" "$s1_rss" "ssh cat base $((ESX_CAP / MiB)) MiB" "$cat_base" le 1.1
-    row + "$s1_stream" "" "" "ssh cat base | virsh vol-upload" "$cat_upload" - -
+    row + "$s1_stream" "" "" "ssh cat base, piped to vol-upload" "$cat_upload" - -
     v destroy vmdkimport-bench-esx >/dev/null 2>&1 || true
     v destroy vmdkimport-bench-esxlocal >/dev/null 2>&1 || true
     fresh_dom vmdkimport-bench-esx "$P1"

@@ -228,6 +228,9 @@ impl Ssh {
             .context("running ssh (is openssh-client installed?)")?;
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
+        // A larger pipe lets ssh hand over more per wake-up; where it cannot be had, the
+        // default works too.
+        let _ = nix::fcntl::fcntl(&stdout, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_BYTES));
         Ok(RemoteRead {
             child,
             stdout,
@@ -236,6 +239,9 @@ impl Ssh {
         })
     }
 }
+
+/// Bytes asked for the pipe from ssh (Linux's default is 64 KiB; 1 MiB is the unprivileged limit).
+const PIPE_BYTES: i32 = 1 << 20;
 
 /// The command that streams `path`: dd with large blocks (busybox's dd has no iflag options).
 pub fn stream_command(path: &str) -> String {
