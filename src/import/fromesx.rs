@@ -654,10 +654,10 @@ fn say_outage(domain: &str, o: &Outage, m: &Moved, was_running: bool) {
     };
     crate::say!(
         "cutover of '{domain}': the outage\n  \
-         guest shutdown     {:>8.1} s  {}\n  \
-         final deltas       {:>8.1} s  {} delta(s), {} bytes read over ssh ({:.1} MiB/s), {} data + {} zero bytes applied\n  \
-         domain start       {:>8.1} s\n  \
-         total              {:>8.1} s  from the shutdown command to the domain running",
+         guest shutdown     {:>8.2} s  {}\n  \
+         final deltas       {:>8.2} s  {} delta(s), {} bytes read over ssh ({:.1} MiB/s), {} data + {} zero bytes applied\n  \
+         domain start       {:>8.2} s\n  \
+         total              {:>8.2} s  from the shutdown command to the domain running",
         s(o.shutdown_ms),
         if was_running { "power.shutdown to powered off" } else { "(was off already)" },
         s(o.apply_ms),
