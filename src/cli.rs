@@ -53,9 +53,16 @@ pub enum DiskBusArg {
         Stage 2, after the VM is shut down on VMware and its delta(s) copied:\n  \
         virt-vmdkimport --domain web1 vm-000001.vmdk\n\
         Raw target (no libvirt):\n  \
-        virt-vmdkimport --target /dev/vg/web1 vm-000001.vmdk"
+        virt-vmdkimport --target /dev/vg/web1 vm-000001.vmdk\n\
+        Many VMs from a plan file:\n  \
+        virt-vmdkimport plan check|stage1|sync|cutover|status migration.toml",
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
+    /// `plan` (many VMs from a plan file) or `status` (one domain's import state).
+    #[command(subcommand)]
+    pub command: Option<crate::fleet::args::Command>,
+
     /// Snapshot deltas to apply, oldest first: child descriptors (vm-000001.vmdk), bare
     /// COWD/SEsparse extents or hosted sparse files.
     pub deltas: Vec<PathBuf>,

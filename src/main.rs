@@ -8,6 +8,9 @@ use vmdkimport::vmdk::{Chain, OpenOptions};
 use vmdkimport::{domain_xml, import, interrupt, libvirt};
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
+    if let Some(cmd) = &cli.command {
+        return vmdkimport::fleet::run(cmd);
+    }
     if let Some(target) = &cli.target {
         ensure!(
             !cli.deltas.is_empty(),

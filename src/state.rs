@@ -56,6 +56,19 @@ pub struct ImportState {
     pub syncs: Vec<SyncRound>,
     /// The outage of the cutover from ESXi, once the domain started.
     pub cutover: Option<Outage>,
+    /// Steps run by `plan` (stage 1, sync, cutover), oldest first; absent in older states.
+    pub steps: Vec<StepRecord>,
+}
+
+/// One step of a plan run for this domain: when it began and ended (UTC with milliseconds,
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ`), how it ended (`done`, `failed`, `interrupted`), and the error.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StepRecord {
+    pub name: String,
+    pub began: String,
+    pub ended: String,
+    pub outcome: String,
+    pub error: Option<String>,
 }
 
 /// One `--sync` round: the deltas it applied, with the VM still running on ESXi.
@@ -368,6 +381,7 @@ impl ImportState {
                     .attr("ms", &s.ms.to_string()),
             );
         }
+        root = self.with_steps(root);
         if let Some(o) = &self.cutover {
             root = root.child(
                 Element::new("cutover")
@@ -387,6 +401,7 @@ impl ImportState {
         self.defined_by_tool = root.get_attr("defined-by").map(|v| v == DEFINED_BY_US);
         self.os = root.get_attr("os").map(str::to_string);
         self.read_esx_records(root)?;
+        self.read_steps(root)?;
         let Some(t) = root.elements().find(|e| e.local_name() == "trial") else {
             return Ok(());
         };
@@ -415,6 +430,41 @@ impl ImportState {
 }
 
 impl ImportState {
+    /// `<step>` records of plan runs added to `root`.
+    fn with_steps(&self, mut root: Element) -> Element {
+        for s in &self.steps {
+            let mut el = Element::new("step")
+                .attr("name", &s.name)
+                .attr("began", &s.began)
+                .attr("ended", &s.ended)
+                .attr("outcome", &s.outcome);
+            if let Some(e) = &s.error {
+                el = el.attr("error", e);
+            }
+            root = root.child(el);
+        }
+        root
+    }
+
+    /// The counterpart of [`Self::with_steps`].
+    fn read_steps(&mut self, root: &Element) -> Result<()> {
+        for s in root.elements().filter(|e| e.local_name() == "step") {
+            let attr = |k: &str| -> Result<String> {
+                s.get_attr(k)
+                    .map(str::to_string)
+                    .with_context(|| format!("import state: <step> has no {k} attribute"))
+            };
+            self.steps.push(StepRecord {
+                name: attr("name")?,
+                began: attr("began")?,
+                ended: attr("ended")?,
+                outcome: attr("outcome")?,
+                error: s.get_attr("error").map(str::to_string),
+            });
+        }
+        Ok(())
+    }
+
     /// `<sync>` and `<cutover>` records of the runs from ESXi.
     fn read_esx_records(&mut self, root: &Element) -> Result<()> {
         let num = |e: &Element, k: &str| -> Result<u64> {
@@ -706,6 +756,13 @@ mod tests {
                 start_ms: 4,
                 total_ms: 10,
             }),
+            steps: vec![StepRecord {
+                name: "stage1".into(),
+                began: "2026-11-27T12:00:00.001Z".into(),
+                ended: "2026-11-27T12:00:02.500Z".into(),
+                outcome: "failed".into(),
+                error: Some(nasty.into()),
+            }],
             trial: Some(TrialRecord {
                 started: false,
                 cpu: "default".into(),

@@ -8,6 +8,7 @@ pub mod import;
 pub mod interrupt;
 pub mod libvirt;
 pub mod overlay;
+pub mod plan;
 pub mod vmximport;
 pub mod xml;
 

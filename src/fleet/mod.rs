@@ -1,0 +1,403 @@
+//! Many VMs from one plan file: each VM's step run as a child run of this binary, bounded per KVM host and per source, the state read from and recorded in each domain's metadata, and a summary table at the end.
+
+pub mod args;
+pub mod clock;
+pub mod phase;
+pub mod report;
+mod sched;
+
+use crate::libvirt::{self, Conn, Dom};
+use crate::plan_file::{self, Fleet, FleetVm, StepKind};
+use crate::state::{self, ImportState, StepRecord};
+use anyhow::{anyhow, bail, Context, Result};
+use args::{Action, Command, PlanArgs, StatusArgs};
+use phase::{Decision, Phase};
+use std::collections::HashMap;
+
+/// Run a subcommand.
+pub fn run(cmd: &Command) -> Result<()> {
+    match cmd {
+        Command::Plan(a) => run_plan(a),
+        Command::Status(a) => show_domain(a),
+    }
+}
+
+/// `virt-vmdkimport status --domain NAME`.
+fn show_domain(a: &StatusArgs) -> Result<()> {
+    let conn = libvirt::connect(a.connect.as_deref())?;
+    let dom = conn
+        .domain(&a.domain)?
+        .with_context(|| format!("domain '{}' does not exist on {}", a.domain, conn.uri()))?;
+    let st = read_state(&dom)?.with_context(|| {
+        format!(
+            "domain '{}' on {} has no import state",
+            a.domain,
+            conn.uri()
+        )
+    })?;
+    crate::say!("{}", report::domain_table(&a.domain, conn.uri(), &st));
+    Ok(())
+}
+
+/// The connections of one run, one per URI; a URI that fails is tried once.
+#[derive(Default)]
+struct Hosts {
+    conns: HashMap<String, std::result::Result<Conn, String>>,
+}
+
+impl Hosts {
+    fn get(&mut self, uri: &str) -> Result<&Conn> {
+        let c = self
+            .conns
+            .entry(uri.to_string())
+            .or_insert_with(|| libvirt::connect(Some(uri)).map_err(|e| format!("{e:#}")));
+        c.as_ref().map_err(|e| anyhow!("{e}"))
+    }
+
+    /// The VM's domain and its import state.
+    fn state(&mut self, vm: &FleetVm) -> Result<(Option<Dom>, Option<ImportState>)> {
+        let dom = self.get(&vm.uri)?.domain(&vm.name)?;
+        let st = dom.as_ref().map(read_state).transpose()?.flatten();
+        Ok((dom, st))
+    }
+}
+
+fn read_state(dom: &Dom) -> Result<Option<ImportState>> {
+    dom.metadata(state::NS_URI)?
+        .map(|x| ImportState::from_xml(&x))
+        .transpose()
+        .with_context(|| format!("domain '{}': reading the import state", dom.name()))
+}
+
+/// How one VM's step ended in this run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    Done,
+    Skipped(&'static str),
+    Failed(String),
+    Interrupted,
+    NotStarted,
+}
+
+/// One VM's line of the summary.
+struct Row {
+    step: Option<StepKind>,
+    outcome: Outcome,
+    ms: Option<u64>,
+}
+
+fn run_plan(a: &PlanArgs) -> Result<()> {
+    let fleet = plan_file::load(&a.plan)?;
+    let vms = select(&fleet, &a.only)?;
+    let mut hosts = Hosts::default();
+    if a.action == Action::Status {
+        return status(&fleet, &vms, &mut hosts);
+    }
+    let check = a.action == Action::Check;
+    let mut rows: Vec<Row> = Vec::new();
+    let mut jobs = Vec::new();
+    for (i, vm) in vms.iter().enumerate() {
+        let (step, outcome) = match plan_step(&mut hosts, vm, a.action) {
+            Ok((Some(step), Decision::Run)) => {
+                jobs.push(job(&fleet, vm, i, step, check));
+                (Some(step), Outcome::NotStarted)
+            }
+            Ok((step, Decision::Skip(why))) => (step, Outcome::Skipped(why)),
+            Ok((step, Decision::Refuse(why))) => (step, Outcome::Failed(why.into())),
+            Ok((None, Decision::Run)) => unreachable!("a step runs"),
+            Err(e) => (None, Outcome::Failed(format!("{e:#}"))),
+        };
+        rows.push(Row {
+            step,
+            outcome,
+            ms: None,
+        });
+    }
+    std::fs::create_dir_all(&fleet.log_dir)
+        .with_context(|| format!("{}: creating the log folder", fleet.log_dir.display()))?;
+    let limits = sched::Limits {
+        jobs: fleet.jobs,
+        per_target: fleet.max_per_target,
+        per_source: fleet.max_per_source,
+    };
+    let started = |j: &sched::Job| {
+        crate::say!(
+            "[{}] {} started on {} (log: {})",
+            report::sanitize(&vms[j.vm].name),
+            j.what,
+            report::sanitize(&j.target),
+            j.log.display()
+        );
+    };
+    let ended = |j: &sched::Job, fin: sched::Finished| {
+        rows[j.vm] = finish(&mut hosts, &vms[j.vm], j, &fin, check);
+    };
+    sched::run(jobs, limits, started, ended);
+    summary(&vms, &rows, &mut hosts, a.action)
+}
+
+/// The VMs `--only` names (all without it); a name not in the plan is an error.
+fn select(fleet: &Fleet, only: &[String]) -> Result<Vec<FleetVm>> {
+    if let Some(n) = only
+        .iter()
+        .find(|n| !fleet.vms.iter().any(|v| &v.name == *n))
+    {
+        bail!("--only {n}: no VM of that name in {}", fleet.path.display());
+    }
+    Ok(fleet
+        .vms
+        .iter()
+        .filter(|v| only.is_empty() || only.contains(&v.name))
+        .cloned()
+        .collect())
+}
+
+/// The step this action makes for `vm`, and whether it runs, from its state on its host.
+fn plan_step(
+    hosts: &mut Hosts,
+    vm: &FleetVm,
+    action: Action,
+) -> Result<(Option<StepKind>, Decision)> {
+    let (dom, st) = hosts.state(vm)?;
+    let phase = Phase::of(st.as_ref(), dom.is_some());
+    let step = match action {
+        Action::Stage1 => StepKind::Stage1,
+        Action::Sync => StepKind::Sync,
+        Action::Cutover => StepKind::Cutover,
+        Action::Status => unreachable!("status runs no step"),
+        Action::Check => {
+            // The target pool must be there before anything can be made in it.
+            hosts.get(&vm.uri)?.pool(&vm.pool)?;
+            match phase::next_step(&phase) {
+                Some(s) => return Ok((Some(s), Decision::Run)),
+                None => return Ok((None, Decision::Skip("cut over already"))),
+            }
+        }
+    };
+    Ok((Some(step), phase::decide(step, &phase, vm.is_esx())))
+}
+
+fn job(fleet: &Fleet, vm: &FleetVm, i: usize, step: StepKind, check: bool) -> sched::Job {
+    sched::Job {
+        vm: i,
+        target: vm.uri.clone(),
+        source: vm.source_group.clone(),
+        args: vm
+            .args(step, check)
+            .expect("decide runs only steps that apply"),
+        log: fleet.log_dir.join(format!("{}.log", vm.name)),
+        what: format!("{}{}", step.as_str(), if check { " --dry-run" } else { "" }),
+    }
+}
+
+/// A child run ended: its outcome, said on one line, and (unless it was a check) recorded in
+/// the domain's import state with its times.
+fn finish(
+    hosts: &mut Hosts,
+    vm: &FleetVm,
+    job: &sched::Job,
+    fin: &sched::Finished,
+    check: bool,
+) -> Row {
+    let ms = fin
+        .ended
+        .duration_since(fin.began)
+        .map_or(0, |d| d.as_millis() as u64);
+    let code = fin.status.as_ref().ok().and_then(|s| s.code());
+    let outcome = match code {
+        Some(0) => Outcome::Done,
+        Some(c) if c == 128 + nix::libc::SIGINT || c == 128 + nix::libc::SIGTERM => {
+            Outcome::Interrupted
+        }
+        _ => Outcome::Failed(sched::error_of(job, fin)),
+    };
+    let name = report::sanitize(&vm.name);
+    let took = clock::human_ms(ms);
+    match &outcome {
+        Outcome::Done => crate::say!("[{name}] {} done in {took}", job.what),
+        Outcome::Interrupted => crate::say!("[{name}] {} interrupted after {took}", job.what),
+        Outcome::Failed(e) => {
+            crate::say!(
+                "[{name}] {} FAILED after {took}: {}",
+                job.what,
+                report::sanitize(e)
+            )
+        }
+        _ => {}
+    }
+    if check {
+        let out = sched::read_from(&job.log, fin.log_from).unwrap_or_default();
+        for l in out.lines() {
+            crate::say!("[{name}]   {}", report::sanitize(l));
+        }
+    } else if let Err(e) = record(hosts, vm, job, fin, &outcome) {
+        crate::say!("[{name}] could not record the step in the import state: {e:#}");
+    }
+    let step = job.what.split(' ').next().and_then(step_kind);
+    Row {
+        step,
+        outcome,
+        ms: Some(ms),
+    }
+}
+
+fn step_kind(s: &str) -> Option<StepKind> {
+    [StepKind::Stage1, StepKind::Sync, StepKind::Cutover]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+}
+
+/// Add the step's record to the domain's import state (a domain without one is left alone:
+/// the step did not get as far as making it).
+fn record(
+    hosts: &mut Hosts,
+    vm: &FleetVm,
+    job: &sched::Job,
+    fin: &sched::Finished,
+    outcome: &Outcome,
+) -> Result<()> {
+    let (Some(dom), Some(mut st)) = hosts.state(vm)? else {
+        return Ok(());
+    };
+    let (outcome, error) = match outcome {
+        Outcome::Done => ("done", None),
+        Outcome::Interrupted => ("interrupted", None),
+        Outcome::Failed(e) => ("failed", Some(e.clone())),
+        _ => return Ok(()),
+    };
+    st.steps.push(StepRecord {
+        name: job.what.clone(),
+        began: clock::utc_ms(fin.began),
+        ended: clock::utc_ms(fin.ended),
+        outcome: outcome.into(),
+        error,
+    });
+    dom.set_metadata(state::NS_URI, state::NS_PREFIX, &st.to_xml())
+        .with_context(|| format!("domain '{}': recording the import state", vm.name))
+}
+
+const SUMMARY_HEAD: [&str; 8] = [
+    "VM",
+    "HOST",
+    "STEP",
+    "RESULT",
+    "PHASE",
+    "BYTES",
+    "TIME",
+    "OUTAGE  ERROR",
+];
+
+/// The summary table (phases read again from the hosts); an error when any VM failed, or the
+/// interruption when the run was interrupted.
+fn summary(vms: &[FleetVm], rows: &[Row], hosts: &mut Hosts, action: Action) -> Result<()> {
+    let mut table = Vec::new();
+    for (vm, row) in vms.iter().zip(rows) {
+        let st = hosts.state(vm).ok();
+        let phase = st.as_ref().map_or("?".into(), |(d, s)| {
+            Phase::of(s.as_ref(), d.is_some()).to_string()
+        });
+        let st = st.and_then(|(_, s)| s);
+        let bytes = st.as_ref().and_then(|s| step_bytes(s, row.step));
+        let outage = st.as_ref().and_then(report::outage_ms);
+        let (result, error) = match &row.outcome {
+            Outcome::Done => ("done".to_string(), String::new()),
+            Outcome::Skipped(why) => ("skipped".into(), why.to_string()),
+            Outcome::Failed(e) => ("FAILED".into(), e.clone()),
+            Outcome::Interrupted => ("interrupted".into(), String::new()),
+            Outcome::NotStarted => ("not started".into(), String::new()),
+        };
+        table.push(vec![
+            vm.name.clone(),
+            vm.uri.clone(),
+            row.step.map_or("-", StepKind::as_str).to_string(),
+            result,
+            phase,
+            report::opt_bytes(bytes),
+            report::opt_ms(row.ms),
+            format!("{:<6}  {error}", report::opt_ms(outage)),
+        ]);
+    }
+    crate::say!("\n{}", report::table(&SUMMARY_HEAD, &table));
+    let failed: Vec<&str> = vms
+        .iter()
+        .zip(rows)
+        .filter(|(_, r)| matches!(r.outcome, Outcome::Failed(_)))
+        .map(|(v, _)| v.name.as_str())
+        .collect();
+    let word = format!("{action:?}").to_lowercase();
+    if let Some(signal) = crate::interrupt::received() {
+        let done = rows.iter().filter(|r| r.outcome == Outcome::Done).count();
+        return Err(anyhow::Error::new(crate::interrupt::Interrupted { signal })
+            .context(format!("plan {word}: {done} of {} VMs done", vms.len())));
+    }
+    if !failed.is_empty() {
+        bail!(
+            "plan {word}: {} of {} VMs failed: {}",
+            failed.len(),
+            vms.len(),
+            report::sanitize(&failed.join(", "))
+        );
+    }
+    Ok(())
+}
+
+/// What the step moved, as the state records it: the bases for stage 1, the round's or the
+/// cutover's bytes from ESXi.
+fn step_bytes(st: &ImportState, step: Option<StepKind>) -> Option<u64> {
+    match step? {
+        StepKind::Stage1 => report::uploaded_bytes(st),
+        StepKind::Sync => st.syncs.last().map(|s| s.bytes),
+        StepKind::Cutover => st.cutover.as_ref().map(|c| c.bytes),
+    }
+}
+
+/// `plan status`: one line per VM from its state on its host.
+fn status(_fleet: &Fleet, vms: &[FleetVm], hosts: &mut Hosts) -> Result<()> {
+    let mut table = Vec::new();
+    let mut unreadable = 0;
+    for vm in vms {
+        let row = match hosts.state(vm) {
+            Ok((dom, st)) => status_row(vm, dom.is_some(), st.as_ref()),
+            Err(e) => {
+                unreadable += 1;
+                let mut r = vec![vm.name.clone(), vm.uri.clone(), "?".into()];
+                r.extend(["-".into(), "-".into(), "-".into(), format!("-       {e:#}")]);
+                r
+            }
+        };
+        table.push(row);
+    }
+    let head = [
+        "VM",
+        "HOST",
+        "PHASE",
+        "BYTES",
+        "LAST STEP",
+        "TIME",
+        "OUTAGE  ERROR",
+    ];
+    crate::say!("{}", report::table(&head, &table));
+    if unreadable > 0 {
+        bail!("{unreadable} of {} VMs could not be read", vms.len());
+    }
+    Ok(())
+}
+
+fn status_row(vm: &FleetVm, exists: bool, st: Option<&ImportState>) -> Vec<String> {
+    let phase = Phase::of(st, exists).to_string();
+    let last = st.and_then(|s| s.steps.last());
+    let bytes = st.and_then(report::uploaded_bytes);
+    let outage = st.and_then(report::outage_ms);
+    let error = last.and_then(|s| s.error.clone()).unwrap_or_default();
+    vec![
+        vm.name.clone(),
+        vm.uri.clone(),
+        phase,
+        report::opt_bytes(bytes),
+        last.map_or("-".into(), |s| {
+            format!("{} {} {}", s.name, s.outcome, s.ended)
+        }),
+        report::opt_ms(last.and_then(report::step_ms)),
+        format!("{:<6}  {error}", report::opt_ms(outage)),
+    ]
+}

@@ -1,0 +1,264 @@
+//! What the plan prints: the summary table, `plan status`, and one domain's import state as a table; names from files and hosts sanitised.
+
+use super::clock::{human_ms, parse_utc_ms};
+use crate::state::{ImportState, StepRecord};
+
+/// `s` with control characters (terminal escapes among them) written as `\u{1b}` escapes.
+pub fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// Bytes as `512 B`, `8.0 MiB`, `1.5 GiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// Rows as a table: columns padded to their widest cell, the last column as it is.
+pub fn table(head: &[&str], rows: &[Vec<String>]) -> String {
+    let mut width: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let last = cells.len().saturating_sub(1);
+        let padded: Vec<String> = cells
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == last {
+                    c
+                } else {
+                    format!("{c:<w$}", w = width[i])
+                }
+            })
+            .collect();
+        padded.join("  ").trim_end().to_string()
+    };
+    let mut out = vec![line(head.iter().map(|h| h.to_string()).collect())];
+    out.extend(
+        rows.iter()
+            .map(|r| line(r.iter().map(|c| sanitize(c)).collect())),
+    );
+    out.join("\n")
+}
+
+/// A step record's duration in milliseconds.
+pub fn step_ms(s: &StepRecord) -> Option<u64> {
+    let (b, e) = (parse_utc_ms(&s.began)?, parse_utc_ms(&s.ended)?);
+    u64::try_from(e - b).ok()
+}
+
+/// The outage of a cut-over VM: the cutover's own figure from ESXi, else the duration of the
+/// last plan cutover step that finished (for local sources, the VM was off that long at least).
+pub fn outage_ms(st: &ImportState) -> Option<u64> {
+    st.handed_over.as_ref()?;
+    if let Some(o) = &st.cutover {
+        return Some(o.total_ms);
+    }
+    st.steps
+        .iter()
+        .rev()
+        .find(|s| s.name == "cutover" && s.outcome == "done")
+        .and_then(step_ms)
+}
+
+/// The disks' total capacity once every base is uploaded.
+pub fn uploaded_bytes(st: &ImportState) -> Option<u64> {
+    let all = !st.disks.is_empty() && st.disks.iter().all(|d| d.base_uploaded);
+    all.then(|| st.disks.iter().map(|d| d.capacity).sum())
+}
+
+pub fn opt_ms(ms: Option<u64>) -> String {
+    ms.map_or("-".into(), human_ms)
+}
+
+pub fn opt_bytes(b: Option<u64>) -> String {
+    b.map_or("-".into(), human_bytes)
+}
+
+/// One domain's import state as a readable table (`virt-vmdkimport status`).
+pub fn domain_table(name: &str, uri: &str, st: &ImportState) -> String {
+    let phase = super::phase::Phase::of(Some(st), true);
+    let mut out = vec![format!(
+        "domain '{}' on {}: {phase}",
+        sanitize(name),
+        sanitize(uri)
+    )];
+    let mut facts: Vec<Vec<String>> = Vec::new();
+    let mut fact = |k: &str, v: String| facts.push(vec![k.to_string(), v]);
+    if let Some(ours) = st.defined_by_tool {
+        let by = if ours {
+            "virt-vmdkimport"
+        } else {
+            "other tooling"
+        };
+        fact(
+            "defined by",
+            format!(
+                "{by}{}",
+                st.os
+                    .as_ref()
+                    .map(|o| format!(" ({o})"))
+                    .unwrap_or_default()
+            ),
+        );
+    }
+    if let Some(t) = &st.trial {
+        let how = if t.started { "passed" } else { "FAILED" };
+        let hv = t
+            .hyperv
+            .as_ref()
+            .map(|h| format!(", hyperv {h}"))
+            .unwrap_or_default();
+        fact(
+            "trial start",
+            format!(
+                "{how}: cpu {}{hv}, {} fallback(s)",
+                t.cpu,
+                t.fallbacks.len()
+            ),
+        );
+    }
+    if let Some(h) = &st.handed_over {
+        fact("handed over", h.to_string());
+    }
+    for (i, s) in st.syncs.iter().enumerate() {
+        fact(
+            &format!("sync {}", i + 1),
+            format!("{}  {} in {}", s.at, human_bytes(s.bytes), human_ms(s.ms)),
+        );
+    }
+    if let Some(o) = &st.cutover {
+        fact(
+            "cutover outage",
+            format!(
+                "{} (shutdown {}, deltas {} of {}, start {}) at {}",
+                human_ms(o.total_ms),
+                human_ms(o.shutdown_ms),
+                human_ms(o.apply_ms),
+                human_bytes(o.bytes),
+                human_ms(o.start_ms),
+                o.at
+            ),
+        );
+    }
+    if !facts.is_empty() {
+        out.push(
+            table(&["", ""], &facts)
+                .lines()
+                .skip(1)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        );
+    }
+    out.push(String::new());
+    out.push(table(
+        &[
+            "DISK",
+            "VOLUME",
+            "CAPACITY",
+            "BASE",
+            "STATE",
+            "DELTAS APPLIED",
+        ],
+        &disk_rows(st),
+    ));
+    if !st.steps.is_empty() {
+        let rows: Vec<Vec<String>> = st
+            .steps
+            .iter()
+            .map(|s| {
+                vec![
+                    s.name.clone(),
+                    s.began.clone(),
+                    opt_ms(step_ms(s)),
+                    s.outcome.clone(),
+                    s.error.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        out.push(String::new());
+        out.push(table(
+            &["PLAN STEP", "BEGAN", "TIME", "OUTCOME", "ERROR"],
+            &rows,
+        ));
+    }
+    out.join("\n")
+}
+
+fn disk_rows(st: &ImportState) -> Vec<Vec<String>> {
+    st.disks
+        .iter()
+        .map(|d| {
+            let state = if d.applying {
+                "being written"
+            } else if !d.base_uploaded {
+                "base uploading"
+            } else if d.applied.iter().any(|a| a.handed_over) {
+                "handed over"
+            } else if d.applied.is_empty() {
+                "base uploaded"
+            } else {
+                "deltas applied"
+            };
+            let base = d.base_cid.map_or("-".into(), |c| format!("cid {c:08x}"));
+            let applied: Vec<String> = d.applied.iter().map(|a| a.file.clone()).collect();
+            vec![
+                d.target_dev.clone(),
+                format!("{}/{}", d.pool, d.volume),
+                human_bytes(d.capacity),
+                base,
+                state.to_string(),
+                if applied.is_empty() {
+                    "-".into()
+                } else {
+                    applied.join(", ")
+                },
+            ]
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_escapes_in_names_are_escaped() {
+        assert_eq!(sanitize("web\u{1b}[2Jx\tok"), "web\\u{1b}[2Jx\\u{9}ok");
+        assert_eq!(sanitize("é 日本"), "é 日本");
+    }
+
+    #[test]
+    fn sizes_print_the_human_way() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(8 << 20), "8.0 MiB");
+        assert_eq!(human_bytes(3 << 29), "1.5 GiB");
+    }
+
+    #[test]
+    fn tables_pad_every_column_but_the_last() {
+        let t = table(&["A", "BB"], &[vec!["xyz".into(), "1".into()]]);
+        assert_eq!(t, "A    BB\nxyz  1");
+    }
+}

@@ -1,0 +1,485 @@
+//! The migration plan file (TOML): limits, defaults, one entry per VM; checked into [`Fleet`] before anything runs.
+
+use anyhow::{bail, ensure, Context, Result};
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+/// VMs in flight at once over the whole plan, when the plan does not say (see the README's
+/// "Many VMs": measured on this project's 2-core test host).
+pub const DEFAULT_JOBS: usize = 4;
+/// VMs in flight at once on one KVM host (libvirt URI): its disks take the writes.
+pub const DEFAULT_MAX_PER_TARGET: usize = 2;
+/// VMs in flight at once from one source (ESXi host, or the filesystem holding local files).
+pub const DEFAULT_MAX_PER_SOURCE: usize = 4;
+
+/// The file as written: limits at the top, `[defaults]`, then `[[vm]]` entries.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlan {
+    jobs: Option<usize>,
+    max_per_target: Option<usize>,
+    max_per_source: Option<usize>,
+    log_dir: Option<PathBuf>,
+    #[serde(default)]
+    defaults: RawVm,
+    #[serde(default)]
+    vm: Vec<RawVm>,
+}
+
+/// One VM's entry, or the defaults (which give no name or source).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVm {
+    name: Option<String>,
+    vmx: Option<String>,
+    flat: Option<PathBuf>,
+    deltas: Option<Vec<PathBuf>>,
+    connect: Option<String>,
+    pool: Option<String>,
+    source_group: Option<String>,
+    network: Option<Vec<String>>,
+    bridge: Option<String>,
+    mac: Option<String>,
+    os: Option<String>,
+    memory: Option<u64>,
+    vcpus: Option<u32>,
+    cpu: Option<String>,
+    hyperv_passthrough: Option<bool>,
+    io: Option<String>,
+    allow_outside_paths: Option<bool>,
+    copy_independent: Option<bool>,
+    driver_disk: Option<bool>,
+    no_start: Option<bool>,
+    disk_jobs: Option<usize>,
+    shutdown_timeout: Option<u64>,
+    hard_off: Option<bool>,
+    rollback_on_failure: Option<bool>,
+    remove_esx_snapshots: Option<bool>,
+}
+
+/// The checked plan.
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    pub path: PathBuf,
+    pub jobs: usize,
+    pub max_per_target: usize,
+    pub max_per_source: usize,
+    /// Where each VM's log goes (`NAME.log`).
+    pub log_dir: PathBuf,
+    pub vms: Vec<FleetVm>,
+}
+
+/// Where a VM's disks come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A `.vmx` on this host: every disk, walked from the file it names down to its base.
+    Vmx(PathBuf),
+    /// `ssh://[user@]host[:port]/path.vmx` on an ESXi host.
+    Esx(String),
+    /// A base descriptor (or flat extent) and the deltas for the cutover, oldest first.
+    Flat { base: PathBuf, deltas: Vec<PathBuf> },
+}
+
+/// One VM of the plan, every default applied, every path absolute.
+#[derive(Debug, Clone)]
+pub struct FleetVm {
+    pub name: String,
+    /// The libvirt URI (the KVM host).
+    pub uri: String,
+    pub pool: String,
+    pub source: Source,
+    /// What `max_per_source` counts: the ESXi host, or the local files' filesystem.
+    pub source_group: String,
+    opts: RawVm,
+}
+
+/// Steps of a plan that run a VM through the import.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepKind {
+    Stage1,
+    Sync,
+    Cutover,
+}
+
+impl StepKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepKind::Stage1 => "stage1",
+            StepKind::Sync => "sync",
+            StepKind::Cutover => "cutover",
+        }
+    }
+}
+
+/// Read and check the plan at `path`: unknown keys, missing sources, duplicate names and
+/// option values the command line would refuse are errors naming the file (and the line).
+pub fn load(path: &Path) -> Result<Fleet> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("{}: reading", path.display()))?;
+    parse(path, &text)
+}
+
+/// [`load`] of `text` read from `path` (relative paths in it are taken from `path`'s folder).
+pub fn parse(path: &Path, text: &str) -> Result<Fleet> {
+    let raw: RawPlan = toml::from_str(text)
+        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
+    let dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("."));
+    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+    let at = |what: String| format!("{}: {what}", path.display());
+    let d = &raw.defaults;
+    if let Some(k) = source_key(d).or(d.name.as_ref().map(|_| "name")) {
+        bail!(at(format!(
+            "[defaults] cannot give `{k}`: it belongs to one [[vm]]"
+        )));
+    }
+    ensure!(!raw.vm.is_empty(), at("no [[vm]] entries".into()));
+    let mut names = HashSet::new();
+    let mut vms = Vec::new();
+    for (i, v) in raw.vm.iter().enumerate() {
+        let vm = resolve(&dir, d, v).with_context(|| at(format!("[[vm]] number {}", i + 1)))?;
+        ensure!(
+            names.insert(vm.name.clone()),
+            at(format!("VM '{}' is named twice", vm.name))
+        );
+        for step in [StepKind::Stage1, StepKind::Sync, StepKind::Cutover] {
+            check_args(&vm, step).with_context(|| at(format!("VM '{}'", vm.name)))?;
+        }
+        vms.push(vm);
+    }
+    let limit = |v: Option<usize>, def: usize, key: &str| -> Result<usize> {
+        let n = v.unwrap_or(def);
+        ensure!(n >= 1, at(format!("{key} = {n}: at least 1")));
+        Ok(n)
+    };
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    Ok(Fleet {
+        path: path.to_path_buf(),
+        jobs: limit(raw.jobs, DEFAULT_JOBS, "jobs")?,
+        max_per_target: limit(raw.max_per_target, DEFAULT_MAX_PER_TARGET, "max_per_target")?,
+        max_per_source: limit(raw.max_per_source, DEFAULT_MAX_PER_SOURCE, "max_per_source")?,
+        log_dir: raw
+            .log_dir
+            .map(|p| dir.join(p))
+            .unwrap_or_else(|| dir.join(format!("{stem}.logs"))),
+        vms,
+    })
+}
+
+/// The first of the keys that name a VM's own source, when given.
+fn source_key(v: &RawVm) -> Option<&'static str> {
+    [
+        (v.vmx.is_some(), "vmx"),
+        (v.flat.is_some(), "flat"),
+        (v.deltas.is_some(), "deltas"),
+        (v.source_group.is_some(), "source_group"),
+    ]
+    .into_iter()
+    .find_map(|(given, k)| given.then_some(k))
+}
+
+/// One entry with the defaults under it: each key the entry leaves out comes from `[defaults]`.
+fn resolve(dir: &Path, d: &RawVm, v: &RawVm) -> Result<FleetVm> {
+    let name = v.name.clone().context("no `name` (the domain's name)")?;
+    ensure!(
+        !name.is_empty() && !name.contains(['/', ',']) && !name.chars().any(char::is_control),
+        "name {name:?}: a domain name without '/', ',' or control characters"
+    );
+    let abs = |p: &PathBuf| dir.join(p);
+    let source = match (&v.vmx, &v.flat) {
+        (Some(_), Some(_)) => bail!("VM '{name}': give `vmx` or `flat`, not both"),
+        (Some(x), None) if x.starts_with("ssh://") => Source::Esx(x.clone()),
+        (Some(x), None) => Source::Vmx(abs(&PathBuf::from(x))),
+        (None, Some(f)) => Source::Flat {
+            base: abs(f),
+            deltas: v.deltas.iter().flatten().map(abs).collect(),
+        },
+        (None, None) => {
+            bail!("VM '{name}': no source: give `vmx` (a path or ssh:// URL) or `flat`")
+        }
+    };
+    ensure!(
+        v.deltas.is_none() || matches!(source, Source::Flat { .. }),
+        "VM '{name}': `deltas` go with `flat` (a .vmx names its own)"
+    );
+    let opts = merged(d, v);
+    let source_group = match &v.source_group {
+        Some(g) => g.clone(),
+        None => default_group(&source),
+    };
+    Ok(FleetVm {
+        uri: opts
+            .connect
+            .clone()
+            .unwrap_or_else(|| "qemu:///system".into()),
+        pool: opts.pool.clone().unwrap_or_else(|| "default".into()),
+        name,
+        source,
+        source_group,
+        opts,
+    })
+}
+
+/// The entry's keys over the defaults' keys.
+fn merged(d: &RawVm, v: &RawVm) -> RawVm {
+    macro_rules! pick {
+        ($($f:ident),*) => { RawVm { $($f: v.$f.clone().or_else(|| d.$f.clone()),)* } };
+    }
+    pick!(
+        name,
+        vmx,
+        flat,
+        deltas,
+        connect,
+        pool,
+        source_group,
+        network,
+        bridge,
+        mac,
+        os,
+        memory,
+        vcpus,
+        cpu,
+        hyperv_passthrough,
+        io,
+        allow_outside_paths,
+        copy_independent,
+        driver_disk,
+        no_start,
+        disk_jobs,
+        shutdown_timeout,
+        hard_off,
+        rollback_on_failure,
+        remove_esx_snapshots
+    )
+}
+
+/// The ESXi host of an ssh:// source; for local files the filesystem they are on (its device
+/// number: files on one filesystem share its disks).
+fn default_group(source: &Source) -> String {
+    let file = match source {
+        Source::Esx(url) => {
+            return match crate::esx::ssh::SshUrl::parse(url) {
+                Ok(u) => format!("ssh://{}", u.host),
+                Err(_) => url.clone(),
+            }
+        }
+        Source::Vmx(p) => p,
+        Source::Flat { base, .. } => base,
+    };
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(file) {
+        Ok(m) => format!("filesystem {}:{}", m.dev() >> 8 & 0xfff, m.dev() & 0xff),
+        Err(_) => file.parent().unwrap_or(file).display().to_string(),
+    }
+}
+
+impl FleetVm {
+    /// The arguments of the `virt-vmdkimport` run that does `step` for this VM (`dry_run`:
+    /// the same run with `--dry-run`). `None` when the step does not apply to its source.
+    pub fn args(&self, step: StepKind, dry_run: bool) -> Option<Vec<OsString>> {
+        let o = &self.opts;
+        let mut a: Vec<OsString> = Vec::new();
+        let mut push = |s: &str| a.push(s.into());
+        for s in [
+            "-c", &self.uri, "--domain", &self.name, "--pool", &self.pool,
+        ] {
+            push(s);
+        }
+        let flag = |v: Option<bool>| v == Some(true);
+        let mut flags = vec![("--allow-outside-paths", o.allow_outside_paths)];
+        match (&self.source, step) {
+            (Source::Flat { .. }, StepKind::Sync) | (Source::Vmx(_), StepKind::Sync) => {
+                return None
+            }
+            (Source::Flat { base, .. }, StepKind::Stage1) => {
+                push("--flat");
+                a.push(base.into());
+            }
+            (Source::Flat { deltas, .. }, StepKind::Cutover) => {
+                a.extend(deltas.iter().map(OsString::from));
+            }
+            (Source::Vmx(p), _) => {
+                push("--vmx");
+                a.push(p.into());
+            }
+            (Source::Esx(url), _) => {
+                push("--vmx");
+                push(url);
+            }
+        }
+        let esx = matches!(self.source, Source::Esx(_));
+        match step {
+            StepKind::Stage1 => {
+                self.shaping_args(&mut a);
+                flags.push(("--copy-independent", o.copy_independent));
+            }
+            StepKind::Sync => a.push("--sync".into()),
+            StepKind::Cutover if esx => {
+                a.push("--cutover".into());
+                if let Some(t) = o.shutdown_timeout {
+                    a.extend(["--shutdown-timeout".into(), t.to_string().into()]);
+                }
+                flags.extend([
+                    ("--hard-off", o.hard_off),
+                    ("--rollback-on-failure", o.rollback_on_failure),
+                    ("--remove-esx-snapshots", o.remove_esx_snapshots),
+                ]);
+            }
+            StepKind::Cutover => {
+                if let Some(io) = &o.io {
+                    a.extend(["--io".into(), io.into()]);
+                }
+                flags.extend([
+                    ("--no-start", o.no_start),
+                    ("--driver-disk", o.driver_disk),
+                    ("--copy-independent", o.copy_independent),
+                ]);
+            }
+        }
+        if esx && step != StepKind::Stage1 {
+            if let Some(j) = o.disk_jobs {
+                a.extend(["--jobs".into(), j.to_string().into()]);
+            }
+        }
+        a.extend(
+            flags
+                .into_iter()
+                .filter(|(_, v)| flag(*v))
+                .map(|(f, _)| f.into()),
+        );
+        if dry_run {
+            a.push("--dry-run".into());
+        }
+        Some(a)
+    }
+
+    /// The options that shape the domain, for stage 1.
+    fn shaping_args(&self, a: &mut Vec<OsString>) {
+        let o = &self.opts;
+        let mut opt = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                a.extend([k.into(), v.into()]);
+            }
+        };
+        opt("--os", o.os.clone());
+        opt("--memory", o.memory.map(|m| m.to_string()));
+        opt("--vcpus", o.vcpus.map(|m| m.to_string()));
+        opt("--cpu", o.cpu.clone());
+        opt("--bridge", o.bridge.clone());
+        opt("--mac", o.mac.clone());
+        for n in o.network.iter().flatten() {
+            opt("--network", Some(n.clone()));
+        }
+        if o.hyperv_passthrough == Some(true) {
+            a.push("--hyperv-passthrough".into());
+        }
+    }
+
+    pub fn is_esx(&self) -> bool {
+        matches!(self.source, Source::Esx(_))
+    }
+}
+
+/// The step's arguments go through the command line's own parser and checks of values, so a
+/// plan with `os = "bsd"` or `io = "fast"` fails when it is read, not half way through a run.
+fn check_args(vm: &FleetVm, step: StepKind) -> Result<()> {
+    use clap::Parser;
+    let Some(args) = vm.args(step, false) else {
+        return Ok(());
+    };
+    let argv = std::iter::once(OsString::from("virt-vmdkimport")).chain(args);
+    let cli = crate::cli::Cli::try_parse_from(argv).map_err(|e| {
+        let msg = e.to_string();
+        anyhow::anyhow!(
+            "{}",
+            msg.lines()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("error: ")
+        )
+    })?;
+    crate::cli::network_args(&cli.network)?;
+    if let Some(m) = &cli.mac {
+        crate::cli::normalise_mac(m)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(text: &str) -> Result<Fleet> {
+        parse(Path::new("/tmp/plan.toml"), text)
+    }
+
+    #[test]
+    fn an_unknown_key_names_its_line() {
+        let e = parse_str("jobs = 2\n[[vm]]\nname = \"a\"\nvmx = \"/a.vmx\"\nmemroy = 512\n")
+            .unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.contains("/tmp/plan.toml"), "{msg}");
+        assert!(msg.contains("line 5"), "{msg}");
+        assert!(msg.contains("memroy"), "{msg}");
+    }
+
+    #[test]
+    fn entries_take_the_defaults_they_leave_out() {
+        let f = parse_str(
+            "[defaults]\nconnect = \"qemu+tcp://h/system\"\npool = \"vg0\"\nnetwork = [\"VM Network=default\"]\n\
+             [[vm]]\nname = \"a\"\nflat = \"a/a.vmdk\"\ndeltas = [\"a/a-000001.vmdk\"]\n\
+             [[vm]]\nname = \"b\"\nvmx = \"ssh://root@esx1/vmfs/volumes/ds/b/b.vmx\"\npool = \"p2\"\n",
+        )
+        .unwrap();
+        assert_eq!((f.jobs, f.max_per_target, f.max_per_source), (4, 2, 4));
+        assert_eq!(f.vms[0].uri, "qemu+tcp://h/system");
+        assert_eq!(f.vms[1].pool, "p2");
+        assert_eq!(f.vms[1].source_group, "ssh://esx1");
+        let a = f.vms[0].args(StepKind::Cutover, false).unwrap();
+        assert!(a
+            .iter()
+            .any(|x| x.to_string_lossy().ends_with("a/a-000001.vmdk")));
+        assert!(f.vms[0].args(StepKind::Sync, false).is_none());
+        let s1: Vec<_> = f.vms[1].args(StepKind::Stage1, true).unwrap();
+        assert!(s1.contains(&"--network".into()) && s1.contains(&"--dry-run".into()));
+        let c: Vec<_> = f.vms[1].args(StepKind::Cutover, false).unwrap();
+        assert!(c.contains(&"--cutover".into()) && !c.contains(&"--network".into()));
+    }
+
+    #[test]
+    fn bad_plans_are_refused_with_the_reason() {
+        let cases = [
+            ("[[vm]]\nvmx = \"/a.vmx\"\n", "no `name`"),
+            ("[[vm]]\nname = \"a\"\n", "no source"),
+            (
+                "[defaults]\nvmx = \"/a.vmx\"\n[[vm]]\nname = \"a\"\n",
+                "[defaults] cannot give `vmx`",
+            ),
+            (
+                "[[vm]]\nname = \"a\"\nvmx = \"/a\"\n[[vm]]\nname = \"a\"\nvmx = \"/b\"\n",
+                "named twice",
+            ),
+            ("[[vm]]\nname = \"a\"\nvmx = \"/a\"\nos = \"bsd\"\n", "bsd"),
+            (
+                "[[vm]]\nname = \"a\"\nvmx = \"/a\"\nmac = \"01:00:00:00:00:01\"\n",
+                "multicast",
+            ),
+            ("jobs = 0\n[[vm]]\nname = \"a\"\nvmx = \"/a\"\n", "jobs = 0"),
+            (
+                "[[vm]]\nname = \"a\"\nvmx = \"/a\"\ndeltas = [\"x\"]\n",
+                "`deltas` go with `flat`",
+            ),
+            ("", "no [[vm]]"),
+        ];
+        for (text, want) in cases {
+            let msg = format!("{:#}", parse_str(text).unwrap_err());
+            assert!(msg.contains(want), "{want:?} in {msg}");
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Migration plans end to end on the real libvirtd through two URIs: stage 1 and the cutover of six VMs within the plan's limits (read from the step times in each import state), one VM failing while the others finish, an interrupted run resumed, `plan check` changing nothing.
+
+mod util;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+
+use util::import::show;
+use util::libvirt::{read_volume, TestPool, REMOTE_URI};
+use util::plan::*;
+use util::{assert_same, qemu_read};
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The summary line of `vm` (the table's row starting with its name).
+fn row<'a>(text: &'a str, vm: &PlanVm) -> &'a str {
+    text.lines()
+        .rev()
+        .find(|l| l.starts_with(&vm.name))
+        .unwrap_or_else(|| panic!("no summary row for {} in\n{text}", vm.name))
+}
+
+#[test]
+fn six_vms_over_two_uris_run_within_the_limits_and_one_bad_delta_fails_alone() {
+    let (a, b) = (TestPool::new("plana"), TestPool::on(REMOTE_URI, "planb"));
+    let pools = [&a, &b];
+    let vms = vms(&pools, 6, 3, Some(4));
+    let head = "jobs = 3\nmax_per_target = 2\nmax_per_source = 1\n";
+    let plan = write_plan(&a.dir, &plan_text(head, &pools, &vms));
+
+    let out = run_plan("stage1", &plan, &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    let spans1 = spans(&pools, &vms, "stage1");
+    assert_eq!(spans1.len(), 6, "one stage1 record per VM");
+    assert_eq!(
+        max_overlap(&spans1, |_| "all".into()),
+        3,
+        "jobs = 3, reached"
+    );
+    assert!(
+        max_overlap(&spans1, |i| vms[i].uri.clone()) <= 2,
+        "max_per_target = 2"
+    );
+    assert_eq!(
+        max_overlap(&spans1, |i| vms[i].group.clone()),
+        1,
+        "max_per_source = 1"
+    );
+    for (i, v) in vms.iter().enumerate() {
+        let vol = pools[i % 2]
+            .pool
+            .volume(&format!("{}-disk0", v.name))
+            .unwrap();
+        assert_same(
+            &read_volume(&vol),
+            &std::fs::read(v.folder.path("base-flat.vmdk")).unwrap(),
+            &v.name,
+        );
+    }
+
+    let out = run_plan("cutover", &plan, &[]);
+    println!("{}", stdout(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let text = stdout(&out);
+    let bad = row(&text, &vms[4]);
+    assert!(bad.contains("FAILED") && bad.contains("parentCID"), "{bad}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("1 of 6 VMs failed") && err.contains(&vms[4].name),
+        "{err}"
+    );
+    for (i, v) in vms.iter().enumerate().filter(|(i, _)| *i != 4) {
+        assert!(row(&text, v).contains("cut over"), "{}", row(&text, v));
+        let vol = pools[i % 2]
+            .pool
+            .volume(&format!("{}-disk0", v.name))
+            .unwrap();
+        assert_same(&read_volume(&vol), &qemu_read(&v.delta), &v.name);
+    }
+    let spans2 = spans(&pools, &vms, "cutover");
+    assert_eq!(spans2.len(), 6);
+    assert!(max_overlap(&spans2, |i| vms[i].uri.clone()) <= 2);
+    assert_eq!(max_overlap(&spans2, |i| vms[i].group.clone()), 1);
+    let st = state_of(pools[0], &vms[4]).unwrap();
+    let rec = st.steps.last().unwrap();
+    assert_eq!(rec.outcome, "failed");
+    assert!(
+        rec.error.as_deref().unwrap_or("").contains("parentCID"),
+        "{rec:?}"
+    );
+
+    // A rerun leaves the finished VMs alone; plan status reads it all back from the hosts.
+    let out = run_plan(
+        "cutover",
+        &plan,
+        &["--only", &format!("{},{}", vms[0].name, vms[4].name)],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        row(&stdout(&out), &vms[0]).contains("cut over already"),
+        "{}",
+        stdout(&out)
+    );
+    let out = run_plan("status", &plan, &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    let text = stdout(&out);
+    println!("{text}");
+    assert!(
+        row(&text, &vms[4]).contains("stage 1 done") && row(&text, &vms[4]).contains("parentCID")
+    );
+    assert!(row(&text, &vms[1]).contains("cut over") && row(&text, &vms[1]).contains("8.0 MiB"));
+
+    let out = util::import::run(&["status", "--domain", &vms[1].name, "-c", &vms[1].uri]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        text.contains("cut over") && text.contains("d1.vmdk") && text.contains("cutover"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_interrupted_plan_stage1_is_resumed_by_the_same_command() {
+    let (a, b) = (TestPool::new("planc"), TestPool::on(REMOTE_URI, "pland"));
+    let pools = [&a, &b];
+    let vms = vms(&pools, 4, 4, None);
+    let plan = write_plan(&a.dir, &plan_text("jobs = 1\n", &pools, &vms));
+
+    let mut child = plan_cmd("stage1", &plan, &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.contains("stage1 started"), "{first}");
+    // Ctrl-C: the whole process group of the plan run.
+    killpg(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(130), "{rest:?}\n{err}");
+    assert!(
+        err.contains("interrupted by SIGINT") && err.contains("rerun the same command"),
+        "{err}"
+    );
+    let text = rest.join("\n");
+    assert!(
+        text.contains("not started"),
+        "later VMs never started:\n{text}"
+    );
+
+    let out = run_plan("stage1", &plan, &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    for (i, v) in vms.iter().enumerate() {
+        let vol = pools[i % 2]
+            .pool
+            .volume(&format!("{}-disk0", v.name))
+            .unwrap();
+        assert_same(
+            &read_volume(&vol),
+            &std::fs::read(v.folder.path("base-flat.vmdk")).unwrap(),
+            &v.name,
+        );
+        assert!(
+            row(&stdout(&out), v).contains("stage 1 done"),
+            "{}",
+            stdout(&out)
+        );
+    }
+    // Never two at once with jobs = 1, over both runs.
+    assert_eq!(
+        max_overlap(&spans(&pools, &vms, "stage1"), |_| "all".into()),
+        1
+    );
+}
+
+#[test]
+fn plan_check_changes_nothing_and_names_what_is_wrong() {
+    let tp = TestPool::new("plane");
+    let pools = [&tp];
+    let vms = vms(&pools, 2, 1, None);
+    let mut text = plan_text("", &pools, &vms);
+    text += &format!(
+        "\n[[vm]]\nname = \"missing-{}\"\npool = \"{}\"\nflat = \"nowhere.vmdk\"\n",
+        vms[0].name, tp.name
+    );
+    let plan = write_plan(&tp.dir, &text);
+
+    let out = run_plan("check", &plan, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let text = stdout(&out);
+    assert!(text.contains("would create volume"), "{text}");
+    let last = text.lines().last().unwrap();
+    assert!(
+        last.contains("FAILED") && last.contains("nowhere.vmdk"),
+        "{last}"
+    );
+    for v in &vms {
+        assert!(
+            tp.conn.domain(&v.name).unwrap().is_none(),
+            "{} defined by a check",
+            v.name
+        );
+    }
+    assert!(
+        tp.pool.raw().list_all_volumes(0).unwrap().is_empty(),
+        "volumes made by a check"
+    );
+
+    std::fs::write(
+        &plan,
+        format!("{}\nmemroy = 64\n", plan_text("", &pools, &vms)),
+    )
+    .unwrap();
+    let out = run_plan("check", &plan, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.contains("migration.toml") && err.contains("memroy") && err.contains("line"),
+        "{err}"
+    );
+}
