@@ -34,6 +34,7 @@ fn six_vms_over_two_uris_run_within_the_limits_and_one_bad_delta_fails_alone() {
 
     let out = run_plan("stage1", &plan, &[]);
     assert!(out.status.success(), "{}", show(&out));
+    println!("{}", stdout(&out));
     let spans1 = spans(&pools, &vms, "stage1");
     assert_eq!(spans1.len(), 6, "one stage1 record per VM");
     assert_eq!(

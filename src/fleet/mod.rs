@@ -54,11 +54,18 @@ impl Hosts {
         c.as_ref().map_err(|e| anyhow!("{e}"))
     }
 
-    /// The VM's domain and its import state.
+    /// The VM's domain and its import state. A failure forgets the connection, so the next
+    /// call connects again (the daemon may have restarted since).
     fn state(&mut self, vm: &FleetVm) -> Result<(Option<Dom>, Option<ImportState>)> {
-        let dom = self.get(&vm.uri)?.domain(&vm.name)?;
-        let st = dom.as_ref().map(read_state).transpose()?.flatten();
-        Ok((dom, st))
+        let got = self.get(&vm.uri).and_then(|c| {
+            let dom = c.domain(&vm.name)?;
+            let st = dom.as_ref().map(read_state).transpose()?.flatten();
+            Ok((dom, st))
+        });
+        if got.is_err() {
+            self.conns.remove(&vm.uri);
+        }
+        got
     }
 }
 
