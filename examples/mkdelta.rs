@@ -23,6 +23,7 @@ use anyhow::{bail, ensure, Context};
 use clap::{Parser, ValueEnum};
 use fixtures::{
     descriptor, pattern, write_cowd, write_sesparse, CowdOptions, Kind, SeSparseOptions,
+    XorShift as Rng,
 };
 use vmdkimport::vmdk::Descriptor;
 
@@ -54,17 +55,6 @@ struct Args {
     /// Put the runs back to back from offset 0 instead of scattering them.
     #[arg(long)]
     contiguous: bool,
-}
-
-/// xorshift64*: deterministic for a seed, no extra crates.
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
 }
 
 fn main() -> anyhow::Result<()> {

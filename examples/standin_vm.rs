@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
 use clap::Parser;
-use fixtures::{pattern, write_cowd, write_sesparse, Kind};
+use fixtures::{pattern, write_cowd, write_sesparse, Kind, XorShift as Rng};
 use vmdkimport::vmdk::descriptor::{Descriptor, ExtentKind};
 
 /// Bytes of the per-round payload on disk 0, and of every random block.
@@ -270,17 +270,6 @@ fn remove_if_there(path: &Path) -> std::io::Result<()> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
-    }
-}
-
-/// xorshift64*, no extra crates.
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
     }
 }
 

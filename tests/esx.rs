@@ -8,11 +8,11 @@ mod util;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use util::esx::StandIn;
+use util::esx::{vmx_text, StandIn};
 use util::fixtures::{pattern, patterned, Kind, SECTOR};
 use util::libvirt::{unique_name, TestPool};
 use util::vmximport::{
-    cowd_child, domain_exists, domstate, flat_base, virsh, volume_bytes, volume_names, Run,
+    cowd_child, domain_exists, domstate, flat_base, virsh, volume_bytes, volume_names,
 };
 use util::{assert_same, qemu_read};
 use vmdkimport::state::NS_URI;
@@ -20,37 +20,6 @@ use vmdkimport::state::NS_URI;
 const MIB: usize = 1 << 20;
 /// The nested KVM here cannot start host-passthrough: the trial start asks for QEMU's CPU.
 const CPU: [&str; 2] = ["--cpu", "default"];
-
-/// A .vmx with no NIC and the given disk file names on scsi0.
-fn vmx_text(name: &str, disks: &[&str]) -> String {
-    let mut s = format!(
-        ".encoding = \"UTF-8\"\nconfig.version = \"8\"\nvirtualHW.version = \"19\"\n\
-         displayName = \"{name}\"\nguestOS = \"ubuntu-64\"\nmemsize = \"128\"\nnumvcpus = \"1\"\n\
-         scsi0.present = \"TRUE\"\nscsi0.virtualDev = \"pvscsi\"\n"
-    );
-    for (i, d) in disks.iter().enumerate() {
-        s += &format!(
-            "scsi0:{i}.present = \"TRUE\"\nscsi0:{i}.deviceType = \"scsi-hardDisk\"\nscsi0:{i}.fileName = \"{d}\"\n"
-        );
-    }
-    s
-}
-
-fn stage1(esx: &StandIn, tp: &TestPool, domain: &str, vmx: &str, extra: &[&str]) -> Run {
-    let url = esx.url(vmx);
-    let mut args = vec![
-        "-c",
-        "qemu:///system",
-        "--domain",
-        domain,
-        "--pool",
-        &tp.name,
-        "--vmx",
-        &url,
-    ];
-    args.extend_from_slice(extra);
-    esx.tool(&args)
-}
 
 fn trial_started(domain: &str) -> bool {
     let meta = virsh(&["metadata", domain, NS_URI]).ok().stdout();
@@ -102,7 +71,7 @@ fn stage_one_over_ssh_snapshots_a_running_vm_and_streams_each_base_on_one_connec
     let name = unique_name("esx-web");
     tp.track_domain(&name);
 
-    let run = stage1(&esx, &tp, &name, "web one/web one.vmx", &CPU).ok();
+    let run = esx.import(&tp, &name, "web one/web one.vmx", &CPU).ok();
     println!("{run}");
     assert!(
         run.stdout().contains("took snapshot 'virt-vmdkimport-1'"),
@@ -184,7 +153,7 @@ fn a_vm_with_snapshots_of_its_own_is_walked_down_to_its_base_and_a_second_run_is
     let name = unique_name("esx-app");
     tp.track_domain(&name);
 
-    let run = stage1(&esx, &tp, &name, "app/app.vmx", &CPU).ok();
+    let run = esx.import(&tp, &name, "app/app.vmx", &CPU).ok();
     println!("{run}");
     assert!(
         run.stdout().contains("took snapshot 'virt-vmdkimport-2'"),
@@ -208,7 +177,7 @@ fn a_vm_with_snapshots_of_its_own_is_walked_down_to_its_base_and_a_second_run_is
     assert!(trial_started(&name));
 
     // The same command again is refused, pointing at --sync and --cutover; nothing is taken.
-    let again = stage1(&esx, &tp, &name, "app/app.vmx", &CPU);
+    let again = esx.import(&tp, &name, "app/app.vmx", &CPU);
     assert_eq!(again.code(), Some(1), "{again}");
     assert!(
         again.stderr().contains(
@@ -258,7 +227,7 @@ fn a_base_still_open_for_writing_is_refused_naming_it_before_anything_is_made() 
     let name = unique_name("esx-mail");
     tp.track_domain(&name);
 
-    let run = stage1(&esx, &tp, &name, "mail/mail.vmx", &CPU);
+    let run = esx.import(&tp, &name, "mail/mail.vmx", &CPU);
     assert_eq!(run.code(), Some(1), "{run}");
     let err = run.stderr();
     assert!(
@@ -297,7 +266,7 @@ fn vim_cmd_answers_that_do_not_parse_are_refused_naming_the_command() {
         ),
     ] {
         esx.hostile(sub);
-        let run = stage1(&esx, &tp, &name, "odd/odd.vmx", &CPU);
+        let run = esx.import(&tp, &name, "odd/odd.vmx", &CPU);
         assert_eq!(run.code(), Some(1), "{run}");
         assert!(
             run.stderr().contains(&format!(
@@ -327,7 +296,7 @@ fn dry_run_prints_the_esxi_commands_and_changes_nothing() {
     let name = unique_name("esx-dry");
     tp.track_domain(&name);
 
-    let run = stage1(&esx, &tp, &name, "dry/dry.vmx", &["--dry-run"]).ok();
+    let run = esx.import(&tp, &name, "dry/dry.vmx", &["--dry-run"]).ok();
     let out = run.stdout();
     for want in [
         "running vim-cmd vmsvc/getallvms",

@@ -9,49 +9,17 @@ use std::path::Path;
 use std::time::Duration;
 
 use util::bootimg;
-use util::esx::StandIn;
+use util::esx::{vmx_text, StandIn};
 use util::fixtures::{pattern, patterned, Kind, SECTOR};
 use util::libvirt::{unique_name, TestPool};
 use util::vmximport::{
-    add_console_log, cowd_child, domstate, flat_base, virsh, volume_bytes, wait_for_line, Run,
+    add_console_log, cowd_child, domstate, flat_base, virsh, volume_bytes, wait_for_line,
 };
 use util::{assert_same, qemu_read};
 use vmdkimport::state::NS_URI;
 
 const MIB: usize = 1 << 20;
 const CPU: [&str; 2] = ["--cpu", "default"];
-
-/// A .vmx with no NIC, a serial console and the given disk file names on scsi0.
-fn vmx_text(name: &str, disks: &[&str]) -> String {
-    let mut s = format!(
-        ".encoding = \"UTF-8\"\nconfig.version = \"8\"\nvirtualHW.version = \"19\"\n\
-         displayName = \"{name}\"\nguestOS = \"ubuntu-64\"\nmemsize = \"128\"\nnumvcpus = \"1\"\n\
-         scsi0.present = \"TRUE\"\nscsi0.virtualDev = \"pvscsi\"\n"
-    );
-    for (i, d) in disks.iter().enumerate() {
-        s += &format!(
-            "scsi0:{i}.present = \"TRUE\"\nscsi0:{i}.deviceType = \"scsi-hardDisk\"\nscsi0:{i}.fileName = \"{d}\"\n"
-        );
-    }
-    s
-}
-
-/// `virt-vmdkimport -c qemu:///system --domain D --pool P --vmx URL EXTRA...`
-fn tool(esx: &StandIn, tp: &TestPool, domain: &str, vmx: &str, extra: &[&str]) -> Run {
-    let url = esx.url(vmx);
-    let mut args = vec![
-        "-c",
-        "qemu:///system",
-        "--domain",
-        domain,
-        "--pool",
-        &tp.name,
-        "--vmx",
-        &url,
-    ];
-    args.extend_from_slice(extra);
-    esx.tool(&args)
-}
 
 fn metadata(domain: &str) -> String {
     virsh(&["metadata", domain, NS_URI]).ok().stdout()
@@ -99,7 +67,7 @@ fn a_powered_off_vm_with_snapshots_of_its_own_is_cut_over_without_a_shutdown() {
     let name = unique_name("esx-off");
     tp.track_domain(&name);
 
-    tool(&esx, &tp, &name, "app/app.vmx", &CPU).ok();
+    esx.import(&tp, &name, "app/app.vmx", &CPU).ok();
     // What the VM wrote into the migration snapshot's delta before it was powered off.
     cowd_child(
         &dir,
@@ -117,7 +85,7 @@ fn a_powered_off_vm_with_snapshots_of_its_own_is_cut_over_without_a_shutdown() {
     let log = tp.path("console.log");
     add_console_log(&name, &log);
 
-    let run = tool(&esx, &tp, &name, "app/app.vmx", &["--cutover"]).ok();
+    let run = esx.import(&tp, &name, "app/app.vmx", &["--cutover"]).ok();
     println!("{run}");
     let out = run.stdout();
     assert!(
@@ -143,7 +111,7 @@ fn a_powered_off_vm_with_snapshots_of_its_own_is_cut_over_without_a_shutdown() {
     );
 
     // Once handed over, nothing from ESXi is written again.
-    let again = tool(&esx, &tp, &name, "app/app.vmx", &["--cutover"]);
+    let again = esx.import(&tp, &name, "app/app.vmx", &["--cutover"]);
     assert_eq!(again.code(), Some(1), "{again}");
     assert!(
         again.stderr().contains("was already handed over"),
@@ -215,7 +183,7 @@ fn stage_one_two_syncs_and_the_cutover_of_a_running_vm_bring_its_last_writes_ove
     let name = unique_name("esx-e2e");
     tp.track_domain(&name);
 
-    let s1 = tool(&esx, &tp, &name, &vmx, &CPU).ok();
+    let s1 = esx.import(&tp, &name, &vmx, &CPU).ok();
     assert!(
         s1.stdout().contains("took snapshot 'virt-vmdkimport-1'"),
         "{s1}"
@@ -223,7 +191,7 @@ fn stage_one_two_syncs_and_the_cutover_of_a_running_vm_bring_its_last_writes_ove
     esx.wait_rounds(21, 3);
 
     // A dry run says what a round would do and changes nothing.
-    let dry = tool(&esx, &tp, &name, &vmx, &["--sync", "--dry-run"]).ok();
+    let dry = esx.import(&tp, &name, &vmx, &["--sync", "--dry-run"]).ok();
     assert!(
         dry.stdout()
             .contains("would run vim-cmd vmsvc/snapshot.create 21 'virt-vmdkimport-2'"),
@@ -237,7 +205,7 @@ fn stage_one_two_syncs_and_the_cutover_of_a_running_vm_bring_its_last_writes_ove
     // Two pre-copy rounds: each freezes what the VM wrote since the last and applies it.
     for round in 1..=2 {
         let frozen = tops(&esx, &vmx);
-        let sync = tool(&esx, &tp, &name, &vmx, &["--sync"]).ok();
+        let sync = esx.import(&tp, &name, &vmx, &["--sync"]).ok();
         println!("{sync}");
         assert!(
             sync.stdout()
@@ -249,7 +217,9 @@ fn stage_one_two_syncs_and_the_cutover_of_a_running_vm_bring_its_last_writes_ove
         esx.wait_rounds(21, 3);
     }
 
-    let dry = tool(&esx, &tp, &name, &vmx, &["--cutover", "--dry-run"]).ok();
+    let dry = esx
+        .import(&tp, &name, &vmx, &["--cutover", "--dry-run"])
+        .ok();
     assert!(
         dry.stdout()
             .contains("would run vim-cmd vmsvc/power.shutdown 21"),
@@ -259,14 +229,14 @@ fn stage_one_two_syncs_and_the_cutover_of_a_running_vm_bring_its_last_writes_ove
 
     let log = tp.path("console.log");
     add_console_log(&name, &log);
-    let cut = tool(
-        &esx,
-        &tp,
-        &name,
-        &vmx,
-        &["--cutover", "--jobs", "2", "--remove-esx-snapshots"],
-    )
-    .ok();
+    let cut = esx
+        .import(
+            &tp,
+            &name,
+            &vmx,
+            &["--cutover", "--jobs", "2", "--remove-esx-snapshots"],
+        )
+        .ok();
     println!("{cut}");
     let out = cut.stdout();
     for want in [
@@ -311,19 +281,13 @@ fn a_guest_that_does_not_shut_down_is_left_running_and_nothing_changes_unless_ha
     let vmx = running_vm(&esx, "db", 22, "cowd", 1, false);
     let name = unique_name("esx-stuck");
     tp.track_domain(&name);
-    tool(&esx, &tp, &name, &vmx, &CPU).ok();
+    esx.import(&tp, &name, &vmx, &CPU).ok();
     esx.wait_rounds(22, 2);
     let meta = metadata(&name);
     let vol = volume_bytes(&tp, &format!("{name}-disk0"));
 
     esx.ignore_shutdown(22);
-    let run = tool(
-        &esx,
-        &tp,
-        &name,
-        &vmx,
-        &["--cutover", "--shutdown-timeout", "2"],
-    );
+    let run = esx.import(&tp, &name, &vmx, &["--cutover", "--shutdown-timeout", "2"]);
     assert_eq!(run.code(), Some(1), "{run}");
     assert!(
         run.stderr().contains("not powered off 2 s after the shutdown request: the VM still runs on ESXi and nothing was changed here"),
@@ -333,7 +297,7 @@ fn a_guest_that_does_not_shut_down_is_left_running_and_nothing_changes_unless_ha
     std::fs::remove_file(esx.root().join("standin/ignore-shutdown-22")).unwrap();
 
     esx.no_tools(22);
-    let run = tool(&esx, &tp, &name, &vmx, &["--cutover"]);
+    let run = esx.import(&tp, &name, &vmx, &["--cutover"]);
     assert_eq!(run.code(), Some(1), "{run}");
     assert!(
         run.stderr()
@@ -349,7 +313,9 @@ fn a_guest_that_does_not_shut_down_is_left_running_and_nothing_changes_unless_ha
     );
     assert_eq!(domstate(&name), "shut off");
 
-    let run = tool(&esx, &tp, &name, &vmx, &["--cutover", "--hard-off"]).ok();
+    let run = esx
+        .import(&tp, &name, &vmx, &["--cutover", "--hard-off"])
+        .ok();
     assert!(
         run.stdout()
             .contains("no VMware Tools: powering it off (--hard-off)"),
@@ -368,13 +334,13 @@ fn a_connection_cut_while_the_final_delta_is_read_leaves_the_disk_marked_and_a_r
     let vmx = running_vm(&esx, "mx", 23, "sesparse", 1, false);
     let name = unique_name("esx-drop");
     tp.track_domain(&name);
-    tool(&esx, &tp, &name, &vmx, &CPU).ok();
+    esx.import(&tp, &name, &vmx, &CPU).ok();
     esx.wait_rounds(23, 4);
 
     // The pass over the grains reads with bs=1048576: the cut comes there, after the
     // disk was marked, 64 KiB into the grains.
     esx.drop_read("mx-000001-sesparse.vmdk bs=1048576", 65536);
-    let run = tool(&esx, &tp, &name, &vmx, &["--cutover"]);
+    let run = esx.import(&tp, &name, &vmx, &["--cutover"]);
     assert_eq!(run.code(), Some(1), "{run}");
     let err = run.stderr();
     assert!(err.contains("mx-000001-sesparse.vmdk"), "{run}");
@@ -392,7 +358,7 @@ fn a_connection_cut_while_the_final_delta_is_read_leaves_the_disk_marked_and_a_r
         "never started on a half-written disk"
     );
 
-    let again = tool(&esx, &tp, &name, &vmx, &["--cutover"]).ok();
+    let again = esx.import(&tp, &name, &vmx, &["--cutover"]).ok();
     assert!(
         again.stdout().contains("powered off already: no shutdown"),
         "{again}"
@@ -412,7 +378,8 @@ fn a_start_that_fails_rolls_back_to_esxi_and_the_next_cutover_brings_the_newer_w
     let name = unique_name("esx-back");
     tp.track_domain(&name);
     let map = format!("VM Network={}", net.name);
-    tool(&esx, &tp, &name, &vmx, &[CPU[0], CPU[1], "--network", &map]).ok();
+    esx.import(&tp, &name, &vmx, &[CPU[0], CPU[1], "--network", &map])
+        .ok();
     esx.wait_rounds(24, 2);
 
     // Something on the KVM host breaks while the VM is going down on ESXi: its network goes.
@@ -424,13 +391,7 @@ fn a_start_that_fails_rolls_back_to_esxi_and_the_next_cutover_brings_the_newer_w
         24,
         &format!("virsh -c qemu:///system net-destroy '{}'", net.name),
     );
-    let run = tool(
-        &esx,
-        &tp,
-        &name,
-        &vmx,
-        &["--cutover", "--rollback-on-failure"],
-    );
+    let run = esx.import(&tp, &name, &vmx, &["--cutover", "--rollback-on-failure"]);
     assert_eq!(run.code(), Some(1), "{run}");
     assert!(
         run.stderr()
@@ -454,7 +415,7 @@ fn a_start_that_fails_rolls_back_to_esxi_and_the_next_cutover_brings_the_newer_w
     virsh(&["net-create", f.to_str().unwrap()]).ok();
     let log = tp.path("console.log");
     add_console_log(&name, &log);
-    tool(&esx, &tp, &name, &vmx, &["--cutover"]).ok();
+    esx.import(&tp, &name, &vmx, &["--cutover"]).ok();
     let top = tops(&esx, &vmx);
     assert_eq!(
         booted_line(&log),
@@ -477,7 +438,7 @@ fn a_vm_with_an_independent_disk_is_refused_over_ssh_naming_the_disk() {
     esx.register(25, "ind", "ind/ind.vmx", false, "cowd", "");
     let name = unique_name("esx-indep");
     tp.track_domain(&name);
-    let run = tool(&esx, &tp, &name, "ind/ind.vmx", &CPU);
+    let run = esx.import(&tp, &name, "ind/ind.vmx", &CPU);
     assert_eq!(run.code(), Some(1), "{run}");
     assert!(
         run.stderr()

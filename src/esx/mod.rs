@@ -83,39 +83,24 @@ pub fn refuse_stage_two(uri: Option<&str>, domain: &str) -> Result<()> {
 /// its base. With `dry_run` nothing changes on the host (the snapshot is only said, the bases
 /// are not probed); with `say` every ESXi command is printed.
 pub fn prepare_stage_one(url: &str, dry_run: bool, say: bool, outside: bool) -> Result<StageOne> {
-    let url = SshUrl::parse(url)?;
-    ensure!(
-        url.path.ends_with(".vmx"),
-        "{}: the path must name the VM's .vmx",
-        url.with_path(&url.path)
-    );
-    let ds_path = datastore_path(&url.path)?;
-    let ssh = Arc::new(Ssh::new(&url)?);
-    let host = Host {
-        ssh: &ssh,
-        dry_run,
-        say,
-    };
-    let id = host.find_vm(&ds_path)?;
+    let vm = vm::Vm::find(url, dry_run, say, outside)?;
+    let (ssh, url, id, ds_path) = (&vm.ssh, vm.url(), vm.id, &vm.ds_path);
+    let host = vm.host();
     let power = host.power(id)?;
     // Disks this cannot take are refused before the snapshot: nothing changes on ESXi then.
-    refuse_independent(&read_vmx(&ssh, &url)?, &url)?;
+    refuse_independent(&read_vmx(ssh, url)?, url)?;
     let snaps = host.snapshots(id)?;
     match snaps.iter().find(|s| s.name.starts_with(SNAPSHOT_NAME)) {
         Some(s) => crate::say!("{ds_path}: keeps its migration snapshot '{}'", s.name),
-        None => host.take_snapshot(
-            id,
-            &ds_path,
-            &format!("{SNAPSHOT_NAME}-{}", snaps.len() + 1),
-        )?,
+        None => host.take_snapshot(id, ds_path, &format!("{SNAPSHOT_NAME}-{}", snaps.len() + 1))?,
     }
     let name = url.with_path(&url.path);
     // Read again: the snapshot rewrote the disks' file names.
-    let cfg = read_vmx(&ssh, &url)?;
+    let cfg = read_vmx(ssh, url)?;
     for note in &cfg.notes {
         eprintln!("note: {name}: {note}");
     }
-    refuse_independent(&cfg, &url)?;
+    refuse_independent(&cfg, url)?;
     let mut bases = Vec::new();
     for disk in &cfg.disks {
         let top = remote_join(
@@ -123,7 +108,7 @@ pub fn prepare_stage_one(url: &str, dry_run: bool, say: bool, outside: bool) -> 
             &disk.file_name.to_string_lossy(),
             outside,
         )?;
-        let base = walk_to_base(&ssh, &top, outside)
+        let base = walk_to_base(ssh, &top, outside)
             .with_context(|| format!("{name}: disk {}", disk.slot()))?;
         if !dry_run {
             host.probe(&base.path, power)?;

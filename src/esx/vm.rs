@@ -70,12 +70,17 @@ impl Vm {
         })
     }
 
-    fn host(&self) -> Host<'_> {
+    pub(super) fn host(&self) -> Host<'_> {
         Host {
             ssh: &self.ssh,
             dry_run: self.dry_run,
             say: self.say,
         }
+    }
+
+    /// The .vmx's URL.
+    pub fn url(&self) -> &SshUrl {
+        &self.url
     }
 
     /// `host`, for messages.

@@ -415,6 +415,18 @@ fn mib(b: u64) -> f64 {
     b as f64 / (1 << 20) as f64
 }
 
+/// The VM's power state, unless it is suspended (its memory holds state its disks do not).
+fn usable_power(vm: &Vm) -> Result<Power> {
+    let power = vm.power()?;
+    ensure!(
+        power != Power::Suspended,
+        "{}: the VM is suspended on {}: resume it or power it off first",
+        vm.ds_path,
+        vm.host_name()
+    );
+    Ok(power)
+}
+
 /// `--sync`: a new migration snapshot freezes the VM's deltas, which are applied now.
 fn sync(
     req: &Request,
@@ -424,12 +436,7 @@ fn sync(
     vm: &Vm,
     o: &EsxOptions,
 ) -> Result<()> {
-    ensure!(
-        vm.power()? != Power::Suspended,
-        "{}: the VM is suspended on {}: resume it or power it off first",
-        vm.ds_path,
-        vm.host_name()
-    );
+    usable_power(vm)?;
     let snap = vm.take_snapshot()?;
     let chains = chains(vm, st)?;
     let frozen = |c: &RemoteChain| c.deltas.len().saturating_sub(1);
@@ -477,13 +484,7 @@ fn cutover(
     vm: &Vm,
     o: &EsxOptions,
 ) -> Result<()> {
-    let power = vm.power()?;
-    ensure!(
-        power != Power::Suspended,
-        "{}: the VM is suspended on {}: resume it or power it off first",
-        vm.ds_path,
-        vm.host_name()
-    );
+    let power = usable_power(vm)?;
     let chains = chains(vm, st)?;
     let running = power == Power::On;
     // Before the VM is touched: the lineage of every delta, and the frozen ones opened.

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use super::libvirt::TestPool;
 use super::vmximport::{wait_for_line, Run};
 
 /// The datastore every stand-in VM lives on.
@@ -363,6 +364,24 @@ impl StandIn {
         std::fs::read_to_string(self.state("sshd.log")).unwrap_or_default()
     }
 
+    /// `virt-vmdkimport -c qemu:///system --domain DOMAIN --pool POOL --vmx URL EXTRA...`, the
+    /// .vmx `vmx` (`dir/file.vmx`) read over ssh from the stand-in.
+    pub fn import(&self, tp: &TestPool, domain: &str, vmx: &str, extra: &[&str]) -> Run {
+        let url = self.url(vmx);
+        let mut args = vec![
+            "-c",
+            "qemu:///system",
+            "--domain",
+            domain,
+            "--pool",
+            &tp.name,
+            "--vmx",
+            &url,
+        ];
+        args.extend_from_slice(extra);
+        self.tool(&args)
+    }
+
     /// `virt-vmdkimport ARGS...` with the stand-in's ssh config.
     pub fn tool(&self, args: &[&str]) -> Run {
         let out: Output = Command::new(super::BIN)
@@ -387,4 +406,19 @@ impl Drop for StandIn {
         let _ = self.sshd.kill();
         let _ = self.sshd.wait();
     }
+}
+
+/// A .vmx with no NIC and the given disk file names on scsi0 (pvscsi).
+pub fn vmx_text(name: &str, disks: &[&str]) -> String {
+    let mut s = format!(
+        ".encoding = \"UTF-8\"\nconfig.version = \"8\"\nvirtualHW.version = \"19\"\n\
+         displayName = \"{name}\"\nguestOS = \"ubuntu-64\"\nmemsize = \"128\"\nnumvcpus = \"1\"\n\
+         scsi0.present = \"TRUE\"\nscsi0.virtualDev = \"pvscsi\"\n"
+    );
+    for (i, d) in disks.iter().enumerate() {
+        s += &format!(
+            "scsi0:{i}.present = \"TRUE\"\nscsi0:{i}.deviceType = \"scsi-hardDisk\"\nscsi0:{i}.fileName = \"{d}\"\n"
+        );
+    }
+    s
 }

@@ -390,3 +390,17 @@ pub fn read_cid(path: &Path) -> io::Result<u32> {
     }
     Err(io::Error::new(io::ErrorKind::InvalidData, "no CID line"))
 }
+
+/// xorshift64*: deterministic for a seed, no extra crates (the examples' random offsets).
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    /// A number below `n`.
+    #[allow(dead_code)]
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
