@@ -286,6 +286,19 @@ fn a_guest_that_does_not_shut_down_is_left_running_and_nothing_changes_unless_ha
     let meta = metadata(&name);
     let vol = volume_bytes(&tp, &format!("{name}-disk0"));
 
+    let run = esx.import(&tp, &name, &vmx, &["--cutover", "--io", "stream"]);
+    assert_eq!(run.code(), Some(1), "{run}");
+    assert!(
+        run.stderr()
+            .contains("--io stream: the deltas from ESXi are written with direct writes"),
+        "{run}"
+    );
+    assert_eq!(
+        esx.power_state(22),
+        "on",
+        "refused before the VM is touched"
+    );
+
     esx.ignore_shutdown(22);
     let run = esx.import(&tp, &name, &vmx, &["--cutover", "--shutdown-timeout", "2"]);
     assert_eq!(run.code(), Some(1), "{run}");

@@ -115,8 +115,9 @@ fn checked_domain(req: &Request, conn: &Conn) -> Result<(Dom, ImportState)> {
 /// where they arrive, in the delta's file order).
 fn targets(req: &Request, conn: &Conn, dom: &Dom, st: &ImportState) -> Result<Vec<Target>> {
     ensure!(
-        req.io != crate::cli::IoMode::Stream,
-        "--io stream: the deltas from ESXi are written with direct writes to volumes on this host; run virt-vmdkimport on the KVM host (with --io auto or direct)"
+        matches!(req.io, crate::cli::IoMode::Auto | crate::cli::IoMode::Direct),
+        "--io {}: the deltas from ESXi are written with direct writes to volumes on this host; run virt-vmdkimport on the KVM host (with --io auto or direct)",
+        format!("{:?}", req.io).to_lowercase()
     );
     let xml = dom.xml()?;
     st.disks

@@ -34,7 +34,11 @@ pub fn vms(pools: &[&TestPool], n: usize, groups: usize, bad: Option<usize>) -> 
             let folder = Folder::base(CAP / 512);
             let grains: Vec<(u64, Kind)> =
                 (0..16).map(|g| (g * 97 + i as u64, Kind::Data)).collect();
-            let parent = if bad == Some(i) { 0x00ba_dc1d } else { BASE_CID };
+            let parent = if bad == Some(i) {
+                0x00ba_dc1d
+            } else {
+                BASE_CID
+            };
             let delta = cowd_child(
                 &folder,
                 "d1",
