@@ -94,18 +94,22 @@ fn six_vms_over_two_uris_run_within_the_limits_and_one_bad_delta_fails_alone() {
         "{rec:?}"
     );
 
-    // A rerun leaves the finished VMs alone; plan status reads it all back from the hosts.
-    let out = run_plan(
-        "cutover",
-        &plan,
-        &["--only", &format!("{},{}", vms[0].name, vms[4].name)],
-    );
+    // A rerun leaves the finished VMs alone (--json: the document on stdout, the table on stderr).
+    let only = format!("{},{}", vms[0].name, vms[4].name);
+    let out = run_plan("cutover", &plan, &["--only", &only, "--json"]);
     assert_eq!(out.status.code(), Some(1));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    let list = doc["vms"].as_array().unwrap();
+    assert_eq!((list.len(), doc["failed"].as_u64()), (2, Some(1)), "{doc}");
+    assert_eq!(list[0]["result"], "skipped");
+    assert_eq!(list[0]["error"], "cut over already");
+    assert_eq!(list[1]["result"], "failed");
     assert!(
-        row(&stdout(&out), &vms[0]).contains("cut over already"),
-        "{}",
-        stdout(&out)
+        list[1]["error"].as_str().unwrap().contains("parentCID"),
+        "{doc}"
     );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(row(&err, &vms[0]).contains("cut over already"), "{err}");
     let out = run_plan("status", &plan, &[]);
     assert!(out.status.success(), "{}", show(&out));
     let text = stdout(&out);
@@ -114,6 +118,11 @@ fn six_vms_over_two_uris_run_within_the_limits_and_one_bad_delta_fails_alone() {
         row(&text, &vms[4]).contains("stage 1 done") && row(&text, &vms[4]).contains("parentCID")
     );
     assert!(row(&text, &vms[1]).contains("cut over") && row(&text, &vms[1]).contains("8.0 MiB"));
+
+    let out = run_plan("status", &plan, &["--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(doc["vms"][4]["last_step"]["outcome"], "failed", "{doc}");
+    assert_eq!(doc["vms"][1]["phase"], "cut over", "{doc}");
 
     let out = util::import::run(&["status", "--domain", &vms[1].name, "-c", &vms[1].uri]);
     let text = stdout(&out);
@@ -226,4 +235,100 @@ fn plan_check_changes_nothing_and_names_what_is_wrong() {
         err.contains("migration.toml") && err.contains("memroy") && err.contains("line"),
         "{err}"
     );
+}
+
+/// Two powered-off VMs on the stand-in ESXi host, each with data in the delta frozen by the
+/// pre-copy round and in the one the cutover reads: `plan stage1`, `plan sync`, `plan cutover`
+/// give each volume qemu-img's reading of its chain on the host; local sources are skipped
+/// by `plan sync`.
+#[test]
+fn plan_sync_and_cutover_drive_vms_from_an_esxi_host() {
+    use util::esx::StandIn;
+    use util::fixtures::{pattern, Kind, SECTOR};
+    use util::vmximport::{cowd_child, flat_base};
+    let esx = StandIn::start();
+    let tp = TestPool::new("planesx");
+    let sectors = CAP / SECTOR;
+    let mut text = format!("[defaults]\npool = \"{}\"\ncpu = \"default\"\n", tp.name);
+    let mut names = Vec::new();
+    for (i, stem) in ["ea", "eb"].iter().enumerate() {
+        let dir = esx.vm_dir(stem);
+        flat_base(
+            &dir,
+            stem,
+            &util::fixtures::patterned(0xe0 + i as u64, CAP as usize),
+            0x1000 + i as u32,
+        );
+        let vmx = format!(
+            "config.version = \"8\"\nvirtualHW.version = \"19\"\nguestOS = \"ubuntu-64\"\nmemsize = \"64\"\n\
+             numvcpus = \"1\"\nscsi0.present = \"TRUE\"\nscsi0.virtualDev = \"pvscsi\"\n\
+             scsi0:0.present = \"TRUE\"\nscsi0:0.fileName = \"{stem}.vmdk\"\n"
+        );
+        std::fs::write(dir.join(format!("{stem}.vmx")), vmx).unwrap();
+        esx.register(
+            30 + i as u32,
+            stem,
+            &format!("{stem}/{stem}.vmx"),
+            false,
+            "cowd",
+            "",
+        );
+        let name = util::libvirt::unique_name(&format!("planesx{i}"));
+        tp.track_domain(&name);
+        text += &format!(
+            "\n[[vm]]\nname = \"{name}\"\nvmx = \"{}\"\n",
+            esx.url(&format!("{stem}/{stem}.vmx"))
+        );
+        names.push((name, dir, stem.to_string()));
+    }
+    let plan = write_plan(&tp.dir, &text);
+    let run = |action: &str| {
+        let out = plan_cmd(action, &plan, &[])
+            .env("VIRT_VMDKIMPORT_SSH_CONFIG", esx.ssh_config())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "plan {action}: {}", show(&out));
+        stdout(&out)
+    };
+    // What each VM writes into the delta a snapshot gives it (the VM is off: written here).
+    let write = |n: u32, seed: u64| {
+        for (i, (_, dir, stem)) in names.iter().enumerate() {
+            let parent = if n == 1 {
+                format!("{stem}.vmdk")
+            } else {
+                format!("{stem}-{:06}.vmdk", n - 1)
+            };
+            let parent_cid = if n == 1 {
+                0x1000 + i as u32
+            } else {
+                0x2000 + i as u32 + 16 * (n - 1)
+            };
+            let grains = [
+                ((seed + i as u64) * 8, Kind::Data),
+                (9000 + seed, Kind::Data),
+            ];
+            cowd_child(
+                dir,
+                &format!("{stem}-{n:06}"),
+                &parent,
+                parent_cid,
+                0x2000 + i as u32 + 16 * n,
+                sectors,
+                &grains,
+                &mut pattern(seed),
+            );
+        }
+    };
+    run("stage1");
+    write(1, 11);
+    let synced = run("sync");
+    assert!(synced.matches(" sync done").count() == 2, "{synced}");
+    write(2, 22);
+    let cut = run("cutover");
+    assert!(cut.matches("cut over").count() >= 2, "{cut}");
+    for (name, dir, stem) in &names {
+        let vol = tp.pool.volume(&format!("{name}-disk0")).unwrap();
+        let top = dir.join(format!("{stem}-000002.vmdk"));
+        assert_same(&read_volume(&vol), &qemu_read(&top), name);
+    }
 }

@@ -37,6 +37,10 @@ pub struct PlanArgs {
     /// Only these VMs of the plan (names, comma-separated).
     #[arg(long, value_name = "NAME,...", value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Print one JSON document (every VM's step, result, phase, bytes, times, error) on
+    /// standard output; the per-VM lines and the table go to standard error.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

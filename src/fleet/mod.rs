@@ -12,7 +12,24 @@ use crate::state::{self, ImportState, StepRecord};
 use anyhow::{anyhow, bail, Context, Result};
 use args::{Action, Command, PlanArgs, StatusArgs};
 use phase::{Decision, Phase};
+use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set by `--json`: the human output goes to standard error, the JSON document to standard output.
+static HUMAN_TO_STDERR: AtomicBool = AtomicBool::new(false);
+
+/// A line of human output: standard output, or standard error under `--json`.
+macro_rules! human {
+    ($($arg:tt)*) => {
+        if HUMAN_TO_STDERR.load(Ordering::Relaxed) {
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), $($arg)*);
+        } else {
+            crate::say!($($arg)*);
+        }
+    };
+}
 
 /// Run a subcommand.
 pub fn run(cmd: &Command) -> Result<()> {
@@ -94,11 +111,12 @@ struct Row {
 }
 
 fn run_plan(a: &PlanArgs) -> Result<()> {
+    HUMAN_TO_STDERR.store(a.json, Ordering::Relaxed);
     let fleet = plan_file::load(&a.plan)?;
     let vms = select(&fleet, &a.only)?;
     let mut hosts = Hosts::default();
     if a.action == Action::Status {
-        return status(&fleet, &vms, &mut hosts);
+        return status(&vms, &mut hosts, a.json);
     }
     let check = a.action == Action::Check;
     let mut rows: Vec<Row> = Vec::new();
@@ -128,7 +146,7 @@ fn run_plan(a: &PlanArgs) -> Result<()> {
         per_source: fleet.max_per_source,
     };
     let started = |j: &sched::Job| {
-        crate::say!(
+        human!(
             "[{}] {} started on {} (log: {})",
             report::sanitize(&vms[j.vm].name),
             j.what,
@@ -140,7 +158,7 @@ fn run_plan(a: &PlanArgs) -> Result<()> {
         rows[j.vm] = finish(&mut hosts, &vms[j.vm], j, &fin, check);
     };
     sched::run(jobs, limits, started, ended);
-    summary(&vms, &rows, &mut hosts, a.action)
+    summary(&fleet, &vms, &rows, &mut hosts, a)
 }
 
 /// The VMs `--only` names (all without it); a name not in the plan is an error.
@@ -221,10 +239,10 @@ fn finish(
     let name = report::sanitize(&vm.name);
     let took = clock::human_ms(ms);
     match &outcome {
-        Outcome::Done => crate::say!("[{name}] {} done in {took}", job.what),
-        Outcome::Interrupted => crate::say!("[{name}] {} interrupted after {took}", job.what),
+        Outcome::Done => human!("[{name}] {} done in {took}", job.what),
+        Outcome::Interrupted => human!("[{name}] {} interrupted after {took}", job.what),
         Outcome::Failed(e) => {
-            crate::say!(
+            human!(
                 "[{name}] {} FAILED after {took}: {}",
                 job.what,
                 report::sanitize(e)
@@ -235,10 +253,10 @@ fn finish(
     if check {
         let out = sched::read_from(&job.log, fin.log_from).unwrap_or_default();
         for l in out.lines() {
-            crate::say!("[{name}]   {}", report::sanitize(l));
+            human!("[{name}]   {}", report::sanitize(l));
         }
     } else if let Err(e) = record(hosts, vm, job, fin, &outcome) {
-        crate::say!("[{name}] could not record the step in the import state: {e:#}");
+        human!("[{name}] could not record the step in the import state: {e:#}");
     }
     let step = job.what.split(' ').next().and_then(step_kind);
     Row {
@@ -294,10 +312,17 @@ const SUMMARY_HEAD: [&str; 8] = [
     "OUTAGE  ERROR",
 ];
 
-/// The summary table (phases read again from the hosts); an error when any VM failed, or the
-/// interruption when the run was interrupted.
-fn summary(vms: &[FleetVm], rows: &[Row], hosts: &mut Hosts, action: Action) -> Result<()> {
+/// The summary table (phases read again from the hosts), and the JSON document under
+/// `--json`; an error when any VM failed, or the interruption when the run was interrupted.
+fn summary(
+    fleet: &Fleet,
+    vms: &[FleetVm],
+    rows: &[Row],
+    hosts: &mut Hosts,
+    a: &PlanArgs,
+) -> Result<()> {
     let mut table = Vec::new();
+    let mut docs = Vec::new();
     for (vm, row) in vms.iter().zip(rows) {
         let st = hosts.state(vm).ok();
         let phase = st.as_ref().map_or("?".into(), |(d, s)| {
@@ -307,32 +332,46 @@ fn summary(vms: &[FleetVm], rows: &[Row], hosts: &mut Hosts, action: Action) -> 
         let bytes = st.as_ref().and_then(|s| step_bytes(s, row.step));
         let outage = st.as_ref().and_then(report::outage_ms);
         let (result, error) = match &row.outcome {
-            Outcome::Done => ("done".to_string(), String::new()),
-            Outcome::Skipped(why) => ("skipped".into(), why.to_string()),
-            Outcome::Failed(e) => ("FAILED".into(), e.clone()),
-            Outcome::Interrupted => ("interrupted".into(), String::new()),
-            Outcome::NotStarted => ("not started".into(), String::new()),
+            Outcome::Done => ("done", String::new()),
+            Outcome::Skipped(why) => ("skipped", why.to_string()),
+            Outcome::Failed(e) => ("FAILED", e.clone()),
+            Outcome::Interrupted => ("interrupted", String::new()),
+            Outcome::NotStarted => ("not started", String::new()),
         };
+        let step = row.step.map(StepKind::as_str);
+        docs.push(json!({
+            "name": vm.name, "host": vm.uri, "step": step, "result": result.to_lowercase(),
+            "phase": phase, "bytes": bytes, "ms": row.ms, "outage_ms": outage,
+            "error": (!error.is_empty()).then_some(&error),
+            "log": fleet.log_dir.join(format!("{}.log", vm.name)),
+        }));
         table.push(vec![
             vm.name.clone(),
             vm.uri.clone(),
-            row.step.map_or("-", StepKind::as_str).to_string(),
-            result,
+            step.unwrap_or("-").to_string(),
+            result.to_string(),
             phase,
             report::opt_bytes(bytes),
             report::opt_ms(row.ms),
             format!("{:<6}  {error}", report::opt_ms(outage)),
         ]);
     }
-    crate::say!("\n{}", report::table(&SUMMARY_HEAD, &table));
+    human!("\n{}", report::table(&SUMMARY_HEAD, &table));
     let failed: Vec<&str> = vms
         .iter()
         .zip(rows)
         .filter(|(_, r)| matches!(r.outcome, Outcome::Failed(_)))
         .map(|(v, _)| v.name.as_str())
         .collect();
-    let word = format!("{action:?}").to_lowercase();
-    if let Some(signal) = crate::interrupt::received() {
+    let word = format!("{:?}", a.action).to_lowercase();
+    let interrupted = crate::interrupt::received();
+    if a.json {
+        print_json(&json!({
+            "action": word, "plan": fleet.path, "vms": docs,
+            "failed": failed.len(), "interrupted": interrupted.is_some(),
+        }));
+    }
+    if let Some(signal) = interrupted {
         let done = rows.iter().filter(|r| r.outcome == Outcome::Done).count();
         return Err(anyhow::Error::new(crate::interrupt::Interrupted { signal })
             .context(format!("plan {word}: {done} of {} VMs done", vms.len())));
@@ -348,6 +387,11 @@ fn summary(vms: &[FleetVm], rows: &[Row], hosts: &mut Hosts, action: Action) -> 
     Ok(())
 }
 
+/// One JSON document and a newline on standard output.
+fn print_json(doc: &Value) {
+    crate::say!("{doc}");
+}
+
 /// What the step moved, as the state records it: the bases for stage 1, the round's or the
 /// cutover's bytes from ESXi.
 fn step_bytes(st: &ImportState, step: Option<StepKind>) -> Option<u64> {
@@ -358,21 +402,24 @@ fn step_bytes(st: &ImportState, step: Option<StepKind>) -> Option<u64> {
     }
 }
 
-/// `plan status`: one line per VM from its state on its host.
-fn status(_fleet: &Fleet, vms: &[FleetVm], hosts: &mut Hosts) -> Result<()> {
+/// `plan status`: one line per VM from its state on its host (or one JSON document).
+fn status(vms: &[FleetVm], hosts: &mut Hosts, json: bool) -> Result<()> {
     let mut table = Vec::new();
+    let mut docs = Vec::new();
     let mut unreadable = 0;
     for vm in vms {
-        let row = match hosts.state(vm) {
+        let (row, doc) = match hosts.state(vm) {
             Ok((dom, st)) => status_row(vm, dom.is_some(), st.as_ref()),
             Err(e) => {
                 unreadable += 1;
                 let mut r = vec![vm.name.clone(), vm.uri.clone(), "?".into()];
                 r.extend(["-".into(), "-".into(), "-".into(), format!("-       {e:#}")]);
-                r
+                let doc = json!({"name": vm.name, "host": vm.uri, "error": format!("{e:#}")});
+                (r, doc)
             }
         };
         table.push(row);
+        docs.push(doc);
     }
     let head = [
         "VM",
@@ -383,20 +430,32 @@ fn status(_fleet: &Fleet, vms: &[FleetVm], hosts: &mut Hosts) -> Result<()> {
         "TIME",
         "OUTAGE  ERROR",
     ];
-    crate::say!("{}", report::table(&head, &table));
+    if json {
+        print_json(&json!({ "action": "status", "vms": docs }));
+    } else {
+        crate::say!("{}", report::table(&head, &table));
+    }
     if unreadable > 0 {
         bail!("{unreadable} of {} VMs could not be read", vms.len());
     }
     Ok(())
 }
 
-fn status_row(vm: &FleetVm, exists: bool, st: Option<&ImportState>) -> Vec<String> {
+/// One VM's `plan status` row, and its JSON.
+fn status_row(vm: &FleetVm, exists: bool, st: Option<&ImportState>) -> (Vec<String>, Value) {
     let phase = Phase::of(st, exists).to_string();
     let last = st.and_then(|s| s.steps.last());
     let bytes = st.and_then(report::uploaded_bytes);
     let outage = st.and_then(report::outage_ms);
     let error = last.and_then(|s| s.error.clone()).unwrap_or_default();
-    vec![
+    let doc = json!({
+        "name": vm.name, "host": vm.uri, "phase": phase, "bytes": bytes, "outage_ms": outage,
+        "last_step": last.map(|s| json!({
+            "name": s.name, "outcome": s.outcome, "began": s.began, "ended": s.ended,
+            "ms": report::step_ms(s), "error": s.error,
+        })),
+    });
+    let row = vec![
         vm.name.clone(),
         vm.uri.clone(),
         phase,
@@ -406,5 +465,6 @@ fn status_row(vm: &FleetVm, exists: bool, st: Option<&ImportState>) -> Vec<Strin
         }),
         report::opt_ms(last.and_then(report::step_ms)),
         format!("{:<6}  {error}", report::opt_ms(outage)),
-    ]
+    ];
+    (row, doc)
 }
