@@ -29,7 +29,7 @@ complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l target 
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -s d -l domain -d 'The libvirt domain to create or update' -r
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l pool -d 'Storage pool for new volumes' -r
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l flat -d 'Base image to upload (stage 1): a base descriptor, a flat extent, or - for standard input' -r -F
-complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l capacity -d 'Disk capacity when the base comes from standard input (bytes, or with K/M/G/T suffix)' -r
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l capacity -d 'Disk capacity when the base comes from standard input (bytes, or 40G, 1.5 GiB, 512MiB)' -r
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l vmx -d 'The VM\'s .vmx: import every disk, CPUs, memory, NICs and firmware as VMware had them. Stage 1 can read it straight from ESXi: ssh://[user@]host[:port]/vmfs/volumes/DS/VM/VM.vmx' -r -F
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l os -d 'Guest operating system family (decides the device models)' -r -f -a "linux\t''
 windows\t''"
