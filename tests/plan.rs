@@ -17,11 +17,11 @@ fn stdout(out: &std::process::Output) -> String {
 }
 
 /// The summary line of `vm` (the table's row starting with its name).
-fn row<'a>(text: &'a str, vm: &PlanVm) -> &'a str {
+fn row<'a>(text: &'a str, name: &str) -> &'a str {
     text.lines()
         .rev()
-        .find(|l| l.starts_with(&vm.name))
-        .unwrap_or_else(|| panic!("no summary row for {} in\n{text}", vm.name))
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("no summary row for {name} in\n{text}"))
 }
 
 #[test]
@@ -67,7 +67,7 @@ fn six_vms_over_two_uris_run_within_the_limits_and_one_bad_delta_fails_alone() {
     println!("{}", stdout(&out));
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     let text = stdout(&out);
-    let bad = row(&text, &vms[4]);
+    let bad = row(&text, &vms[4].name);
     assert!(bad.contains("FAILED") && bad.contains("parentCID"), "{bad}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -75,7 +75,11 @@ fn six_vms_over_two_uris_run_within_the_limits_and_one_bad_delta_fails_alone() {
         "{err}"
     );
     for (i, v) in vms.iter().enumerate().filter(|(i, _)| *i != 4) {
-        assert!(row(&text, v).contains("cut over"), "{}", row(&text, v));
+        assert!(
+            row(&text, &v.name).contains("cut over"),
+            "{}",
+            row(&text, &v.name)
+        );
         let vol = pools[i % 2]
             .pool
             .volume(&format!("{}-disk0", v.name))
@@ -109,15 +113,22 @@ fn six_vms_over_two_uris_run_within_the_limits_and_one_bad_delta_fails_alone() {
         "{doc}"
     );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(row(&err, &vms[0]).contains("cut over already"), "{err}");
+    assert!(
+        row(&err, &vms[0].name).contains("cut over already"),
+        "{err}"
+    );
     let out = run_plan("status", &plan, &[]);
     assert!(out.status.success(), "{}", show(&out));
     let text = stdout(&out);
     println!("{text}");
     assert!(
-        row(&text, &vms[4]).contains("stage 1 done") && row(&text, &vms[4]).contains("parentCID")
+        row(&text, &vms[4].name).contains("stage 1 done")
+            && row(&text, &vms[4].name).contains("parentCID")
     );
-    assert!(row(&text, &vms[1]).contains("cut over") && row(&text, &vms[1]).contains("8.0 MiB"));
+    assert!(
+        row(&text, &vms[1].name).contains("cut over")
+            && row(&text, &vms[1].name).contains("8.0 MiB")
+    );
 
     let out = run_plan("status", &plan, &["--json"]);
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
@@ -178,7 +189,7 @@ fn an_interrupted_plan_stage1_is_resumed_by_the_same_command() {
             &v.name,
         );
         assert!(
-            row(&stdout(&out), v).contains("stage 1 done"),
+            row(&stdout(&out), &v.name).contains("stage 1 done"),
             "{}",
             stdout(&out)
         );
@@ -330,5 +341,78 @@ fn plan_sync_and_cutover_drive_vms_from_an_esxi_host() {
         let vol = tp.pool.volume(&format!("{name}-disk0")).unwrap();
         let top = dir.join(format!("{stem}-000002.vmdk"));
         assert_same(&read_volume(&vol), &qemu_read(&top), name);
+    }
+}
+
+/// A VM given by its local `.vmx` (two disks): `plan stage1` uploads both bases, `plan
+/// cutover` walks each disk's chain from the `.vmx` again (its fileName now names the
+/// snapshot VMware took) and applies it: both volumes hold qemu-img's reading of their chains.
+#[test]
+fn a_local_vmx_vm_goes_through_plan_stage1_and_cutover() {
+    use util::fixtures::{pattern, patterned, Kind, SECTOR};
+    use util::vmximport::{cowd_child, flat_base};
+    let tp = TestPool::new("planvmx");
+    let dir = tp.path("vm");
+    std::fs::create_dir_all(&dir).unwrap();
+    let sectors = CAP / SECTOR;
+    for (i, stem) in ["vx", "vx_1"].iter().enumerate() {
+        flat_base(
+            &dir,
+            stem,
+            &patterned(0x70 + i as u64, CAP as usize),
+            0x7000 + i as u32,
+        );
+    }
+    let vmx = |a: &str, b: &str| {
+        format!(
+            "config.version = \"8\"\nvirtualHW.version = \"19\"\nguestOS = \"ubuntu-64\"\n\
+             memsize = \"64\"\nnumvcpus = \"1\"\nscsi0.present = \"TRUE\"\nscsi0.virtualDev = \"pvscsi\"\n\
+             scsi0:0.present = \"TRUE\"\nscsi0:0.fileName = \"{a}\"\n\
+             scsi0:1.present = \"TRUE\"\nscsi0:1.fileName = \"{b}\"\n"
+        )
+    };
+    std::fs::write(dir.join("vx.vmx"), vmx("vx.vmdk", "vx_1.vmdk")).unwrap();
+    let name = util::libvirt::unique_name("planvmx");
+    tp.track_domain(&name);
+    let text = format!(
+        "[defaults]\npool = \"{}\"\ncpu = \"default\"\nno_start = true\n\n[[vm]]\nname = \"{name}\"\nvmx = \"vm/vx.vmx\"\n",
+        tp.name
+    );
+    let plan = write_plan(&tp.dir, &text);
+    let out = run_plan("stage1", &plan, &[]);
+    assert!(out.status.success(), "{}", show(&out));
+
+    // VMware's snapshot: each disk's fileName now names its child.
+    let mut tops = Vec::new();
+    for (i, stem) in ["vx", "vx_1"].iter().enumerate() {
+        let grains = [(8 * (i as u64 + 1), Kind::Data), (sectors - 1, Kind::Data)];
+        let parent = format!("{stem}.vmdk");
+        let top = cowd_child(
+            &dir,
+            &format!("{stem}-000001"),
+            &parent,
+            0x7000 + i as u32,
+            0x7100 + i as u32,
+            sectors,
+            &grains,
+            &mut pattern(0x71 + i as u64),
+        );
+        tops.push(top);
+    }
+    std::fs::write(
+        dir.join("vx.vmx"),
+        vmx("vx-000001.vmdk", "vx_1-000001.vmdk"),
+    )
+    .unwrap();
+    let out = run_plan("cutover", &plan, &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        row(&stdout(&out), &name).contains("cut over"),
+        "{}",
+        stdout(&out)
+    );
+    for (i, top) in tops.iter().enumerate() {
+        let vol = tp.pool.volume(&format!("{name}-disk{i}")).unwrap();
+        assert_same(&read_volume(&vol), &qemu_read(top), &format!("disk {i}"));
     }
 }
