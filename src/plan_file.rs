@@ -14,6 +14,10 @@ pub const DEFAULT_MAX_PER_TARGET: usize = 2;
 /// VMs in flight at once from one source (ESXi host, or the filesystem holding local files).
 pub const DEFAULT_MAX_PER_SOURCE: usize = 4;
 
+/// Seconds between two progress lines of a running step: often enough to see it move in a
+/// terminal or a CI log, rare enough that 20 VMs in flight do not flood it.
+pub const DEFAULT_PROGRESS_EVERY: u64 = 30;
+
 /// The file as written: limits at the top, `[defaults]`, then `[[vm]]` entries.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,6 +26,7 @@ struct RawPlan {
     max_per_target: Option<usize>,
     max_per_source: Option<usize>,
     log_dir: Option<PathBuf>,
+    progress_every: Option<u64>,
     #[serde(default)]
     defaults: RawVm,
     #[serde(default)]
@@ -68,6 +73,8 @@ pub struct Fleet {
     pub max_per_source: usize,
     /// Where each VM's log goes (`NAME.log`).
     pub log_dir: PathBuf,
+    /// Seconds between two "running for" lines of a VM whose step runs on; 0: none.
+    pub progress_every: u64,
     pub vms: Vec<FleetVm>,
 }
 
@@ -167,6 +174,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Fleet> {
             .log_dir
             .map(|p| dir.join(p))
             .unwrap_or_else(|| dir.join(format!("{stem}.logs"))),
+        progress_every: raw.progress_every.unwrap_or(DEFAULT_PROGRESS_EVERY),
         vms,
     })
 }

@@ -157,7 +157,25 @@ fn run_plan(a: &PlanArgs) -> Result<()> {
     let ended = |j: &sched::Job, fin: sched::Finished| {
         rows[j.vm] = finish(&mut hosts, &vms[j.vm], j, &fin, check);
     };
-    sched::run(jobs, limits, started, ended);
+    let running = |j: &sched::Job, took: std::time::Duration| {
+        let last = sched::last_line(j).unwrap_or_else(|| "no output yet".into());
+        let name = report::sanitize(&vms[j.vm].name);
+        let took = clock::human_ms(took.as_millis() as u64);
+        human!(
+            "[{name}] {} running for {took}: {}",
+            j.what,
+            report::sanitize(&last)
+        );
+    };
+    let every =
+        (fleet.progress_every > 0).then(|| std::time::Duration::from_secs(fleet.progress_every));
+    let events = sched::Events {
+        started,
+        ended,
+        every,
+        running,
+    };
+    sched::run(jobs, limits, events);
     summary(&fleet, &vms, &rows, &mut hosts, a)
 }
 

@@ -10,7 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// How many children run at once: in all, per target URI, per source group.
 #[derive(Debug, Clone, Copy)]
@@ -41,26 +41,37 @@ pub struct Finished {
     pub log_from: u64,
 }
 
+/// What the caller hears of the jobs, on the scheduling thread: a job started, a job ended,
+/// and every `every` (when set) for each job still running, how long it has run.
+pub struct Events<S, E, T> {
+    pub started: S,
+    pub ended: E,
+    pub every: Option<Duration>,
+    pub running: T,
+}
+
 /// Run `jobs` in order, each as soon as the limits allow (a job held back by its host or
-/// source lets later ones pass); `started` and `ended` are called on this thread as they go.
-/// After SIGINT or SIGTERM no job starts, the running ones get the signal, and their ends
-/// are awaited; the jobs never started are returned.
-pub fn run(
-    jobs: Vec<Job>,
-    limits: Limits,
-    mut started: impl FnMut(&Job),
-    mut ended: impl FnMut(&Job, Finished),
-) -> Vec<Job> {
+/// source lets later ones pass), telling `ev` as they go. After SIGINT or SIGTERM no job
+/// starts, the running ones get the signal, and their ends are awaited; the jobs never
+/// started are returned.
+pub fn run<S, E, T>(jobs: Vec<Job>, limits: Limits, mut ev: Events<S, E, T>) -> Vec<Job>
+where
+    S: FnMut(&Job),
+    E: FnMut(&Job, Finished),
+    T: FnMut(&Job, Duration),
+{
     let (tx, rx) = mpsc::channel();
     let mut pending: VecDeque<Job> = jobs.into();
     let mut running: HashMap<usize, (Job, Option<Pid>)> = HashMap::new();
+    let mut clocks: HashMap<usize, (Instant, u32)> = HashMap::new();
     let mut forwarded = false;
     loop {
         if crate::interrupt::received().is_none() {
             while let Some(i) = next_fitting(&pending, &running, limits) {
                 let job = pending.remove(i).expect("index from the queue");
-                started(&job);
+                (ev.started)(&job);
                 let pid = spawn(&job, tx.clone());
+                clocks.insert(job.vm, (Instant::now(), 0));
                 running.insert(job.vm, (job, pid));
             }
         }
@@ -69,13 +80,27 @@ pub fn run(
         }
         if let Ok((vm, fin)) = rx.recv_timeout(Duration::from_millis(100)) {
             let (job, _) = running.remove(&vm).expect("a running job ended");
-            ended(&job, fin);
+            (ev.ended)(&job, fin);
+        }
+        for (vm, (job, _)) in &running {
+            let (t0, told) = clocks.get_mut(vm).expect("a clock per running job");
+            if let Some(n) = ev.every.and_then(|e| due(t0.elapsed(), *told, e)) {
+                *told = n;
+                (ev.running)(job, t0.elapsed());
+            }
         }
         if let (Some(sig), false) = (crate::interrupt::received(), forwarded) {
             forwarded = true;
             forward(sig, running.values().filter_map(|(_, pid)| *pid));
         }
     }
+}
+
+/// Whether a job that has run `elapsed`, and was reported `told` times, is due for another
+/// report every `every`: the count to record then.
+fn due(elapsed: Duration, told: u32, every: Duration) -> Option<u32> {
+    let n = (elapsed.as_millis() / every.as_millis().max(1)) as u32;
+    (n > told).then_some(n)
 }
 
 /// The first pending job that the limits let start now.
@@ -193,6 +218,14 @@ pub fn error_of(job: &Job, fin: &Finished) -> String {
         .unwrap_or_else(|| format!("exited with {status}"))
 }
 
+/// The last non-empty line the running job wrote to its log so far (none before its first),
+/// cut at 120 characters.
+pub fn last_line(job: &Job) -> Option<String> {
+    let text = read_from(&job.log, 0).ok()?;
+    let line = text.lines().rev().find(|l| !l.trim().is_empty())?.trim();
+    (!line.starts_with("=== ")).then(|| line.chars().take(120).collect())
+}
+
 /// The log from `from` on.
 pub fn read_from(log: &std::path::Path, from: u64) -> Result<String> {
     let bytes = std::fs::read(log).with_context(|| format!("{}: reading", log.display()))?;
@@ -213,6 +246,27 @@ mod tests {
             log: PathBuf::new(),
             what: String::new(),
         }
+    }
+
+    #[test]
+    fn a_running_job_is_reported_once_per_period() {
+        let s = Duration::from_secs;
+        assert_eq!(due(s(29), 0, s(30)), None);
+        assert_eq!(due(s(30), 0, s(30)), Some(1));
+        assert_eq!(due(s(59), 1, s(30)), None);
+        assert_eq!(due(s(95), 1, s(30)), Some(3), "a late look reports once");
+    }
+
+    #[test]
+    fn the_progress_line_shows_the_last_line_of_this_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = job(0, "a", "s");
+        j.log = dir.path().join("vm.log");
+        std::fs::write(&j.log, "=== 2026-11-27T12:00:00.000Z stage1: ...\n").unwrap();
+        assert_eq!(last_line(&j), None, "nothing written yet");
+        let long = "x".repeat(200);
+        std::fs::write(&j.log, format!("=== header\nuploaded 3 MiB\n{long}\n\n")).unwrap();
+        assert_eq!(last_line(&j).unwrap().len(), 120);
     }
 
     #[test]
