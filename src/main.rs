@@ -54,11 +54,15 @@ fn main() {
         if let Some(sig) = interrupt::received() {
             eprintln!(
                 "virt-vmdkimport: {}",
-                interrupt::rerun_line(sig, &e, cli.target.is_some())
+                vmdkimport::out::sanitize(&interrupt::rerun_line(sig, &e, cli.target.is_some()))
             );
             std::process::exit(128 + sig);
         }
-        eprintln!("virt-vmdkimport: {e:#}");
+        // One line, whatever names from files or ESXi the message carries.
+        eprintln!(
+            "virt-vmdkimport: {}",
+            vmdkimport::out::sanitize(&format!("{e:#}"))
+        );
         std::process::exit(1);
     }
 }

@@ -30,3 +30,17 @@ macro_rules! say_raw {
         $crate::out::text(format_args!($($arg)*))
     };
 }
+
+/// `s` with control characters (terminal escapes among them) written as `\u{1b}` escapes:
+/// for names that come from files or from an ESXi host.
+pub fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}

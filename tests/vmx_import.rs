@@ -682,6 +682,26 @@ fn missing_disk_file_is_refused_naming_the_file_and_nothing_is_created() {
     assert_refused_cleanly(&tp, &name, &vmx, &CPU, &["db01_1-000003.vmdk"]);
 }
 
+/// A disk fileName carrying a terminal escape is named in the refusal with the escape written
+/// out (`\u{1b}`), never sent to the terminal as it is.
+#[test]
+fn a_terminal_escape_in_a_vmx_file_name_is_printed_escaped() {
+    let tp = TestPool::new("vmx-esc");
+    let dir = vm_folder(&tp);
+    write_db01_disk0(&dir);
+    let vmx = dir.join("db01.vmx");
+    let disk = "scsi1:0.present = \"TRUE\"\nscsi1:0.fileName = \"evil\u{1b}[2J.vmdk\"";
+    std::fs::write(&vmx, db01_vmx(disk)).unwrap();
+    let name = unique_name("vmx-esc");
+    tp.track_domain(&name);
+    let r = import(&tp, &name, &vmx, &CPU);
+    assert_eq!(r.code(), Some(1), "{r}");
+    let err = r.stderr();
+    assert!(err.contains("evil\\u{1b}[2J.vmdk"), "{r}");
+    assert!(!err.contains('\u{1b}'), "a raw escape reached stderr: {err:?}");
+    assert!(!domain_exists(&name), "{r}");
+}
+
 /// A disk whose fileName leaves the .vmx's folder (`..`, an absolute path, a symlink out):
 /// refused naming it and the override, nothing created; with --allow-outside-paths it is
 /// imported.

@@ -98,7 +98,7 @@ pub fn prepare_stage_one(url: &str, dry_run: bool, say: bool, outside: bool) -> 
     // Read again: the snapshot rewrote the disks' file names.
     let cfg = read_vmx(ssh, url)?;
     for note in &cfg.notes {
-        eprintln!("note: {name}: {note}");
+        eprintln!("note: {}", crate::out::sanitize(&format!("{name}: {note}")));
     }
     refuse_independent(&cfg, url)?;
     let mut bases = Vec::new();

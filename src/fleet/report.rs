@@ -3,18 +3,7 @@
 use super::clock::{human_ms, parse_utc_ms};
 use crate::state::{ImportState, StepRecord};
 
-/// `s` with control characters (terminal escapes among them) written as `\u{1b}` escapes.
-pub fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_unicode().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
+pub use crate::out::sanitize;
 
 /// Bytes as `512 B`, `8.0 MiB`, `1.5 GiB`.
 pub fn human_bytes(n: u64) -> String {

@@ -180,7 +180,8 @@ impl Request {
                 let vmx = vmx::parse_vmx(p)?;
                 // What the domain will not get (CD-ROMs, ignored devices) is said, not dropped silently.
                 for note in &vmx.notes {
-                    eprintln!("note: {}: {note}", p.display());
+                    let note = crate::out::sanitize(&format!("{}: {note}", p.display()));
+                    eprintln!("note: {note}");
                 }
                 Some((p.clone(), vmx))
             }
