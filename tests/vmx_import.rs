@@ -698,7 +698,10 @@ fn a_terminal_escape_in_a_vmx_file_name_is_printed_escaped() {
     assert_eq!(r.code(), Some(1), "{r}");
     let err = r.stderr();
     assert!(err.contains("evil\\u{1b}[2J.vmdk"), "{r}");
-    assert!(!err.contains('\u{1b}'), "a raw escape reached stderr: {err:?}");
+    assert!(
+        !err.contains('\u{1b}'),
+        "a raw escape reached stderr: {err:?}"
+    );
     assert!(!domain_exists(&name), "{r}");
 }
 
