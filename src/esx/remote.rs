@@ -163,25 +163,42 @@ pub struct PassReport {
     pub secs: f64,
 }
 
-/// Write one delta's `pieces` into `target` at their virtual offsets, its grains read in one
+/// One delta's pieces, ready for [`write_in_file_order`]: the zero pieces, and the data
+/// pieces sorted by where their bytes lie in the delta file.
+#[derive(Debug, Default)]
+pub struct FileOrder {
+    zeros: Vec<Piece>,
+    data: Vec<Piece>,
+}
+
+impl FileOrder {
+    pub fn new(pieces: Vec<Piece>) -> FileOrder {
+        let (zeros, mut data): (Vec<Piece>, Vec<Piece>) = pieces
+            .into_iter()
+            .partition(|p| matches!(p.source, Source::Zeros));
+        data.sort_by_key(source_offset);
+        FileOrder { zeros, data }
+    }
+}
+
+/// Write one delta's pieces into `target` at their virtual offsets, its grains read in one
 /// `dd` from `path` in file order (the first grain's block to the last grain's end), while a
 /// second thread keeps the transfer going. Zero pieces are written without a read.
 pub fn write_in_file_order(
     ssh: &Ssh,
     path: &str,
-    mut pieces: Vec<Piece>,
+    order: &FileOrder,
     target: &File,
     shown_target: &str,
 ) -> Result<PassReport> {
     let started = Instant::now();
     let mut report = PassReport::default();
     let zeros = vec![0u8; CHUNK];
-    for p in pieces.iter().filter(|p| matches!(p.source, Source::Zeros)) {
+    for p in &order.zeros {
         write_zeros(target, p, &zeros, shown_target)?;
         report.zero_bytes += p.len;
     }
-    pieces.retain(|p| matches!(p.source, Source::Data { .. }));
-    pieces.sort_by_key(source_offset);
+    let pieces = &order.data;
     let (Some(first), Some(last)) = (pieces.first(), pieces.last()) else {
         report.secs = started.elapsed().as_secs_f64();
         return Ok(report);
@@ -215,7 +232,7 @@ pub fn write_in_file_order(
             at: 0,
             pos: skip * bs,
         };
-        let written = write_pieces(&mut feed, &pieces, target, shown_target);
+        let written = write_pieces(&mut feed, pieces, target, shown_target);
         drop(feed);
         reader
             .join()

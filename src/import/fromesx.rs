@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 
 use super::Request;
 use super::{guards, hand_over_and_start, prove_before_stage_two, read_state, write, write_state};
-use crate::esx::remote::{self, PassReport};
+use crate::esx::remote::{self, FileOrder, PassReport};
 use crate::esx::vimcmd::Power;
 use crate::esx::vm::{ShutdownRefused, Vm};
 use crate::esx::{RemoteChain, RemoteDelta, SNAPSHOT_NAME};
 use crate::libvirt::{Conn, Dom, Vol};
 use crate::state::{AppliedDelta, DiskState, ImportState, Outage, SyncRound};
-use crate::vmdk::{Chain, Piece};
+use crate::vmdk::Chain;
 
 /// Which run from ESXi.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +42,7 @@ struct Target {
 /// One delta opened over ssh, its pieces listed (every table read and checked).
 struct Opened {
     chain: Chain,
-    pieces: Vec<Piece>,
+    pieces: FileOrder,
     /// The extent's path on the host.
     extent: String,
 }
@@ -211,10 +211,12 @@ fn pending(
 /// Open `d` over ssh and list its pieces (every table read and checked).
 fn open(vm: &Vm, d: &RemoteDelta) -> Result<Opened> {
     let chain = vm.open_delta(d)?;
-    let pieces = chain
-        .pieces()
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("{}: reading its tables", d.shown))?;
+    let pieces = FileOrder::new(
+        chain
+            .pieces()
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("{}: reading its tables", d.shown))?,
+    );
     let extent = match d.descriptor.extents.as_slice() {
         [e] => crate::esx::remote_join(
             crate::esx::ssh::folder(&d.path),
@@ -401,7 +403,7 @@ fn write_disk(
             "disk {dev}: applying {} over ssh...",
             vm.ssh.url().with_path(d)
         );
-        let p = remote::write_in_file_order(&vm.ssh, &o.extent, o.pieces.clone(), &file, path)
+        let p = remote::write_in_file_order(&vm.ssh, &o.extent, &o.pieces, &file, path)
             .with_context(|| format!("disk {dev}: applying {}", vm.ssh.url().with_path(d)))?;
         total.read += p.read;
         total.data_bytes += p.data_bytes;
