@@ -34,11 +34,6 @@ pub struct EsxOptions {
     pub remove_snapshots: bool,
 }
 
-/// A disk's volume, written directly on this host.
-struct Target {
-    vol: Vol,
-}
-
 /// One delta opened over ssh, its pieces listed (every table read and checked).
 struct Opened {
     chain: Chain,
@@ -113,7 +108,7 @@ fn checked_domain(req: &Request, conn: &Conn) -> Result<(Dom, ImportState)> {
 
 /// Every disk's volume, checked raw and writable from this host (the grains are written
 /// where they arrive, in the delta's file order).
-fn targets(req: &Request, conn: &Conn, dom: &Dom, st: &ImportState) -> Result<Vec<Target>> {
+fn targets(req: &Request, conn: &Conn, dom: &Dom, st: &ImportState) -> Result<Vec<Vol>> {
     ensure!(
         matches!(req.io, crate::cli::IoMode::Auto | crate::cli::IoMode::Direct),
         "--io {}: the deltas from ESXi are written with direct writes to volumes on this host; run virt-vmdkimport on the KVM host (with --io auto or direct)",
@@ -125,13 +120,14 @@ fn targets(req: &Request, conn: &Conn, dom: &Dom, st: &ImportState) -> Result<Ve
         .map(|ds| {
             let vol = conn.pool(&ds.pool)?.volume(&ds.volume)?;
             guards::ensure_raw(&req.domain, &xml, &ds.target_dev, &vol)?;
-            ensure!(
-                write::use_direct(conn, &vol, crate::cli::IoMode::Direct).is_ok(),
-                "volume '{}' (disk {}) cannot be written directly from this host: the deltas from ESXi need a local volume; run virt-vmdkimport on the KVM host",
-                vol.describe(),
-                ds.target_dev
-            );
-            Ok(Target { vol })
+            if let Err(why) = write::direct_possible(conn, &vol) {
+                bail!(
+                    "volume '{}' (disk {}) cannot be written directly from this host ({why}): the deltas from ESXi need a local volume; run virt-vmdkimport on the KVM host",
+                    vol.describe(),
+                    ds.target_dev
+                );
+            }
+            Ok(vol)
         })
         .collect()
 }
@@ -333,7 +329,7 @@ fn apply(
     vm: &Vm,
     dom: &Dom,
     st: &mut ImportState,
-    targets: &[Target],
+    targets: &[Vol],
     work: &[DiskWork],
     cache: &HashMap<String, Opened>,
     jobs: usize,
@@ -376,8 +372,13 @@ fn apply(
         work.iter().all(|w| !st.disks[w.disk].applying),
         "a disk is not completely written (a writing thread stopped); it stays marked"
     );
-    for t in targets {
-        t.vol.pool()?.refresh()?;
+    // One refresh per pool written into, so libvirt's view of the volumes catches up: on a
+    // pool of many volumes each refresh is costly, and this is in the outage.
+    let mut refreshed = std::collections::HashSet::new();
+    for w in work {
+        if refreshed.insert(&st.disks[w.disk].pool) {
+            targets[w.disk].pool()?.refresh()?;
+        }
     }
     moved.secs = started.elapsed().as_secs_f64();
     Ok(moved)
@@ -386,16 +387,16 @@ fn apply(
 /// One disk's deltas, oldest first, each in one pass over ssh, then flushed.
 fn write_disk(
     vm: &Vm,
-    t: &Target,
+    vol: &Vol,
     w: &DiskWork,
     cache: &HashMap<String, Opened>,
     dev: &str,
 ) -> Result<PassReport> {
-    let path = t.vol.path();
+    let path = vol.path();
     let file: File = OpenOptions::new()
         .write(true)
         .open(path)
-        .with_context(|| format!("{path}: opening volume '{}' for writing", t.vol.describe()))?;
+        .with_context(|| format!("{path}: opening volume '{}' for writing", vol.describe()))?;
     let mut total = PassReport::default();
     for d in &w.deltas {
         let o = &cache[d];
@@ -435,7 +436,7 @@ fn sync(
     req: &Request,
     dom: &Dom,
     st: &mut ImportState,
-    targets: &[Target],
+    targets: &[Vol],
     vm: &Vm,
     o: &EsxOptions,
 ) -> Result<()> {
@@ -483,7 +484,7 @@ fn cutover(
     conn: &Conn,
     dom: &Dom,
     st: &mut ImportState,
-    targets: &[Target],
+    targets: &[Vol],
     vm: &Vm,
     o: &EsxOptions,
 ) -> Result<()> {
@@ -585,7 +586,7 @@ fn finish(
     conn: &Conn,
     dom: &Dom,
     st: &mut ImportState,
-    targets: &[Target],
+    targets: &[Vol],
     vm: &Vm,
     chains: &[RemoteChain],
     cache: &mut HashMap<String, Opened>,

@@ -123,7 +123,7 @@ pub fn write_disk(
 }
 
 /// Why the direct path cannot be taken, if it cannot.
-fn direct_possible(conn: &Conn, vol: &Vol) -> Result<(), String> {
+pub(super) fn direct_possible(conn: &Conn, vol: &Vol) -> Result<(), String> {
     if !conn.is_local() {
         return Err(format!("{} is not a local connection", conn.uri()));
     }
