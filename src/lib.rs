@@ -12,6 +12,7 @@ pub mod libvirt;
 pub mod out;
 pub mod plan;
 pub mod plan_file;
+pub mod progress;
 pub mod qcow2;
 pub mod state;
 pub mod vmdk;
