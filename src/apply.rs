@@ -75,19 +75,23 @@ pub fn run_target(
 ) -> anyhow::Result<()> {
     let first = &chain.layers()[0];
     match check_parent_link(first, opts)? {
-        ParentLink::Checked(parent) => crate::say!(
+        ParentLink::Checked(parent) => log::info!(
             "{}: parentCID matches the CID of {}",
             show(&first.path),
             show(&parent)
         ),
-        ParentLink::NotChecked(why) => eprintln!(
-            "virt-vmdkimport: note: {}: the link to its parent was not checked: {why}; make sure {} holds that parent's bytes",
+        ParentLink::NotChecked(why) => crate::note!(
+            "{}: the link to its parent was not checked: {why}; make sure {} holds that parent's bytes",
             show(&first.path),
             show(target)
         ),
     }
     if !dry_run {
-        crate::say!("{}", apply_to_target(chain, target)?);
+        let mut phase = crate::report::begin("delta apply");
+        phase.io("direct");
+        let r = apply_to_target(chain, target)?;
+        log::info!("{r}");
+        phase.done(Some(r.data_bytes + r.zero_bytes), None);
         return Ok(());
     }
     let planned = survey(chain)?;
@@ -99,7 +103,7 @@ pub fn run_target(
             chain.capacity()
         );
     }
-    crate::say!(
+    log::info!(
         "would apply {} runs ({} pieces) to {}: {} data bytes, {} zero bytes (--dry-run: nothing written)",
         planned.runs,
         planned.pieces,

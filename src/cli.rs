@@ -63,6 +63,20 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<crate::fleet::args::Command>,
 
+    /// Quiet: only warnings and errors (no progress lines, no summary).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// One JSON document on standard output when the run ends (its phases with times, bytes,
+    /// calls and write path, notes, warnings, the error, the import state after it); the
+    /// human lines go to standard error. See the README's "--json" section.
+    #[arg(long, conflicts_with = "print_xml")]
+    pub json: bool,
+
+    /// More detail: -v adds debug lines (the commands run on ESXi, the libvirt calls), -vv more.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
     /// Snapshot deltas to apply, oldest first: child descriptors (vm-000001.vmdk), bare
     /// COWD/SEsparse extents or hosted sparse files.
     pub deltas: Vec<PathBuf>,
@@ -220,6 +234,40 @@ pub struct Cli {
     /// `virtio-blk` (`vdX`).
     #[arg(long, value_enum, value_name = "virtio-scsi|virtio-blk")]
     pub disk_bus: Option<DiskBusArg>,
+}
+
+impl Cli {
+    /// -1 for `-q`, else the number of `-v`.
+    pub fn verbosity(&self) -> i8 {
+        if self.quiet {
+            -1
+        } else {
+            self.verbose.min(10) as i8
+        }
+    }
+
+    /// `--json` was asked for: standard output holds one JSON document.
+    pub fn wants_json(&self) -> bool {
+        use crate::fleet::args::Command;
+        self.json || matches!(&self.command, Some(Command::Plan(p)) if p.json)
+    }
+
+    /// What the run does, as `--json` names it.
+    pub fn command_name(&self) -> &'static str {
+        if self.command.is_some() {
+            "plan"
+        } else if self.target.is_some() {
+            "target"
+        } else if self.switch_to_virtio {
+            "switch-to-virtio"
+        } else if self.sync {
+            "sync"
+        } else if self.cutover {
+            "cutover"
+        } else {
+            "import"
+        }
+    }
 }
 
 /// Parse a size the human way: `123`, `4K`, `512M`, `16G`, `1.5 GiB`, `2TB` (binary multiples

@@ -14,6 +14,7 @@ pub mod plan;
 pub mod plan_file;
 pub mod progress;
 pub mod qcow2;
+pub mod report;
 pub mod state;
 pub mod vmdk;
 pub mod vmx;

@@ -2,10 +2,11 @@
 
 use anyhow::{ensure, Context};
 use clap::Parser;
+use std::time::{Instant, SystemTime};
 use vmdkimport::apply::run_target;
 use vmdkimport::cli::Cli;
 use vmdkimport::vmdk::{Chain, OpenOptions};
-use vmdkimport::{domain_xml, import, interrupt, libvirt};
+use vmdkimport::{domain_xml, import, interrupt, libvirt, report};
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
     if let Some(cmd) = &cli.command {
@@ -38,7 +39,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             return Ok(());
         }
         conn.define_domain(&xml)?;
-        vmdkimport::say!("domain '{name}': disks and NICs are virtio now (MACs kept); start it with virsh -c {} start {name}", conn.uri());
+        log::info!("domain '{name}': disks and NICs are virtio now (MACs kept); start it with virsh -c {} start {name}", conn.uri());
         return Ok(());
     }
     import::run(import::Request::from_cli(cli)?)
@@ -50,19 +51,52 @@ fn main() {
         std::process::exit(1);
     }
     let cli = Cli::parse();
-    if let Err(e) = run(&cli) {
-        if let Some(sig) = interrupt::received() {
-            eprintln!(
-                "virt-vmdkimport: {}",
-                vmdkimport::out::sanitize(&interrupt::rerun_line(sig, &e, cli.target.is_some()))
-            );
-            std::process::exit(128 + sig);
-        }
-        // One line, whatever names from files or ESXi the message carries.
-        eprintln!(
-            "virt-vmdkimport: {}",
-            vmdkimport::out::sanitize(&format!("{e:#}"))
-        );
-        std::process::exit(1);
+    vmdkimport::out::init(cli.verbosity(), cli.wants_json());
+    let began = (SystemTime::now(), Instant::now());
+    let result = run(&cli);
+    let code = match &result {
+        Ok(()) => 0,
+        Err(e) => report_error(&cli, e),
+    };
+    if cli.json {
+        print_document(&cli, began, code, result.err());
     }
+    std::process::exit(code);
+}
+
+/// The error's one line on stderr; the exit code.
+fn report_error(cli: &Cli, e: &anyhow::Error) -> i32 {
+    if let Some(sig) = interrupt::received() {
+        let line = interrupt::rerun_line(sig, e, cli.target.is_some());
+        log::error!("{}", vmdkimport::out::sanitize(&line));
+        return 128 + sig;
+    }
+    // One line, whatever names from files or ESXi the message carries.
+    log::error!("{}", vmdkimport::out::sanitize(&format!("{e:#}")));
+    1
+}
+
+/// `--json`: the run's document on stdout.
+fn print_document(
+    cli: &Cli,
+    began: (SystemTime, Instant),
+    exit_code: i32,
+    error: Option<anyhow::Error>,
+) {
+    let (uri, state) = match &cli.domain {
+        Some(d) => report::state_of(cli.connect.as_deref(), d),
+        None => (cli.connect.clone(), serde_json::Value::Null),
+    };
+    let doc = report::document(&report::RunInfo {
+        command: cli.command_name(),
+        domain: cli.domain.as_deref(),
+        uri,
+        dry_run: cli.dry_run,
+        began: began.0,
+        ms: began.1.elapsed().as_millis() as u64,
+        exit_code,
+        error: error.map(|e| vmdkimport::out::sanitize(&format!("{e:#}"))),
+        state,
+    });
+    vmdkimport::say_raw!("{doc:#}\n");
 }

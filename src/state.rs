@@ -40,7 +40,7 @@ pub const NS_URI: &str = "https://virt-vmdkimport.example/ns/import/1";
 /// The prefix (virDomainSetMetadata's `key`).
 pub const NS_PREFIX: &str = "vmdkimport";
 
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct ImportState {
     pub disks: Vec<DiskState>,
     /// The latest hand-over of the domain to its guest, if any.
@@ -62,7 +62,7 @@ pub struct ImportState {
 
 /// One step of a plan run for this domain: when it began and ended (UTC with milliseconds,
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ`), how it ended (`done`, `failed`, `interrupted`), and the error.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct StepRecord {
     pub name: String,
     pub began: String,
@@ -72,7 +72,7 @@ pub struct StepRecord {
 }
 
 /// One `--sync` round: the deltas it applied, with the VM still running on ESXi.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct SyncRound {
     /// UTC, `YYYY-MM-DDTHH:MM:SSZ`.
     pub at: String,
@@ -83,7 +83,7 @@ pub struct SyncRound {
 /// The figures of a cutover from ESXi, in milliseconds: guest shutdown (the command to powered
 /// off), the final deltas read and applied, the domain start, and the total from the shutdown
 /// command to the domain running.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct Outage {
     pub at: String,
     pub shutdown_ms: u64,
@@ -94,7 +94,7 @@ pub struct Outage {
 }
 
 /// The domain was given to its guest: started by stage 2, or stage 2 finished with `--no-start`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct HandOver {
     /// UTC, `YYYY-MM-DDTHH:MM:SSZ`; None when an older version recorded no time.
     pub at: Option<String>,
@@ -135,7 +135,7 @@ impl std::fmt::Display for HandOver {
 
 /// The outcome of the last trial start (paused, then destroyed): the settings it started with,
 /// and every fallback taken to get there, oldest first.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct TrialRecord {
     /// Whether the domain started; false when stage 1 stopped with an error.
     pub started: bool,
@@ -148,7 +148,7 @@ pub struct TrialRecord {
 
 /// One step down the fallback ladder: `what` (`cpu` or `hyperv`) went `from` -> `to` because
 /// the start failed with `error` (the daemon's text).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct Fallback {
     pub what: String,
     pub from: String,
@@ -156,7 +156,7 @@ pub struct Fallback {
     pub error: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct DiskState {
     /// The disk's `<target dev>` in the domain (`vda`, `sda`, ...).
     pub target_dev: String,
@@ -165,6 +165,7 @@ pub struct DiskState {
     /// Bytes.
     pub capacity: u64,
     /// The base descriptor's CID; the first delta's parentCID must match it.
+    #[serde(serialize_with = "hex_cid")]
     pub base_cid: Option<u32>,
     /// True only once the whole base upload finished.
     pub base_uploaded: bool,
@@ -183,10 +184,12 @@ pub struct DiskState {
     pub volume_mtime: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct AppliedDelta {
     pub file: String,
+    #[serde(serialize_with = "hex_cid")]
     pub cid: Option<u32>,
+    #[serde(serialize_with = "hex_cid")]
     pub parent_cid: Option<u32>,
     /// The delta was in the volume when the domain was handed over: applying it again could
     /// overwrite what the guest wrote since.
@@ -198,6 +201,20 @@ pub struct AppliedDelta {
 
 fn cid_str(c: u32) -> String {
     format!("{c:08x}")
+}
+
+/// A CID in JSON as in the XML and in descriptors: 8 hex digits (or null).
+fn hex_cid<S: serde::Serializer>(c: &Option<u32>, s: S) -> Result<S::Ok, S::Error> {
+    match c {
+        Some(c) => s.serialize_str(&cid_str(*c)),
+        None => s.serialize_none(),
+    }
+}
+
+impl serde::Serialize for HandOverHow {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 impl ImportState {

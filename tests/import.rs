@@ -1382,3 +1382,98 @@ fn two_imports_at_once_into_one_pool_both_land() {
     assert_same(&a.read(), &want_a, "volume a");
     assert_same(&b.read(), &want_b, "volume b");
 }
+
+/// The document `--json` printed: all of standard output, one JSON value.
+fn json_doc(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{}", show(out)))
+}
+
+/// The phases named `name` in a `--json` document.
+fn phases<'d>(doc: &'d serde_json::Value, name: &str) -> Vec<&'d serde_json::Value> {
+    doc["phases"]
+        .as_array()
+        .expect("phases")
+        .iter()
+        .filter(|p| p["name"] == name)
+        .collect()
+}
+
+/// Issue 10: `--json` prints one document per run on stdout (the human lines go to stderr):
+/// its phases with bytes, calls and write path, the import state after the run, and for a
+/// refused run the error with `ok: false`.
+#[test]
+fn json_gives_one_document_per_run_with_phases_bytes_and_the_state_after_it() {
+    let tp = TestPool::new("json");
+    let f = Folder::base(SECTORS);
+    let deltas = make_chain(&f, Chain::SeSparse);
+    let want = oracle(&f, &deltas[0]);
+    let im = Import::new(&tp, "json");
+
+    let out = im.stage1(&f.path("base.vmdk"), &["--json"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let doc = json_doc(&out);
+    assert_eq!(
+        (doc["ok"].as_bool(), doc["format"].as_u64()),
+        (Some(true), Some(1))
+    );
+    assert_eq!(doc["domain"], im.domain.as_str());
+    let upload = phases(&doc, "base upload");
+    assert_eq!(upload.len(), 1, "{doc:#}");
+    assert_eq!(upload[0]["bytes"].as_u64(), Some(CAP), "{doc:#}");
+    assert_eq!(upload[0]["ok"], true);
+    assert_eq!(phases(&doc, "trial start").len(), 1, "{doc:#}");
+    let disk = &doc["state"]["disks"][0];
+    assert_eq!(disk["base_uploaded"], true, "{doc:#}");
+    assert_eq!(
+        disk["base_cid"],
+        format!("{BASE_CID:08x}").as_str(),
+        "{doc:#}"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("uploaded "),
+        "the human lines on stderr: {err}"
+    );
+
+    let out = im.stage2(&refs(&deltas), &["--json", "--no-start", "--io", "stream"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let doc = json_doc(&out);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stats = disk_stats(&err).unwrap_or_else(|| panic!("no stats line: {err}"));
+    let applied: u64 = ["data_bytes", "zero_bytes"]
+        .iter()
+        .map(|k| stat(&stats, k).parse::<u64>().unwrap())
+        .sum();
+    let apply = phases(&doc, "delta apply");
+    assert_eq!(apply.len(), 1, "{doc:#}");
+    assert_eq!(apply[0]["io"], "stream");
+    assert_eq!(apply[0]["bytes"].as_u64(), Some(applied), "{doc:#}");
+    assert_eq!(
+        apply[0]["calls"].as_u64().map(|c| c >= 1),
+        Some(true),
+        "{doc:#}"
+    );
+    let state = &doc["state"];
+    assert_eq!(
+        state["disks"][0]["applied"].as_array().map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(state["handed_over"]["how"], "no-start", "{doc:#}");
+    assert_same(&im.read(), &want, "volume after the --json run");
+
+    let missing = f.path("no-such-delta.vmdk");
+    let out = im.stage2(&[missing.as_path()], &["--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let doc = json_doc(&out);
+    assert_eq!(
+        (doc["ok"].as_bool(), doc["exit_code"].as_i64()),
+        (Some(false), Some(1))
+    );
+    let error = doc["error"].as_str().unwrap_or_default();
+    assert!(error.contains("no-such-delta.vmdk"), "{doc:#}");
+    assert_eq!(
+        doc["state"]["handed_over"]["how"], "no-start",
+        "the state is unchanged"
+    );
+}

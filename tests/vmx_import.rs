@@ -1733,3 +1733,56 @@ fn secure_boot_vmx_gets_a_secure_boot_domain() {
         "{xml}"
     );
 }
+
+/// Issue 10: one output path. A note carrying a terminal escape from the .vmx (the CD-ROM's ISO
+/// name) is printed escaped; `-q` prints neither the human lines nor the note; `-v` adds debug
+/// lines (the libvirt connection) on stderr while stdout keeps only the human lines.
+#[test]
+fn notes_are_escaped_quiet_silences_them_and_verbose_adds_debug_lines() {
+    let tp = TestPool::new("vmx-quiet");
+    let dir = vm_folder(&tp);
+    write_web01(&dir);
+    let (uuid_vmware, _) = unique_bios_uuid();
+    let vmx = dir.join("web01.vmx");
+    let text = web01_vmx(&uuid_vmware, "00:0c:29:3a:5b:7c").replace(
+        "ubuntu-22.04-live-server-amd64.iso",
+        "evil\u{1b}]0;pwned\u{7}.iso",
+    );
+    std::fs::write(&vmx, text).unwrap();
+    let name = unique_name("vmx-quiet");
+    tp.track_domain(&name);
+    let net = TestNet::isolated("vmx-quiet");
+    let map = format!("VM Network={}", net.name);
+    let args = ["--network", &map, "--dry-run", CPU[0], CPU[1]];
+
+    let plain = import(&tp, &name, &vmx, &args).ok();
+    let err = plain.stderr();
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("note: ") && l.contains("evil\\u{1b}]0;pwned\\u{7}.iso")),
+        "the note, escaped, on stderr: {plain}"
+    );
+    assert!(
+        !err.contains('\u{1b}') && !plain.stdout().contains('\u{1b}'),
+        "{plain}"
+    );
+    assert!(
+        !plain.stdout().is_empty(),
+        "the dry run's lines on stdout: {plain}"
+    );
+
+    let quiet = import(&tp, &name, &vmx, &[&["-q"], &args[..]].concat()).ok();
+    assert_eq!(quiet.stdout(), "", "-q: no human lines: {quiet}");
+    assert!(!quiet.stderr().contains("note:"), "-q: no notes: {quiet}");
+
+    let verbose = import(&tp, &name, &vmx, &[&["-v"], &args[..]].concat()).ok();
+    assert!(
+        verbose
+            .stderr()
+            .lines()
+            .any(|l| l.starts_with("debug: connected to libvirt at ")),
+        "-v: the connection as a debug line: {verbose}"
+    );
+    assert_eq!(verbose.stdout(), plain.stdout(), "-v changes stderr only");
+    assert!(!domain_exists(&name), "a dry run created nothing");
+}

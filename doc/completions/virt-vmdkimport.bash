@@ -41,7 +41,7 @@ _virt__vmdkimport() {
 
     case "${cmd}" in
         virt__vmdkimport)
-            opts="-c -d -h -V --connect --target --domain --pool --flat --capacity --vmx --os --memory --vcpus --network --bridge --mac --cpu --hyperv-passthrough --no-start --print-xml --dry-run --io --overlay-pool --commit-bandwidth --allow-outside-paths --reupload-base --copy-independent --driver-disk --switch-to-virtio --sync --cutover --shutdown-timeout --hard-off --rollback-on-failure --jobs --remove-esx-snapshots --nic-names --disk-bus --help --version plan status help"
+            opts="-q -v -c -d -h -V --quiet --json --verbose --connect --target --domain --pool --flat --capacity --vmx --os --memory --vcpus --network --bridge --mac --cpu --hyperv-passthrough --no-start --print-xml --dry-run --io --overlay-pool --commit-bandwidth --allow-outside-paths --reupload-base --copy-independent --driver-disk --switch-to-virtio --sync --cutover --shutdown-timeout --hard-off --rollback-on-failure --jobs --remove-esx-snapshots --nic-names --disk-bus --help --version plan status help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -203,7 +203,7 @@ _virt__vmdkimport() {
             return 0
             ;;
         virt__subcmd__vmdkimport__subcmd__plan)
-            opts="-h --only --json --help check stage1 sync cutover status"
+            opts="-q -v -h --only --json --quiet --verbose --help check stage1 sync cutover status"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -221,7 +221,7 @@ _virt__vmdkimport() {
             return 0
             ;;
         virt__subcmd__vmdkimport__subcmd__status)
-            opts="-d -c -h --domain --connect --help"
+            opts="-d -c -q -v -h --domain --connect --quiet --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_virt_vmdkimport_global_optspecs
-    string join \n c/connect= target= d/domain= pool= flat= capacity= vmx= os= memory= vcpus= network= bridge= mac= cpu= hyperv-passthrough no-start print-xml dry-run io= overlay-pool= commit-bandwidth= allow-outside-paths reupload-base copy-independent driver-disk switch-to-virtio sync cutover shutdown-timeout= hard-off rollback-on-failure jobs= remove-esx-snapshots nic-names= disk-bus= h/help V/version
+    string join \n q/quiet json v/verbose c/connect= target= d/domain= pool= flat= capacity= vmx= os= memory= vcpus= network= bridge= mac= cpu= hyperv-passthrough no-start print-xml dry-run io= overlay-pool= commit-bandwidth= allow-outside-paths reupload-base copy-independent driver-disk switch-to-virtio sync cutover shutdown-timeout= hard-off rollback-on-failure jobs= remove-esx-snapshots nic-names= disk-bus= h/help V/version
 end
 
 function __fish_virt_vmdkimport_needs_command
@@ -51,6 +51,9 @@ complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l nic-nam
 kvm\t'libvirt\'s default addressing: the guest names them after KVM\'s slots (`enp1s0`)'"
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l disk-bus -d 'Linux guests: `virtio-scsi` (the default: disks stay `sdX` in VMware\'s order) or `virtio-blk` (`vdX`)' -r -f -a "virtio-scsi\t'virtio-scsi: `sdX` as on VMware, in the .vmx\'s controller and unit order'
 virtio-blk\t'virtio-blk: `vdX`'"
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -s q -l quiet -d 'Quiet: only warnings and errors (no progress lines, no summary)'
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l json -d 'One JSON document on standard output when the run ends (its phases with times, bytes, calls and write path, notes, warnings, the error, the import state after it); the human lines go to standard error. See the README\'s "--json" section'
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -s v -l verbose -d 'More detail: -v adds debug lines (the commands run on ESXi, the libvirt calls), -vv more'
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l hyperv-passthrough -d 'Windows guests: give them every Hyper-V enlightenment the host\'s KVM offers (`<hyperv mode=\'passthrough\'/>`) instead of the fixed list, tried alone. Without it, stage 1 keeps the first of the fixed list, passthrough, none that starts'
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l no-start -d 'Do not start the domain after stage 2'
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l print-xml -d 'Print the domain XML and exit without touching the host'
@@ -72,9 +75,13 @@ complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -a "status
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand plan" -l only -d 'Only these VMs of the plan (names, comma-separated)' -r
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand plan" -l json -d 'Print one JSON document (every VM\'s step, result, phase, bytes, times, error) on standard output; the per-VM lines and the table go to standard error'
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand plan" -s q -l quiet -d 'Quiet: only warnings and errors (no progress lines, no summary)'
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand plan" -s v -l verbose -d 'More detail: -v adds debug lines (the commands run on ESXi, the libvirt calls), -vv more'
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand plan" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand status" -s d -l domain -d 'The domain' -r
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand status" -s c -l connect -d 'libvirt connection URI (else LIBVIRT_DEFAULT_URI, else libvirt\'s default)' -r
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand status" -s q -l quiet -d 'Quiet: only warnings and errors (no progress lines, no summary)'
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand status" -s v -l verbose -d 'More detail: -v adds debug lines (the commands run on ESXi, the libvirt calls), -vv more'
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand status" -s h -l help -d 'Print help'
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand help; and not __fish_seen_subcommand_from plan status help" -f -a "plan" -d 'Run a migration plan (TOML) for many VMs across KVM hosts: check, stage1, sync, cutover, status'
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand help; and not __fish_seen_subcommand_from plan status help" -f -a "status" -d 'Show a domain\'s import state as a table'

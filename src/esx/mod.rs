@@ -91,14 +91,14 @@ pub fn prepare_stage_one(url: &str, dry_run: bool, say: bool, outside: bool) -> 
     refuse_independent(&read_vmx(ssh, url)?, url)?;
     let snaps = host.snapshots(id)?;
     match snaps.iter().find(|s| s.name.starts_with(SNAPSHOT_NAME)) {
-        Some(s) => crate::say!("{ds_path}: keeps its migration snapshot '{}'", s.name),
+        Some(s) => log::info!("{ds_path}: keeps its migration snapshot '{}'", s.name),
         None => host.take_snapshot(id, ds_path, &format!("{SNAPSHOT_NAME}-{}", snaps.len() + 1))?,
     }
     let name = url.with_path(&url.path);
     // Read again: the snapshot rewrote the disks' file names.
     let cfg = read_vmx(ssh, url)?;
     for note in &cfg.notes {
-        eprintln!("note: {}", crate::out::sanitize(&format!("{name}: {note}")));
+        crate::note!("{name}: {note}");
     }
     refuse_independent(&cfg, url)?;
     let mut bases = Vec::new();
@@ -113,7 +113,7 @@ pub fn prepare_stage_one(url: &str, dry_run: bool, say: bool, outside: bool) -> 
         if !dry_run {
             host.probe(&base.path, power)?;
         } else if say {
-            crate::say!(
+            log::info!(
                 "{}: would run {} (streamed into disk {}'s volume)",
                 url.host,
                 ssh::stream_command(&base.path),
@@ -193,7 +193,7 @@ impl Host<'_> {
     /// Run a query that changes nothing; its output, checked for success.
     fn query(&self, cmd: &str) -> Result<String> {
         if self.say {
-            crate::say!("{}: running {cmd}", self.ssh.url().host);
+            log::info!("{}: running {cmd}", self.ssh.url().host);
         }
         self.ssh.read(cmd)
     }
@@ -241,7 +241,7 @@ impl Host<'_> {
         let host = &self.ssh.url().host;
         if self.dry_run {
             if self.say {
-                crate::say!("{host}: would run {cmd}");
+                log::info!("{host}: would run {cmd}");
             }
             return Ok(());
         }
@@ -256,7 +256,7 @@ impl Host<'_> {
             crate::interrupt::check()?;
             std::thread::sleep(Duration::from_secs(1));
         }
-        crate::say!("{ds_path}: took snapshot '{name}' on {host}");
+        log::info!("{ds_path}: took snapshot '{name}' on {host}");
         Ok(())
     }
 

@@ -140,6 +140,7 @@ impl Ssh {
 
     /// Run a shell command on the host; its exit status and both outputs.
     pub fn run(&self, cmd: &str) -> Result<Answer> {
+        log::debug!("ssh {}: {cmd}", self.url.destination());
         let out = self
             .command()
             .arg(cmd)
@@ -219,6 +220,7 @@ impl Ssh {
     }
 
     fn stream_cmd(&self, path: &str, cmd: &str) -> Result<RemoteRead> {
+        log::debug!("ssh {} (streamed): {cmd}", self.url.destination());
         let mut child = self
             .command()
             .arg(cmd)

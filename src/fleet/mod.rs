@@ -6,6 +6,7 @@ pub mod phase;
 pub mod report;
 mod sched;
 
+use crate::import::read_state;
 use crate::libvirt::{self, Conn, Dom};
 use crate::plan_file::{self, Fleet, FleetVm, StepKind};
 use crate::state::{self, ImportState, StepRecord};
@@ -14,22 +15,6 @@ use args::{Action, Command, PlanArgs, StatusArgs};
 use phase::{Decision, Phase};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-/// Set by `--json`: the human output goes to standard error, the JSON document to standard output.
-static HUMAN_TO_STDERR: AtomicBool = AtomicBool::new(false);
-
-/// A line of human output: standard output, or standard error under `--json`.
-macro_rules! human {
-    ($($arg:tt)*) => {
-        if HUMAN_TO_STDERR.load(Ordering::Relaxed) {
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), $($arg)*);
-        } else {
-            crate::say!($($arg)*);
-        }
-    };
-}
 
 /// Run a subcommand.
 pub fn run(cmd: &Command) -> Result<()> {
@@ -52,7 +37,7 @@ fn show_domain(a: &StatusArgs) -> Result<()> {
             conn.uri()
         )
     })?;
-    crate::say!("{}", report::domain_table(&a.domain, conn.uri(), &st));
+    log::info!("{}", report::domain_table(&a.domain, conn.uri(), &st));
     Ok(())
 }
 
@@ -86,13 +71,6 @@ impl Hosts {
     }
 }
 
-fn read_state(dom: &Dom) -> Result<Option<ImportState>> {
-    dom.metadata(state::NS_URI)?
-        .map(|x| ImportState::from_xml(&x))
-        .transpose()
-        .with_context(|| format!("domain '{}': reading the import state", dom.name()))
-}
-
 /// How one VM's step ended in this run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Outcome {
@@ -111,7 +89,6 @@ struct Row {
 }
 
 fn run_plan(a: &PlanArgs) -> Result<()> {
-    HUMAN_TO_STDERR.store(a.json, Ordering::Relaxed);
     let fleet = plan_file::load(&a.plan)?;
     let vms = select(&fleet, &a.only)?;
     let mut hosts = Hosts::default();
@@ -146,7 +123,7 @@ fn run_plan(a: &PlanArgs) -> Result<()> {
         per_source: fleet.max_per_source,
     };
     let started = |j: &sched::Job| {
-        human!(
+        log::info!(
             "[{}] {} started on {} (log: {})",
             report::sanitize(&vms[j.vm].name),
             j.what,
@@ -161,7 +138,7 @@ fn run_plan(a: &PlanArgs) -> Result<()> {
         let last = sched::last_line(j).unwrap_or_else(|| "no output yet".into());
         let name = report::sanitize(&vms[j.vm].name);
         let took = clock::human_ms(took.as_millis() as u64);
-        human!(
+        log::info!(
             "[{name}] {} running for {took}: {}",
             j.what,
             report::sanitize(&last)
@@ -257,10 +234,10 @@ fn finish(
     let name = report::sanitize(&vm.name);
     let took = clock::human_ms(ms);
     match &outcome {
-        Outcome::Done => human!("[{name}] {} done in {took}", job.what),
-        Outcome::Interrupted => human!("[{name}] {} interrupted after {took}", job.what),
+        Outcome::Done => log::info!("[{name}] {} done in {took}", job.what),
+        Outcome::Interrupted => log::info!("[{name}] {} interrupted after {took}", job.what),
         Outcome::Failed(e) => {
-            human!(
+            log::info!(
                 "[{name}] {} FAILED after {took}: {}",
                 job.what,
                 report::sanitize(e)
@@ -271,10 +248,10 @@ fn finish(
     if check {
         let out = sched::read_from(&job.log, fin.log_from).unwrap_or_default();
         for l in out.lines() {
-            human!("[{name}]   {}", report::sanitize(l));
+            log::info!("[{name}]   {}", report::sanitize(l));
         }
     } else if let Err(e) = record(hosts, vm, job, fin, &outcome) {
-        human!("[{name}] could not record the step in the import state: {e:#}");
+        log::info!("[{name}] could not record the step in the import state: {e:#}");
     }
     let step = job.what.split(' ').next().and_then(step_kind);
     Row {
@@ -374,7 +351,7 @@ fn summary(
             format!("{:<6}  {error}", report::opt_ms(outage)),
         ]);
     }
-    human!("\n{}", report::table(&SUMMARY_HEAD, &table));
+    log::info!("\n{}", report::table(&SUMMARY_HEAD, &table));
     let failed: Vec<&str> = vms
         .iter()
         .zip(rows)
@@ -407,7 +384,7 @@ fn summary(
 
 /// One JSON document and a newline on standard output.
 fn print_json(doc: &Value) {
-    crate::say!("{doc}");
+    crate::say_raw!("{doc}\n");
 }
 
 /// What the step moved, as the state records it: the bases for stage 1, the round's or the
@@ -451,7 +428,7 @@ fn status(vms: &[FleetVm], hosts: &mut Hosts, json: bool) -> Result<()> {
     if json {
         print_json(&json!({ "action": "status", "vms": docs }));
     } else {
-        crate::say!("{}", report::table(&head, &table));
+        log::info!("{}", report::table(&head, &table));
     }
     if unreadable > 0 {
         bail!("{unreadable} of {} VMs could not be read", vms.len());

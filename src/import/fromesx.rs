@@ -397,10 +397,12 @@ fn write_disk(
         .write(true)
         .open(path)
         .with_context(|| format!("{path}: opening volume '{}' for writing", vol.describe()))?;
+    let mut phase = crate::report::begin("delta apply").disk(dev);
+    phase.io("direct");
     let mut total = PassReport::default();
     for d in &w.deltas {
         let o = &cache[d];
-        crate::say!(
+        log::info!(
             "disk {dev}: applying {} over ssh...",
             vm.ssh.url().with_path(d)
         );
@@ -412,6 +414,7 @@ fn write_disk(
     }
     file.sync_all()
         .with_context(|| format!("{path}: flushing to stable storage"))?;
+    phase.done(Some(total.data_bytes + total.zero_bytes), None);
     Ok(total)
 }
 
@@ -441,7 +444,9 @@ fn sync(
     o: &EsxOptions,
 ) -> Result<()> {
     usable_power(vm)?;
+    let phase = crate::report::begin("snapshot");
     let snap = vm.take_snapshot()?;
+    phase.done(None, None);
     let chains = chains(vm, st)?;
     let frozen = |c: &RemoteChain| c.deltas.len().saturating_sub(1);
     let mut cache = HashMap::new();
@@ -449,7 +454,7 @@ fn sync(
         for (ds, c) in st.disks.iter().zip(&chains) {
             let (start, _) = pending(ds, &c.deltas, c.deltas.len(), false)?;
             for d in &c.deltas[start..] {
-                crate::say!(
+                log::info!(
                     "disk {}: would apply {} (frozen by '{snap}') over ssh",
                     ds.target_dev,
                     d.shown
@@ -466,7 +471,7 @@ fn sync(
         ms: (moved.secs * 1e3) as u64,
     });
     write_state(dom, st)?;
-    crate::say!(
+    log::info!(
         "sync round {}: applied {} delta(s): {:.1} MiB of data, {:.1} MiB of zeros ({:.1} MiB read over ssh) in {:.1} s; the VM now writes into the deltas of '{snap}', which the next --sync or the --cutover applies",
         st.syncs.len(),
         moved.deltas,
@@ -505,7 +510,7 @@ fn cutover(
     if running {
         stop_vm(vm, o)?;
     } else {
-        crate::say!("{}: the VM is powered off already: no shutdown", vm.ds_path);
+        log::info!("{}: the VM is powered off already: no shutdown", vm.ds_path);
     }
     let shutdown = t0.elapsed();
     let outcome = finish(conn, dom, st, targets, vm, &chains, &mut cache, o);
@@ -527,7 +532,7 @@ fn cutover(
     if o.remove_snapshots {
         remove_snapshots(vm);
     } else {
-        crate::say!(
+        log::info!(
             "the migration snapshots stay on {} (powering the VM on there is the way back); --remove-esx-snapshots removes them after a cutover",
             vm.host_name()
         );
@@ -537,7 +542,14 @@ fn cutover(
 
 /// Guest shutdown, waited for; `--hard-off` powers off when it cannot be had.
 fn stop_vm(vm: &Vm, o: &EsxOptions) -> Result<()> {
-    crate::say!(
+    let phase = crate::report::begin("guest shutdown");
+    stop_vm_timed(vm, o)?;
+    phase.done(None, None);
+    Ok(())
+}
+
+fn stop_vm_timed(vm: &Vm, o: &EsxOptions) -> Result<()> {
+    log::info!(
         "{}: asking for a guest shutdown (vim-cmd vmsvc/power.shutdown {})",
         vm.ds_path,
         vm.id
@@ -554,7 +566,7 @@ fn stop_vm(vm: &Vm, o: &EsxOptions) -> Result<()> {
                 vm.ds_path,
                 o.shutdown_timeout.as_secs()
             );
-            crate::say!(
+            log::info!(
                 "{}: not off after {} s: powering it off (--hard-off)",
                 vm.ds_path,
                 o.shutdown_timeout.as_secs()
@@ -565,7 +577,7 @@ fn stop_vm(vm: &Vm, o: &EsxOptions) -> Result<()> {
                 o.hard_off,
                 "{why}: VMware Tools do not run in the guest, so it cannot be shut down cleanly: {unchanged}; shut the guest down from inside, or give --hard-off"
             );
-            crate::say!(
+            log::info!(
                 "{}: no VMware Tools: powering it off (--hard-off)",
                 vm.ds_path
             );
@@ -633,20 +645,20 @@ fn say_cutover_plan(
 ) -> Result<()> {
     let host = vm.host_name();
     if running {
-        crate::say!("{host}: would run vim-cmd vmsvc/power.shutdown {} and wait up to {} s for it to power off{}", vm.id, o.shutdown_timeout.as_secs(),
+        log::info!("{host}: would run vim-cmd vmsvc/power.shutdown {} and wait up to {} s for it to power off{}", vm.id, o.shutdown_timeout.as_secs(),
             if o.hard_off { ", then vim-cmd vmsvc/power.off" } else { "" });
     }
     for (ds, c) in st.disks.iter().zip(chains) {
         let (start, _) = pending(ds, &c.deltas, c.deltas.len(), true)?;
         for d in &c.deltas[start..] {
-            crate::say!(
+            log::info!(
                 "disk {}: would read {} over ssh and apply it",
                 ds.target_dev,
                 d.shown
             );
         }
     }
-    crate::say!("would then start the domain");
+    log::info!("would then start the domain");
     Ok(())
 }
 
@@ -657,7 +669,7 @@ fn say_outage(domain: &str, o: &Outage, m: &Moved, was_running: bool) {
     } else {
         0.0
     };
-    crate::say!(
+    log::info!(
         "cutover of '{domain}': the outage\n  \
          guest shutdown     {:>8.2} s  {}\n  \
          final deltas       {:>8.2} s  {} delta(s), {} bytes read over ssh ({:.1} MiB/s), {} data + {} zero bytes applied\n  \
@@ -682,19 +694,15 @@ fn remove_snapshots(vm: &Vm) {
     let snaps = match vm.snapshots() {
         Ok(s) => s,
         Err(e) => {
-            crate::say!("warning: listing the snapshots to remove them: {e:#}");
+            log::warn!("listing the snapshots to remove them: {e:#}");
             return;
         }
     };
     for s in snaps.iter().filter(|s| s.name.starts_with(SNAPSHOT_NAME)) {
         let Some(id) = s.id else { continue };
         match vm.remove_snapshot(id) {
-            Ok(()) => crate::say!("{}: removed snapshot '{}'", vm.ds_path, s.name),
-            Err(e) => crate::say!(
-                "warning: {}: removing snapshot '{}': {e:#}",
-                vm.ds_path,
-                s.name
-            ),
+            Ok(()) => log::info!("{}: removed snapshot '{}'", vm.ds_path, s.name),
+            Err(e) => log::warn!("{}: removing snapshot '{}': {e:#}", vm.ds_path, s.name),
         }
     }
 }

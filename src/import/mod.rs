@@ -180,8 +180,7 @@ impl Request {
                 let vmx = vmx::parse_vmx(p)?;
                 // What the domain will not get (CD-ROMs, ignored devices) is said, not dropped silently.
                 for note in &vmx.notes {
-                    let note = crate::out::sanitize(&format!("{}: {note}", p.display()));
-                    eprintln!("note: {note}");
+                    crate::note!("{}: {note}", p.display());
                 }
                 Some((p.clone(), vmx))
             }
@@ -421,15 +420,15 @@ fn run_on(conn: Conn, mut req: Request) -> Result<()> {
         );
         crate::interrupt::check()?;
         hand_over_and_start(&conn, &dom, &mut state)?;
-        crate::say!("domain '{}' started", req.domain);
+        log::info!("domain '{}' started", req.domain);
         overlay::after_start(&req, &conn, &dom, &state)?;
     } else if stage1 && !stage2 {
-        crate::say!(
+        log::info!(
             "stage 1 done: after the VM is shut down on VMware, copy its delta(s) and run stage 2"
         );
     }
     let uri = conn.uri();
-    crate::say!("follow up with:\n  virsh -c {uri} console {}\n  virsh -c {uri} domstate {}\n  virsh -c {uri} metadata {} {}", req.domain, req.domain, req.domain, state::NS_URI);
+    log::info!("follow up with:\n  virsh -c {uri} console {}\n  virsh -c {uri} domstate {}\n  virsh -c {uri} metadata {} {}", req.domain, req.domain, req.domain, state::NS_URI);
     Ok(())
 }
 
@@ -444,7 +443,7 @@ fn hand_over_without_start(conn: &Conn, dom: &Dom, st: &mut ImportState) -> Resu
         mtimes,
     );
     write_state(dom, st)?;
-    crate::say!(
+    log::info!(
         "handed over (--no-start): the deltas applied are final; only newer deltas can follow"
     );
     Ok(())
@@ -453,6 +452,7 @@ fn hand_over_without_start(conn: &Conn, dom: &Dom, st: &mut ImportState) -> Resu
 /// Record the hand-over, then start: recorded first, so a guest never runs on a disk the
 /// state would let stage 2 write again. A start that fails puts the record back.
 fn hand_over_and_start(conn: &Conn, dom: &Dom, st: &mut ImportState) -> Result<()> {
+    let phase = crate::report::begin("start");
     let before = st.clone();
     let mtimes = volume_mtimes(conn, st)?;
     lifecycle::hand_over(
@@ -467,6 +467,7 @@ fn hand_over_and_start(conn: &Conn, dom: &Dom, st: &mut ImportState) -> Result<(
         write_state(dom, st)?;
         return Err(e);
     }
+    phase.done(None, None);
     Ok(())
 }
 
@@ -498,9 +499,11 @@ fn prove_stage_one(
         hyperv: req.hyperv_passthrough,
     };
     let ours = st.defined_by_tool == Some(true);
+    let phase = crate::report::begin("trial start");
     let proved = trial::prove(conn, &mut dom, fixed, ours, st);
     write_state(&dom, st)?;
     proved?;
+    phase.done(None, None);
     Ok(Some(dom))
 }
 
@@ -516,7 +519,7 @@ fn prove_before_stage_two(
     if dom.is_none() || req.dry_run || st.trial.as_ref().is_some_and(|t| t.started) {
         return Ok(dom);
     }
-    crate::say!(
+    log::info!(
         "domain '{}': stage 1 did not prove that it starts; trial start before anything is written",
         req.domain
     );
@@ -544,7 +547,7 @@ fn attach_driver_disk(req: &Request, conn: &Conn, dom: &Dom) -> Result<()> {
     let with_disk = domain_xml::add_driver_disk(&xml, &source)?;
     if with_disk != xml {
         conn.define_domain(&with_disk)?;
-        crate::say!("attached the driver-install virtio disk; after the virtio-win drivers are installed, run --switch-to-virtio");
+        log::info!("attached the driver-install virtio disk; after the virtio-win drivers are installed, run --switch-to-virtio");
     }
     Ok(())
 }
@@ -605,7 +608,8 @@ fn volume_names(req: &Request, n: usize) -> Vec<SpecDisk> {
         .collect()
 }
 
-fn read_state(dom: &Dom) -> Result<Option<ImportState>> {
+/// The import state in `dom`'s metadata, if it has one.
+pub fn read_state(dom: &Dom) -> Result<Option<ImportState>> {
     match dom.metadata(state::NS_URI)? {
         Some(xml) => Ok(Some(ImportState::from_xml(&xml).with_context(|| {
             format!("domain '{}': reading the import state", dom.name())
@@ -686,7 +690,7 @@ fn stage_one(
                     .map(BaseInput::capacity)
                     .ok_or_else(|| anyhow!("no base image for disk {target}: give --flat"))?;
                 let vol = if req.dry_run {
-                    crate::say!(
+                    log::info!(
                         "would create volume '{volume}' of {capacity} bytes in pool '{}'",
                         req.pool
                     );
@@ -703,14 +707,14 @@ fn stage_one(
                 }
             }
             if req.dry_run {
-                crate::say!(
+                log::info!(
                     "would define domain '{}':\n{}",
                     req.domain,
                     domain_xml::render(&spec)?
                 );
                 for (plan, name) in disks.iter().zip(&names) {
                     if let (Some(b), SpecDisk::Volume { volume, .. }) = (&plan.base, name) {
-                        crate::say!(
+                        log::info!(
                             "would upload {} ({} bytes) into volume '{volume}'",
                             b.name(),
                             b.capacity()
@@ -719,12 +723,14 @@ fn stage_one(
                 }
                 None
             } else {
+                let phase = crate::report::begin("define");
                 let dom = conn
                     .define_domain(&domain_xml::render(&spec)?)
                     .map_err(|e| trial::explain_define(conn, e))?;
+                phase.done(None, None);
                 st.defined_by_tool = Some(true);
                 st.os = Some(os_name(spec.os).to_lowercase());
-                crate::say!(
+                log::info!(
                     "defined domain '{}' ({} guest, {} MiB, {} vCPUs)",
                     req.domain,
                     os_name(spec.os),
@@ -745,8 +751,8 @@ fn stage_one(
             } else {
                 "destroys"
             };
-            eprintln!(
-                "virt-vmdkimport: --reupload-base: uploading the base of disk {} again {verb} {destroys}",
+            log::warn!(
+                "--reupload-base: uploading the base of disk {} again {verb} {destroys}",
                 ds.target_dev
             );
         }
@@ -754,7 +760,7 @@ fn stage_one(
     if req.dry_run {
         for (plan, vol) in disks.iter().zip(&vols) {
             if let Some(b) = &plan.base {
-                crate::say!(
+                log::info!(
                     "would upload {} ({} bytes) into volume '{}'",
                     b.name(),
                     b.capacity(),
@@ -768,7 +774,7 @@ fn stage_one(
     for (i, (plan, vol)) in disks.iter().zip(&vols).enumerate() {
         let Some(base) = &plan.base else { continue };
         if steps[i] == lifecycle::BaseStep::Keep {
-            crate::say!(
+            log::info!(
                 "disk {}: base already uploaded into '{}': kept",
                 st.disks[i].target_dev,
                 vol.describe()
@@ -776,6 +782,8 @@ fn stage_one(
             continue;
         }
         crate::interrupt::check()?;
+        let mut phase = crate::report::begin("base upload").disk(&st.disks[i].target_dev);
+        phase.io("stream");
         let started = Instant::now();
         let mut reader = base.reader()?;
         let mut progress = progress_printer(base.capacity());
@@ -790,7 +798,7 @@ fn stage_one(
             base.capacity()
         );
         let secs = started.elapsed().as_secs_f64();
-        crate::say!(
+        log::info!(
             "uploaded {} into '{}': {} bytes ({} data, {} as holes, {} skipped unread) in {:.2}s ({:.0} MB/s)",
             base.name(),
             vol.describe(),
@@ -803,6 +811,7 @@ fn stage_one(
         );
         st.disks[i].base_uploaded = true;
         write_state(&dom, &st)?;
+        phase.done(Some(stats.bytes_read), None);
     }
     Ok((Some(dom), st))
 }
@@ -830,7 +839,7 @@ fn repair_interrupted_base(vol: &Vol, ds: &DiskState, plan: &DiskPlan) -> Result
     }
     let capacity = plan.base.as_ref().map_or(ds.capacity, BaseInput::capacity);
     if let Some(had) = libvirt::repair_file_length(vol, capacity.max(ds.capacity))? {
-        crate::say!(
+        log::info!(
             "volume '{}' held {had} bytes after an interrupted upload: its length is restored to {} bytes",
             vol.describe(),
             capacity.max(ds.capacity)
@@ -877,12 +886,12 @@ fn ensure_volume(conn: &Conn, pool: &str, name: &str, capacity: u64) -> Result<V
                 "volume '{}' exists with {have} bytes, smaller than the disk's {capacity} bytes",
                 vol.describe()
             );
-            crate::say!("reusing volume '{}' ({have} bytes)", vol.describe());
+            log::info!("reusing volume '{}' ({have} bytes)", vol.describe());
             Ok(vol)
         }
         None => {
             let vol = pool.create_volume(name, capacity)?;
-            crate::say!("created volume '{}' ({capacity} bytes)", vol.describe());
+            log::info!("created volume '{}' ({capacity} bytes)", vol.describe());
             Ok(vol)
         }
     }
@@ -936,7 +945,7 @@ fn stage_two(
         // Stage 1 was only described: check the chains and say what they would write.
         for plan in disks.iter().filter(|p| !p.deltas.is_empty()) {
             let chain = Chain::open_deltas(&plan.deltas, &req.open)?;
-            crate::say!(
+            log::info!(
                 "would then apply {} delta(s): {}",
                 chain.layers().len(),
                 crate::apply::survey(&chain)?
@@ -1002,7 +1011,7 @@ fn stage_two(
         let survey = crate::apply::survey(&chain)?;
         let direct = match overlay::choose(req, conn, ds)? {
             Some(pool) => {
-                crate::say!(
+                log::info!(
                     "io: a qcow2 overlay in pool '{}', then a live block commit",
                     pool.name()
                 );
@@ -1015,7 +1024,7 @@ fn stage_two(
     if req.dry_run {
         for (ds, w) in st.disks.iter().zip(&work) {
             if let Some((chain, _, vol, survey, _)) = w {
-                crate::say!(
+                log::info!(
                     "would apply {} delta(s) to volume '{}' (disk {}): {survey}",
                     chain.layers().len(),
                     vol.describe(),
@@ -1040,7 +1049,7 @@ fn stage_two(
             // An earlier copy cut off outright can have left the file short.
             libvirt::repair_file_length(&vol, st.disks[i].capacity)?;
             let stats = libvirt::upload_image(&vol, &mut base.reader()?, &mut |_| {})?;
-            crate::say!(
+            log::info!(
                 "copied independent disk {} whole: {} bytes",
                 base.name(),
                 stats.bytes_read
@@ -1064,13 +1073,20 @@ fn stage_two(
         st.disks[i].applied = lineage;
         write_state(dom, st)?;
         let ds = st.disks[i].clone();
+        let mut phase = crate::report::begin("delta apply").disk(&ds.target_dev);
         let report = if let Some(pool) = overlay::choose(req, conn, &ds)? {
-            overlay::write_disk(dom, &pool, &ds, &vol, &chain)?
+            phase.io("overlay");
+            let r = overlay::write_disk(dom, &pool, &ds, &vol, &chain)?;
+            phase.done(Some(survey.data_bytes + survey.zero_bytes), Some(1));
+            r
         } else {
-            write::write_disk(&vol, &st.disks[i].target_dev, &chain, &survey, direct, gaps)?
-                .to_string()
+            let r = write::write_disk(&vol, &ds.target_dev, &chain, &survey, direct, gaps)?;
+            phase.io(r.io);
+            let calls = (r.io == "stream").then_some(r.calls);
+            phase.done(Some(r.changes.data_bytes + r.changes.zero_bytes), calls);
+            r.to_string()
         };
-        crate::say!("disk {}: {report}", st.disks[i].target_dev);
+        log::info!("disk {}: {report}", st.disks[i].target_dev);
         st.disks[i].applying = false;
         write_state(dom, st)?;
     }
@@ -1123,8 +1139,8 @@ fn as_applied(l: &LayerInfo) -> AppliedDelta {
 fn new_lineage(ds: &DiskState, layers: &[LayerInfo]) -> Result<Vec<AppliedDelta>> {
     let first = &layers[0];
     let Some(pc) = first.parent_cid else {
-        eprintln!(
-            "virt-vmdkimport: warning: {} has no descriptor, so its parent cannot be checked; give the child descriptor (vm-000001.vmdk) to have it checked",
+        log::warn!(
+            "{} has no descriptor, so its parent cannot be checked; give the child descriptor (vm-000001.vmdk) to have it checked",
             first.path.display()
         );
         let mut v = ds.applied.clone();
@@ -1133,7 +1149,7 @@ fn new_lineage(ds: &DiskState, layers: &[LayerInfo]) -> Result<Vec<AppliedDelta>
     };
     let k = if Some(pc) == ds.base_cid || (ds.base_cid.is_none() && ds.applied.is_empty()) {
         if ds.base_cid.is_none() {
-            eprintln!("virt-vmdkimport: warning: the base's CID was not recorded (raw image or standard input); parentCID {pc:08x} of {} is not checked", first.path.display());
+            log::warn!("the base's CID was not recorded (raw image or standard input); parentCID {pc:08x} of {} is not checked", first.path.display());
         }
         0
     } else if let Some(i) = ds.applied.iter().rposition(|a| a.cid == Some(pc)) {

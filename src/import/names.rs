@@ -53,15 +53,15 @@ impl Naming {
         if spec.nic_slots && spec.os == OsFamily::Linux && slotted {
             let v = conn.lib_version()?;
             if v < QEMU_OVERRIDE_SINCE {
-                eprintln!(
-                    "note: libvirt {} has no <qemu:override> (8.2.0 and later): the NICs get libvirt's default PCI addresses, and the guest names them after those (enp1s0 style), not as on VMware",
+                crate::note!(
+                    "libvirt {} has no <qemu:override> (8.2.0 and later): the NICs get libvirt's default PCI addresses, and the guest names them after those (enp1s0 style), not as on VMware",
                     version_text(v)
                 );
                 spec.nic_slots = false;
             }
         }
         for n in domain_xml::nic_slot_notes(spec) {
-            eprintln!("note: {n}");
+            crate::note!("{n}");
         }
         Ok(())
     }

@@ -251,13 +251,13 @@ pub fn resume(req: &Request, conn: &Conn, dom: &Dom, st: Option<&mut ImportState
         return Ok(false);
     }
     let devs: Vec<_> = pending.iter().map(|r| r.target_dev.as_str()).collect();
-    crate::say!(
+    log::info!(
         "domain '{}': disk(s) {} still on a qcow2 overlay from an earlier run: finishing that first",
         dom.name(),
         devs.join(", ")
     );
     if req.dry_run {
-        crate::say!("would commit the overlay(s) into the volume(s) and remove them");
+        log::info!("would commit the overlay(s) into the volume(s) and remove them");
         return Ok(true);
     }
     let st = st.with_context(|| format!("domain '{}' has no import state", dom.name()))?;
@@ -276,7 +276,7 @@ pub fn resume(req: &Request, conn: &Conn, dom: &Dom, st: Option<&mut ImportState
             rec.offline = true;
             record(dom, &rec)?;
         }
-        crate::say!(
+        log::info!(
             "domain '{}' is shut off: starting it paused (no guest code runs) to commit, then destroying it",
             dom.name()
         );
@@ -309,7 +309,7 @@ pub fn resume(req: &Request, conn: &Conn, dom: &Dom, st: Option<&mut ImportState
         switch_all(conn, dom)?;
         super::write_state(dom, st)?;
         super::hand_over_and_start(conn, dom, st)?;
-        crate::say!(
+        log::info!(
             "domain '{}' started (outage_s={:.3})",
             dom.name(),
             since_start().as_secs_f64()
@@ -336,7 +336,7 @@ pub fn after_start(req: &Request, conn: &Conn, dom: &Dom, st: &ImportState) -> R
     if in_use(dom)?.is_empty() {
         return Ok(());
     }
-    crate::say!(
+    log::info!(
         "domain '{}' running on its overlay(s): outage_s={:.3} (from the command's start)",
         dom.name(),
         since_start().as_secs_f64()
@@ -356,7 +356,7 @@ fn commit_all(req: &Request, conn: &Conn, dom: &Dom, st: &ImportState) -> Result
         let started = Instant::now();
         commit_live(req, dom, &mut rec)?;
         finish(conn, dom, &mut rec, &raw)?;
-        crate::say!(
+        log::info!(
             "disk {}: committed into volume '{}' and overlay removed: commit_s={:.3}",
             rec.target_dev,
             raw.describe(),
@@ -372,14 +372,14 @@ fn commit_all(req: &Request, conn: &Conn, dom: &Dom, st: &ImportState) -> Result
 /// meanwhile leaves the disk on its overlay, for a rerun to commit.
 fn commit_live(req: &Request, dom: &Dom, rec: &mut OverlayRecord) -> Result<()> {
     if let Ok(Some(j)) = dom.block_job(&rec.target_dev) {
-        crate::say!(
+        log::info!(
             "disk {}: a block commit is already running ({} of {}): taking it over",
             rec.target_dev,
             j.cur,
             j.end
         );
     } else if rec.step >= OverlayStep::Committing {
-        crate::say!(
+        log::info!(
             "disk {}: no block commit running; starting it again",
             rec.target_dev
         );

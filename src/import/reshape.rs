@@ -176,7 +176,7 @@ pub fn apply(
         req.domain
     );
     if req.dry_run {
-        crate::say!(
+        log::info!(
             "would redefine domain '{}' with {what}, then trial-start it",
             req.domain
         );
@@ -185,7 +185,7 @@ pub fn apply(
     let new = conn
         .define_domain(&xmltree::to_string(&xml))
         .map_err(|e| trial::explain_define(conn, e))?;
-    crate::say!("domain '{}' redefined with {what}", req.domain);
+    log::info!("domain '{}' redefined with {what}", req.domain);
     Ok(Some((new, before)))
 }
 

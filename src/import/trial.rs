@@ -202,14 +202,14 @@ pub fn prove(
         let text = one_line(e.message());
         let problem = classify(&text);
         if matches!(problem, Problem::QemuExited | Problem::Other) && !retried {
-            crate::say!("trial start: the start failed for a reason this tool does not know ({text}); trying once more");
+            log::info!("trial start: the start failed for a reason this tool does not know ({text}); trying once more");
             retried = true;
             continue;
         }
         match step(&mut xml, &problem, fixed)? {
             Some((what, from, to)) => {
                 retried = false;
-                crate::say!("trial start: {what} {from} does not start on this host ({text}); trying {what} {to}");
+                log::info!("trial start: {what} {from} does not start on this host ({text}); trying {what} {to}");
                 rec.fallbacks.push(Fallback {
                     what: what.into(),
                     from,
@@ -243,7 +243,7 @@ pub fn prove(
             .collect();
         format!("; redefined after falling back: {}", steps.join(", "))
     };
-    crate::say!(
+    log::info!(
         "trial start: domain '{}' starts (started paused, no guest code ran, destroyed again) with CPU {}{}{changed}",
         dom.name(),
         rec.cpu,
@@ -331,7 +331,7 @@ pub fn start_after_stage_two(conn: &Conn, dom: &Dom) -> Result<()> {
         };
         text = one_line(e.message());
         if attempt == 0 && classify(&text) == Problem::QemuExited {
-            crate::say!(
+            log::info!(
                 "the start failed for a reason this tool does not know ({text}); trying once more"
             );
             continue;

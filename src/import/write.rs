@@ -73,11 +73,11 @@ pub fn use_direct(conn: &Conn, vol: &Vol, mode: IoMode) -> Result<bool> {
         }
         IoMode::Auto => match direct_possible(conn, vol) {
             Ok(()) => {
-                crate::say!("io: direct writes to {} (local volume)", vol.path());
+                log::info!("io: direct writes to {} (local volume)", vol.path());
                 true
             }
             Err(why) => {
-                crate::say!("io: libvirt upload streams ({why})");
+                log::info!("io: libvirt upload streams ({why})");
                 false
             }
         },
@@ -98,7 +98,7 @@ pub fn write_chain(
         write_direct(vol, chain, surveyed)
     } else {
         if let Gaps::Base(b) = gaps {
-            crate::say!("io: gaps between runs refilled from {}", b.path.display());
+            log::info!("io: gaps between runs refilled from {}", b.path.display());
         }
         write_streamed(vol, chain, &mut CostModel::default(), &gaps)
     }
@@ -118,7 +118,7 @@ pub fn write_disk(
         "applying the delta(s) to volume '{}' (disk {dev})",
         vol.describe()
     );
-    crate::say!("{what}...");
+    log::info!("{what}...");
     write_chain(vol, chain, surveyed, direct, gaps).with_context(|| what)
 }
 

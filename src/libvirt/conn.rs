@@ -38,6 +38,7 @@ pub fn connect(uri: Option<&str>) -> Result<Conn> {
         Ok(u) => u,
         Err(_) => wanted.unwrap_or_default(),
     };
+    log::debug!("connected to libvirt at {uri}");
     Ok(Conn { inner, uri })
 }
 

@@ -146,6 +146,7 @@ fn upload(
     reset: bool,
 ) -> Result<UploadStats> {
     let what = vol.describe();
+    log::debug!("{what}: upload stream of the whole volume (sparse)");
     let info = vol
         .vol
         .info()
@@ -498,6 +499,7 @@ pub fn upload_at(
         return Ok(());
     }
     let what = vol.describe();
+    log::trace!("{what}: upload stream of {len} bytes at {offset}");
     let end = offset
         .checked_add(len)
         .with_context(|| format!("upload range overflows: {offset} + {len}"))?;
@@ -575,6 +577,7 @@ impl Download {
     /// Start the download (downloads start no pool refresh).
     pub fn open(vol: &Vol, offset: u64, len: u64) -> Result<Download> {
         let what = vol.describe();
+        log::trace!("{what}: download stream of {len} bytes at {offset}");
         let stream = OwnedStream::new(&vol.conn)?;
         vol.vol
             .download(stream.stream(), offset, len, 0)

@@ -1,0 +1,171 @@
+//! What a single run did, for `--json`: its phases with their times, bytes, calls and write path, kept as they end and printed as one document at the end.
+
+use crate::fleet::clock::utc_ms;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime};
+
+/// The format of the document; raised when a field changes meaning or goes away.
+pub const FORMAT: u32 = 1;
+
+static PHASES: Mutex<Vec<PhaseRecord>> = Mutex::new(Vec::new());
+
+/// One phase of a run, as the document shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PhaseRecord {
+    /// `base upload`, `delta apply`, `define`, `trial start`, `start`, `guest shutdown`, ...
+    pub name: String,
+    /// The disk's target (`sda`), for per-disk phases.
+    pub disk: Option<String>,
+    /// UTC with milliseconds.
+    pub began: String,
+    pub ms: u64,
+    /// Bytes moved (read from the source and written), when the phase moves any.
+    pub bytes: Option<u64>,
+    /// libvirt upload calls, for stage 2 through streams.
+    pub calls: Option<u64>,
+    /// The write path: `stream`, `direct` or `overlay`.
+    pub io: Option<String>,
+    /// False for a phase that ended with an error (or was interrupted).
+    pub ok: bool,
+}
+
+/// A phase being timed; kept when [`Phase::done`] is called, or as failed when dropped before.
+pub struct Phase {
+    rec: PhaseRecord,
+    started: Instant,
+}
+
+/// Begin timing the phase `name`.
+pub fn begin(name: &str) -> Phase {
+    Phase {
+        rec: PhaseRecord {
+            name: name.to_owned(),
+            disk: None,
+            began: utc_ms(SystemTime::now()),
+            ms: 0,
+            bytes: None,
+            calls: None,
+            io: None,
+            ok: false,
+        },
+        started: Instant::now(),
+    }
+}
+
+impl Phase {
+    /// The phase is about disk `dev`.
+    pub fn disk(mut self, dev: &str) -> Phase {
+        self.rec.disk = Some(dev.to_owned());
+        self
+    }
+
+    /// Its write path.
+    pub fn io(&mut self, io: &str) {
+        self.rec.io = Some(io.to_owned());
+    }
+
+    /// It ended well, having moved `bytes` in `calls` upload calls.
+    pub fn done(mut self, bytes: Option<u64>, calls: Option<u64>) {
+        self.rec.bytes = bytes;
+        self.rec.calls = calls;
+        self.rec.ok = true;
+    }
+}
+
+impl Drop for Phase {
+    fn drop(&mut self) {
+        self.rec.ms = self.started.elapsed().as_millis() as u64;
+        if let Ok(mut v) = PHASES.lock() {
+            v.push(self.rec.clone());
+        }
+    }
+}
+
+/// The phases ended so far, in the order they ended.
+pub fn phases() -> Vec<PhaseRecord> {
+    PHASES.lock().map(|v| v.clone()).unwrap_or_default()
+}
+
+/// What the document says about the run besides its phases.
+pub struct RunInfo<'a> {
+    pub command: &'a str,
+    pub domain: Option<&'a str>,
+    pub uri: Option<String>,
+    pub dry_run: bool,
+    pub began: SystemTime,
+    pub ms: u64,
+    pub exit_code: i32,
+    pub error: Option<String>,
+    /// The import state after the run (`null` when there is no domain or it has none).
+    pub state: Value,
+}
+
+/// The URI libvirt chose and domain `name`'s import state as JSON, read after the run
+/// (`null` when the domain or its state is absent; a reading error is put in its place).
+pub fn state_of(uri: Option<&str>, name: &str) -> (Option<String>, Value) {
+    let conn = match crate::libvirt::connect(uri) {
+        Ok(c) => c,
+        Err(e) => {
+            return (
+                uri.map(str::to_owned),
+                json!({ "unreadable": format!("{e:#}") }),
+            )
+        }
+    };
+    let state = conn
+        .domain(name)
+        .and_then(|d| d.map(|d| crate::import::read_state(&d)).transpose())
+        .map(Option::flatten);
+    let value = match state {
+        Ok(Some(st)) => serde_json::to_value(&st).unwrap_or(Value::Null),
+        Ok(None) => Value::Null,
+        Err(e) => json!({ "unreadable": format!("{e:#}") }),
+    };
+    (Some(conn.uri().to_owned()), value)
+}
+
+/// The run's document: see the README's "--json" section for its fields.
+pub fn document(run: &RunInfo) -> Value {
+    let kept = crate::out::kept();
+    json!({
+        "format": FORMAT,
+        "command": run.command,
+        "domain": run.domain,
+        "uri": run.uri,
+        "dry_run": run.dry_run,
+        "ok": run.exit_code == 0,
+        "exit_code": run.exit_code,
+        "error": run.error,
+        "began": utc_ms(run.began),
+        "ms": run.ms,
+        "phases": phases(),
+        "notes": kept.notes,
+        "warnings": kept.warnings,
+        "state": run.state,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_phase_dropped_before_done_is_kept_as_failed_and_a_done_one_with_its_figures() {
+        {
+            let _failed = begin("unit-test failed").disk("sdz");
+        }
+        let mut p = begin("unit-test done");
+        p.io("direct");
+        p.done(Some(4096), Some(2));
+        let all = phases();
+        let failed = all.iter().find(|p| p.name == "unit-test failed").unwrap();
+        assert!(!failed.ok);
+        assert_eq!(failed.disk.as_deref(), Some("sdz"));
+        let done = all.iter().find(|p| p.name == "unit-test done").unwrap();
+        assert!(done.ok);
+        assert_eq!((done.bytes, done.calls), (Some(4096), Some(2)));
+        assert_eq!(done.io.as_deref(), Some("direct"));
+    }
+}
