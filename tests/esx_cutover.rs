@@ -326,13 +326,30 @@ fn a_guest_that_does_not_shut_down_is_left_running_and_nothing_changes_unless_ha
     );
     assert_eq!(domstate(&name), "shut off");
 
+    // With --json: the human lines on stderr, the document on stdout.
     let run = esx
-        .import(&tp, &name, &vmx, &["--cutover", "--hard-off"])
+        .import(&tp, &name, &vmx, &["--cutover", "--hard-off", "--json"])
         .ok();
     assert!(
-        run.stdout()
+        run.stderr()
             .contains("no VMware Tools: powering it off (--hard-off)"),
         "{run}"
+    );
+    let doc: serde_json::Value = serde_json::from_str(&run.stdout())
+        .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {run}"));
+    let names: Vec<&str> = doc["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["ok"] == true)
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["guest shutdown", "delta apply", "start"], "{run}");
+    assert_eq!(doc["command"], "cutover");
+    let cutover = &doc["state"]["cutover"];
+    assert_eq!(
+        doc["phases"][1]["bytes"], cutover["bytes"],
+        "the apply phase's bytes are the recorded cutover's: {run}"
     );
     assert_eq!(esx.power_state(22), "off");
     assert_eq!(domstate(&name), "running");
