@@ -44,6 +44,11 @@ fn level_for(verbosity: i8) -> LevelFilter {
     }
 }
 
+/// -1 for `-q`, 0 by default, the number of `-v` otherwise.
+pub fn verbosity() -> i8 {
+    VERBOSITY.load(Ordering::Relaxed)
+}
+
 /// `-q` was given: no human lines, no progress.
 pub fn quiet() -> bool {
     VERBOSITY.load(Ordering::Relaxed) < 0

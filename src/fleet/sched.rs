@@ -142,7 +142,10 @@ fn spawn(job: &Job, tx: mpsc::Sender<(usize, Finished)>) -> Option<Pid> {
         Err(e) => return fail(e, 0),
     };
     let child = std::env::current_exe().and_then(|exe| {
+        // `-v` given to the plan puts the debug lines into each VM's log too.
+        let verbose = (0..crate::out::verbosity().max(0)).map(|_| "-v");
         Command::new(exe)
+            .args(verbose)
             .args(&job.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
