@@ -236,10 +236,13 @@ fn plan_check_changes_nothing_and_names_what_is_wrong() {
 
     // `-v` given to the plan reaches each VM's run: its debug lines are in the VM's log.
     run_plan("check", &plan, &["-v"]);
-    let log = plan.with_extension("logs").join(format!("{}.log", vms[0].name));
+    let log = plan
+        .with_extension("logs")
+        .join(format!("{}.log", vms[0].name));
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(
-        log.lines().any(|l| l.starts_with("debug: connected to libvirt at ")),
+        log.lines()
+            .any(|l| l.starts_with("debug: connected to libvirt at ")),
         "{log}"
     );
 
