@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use crate::progress::Transfer;
 use crate::vmdk::OpenOptions as OpenChain;
 use crate::vmdk::{check_parent_link, show, Chain, ParentLink, Piece, Source};
 
@@ -126,15 +127,23 @@ fn target_size(target: &Path) -> anyhow::Result<u64> {
 /// Write every changed piece of `chain` into `target` at its virtual offset, then fsync.
 pub fn apply_to_target(chain: &Chain, target: &Path) -> anyhow::Result<ApplyReport> {
     let planned = survey(chain)?;
-    write_surveyed(chain, target, &planned)
+    let bar = Transfer::new(
+        format!("{}: delta apply", show(target)),
+        planned.data_bytes + planned.zero_bytes,
+    );
+    let r = write_surveyed(chain, target, &planned, &bar)?;
+    bar.finish();
+    Ok(r)
 }
 
 /// The writing half of [`apply_to_target`], for a caller that has already surveyed `chain`
-/// (stage 2 surveys every disk's chain before it writes any): `planned` is that survey.
+/// (stage 2 surveys every disk's chain before it writes any): `planned` is that survey. `bar`
+/// counts the bytes written.
 pub fn write_surveyed(
     chain: &Chain,
     target: &Path,
     planned: &ApplyReport,
+    bar: &Transfer,
 ) -> anyhow::Result<ApplyReport> {
     let started = Instant::now();
     let file = OpenOptions::new()
@@ -178,6 +187,7 @@ pub fn write_surveyed(
                     )
                 })?;
             done += n as u64;
+            bar.add(n as u64);
         }
         tally(&mut r, &piece, &mut last_end);
     }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::ssh::{quote, Ssh};
+use crate::progress::Transfer;
 use crate::vmdk::{DataFile, Piece, Source};
 
 /// Bytes of one cached page of a remote file (and the `bs` of the `dd` reading it).
@@ -183,13 +184,15 @@ impl FileOrder {
 
 /// Write one delta's pieces into `target` at their virtual offsets, its grains read in one
 /// `dd` from `path` in file order (the first grain's block to the last grain's end), while a
-/// second thread keeps the transfer going. Zero pieces are written without a read.
+/// second thread keeps the transfer going. Zero pieces are written without a read. The
+/// read's progress is shown as `label`.
 pub fn write_in_file_order(
     ssh: &Ssh,
     path: &str,
     order: &FileOrder,
     target: &File,
     shown_target: &str,
+    label: &str,
 ) -> Result<PassReport> {
     let started = Instant::now();
     let mut report = PassReport::default();
@@ -208,13 +211,16 @@ pub fn write_in_file_order(
     let end = source_offset(last) + last.len;
     let count = end.div_ceil(bs) - skip;
     let mut stream = ssh.stream_from(path, bs, skip, Some(count))?;
+    let bar = Transfer::new(label, end - skip * bs);
     std::thread::scope(|scope| -> Result<()> {
         let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(QUEUE);
+        let bar = &bar;
         let reader = scope.spawn(move || {
             let mut left = (count * bs).min(end - skip * bs);
             while left > 0 {
                 let mut buf = vec![0u8; CHUNK.min(left as usize)];
                 let r = stream.read_exact(&mut buf).map(|_| buf);
+                bar.add(CHUNK.min(left as usize) as u64);
                 let failed = r.is_err();
                 left -= if failed {
                     left
@@ -242,6 +248,7 @@ pub fn write_in_file_order(
         Ok(())
     })
     .with_context(|| format!("{}:{path}: reading the delta's grains", ssh.url().host))?;
+    bar.finish();
     report.secs = started.elapsed().as_secs_f64();
     Ok(report)
 }

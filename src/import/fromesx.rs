@@ -406,7 +406,9 @@ fn write_disk(
             "disk {dev}: applying {} over ssh...",
             vm.ssh.url().with_path(d)
         );
-        let p = remote::write_in_file_order(&vm.ssh, &o.extent, &o.pieces, &file, path)
+        let name = o.extent.rsplit('/').next().unwrap_or(&o.extent);
+        let label = format!("disk {dev}: ssh read of {name}");
+        let p = remote::write_in_file_order(&vm.ssh, &o.extent, &o.pieces, &file, path, &label)
             .with_context(|| format!("disk {dev}: applying {}", vm.ssh.url().with_path(d)))?;
         total.read += p.read;
         total.data_bytes += p.data_bytes;

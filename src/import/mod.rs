@@ -14,11 +14,11 @@ use crate::cli::{Cli, IoMode, OsArg};
 use crate::domain_xml::{self, DiskSource as SpecDisk, DomainSpec, NetSource, NicSpec};
 use crate::image_read::ImageRead;
 use crate::libvirt::{self, Conn, DiskKind, Dom, Vol};
+use crate::progress::Transfer;
 use crate::state::{self, AppliedDelta, DiskState, ImportState};
 use crate::vmdk::{self, BaseImage, Chain, LayerInfo, OpenOptions};
 use crate::vmx::{self, Firmware, OsFamily, VmxConfig};
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -786,10 +786,15 @@ fn stage_one(
         phase.io("stream");
         let started = Instant::now();
         let mut reader = base.reader()?;
-        let mut progress = progress_printer(base.capacity());
-        let stats = libvirt::upload_image(vol, &mut reader, &mut progress).with_context(|| {
-            format!("uploading {} into volume '{}'", base.name(), vol.describe())
-        })?;
+        let bar = Transfer::new(
+            format!("disk {}: base upload", st.disks[i].target_dev),
+            base.capacity(),
+        );
+        let stats =
+            libvirt::upload_image(vol, &mut reader, &mut |n| bar.set(n)).with_context(|| {
+                format!("uploading {} into volume '{}'", base.name(), vol.describe())
+            })?;
+        bar.finish();
         ensure!(
             stats.bytes_read == base.capacity(),
             "{} ended after {} bytes, but the disk's capacity is {} bytes: the base is incomplete",
@@ -914,22 +919,6 @@ fn os_name(os: OsFamily) -> &'static str {
     }
 }
 
-/// A progress line on a terminal, nothing otherwise (logs stay clean).
-fn progress_printer(total: u64) -> impl FnMut(u64) {
-    let tty = std::io::stderr().is_terminal();
-    let mut last = Instant::now();
-    move |done| {
-        if tty && (last.elapsed().as_millis() >= 500 || done == total) {
-            last = Instant::now();
-            eprint!("\r  {} / {} MiB", done >> 20, total >> 20);
-            if done == total {
-                eprintln!();
-            }
-            let _ = std::io::stderr().flush();
-        }
-    }
-}
-
 /// Stage 2: every disk's deltas applied above the base recorded in stage 1. The state marks a
 /// disk as being written before the first byte goes out and clears the mark only once all
 /// its bytes landed: a failed run leaves the domain unstartable by this tool until a rerun
@@ -1048,7 +1037,12 @@ fn stage_two(
             let vol = conn.pool(&st.disks[i].pool)?.volume(&st.disks[i].volume)?;
             // An earlier copy cut off outright can have left the file short.
             libvirt::repair_file_length(&vol, st.disks[i].capacity)?;
-            let stats = libvirt::upload_image(&vol, &mut base.reader()?, &mut |_| {})?;
+            let bar = Transfer::new(
+                format!("disk {}: whole copy", st.disks[i].target_dev),
+                base.capacity(),
+            );
+            let stats = libvirt::upload_image(&vol, &mut base.reader()?, &mut |n| bar.set(n))?;
+            bar.finish();
             log::info!(
                 "copied independent disk {} whole: {} bytes",
                 base.name(),

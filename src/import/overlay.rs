@@ -8,6 +8,7 @@ use anyhow::{bail, ensure, Context, Result};
 use super::Request;
 use crate::cli::IoMode;
 use crate::libvirt::{self, parse_disk_sources, Conn, DiskKind, Dom, Pool, Vol};
+use crate::progress::Transfer;
 use crate::qcow2;
 use crate::state::{self, DiskState, ImportState, OverlayRecord, OverlayStep};
 use crate::vmdk::Chain;
@@ -160,8 +161,13 @@ pub fn write_disk(
     rec.path = ovl.path().to_string();
     record(dom, &rec)?;
     let mut image = qcow2::Overlay::new(chain, layout.clone(), vol.path())?;
-    let stats = libvirt::upload_image_fresh(&ovl, &mut image, &mut |_| {})
+    let bar = Transfer::new(
+        format!("disk {}: overlay upload", ds.target_dev),
+        layout.len(),
+    );
+    let stats = libvirt::upload_image_fresh(&ovl, &mut image, &mut |n| bar.set(n))
         .with_context(|| format!("uploading the overlay into volume '{}'", ovl.describe()))?;
+    bar.finish();
     rec.step = OverlayStep::Uploaded;
     record(dom, &rec)?;
     Ok(format!(

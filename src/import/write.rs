@@ -4,6 +4,7 @@ use crate::apply::{self, ApplyReport};
 use crate::cli::IoMode;
 use crate::libvirt::{self, Conn, Download, Vol};
 use crate::plan::{CostModel, Window, WindowPlanner};
+use crate::progress::Transfer;
 use crate::vmdk::{BaseImage, Chain, Piece, Source};
 use anyhow::{bail, Context, Result};
 use std::fmt;
@@ -86,21 +87,22 @@ pub fn use_direct(conn: &Conn, vol: &Vol, mode: IoMode) -> Result<bool> {
 
 /// Write `chain` into `vol`: positional writes to its path when `direct`, else upload calls
 /// with the gaps between runs refilled from `gaps`. `surveyed` is the chain's survey (every
-/// table already read and checked).
+/// table already read and checked); `bar` counts the pieces' bytes as they are written.
 pub fn write_chain(
     vol: &Vol,
     chain: &Chain,
     surveyed: &ApplyReport,
     direct: bool,
     gaps: Gaps,
+    bar: &Transfer,
 ) -> Result<WriteReport> {
     if direct {
-        write_direct(vol, chain, surveyed)
+        write_direct(vol, chain, surveyed, bar)
     } else {
         if let Gaps::Base(b) = gaps {
             log::info!("io: gaps between runs refilled from {}", b.path.display());
         }
-        write_streamed(vol, chain, &mut CostModel::default(), &gaps)
+        write_streamed(vol, chain, &mut CostModel::default(), &gaps, bar)
     }
 }
 
@@ -119,7 +121,14 @@ pub fn write_disk(
         vol.describe()
     );
     log::info!("{what}...");
-    write_chain(vol, chain, surveyed, direct, gaps).with_context(|| what)
+    let bar = Transfer::with_extra(
+        format!("disk {dev}: delta apply"),
+        surveyed.data_bytes + surveyed.zero_bytes,
+        "of gaps refilled",
+    );
+    let report = write_chain(vol, chain, surveyed, direct, gaps, &bar).with_context(|| what)?;
+    bar.finish();
+    Ok(report)
 }
 
 /// Why the direct path cannot be taken, if it cannot.
@@ -145,9 +154,14 @@ pub(super) fn direct_possible(conn: &Conn, vol: &Vol) -> Result<(), String> {
 
 /// Positional writes to the volume's path (as `--target` does), fsync, then one pool refresh
 /// so libvirt's view of the volume (allocation) catches up.
-fn write_direct(vol: &Vol, chain: &Chain, surveyed: &ApplyReport) -> Result<WriteReport> {
+fn write_direct(
+    vol: &Vol,
+    chain: &Chain,
+    surveyed: &ApplyReport,
+    bar: &Transfer,
+) -> Result<WriteReport> {
     let started = Instant::now();
-    let changes = apply::write_surveyed(chain, Path::new(vol.path()), surveyed)?;
+    let changes = apply::write_surveyed(chain, Path::new(vol.path()), surveyed, bar)?;
     vol.pool()?.refresh()?;
     Ok(WriteReport {
         io: "direct",
@@ -180,6 +194,7 @@ pub fn write_streamed(
     chain: &Chain,
     cost: &mut CostModel,
     gaps: &Gaps,
+    bar: &Transfer,
 ) -> Result<WriteReport> {
     let started = Instant::now();
     let shared = std::sync::Mutex::new(Shared {
@@ -218,7 +233,7 @@ pub fn write_streamed(
                 }
             };
             let call_started = Instant::now();
-            let done = upload_window(vol, &window, gaps).with_context(|| {
+            let done = upload_window(vol, &window, gaps, bar).with_context(|| {
                 format!(
                     "writing bytes {}..{} of volume '{}'",
                     window.offset,
@@ -265,8 +280,9 @@ const DOWNLOAD_CHUNK: usize = 1 << 20;
 
 /// One upload call for `window`. Gap bytes come from `gaps`: from the base image, or from a
 /// download of the same range that a second thread reads ahead while this one uploads, so
-/// each gap byte is rewritten with exactly what the volume held.
-fn upload_window(vol: &Vol, window: &Window, gaps: &Gaps) -> Result<()> {
+/// each gap byte is rewritten with exactly what the volume held. `bar` counts the pieces'
+/// bytes, and the gap bytes beside them.
+fn upload_window(vol: &Vol, window: &Window, gaps: &Gaps, bar: &Transfer) -> Result<()> {
     let has_gaps = window.gap_bytes() > 0;
     let mut next_piece = 0usize;
     let mut fill_from =
@@ -274,7 +290,12 @@ fn upload_window(vol: &Vol, window: &Window, gaps: &Gaps) -> Result<()> {
             if has_gaps {
                 gap(window.offset + rel, buf)?;
             }
-            overlay(&window.pieces, &mut next_piece, window.offset + rel, buf)
+            let n = overlay(&window.pieces, &mut next_piece, window.offset + rel, buf)?;
+            bar.add(n);
+            if has_gaps {
+                bar.add_extra(buf.len() as u64 - n);
+            }
+            Ok(())
         };
     match gaps {
         Gaps::Base(base) if has_gaps => {
@@ -391,11 +412,12 @@ impl ChunkQueue {
     }
 }
 
-/// Copy into `buf` (the bytes at virtual offset `at`) every piece part that falls inside it.
-/// `next` is the index of the first piece not yet wholly written; windows are filled front
-/// to back, so it only moves forward.
-fn overlay(pieces: &[Piece], next: &mut usize, at: u64, buf: &mut [u8]) -> std::io::Result<()> {
+/// Copy into `buf` (the bytes at virtual offset `at`) every piece part that falls inside it;
+/// the bytes copied. `next` is the index of the first piece not yet wholly written; windows
+/// are filled front to back, so it only moves forward.
+fn overlay(pieces: &[Piece], next: &mut usize, at: u64, buf: &mut [u8]) -> std::io::Result<u64> {
     let end = at + buf.len() as u64;
+    let mut copied = 0u64;
     let mut i = *next;
     while i < pieces.len() && pieces[i].offset < end {
         let p = &pieces[i];
@@ -407,6 +429,7 @@ fn overlay(pieces: &[Piece], next: &mut usize, at: u64, buf: &mut [u8]) -> std::
                 Source::Zeros => dst.fill(0),
                 Source::Data { .. } => p.read_at(from - p.offset, dst)?,
             }
+            copied += to - from;
         }
         if p.end() <= end {
             i += 1;
@@ -415,7 +438,7 @@ fn overlay(pieces: &[Piece], next: &mut usize, at: u64, buf: &mut [u8]) -> std::
             break;
         }
     }
-    Ok(())
+    Ok(copied)
 }
 
 #[cfg(test)]
@@ -448,9 +471,11 @@ mod tests {
         ];
         let mut image = [7u8; 64];
         let mut next = 0;
+        let mut copied = 0;
         for (k, chunk) in image.chunks_mut(16).enumerate() {
-            overlay(&pieces, &mut next, k as u64 * 16, chunk).unwrap();
+            copied += overlay(&pieces, &mut next, k as u64 * 16, chunk).unwrap();
         }
+        assert_eq!(copied, 25, "the pieces' bytes, each once");
         for (i, b) in image.iter().enumerate() {
             let want = match i {
                 10..=29 => (100 + i - 10) as u8,
