@@ -164,6 +164,42 @@ fn new_bar(label: &str, total: u64) -> ProgressBar {
     multi().add(bar)
 }
 
+/// A running VM of a plan, on a terminal: a spinner line whose text the caller keeps fresh.
+/// Dropped, it goes.
+pub struct Line {
+    bar: ProgressBar,
+}
+
+impl Line {
+    pub fn new(text: impl Into<String>) -> Line {
+        let style = ProgressStyle::with_template("{spinner} {wide_msg}").expect("a valid template");
+        let bar = multi().add(ProgressBar::new_spinner().with_style(style));
+        bar.set_message(crate::out::sanitize(&text.into()));
+        bar.enable_steady_tick(Duration::from_millis(200));
+        Line { bar }
+    }
+
+    pub fn set(&self, text: &str) {
+        self.bar.set_message(crate::out::sanitize(text));
+    }
+}
+
+impl Drop for Line {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+        multi().remove(&self.bar);
+    }
+}
+
+/// How often a plan's child prints its progress lines (into its VM's log), from the plan's
+/// `every` (0: never): on a terminal at least every 5 s, so each VM's line stays fresh.
+pub fn child_every(every: u64) -> u64 {
+    match show() {
+        Show::Bars if every > 0 => every.min(5),
+        _ => every,
+    }
+}
+
 /// The thread that draws every live transfer: bars ten times a second, plain lines when due.
 struct Ticker {
     live: Mutex<Vec<Arc<Shared>>>,

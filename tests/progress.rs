@@ -9,8 +9,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use util::import::*;
-use util::interrupt::{base_bytes, stage1_stdin_args, PATIENCE};
+use util::interrupt::{base_bytes, stage1_stdin_args, FuseFile, PATIENCE};
 use util::libvirt::TestPool;
+use util::plan::{plan_text, state_of, vms, write_plan};
 use util::{assert_same, fixtures::SECTOR, Folder, BIN};
 
 const CAP: u64 = 8 * MIB;
@@ -51,6 +52,26 @@ fn feed_in_halves<W: Write>(
             w.write_all(&base[half..]).unwrap();
         }
     })
+}
+
+/// The binary run with `args` under `script`, which gives it a terminal for its output (the
+/// typescript goes to `typescript`); standard input from `stdin` when given.
+fn under_script(args: &[String], stdin: Option<&Path>, typescript: &Path) -> std::process::Child {
+    let mut cmd = format!("'{BIN}'");
+    for a in args {
+        cmd += &format!(" '{a}'");
+    }
+    if let Some(from) = stdin {
+        cmd += &format!(" < '{}'", from.display());
+    }
+    Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("TERM", "xterm")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(typescript).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 #[test]
@@ -106,23 +127,12 @@ fn a_base_upload_on_a_terminal_draws_a_bar_naming_the_disk_and_its_bytes() {
     let fifo = f.path("base.fifo");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
     let typescript = f.path("typescript");
-    // `script` gives the run a terminal for its output; the base comes through a FIFO.
-    let mut line = vec![BIN.to_string()];
-    line.extend(
-        stage1_stdin_args(&im, CAP)
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned()),
-    );
-    let line: Vec<String> = line.iter().map(|a| format!("'{a}'")).collect();
-    let cmd = format!("{} < '{}'", line.join(" "), fifo.display());
-    let mut script = Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .env("TERM", "xterm")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&typescript).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    // The base comes through a FIFO (a terminal would not pass its bytes unchanged).
+    let args: Vec<String> = stage1_stdin_args(&im, CAP)
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let mut script = under_script(&args, Some(&fifo), &typescript);
     let (go, wait) = mpsc::channel();
     let at = fifo.clone();
     let feeder = feed_in_halves(
@@ -141,4 +151,27 @@ fn a_base_upload_on_a_terminal_draws_a_bar_naming_the_disk_and_its_bytes() {
     let text = wait_for(&[&typescript], &["uploaded standard input"]);
     assert!(status.success(), "stage 1 under script:\n{text}");
     assert_same(&im.read(), &base, "volume after stage 1");
+}
+
+#[test]
+fn a_plan_on_a_terminal_shows_a_line_per_running_vm_with_its_step_and_time() {
+    let tp = TestPool::new("prgplan");
+    let pools = [&tp];
+    let vms = vms(&pools, 1, 1, None);
+    // The VM's base is read through a paused FUSE export: its child run waits until the
+    // test has seen the line.
+    let served = FuseFile::serve(&vms[0].folder.path("base-flat.vmdk"));
+    served.pause();
+    let plan = write_plan(&tp.dir, &plan_text("jobs = 1\n", &pools, &vms));
+    let typescript = tp.dir.join("typescript");
+    let args = ["plan".into(), "stage1".into(), plan.display().to_string()];
+    let mut script = under_script(&args, None, &typescript);
+    let name = &vms[0].name;
+    wait_for(&[&typescript], &[&format!("[{name}] stage1 running for ")]);
+    served.resume();
+    let status = script.wait().unwrap();
+    let text = wait_for(&[&typescript], &[]);
+    assert!(status.success(), "plan stage1 under script:\n{text}");
+    let st = state_of(&tp, &vms[0]).expect("an import state");
+    assert!(st.disks.iter().all(|d| d.base_uploaded), "{text}");
 }

@@ -9,6 +9,7 @@ mod sched;
 use crate::import::read_state;
 use crate::libvirt::{self, Conn, Dom};
 use crate::plan_file::{self, Fleet, FleetVm, StepKind};
+use crate::progress;
 use crate::state::{self, ImportState, StepRecord};
 use anyhow::{anyhow, bail, Context, Result};
 use args::{Action, Command, PlanArgs, StatusArgs};
@@ -122,7 +123,16 @@ fn run_plan(a: &PlanArgs) -> Result<()> {
         per_target: fleet.max_per_target,
         per_source: fleet.max_per_source,
     };
+    // On a terminal, a line per running VM, refreshed every second; else a line every
+    // `progress_every` seconds per running VM.
+    let bars = progress::show() == progress::Show::Bars;
+    let lines = std::cell::RefCell::new(HashMap::new());
     let started = |j: &sched::Job| {
+        if bars {
+            let name = report::sanitize(&vms[j.vm].name);
+            let line = progress::Line::new(format!("[{name}] {} starting", j.what));
+            lines.borrow_mut().insert(j.vm, line);
+        }
         log::info!(
             "[{}] {} started on {} (log: {})",
             report::sanitize(&vms[j.vm].name),
@@ -132,20 +142,28 @@ fn run_plan(a: &PlanArgs) -> Result<()> {
         );
     };
     let ended = |j: &sched::Job, fin: sched::Finished| {
+        lines.borrow_mut().remove(&j.vm);
         rows[j.vm] = finish(&mut hosts, &vms[j.vm], j, &fin, check);
     };
     let running = |j: &sched::Job, took: std::time::Duration| {
         let last = sched::last_line(j).unwrap_or_else(|| "no output yet".into());
         let name = report::sanitize(&vms[j.vm].name);
         let took = clock::human_ms(took.as_millis() as u64);
-        log::info!(
+        let text = format!(
             "[{name}] {} running for {took}: {}",
             j.what,
             report::sanitize(&last)
         );
+        match lines.borrow().get(&j.vm) {
+            Some(line) => line.set(&text),
+            None => log::info!("{text}"),
+        }
     };
-    let every =
-        (fleet.progress_every > 0).then(|| std::time::Duration::from_secs(fleet.progress_every));
+    let every = match (bars, fleet.progress_every) {
+        (true, _) => Some(std::time::Duration::from_secs(1)),
+        (false, 0) => None,
+        (false, n) => Some(std::time::Duration::from_secs(n)),
+    };
     let events = sched::Events {
         started,
         ended,
@@ -207,6 +225,19 @@ fn job(fleet: &Fleet, vm: &FleetVm, i: usize, step: StepKind, check: bool) -> sc
             .expect("decide runs only steps that apply"),
         log: fleet.log_dir.join(format!("{}.log", vm.name)),
         what: format!("{}{}", step.as_str(), if check { " --dry-run" } else { "" }),
+        env: child_env(fleet),
+    }
+}
+
+/// The progress period of the children (their transfers' plain lines, in their logs): the
+/// plan's, unless this run was given one of its own.
+fn child_env(fleet: &Fleet) -> Vec<(String, String)> {
+    match std::env::var_os(progress::EVERY_ENV) {
+        Some(_) => Vec::new(),
+        None => vec![(
+            progress::EVERY_ENV.to_string(),
+            progress::child_every(fleet.progress_every).to_string(),
+        )],
     }
 }
 

@@ -30,6 +30,8 @@ pub struct Job {
     pub log: PathBuf,
     /// What the log's header line calls this run.
     pub what: String,
+    /// Environment variables set for the child.
+    pub env: Vec<(String, String)>,
 }
 
 /// A child run that ended (or could not start).
@@ -147,6 +149,7 @@ fn spawn(job: &Job, tx: mpsc::Sender<(usize, Finished)>) -> Option<Pid> {
         Command::new(exe)
             .args(verbose)
             .args(&job.args)
+            .envs(job.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -248,6 +251,7 @@ mod tests {
             args: vec![],
             log: PathBuf::new(),
             what: String::new(),
+            env: Vec::new(),
         }
     }
 
