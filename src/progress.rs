@@ -237,8 +237,9 @@ impl Ticker {
     fn run(&self) {
         loop {
             std::thread::sleep(TICK);
-            let live = self.live.lock().expect("no panic drawing").clone();
-            for s in &live {
+            // Drawn under the lock, so a transfer that ended (unregistered) is drawn no more.
+            let live = self.live.lock().expect("no panic drawing");
+            for s in live.iter() {
                 draw(s);
             }
         }
@@ -381,6 +382,23 @@ mod tests {
         assert_eq!(l, "x: 0 B of 1.0 MiB (0%), 0 B/s, time left unknown");
         let done = line("x", 1 << 20, 1 << 20, Duration::from_secs(1));
         assert!(done.ends_with("(100%), 1.0 MiB/s, done"), "{done}");
+    }
+
+    #[test]
+    fn a_transfer_dropped_without_finish_is_no_longer_drawn() {
+        let live = |s: &Arc<Shared>| {
+            let l = ticker().live.lock().unwrap();
+            l.iter().any(|x| Arc::ptr_eq(x, s))
+        };
+        let t = Transfer::new("disk sda: base upload", 1 << 20);
+        t.add(4096);
+        let shared = t.shared.clone();
+        assert_eq!(shared.pos.load(Relaxed), 4096);
+        if show() != Show::Nothing {
+            assert!(live(&shared), "drawn while it runs");
+        }
+        drop(t);
+        assert!(!live(&shared), "an error path leaves no line or bar behind");
     }
 
     #[test]
