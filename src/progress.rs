@@ -44,9 +44,9 @@ pub fn show() -> Show {
     *SHOW.get_or_init(|| decide(quiet(), std::io::stderr().is_terminal(), every()))
 }
 
-/// Whether the operator asked for quiet output (to be taken from the run's `-q`).
+/// Whether the operator asked for quiet output (`-q`).
 fn quiet() -> bool {
-    false
+    crate::out::quiet()
 }
 
 fn decide(quiet: bool, tty: bool, every: Option<Duration>) -> Show {

@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use util::import::*;
-use util::interrupt::{base_bytes, stage1_stdin_args, FuseFile, PATIENCE};
+use util::interrupt::{base_bytes, stage1_stdin_args, FuseFile, Running, Stdout, PATIENCE};
 use util::libvirt::TestPool;
 use util::plan::{plan_text, state_of, vms, write_plan};
 use util::{assert_same, fixtures::SECTOR, Folder, BIN};
@@ -115,6 +115,33 @@ fn a_base_upload_into_a_log_prints_plain_progress_lines_with_bytes_share_and_rat
         "stage 1: {}",
         wait_for(&[&out, &err], &[])
     );
+    assert_same(&im.read(), &base, "volume after stage 1");
+}
+
+#[test]
+fn quiet_prints_no_progress_lines() {
+    let tp = TestPool::new("prgquiet");
+    let f = Folder::base(CAP / SECTOR);
+    let base = base_bytes(&f);
+    let im = Import::new(&tp, "prgquiet");
+    // One test per process (nextest): the variable reaches only this run.
+    std::env::set_var("VMDKIMPORT_PROGRESS_EVERY", "1");
+    let mut args = stage1_stdin_args(&im, CAP);
+    args.push("-q".into());
+    let mut run = Running::start(&args, Stdout::Collected);
+    run.feed(&base[..base.len() / 2]).unwrap();
+    run.wait_in_syscall(nix::libc::SYS_read, 0);
+    // Held at 50% for three periods: a run that is not quiet prints its line by then.
+    std::thread::sleep(Duration::from_secs(3));
+    run.feed(&base[base.len() / 2..]).unwrap();
+    let out = run.finish();
+    assert!(out.status.success(), "{}", show(&out));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!all.contains("base upload"), "no progress under -q:\n{all}");
     assert_same(&im.read(), &base, "volume after stage 1");
 }
 
