@@ -168,8 +168,8 @@ pub struct Cli {
     pub overlay_pool: Option<String>,
 
     /// With --io overlay: limit the block commit to this many bytes per second (default: no
-    /// limit), to spare a busy host's storage.
-    #[arg(long, value_name = "BYTES")]
+    /// limit), to spare a busy host's storage: bytes, or 50M, 1.5 GiB.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub commit_bandwidth: Option<u64>,
 
     /// Let descriptors name files outside their own folder (absolute paths, `..`, symlinks).
@@ -270,50 +270,7 @@ impl Cli {
     }
 }
 
-/// Parse a size the human way: `123`, `4K`, `512M`, `16G`, `1.5 GiB`, `2TB` (binary multiples
-/// whatever the spelling: K, KB, KiB; a decimal point must still give whole bytes).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (number, unit) = (&s[..split], s[split..].trim());
-    let shift = match unit.to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "K" | "KB" | "KIB" => 10,
-        "M" | "MB" | "MIB" => 20,
-        "G" | "GB" | "GIB" => 30,
-        "T" | "TB" | "TIB" => 40,
-        _ => {
-            return Err(format!(
-                "unknown size unit in {s:?} (use K, M, G or T, as in 40G or 1.5 GiB)"
-            ))
-        }
-    };
-    let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
-    let bad = || format!("not a size: {s:?}");
-    if whole.is_empty() && frac.is_empty() || frac.contains('.') || frac.len() > 9 {
-        return Err(bad());
-    }
-    let int: u64 = if whole.is_empty() {
-        0
-    } else {
-        whole.parse().map_err(|_| bad())?
-    };
-    let too_large = || format!("size too large: {s:?}");
-    let mut bytes = int.checked_mul(1u64 << shift).ok_or_else(too_large)?;
-    if !frac.is_empty() {
-        let digits: u128 = frac.parse().map_err(|_| bad())?;
-        let scaled = digits << shift;
-        let div = 10u128.pow(frac.len() as u32);
-        if !scaled.is_multiple_of(div) {
-            return Err(format!("{s:?} is not a whole number of bytes"));
-        }
-        let part = u64::try_from(scaled / div).map_err(|_| too_large())?;
-        bytes = bytes.checked_add(part).ok_or_else(too_large)?;
-    }
-    Ok(bytes)
-}
+pub use crate::units::parse_size;
 
 /// `--network` values: at most one plain libvirt network, and VMware-name mappings.
 pub type NetworkArgs = (Option<String>, Vec<(String, String)>);
@@ -354,23 +311,6 @@ pub fn normalise_mac(mac: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_take_binary_suffixes() {
-        assert_eq!(parse_size("512").unwrap(), 512);
-        assert_eq!(parse_size("4K").unwrap(), 4096);
-        assert_eq!(parse_size("16g").unwrap(), 16 << 30);
-        assert!(parse_size("3X").is_err());
-        assert_eq!(parse_size("1.5 GiB").unwrap(), 3 << 29);
-        assert_eq!(parse_size("40G").unwrap(), 40 << 30);
-        assert_eq!(parse_size("512MB").unwrap(), 512 << 20);
-        assert_eq!(parse_size("0.5k").unwrap(), 512);
-        assert!(parse_size("1.3K").is_err(), "not whole bytes");
-        assert!(parse_size("1..5G").is_err());
-        assert!(parse_size("G").is_err());
-        assert!(parse_size("").is_err());
-        assert!(parse_size("99999999999T").is_err());
-    }
 
     #[test]
     fn network_values_split_into_plain_and_mapped() {

@@ -16,6 +16,7 @@ pub mod progress;
 pub mod qcow2;
 pub mod report;
 pub mod state;
+pub mod units;
 pub mod vmdk;
 pub mod vmx;
 mod xmltree;

@@ -5,20 +5,7 @@ use crate::state::{ImportState, StepRecord};
 
 pub use crate::out::sanitize;
 
-/// Bytes as `512 B`, `8.0 MiB`, `1.5 GiB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut v = n as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
-}
+pub use crate::units::human_bytes;
 
 /// Rows as a table: columns padded to their widest cell, the last column as it is.
 pub fn table(head: &[&str], rows: &[Vec<String>]) -> String {
@@ -236,13 +223,6 @@ mod tests {
     fn terminal_escapes_in_names_are_escaped() {
         assert_eq!(sanitize("web\u{1b}[2Jx\tok"), "web\\u{1b}[2Jx\\u{9}ok");
         assert_eq!(sanitize("é 日本"), "é 日本");
-    }
-
-    #[test]
-    fn sizes_print_the_human_way() {
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(8 << 20), "8.0 MiB");
-        assert_eq!(human_bytes(3 << 29), "1.5 GiB");
     }
 
     #[test]

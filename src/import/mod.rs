@@ -715,9 +715,9 @@ fn stage_one(
                 for (plan, name) in disks.iter().zip(&names) {
                     if let (Some(b), SpecDisk::Volume { volume, .. }) = (&plan.base, name) {
                         log::info!(
-                            "would upload {} ({} bytes) into volume '{volume}'",
+                            "would upload {} ({}) into volume '{volume}'",
                             b.name(),
-                            b.capacity()
+                            crate::units::human_bytes_exact(b.capacity())
                         );
                     }
                 }
@@ -761,9 +761,9 @@ fn stage_one(
         for (plan, vol) in disks.iter().zip(&vols) {
             if let Some(b) = &plan.base {
                 log::info!(
-                    "would upload {} ({} bytes) into volume '{}'",
+                    "would upload {} ({}) into volume '{}'",
                     b.name(),
-                    b.capacity(),
+                    crate::units::human_bytes_exact(b.capacity()),
                     vol.describe()
                 );
             }
@@ -891,12 +891,20 @@ fn ensure_volume(conn: &Conn, pool: &str, name: &str, capacity: u64) -> Result<V
                 "volume '{}' exists with {have} bytes, smaller than the disk's {capacity} bytes",
                 vol.describe()
             );
-            log::info!("reusing volume '{}' ({have} bytes)", vol.describe());
+            log::info!(
+                "reusing volume '{}' ({})",
+                vol.describe(),
+                crate::units::human_bytes_exact(have)
+            );
             Ok(vol)
         }
         None => {
             let vol = pool.create_volume(name, capacity)?;
-            log::info!("created volume '{}' ({capacity} bytes)", vol.describe());
+            log::info!(
+                "created volume '{}' ({})",
+                vol.describe(),
+                crate::units::human_bytes_exact(capacity)
+            );
             Ok(vol)
         }
     }

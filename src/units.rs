@@ -1,0 +1,118 @@
+//! Sizes and durations the human way: read with `parse-size` and `humantime`, printed with `bytesize` and [`human_ms`].
+
+pub use crate::fleet::clock::human_ms;
+
+/// K, M, G, T are binary multiples whatever the spelling (`40G` = `40 GiB` = `40GB`), as
+/// qemu-img and virsh read them.
+const SIZES: parse_size::Config = parse_size::Config::new().with_binary();
+
+/// Parse a size the human way: `123`, `4K`, `512M`, `16G`, `1.5 GiB`, `2TB` (binary multiples
+/// whatever the spelling: K, KB, KiB; a decimal point must still give whole bytes).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let bytes = SIZES.parse_size(s).map_err(|e| match e {
+        parse_size::Error::PosOverflow => format!("size too large: {s:?}"),
+        _ => format!(
+            "not a size: {s:?} (bytes, or a number with K, M, G or T, as in 40G or 1.5 GiB)"
+        ),
+    })?;
+    whole_bytes(s, bytes)?;
+    Ok(bytes)
+}
+
+/// The crate rounds a size to the nearest byte; a disk's size must be exact. With `d` digits
+/// after the point, the same text without the point is exactly `10^d` times the size when
+/// (and only when) the size is a whole number of bytes.
+fn whole_bytes(s: &str, bytes: u64) -> Result<(), String> {
+    let Some((_, after)) = s.split_once('.') else {
+        return Ok(());
+    };
+    let d = after
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || matches!(c, '_' | ' '))
+        .filter(char::is_ascii_digit)
+        .count() as u32;
+    let undotted = s.replacen('.', "", 1);
+    let scaled = SIZES.parse_size(&undotted).map_err(|_| {
+        format!("{s:?}: too many decimal places to be sure of a whole number of bytes; give it in a smaller unit")
+    })?;
+    let whole = 10u128
+        .checked_pow(d)
+        .is_some_and(|p| u128::from(bytes) * p == u128::from(scaled));
+    if whole {
+        Ok(())
+    } else {
+        Err(format!("{s:?} is not a whole number of bytes"))
+    }
+}
+
+/// Bytes as `512 B`, `8.0 MiB`, `1.5 GiB`.
+pub fn human_bytes(n: u64) -> String {
+    bytesize::ByteSize::b(n).display().iec().to_string()
+}
+
+/// Bytes as `8.0 GiB (8589934592 bytes)`: the human figure, and the exact one beside it.
+pub fn human_bytes_exact(n: u64) -> String {
+    format!("{} ({n} bytes)", human_bytes(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("512").unwrap(), 512);
+        assert_eq!(parse_size("4K").unwrap(), 4096);
+        assert_eq!(parse_size("16g").unwrap(), 16 << 30);
+        assert!(parse_size("3X").is_err());
+        assert_eq!(parse_size("1.5 GiB").unwrap(), 3 << 29);
+        assert_eq!(parse_size("40G").unwrap(), 40 << 30);
+        assert_eq!(parse_size("512MB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("0.5k").unwrap(), 512);
+        assert!(parse_size("1.3K").is_err(), "not whole bytes");
+        assert!(parse_size("1..5G").is_err());
+        assert!(parse_size("G").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn sizes_the_crate_would_round_are_refused() {
+        assert_eq!(
+            parse_size("1.3K").unwrap_err(),
+            "\"1.3K\" is not a whole number of bytes"
+        );
+        assert!(parse_size("0.1").is_err(), "a tenth of a byte");
+        assert_eq!(parse_size("1.50 GiB").unwrap(), 3 << 29, "trailing zeros");
+        assert_eq!(parse_size("2.0T").unwrap(), 2 << 40);
+        assert_eq!(parse_size("1.25e1 K").unwrap(), 12_800, "scientific");
+        assert_eq!(
+            parse_size("0.001K").unwrap_err(),
+            "\"0.001K\" is not a whole number of bytes"
+        );
+    }
+
+    #[test]
+    fn bad_sizes_say_what_is_wrong() {
+        let unit = parse_size("3 parsecs").unwrap_err();
+        assert!(
+            unit.contains("not a size: \"3 parsecs\"") && unit.contains("40G"),
+            "{unit}"
+        );
+        assert_eq!(
+            parse_size("99999999999T").unwrap_err(),
+            "size too large: \"99999999999T\""
+        );
+        assert!(parse_size("17 EiB").unwrap_err().contains("too large"));
+        assert!(parse_size("-1G").unwrap_err().contains("not a size"));
+    }
+
+    #[test]
+    fn sizes_print_the_human_way() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(8 << 20), "8.0 MiB");
+        assert_eq!(human_bytes(3 << 29), "1.5 GiB");
+        assert_eq!(human_bytes_exact(8 << 30), "8.0 GiB (8589934592 bytes)");
+    }
+}
