@@ -31,12 +31,12 @@ impl fmt::Display for ApplyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "applied {} runs ({} pieces): {} data bytes, {} zero bytes in {:.3}s",
+            "applied {} runs ({} pieces): {} data bytes, {} zero bytes in {}",
             self.runs,
             self.pieces,
             self.data_bytes,
             self.zero_bytes,
-            self.elapsed.as_secs_f64()
+            crate::units::human_duration(self.elapsed)
         )
     }
 }

@@ -204,9 +204,10 @@ pub struct Cli {
     #[arg(long)]
     pub cutover: bool,
 
-    /// --cutover: seconds to wait for the VM to power off after the guest shutdown request.
-    #[arg(long, value_name = "SECS", default_value_t = 300)]
-    pub shutdown_timeout: u64,
+    /// --cutover: how long to wait for the VM to power off after the guest shutdown request
+    /// (seconds, or 90s, 5m, 1h 30m).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = crate::units::parse_timeout)]
+    pub shutdown_timeout: std::time::Duration,
 
     /// --cutover: power the VM off when the guest does not shut down in time (or has no VMware Tools).
     #[arg(long)]
@@ -271,6 +272,9 @@ impl Cli {
 }
 
 pub use crate::units::parse_size;
+
+/// `--shutdown-timeout` when not given (its `default_value`).
+pub const DEFAULT_SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// `--network` values: at most one plain libvirt network, and VMware-name mappings.
 pub type NetworkArgs = (Option<String>, Vec<(String, String)>);

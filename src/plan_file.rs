@@ -1,10 +1,11 @@
 //! The migration plan file (TOML): limits, defaults, one entry per VM; checked into [`Fleet`] before anything runs.
 
 use anyhow::{bail, ensure, Context, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// VMs in flight at once over the whole plan, when the plan does not say (see the README's
 /// "Many VMs": measured on this project's 2-core test host).
@@ -14,9 +15,9 @@ pub const DEFAULT_MAX_PER_TARGET: usize = 2;
 /// VMs in flight at once from one source (ESXi host, or the filesystem holding local files).
 pub const DEFAULT_MAX_PER_SOURCE: usize = 4;
 
-/// Seconds between two progress lines of a running step: often enough to see it move in a
+/// Time between two progress lines of a running step: often enough to see it move in a
 /// terminal or a CI log, rare enough that 20 VMs in flight do not flood it.
-pub const DEFAULT_PROGRESS_EVERY: u64 = 30;
+pub const DEFAULT_PROGRESS_EVERY: Duration = Duration::from_secs(30);
 
 /// The file as written: limits at the top, `[defaults]`, then `[[vm]]` entries.
 #[derive(Debug, Deserialize)]
@@ -26,7 +27,8 @@ struct RawPlan {
     max_per_target: Option<usize>,
     max_per_source: Option<usize>,
     log_dir: Option<PathBuf>,
-    progress_every: Option<u64>,
+    #[serde(default, deserialize_with = "any_duration")]
+    progress_every: Option<Duration>,
     #[serde(default)]
     defaults: RawVm,
     #[serde(default)]
@@ -58,7 +60,8 @@ struct RawVm {
     driver_disk: Option<bool>,
     no_start: Option<bool>,
     disk_jobs: Option<usize>,
-    shutdown_timeout: Option<u64>,
+    #[serde(default, deserialize_with = "timeout")]
+    shutdown_timeout: Option<Duration>,
     hard_off: Option<bool>,
     rollback_on_failure: Option<bool>,
     remove_esx_snapshots: Option<bool>,
@@ -73,8 +76,8 @@ pub struct Fleet {
     pub max_per_source: usize,
     /// Where each VM's log goes (`NAME.log`).
     pub log_dir: PathBuf,
-    /// Seconds between two "running for" lines of a VM whose step runs on; 0: none.
-    pub progress_every: u64,
+    /// Time between two "running for" lines of a VM whose step runs on; zero: none.
+    pub progress_every: Duration,
     pub vms: Vec<FleetVm>,
 }
 
@@ -177,6 +180,40 @@ pub fn parse(path: &Path, text: &str) -> Result<Fleet> {
         progress_every: raw.progress_every.unwrap_or(DEFAULT_PROGRESS_EVERY),
         vms,
     })
+}
+
+/// A duration key: seconds (`300`), or a string humantime reads (`"5m"`, `"1h 30m"`).
+fn duration_key<'de, D: Deserializer<'de>>(
+    d: D,
+    nonzero: bool,
+) -> Result<Option<Duration>, D::Error> {
+    use serde::de::Error;
+    let text = match toml::Value::deserialize(d)? {
+        toml::Value::Integer(n) => n.to_string(),
+        toml::Value::String(s) => s,
+        other => {
+            return Err(D::Error::custom(format!(
+                "expected seconds or a duration like \"5m\", found {}",
+                other.type_str()
+            )))
+        }
+    };
+    let parse = if nonzero {
+        crate::units::parse_timeout
+    } else {
+        crate::units::parse_duration
+    };
+    parse(&text).map(Some).map_err(D::Error::custom)
+}
+
+/// A duration key where zero means none (`progress_every`).
+fn any_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration_key(d, false)
+}
+
+/// A time to wait (`shutdown_timeout`): longer than zero.
+fn timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration_key(d, true)
 }
 
 /// The first of the keys that name a VM's own source, when given.
@@ -331,7 +368,8 @@ impl FleetVm {
             StepKind::Cutover if esx => {
                 a.push("--cutover".into());
                 if let Some(t) = o.shutdown_timeout {
-                    a.extend(["--shutdown-timeout".into(), t.to_string().into()]);
+                    let t = crate::units::duration_arg(t);
+                    a.extend(["--shutdown-timeout".into(), t.into()]);
                 }
                 flags.extend([
                     ("--hard-off", o.hard_off),
@@ -484,10 +522,46 @@ mod tests {
                 "`deltas` go with `flat`",
             ),
             ("", "no [[vm]]"),
+            (
+                "progress_every = \"soon\"\n[[vm]]\nname = \"a\"\nvmx = \"/a\"\n",
+                "line 1",
+            ),
+            (
+                "[[vm]]\nname = \"a\"\nvmx = \"/a\"\nshutdown_timeout = -5\n",
+                "line 4",
+            ),
+            (
+                "[[vm]]\nname = \"a\"\nvmx = \"/a\"\nshutdown_timeout = \"0s\"\n",
+                "longer than zero",
+            ),
+            (
+                "[[vm]]\nname = \"a\"\nvmx = \"/a\"\nshutdown_timeout = 1.5\n",
+                "expected seconds or a duration",
+            ),
         ];
         for (text, want) in cases {
             let msg = format!("{:#}", parse_str(text).unwrap_err());
             assert!(msg.contains(want), "{want:?} in {msg}");
         }
+    }
+
+    #[test]
+    fn durations_take_seconds_or_units() {
+        let f = parse_str(
+            "progress_every = \"1m\"\n[defaults]\nshutdown_timeout = 90\n\
+             [[vm]]\nname = \"a\"\nvmx = \"ssh://root@esx1/vmfs/volumes/ds/a/a.vmx\"\n\
+             [[vm]]\nname = \"b\"\nvmx = \"ssh://root@esx1/vmfs/volumes/ds/b/b.vmx\"\nshutdown_timeout = \"1h 30m\"\n",
+        )
+        .unwrap();
+        assert_eq!(f.progress_every, Duration::from_secs(60));
+        let timeout_of = |i: usize| {
+            let a = f.vms[i].args(StepKind::Cutover, false).unwrap();
+            let at = a.iter().position(|x| x == "--shutdown-timeout").unwrap();
+            a[at + 1].clone()
+        };
+        assert_eq!(timeout_of(0), "1m 30s");
+        assert_eq!(timeout_of(1), "1h 30m");
+        let off = parse_str("progress_every = 0\n[[vm]]\nname = \"a\"\nvmx = \"/a\"\n").unwrap();
+        assert!(off.progress_every.is_zero(), "0: no progress lines");
     }
 }

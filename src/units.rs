@@ -1,5 +1,7 @@
 //! Sizes and durations the human way: read with `parse-size` and `humantime`, printed with `bytesize` and [`human_ms`].
 
+use std::time::Duration;
+
 pub use crate::fleet::clock::human_ms;
 
 /// K, M, G, T are binary multiples whatever the spelling (`40G` = `40 GiB` = `40GB`), as
@@ -54,6 +56,40 @@ pub fn human_bytes(n: u64) -> String {
 /// Bytes as `8.0 GiB (8589934592 bytes)`: the human figure, and the exact one beside it.
 pub fn human_bytes_exact(n: u64) -> String {
     format!("{} ({n} bytes)", human_bytes(n))
+}
+
+/// Parse a duration: `300` (a bare number is seconds, as these options always took),
+/// `300s`, `5m`, `1h 30m`, `1500ms`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s).map_err(|e| {
+        format!("not a duration: {s:?} ({e}; give seconds, or a duration like 300s, 5m, 1h 30m)")
+    })
+}
+
+/// [`parse_duration`] of a time to wait, which cannot be zero.
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!(
+            "{:?}: a time to wait must be longer than zero",
+            s.trim()
+        ));
+    }
+    Ok(d)
+}
+
+/// A duration as the operator reads it: `0.4 s`, `4 min 05 s`, `2 h 03 min` ([`human_ms`]).
+pub fn human_duration(d: Duration) -> String {
+    human_ms(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A duration as [`parse_duration`] reads it back: `5m`, `1h 30m`.
+pub fn duration_arg(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
 }
 
 #[cfg(test)]
@@ -114,5 +150,34 @@ mod tests {
         assert_eq!(human_bytes(8 << 20), "8.0 MiB");
         assert_eq!(human_bytes(3 << 29), "1.5 GiB");
         assert_eq!(human_bytes_exact(8 << 30), "8.0 GiB (8589934592 bytes)");
+    }
+
+    #[test]
+    fn durations_take_units_and_bare_seconds() {
+        assert_eq!(parse_duration("300").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("300s").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration(" 0 ").unwrap(), Duration::ZERO);
+        for bad in ["-5", "5 parsecs", "", "1.5"] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(
+                e.starts_with("not a duration") && e.contains("5m"),
+                "{bad}: {e}"
+            );
+        }
+        assert!(parse_timeout("0s")
+            .unwrap_err()
+            .contains("longer than zero"));
+        assert_eq!(parse_timeout("2").unwrap(), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn durations_print_and_read_back() {
+        assert_eq!(human_duration(Duration::from_millis(420)), "0.4 s");
+        assert_eq!(human_duration(Duration::from_secs(5400)), "1 h 30 min");
+        let d = Duration::from_secs(5400);
+        assert_eq!(duration_arg(d), "1h 30m");
+        assert_eq!(parse_duration(&duration_arg(d)).unwrap(), d);
     }
 }

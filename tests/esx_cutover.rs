@@ -303,7 +303,7 @@ fn a_guest_that_does_not_shut_down_is_left_running_and_nothing_changes_unless_ha
     let run = esx.import(&tp, &name, &vmx, &["--cutover", "--shutdown-timeout", "2"]);
     assert_eq!(run.code(), Some(1), "{run}");
     assert!(
-        run.stderr().contains("not powered off 2 s after the shutdown request: the VM still runs on ESXi and nothing was changed here"),
+        run.stderr().contains("not powered off 2s after the shutdown request: the VM still runs on ESXi and nothing was changed here"),
         "{run}"
     );
     assert_eq!(esx.power_state(22), "on");

@@ -45,7 +45,7 @@ direct\t'Positional writes to the volume\'s path on this host, then one pool ref
 overlay\t'The delta as a qcow2 overlay volume (one upload), the domain started on it, then merged into the volume by a live block commit'"
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l overlay-pool -d 'With --io overlay: the pool for the qcow2 overlay volume (default: the disk\'s own pool; needed when that pool cannot hold qcow2 files, as a logical pool cannot)' -r
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l commit-bandwidth -d 'With --io overlay: limit the block commit to this many bytes per second (default: no limit), to spare a busy host\'s storage: bytes, or 50M, 1.5 GiB' -r
-complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l shutdown-timeout -d '--cutover: seconds to wait for the VM to power off after the guest shutdown request' -r
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l shutdown-timeout -d '--cutover: how long to wait for the VM to power off after the guest shutdown request (seconds, or 90s, 5m, 1h 30m)' -r
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l jobs -d '--sync/--cutover: disks read and written side by side' -r
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l nic-names -d 'Linux guests from a .vmx: `vmware` (the default) keeps VMware\'s NIC names (`ens192`) by giving each NIC the PCI slot number the .vmx records; `kvm` leaves the NICs to libvirt\'s addressing (`enp1s0`-style names)' -r -f -a "vmware\t'As on VMware (`ens192`): each NIC behind a PCIe root port with the .vmx\'s slot number'
 kvm\t'libvirt\'s default addressing: the guest names them after KVM\'s slots (`enp1s0`)'"

@@ -161,8 +161,8 @@ fn run_plan(a: &PlanArgs) -> Result<()> {
     };
     let every = match (bars, fleet.progress_every) {
         (true, _) => Some(std::time::Duration::from_secs(1)),
-        (false, 0) => None,
-        (false, n) => Some(std::time::Duration::from_secs(n)),
+        (false, d) if d.is_zero() => None,
+        (false, d) => Some(d),
     };
     let events = sched::Events {
         started,
@@ -229,6 +229,11 @@ fn job(fleet: &Fleet, vm: &FleetVm, i: usize, step: StepKind, check: bool) -> sc
     }
 }
 
+/// `d` in whole seconds, rounded up (the children's period is whole seconds; 0 is none).
+fn whole_secs(d: std::time::Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
 /// The progress period of the children (their transfers' plain lines, in their logs): the
 /// plan's, unless this run was given one of its own.
 fn child_env(fleet: &Fleet) -> Vec<(String, String)> {
@@ -236,7 +241,7 @@ fn child_env(fleet: &Fleet) -> Vec<(String, String)> {
         Some(_) => Vec::new(),
         None => vec![(
             progress::EVERY_ENV.to_string(),
-            progress::child_every(fleet.progress_every).to_string(),
+            progress::child_every(whole_secs(fleet.progress_every)).to_string(),
         )],
     }
 }

@@ -474,13 +474,13 @@ fn sync(
     });
     write_state(dom, st)?;
     log::info!(
-        "sync round {}: applied {} delta(s): {:.1} MiB of data, {:.1} MiB of zeros ({:.1} MiB read over ssh) in {:.1} s; the VM now writes into the deltas of '{snap}', which the next --sync or the --cutover applies",
+        "sync round {}: applied {} delta(s): {:.1} MiB of data, {:.1} MiB of zeros ({:.1} MiB read over ssh) in {}; the VM now writes into the deltas of '{snap}', which the next --sync or the --cutover applies",
         st.syncs.len(),
         moved.deltas,
         mib(moved.data),
         mib(moved.zero),
         mib(moved.read),
-        moved.secs
+        crate::units::human_ms((moved.secs * 1e3) as u64)
     );
     Ok(())
 }
@@ -564,14 +564,14 @@ fn stop_vm_timed(vm: &Vm, o: &EsxOptions) -> Result<()> {
             }
             ensure!(
                 o.hard_off,
-                "{}: not powered off {} s after the shutdown request: {unchanged}; retry, give a longer --shutdown-timeout, or --hard-off to power it off",
+                "{}: not powered off {} after the shutdown request: {unchanged}; retry, give a longer --shutdown-timeout, or --hard-off to power it off",
                 vm.ds_path,
-                o.shutdown_timeout.as_secs()
+                crate::units::duration_arg(o.shutdown_timeout)
             );
             log::info!(
-                "{}: not off after {} s: powering it off (--hard-off)",
+                "{}: not off after {}: powering it off (--hard-off)",
                 vm.ds_path,
-                o.shutdown_timeout.as_secs()
+                crate::units::duration_arg(o.shutdown_timeout)
             );
         }
         Err(ShutdownRefused::NoTools(why)) => {
@@ -647,7 +647,7 @@ fn say_cutover_plan(
 ) -> Result<()> {
     let host = vm.host_name();
     if running {
-        log::info!("{host}: would run vim-cmd vmsvc/power.shutdown {} and wait up to {} s for it to power off{}", vm.id, o.shutdown_timeout.as_secs(),
+        log::info!("{host}: would run vim-cmd vmsvc/power.shutdown {} and wait up to {} for it to power off{}", vm.id, crate::units::duration_arg(o.shutdown_timeout),
             if o.hard_off { ", then vim-cmd vmsvc/power.off" } else { "" });
     }
     for (ds, c) in st.disks.iter().zip(chains) {

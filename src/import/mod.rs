@@ -269,7 +269,10 @@ fn esx_options(cli: &Cli) -> Result<Option<fromesx::EsxOptions>> {
         (cli.hard_off, "--hard-off"),
         (cli.rollback_on_failure, "--rollback-on-failure"),
         (cli.remove_esx_snapshots, "--remove-esx-snapshots"),
-        (cli.shutdown_timeout != 300, "--shutdown-timeout"),
+        (
+            cli.shutdown_timeout != crate::cli::DEFAULT_SHUTDOWN_TIMEOUT,
+            "--shutdown-timeout",
+        ),
     ];
     if let Some((_, name)) = cutover_only
         .iter()
@@ -303,7 +306,7 @@ fn esx_options(cli: &Cli) -> Result<Option<fromesx::EsxOptions>> {
         } else {
             fromesx::Step::Cutover
         },
-        shutdown_timeout: std::time::Duration::from_secs(cli.shutdown_timeout),
+        shutdown_timeout: cli.shutdown_timeout,
         hard_off: cli.hard_off,
         rollback: cli.rollback_on_failure,
         jobs: cli.jobs,
@@ -804,14 +807,14 @@ fn stage_one(
         );
         let secs = started.elapsed().as_secs_f64();
         log::info!(
-            "uploaded {} into '{}': {} bytes ({} data, {} as holes, {} skipped unread) in {:.2}s ({:.0} MB/s)",
+            "uploaded {} into '{}': {} bytes ({} data, {} as holes, {} skipped unread) in {} ({:.0} MB/s)",
             base.name(),
             vol.describe(),
             stats.bytes_read,
             stats.data_bytes,
             stats.hole_bytes,
             stats.bytes_skipped,
-            secs,
+            crate::units::human_duration(started.elapsed()),
             stats.bytes_read as f64 / secs.max(1e-9) / 1e6
         );
         st.disks[i].base_uploaded = true;
