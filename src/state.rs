@@ -17,6 +17,8 @@
 //! `<import>`, and after stage 1's trial start a `<trial>` element saying which CPU and
 //! Hyper-V setting started, and each fallback taken with the daemon's error (see
 //! [`TrialRecord`]). All three are optional: states written before them still read.
+//! Each local stage 2 that wrote adds `<stage2 at bytes ms>` (see [`LocalApply`]); a state
+//! without them reads its stage 2 bytes as unknown.
 //!
 //! virDomainSetMetadata wants that element without any namespace (libvirt 9.0 fails with
 //! "failed to create a new XML namespace" when it already declares one) and puts it in
@@ -56,6 +58,9 @@ pub struct ImportState {
     pub syncs: Vec<SyncRound>,
     /// The outage of the cutover from ESXi, once the domain started.
     pub cutover: Option<Outage>,
+    /// Local stage 2 runs (deltas read from files here) that wrote, oldest first; absent in
+    /// older states, whose stage 2 bytes read as unknown.
+    pub local_applies: Vec<LocalApply>,
     /// Steps run by `plan` (stage 1, sync, cutover), oldest first; absent in older states.
     pub steps: Vec<StepRecord>,
 }
@@ -91,6 +96,16 @@ pub struct Outage {
     pub bytes: u64,
     pub start_ms: u64,
     pub total_ms: u64,
+}
+
+/// One local stage 2 run: the bytes it wrote into the volumes (the deltas' data and zeros,
+/// and independent disks copied whole) and how long that took.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct LocalApply {
+    /// UTC, `YYYY-MM-DDTHH:MM:SSZ`.
+    pub at: String,
+    pub bytes: u64,
+    pub ms: u64,
 }
 
 /// The domain was given to its guest: started by stage 2, or stage 2 finished with `--no-start`.
@@ -399,6 +414,7 @@ impl ImportState {
             );
         }
         root = self.with_steps(root);
+        root = self.with_local_applies(root);
         if let Some(o) = &self.cutover {
             root = root.child(
                 Element::new("cutover")
@@ -419,6 +435,7 @@ impl ImportState {
         self.os = root.get_attr("os").map(str::to_string);
         self.read_esx_records(root)?;
         self.read_steps(root)?;
+        self.read_local_applies(root)?;
         let Some(t) = root.elements().find(|e| e.local_name() == "trial") else {
             return Ok(());
         };
@@ -507,6 +524,41 @@ impl ImportState {
                 bytes: num(c, "bytes")?,
                 start_ms: num(c, "start-ms")?,
                 total_ms: num(c, "total-ms")?,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl ImportState {
+    /// `<stage2 at bytes ms>` records of local stage 2 runs added to `root`.
+    fn with_local_applies(&self, mut root: Element) -> Element {
+        for a in &self.local_applies {
+            root = root.child(
+                Element::new("stage2")
+                    .attr("at", &a.at)
+                    .attr("bytes", &a.bytes.to_string())
+                    .attr("ms", &a.ms.to_string()),
+            );
+        }
+        root
+    }
+
+    /// The counterpart of [`Self::with_local_applies`]: a record whose numbers do not read is
+    /// an error naming it (the state is ours; a broken one is not guessed at).
+    fn read_local_applies(&mut self, root: &Element) -> Result<()> {
+        for e in root.elements().filter(|e| e.local_name() == "stage2") {
+            let num = |k: &str| -> Result<u64> {
+                let v = e
+                    .get_attr(k)
+                    .with_context(|| format!("import state: <stage2> has no {k} attribute"))?;
+                v.parse()
+                    .with_context(|| format!("import state: <stage2> {k}={v:?} is not a number"))
+            };
+            self.local_applies.push(LocalApply {
+                at: e.get_attr("at").unwrap_or_default().to_string(),
+                bytes: num("bytes")?,
+                ms: num("ms")?,
             });
         }
         Ok(())
@@ -773,6 +825,11 @@ mod tests {
                 start_ms: 4,
                 total_ms: 10,
             }),
+            local_applies: vec![LocalApply {
+                at: nasty.into(),
+                bytes: u64::MAX,
+                ms: 0,
+            }],
             steps: vec![StepRecord {
                 name: "stage1".into(),
                 began: "2026-11-27T12:00:00.001Z".into(),
@@ -905,6 +962,18 @@ mod tests {
         };
         let back = ImportState::from_xml(&s.to_xml()).unwrap();
         assert_eq!(back, s, "applied but not yet handed over stays so");
+    }
+
+    #[test]
+    fn a_state_without_local_stage2_records_reads_their_bytes_as_unknown() {
+        let xml = "<import><disk target-dev='vda' pool='p' volume='v' capacity='5' base-uploaded='yes'/></import>";
+        assert!(ImportState::from_xml(xml).unwrap().local_applies.is_empty());
+        let bad = "<import><stage2 at='T' bytes='many' ms='1'/></import>";
+        let e = ImportState::from_xml(bad).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("<stage2> bytes=\"many\""),
+            "{e:#}"
+        );
     }
 
     #[test]

@@ -74,12 +74,17 @@ fn six_vms_over_two_uris_run_within_the_limits_and_one_bad_delta_fails_alone() {
         err.contains("1 of 6 VMs failed") && err.contains(&vms[4].name),
         "{err}"
     );
+    // Each delta's 16 grains of 8 sectors: what its local stage 2 wrote, recorded and shown.
+    let applied = 16 * 8 * 512;
     for (i, v) in vms.iter().enumerate().filter(|(i, _)| *i != 4) {
         assert!(
-            row(&text, &v.name).contains("cut over"),
+            row(&text, &v.name).contains("cut over") && row(&text, &v.name).contains("64.0 KiB"),
             "{}",
             row(&text, &v.name)
         );
+        let st = state_of(pools[i % 2], v).unwrap();
+        let runs: Vec<u64> = st.local_applies.iter().map(|a| a.bytes).collect();
+        assert_eq!(runs, [applied], "{}: one local stage 2 record", v.name);
         let vol = pools[i % 2]
             .pool
             .volume(&format!("{}-disk0", v.name))
@@ -91,6 +96,11 @@ fn six_vms_over_two_uris_run_within_the_limits_and_one_bad_delta_fails_alone() {
     assert!(max_overlap(&spans2, |i| vms[i].uri.clone()) <= 2);
     assert_eq!(max_overlap(&spans2, |i| vms[i].group.clone()), 1);
     let st = state_of(pools[0], &vms[4]).unwrap();
+    assert!(
+        st.local_applies.is_empty(),
+        "the failed stage 2 wrote nothing"
+    );
+    assert!(!row(&text, &vms[4].name).contains("KiB"), "no bytes for it");
     let rec = st.steps.last().unwrap();
     assert_eq!(rec.outcome, "failed");
     assert!(
@@ -142,6 +152,8 @@ fn six_vms_over_two_uris_run_within_the_limits_and_one_bad_delta_fails_alone() {
         text.contains("cut over") && text.contains("d1.vmdk") && text.contains("cutover"),
         "{text}"
     );
+    let run1 = text.lines().find(|l| l.contains("stage 2 run 1"));
+    assert!(run1.is_some_and(|l| l.contains("64.0 KiB in")), "{text}");
 }
 
 #[test]

@@ -424,12 +424,16 @@ fn print_json(doc: &Value) {
 }
 
 /// What the step moved, as the state records it: the bases for stage 1, the round's or the
-/// cutover's bytes from ESXi.
+/// cutover's bytes from ESXi, the last local stage 2's bytes.
 fn step_bytes(st: &ImportState, step: Option<StepKind>) -> Option<u64> {
     match step? {
         StepKind::Stage1 => report::uploaded_bytes(st),
         StepKind::Sync => st.syncs.last().map(|s| s.bytes),
-        StepKind::Cutover => st.cutover.as_ref().map(|c| c.bytes),
+        StepKind::Cutover => st
+            .cutover
+            .as_ref()
+            .map(|c| c.bytes)
+            .or_else(|| st.local_applies.last().map(|a| a.bytes)),
     }
 }
 

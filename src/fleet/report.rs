@@ -124,6 +124,12 @@ pub fn domain_table(name: &str, uri: &str, st: &ImportState) -> String {
             format!("{}  {} in {}", s.at, human_bytes(s.bytes), human_ms(s.ms)),
         );
     }
+    for (i, a) in st.local_applies.iter().enumerate() {
+        fact(
+            &format!("stage 2 run {}", i + 1),
+            format!("{}  {} in {}", a.at, human_bytes(a.bytes), human_ms(a.ms)),
+        );
+    }
     if let Some(o) = &st.cutover {
         fact(
             "cutover outage",

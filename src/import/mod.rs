@@ -1035,6 +1035,8 @@ fn stage_two(
         return Ok(());
     }
     let dom = dom.expect("a domain exists unless dry-run");
+    let started = std::time::Instant::now();
+    let mut written = None;
     for (i, w) in work.into_iter().enumerate() {
         crate::interrupt::check()?;
         if disks[i].copy_whole {
@@ -1059,6 +1061,7 @@ fn stage_two(
                 base.name(),
                 stats.bytes_read
             );
+            *written.get_or_insert(0) += stats.bytes_read;
             st.disks[i].applying = false;
             write_state(dom, st)?;
             continue;
@@ -1093,10 +1096,29 @@ fn stage_two(
         };
         log::info!("disk {}: {report}", st.disks[i].target_dev);
         st.disks[i].applying = false;
+        *written.get_or_insert(0) += survey.data_bytes + survey.zero_bytes;
         write_state(dom, st)?;
+    }
+    if let Some(bytes) = written {
+        record_local_apply(dom, st, bytes, started.elapsed())?;
     }
     overlay::switch_all(conn, dom)?;
     Ok(())
+}
+
+/// Record what this stage 2 wrote (the plan's BYTES, `status --domain`).
+fn record_local_apply(
+    dom: &Dom,
+    st: &mut ImportState,
+    bytes: u64,
+    took: std::time::Duration,
+) -> Result<()> {
+    st.local_applies.push(state::LocalApply {
+        at: lifecycle::utc_now(),
+        bytes,
+        ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+    });
+    write_state(dom, st)
 }
 
 /// The base image, when it can stand in for the volume's own bytes between the chain's runs:
