@@ -354,6 +354,7 @@ fn plan_sync_and_cutover_drive_vms_from_an_esxi_host() {
             );
         }
     };
+    check_reads_esxi_and_changes_nothing(&esx, &tp, &run("check"), &names);
     run("stage1");
     write(1, 11);
     let synced = run("sync");
@@ -366,6 +367,89 @@ fn plan_sync_and_cutover_drive_vms_from_an_esxi_host() {
         let top = dir.join(format!("{stem}-000002.vmdk"));
         assert_same(&read_volume(&vol), &qemu_read(&top), name);
     }
+}
+
+/// `plan check` of VMs on the stand-in ESXi host (VM ids 30, 31) read them over ssh as
+/// stage 1's dry run does: each VM's disk is found on the host and the snapshot is only said,
+/// not taken; nothing is made here.
+fn check_reads_esxi_and_changes_nothing(
+    esx: &util::esx::StandIn,
+    tp: &TestPool,
+    check: &str,
+    vms: &[(String, std::path::PathBuf, String)],
+) {
+    for (i, (name, dir, stem)) in vms.iter().enumerate() {
+        let id = 30 + i;
+        let flat = dir.join(format!("{stem}-flat.vmdk"));
+        for want in [
+            format!("[{name}] stage1 --dry-run done"),
+            format!("[{name}]   127.0.0.1: running vim-cmd vmsvc/getallvms"),
+            format!("would run vim-cmd vmsvc/snapshot.create {id} 'virt-vmdkimport-1'"),
+            format!("would run dd if='{}' bs=4M", flat.display()),
+        ] {
+            assert!(check.contains(&want), "{want:?} in\n{check}");
+        }
+        let snaps = esx.vim_cmd(&["vmsvc/snapshot.get", &id.to_string()]).ok();
+        assert_eq!(snaps.stdout(), "Get Snapshot:\n", "no snapshot of VM {id}");
+        let vmx = std::fs::read_to_string(dir.join(format!("{stem}.vmx"))).unwrap();
+        assert!(
+            vmx.contains(&format!("fileName = \"{stem}.vmdk\"")),
+            "{vmx}"
+        );
+        assert!(!dir.join(format!("{stem}-000001.vmdk")).exists());
+        assert!(tp.conn.domain(name).unwrap().is_none(), "{name} defined");
+    }
+    assert!(tp.pool.raw().list_all_volumes(0).unwrap().is_empty());
+}
+
+/// `plan check` of an ESXi VM whose .vmx is not on the host fails for that VM, naming the
+/// path, while the other VM of the plan passes.
+#[test]
+fn plan_check_of_a_missing_esxi_vm_names_its_path() {
+    use util::esx::StandIn;
+    let esx = StandIn::start();
+    let tp = TestPool::new("planesxbad");
+    let dir = esx.vm_dir("ok");
+    util::vmximport::flat_base(
+        &dir,
+        "ok",
+        &util::fixtures::patterned(0xe5, CAP as usize),
+        0x4444,
+    );
+    std::fs::write(dir.join("ok.vmx"), util::esx::vmx_text("ok", &["ok.vmdk"])).unwrap();
+    esx.register(40, "ok", "ok/ok.vmx", false, "cowd", "");
+    let (good, bad) = (
+        util::libvirt::unique_name("planesxok"),
+        util::libvirt::unique_name("planesxbad"),
+    );
+    tp.track_domain(&good);
+    tp.track_domain(&bad);
+    let text = format!(
+        "[defaults]\npool = \"{}\"\ncpu = \"default\"\n\n[[vm]]\nname = \"{good}\"\nvmx = \"{}\"\n\n\
+         [[vm]]\nname = \"{bad}\"\nvmx = \"{}\"\n",
+        tp.name,
+        esx.url("ok/ok.vmx"),
+        esx.url("gone/gone.vmx")
+    );
+    let plan = write_plan(&tp.dir, &text);
+    let out = plan_cmd("check", &plan, &[])
+        .env("VIRT_VMDKIMPORT_SSH_CONFIG", esx.ssh_config())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let text = stdout(&out);
+    println!("{text}");
+    let failed = row(&text, &bad);
+    assert!(
+        failed.contains("FAILED") && failed.contains("gone/gone.vmx"),
+        "{failed}"
+    );
+    assert!(row(&text, &good).contains("done"), "{text}");
+    assert_eq!(
+        esx.vim_cmd(&["vmsvc/snapshot.get", "40"]).ok().stdout(),
+        "Get Snapshot:\n"
+    );
+    assert!(tp.pool.raw().list_all_volumes(0).unwrap().is_empty());
 }
 
 /// A VM given by its local `.vmx` (two disks): `plan stage1` uploads both bases, `plan
