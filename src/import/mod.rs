@@ -694,7 +694,8 @@ fn stage_one(
                     .ok_or_else(|| anyhow!("no base image for disk {target}: give --flat"))?;
                 let vol = if req.dry_run {
                     log::info!(
-                        "would create volume '{volume}' of {capacity} bytes in pool '{}'",
+                        "would create volume '{volume}' of {} in pool '{}'",
+                        crate::units::human_bytes_exact(capacity),
                         req.pool
                     );
                     None
@@ -718,7 +719,7 @@ fn stage_one(
                 for (plan, name) in disks.iter().zip(&names) {
                     if let (Some(b), SpecDisk::Volume { volume, .. }) = (&plan.base, name) {
                         log::info!(
-                            "would upload {} ({}) into volume '{volume}'",
+                            "would upload {}, {}, into volume '{volume}'",
                             b.name(),
                             crate::units::human_bytes_exact(b.capacity())
                         );
@@ -764,7 +765,7 @@ fn stage_one(
         for (plan, vol) in disks.iter().zip(&vols) {
             if let Some(b) = &plan.base {
                 log::info!(
-                    "would upload {} ({}) into volume '{}'",
+                    "would upload {}, {}, into volume '{}'",
                     b.name(),
                     crate::units::human_bytes_exact(b.capacity()),
                     vol.describe()
@@ -807,13 +808,13 @@ fn stage_one(
         );
         let secs = started.elapsed().as_secs_f64();
         log::info!(
-            "uploaded {} into '{}': {} bytes ({} data, {} as holes, {} skipped unread) in {} ({:.0} MB/s)",
+            "uploaded {} into '{}': {}: {} data, {} as holes, {} skipped unread, in {} ({:.0} MB/s)",
             base.name(),
             vol.describe(),
-            stats.bytes_read,
-            stats.data_bytes,
-            stats.hole_bytes,
-            stats.bytes_skipped,
+            crate::units::human_bytes_exact(stats.bytes_read),
+            crate::units::human_bytes(stats.data_bytes),
+            crate::units::human_bytes(stats.hole_bytes),
+            crate::units::human_bytes(stats.bytes_skipped),
             crate::units::human_duration(started.elapsed()),
             stats.bytes_read as f64 / secs.max(1e-9) / 1e6
         );
@@ -895,7 +896,7 @@ fn ensure_volume(conn: &Conn, pool: &str, name: &str, capacity: u64) -> Result<V
                 vol.describe()
             );
             log::info!(
-                "reusing volume '{}' ({})",
+                "reusing volume '{}' of {}",
                 vol.describe(),
                 crate::units::human_bytes_exact(have)
             );
@@ -904,7 +905,7 @@ fn ensure_volume(conn: &Conn, pool: &str, name: &str, capacity: u64) -> Result<V
         None => {
             let vol = pool.create_volume(name, capacity)?;
             log::info!(
-                "created volume '{}' ({})",
+                "created volume '{}' of {}",
                 vol.describe(),
                 crate::units::human_bytes_exact(capacity)
             );
