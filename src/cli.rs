@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -237,6 +238,40 @@ pub struct Cli {
     pub disk_bus: Option<DiskBusArg>,
 }
 
+/// The command line with `-q`/`-v` (and for `status`, `-c URI`) given before a subcommand
+/// moved after its name: clap takes any argument before `plan` or `status` to mean an import,
+/// and `status` would be read as a delta's file name.
+pub fn hoist_before_subcommand(args: Vec<OsString>) -> Vec<OsString> {
+    let mut lead = Vec::new();
+    let mut i = 1;
+    while let Some(a) = args.get(i).and_then(|a| a.to_str()) {
+        let takes_value = matches!(a, "-c" | "--connect");
+        let flag = matches!(a, "-q" | "--quiet" | "--verbose")
+            || (a.len() > 1 && a.starts_with('-') && a[1..].chars().all(|c| c == 'v'))
+            || a.starts_with("--connect=")
+            || takes_value;
+        if !flag {
+            break;
+        }
+        let n = if takes_value { 2 } else { 1 };
+        lead.extend(args.iter().skip(i).take(n).cloned());
+        i += n;
+    }
+    let sub = args.get(i).and_then(|a| a.to_str());
+    let connects = lead.iter().any(|a| {
+        a.to_str()
+            .is_some_and(|a| a.starts_with("-c") || a.starts_with("--connect"))
+    });
+    let movable = matches!(sub, Some("status")) || (matches!(sub, Some("plan")) && !connects);
+    if lead.is_empty() || !movable {
+        return args;
+    }
+    let mut out = vec![args[0].clone(), args[i].clone()];
+    out.extend(lead);
+    out.extend(args[i + 1..].iter().cloned());
+    out
+}
+
 impl Cli {
     /// -1 for `-q`, else the number of `-v`.
     pub fn verbosity(&self) -> i8 {
@@ -315,6 +350,35 @@ pub fn normalise_mac(mac: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn hoisted(args: &[&str]) -> Vec<String> {
+        let v = args.iter().map(OsString::from).collect();
+        hoist_before_subcommand(v)
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn flags_before_a_subcommand_move_after_its_name_and_imports_are_left_alone() {
+        assert_eq!(
+            hoisted(&["t", "-v", "-c", "qemu:///x", "status", "--domain", "d"]),
+            ["t", "status", "-v", "-c", "qemu:///x", "--domain", "d"]
+        );
+        assert_eq!(
+            hoisted(&["t", "-q", "plan", "check", "p.toml"]),
+            ["t", "plan", "-q", "check", "p.toml"]
+        );
+        assert_eq!(hoisted(&["t", "-vv", "status"]), ["t", "status", "-vv"]);
+        // An import, and `-c` before `plan` (which has no -c): as given, for clap to judge.
+        for args in [
+            &["t", "-v", "--domain", "d", "status"][..],
+            &["t", "-c", "u", "plan", "check", "p.toml"],
+            &["t", "-q", "./status"],
+        ] {
+            assert_eq!(hoisted(args), args);
+        }
+    }
 
     #[test]
     fn network_values_split_into_plain_and_mapped() {

@@ -50,7 +50,8 @@ fn main() {
         eprintln!("virt-vmdkimport: catching SIGINT and SIGTERM: {e}");
         std::process::exit(1);
     }
-    let cli = Cli::parse();
+    let args = vmdkimport::cli::hoist_before_subcommand(std::env::args_os().collect());
+    let cli = Cli::parse_from(args);
     vmdkimport::out::init(cli.verbosity(), cli.wants_json());
     let began = (SystemTime::now(), Instant::now());
     let result = run(&cli);
