@@ -304,19 +304,9 @@ pub fn line(label: &str, pos: u64, total: u64, elapsed: Duration) -> String {
     )
 }
 
-/// Bytes the human way, in binary units: `512 B`, `3.0 KiB`, `1.2 GiB`.
+/// Bytes the human way: [`crate::units::human_bytes`].
 pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut v = n as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1023.95 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
+    crate::units::human_bytes(n)
 }
 
 /// A remaining time the human way: seconds (rounded up) under a minute, else whole minutes

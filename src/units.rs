@@ -1,4 +1,4 @@
-//! Sizes and durations the human way: read with `parse-size` and `humantime`, printed with `bytesize` and [`human_ms`].
+//! Sizes and durations the human way: read with `parse-size` and `humantime`, printed in binary units and with [`human_ms`].
 
 use std::time::Duration;
 
@@ -50,7 +50,18 @@ fn whole_bytes(s: &str, bytes: u64) -> Result<(), String> {
 
 /// Bytes as `512 B`, `8.0 MiB`, `1.5 GiB`.
 pub fn human_bytes(n: u64) -> String {
-    bytesize::ByteSize::b(n).display().iec().to_string()
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    // 1048575 bytes are "1.0 MiB", not "1024.0 KiB".
+    while v >= 1023.95 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
 }
 
 /// Bytes as `8.0 GiB (8589934592 bytes)`: the human figure, and the exact one beside it.
