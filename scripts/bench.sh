@@ -114,6 +114,7 @@ measure() {
     t1=$(date +%s%N)
     T=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", (b - a) / 1e9 }')
     RSS=$(awk '{ print $2 }' "$W/out/$name.time")
+    echo "$T" >"$W/out/$name.wall"
 }
 
 # one_run NAME PREP CMD...: one more run of CMD after the shell command PREP (untimed; it
@@ -140,6 +141,26 @@ one_run() {
 }
 # result NAME: T (best seconds, with its mark) and RSS (KiB) of NAME.
 result() { T=${BT[$1]}${BM[$1]:-} RSS=${BR[$1]}; }
+
+# Stage 1 ends with a trial start (issue 8): the domain started paused and destroyed, along a
+# fallback ladder of CPU modes (on this nested host host-passthrough and host-model fail, a few
+# seconds each). Case 3 is about the base upload, so its goal is taken on stage 1 without that
+# trial, whose time each --json run reports as its "trial start" phase; the whole command is
+# in the table too.
+# trial_ms FILE: the "trial start" phases of the --json document in FILE, in ms.
+trial_ms() {
+    python3 -c 'import json, sys
+print(sum(p["ms"] or 0 for p in json.load(open(sys.argv[1]))["phases"] if p["name"] == "trial start"))' "$1"
+}
+# less_trial NAME: T = the best over NAME's runs of the wall time less the trial start.
+less_trial() {
+    local n t best=""
+    for n in $(seq 1 "${BN[$1]}"); do
+        t=$(awk -v w="$(cat "$W/out/$1.$n.wall")" -v m="$(trial_ms "$W/out/$1.$n")" 'BEGIN { printf "%.3f", w - m / 1000 }')
+        best=$(minof "$t" "$best")
+    done
+    T=$best${BM[$1]:-}
+}
 
 # pair NAME_A PREP_A NAME_B PREP_B: the two sides of a ratio, commands in the arrays A and B,
 # run alternately (A B A B A B), so that both meet the same load on a shared host.
@@ -252,6 +273,42 @@ fresh_vol() {
     v vol-delete "$2" --pool "$1" >/dev/null 2>&1 || true
     v vol-create-as "$1" "$2" "$3" --format raw >/dev/null
 }
+
+# Repeated stage 2 runs. Since the import lifecycle (issue 8), stage 2 refuses a delta already
+# applied and handed over (here: finished with --no-start), as it would write the delta's old
+# grains over what the guest wrote since. So each timed stage 2 starts from the state right
+# after its (untimed) stage 1:
+# - case 1 (a dense base, every block of the volume allocated): the import state saved after
+#   stage 1, put back in the shut-off domain's persistent definition. The volume then already
+#   holds that delta's bytes, which the rerun reads and writes again: the same calls, reads
+#   and writes as the first run, down to the filesystem, so the timing is fair.
+# - case 2 (an empty base, uploaded as holes): a fresh stage 1 (s2_stage1). There a rerun would
+#   write into blocks the first run allocated, which is less work: measured here, --io stream
+#   1.7 s on a rerun against 9.1 s on the first run, --io direct 0.31 s against 0.49 s.
+NS_IMPORT=https://virt-vmdkimport.example/ns/import/1
+# save_state DOMAIN: DOMAIN's import state as it is now, kept in $W/state/DOMAIN.xml.
+save_state() {
+    mkdir -p "$W/state"
+    v metadata "$1" "$NS_IMPORT" >"$W/state/$1.xml"
+    [ -s "$W/state/$1.xml" ] || { log "FAILED: domain $1 has no import state to save"; return 1; }
+}
+# restore_state DOMAIN: the import state save_state kept, put back (and checked).
+restore_state() {
+    local now
+    v metadata "$1" --uri "$NS_IMPORT" --key vmdkimport --set "$(cat "$W/state/$1.xml")" --config >/dev/null
+    now=$(v metadata "$1" "$NS_IMPORT")
+    [ "$now" = "$(cat "$W/state/$1.xml")" ] || { log "FAILED: the import state of $1 was not put back"; return 1; }
+}
+
+# s2_stage1 DOMAIN POOL: case 2's domain made afresh by an untimed stage 1 of the empty base
+# (--cpu default: one trial start instead of the whole ladder; stage 2 is the same).
+s2_stage1() {
+    fresh_dom "$1" "$2"
+    "$BIN" -c "$URI" --domain "$1" --pool "$2" --flat "$W/scat/scat.vmdk" --no-start --cpu default \
+        >/dev/null 2>"$W/out/s2-prep.err" || { log "FAILED: stage 1 of $1"; cat "$W/out/s2-prep.err" >&2; return 1; }
+}
+# fresh_raw: (a)'s raw file as the base, sparse, with nothing applied yet.
+fresh_raw() { cp --sparse=always "$W/scat/scat-flat.vmdk" "$W/scat/raw.img"; }
 
 # fresh_dom DOMAIN POOL: no domain and no volume, so stage 1 creates both as on a new host.
 fresh_dom() {
@@ -434,19 +491,23 @@ if [ "$ESX_ONLY" = 0 ] && [ "$OVL_ONLY" = 0 ] && [ "$PLAN_ONLY" = 0 ]; then
 # --- case 3 first: its dense stage 1 also makes the domain case 1 needs -------------------------
 log "case 3: stage 1 of a dense $((DENSE / MiB)) MiB image"
 warm "$W/dense/dense-flat.vmdk"
-A=("$BIN" -c "$URI" --domain vmdkimport-bench-dense --pool "$P1" --flat "$W/dense/dense.vmdk" --no-start)
+A=("$BIN" -c "$URI" --domain vmdkimport-bench-dense --pool "$P1" --flat "$W/dense/dense.vmdk" --no-start --json)
 B=("${VIRSH[@]}" vol-upload --vol bench-up-dense --pool "$P1" "$W/dense/dense-flat.vmdk")
 pair s3-dense "fresh_dom vmdkimport-bench-dense $P1" s3-dense-virsh "fresh_vol $P1 bench-up-dense $DENSE"
-result s3-dense; s3d_t=$T s3d_rss=$RSS; note_rss "$RSS"
+# The domain as stage 1 left it: case 1's stage 2 runs start from this state.
+save_state vmdkimport-bench-dense
+result s3-dense; s3d_w=$T s3d_rss=$RSS; note_rss "$RSS"
+less_trial s3-dense; s3d_t=$T
 result s3-dense-virsh; s3d_b=$T
 v vol-delete bench-up-dense --pool "$P1" >/dev/null
 
 log "case 3: stage 1 of a $((ZERO_CAP / MiB)) MiB image that is 90% zeros"
 warm "$W/zero90/zero90-flat.vmdk"
-A=("$BIN" -c "$URI" --domain vmdkimport-bench-zero90 --pool "$P1" --flat "$W/zero90/zero90.vmdk" --no-start)
+A=("$BIN" -c "$URI" --domain vmdkimport-bench-zero90 --pool "$P1" --flat "$W/zero90/zero90.vmdk" --no-start --json)
 B=("${VIRSH[@]}" vol-upload --vol bench-up-zero --pool "$P1" "$W/zero90/zero90-flat.vmdk")
 pair s3-zero "fresh_dom vmdkimport-bench-zero90 $P1" s3-zero-virsh "fresh_vol $P1 bench-up-zero $ZERO_CAP"
-result s3-zero; s3z_t=$T s3z_rss=$RSS; note_rss "$RSS"
+result s3-zero; s3z_w=$T s3z_rss=$RSS; note_rss "$RSS"
+less_trial s3-zero; s3z_t=$T
 result s3-zero-virsh; s3z_b=$T
 # For reference, no goal: what libvirt's own sparse upload (holes found with SEEK_DATA/SEEK_HOLE)
 # does with the same file.
@@ -464,7 +525,7 @@ log "case 1: stage 2 of $S1_RUNS x 1 MiB runs, --io stream"
 warm "$W/dense/dense-000001-sesparse.vmdk" "$W/dense/delta-bytes.bin"
 A=("$BIN" -c "$URI" --domain vmdkimport-bench-dense "$W/dense/dense-000001.vmdk" --io stream --no-start)
 B=("${VIRSH[@]}" vol-upload --vol bench-up-256 --pool "$P1" "$W/dense/delta-bytes.bin")
-pair s1 : s1-virsh "fresh_vol $P1 bench-up-256 $((S1_RUNS * MiB))"
+pair s1 "restore_state vmdkimport-bench-dense" s1-virsh "fresh_vol $P1 bench-up-256 $((S1_RUNS * MiB))"
 result s1; s1_t=$T s1_rss=$RSS s1_calls=$(field calls "$W/out/s1"); note_rss "$RSS"
 result s1-virsh; s1_b=$T
 v vol-delete bench-up-256 --pool "$P1" >/dev/null
@@ -482,14 +543,14 @@ for pool in "$P1" "$P2"; do
     log "case 2, pool $pool: stage 2 --io stream, and (c) virsh vol-upload of the whole disk"
     A=("$BIN" -c "$URI" --domain "$dom" "$W/scat/scat-000001.vmdk" --io stream --no-start)
     B=("${VIRSH[@]}" vol-upload --vol bench-full --pool "$pool" "$W/scat/full.img")
-    pair "s2-stream-$tag" : "s2-full-$tag" "fresh_vol $pool bench-full $SCAT_CAP"
+    pair "s2-stream-$tag" "s2_stage1 $dom $pool" "s2-full-$tag" "fresh_vol $pool bench-full $SCAT_CAP"
     v vol-delete bench-full --pool "$pool" >/dev/null
     result "s2-full-$tag"; c=$T
 
     log "case 2, pool $pool: stage 2 --io direct, and (a) --target apply to a raw file"
     A=("$BIN" -c "$URI" --domain "$dom" "$W/scat/scat-000001.vmdk" --io direct --no-start)
     B=("$BIN" --target "$W/scat/raw.img" "$W/scat/scat-000001.vmdk")
-    pair "s2-direct-$tag" : "s2-raw-$tag" :
+    pair "s2-direct-$tag" "s2_stage1 $dom $pool" "s2-raw-$tag" fresh_raw
     result "s2-raw-$tag"; a=$T a_rss=$RSS; note_rss "$RSS"
 
     log "case 2, pool $pool: the call-cost probe ($PROBE_RUNS runs far apart, one call each)"
@@ -504,6 +565,7 @@ for pool in "$P1" "$P2"; do
     fresh_dom "$probe" "$pool"
 
     log "case 2, pool $pool: stage 2 --io stream with the base moved away (gaps downloaded from the volume)"
+    s2_stage1 "$dom" "$pool"
     mv "$W/scat/scat-flat.vmdk" "$W/scat/scat-flat.vmdk.away"
     measure "s2-streamdl-$tag" "$BIN" -c "$URI" --domain "$dom" "$W/scat/scat-000001.vmdk" --io stream --no-start
     mv "$W/scat/scat-flat.vmdk.away" "$W/scat/scat-flat.vmdk"
@@ -534,8 +596,10 @@ for pool in "$P1" "$P2"; do
 done
 
 row "3 stage 1, dense $((DENSE / MiB)) MiB" "$s3d_t" "-" "$s3d_rss" "virsh vol-upload, same file" "$s3d_b" le 1.05
+row "  same, with its trial start" "$s3d_w" "-" "" "virsh vol-upload, same file" "$s3d_b" - -
 row "3 stage 1, 90%-zero $((ZERO_CAP / MiB)) MiB" "$s3z_t" "-" "$s3z_rss" "virsh vol-upload, same file" "$s3z_b" ge-inv 5
 row + "$s3z_t" "" "" "virsh vol-upload --sparse, same file" "$s3z_s" - -
+row "  same, with its trial start" "$s3z_w" "-" "" "virsh vol-upload, same file" "$s3z_b" - -
 
 fi
 
