@@ -147,16 +147,19 @@ result() { T=${BT[$1]}${BM[$1]:-} RSS=${BR[$1]}; }
 # seconds each). Case 3 is about the base upload, so its goal is taken on stage 1 without that
 # trial, whose time each --json run reports as its "trial start" phase; the whole command is
 # in the table too.
-# trial_ms FILE: the "trial start" phases of the --json document in FILE, in ms.
-trial_ms() {
+# phase_s FILE PHASE: the seconds of the phases named PHASE in the --json document in FILE
+# (a loud failure when it has none).
+phase_s() {
     python3 -c 'import json, sys
-print(sum(p["ms"] or 0 for p in json.load(open(sys.argv[1]))["phases"] if p["name"] == "trial start"))' "$1"
+ms = [p["ms"] for p in json.load(open(sys.argv[1]))["phases"] if p["name"] == sys.argv[2] and p["ms"] is not None]
+sys.exit("bench: FAILED: no phase %r in %s" % (sys.argv[2], sys.argv[1])) if not ms else print("%.3f" % (sum(ms) / 1000))' "$1" "$2"
 }
 # less_trial NAME: T = the best over NAME's runs of the wall time less the trial start.
 less_trial() {
     local n t best=""
     for n in $(seq 1 "${BN[$1]}"); do
-        t=$(awk -v w="$(cat "$W/out/$1.$n.wall")" -v m="$(trial_ms "$W/out/$1.$n")" 'BEGIN { printf "%.3f", w - m / 1000 }')
+        t=$(phase_s "$W/out/$1.$n" "trial start")
+        t=$(awk -v w="$(cat "$W/out/$1.$n.wall")" -v m="$t" 'BEGIN { printf "%.3f", w - m }')
         best=$(minof "$t" "$best")
     done
     T=$best${BM[$1]:-}
@@ -172,8 +175,16 @@ pair() {
     done
 }
 
-# field KEY FILE: the value of KEY= in the stage 2 "disk vda: ..." line.
-field() { sed -n "s/^disk [a-z0-9]*: .*\\b$1=\\([^ ]*\\).*/\\1/p" "$2" | head -n1; }
+# field KEY FILE: the value of KEY= in the stage 2 "disk vda: ..." line (a loud failure when
+# there is none: take it into a variable, as a failure inside an argument would pass unseen).
+field() {
+    local x
+    x=$(sed -n "s/^disk [a-z0-9]*: .*\\b$1=\\([^ ]*\\).*/\\1/p" "$2" | head -n1)
+    need "$1= in $2's stats line" "$x" || return 1
+    echo "$x"
+}
+# need WHAT VALUE: fails loudly when VALUE, parsed from the tool's output, is empty.
+need() { [ -n "$2" ] || { log "FAILED: no $1 (has the tool's output changed?)"; return 1; }; }
 
 warm() { cat "$@" >/dev/null; } # the same page-cache state for both sides of a ratio
 
@@ -344,10 +355,10 @@ esx_case() {
     log "case 5: stage 1 over ssh, and ssh cat of the base"
     measure s5-cat-base sh -c '"$@" >/dev/null' - "${SSH[@]}" cat "$dir/bench-flat.vmdk"
     local cat_base=$T
-    measure s5-stage1 "$BIN" -c "$URI" --domain vmdkimport-bench-esx --pool "$P1" --vmx "$url" --cpu default
+    measure s5-stage1 "$BIN" -c "$URI" --domain vmdkimport-bench-esx --pool "$P1" --vmx "$url" --cpu default --json
     local s1_rss=$RSS s1_stream
     note_rss "$RSS"
-    s1_stream=$(sed -n 's/^uploaded .* in \([0-9.]*\)s (.*/\1/p' "$W/out/s5-stage1" | head -n1)
+    s1_stream=$(phase_s "$W/out/s5-stage1" "base upload")
     # The same work done by hand with the standard tools, for context: ssh cat piped into
     # virsh vol-upload.
     fresh_vol "$P1" bench-up-esx "$ESX_CAP"
@@ -373,6 +384,9 @@ esx_case() {
     local finals
     finals=$(sed -n 's/^  final deltas *\([0-9.]*\) s.*/\1/p' "$W/out/s5-cutover")
     read=$(sed -n 's/.* \([0-9]*\) bytes read over ssh.*/\1/p' "$W/out/s5-cutover")
+    need "total in the cutover's outage table" "$outage"
+    need "final deltas in the cutover's outage table" "$finals"
+    need "bytes read over ssh in the cutover's outage table" "$read"
     local larger
     larger=$(awk -v a="$cat_delta" -v b="$local_s2" 'BEGIN { print (a > b ? a : b) }')
     row "5 ESXi cutover, off->running" "$outage" "-" "$c_rss" "larger of the two below" "$larger" le 1.2
@@ -395,8 +409,13 @@ ovl_stage1() {
     "$BIN" -c "$RURI" --domain vmdkimport-bench-ovl --pool "$1" --flat "$W/scat/scat.vmdk" \
         --memory 128 --vcpus 1 >/dev/null 2>"$W/out/ovl-stage1.err" || { cat "$W/out/ovl-stage1.err" >&2; return 1; }
 }
-# ovl_field KEY FILE: KEY= anywhere in the tool's output.
-ovl_field() { sed -n "s/.*\b$1=\([0-9.]*\).*/\1/p" "$2" | head -n1; }
+# ovl_field KEY FILE: KEY= anywhere in the tool's output (a loud failure when it is not).
+ovl_field() {
+    local x
+    x=$(sed -n "s/.*\b$1=\([0-9.]*\).*/\1/p" "$2" | head -n1)
+    need "$1= in $2" "$x" || return 1
+    echo "$x"
+}
 minof() { awk -v a="$1" -v b="$2" 'BEGIN { print (b == "" || a + 0 < b + 0) ? a : b }'; }
 
 # ovl_case POOL TAG DELTA BYTES LABEL: OVL_REPEAT alternating runs of --io overlay (its outage:
@@ -404,13 +423,13 @@ minof() { awk -v a="$1" -v b="$2" 'BEGIN { print (b == "" || a + 0 < b + 0) ? a 
 # a file of just the delta's bytes into a fresh volume, then virsh start of the same domain,
 # shut off); then one --io stream stage 2 of the same delta (a fresh stage 1 before each).
 ovl_case() {
-    local pool=$1 tag=$2 delta=$3 bytes=$4 label=$5 i ours="" base="" commit="" rss=0
+    local pool=$1 tag=$2 delta=$3 bytes=$4 label=$5 i f ours="" base="" commit="" rss=0
     warm "${delta%.vmdk}-sesparse.vmdk" "$bytes"
     for i in $(seq 1 "$OVL_REPEAT"); do
         ovl_stage1 "$pool"
         measure "ovl-$tag.$i" "$BIN" -c "$RURI" --domain vmdkimport-bench-ovl "$delta" --io overlay
-        ours=$(minof "$(ovl_field outage_s "$W/out/ovl-$tag.$i")" "$ours")
-        commit=$(minof "$(ovl_field commit_s "$W/out/ovl-$tag.$i")" "$commit")
+        f=$(ovl_field outage_s "$W/out/ovl-$tag.$i"); ours=$(minof "$f" "$ours")
+        f=$(ovl_field commit_s "$W/out/ovl-$tag.$i"); commit=$(minof "$f" "$commit")
         [ "$RSS" -gt "$rss" ] && rss=$RSS
         v destroy vmdkimport-bench-ovl >/dev/null
         fresh_vol "$pool" bench-ovl-up "$(stat -c %s "$bytes")"
@@ -560,8 +579,11 @@ for pool in "$P1" "$P2"; do
     pout=$W/out/s2-probe-$tag
     # Two of its runs may land close enough to share a call; a few hundred KiB of gap change
     # nothing, more would overstate (b).
-    [ "$(field gap_bytes "$pout")" -lt $((4 * MiB)) ] || log "warning: the probe merged runs (gap_bytes $(field gap_bytes "$pout")): (b) is overstated"
-    per_call_ms=$(awk -v e="$(field elapsed_s "$pout")" -v c="$(field calls "$pout")" 'BEGIN { printf "%.3f", e * 1000 / c }')
+    p_gap=$(field gap_bytes "$pout")
+    p_elapsed=$(field elapsed_s "$pout")
+    p_calls=$(field calls "$pout")
+    [ "$p_gap" -lt $((4 * MiB)) ] || log "warning: the probe merged runs (gap_bytes $p_gap): (b) is overstated"
+    per_call_ms=$(awk -v e="$p_elapsed" -v c="$p_calls" 'BEGIN { printf "%.3f", e * 1000 / c }')
     fresh_dom "$probe" "$pool"
 
     log "case 2, pool $pool: stage 2 --io stream with the base moved away (gaps downloaded from the volume)"
@@ -579,7 +601,8 @@ for pool in "$P1" "$P2"; do
             t=$tdl rss=$rssdl label="2 $tag, --io stream (gaps: volume)"
         fi
         out=$W/out/s2-$variant-$tag
-        calls=$(field calls "$out") runs=$(field runs "$out")
+        calls=$(field calls "$out")
+        runs=$(field runs "$out")
         # (b) one upload call per run, at the time one call took in the probe on this pool.
         b=$(awk -v r="$runs" -v c="$per_call_ms" 'BEGIN { printf "%.3f", r * c / 1000 }')
         row "$label" "$t" "$calls" "$rss" "(a) --target raw apply" "$a" - -
@@ -588,7 +611,8 @@ for pool in "$P1" "$P2"; do
     done
 
     result "s2-direct-$tag"; t=$T rss=$RSS; note_rss "$RSS"
-    row "2 $tag, --io direct" "$t" "$(field calls "$W/out/s2-direct-$tag")" "$rss" "(a) --target raw apply" "$a" le 1.5
+    calls=$(field calls "$W/out/s2-direct-$tag")
+    row "2 $tag, --io direct" "$t" "$calls" "$rss" "(a) --target raw apply" "$a" le 1.5
     row + "$t" "" "" "(b) as above" "$b" - -
     row + "$t" "" "" "(c) virsh vol-upload $((SCAT_CAP / MiB)) MiB" "$c" - -
     row "  (a) itself: --target raw apply" "$a" - "$a_rss" "" "" - -
