@@ -1,5 +1,6 @@
 //! Progress of long transfers: indicatif bars on a terminal, plain periodic lines otherwise, held in one place so that log lines are drawn above the bars.
 
+use crate::units::human_bytes;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -252,7 +253,7 @@ fn draw(s: &Shared) {
     let extra = s.extra.load(Relaxed);
     if let Some(bar) = &s.bar {
         if extra > 0 {
-            bar.set_message(format!(", {} {}", bytes(extra), s.extra_label));
+            bar.set_message(format!(", {} {}", human_bytes(extra), s.extra_label));
         }
         bar.set_position(pos);
         return;
@@ -263,7 +264,7 @@ fn draw(s: &Shared) {
         s.told.store(due as u64, Relaxed);
         let mut text = line(&s.label, pos, s.total, s.started.elapsed());
         if extra > 0 {
-            text.push_str(&format!("; {} {}", bytes(extra), s.extra_label));
+            text.push_str(&format!("; {} {}", human_bytes(extra), s.extra_label));
         }
         emit(&text);
     }
@@ -298,15 +299,10 @@ pub fn line(label: &str, pos: u64, total: u64, elapsed: Duration) -> String {
     };
     format!(
         "{label}: {} of {} ({pct}%), {}/s, {left}",
-        bytes(pos),
-        bytes(total),
-        bytes(rate as u64)
+        human_bytes(pos),
+        human_bytes(total),
+        human_bytes(rate as u64)
     )
-}
-
-/// Bytes the human way: [`crate::units::human_bytes`].
-pub fn bytes(n: u64) -> String {
-    crate::units::human_bytes(n)
 }
 
 /// A remaining time the human way: seconds (rounded up) under a minute, else whole minutes
@@ -324,17 +320,6 @@ pub fn duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bytes_are_shown_in_binary_units_with_one_decimal() {
-        assert_eq!(bytes(0), "0 B");
-        assert_eq!(bytes(1023), "1023 B");
-        assert_eq!(bytes(1024), "1.0 KiB");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(bytes(40 << 30), "40.0 GiB");
-        assert_eq!(bytes((1 << 20) - 1), "1.0 MiB", "no 1024.0 KiB");
-        assert_eq!(bytes(u64::MAX), "16.0 EiB");
-    }
 
     #[test]
     fn remaining_time_is_given_in_seconds_under_a_minute_else_in_whole_minutes() {

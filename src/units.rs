@@ -164,6 +164,17 @@ mod tests {
     }
 
     #[test]
+    fn bytes_are_shown_in_binary_units_with_one_decimal() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1024), "1.0 KiB");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(40 << 30), "40.0 GiB");
+        assert_eq!(human_bytes((1 << 20) - 1), "1.0 MiB", "no 1024.0 KiB");
+        assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
+    }
+
+    #[test]
     fn durations_take_units_and_bare_seconds() {
         assert_eq!(parse_duration("300").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("300s").unwrap(), Duration::from_secs(300));
