@@ -24,6 +24,21 @@ fn row<'a>(text: &'a str, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no summary row for {name} in\n{text}"))
 }
 
+/// Each VM's volume (VM i in pool i % 2) holds its base, byte for byte.
+fn assert_bases_uploaded(pools: &[&TestPool], vms: &[PlanVm]) {
+    for (i, v) in vms.iter().enumerate() {
+        let vol = pools[i % 2]
+            .pool
+            .volume(&format!("{}-disk0", v.name))
+            .unwrap();
+        assert_same(
+            &read_volume(&vol),
+            &std::fs::read(v.folder.path("base-flat.vmdk")).unwrap(),
+            &v.name,
+        );
+    }
+}
+
 #[test]
 fn six_vms_over_two_uris_run_within_the_limits_and_one_bad_delta_fails_alone() {
     let (a, b) = (TestPool::new("plana"), TestPool::on(REMOTE_URI, "planb"));
@@ -51,17 +66,7 @@ fn six_vms_over_two_uris_run_within_the_limits_and_one_bad_delta_fails_alone() {
         1,
         "max_per_source = 1"
     );
-    for (i, v) in vms.iter().enumerate() {
-        let vol = pools[i % 2]
-            .pool
-            .volume(&format!("{}-disk0", v.name))
-            .unwrap();
-        assert_same(
-            &read_volume(&vol),
-            &std::fs::read(v.folder.path("base-flat.vmdk")).unwrap(),
-            &v.name,
-        );
-    }
+    assert_bases_uploaded(&pools, &vms);
 
     let out = run_plan("cutover", &plan, &[]);
     println!("{}", stdout(&out));
@@ -190,16 +195,8 @@ fn an_interrupted_plan_stage1_is_resumed_by_the_same_command() {
 
     let out = run_plan("stage1", &plan, &[]);
     assert!(out.status.success(), "{}", show(&out));
-    for (i, v) in vms.iter().enumerate() {
-        let vol = pools[i % 2]
-            .pool
-            .volume(&format!("{}-disk0", v.name))
-            .unwrap();
-        assert_same(
-            &read_volume(&vol),
-            &std::fs::read(v.folder.path("base-flat.vmdk")).unwrap(),
-            &v.name,
-        );
+    assert_bases_uploaded(&pools, &vms);
+    for v in &vms {
         assert!(
             row(&stdout(&out), &v.name).contains("stage 1 done"),
             "{}",
