@@ -81,7 +81,7 @@ pub fn check_pieces(chain: &Chain) {
             p.len
         );
         if let Source::Data { file, offset } = &p.source {
-            let file_len = file.file.metadata().expect("stat").len();
+            let file_len = file.file.size().expect("the data file's size");
             let data_end = offset.checked_add(p.len).expect("data end overflows");
             assert!(
                 data_end <= file_len,
