@@ -20,10 +20,31 @@ for p in "${pkgs[@]}"; do
     status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
     [ "$status" = "install ok installed" ] || need_pkgs+=("$p")
 done
+# apt's whole output (hundreds of lines) goes to a log; the screen gets what is installed, each
+# step's outcome and time, and the log's path (on a failure, the log's tail too).
+log=${VMDKIMPORT_SETUP_LOG:-/var/tmp/vmdkimport-setup-host.log}
+# apt_step WHAT CMD...: CMD, its output added to the log; "WHAT: done in N s", or the log's tail.
+apt_step() {
+    local what=$1 t=$SECONDS status=0
+    shift
+    printf '\n$ %s\n' "$*" >>"$log"
+    "$@" >>"$log" 2>&1 </dev/null || status=$?
+    if [ "$status" -ne 0 ]; then
+        echo "setup-host: $what FAILED (exit $status) after $((SECONDS - t)) s; the end of apt's output:" >&2
+        tail -n 25 "$log" | sed 's/^/    | /' >&2
+        echo "setup-host: apt's whole output: $log" >&2
+        exit "$status"
+    fi
+    echo "setup-host: $what: done in $((SECONDS - t)) s"
+}
 if [ ${#need_pkgs[@]} -gt 0 ]; then
-    echo "setup-host: installing ${need_pkgs[*]}"
+    start=$SECONDS
+    echo "setup-host: installing ${need_pkgs[*]} (apt's output in $log)"
+    mkdir -p "$(dirname "$log")"
+    : >"$log"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q --error-on=any # an unreachable mirror is an error here, not later
+    # --error-on=any: an unreachable mirror is an error here, not later.
+    apt_step "apt-get update" apt-get update -q --error-on=any
     # A qemu-utils from bookworm-backports conflicts with bookworm's qemu-system-x86: ask for
     # bookworm's qemu-utils in the same command (scripts/lib/qemu-pin.sh decides).
     source "$(dirname "$0")/lib/qemu-pin.sh"
@@ -31,7 +52,10 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     qemu_utils=$(qemu_utils_request "$policy")
     [ "$qemu_utils" = qemu-utils ] || echo "setup-host: asking for $qemu_utils (bookworm's, to match qemu-system-x86)"
     pkgs=("${pkgs[@]/#qemu-utils/$qemu_utils}")
-    apt-get install -y -q --allow-downgrades --no-install-recommends "${pkgs[@]}"
+    apt_step "apt-get install" apt-get install -y -q --allow-downgrades --no-install-recommends "${pkgs[@]}"
+    # apt's own count: "N upgraded, N newly installed, N downgraded, N to remove and N not upgraded."
+    counts=$(grep -E '^[0-9]+ upgraded, [0-9]+ newly installed' "$log" || true)
+    echo "setup-host: installed in $((SECONDS - start)) s${counts:+ (${counts%.})}; apt's whole output: $log"
 fi
 
 # The QEMU driver resolves its user before it reads qemu.conf.
