@@ -7,11 +7,13 @@
 # `systemctl --failed` on ttyS0 between REPORT-BEGIN and REPORT-END lines, each line starting
 # with `REPORT: `, then powers off. No getty on ttyS0, so no login prompt cuts into the report.
 # No mounts of our own: debootstrap (minbase) makes the root in a folder, mkfs.ext4 -d makes the
-# filesystem from it, sfdisk and dd make the disk. Prints the seconds it took.
+# filesystem from it, sfdisk and dd make the disk. Prints the seconds it took. The packages come
+# from the mirror this machine's apt takes bookworm from (/etc/apt/sources.list or
+# sources.list.d), or from VMDKIMPORT_GUEST_MIRROR when it is set. debootstrap's output goes
+# to $cache/debootstrap.log.
 set -euo pipefail
 
 cache=${VMDKIMPORT_GUEST_CACHE:-/var/tmp/vmdkimport-debian-guest}
-mirror=${VMDKIMPORT_GUEST_MIRROR:-http://deb.debian.org/debian}
 pkgs=systemd,systemd-sysv,udev,iproute2,ifupdown,linux-image-amd64
 key="v2 bookworm $pkgs"
 say() { echo "debian-guest: $*"; }
@@ -32,6 +34,9 @@ fi
 for tool in debootstrap mkfs.ext4; do
     command -v "$tool" >/dev/null || die "$tool is missing: run scripts/setup-host.sh"
 done
+source "$(dirname "$0")/lib/mirrors.sh"
+mirror=${VMDKIMPORT_GUEST_MIRROR:-$(apt_mirror bookworm)}
+[ -n "$mirror" ] || die "apt has no bookworm source here (/etc/apt/sources.list, sources.list.d): give a Debian mirror in VMDKIMPORT_GUEST_MIRROR"
 
 # safe_rm DIR: rm -rf, refused while anything is mounted at or under DIR (debootstrap mounts
 # proc and sysfs in its target while it runs and unmounts them when it exits).
@@ -65,6 +70,7 @@ if ! debootstrap --variant=minbase --include="$pkgs" bookworm "$root" "$mirror" 
     tail -n 20 "$work/debootstrap.log" >&2
     die "debootstrap failed (log: $work/debootstrap.log): the real-guest tests cannot run without this guest"
 fi
+say "debootstrap done in $(($(date +%s) - start)) s"
 
 # The guest's configuration: a report on the serial console once boot is over, then power off.
 echo guest >"$root/etc/hostname"
@@ -117,7 +123,7 @@ rm -f "$work/fs.raw"
 safe_rm "$root"
 
 mkdir -p "$cache"
-mv "$work/disk.raw" "$work/vmlinuz" "$work/initrd.img" "$cache/"
+mv "$work/disk.raw" "$work/vmlinuz" "$work/initrd.img" "$work/debootstrap.log" "$cache/"
 echo "$key" >"$cache/key"
 safe_rm "$work"
-say "made $cache (disk $((fs_mib + 1)) MiB) in $(($(date +%s) - start)) s"
+say "made $cache (disk $((fs_mib + 1)) MiB) in $(($(date +%s) - start)) s; debootstrap's log: $cache/debootstrap.log"

@@ -8,22 +8,24 @@
 #   --image    only make (or check) the cached root, run nothing
 #   --run CMD  run CMD (bash) in the clone instead of the three steps (to look into a failure)
 #   --keep     keep the run's copy of the root (/var/tmp/vmdkimport-fresh-run.*) for a look
+# The root's packages come from the mirrors this machine's apt uses for bookworm and
+# bookworm-security (or VMDKIMPORT_FRESH_MIRROR, VMDKIMPORT_FRESH_SECURITY_MIRROR); the run
+# reaches the mirrors the root's apt names and the crate registries this machine's cargo uses
+# (or VMDKIMPORT_FRESH_REGISTRIES, HOST:PORT separated by spaces), and nothing else.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 self="$here/scripts/fresh-check.sh"
 relay="$here/scripts/lib/fresh-relay.py"
+source "$here/scripts/lib/mirrors.sh"
 CACHE=/var/tmp/vmdkimport-fresh-image
 IMAGE=$CACHE/root
 LOGS=/var/tmp/vmdkimport-fresh-logs
-MIRROR=http://deb.debian.org/debian
 # The machine image: Debian bookworm with these, Rust in /root/.cargo and /root/.rustup, and
 # qemu-utils from bookworm-backports installed while no backports source is configured.
 IMAGE_PKGS=ca-certificates,gcc,libc6-dev,make,pkg-config,git,python3,procps,xz-utils
 QEMU_BPO=1:10.0.2+ds-2+deb13u1~bpo12+1
 IMAGE_KEY="v1 $IMAGE_PKGS qemu-utils=$QEMU_BPO"
-# Hosts the namespace reaches through the relay (127.0.2.N in its /etc/hosts).
-TARGETS=(deb.debian.org:80 index.crates.io:443 static.crates.io:443 crates.io:443)
 PROJECT=/root/virt-vmdkimport
 INNER_PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
@@ -70,14 +72,14 @@ wait_for() {
 # --- the image ------------------------------------------------------------------------------
 
 # Runs in its own mount namespace (unshare --mount), with the host's network: apt in the new
-# root installs qemu-utils from bookworm-backports, then forgets that source.
+# root installs qemu-utils from bookworm-backports (on MIRROR), then forgets that source.
 inner_image() {
-    local root=$1
+    local root=$1 mirror=$2
     trap "umount_under '$root'" EXIT
     mount -t proc proc "$root/proc"
     mount --rbind /dev "$root/dev"
     local ch=(chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive)
-    echo "deb $MIRROR bookworm-backports main" >"$root/etc/apt/sources.list.d/backports.list"
+    echo "deb $mirror bookworm-backports main" >"$root/etc/apt/sources.list.d/backports.list"
     "${ch[@]}" apt-get update -q
     if ! "${ch[@]}" apt-get install -y -q --no-install-recommends -t bookworm-backports "qemu-utils=$QEMU_BPO"; then
         echo "fresh-check: qemu-utils $QEMU_BPO is not on the mirror; taking bookworm-backports' newest"
@@ -89,15 +91,18 @@ inner_image() {
 }
 
 build_image() {
-    local new=$CACHE/root.new t0
+    local new=$CACHE/root.new t0 mirror security
     t0=$(now)
+    mirror=${VMDKIMPORT_FRESH_MIRROR:-$(apt_mirror bookworm)}
+    security=${VMDKIMPORT_FRESH_SECURITY_MIRROR:-$(apt_mirror bookworm-security)}
+    [ -n "$mirror" ] || die "apt has no bookworm source here (/etc/apt/sources.list, sources.list.d): give a Debian mirror in VMDKIMPORT_FRESH_MIRROR"
     mkdir -p "$CACHE"
     [ ! -e "$new" ] || safe_rm "$new"
-    say "making the image root in $IMAGE (debootstrap; log: $CACHE/build.log)"
+    say "making the image root in $IMAGE (debootstrap from $mirror; log: $CACHE/build.log)"
     # debootstrap mounts proc and sys in the target: in a mount namespace of its own, nothing it
     # leaves mounted survives it.
     if ! unshare --mount --fork debootstrap --variant=minbase --include="$IMAGE_PKGS" \
-        bookworm "$new" "$MIRROR" >"$CACHE/build.log" 2>&1; then
+        bookworm "$new" "$mirror" >"$CACHE/build.log" 2>&1; then
         tail -n 30 "$CACHE/build.log" >&2
         die "debootstrap failed (log: $CACHE/build.log)"
     fi
@@ -105,19 +110,25 @@ build_image() {
     rm -f "$new/etc/apt/sources.list"
     cat >"$new/etc/apt/sources.list.d/debian.sources" <<EOF
 Types: deb
-URIs: $MIRROR
+URIs: $mirror
 Suites: bookworm bookworm-updates
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+    if [ -n "$security" ]; then
+        cat >>"$new/etc/apt/sources.list.d/debian.sources" <<EOF
 
 Types: deb
-URIs: http://deb.debian.org/debian-security
+URIs: $security
 Suites: bookworm-security
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOF
+    else
+        say "apt has no bookworm-security source here: the root has none either"
+    fi
     cp /etc/resolv.conf "$new/etc/resolv.conf"
-    if ! unshare --mount --fork "$self" --inner-image "$new" >>"$CACHE/build.log" 2>&1; then
+    if ! unshare --mount --fork "$self" --inner-image "$new" "$mirror" >>"$CACHE/build.log" 2>&1; then
         tail -n 30 "$CACHE/build.log" >&2
         die "installing qemu-utils from bookworm-backports failed (log: $CACHE/build.log)"
     fi
@@ -143,16 +154,35 @@ ensure_image() {
 
 # --- one run --------------------------------------------------------------------------------
 
+# run_targets: HOST:PORT of each server the run reaches through the relay, one a line: the
+# mirrors the root's own apt names (as its apt-get sees them), and the crate registries this
+# machine's cargo uses (scripts/lib/mirrors.sh), or VMDKIMPORT_FRESH_REGISTRIES.
+run_targets() {
+    local suite uri hp registries list
+    for suite in bookworm bookworm-security; do
+        uri=$(apt_mirror "$suite" "$IMAGE/etc/apt")
+        [ -n "$uri" ] || continue
+        hp=$(url_host_port "$uri") || die "the root's apt takes $suite from $uri: only http:// and https:// mirrors reach the run"
+        echo "$hp"
+    done
+    registries=${VMDKIMPORT_FRESH_REGISTRIES:-$(cargo_registry_hosts /root/.cargo)}
+    [ -n "$registries" ] || die "cargo has fetched no crate on this machine (nothing in /root/.cargo/registry/index): build the project once, or give VMDKIMPORT_FRESH_REGISTRIES (HOST:PORT ...)"
+    read -r -d '' -a list <<<"$registries" || true
+    printf '%s\n' "${list[@]}"
+}
+
 # Runs as pid 1 of new mount, network and pid namespaces: the host's libvirtd keeps running
 # beside the root's own (its own /run, its own 127.0.0.1:16509, its own processes for pgrep).
 # /run stays the copy's own directory: on this kind of machine /run is no tmpfs either.
 inner_run() {
     local run=$1 logs=$2 root=$1/root i=1 t
+    shift 2
+    local targets=("$@")
     trap 'inner_exit' EXIT
     trap 'exit 130' INT TERM
     ip link set lo up
     local hosts="127.0.0.1 localhost"$'\n' specs=()
-    for t in "${TARGETS[@]}"; do
+    for t in "${targets[@]}"; do
         hosts+="127.0.2.$i ${t%:*}"$'\n'
         specs+=("127.0.2.$i=$t")
         i=$((i + 1))
@@ -249,7 +279,7 @@ outer_exit() {
 }
 
 main() {
-    local commit=HEAD sha subject t0 result
+    local commit=HEAD sha subject t0 result list targets
     rebuild=0 keep=0 image_only=0 command=""
     while [ $# -gt 0 ]; do
         case $1 in
@@ -287,6 +317,11 @@ main() {
     # cargo's bin and env copied, so the run's downloads and installs never touch the host's.
     mkdir -p "$run/root/root/.cargo"
     cp -a /root/.cargo/bin /root/.cargo/env "$run/root/root/.cargo/"
+    # cargo's configuration too, when there is one: its registries are the ones the relay serves.
+    local c
+    for c in config.toml config; do
+        [ ! -f "/root/.cargo/$c" ] || cp -a "/root/.cargo/$c" "$run/root/root/.cargo/"
+    done
     local nextest
     nextest=$(command -v cargo-nextest || true)
     [ -z "$nextest" ] || { mkdir -p "$run/root$(dirname "$nextest")"; cp -a "$nextest" "$run/root$nextest"; }
@@ -300,11 +335,15 @@ main() {
     mkdir "$run/relay"
     cp "$relay" "$run/relay/fresh-relay.py"
     [ -z "$command" ] || printf '%s' "$command" >"$run/relay/command"
-    python3 "$relay" out "$run/relay" "${TARGETS[@]}" &
+    # Hosts the namespace reaches through the relay (127.0.2.N in its /etc/hosts), each once.
+    list=$(run_targets)
+    mapfile -t targets < <(awk '!seen[$0]++' <<<"$list")
+    say "the run reaches ${targets[*]}"
+    python3 "$relay" out "$run/relay" "${targets[@]}" &
     relay_pid=$!
     wait_for "$run/relay/ready-out"
     say "root: $run/root; logs: $logs"
-    unshare --mount --net --pid --fork "$self" --inner-run "$run" "$logs" || true
+    unshare --mount --net --pid --fork "$self" --inner-run "$run" "$logs" "${targets[@]}" || true
 
     echo
     say "commit $subject"
@@ -317,7 +356,7 @@ main() {
 }
 
 case ${1:-} in
---inner-image) inner_image "$2" ;;
---inner-run) inner_run "$2" "$3" ;;
+--inner-image) inner_image "$2" "$3" ;;
+--inner-run) shift; inner_run "$@" ;;
 *) main "$@" ;;
 esac
