@@ -115,7 +115,7 @@ cp "$initrd" "$work/initrd.img"
 # The disk: the filesystem made from the folder, at 1 MiB behind an MBR with one partition.
 used_mib=$(du -sm "$root" | cut -f1)
 fs_mib=$((used_mib * 13 / 10 + 64))
-mkfs.ext4 -q -F -L root -d "$root" "$work/fs.raw" "${fs_mib}M"
+mkfs.ext4 -q -F -L root -d "$root" "$work/fs.raw" "${fs_mib}M" >/dev/null # "Creating regular file"
 truncate -s "$((fs_mib + 1))M" "$work/disk.raw"
 mbr "$work/disk.raw" 2048 "$((fs_mib * 2048))"
 dd if="$work/fs.raw" of="$work/disk.raw" bs=1M seek=1 conv=notrunc,sparse status=none
