@@ -75,7 +75,9 @@ pub fn cpu_mode(dom: &Element) -> CpuMode {
     }
 }
 
-/// Set the CPU mode, keeping the topology and feature policies. False when it already was.
+/// Set the CPU mode, keeping the topology and (but for the default, which takes none: libvirt
+/// refuses "Non-empty feature list specified without CPU model") the feature policies. False
+/// when it already was.
 pub fn set_cpu_mode(dom: &mut Element, mode: &CpuMode) -> bool {
     if cpu_mode(dom) == *mode {
         return false;
@@ -96,7 +98,7 @@ pub fn set_cpu_mode(dom: &mut Element, mode: &CpuMode) -> bool {
             let model = Element::new("model").attr("fallback", "forbid").text(m);
             cpu.children.insert(0, Node::Element(model));
         }
-        CpuMode::Default => {}
+        CpuMode::Default => cpu.remove_children("feature"),
     }
     for (k, v) in attrs {
         cpu.set_attr(k, v);
@@ -289,6 +291,20 @@ mod tests {
         assert_eq!(cpu.get_attr("mode"), Some("host-model"));
         assert!(cpu.find("model").is_none() && cpu.find("topology").is_some());
         assert_eq!(cpu_mode(&d), CpuMode::HostModel);
+    }
+
+    #[test]
+    fn the_default_cpu_drops_the_feature_policies_libvirt_refuses_without_a_model() {
+        let mut d = xmltree::parse(
+            "<domain><cpu mode='host-passthrough' check='none'><topology sockets='1' dies='1' cores='1' threads='1'/>\
+             <feature policy='disable' name='arch-capabilities'/></cpu></domain>",
+        )
+        .unwrap();
+        assert!(set_cpu_mode(&mut d, &CpuMode::HostModel));
+        assert!(d.find("cpu").unwrap().find("feature").is_some());
+        assert!(set_cpu_mode(&mut d, &CpuMode::Default));
+        let cpu = d.find("cpu").unwrap();
+        assert!(cpu.find("feature").is_none() && cpu.find("topology").is_some());
     }
 
     #[test]
