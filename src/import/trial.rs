@@ -3,9 +3,10 @@
 use anyhow::{bail, Context, Result};
 
 use super::shape::{self, Hyperv};
+use crate::domain_xml::CpuMode;
 use crate::libvirt::{Conn, Dom};
 use crate::state::{Fallback, ImportState};
-use crate::xmltree::{self, Element};
+use crate::xmltree::{self, Element, Node};
 
 /// Which settings were asked for explicitly: those are tried alone, never replaced.
 #[derive(Debug, Clone, Copy, Default)]
@@ -129,6 +130,83 @@ pub fn carry_over(st: &mut ImportState, old: Option<&ImportState>, domain: &str)
     }
 }
 
+/// Test hook: the trial start behaves as on a host whose first CPU rung that starts is the one
+/// named (`host-passthrough`, `host-model` or `default`), whatever this host's KVM does, so
+/// the tests can take the ladder each way on any host. It works through the domain's `<cpu>`,
+/// so the daemon really starts or refuses each rung: a host rung above the named one requires
+/// both Intel's and AMD's virtualisation features (`vmx` and `svm`, `check='full'`: no x86 CPU
+/// has both, and libvirt refuses the start), and every host rung has `arch-capabilities`
+/// disabled (the MSR 0x10a that nested hosts cannot set, the reason host-passthrough and
+/// host-model do not start on them). Only domains this tool defined are touched; the features
+/// stay in the definition, so a later real start behaves the same. See doc/testing.md.
+pub const TEST_CPU_ENV: &str = "VMDKIMPORT_TEST_CPU_STARTS";
+
+/// The rung [`TEST_CPU_ENV`] names, when it is set.
+fn forced_first_rung() -> Result<Option<CpuMode>> {
+    let Some(v) = std::env::var_os(TEST_CPU_ENV) else {
+        return Ok(None);
+    };
+    Ok(Some(match v.to_str() {
+        Some("host-passthrough") => CpuMode::HostPassthrough,
+        Some("host-model") => CpuMode::HostModel,
+        Some("default") => CpuMode::Default,
+        _ => bail!(
+            "{TEST_CPU_ENV}={}: expected host-passthrough, host-model or default",
+            v.to_string_lossy()
+        ),
+    }))
+}
+
+/// A CPU mode's place on the ladder; None for a named model, which is not on it.
+fn rung(mode: &CpuMode) -> Option<u8> {
+    match mode {
+        CpuMode::HostPassthrough => Some(0),
+        CpuMode::HostModel => Some(1),
+        CpuMode::Default => Some(2),
+        CpuMode::Model(_) => None,
+    }
+}
+
+/// The `<feature>` elements [`TEST_CPU_ENV`] writes: (policy, name).
+const FORCED_FEATURES: [(&str, &str); 3] = [
+    ("disable", "arch-capabilities"),
+    ("require", "vmx"),
+    ("require", "svm"),
+];
+
+/// Give the domain's host CPU rung the features [`TEST_CPU_ENV`] asks for, with `first` the
+/// first rung that is to start. True when the XML changed.
+fn force_rung(dom: &mut Element, first: &CpuMode) -> bool {
+    let mode = shape::cpu_mode(dom);
+    let (Some(now), Some(first)) = (rung(&mode), rung(first)) else {
+        return false;
+    };
+    if !matches!(mode, CpuMode::HostPassthrough | CpuMode::HostModel) {
+        return false;
+    }
+    let before = xmltree::to_string(dom);
+    let cpu = dom
+        .find_mut("cpu")
+        .expect("a host CPU mode is written in <cpu>");
+    cpu.children.retain(|n| {
+        !matches!(n, Node::Element(e) if e.name == "feature"
+            && FORCED_FEATURES.contains(&(e.get_attr("policy").unwrap_or(""), e.get_attr("name").unwrap_or(""))))
+    });
+    let features = if now < first {
+        cpu.set_attr("check", "full");
+        &FORCED_FEATURES[..]
+    } else {
+        &FORCED_FEATURES[..1]
+    };
+    for (policy, name) in features {
+        let f = Element::new("feature")
+            .attr("policy", policy)
+            .attr("name", name);
+        cpu.children.push(Node::Element(f));
+    }
+    xmltree::to_string(dom) != before
+}
+
 /// One rung down for `problem`, when allowed: (what, from, to), with `dom` edited.
 fn step(
     dom: &mut Element,
@@ -176,6 +254,7 @@ pub fn prove(
     ours: bool,
     st: &mut ImportState,
 ) -> Result<()> {
+    let forced = if ours { forced_first_rung()? } else { None };
     let mut xml = xmltree::parse(&dom.xml()?).context("reading the domain XML")?;
     let mut rec = st.trial.take().unwrap_or_default();
     let had_hyperv = shape::hyperv(&xml).is_some() || rec.hyperv.is_some();
@@ -194,6 +273,14 @@ pub fn prove(
         // Interrupted: nothing is started (the paused domain of a start already made is
         // destroyed below before the loop looks here again).
         crate::interrupt::check()?;
+        if forced
+            .as_ref()
+            .is_some_and(|first| force_rung(&mut xml, first))
+        {
+            *dom = conn
+                .define_domain(&xmltree::to_string(&xml))
+                .map_err(|e| explain_define(conn, e))?;
+        }
         let Err(e) = dom.start_paused() else {
             dom.destroy()
                 .context("trial start: destroying the paused domain")?;
@@ -375,6 +462,62 @@ mod tests {
         for (text, want) in cases {
             assert_eq!(classify(text), want, "{text}");
         }
+    }
+
+    /// The hook's features for each rung, and nothing but them touched.
+    #[test]
+    fn the_forced_ladder_fails_the_rungs_above_the_first_that_starts() {
+        let cpu_of = |mode: &str, first: &CpuMode| {
+            let mut d = xmltree::parse(&format!(
+                "<domain><cpu mode='{mode}' check='none'><topology sockets='1' dies='1' cores='1' threads='1'/>\
+                 <feature policy='disable' name='x2apic'/></cpu></domain>"
+            ))
+            .unwrap();
+            let changed = force_rung(&mut d, first);
+            assert!(!force_rung(&mut d, first), "a second pass changes nothing");
+            let cpu = d.find("cpu").unwrap();
+            let feats: Vec<String> = cpu
+                .elements()
+                .filter(|e| e.name == "feature")
+                .map(|e| {
+                    format!(
+                        "{}:{}",
+                        e.get_attr("policy").unwrap(),
+                        e.get_attr("name").unwrap()
+                    )
+                })
+                .collect();
+            (
+                changed,
+                cpu.get_attr("check").map(str::to_owned),
+                feats.join(" "),
+            )
+        };
+        let fails = (
+            true,
+            Some("full".to_owned()),
+            "disable:x2apic disable:arch-capabilities require:vmx require:svm".to_owned(),
+        );
+        let starts = (
+            true,
+            Some("none".to_owned()),
+            "disable:x2apic disable:arch-capabilities".to_owned(),
+        );
+        assert_eq!(
+            cpu_of("host-passthrough", &CpuMode::HostPassthrough),
+            starts
+        );
+        assert_eq!(cpu_of("host-passthrough", &CpuMode::HostModel), fails);
+        assert_eq!(cpu_of("host-model", &CpuMode::HostModel), starts);
+        assert_eq!(cpu_of("host-model", &CpuMode::Default), fails);
+        let mut d = xmltree::parse(
+            "<domain><cpu><topology sockets='1' dies='1' cores='1' threads='1'/></cpu></domain>",
+        )
+        .unwrap();
+        assert!(
+            !force_rung(&mut d, &CpuMode::Default),
+            "the default takes no features"
+        );
     }
 
     #[test]
