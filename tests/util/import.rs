@@ -16,8 +16,14 @@ pub const MIB: u64 = 1 << 20;
 
 /// Run the binary with `args`; standard input is empty.
 pub fn run<S: AsRef<OsStr>>(args: &[S]) -> Output {
+    run_env(args, &[])
+}
+
+/// [`run`] with `env` added to the binary's environment.
+pub fn run_env<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &str)]) -> Output {
     Command::new(BIN)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .expect("binary runs")
@@ -26,8 +32,13 @@ pub fn run<S: AsRef<OsStr>>(args: &[S]) -> Output {
 /// Run the binary with `args`, writing `input` to its standard input through a pipe, then
 /// closing it (a short `input` is a source that ends early).
 pub fn run_with_stdin<S: AsRef<OsStr>>(args: &[S], input: &[u8]) -> Output {
+    run_with_stdin_env(args, input, &[])
+}
+
+fn run_with_stdin_env<S: AsRef<OsStr>>(args: &[S], input: &[u8], env: &[(&str, &str)]) -> Output {
     let mut child = Command::new(BIN)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -99,6 +110,9 @@ pub struct Import<'a> {
     pub tp: &'a TestPool,
     pub uri: String,
     pub domain: String,
+    /// The first CPU rung that starts in this import's trial starts, forced (see
+    /// [`super::ladder`]); None: as the whole run says.
+    pub forced_cpu: Option<&'static str>,
 }
 
 impl<'a> Import<'a> {
@@ -115,6 +129,7 @@ impl<'a> Import<'a> {
             tp,
             uri: uri.to_owned(),
             domain,
+            forced_cpu: None,
         }
     }
 
@@ -125,7 +140,29 @@ impl<'a> Import<'a> {
             tp,
             uri: tp.conn.uri().to_owned(),
             domain: domain.to_owned(),
+            forced_cpu: None,
         }
+    }
+
+    /// Every command of this import runs with the trial start's CPU ladder forced: `rung`
+    /// (one of [`super::ladder::RUNGS`]) is the first that starts, whatever the host.
+    pub fn cpu_starts(mut self, rung: &'static str) -> Self {
+        assert!(super::ladder::RUNGS.contains(&rung), "no rung {rung}");
+        self.forced_cpu = Some(rung);
+        self
+    }
+
+    /// The environment this import's commands add.
+    fn env(&self) -> Vec<(&str, &str)> {
+        self.forced_cpu
+            .map(|r| (super::ladder::ENV, r))
+            .into_iter()
+            .collect()
+    }
+
+    /// The binary with `args`, in this import's environment.
+    pub fn run<S: AsRef<OsStr>>(&self, args: &[S]) -> Output {
+        run_env(args, &self.env())
     }
 
     /// `-c URI --domain D --pool P`.
@@ -156,7 +193,7 @@ impl<'a> Import<'a> {
 
     /// Stage 1: `--flat FLAT EXTRA...`.
     pub fn stage1(&self, flat: &Path, extra: &[&str]) -> Output {
-        run(&self.args(Some(flat), &[], extra))
+        self.run(&self.args(Some(flat), &[], extra))
     }
 
     /// Stage 1 from standard input: `--flat - --capacity CAP EXTRA...`.
@@ -164,17 +201,21 @@ impl<'a> Import<'a> {
         let cap = capacity.to_string();
         let mut e = vec!["--capacity", cap.as_str()];
         e.extend_from_slice(extra);
-        run_with_stdin(&self.args(Some(Path::new("-")), &[], &e), input)
+        run_with_stdin_env(
+            &self.args(Some(Path::new("-")), &[], &e),
+            input,
+            &self.env(),
+        )
     }
 
     /// Stage 2: `DELTAS... EXTRA...`.
     pub fn stage2(&self, deltas: &[&Path], extra: &[&str]) -> Output {
-        run(&self.args(None, deltas, extra))
+        self.run(&self.args(None, deltas, extra))
     }
 
     /// Both stages in one command (a cold migration).
     pub fn both(&self, flat: &Path, deltas: &[&Path], extra: &[&str]) -> Output {
-        run(&self.args(Some(flat), deltas, extra))
+        self.run(&self.args(Some(flat), deltas, extra))
     }
 
     /// The name of the volume stage 1 creates: `<domain>-disk0`.

@@ -6,6 +6,7 @@ pub mod esx;
 pub mod fixtures;
 pub mod import;
 pub mod interrupt;
+pub mod ladder;
 pub mod libvirt;
 pub mod overlay;
 pub mod plan;
