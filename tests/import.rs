@@ -661,16 +661,19 @@ fn dry_run_changes_nothing() {
 
 /// Run stage 2 of `deltas` (with `extra`, starting the domain unless told otherwise) and
 /// check it is refused with a message containing one of `any_of`, and changes nothing: the
-/// volume's bytes, the import state and the domain's run state are as before.
+/// volume's bytes, the import state, the rest of the domain's XML and its run state are as
+/// before.
 fn assert_refused_untouched(im: &Import, deltas: &[&Path], extra: &[&str], any_of: &[&str]) {
     let before = im.read();
     let meta = im.metadata();
+    let xml = im.xml();
     let active = im.is_active();
     let out = im.stage2(deltas, extra);
     let line = refused(&out, any_of);
     eprintln!("refused as expected: {line}");
     assert_same(&im.read(), &before, "volume after a refused stage 2");
     assert_eq!(im.metadata(), meta, "import state after a refused stage 2");
+    assert_eq!(im.xml(), xml, "domain XML after a refused stage 2");
     assert_eq!(
         im.is_active(),
         active,

@@ -373,6 +373,16 @@ fn run_on(conn: Conn, mut req: Request) -> Result<()> {
             }
         );
     }
+    // Stage 2 on its own is checked whole before the shaping options are applied: a refused
+    // stage 2 changes nothing, neither the volumes nor the domain's XML nor its import state.
+    let checked = if stage2 && !stage1 {
+        let (Some(d), Some(st)) = (&dom, &state) else {
+            return Err(missing_stage_one(&req, &conn, dom.is_none()));
+        };
+        Some(check_stage_two(&req, &conn, Some(d), st, &disks)?)
+    } else {
+        None
+    };
     // Options that shape the domain, given for one that exists: applied or refused, never ignored.
     let dom = match (dom, state.as_mut()) {
         (Some(d), Some(st)) if !stage1 => Some(reshape::apply_and_prove(&req, &conn, d, st)?),
@@ -387,14 +397,8 @@ fn run_on(conn: Conn, mut req: Request) -> Result<()> {
         let (dom, mut st) = stage_one(&req, &conn, dom, state, &disks)?;
         (prove_stage_one(&req, &conn, dom, &mut st)?, st)
     } else {
-        let dom = dom.ok_or_else(|| {
-            anyhow!(
-                "domain '{}' does not exist on {}: run stage 1 (--flat BASE) first",
-                req.domain,
-                conn.uri()
-            )
-        })?;
-        let state = state.ok_or_else(|| anyhow!("domain '{}' has no import state: its base was not uploaded by virt-vmdkimport (run stage 1 with --flat)", req.domain))?;
+        let dom = dom.ok_or_else(|| missing_stage_one(&req, &conn, true))?;
+        let state = state.ok_or_else(|| missing_stage_one(&req, &conn, false))?;
         (Some(dom), state)
     };
     let dom = if stage2 && !stage1 {
@@ -403,7 +407,11 @@ fn run_on(conn: Conn, mut req: Request) -> Result<()> {
         dom
     };
     if stage2 {
-        stage_two(&req, &conn, dom.as_ref(), &mut state, &disks)?;
+        let checked = match checked {
+            Some(c) => c,
+            None => check_stage_two(&req, &conn, dom.as_ref(), &state, &disks)?,
+        };
+        stage_two(&req, &conn, dom.as_ref(), &mut state, &disks, checked)?;
     }
     if req.dry_run {
         return Ok(());
@@ -433,6 +441,20 @@ fn run_on(conn: Conn, mut req: Request) -> Result<()> {
     let uri = conn.uri();
     log::info!("follow up with:\n  virsh -c {uri} console {}\n  virsh -c {uri} domstate {}\n  virsh -c {uri} metadata {} {}", req.domain, req.domain, req.domain, state::NS_URI);
     Ok(())
+}
+
+/// The error for a run that needs stage 1 first: the domain does not exist, or has no import
+/// state.
+fn missing_stage_one(req: &Request, conn: &Conn, no_domain: bool) -> anyhow::Error {
+    if no_domain {
+        anyhow!(
+            "domain '{}' does not exist on {}: run stage 1 (--flat BASE) first",
+            req.domain,
+            conn.uri()
+        )
+    } else {
+        anyhow!("domain '{}' has no import state: its base was not uploaded by virt-vmdkimport (run stage 1 with --flat)", req.domain)
+    }
 }
 
 /// Record that stage 2 finished with `--no-start`: the deltas in the volumes are not written
@@ -512,25 +534,31 @@ fn prove_stage_one(
 
 /// Stage 2 on a domain that stage 1 never proved (its trial start failed, or the import
 /// predates it): the trial start now, before anything is marked or written, so a domain that
-/// cannot start is refused while the disks and the VMware side are still as they were.
+/// cannot start is refused while the disks and the VMware side are still as they were. A
+/// refusal also puts back the definition and the import state the run found (the ladder may
+/// have stepped on the way): a refused command changes nothing.
 fn prove_before_stage_two(
     req: &Request,
     conn: &Conn,
     dom: Option<Dom>,
     st: &mut ImportState,
 ) -> Result<Option<Dom>> {
-    if dom.is_none() || req.dry_run || st.trial.as_ref().is_some_and(|t| t.started) {
+    let Some(d) = &dom else { return Ok(None) };
+    if req.dry_run || st.trial.as_ref().is_some_and(|t| t.started) {
         return Ok(dom);
     }
     log::info!(
         "domain '{}': stage 1 did not prove that it starts; trial start before anything is written",
         req.domain
     );
-    prove_stage_one(req, conn, dom, st).with_context(|| {
-        format!(
+    let before = d.xml()?;
+    prove_stage_one(req, conn, dom, st).or_else(|e| {
+        conn.define_domain(&before)
+            .context("putting the domain's previous definition back")?;
+        Err(e.context(format!(
             "stage 2 refused, nothing written: domain '{}' does not start",
             req.domain
-        )
+        )))
     })
 }
 
@@ -931,17 +959,36 @@ fn os_name(os: OsFamily) -> &'static str {
     }
 }
 
-/// Stage 2: every disk's deltas applied above the base recorded in stage 1. The state marks a
-/// disk as being written before the first byte goes out and clears the mark only once all
-/// its bytes landed: a failed run leaves the domain unstartable by this tool until a rerun
-/// completes.
-fn stage_two(
+/// One disk's delta chain, checked: what stage 2 writes into its volume.
+struct DeltaWork {
+    chain: Chain,
+    /// The deltas the volume holds once the chain is applied.
+    lineage: Vec<AppliedDelta>,
+    vol: Vol,
+    survey: crate::apply::ApplyReport,
+    direct: bool,
+}
+
+/// Stage 2 once every check passed.
+enum StageTwo {
+    /// A dry run whose stage 1 was only described: the chains were checked and described.
+    Described,
+    /// Per disk: its checked chain, or None (no deltas, or an independent disk copied whole).
+    Checked(Vec<Option<DeltaWork>>),
+}
+
+/// Every check of stage 2, with nothing changed: the base uploads complete, each disk raw,
+/// each chain opened, its parentCIDs continuing what the volume holds, the lifecycle's rules
+/// (nothing handed over written again), capacities, the way it will be written. It runs
+/// before the shaping options are applied, so a refused stage 2 leaves the domain's XML
+/// and its import state as they were.
+fn check_stage_two(
     req: &Request,
     conn: &Conn,
     dom: Option<&Dom>,
-    st: &mut ImportState,
+    st: &ImportState,
     disks: &[DiskPlan],
-) -> Result<()> {
+) -> Result<StageTwo> {
     if req.dry_run && st.disks.len() < disks.len() {
         // Stage 1 was only described: check the chains and say what they would write.
         for plan in disks.iter().filter(|p| !p.deltas.is_empty()) {
@@ -952,7 +999,7 @@ fn stage_two(
                 crate::apply::survey(&chain)?
             );
         }
-        return Ok(());
+        return Ok(StageTwo::Described);
     }
     ensure!(
         st.disks.len() >= disks.len(),
@@ -1020,11 +1067,38 @@ fn stage_two(
             }
             None => write::use_direct(conn, &vol, req.io)?,
         };
-        work.push(Some((chain, lineage, vol, survey, direct)));
+        work.push(Some(DeltaWork {
+            chain,
+            lineage,
+            vol,
+            survey,
+            direct,
+        }));
     }
+    Ok(StageTwo::Checked(work))
+}
+
+/// Stage 2: every disk's deltas, checked by [`check_stage_two`], applied above the base
+/// recorded in stage 1. The state marks a disk as being written before the first byte goes
+/// out and clears the mark only once all its bytes landed: a failed run leaves the domain
+/// unstartable by this tool until a rerun completes.
+fn stage_two(
+    req: &Request,
+    conn: &Conn,
+    dom: Option<&Dom>,
+    st: &mut ImportState,
+    disks: &[DiskPlan],
+    checked: StageTwo,
+) -> Result<()> {
+    let StageTwo::Checked(work) = checked else {
+        return Ok(());
+    };
     if req.dry_run {
         for (ds, w) in st.disks.iter().zip(&work) {
-            if let Some((chain, _, vol, survey, _)) = w {
+            if let Some(DeltaWork {
+                chain, vol, survey, ..
+            }) = w
+            {
                 log::info!(
                     "would apply {} delta(s) to volume '{}' (disk {}): {survey}",
                     chain.layers().len(),
@@ -1067,7 +1141,14 @@ fn stage_two(
             write_state(dom, st)?;
             continue;
         }
-        let Some((chain, lineage, vol, survey, direct)) = w else {
+        let Some(DeltaWork {
+            chain,
+            lineage,
+            vol,
+            survey,
+            direct,
+        }) = w
+        else {
             continue;
         };
         let base = base_for_gaps(&st.disks[i], &disks[i], &chain, &req.open);

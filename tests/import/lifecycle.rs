@@ -26,6 +26,15 @@ fn handed_over(im: &Import) -> Option<Elem> {
         .find(|e| e.path.ends_with("/handed-over"))
 }
 
+/// The `<trial>` record of the import state.
+fn state_trial(im: &Import) -> Elem {
+    let meta = im.state();
+    elements(&meta)
+        .into_iter()
+        .find(|e| e.path.ends_with("/trial"))
+        .unwrap_or_else(|| panic!("no <trial> in {meta}"))
+}
+
 /// Stage 1 again (with `extra`), expected refused with one of `any_of`, leaving the volume's
 /// bytes, the import state and the domain's run state as they were. The refusal's line.
 fn assert_stage1_refused_untouched(
@@ -121,6 +130,85 @@ fn stage2_rerun_after_no_start_with_the_same_delta_is_refused() {
         &with_guest,
         "the guest's write after the refusals",
     );
+}
+
+/// A stage 2 refused while it carries an option that shapes the domain changes nothing: not
+/// the volume, not the domain's XML (`virsh dumpxml`), not its import state (`virsh
+/// metadata`). Refused for a delta of another chain before the first stage 2, and for the
+/// same delta again after a `--no-start` hand-over; `--memory` differs from stage 1's.
+#[test]
+fn a_refused_stage2_with_another_memory_leaves_the_domain_and_its_state_byte_identical() {
+    let tp = TestPool::new("lc-shape-mem");
+    let f = Folder::base(SECTORS);
+    let deltas = make_chain(&f, Chain::Cowd);
+    let im = Import::new(&tp, "lc-shape-mem");
+    stage1_ok(&im, &f, SMALL_VM);
+    let g = scatter(&mut Rng(0x4e), SECTORS, 20, DATA);
+    let stranger = cowd_child(&f, "other-000001", 0x31, (0xbadc1d, "other.vmdk"), 1, &g);
+    assert_refused_untouched(
+        &im,
+        &[&stranger],
+        &["--memory", "256"],
+        &["matches neither"],
+    );
+    ok(&im.stage2(&refs(&deltas), &["--no-start"]), "stage 2");
+    for extra in [&["--memory", "256", "--no-start"][..], &["--memory", "256"]] {
+        let (xml, state) = (im.xml(), im.state());
+        assert_refused_untouched(&im, &refs(&deltas), extra, &["already applied"]);
+        assert_eq!(
+            im.xml(),
+            xml,
+            "virsh dumpxml after a refused stage 2 {extra:?}"
+        );
+        assert_eq!(
+            im.state(),
+            state,
+            "virsh metadata after a refused stage 2 {extra:?}"
+        );
+    }
+    assert!(
+        im.xml().contains("<memory unit='KiB'>131072</memory>"),
+        "stage 1's 128 MiB: {}",
+        im.xml()
+    );
+}
+
+/// The same with `--cpu`, on both kinds of host: where host-passthrough starts (stage 1
+/// records it; the refused stage 2 asks for the default, as the host did) and where
+/// no host CPU starts (stage 1 records the default; the refused stage 2 asks for host-model).
+#[test]
+fn a_refused_stage2_with_another_cpu_leaves_the_domain_and_its_state_byte_identical() {
+    for (first, recorded, asked) in [
+        ("host-passthrough", "host-passthrough", "default"),
+        ("default", "default", "host-model"),
+    ] {
+        let tp = TestPool::new("lc-shape-cpu");
+        let f = Folder::base(SECTORS);
+        let deltas = make_chain(&f, Chain::SeSparse);
+        let im = Import::new(&tp, "lc-shape-cpu").cpu_starts(first);
+        stage1_ok(&im, &f, &["--memory", "128"]);
+        let trial = state_trial(&im);
+        assert_eq!(trial.attr("cpu"), Some(recorded), "{}", im.state());
+        ok(&im.stage2(&refs(&deltas), &["--no-start"]), "stage 2");
+        let (xml, state) = (im.xml(), im.state());
+        assert_refused_untouched(
+            &im,
+            &refs(&deltas),
+            &["--cpu", asked, "--no-start"],
+            &["already applied"],
+        );
+        assert_eq!(
+            im.xml(),
+            xml,
+            "virsh dumpxml after a refused stage 2 ({first})"
+        );
+        assert_eq!(
+            im.state(),
+            state,
+            "virsh metadata after a refused stage 2 ({first})"
+        );
+        assert_eq!(state_trial(&im).attr("cpu"), Some(recorded), "{state}");
+    }
 }
 
 /// The README's pre-copy: snapshot 1, stage 1, snapshot 2, delta 1 applied with --no-start
