@@ -210,6 +210,12 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = crate::units::parse_timeout)]
     pub shutdown_timeout: std::time::Duration,
 
+    /// A transfer (base upload, delta apply, overlay upload, a read over ssh) that moves no byte
+    /// for this long is ended as stalled, with an error naming the disk and the rerun command;
+    /// what it left stays marked, so the rerun converges (seconds, or 90s, 5m).
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = crate::units::parse_timeout)]
+    pub stall_timeout: std::time::Duration,
+
     /// --cutover: power the VM off when the guest does not shut down in time (or has no VMware Tools).
     #[arg(long)]
     pub hard_off: bool,

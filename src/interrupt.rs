@@ -87,7 +87,7 @@ pub fn rerun_line(sig: i32, err: &anyhow::Error, raw_target: bool) -> String {
 }
 
 /// This process's command line, each argument quoted for a POSIX shell where it needs it.
-fn command_line() -> String {
+pub(crate) fn command_line() -> String {
     std::env::args_os()
         .map(|a| shell_quote(&a.to_string_lossy()))
         .collect::<Vec<_>>()

@@ -19,4 +19,5 @@ pub mod state;
 pub mod units;
 pub mod vmdk;
 pub mod vmx;
+pub mod watchdog;
 mod xmltree;

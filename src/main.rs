@@ -6,7 +6,7 @@ use std::time::{Instant, SystemTime};
 use vmdkimport::apply::run_target;
 use vmdkimport::cli::Cli;
 use vmdkimport::vmdk::{Chain, OpenOptions};
-use vmdkimport::{domain_xml, import, interrupt, libvirt, report};
+use vmdkimport::{domain_xml, import, interrupt, libvirt, report, watchdog};
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
     if let Some(cmd) = &cli.command {
@@ -53,6 +53,7 @@ fn main() {
     let args = vmdkimport::cli::hoist_before_subcommand(std::env::args_os().collect());
     let cli = Cli::parse_from(args);
     vmdkimport::out::init(cli.verbosity(), cli.wants_json());
+    watchdog::start(cli.stall_timeout);
     let began = (SystemTime::now(), Instant::now());
     let result = run(&cli);
     let code = match &result {
@@ -71,6 +72,10 @@ fn report_error(cli: &Cli, e: &anyhow::Error) -> i32 {
         let line = interrupt::rerun_line(sig, e, cli.target.is_some());
         log::error!("{}", vmdkimport::out::sanitize(&line));
         return 128 + sig;
+    }
+    if let Some(stall) = watchdog::stalled() {
+        log::error!("{}", vmdkimport::out::sanitize(&stall.line(e)));
+        return 1;
     }
     // One line, whatever names from files or ESXi the message carries.
     log::error!("{}", vmdkimport::out::sanitize(&format!("{e:#}")));

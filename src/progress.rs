@@ -89,6 +89,8 @@ struct Shared {
 /// [`Transfer::finish`] (an error path), its bar goes away without showing it complete.
 pub struct Transfer {
     shared: Arc<Shared>,
+    /// The stall watch on it, for as long as it runs.
+    _watch: crate::watchdog::Watch,
 }
 
 impl Transfer {
@@ -115,7 +117,14 @@ impl Transfer {
         if show() != Show::Nothing {
             ticker().register(shared.clone());
         }
-        Transfer { shared }
+        let moved = shared.clone();
+        let _watch = crate::watchdog::watch(&shared.label, move || {
+            moved
+                .pos
+                .load(Relaxed)
+                .wrapping_add(moved.extra.load(Relaxed))
+        });
+        Transfer { shared, _watch }
     }
 
     /// `n` more bytes done.

@@ -2,7 +2,10 @@
 
 mod util;
 
+use std::time::{Duration, Instant};
+
 use nix::libc::{SYS_read, SYS_write};
+use nix::sys::signal::Signal;
 
 use util::fixtures::SECTOR;
 use util::import::*;
@@ -141,4 +144,109 @@ fn libvirtd_killed_during_an_overlay_commit_rerun_finds_the_job_and_finishes() {
 
 fn run_args(args: &[std::ffi::OsString]) -> std::process::Output {
     util::import::run(args)
+}
+
+/// Stage 2 through streams held in an upload to a daemon that stopped answering (SIGSTOP, so
+/// the connection stays open and nothing fails by itself): the run, its arguments with
+/// `extra`, the args and the bytes a rerun must give. The daemon runs again when the
+/// returned guard drops.
+struct Stuck<'a> {
+    im: Import<'a>,
+    apply: Running,
+    stopped: DaemonStopped,
+    _served: FuseFile,
+    _f: Folder,
+    args: Vec<std::ffi::OsString>,
+    want: Vec<u8>,
+}
+
+fn stage2_stuck_on_a_stopped_daemon<'a>(tp: &'a TestPool, tag: &str, extra: &[&str]) -> Stuck<'a> {
+    let f = Folder::base(SECTORS);
+    let im = Import::new(tp, tag);
+    ok(&im.stage1(&f.path("base.vmdk"), &[]), "stage 1");
+    let (d1, d2) = halves_chain(&f);
+    let want = qemu_read(&d2);
+    let served = FuseFile::serve(&f.path("d2-delta.vmdk"));
+    let mut args = stage2_args(&im, &[&d1, &d2], "stream");
+    args.extend(extra.iter().map(Into::into));
+    let mut apply = Running::start(&args, Stdout::Full(FullPipe::new()));
+    apply.wait_in_syscall(SYS_write, 1);
+    served.pause();
+    apply.drain_stdout();
+    // A stream is open and waits for the second delta's bytes: stop the daemon, then let
+    // the bytes go to it.
+    apply.wait_reading(&served.path);
+    let stopped = DaemonStopped::stop();
+    served.resume();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(apply.is_running(), "blocked on the stopped daemon");
+    Stuck {
+        im,
+        apply,
+        stopped,
+        _served: served,
+        _f: f,
+        args,
+        want,
+    }
+}
+
+#[test]
+#[ignore = "stops libvirtd: run alone (scripts/test.sh does)"]
+fn the_first_sigterm_ends_a_stage2_blocked_in_a_stalled_stream_within_seconds_and_a_rerun_converges(
+) {
+    let tp = TestPool::new("stall1");
+    // Bound whole: the served file and the folder live to the end of the test.
+    let stuck = stage2_stuck_on_a_stopped_daemon(&tp, "stall1", &[]);
+    let (im, apply, stopped) = (&stuck.im, stuck.apply, stuck.stopped);
+    let (args, want) = (stuck.args.clone(), stuck.want.clone());
+    let sent = Instant::now();
+    apply.signal(Signal::SIGTERM);
+    let out = apply.finish();
+    let took = sent.elapsed();
+    eprintln!("the first SIGTERM ended the blocked run in {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "took {took:?}: {}",
+        show(&out)
+    );
+    assert_eq!(out.status.code(), Some(128 + 15), "{}", show(&out));
+    let line = one_line(&out);
+    for want in ["interrupted by SIGTERM", "rerun the same command"] {
+        assert!(line.contains(want), "{want:?} in {line}");
+    }
+    drop(stopped);
+    assert_eq!(state_attr(&im, "applying").as_deref(), Some("yes"));
+    ok(&run(&args), "stage 2 again");
+    assert_same(&im.read(), &want, "volume after the rerun");
+    assert_eq!(state_attr(&im, "applying"), None);
+}
+
+#[test]
+#[ignore = "stops libvirtd: run alone (scripts/test.sh does)"]
+fn a_stage2_whose_stream_stalls_ends_after_the_stall_timeout_naming_the_disk_and_a_rerun_converges()
+{
+    let tp = TestPool::new("stall2");
+    // Bound whole: the served file and the folder live to the end of the test.
+    let stuck = stage2_stuck_on_a_stopped_daemon(&tp, "stall2", &["--stall-timeout", "3s"]);
+    let (im, apply, stopped) = (&stuck.im, stuck.apply, stuck.stopped);
+    let (args, want) = (stuck.args.clone(), stuck.want.clone());
+    let out = apply.finish();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let line = one_line(&out);
+    eprintln!("{line}");
+    for want in [
+        ": delta apply: no progress for",
+        "disk ",
+        "--stall-timeout",
+        "rerun the same command",
+    ] {
+        assert!(line.contains(want), "{want:?} in {line}");
+    }
+    assert!(!line.contains("lost the connection"), "{line}");
+    drop(stopped);
+    assert_eq!(state_attr(&im, "applying").as_deref(), Some("yes"));
+    ok(&run(&args), "stage 2 again");
+    assert_same(&im.read(), &want, "volume after the rerun");
+    assert_eq!(state_attr(&im, "applying"), None);
 }

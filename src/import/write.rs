@@ -197,6 +197,7 @@ pub fn write_streamed(
     bar: &Transfer,
 ) -> Result<WriteReport> {
     let started = Instant::now();
+    let capacity = vol.capacity()?;
     let shared = std::sync::Mutex::new(Shared {
         planner: WindowPlanner::new(chain.pieces()),
         cost,
@@ -208,6 +209,9 @@ pub fn write_streamed(
         failed: false,
     });
     let worker = || -> Result<()> {
+        // This thread's connection for the gaps' downloads, opened at its first window that
+        // needs one (see `read_ahead`).
+        let mut downloads: Option<Vol> = None;
         loop {
             let window = {
                 let mut sh = shared.lock().expect("no thread panics holding the plan");
@@ -233,14 +237,15 @@ pub fn write_streamed(
                 }
             };
             let call_started = Instant::now();
-            let done = upload_window(vol, &window, gaps, bar).with_context(|| {
-                format!(
-                    "writing bytes {}..{} of volume '{}'",
-                    window.offset,
-                    window.end(),
-                    vol.describe()
-                )
-            });
+            let done = upload_window(vol, capacity, &window, gaps, &mut downloads, bar)
+                .with_context(|| {
+                    format!(
+                        "writing bytes {}..{} of volume '{}'",
+                        window.offset,
+                        window.end(),
+                        vol.describe()
+                    )
+                });
             let mut sh = shared.lock().expect("no thread panics holding the plan");
             if let Err(e) = done {
                 sh.failed = true;
@@ -282,7 +287,14 @@ const DOWNLOAD_CHUNK: usize = 1 << 20;
 /// download of the same range that a second thread reads ahead while this one uploads, so
 /// each gap byte is rewritten with exactly what the volume held. `bar` counts the pieces'
 /// bytes, and the gap bytes beside them.
-fn upload_window(vol: &Vol, window: &Window, gaps: &Gaps, bar: &Transfer) -> Result<()> {
+fn upload_window(
+    vol: &Vol,
+    capacity: u64,
+    window: &Window,
+    gaps: &Gaps,
+    downloads: &mut Option<Vol>,
+    bar: &Transfer,
+) -> Result<()> {
     let has_gaps = window.gap_bytes() > 0;
     let mut next_piece = 0usize;
     let mut fill_from =
@@ -299,27 +311,49 @@ fn upload_window(vol: &Vol, window: &Window, gaps: &Gaps, bar: &Transfer) -> Res
         };
     match gaps {
         Gaps::Base(base) if has_gaps => {
-            libvirt::upload_at(vol, window.offset, window.len, &mut |rel, buf| {
+            libvirt::upload_within(vol, capacity, window.offset, window.len, &mut |rel, buf| {
                 fill_from(rel, buf, &mut |at, b| base.read_at(at, b))
             })?;
         }
         Gaps::Volume if has_gaps => {
+            if downloads.is_none() {
+                *downloads =
+                    Some(vol.reopen().context(
+                        "opening a second libvirt connection for the volume's downloads",
+                    )?);
+            }
+            let source = downloads.as_ref().expect("opened above");
             std::thread::scope(|scope| -> Result<()> {
                 let (full_tx, full_rx) =
                     std::sync::mpsc::sync_channel::<Result<Vec<u8>>>(DOWNLOAD_QUEUE);
                 let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
                 let (offset, len) = (window.offset, window.len);
-                let reader = scope.spawn(move || read_ahead(vol, offset, len, full_tx, empty_rx));
+                let queue_full = std::sync::Arc::new(std::sync::Barrier::new(2));
+                let hold = hold_until_queue_full().then(|| queue_full.clone());
+                let reader = scope.spawn(move || {
+                    let mut hold = hold;
+                    let read = read_ahead(source, offset, len, full_tx, empty_rx, &mut hold);
+                    if let Some(b) = hold {
+                        b.wait(); // the queue never filled: let the upload go anyway
+                    }
+                    read
+                });
+                if hold_until_queue_full() {
+                    queue_full.wait();
+                }
                 let mut queue = ChunkQueue {
                     rx: full_rx,
                     recycle: empty_tx,
                     current: Vec::new(),
                     pos: 0,
                 };
-                let uploaded =
-                    libvirt::upload_at(vol, window.offset, window.len, &mut |rel, buf| {
-                        fill_from(rel, buf, &mut |_, b| queue.read_exact(b))
-                    });
+                let uploaded = libvirt::upload_within(
+                    vol,
+                    capacity,
+                    window.offset,
+                    window.len,
+                    &mut |rel, buf| fill_from(rel, buf, &mut |_, b| queue.read_exact(b)),
+                );
                 drop(queue);
                 let read = reader
                     .join()
@@ -328,11 +362,17 @@ fn upload_window(vol: &Vol, window: &Window, gaps: &Gaps, bar: &Transfer) -> Res
                 read
             })?;
         }
-        _ => libvirt::upload_at(vol, window.offset, window.len, &mut |rel, buf| {
+        _ => libvirt::upload_within(vol, capacity, window.offset, window.len, &mut |rel, buf| {
             fill_from(rel, buf, &mut |_, _| Ok(()))
         })?,
     }
     Ok(())
+}
+
+/// Test hook (`VMDKIMPORT_TEST_HOLD_UPLOAD=1`): each window's upload starts only once its
+/// download has filled the queue and waits, undrained, for the upload side.
+fn hold_until_queue_full() -> bool {
+    std::env::var_os("VMDKIMPORT_TEST_HOLD_UPLOAD").is_some_and(|v| v == "1")
 }
 
 /// Bytes one download stream covers. libvirt's client queues a download's data as fast as the
@@ -342,6 +382,14 @@ fn upload_window(vol: &Vol, window: &Window, gaps: &Gaps, bar: &Transfer) -> Res
 const DOWNLOAD_SPAN: u64 = 8 << 20;
 
 /// The download side of a window: read `len` bytes at `offset` of `vol`, a span at a time,
+/// on a connection of its own (the uploading thread's `downloads`, never the upload's).
+///
+/// Why its own: this thread stops reading its download whenever the queue to the upload side
+/// is full, so the stream's data stays undrained on its connection until the upload side
+/// takes a chunk. A call on that same connection in the meantime (the upload's start, a
+/// `GetInfo`) was seen to wait forever on libvirt 9.0 while the upload side waited for it: a
+/// cutover hung during the outage. On a connection of its own the download can wait for as
+/// long as it likes without holding any other call back.
 /// and pass them on in chunks, reusing the buffers the upload side hands back. An error goes
 /// to the upload side (which fails with it) and is returned; when the upload side has gone
 /// (it failed, and reports why), this stops without one.
@@ -351,6 +399,7 @@ fn read_ahead(
     len: u64,
     full: std::sync::mpsc::SyncSender<Result<Vec<u8>>>,
     empty: std::sync::mpsc::Receiver<Vec<u8>>,
+    hold: &mut Option<std::sync::Arc<std::sync::Barrier>>,
 ) -> Result<()> {
     let mut done = 0u64;
     while done < len {
@@ -371,7 +420,17 @@ fn read_ahead(
                 let _ = full.send(Err(anyhow::anyhow!("{e:#}")));
                 return Err(e);
             }
-            if full.send(Ok(buf)).is_err() {
+            let sent = match full.try_send(Ok(buf)) {
+                Err(std::sync::mpsc::TrySendError::Full(item)) => {
+                    if let Some(b) = hold.take() {
+                        b.wait();
+                    }
+                    full.send(item).is_ok()
+                }
+                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => false,
+                Ok(()) => true,
+            };
+            if !sent {
                 return Ok(());
             }
             got += n as u64;

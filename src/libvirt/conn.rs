@@ -16,6 +16,33 @@ pub struct Conn {
     uri: String,
 }
 
+/// Seconds between keepalive probes, and probes missed before the connection is closed (virsh's
+/// own values).
+const KEEPALIVE_INTERVAL: i32 = 5;
+const KEEPALIVE_COUNT: u32 = 6;
+
+/// libvirt's default event loop, registered before the first connection opens and run by a
+/// thread of its own: keepalive needs one.
+fn event_loop() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        if let Err(e) = virt::event::event_register_default_impl() {
+            log::debug!("no libvirt event loop: {e}");
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("libvirt-events".into())
+            .spawn(|| loop {
+                if virt::event::event_run_default_impl().is_err() {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            });
+        if let Err(e) = spawned {
+            log::debug!("no libvirt event loop thread: {e}");
+        }
+    });
+}
+
 /// Open a connection to `uri`; `None` means `LIBVIRT_DEFAULT_URI`, else libvirt's own default,
 /// as for virsh.
 pub fn connect(uri: Option<&str>) -> Result<Conn> {
@@ -26,13 +53,21 @@ pub fn connect(uri: Option<&str>) -> Result<Conn> {
         .ok()
         .filter(|u| !u.is_empty());
     let wanted = uri.map(str::to_owned).or(env_uri);
-    let inner = Connect::open(wanted.as_deref()).with_context(|| {
-        format!(
-            "connecting to libvirt at {}",
-            wanted.as_deref().unwrap_or("libvirt's default URI")
-        )
-    })?;
+    event_loop();
+    let inner =
+        super::sockets::opened_by(|| Connect::open(wanted.as_deref())).with_context(|| {
+            format!(
+                "connecting to libvirt at {}",
+                wanted.as_deref().unwrap_or("libvirt's default URI")
+            )
+        })?;
     let inner = ManuallyDrop::new(inner);
+    // A daemon or link that stops answering closes the connection after about
+    // KEEPALIVE_INTERVAL * (KEEPALIVE_COUNT + 1) s, failing the calls waiting on it, instead of
+    // leaving them waiting for good. Drivers without a daemon (test:///) have no keepalive.
+    if let Err(e) = inner.set_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT) {
+        log::debug!("no keepalive on this connection: {e}");
+    }
     // The URI libvirt actually chose (the default resolves to qemu:///system or session).
     let uri = match inner.uri() {
         Ok(u) => u,

@@ -495,6 +495,18 @@ pub fn upload_at(
     len: u64,
     fill: &mut dyn FnMut(u64, &mut [u8]) -> io::Result<()>,
 ) -> Result<()> {
+    upload_within(vol, vol.capacity()?, offset, len, fill)
+}
+
+/// [`upload_at`] for a caller that read the volume's `capacity` once: no call on the
+/// connection but the stream's own.
+pub fn upload_within(
+    vol: &Vol,
+    capacity: u64,
+    offset: u64,
+    len: u64,
+    fill: &mut dyn FnMut(u64, &mut [u8]) -> io::Result<()>,
+) -> Result<()> {
     if len == 0 {
         return Ok(());
     }
@@ -503,7 +515,6 @@ pub fn upload_at(
     let end = offset
         .checked_add(len)
         .with_context(|| format!("upload range overflows: {offset} + {len}"))?;
-    let capacity = vol.capacity()?;
     ensure!(
         end <= capacity,
         "upload of {len} bytes at {offset} ends past the end of volume '{what}' ({capacity} bytes)"

@@ -142,6 +142,13 @@ impl Vol {
         })
     }
 
+    /// The same volume on a new connection of its own to the same URI, for a stream that must
+    /// not share a connection with other calls (see `import::write::read_ahead`).
+    pub fn reopen(&self) -> Result<Vol> {
+        let conn = super::connect(Some(self.conn.uri()))?;
+        conn.pool(&self.pool_name)?.volume(&self.name)
+    }
+
     /// The volume's name in its pool.
     pub fn name(&self) -> &str {
         &self.name

@@ -170,6 +170,11 @@ impl Running {
         }
     }
 
+    /// Whether the binary has not exited yet.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Wait for the exit; status and both outputs.
     pub fn finish(mut self) -> Output {
         self.stdin = None;
@@ -547,4 +552,28 @@ pub fn halves_chain(f: &Folder) -> (PathBuf, PathBuf) {
         &every_4th(grains / 2, grains),
     );
     (d1, d2)
+}
+
+/// Holds libvirtd stopped (SIGSTOP) until dropped: every call and stream on it waits, as on a
+/// daemon or link that hangs. Dropped, even by a failing test, it runs again (SIGCONT).
+pub struct DaemonStopped {
+    pid: Pid,
+}
+
+impl DaemonStopped {
+    pub fn stop() -> DaemonStopped {
+        let pid = libvirtd_pid().expect("libvirtd runs");
+        kill(pid, Signal::SIGSTOP).expect("stopping libvirtd");
+        DaemonStopped { pid }
+    }
+}
+
+impl Drop for DaemonStopped {
+    fn drop(&mut self) {
+        let _ = kill(self.pid, Signal::SIGCONT);
+        let start = Instant::now();
+        while !daemon_answers() && start.elapsed() < PATIENCE {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }

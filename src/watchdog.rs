@@ -1,0 +1,216 @@
+//! Nothing waits forever: a transfer that stops moving, or a signal the run does not answer in time, ends the libvirt calls it is blocked in by shutting its connections' sockets down.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// `--stall-timeout` when not given.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the copy loops get to notice a signal (they check it between two pieces of work)
+/// before the connections are shut down under whatever call is still waiting.
+const SIGNAL_GRACE: Duration = Duration::from_secs(2);
+/// How long the run gets, once its connections are shut down, to go through its ordinary
+/// error path; after that the process ends here (a blocked local write, say), leaving the
+/// state as any interruption does.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
+/// How often the watchdog looks.
+const TICK: Duration = Duration::from_millis(200);
+
+/// A transfer that made no progress for the stall timeout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stall {
+    /// What was moving: `disk sda: delta apply`.
+    pub what: String,
+    pub secs: u64,
+}
+
+impl std::fmt::Display for Stall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: no progress for {} s (--stall-timeout)",
+            self.what, self.secs
+        )
+    }
+}
+
+impl Stall {
+    /// The one line a stalled run ends with: what stood still, the error it ended with, what
+    /// that leaves, and the command to rerun.
+    pub fn line(&self, err: &anyhow::Error) -> String {
+        format!(
+            "{self}: ended while {err:#}; what was left unfinished stays marked so in the import state; rerun the same command to finish: {}",
+            crate::interrupt::command_line()
+        )
+    }
+}
+
+/// A watched transfer: `probe` counts what it moved so far; dropped, it is watched no more.
+pub struct Watch {
+    entry: Arc<Entry>,
+}
+
+struct Entry {
+    what: String,
+    probe: Box<dyn Fn() -> u64 + Send + Sync>,
+}
+
+struct Dog {
+    stall_timeout: AtomicU64,
+    watched: Mutex<Vec<Arc<Entry>>>,
+    stall: Mutex<Option<Stall>>,
+    severed: AtomicBool,
+}
+
+static DOG: OnceLock<&'static Dog> = OnceLock::new();
+
+fn dog() -> &'static Dog {
+    DOG.get_or_init(|| {
+        let d: &'static Dog = Box::leak(Box::new(Dog {
+            stall_timeout: AtomicU64::new(DEFAULT_STALL_TIMEOUT.as_millis() as u64),
+            watched: Mutex::new(Vec::new()),
+            stall: Mutex::new(None),
+            severed: AtomicBool::new(false),
+        }));
+        std::thread::Builder::new()
+            .name("watchdog".into())
+            .spawn(move || d.run())
+            .expect("starting the watchdog thread");
+        d
+    })
+}
+
+/// Start watching, with transfers that stand still for `stall_timeout` ended as stalled.
+pub fn start(stall_timeout: Duration) {
+    dog()
+        .stall_timeout
+        .store(stall_timeout.as_millis() as u64, Ordering::SeqCst);
+}
+
+/// Watch the transfer `what`, whose progress `probe` reads (any count that grows as it moves).
+pub fn watch(what: &str, probe: impl Fn() -> u64 + Send + Sync + 'static) -> Watch {
+    let entry = Arc::new(Entry {
+        what: what.to_string(),
+        probe: Box::new(probe),
+    });
+    dog()
+        .watched
+        .lock()
+        .expect("no panic watching")
+        .push(entry.clone());
+    Watch { entry }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        dog()
+            .watched
+            .lock()
+            .expect("no panic watching")
+            .retain(|e| !Arc::ptr_eq(e, &self.entry));
+    }
+}
+
+/// The stall that ended this run, if one did.
+pub fn stalled() -> Option<Stall> {
+    DOG.get()
+        .and_then(|d| d.stall.lock().expect("no panic watching").clone())
+}
+
+/// Per watched transfer: the last count seen and when it last changed.
+struct Seen {
+    entry: Arc<Entry>,
+    count: u64,
+    at: Instant,
+}
+
+impl Dog {
+    fn run(&self) {
+        let mut seen: Vec<Seen> = Vec::new();
+        let mut signalled: Option<Instant> = None;
+        let mut severed_at: Option<Instant> = None;
+        loop {
+            std::thread::sleep(TICK);
+            let now = Instant::now();
+            if signalled.is_none() && crate::interrupt::received().is_some() {
+                signalled = Some(now);
+            }
+            if let Some(t) = signalled {
+                if now.duration_since(t) >= SIGNAL_GRACE && severed_at.is_none() {
+                    log::debug!("the run did not stop within {SIGNAL_GRACE:?} of the signal: shutting its libvirt connections down");
+                    severed_at = Some(self.sever());
+                }
+            }
+            if severed_at.is_none() {
+                if let Some(stall) = self.look(&mut seen, now) {
+                    log::debug!("{stall}: shutting the run's libvirt connections down");
+                    *self.stall.lock().expect("no panic watching") = Some(stall);
+                    severed_at = Some(self.sever());
+                }
+            }
+            if severed_at.is_some_and(|t| now.duration_since(t) >= EXIT_GRACE) {
+                self.give_up();
+            }
+        }
+    }
+
+    /// One look at every watched transfer; the first that stood still too long.
+    fn look(&self, seen: &mut Vec<Seen>, now: Instant) -> Option<Stall> {
+        let limit = Duration::from_millis(self.stall_timeout.load(Ordering::SeqCst));
+        let watched = self.watched.lock().expect("no panic watching").clone();
+        seen.retain(|s| watched.iter().any(|e| Arc::ptr_eq(e, &s.entry)));
+        for entry in watched {
+            let count = (entry.probe)();
+            match seen.iter_mut().find(|s| Arc::ptr_eq(&s.entry, &entry)) {
+                Some(s) if s.count != count => {
+                    s.count = count;
+                    s.at = now;
+                }
+                Some(s) if now.duration_since(s.at) >= limit => {
+                    return Some(Stall {
+                        what: entry.what.clone(),
+                        secs: now.duration_since(s.at).as_secs(),
+                    })
+                }
+                Some(_) => {}
+                None => seen.push(Seen {
+                    entry,
+                    count,
+                    at: now,
+                }),
+            }
+        }
+        None
+    }
+
+    fn sever(&self) -> Instant {
+        self.severed.store(true, Ordering::SeqCst);
+        crate::libvirt::sever_all();
+        Instant::now()
+    }
+
+    /// The run is still blocked after its connections went: end the process with the line the
+    /// main thread would have printed, leaving the state as for any interruption.
+    fn give_up(&self) -> ! {
+        let cause = match crate::interrupt::received() {
+            Some(sig) => crate::interrupt::Interrupted { signal: sig }.to_string(),
+            None => stalled().map_or_else(|| "stalled".to_string(), |s| s.to_string()),
+        };
+        let line = format!(
+            "{cause}, and still blocked {} s after its connections were shut down: what was left unfinished stays marked so in the import state; rerun the same command to finish: {}",
+            EXIT_GRACE.as_secs(),
+            crate::interrupt::command_line()
+        );
+        log::error!("{}", crate::out::sanitize(&line));
+        std::process::exit(match crate::interrupt::received() {
+            Some(sig) => 128 + sig,
+            None => 1,
+        });
+    }
+}
+
+/// Whether the watchdog shut this run's connections down (a libvirt error after that is its
+/// doing, not the daemon's).
+pub fn severed() -> bool {
+    DOG.get().is_some_and(|d| d.severed.load(Ordering::SeqCst))
+}
