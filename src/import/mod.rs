@@ -551,10 +551,15 @@ fn prove_before_stage_two(
         "domain '{}': stage 1 did not prove that it starts; trial start before anything is written",
         req.domain
     );
-    let before = d.xml()?;
+    let (before, saved) = (d.xml()?, st.clone());
     prove_stage_one(req, conn, dom, st).or_else(|e| {
-        conn.define_domain(&before)
+        // The state goes back through the metadata call as well: a redefinition alone gives
+        // it libvirt's indentation.
+        let d = conn
+            .define_domain(&before)
             .context("putting the domain's previous definition back")?;
+        write_state(&d, &saved)?;
+        *st = saved;
         Err(e.context(format!(
             "stage 2 refused, nothing written: domain '{}' does not start",
             req.domain

@@ -199,14 +199,20 @@ pub fn apply_and_prove(req: &Request, conn: &Conn, dom: Dom, st: &mut ImportStat
         cpu: req.cpu.is_some(),
         hyperv: req.hyperv_passthrough,
     };
+    let saved = st.clone();
     match trial::prove(conn, &mut new, fixed, true, st) {
         Ok(()) => {
             super::write_state(&new, st)?;
             Ok(new)
         }
         Err(e) => {
-            conn.define_domain(&before)
+            // The state goes back through the metadata call as well: a redefinition alone
+            // gives it libvirt's indentation.
+            let old = conn
+                .define_domain(&before)
                 .context("putting the previous definition back")?;
+            super::write_state(&old, &saved)?;
+            *st = saved;
             Err(e.context(format!(
                 "domain '{}': the previous definition is back in place",
                 req.domain
