@@ -2,10 +2,11 @@
 
 mod util;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use util::fixtures::{Kind, SECTOR};
 use util::import::*;
+use util::ladder;
 use util::libvirt::{fill_volume, read_volume, unique_name, TestPool};
 use util::vmximport::TestNet;
 use util::{assert_same, qemu_read, Folder, BASE_CID};
@@ -19,56 +20,6 @@ fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn virsh_try(uri: &str, args: &[&str]) -> Output {
-    Command::new("virsh")
-        .arg("-c")
-        .arg(uri)
-        .args(args)
-        .output()
-        .expect("virsh runs")
-}
-
-/// Whether a throwaway domain with `cpu_xml` starts paused on this host, asked straight of
-/// libvirtd (not through the tool): the oracle for the ladder.
-fn host_starts(tp: &TestPool, cpu_xml: &str) -> bool {
-    let name = unique_name("probe");
-    tp.track_domain(&name);
-    let xml = format!(
-        "<domain type='{}'><name>{name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
-         <os><type arch='x86_64' machine='q35'>hvm</type></os>{cpu_xml}<devices/></domain>",
-        tp.conn.domain_type()
-    );
-    let file = tp.path(&format!("{name}.xml"));
-    std::fs::write(&file, xml).unwrap();
-    virsh(tp.conn.uri(), &["define", file.to_str().unwrap()]);
-    let started = virsh_try(tp.conn.uri(), &["start", "--paused", &name])
-        .status
-        .success();
-    if started {
-        virsh(tp.conn.uri(), &["destroy", &name]);
-    }
-    started
-}
-
-/// The CPU rung a plain stage 1 should end on here: the first of the ladder that starts.
-fn first_rung_that_starts(tp: &TestPool) -> (&'static str, Vec<&'static str>) {
-    let ladder = [
-        (
-            "host-passthrough",
-            "<cpu mode='host-passthrough' check='none'/>",
-        ),
-        ("host-model", "<cpu mode='host-model'/>"),
-    ];
-    let mut failed = Vec::new();
-    for (name, xml) in ladder {
-        if host_starts(tp, xml) {
-            return (name, failed);
-        }
-        failed.push(name);
-    }
-    ("default", failed)
-}
-
 /// The tool's trial record (`<trial>`) in the metadata.
 fn trial_elem(meta: &str) -> Elem {
     elements(meta)
@@ -77,23 +28,30 @@ fn trial_elem(meta: &str) -> Elem {
         .unwrap_or_else(|| panic!("no <trial> in {meta}"))
 }
 
-/// A plain stage 1 (no --cpu) ends on the first CPU of the ladder this host starts, says
+/// A plain stage 1 (no --cpu) ends on the first CPU of the ladder that starts, `want`, says
 /// for each rung it left that it did not start and libvirt's reason, records the same, and
-/// the domain then really starts.
-#[test]
-fn a_plain_stage1_falls_back_to_the_first_cpu_this_host_starts_and_the_domain_starts() {
+/// the domain then really starts. Whatever this host's KVM does: the rungs before `want` are
+/// made to fail (`Import::cpu_starts`, doc/testing.md).
+fn a_plain_stage1_falls_back_to(want: &'static str) {
+    let failed = ladder::failing_before(want);
     let tp = TestPool::new("ladder");
-    let (want, failed) = first_rung_that_starts(&tp);
     let f = Folder::base(SECTORS);
-    let im = Import::new(&tp, "ladder");
+    let im = Import::new(&tp, "ladder").cpu_starts(want);
     let out = im.stage1(&f.path("base.vmdk"), SMALL);
     let text = ok(&out, "stage 1");
-    for rung in &failed {
+    for rung in failed {
         let line = text
             .lines()
             .find(|l| l.starts_with(&format!("trial start: cpu {rung} does not start")))
             .unwrap_or_else(|| panic!("no fallback line for {rung}:\n{text}"));
-        assert!(line.contains("error"), "the daemon's reason: {line}");
+        let reason = line
+            .split_once("on this host (")
+            .and_then(|(_, r)| r.rsplit_once("); trying cpu"))
+            .map(|(r, _)| r);
+        assert!(
+            reason.is_some_and(|r| r.len() > 10),
+            "the daemon's reason: {line}"
+        );
     }
     assert!(
         text.contains("starts (started paused") && text.contains(&format!("with CPU {want}")),
@@ -125,31 +83,33 @@ fn a_plain_stage1_falls_back_to_the_first_cpu_this_host_starts_and_the_domain_st
     virsh(&im.uri, &["destroy", &im.domain]);
 }
 
-/// A CPU this host refuses, asked of libvirtd directly: host-passthrough on nested hosts,
-/// else a named model of the other vendor.
-fn a_cpu_this_host_refuses(tp: &TestPool) -> &'static str {
-    let candidates = [
-        ("host-passthrough", "<cpu mode='host-passthrough' check='none'/>"),
-        ("EPYC-Rome", "<cpu mode='custom' match='exact' check='partial'><model fallback='forbid'>EPYC-Rome</model></cpu>"),
-        ("Icelake-Server", "<cpu mode='custom' match='exact' check='partial'><model fallback='forbid'>Icelake-Server</model></cpu>"),
-    ];
-    candidates
-        .iter()
-        .find(|(_, xml)| !host_starts(tp, xml))
-        .map(|(name, _)| *name)
-        .expect("this host starts every candidate CPU; the test needs one it refuses")
+#[test]
+fn a_plain_stage1_keeps_host_passthrough_where_it_starts() {
+    a_plain_stage1_falls_back_to("host-passthrough");
 }
 
-/// An explicit --cpu the host refuses fails stage 1 with one clear line (nothing started,
-/// the CPU not replaced, the upload recorded); `--domain D --cpu default` then redefines the
-/// shut-off domain and its trial start passes.
+#[test]
+fn a_plain_stage1_falls_back_to_host_model_where_host_passthrough_fails() {
+    a_plain_stage1_falls_back_to("host-model");
+}
+
+#[test]
+fn a_plain_stage1_falls_back_to_the_default_cpu_where_no_host_cpu_starts() {
+    a_plain_stage1_falls_back_to("default");
+}
+
+/// An explicit --cpu that does not start (host-passthrough, made to fail) fails stage 1 with
+/// one clear line (nothing started, the CPU not replaced, the upload recorded);
+/// `--domain D --cpu default` then redefines the shut-off domain and its trial start passes.
 #[test]
 fn an_explicit_cpu_the_host_refuses_fails_stage1_and_cpu_default_then_reshapes_it() {
     let tp = TestPool::new("explicit");
-    let cpu = a_cpu_this_host_refuses(&tp);
     let f = Folder::base(SECTORS);
-    let im = Import::new(&tp, "explicit");
-    let out = im.stage1(&f.path("base.vmdk"), &[SMALL, &["--cpu", cpu]].concat());
+    let im = Import::new(&tp, "explicit").cpu_starts("default");
+    let out = im.stage1(
+        &f.path("base.vmdk"),
+        &[SMALL, &["--cpu", "host-passthrough"]].concat(),
+    );
     let line = refused(&out, &["never replaced"]);
     assert!(
         line.contains("stage 1") && line.contains("--cpu default"),
@@ -161,13 +121,12 @@ fn an_explicit_cpu_the_host_refuses_fails_stage1_and_cpu_default_then_reshapes_i
         show(&out)
     );
     assert!(!im.is_active(), "nothing runs");
-    let xml = im.xml();
-    let mode = if cpu == "host-passthrough" {
-        "mode='host-passthrough'"
-    } else {
-        cpu
-    };
-    assert!(xml.contains(mode), "the asked CPU is kept: {xml}");
+    let mode = "mode='host-passthrough'";
+    assert!(
+        im.xml().contains(mode),
+        "the asked CPU is kept: {}",
+        im.xml()
+    );
     let meta = im.metadata();
     assert_eq!(
         state_elem(&meta).unwrap().attr("base-uploaded"),
@@ -176,7 +135,7 @@ fn an_explicit_cpu_the_host_refuses_fails_stage1_and_cpu_default_then_reshapes_i
     );
     assert_eq!(trial_elem(&meta).attr("started"), Some("no"), "{meta}");
 
-    let out = run(&[&im.common()[..], &["--cpu".into(), "default".into()]].concat());
+    let out = im.run(&[&im.common()[..], &["--cpu".into(), "default".into()]].concat());
     let text = ok(&out, "--cpu default for the existing domain");
     assert!(text.contains("redefined with CPU default"), "{text}");
     assert!(text.contains("with CPU default"), "trial passes: {text}");
@@ -279,6 +238,31 @@ fn shaping_options_are_applied_to_our_shut_off_domain_and_proved() {
     assert!(line.contains("shut-off domain"), "{line}");
     assert_eq!(im.xml(), before, "definition unchanged");
     virsh(&im.uri, &["destroy", &im.domain]);
+}
+
+/// Shaping options whose new definition does not start (an explicit --cpu made to fail) are
+/// refused, and the previous definition and import state are back byte for byte.
+#[test]
+fn shaping_that_does_not_start_puts_the_previous_definition_back() {
+    let tp = TestPool::new("reshape-back");
+    let f = Folder::base(SECTORS);
+    let im = Import::new(&tp, "reshape-back").cpu_starts("default");
+    let stage1 = [SMALL, &["--cpu", "default"]].concat();
+    ok(&im.stage1(&f.path("base.vmdk"), &stage1), "stage 1");
+    let (xml, state) = (im.xml(), im.state());
+    let args = ["--memory", "192", "--cpu", "host-model"].map(Into::into);
+    let line = refused(
+        &im.run(&[&im.common()[..], &args[..]].concat()),
+        &["previous definition is back"],
+    );
+    assert!(line.contains("host-model"), "{line}");
+    assert_eq!(im.xml(), xml, "virsh dumpxml after the refused shaping");
+    assert_eq!(
+        im.state(),
+        state,
+        "virsh metadata after the refused shaping"
+    );
+    assert!(!im.is_active());
 }
 
 /// A domain as other tooling defines it: its volume `vol`, no NIC.
@@ -451,4 +435,42 @@ fn stage2_on_a_domain_stage1_could_not_prove_tries_it_first_and_writes_nothing_w
     assert!(im.is_active(), "started");
     assert_same(&im.read(), &want, "volume");
     virsh(&im.uri, &["destroy", &im.domain]);
+}
+
+/// A stage 2 refused by its own trial start leaves the domain as it found it, though the
+/// trial redefined it on the way (here the forced ladder's CPU features; on a real host the
+/// ladder's steps): stage 1 could not prove the domain (its network is missing) with
+/// host-passthrough; stage 2, forced to fail every host CPU, is refused for the network, and
+/// the domain's XML, its import state and the volume are byte for byte as before.
+#[test]
+fn a_stage2_refused_by_its_trial_start_puts_the_definition_and_the_state_back() {
+    let tp = TestPool::new("s2back");
+    let f = Folder::base(SECTORS);
+    let base = qemu_read(&f.path("base.vmdk"));
+    let delta = cowd_child(
+        &f,
+        "vm-000001",
+        0x63,
+        (BASE_CID, "base.vmdk"),
+        8,
+        &[(7, Kind::Data)],
+    );
+    let mut im = Import::new(&tp, "s2back").cpu_starts("host-passthrough");
+    let missing = format!("vknone{}", std::process::id());
+    let stage1 = [SMALL, &["--network", &missing]].concat();
+    refused(&im.stage1(&f.path("base.vmdk"), &stage1), &["net-start"]);
+    let (xml, state) = (im.xml(), im.state());
+    assert_eq!(trial_elem(&state).attr("cpu"), Some("host-passthrough"));
+
+    im.forced_cpu = Some("default");
+    let line = refused(&im.stage2(&[&delta], &[]), &["nothing written"]);
+    assert!(line.contains(&missing), "{line}");
+    assert_eq!(im.xml(), xml, "virsh dumpxml after the refused stage 2");
+    assert_eq!(
+        im.state(),
+        state,
+        "virsh metadata after the refused stage 2"
+    );
+    assert_same(&im.read(), &base, "volume untouched");
+    assert!(!im.is_active(), "nothing runs");
 }
