@@ -4,8 +4,9 @@
 //! cargo run --example fuzzseeds -- fuzz/corpus
 //! ```
 //!
-//! Writes `DIR/<target>/seed-*` for the targets descriptor, cowd, sesparse, hosted, vmx and
-//! chain. Seeds are small (capacities of a few MiB at most, few tables) so the fuzzer runs fast.
+//! Writes `DIR/<target>/seed-*` for the targets descriptor, cowd, sesparse, hosted, vmx,
+//! chain, vimcmd and plan. Seeds are small (capacities of a few MiB at most, few tables) so
+//! the fuzzer runs fast.
 
 #[path = "../tests/util/fixtures.rs"]
 mod fixtures;
@@ -229,6 +230,58 @@ fn vmx(out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `vim-cmd` answers as ESX.md documents them, and near misses, for the vimcmd target.
+fn vimcmd(out: &Path) -> Result<()> {
+    let answers = [
+        ("getallvms", "Vmid     Name                    File                     Guest OS       Version         Annotation\n\
+            2      xx         [datastore1] xx/xx.vmx               rhel8_64Guest     vmx-14\n\
+            3      make make   [datastore1] make make/m m.vmx   centos8_64Guest   vmx-14    Rocky linux 8\n\
+            autostart\n\
+            12 notes without a path\n"),
+        ("getallvms-hostile", "Vmid Name\n1 web1 datastore1 web1.vmx\n"),
+        ("power-on", "Retrieved runtime info\nPowered on\n"),
+        ("power-suspended", "Retrieved runtime info\nSuspended\n"),
+        ("power-sideways", "Retrieved runtime info\nPowered sideways\n"),
+        ("snapshot-none", "Get Snapshot:\n"),
+        ("snapshot-tree", "Get Snapshot:\n|-ROOT\n--Snapshot Name        : snap01\n--Snapshot Id        : 1\n\
+            --Snapshot Desciption  : snap01 description\n--Snapshot Created On  : 2/23/2015 18:12:50\n\
+            --Snapshot State       : powered on\n--|-CHILD\n----Snapshot Name        : snap02\n\
+            ----Snapshot Id          : 2\n----Snapshot Desciption  : \n"),
+        ("created", "Create Snapshot:\n"),
+        ("removed", "Remove Snapshot:\n"),
+        ("fault", "(vim.fault.NotFound) {\n   faultCause = (vmodl.MethodFault) null, \n   faultMessage = <unset>, \n   msg = \"Unable to find a VM corresponding to \\\"9\\\"\"\n}\n"),
+    ];
+    for (name, text) in answers {
+        save(out, "vimcmd", name, text.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Plan files: the README's example, every VM key, and defaults, for the plan target.
+fn plans(out: &Path) -> Result<()> {
+    let readme = "jobs = 4\nmax_per_target = 2\nmax_per_source = 4\n# log_dir = \"migration.logs\"\n\
+        progress_every = \"30s\"\n\n[defaults]\nconnect = \"qemu+ssh://kvm1/system\"\npool = \"vg0\"\n\
+        network = [\"VM Network=default\"]\n\n[[vm]]\nname = \"web1\"\n\
+        vmx = \"ssh://root@esx1/vmfs/volumes/datastore1/web1/web1.vmx\"\n\n[[vm]]\nname = \"web2\"\n\
+        vmx = \"/mnt/datastore1/web2/web2.vmx\"\nconnect = \"qemu+ssh://kvm2/system\"\n\n[[vm]]\n\
+        name = \"db1\"\nflat = \"db1/db1.vmdk\"\ndeltas = [\"db1/db1-000001.vmdk\"]\nmemory = 8192\nvcpus = 4\n";
+    let every_key = "jobs = 1\nlog_dir = \"logs\"\nprogress_every = 0\n[[vm]]\nname = \"a\"\n\
+        vmx = \"ssh://root@esx1:2222/vmfs/volumes/ds/a/a.vmx\"\npool = \"default\"\nsource_group = \"g\"\n\
+        bridge = \"br0\"\nmac = \"52:54:00:12:34:56\"\nos = \"windows\"\nmemory = 512\nvcpus = 2\n\
+        cpu = \"host-passthrough\"\nhyperv_passthrough = true\nio = \"stream\"\nallow_outside_paths = false\n\
+        copy_independent = true\ndriver_disk = true\nno_start = true\ndisk_jobs = 2\n\
+        shutdown_timeout = \"1h 30m\"\nhard_off = true\nrollback_on_failure = true\nremove_esx_snapshots = true\n";
+    let refused = "jobs = 2\n[[vm]]\nname = \"a\"\nvmx = \"/a.vmx\"\nmemroy = 512\n";
+    for (name, text) in [
+        ("readme", readme),
+        ("every-key", every_key),
+        ("refused", refused),
+    ] {
+        save(out, "plan", name, text.as_bytes())?;
+    }
+    Ok(())
+}
+
 /// Base (VMFS descriptor + 32 KiB flat), an SEsparse middle, a COWD top; the parts are the
 /// files named in `CHAIN_FILES` of fuzz/src/lib.rs, in that order.
 fn chains(scratch: &Path, out: &Path) -> Result<()> {
@@ -357,6 +410,8 @@ fn main() -> Result<()> {
     descriptors(&out)?;
     vmx(&out)?;
     chains(&scratch, &out)?;
+    vimcmd(&out)?;
+    plans(&out)?;
     std::fs::remove_dir_all(&scratch)?;
     Ok(())
 }

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 
 seconds=${1:-60}
 shift || true
-all=(descriptor cowd sesparse hosted vmx chain)
+all=(descriptor cowd sesparse hosted vmx chain vimcmd plan)
 [ $# -gt 0 ] && targets=("$@") || targets=("${all[@]}")
 
 toolchains=$(rustup toolchain list)
