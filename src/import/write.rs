@@ -3,7 +3,7 @@
 use crate::apply::{self, ApplyReport};
 use crate::cli::IoMode;
 use crate::libvirt::{self, Conn, Download, Vol};
-use crate::plan::{CostModel, Window, WindowPlanner};
+use crate::window::{CostModel, Window, WindowPlanner};
 use crate::progress::Transfer;
 use crate::vmdk::{BaseImage, Chain, Piece, Source};
 use anyhow::{bail, Context, Result};

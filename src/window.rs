@@ -1,4 +1,4 @@
-//! Stage-2 window planning: group a chain's changed pieces into few upload calls under a cost model measured during the run.
+//! Stage-2 upload windows: a chain's changed pieces grouped into few upload calls under a cost model measured during the run.
 //!
 //! Each libvirt upload call has a fixed cost that grows with the pool (every upload's close
 //! starts a refresh of the whole pool, and the next call waits for the pool's lock), so one
