@@ -369,37 +369,3 @@ impl Cursor {
         }
     }
 }
-
-/// Little-endian u32 at byte `at` of a header.
-pub(crate) fn le_u32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-
-/// Little-endian u64 at byte `at` of a header.
-pub(crate) fn le_u64(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
-
-/// Read the `N`-byte header at the start of `file` (`what` names the format for messages),
-/// refusing a file too short to hold it. Returns the header and the file's length.
-pub(crate) fn read_header<const N: usize>(
-    file: &DataFile,
-    what: &str,
-) -> Result<([u8; N], u64), Error> {
-    let p = &file.path;
-    let file_len = file
-        .file
-        .size()
-        .map_err(|e| Error::io(p, "reading file size", e))?;
-    if file_len < N as u64 {
-        return Err(Error::invalid(
-            p,
-            format!("truncated: {file_len} bytes, shorter than the {N}-byte {what} header"),
-        ));
-    }
-    let mut h = [0u8; N];
-    file.file
-        .read_exact_at(&mut h, 0)
-        .map_err(|e| Error::io(p, format!("reading {what} header"), e))?;
-    Ok((h, file_len))
-}

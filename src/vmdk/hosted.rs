@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use super::descriptor::{Descriptor, MAX_DESCRIPTOR_BYTES};
 use super::error::{self, Error};
-use super::grains::{le_u32, le_u64, read_header, Format, GrainMap};
+use super::grains::{Format, GrainMap};
+use super::header::{le_u32, le_u64, read_start as read_header};
 use super::runs::DataFile;
 
 /// `KDMV` read as a little-endian u32.

@@ -7,6 +7,7 @@ pub mod descriptor;
 mod error;
 mod flat;
 mod grains;
+mod header;
 pub mod hosted;
 mod names;
 mod runs;

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use super::error::{self, Error};
-use super::grains::{le_u64, read_header, Format, GrainMap};
+use super::grains::{Format, GrainMap};
+use super::header::{le_u64, read_start as read_header};
 use super::runs::DataFile;
 
 /// Constant header magic.
