@@ -18,7 +18,7 @@ use util::{assert_same, qemu_read};
 use vmdkimport::state::NS_URI;
 
 const MIB: usize = 1 << 20;
-/// The nested KVM here cannot start host-passthrough: the trial start asks for QEMU's CPU.
+/// The trial start asks for QEMU's CPU, which starts on every host (doc/testing.md).
 const CPU: [&str; 2] = ["--cpu", "default"];
 
 fn trial_started(domain: &str) -> bool {

@@ -21,8 +21,8 @@ use util::{assert_same, qemu_read};
 use vmdkimport::state::NS_URI;
 
 const MIB: usize = 1 << 20;
-/// This machine's nested KVM cannot start the default host-passthrough CPU ("failed to set
-/// MSR 0x10a"): every command that may start a domain asks for QEMU's default CPU.
+/// Every command that may start a domain asks for QEMU's default CPU, which starts on every
+/// host; whether host-passthrough does depends on the host (doc/testing.md).
 const CPU: [&str; 2] = ["--cpu", "default"];
 
 /// A VM folder (under the test's directory, which QEMU can read).
