@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::error::{self, Error};
 use super::grains::{Format, GrainMap};
-use super::header::header;
+use super::header::{header, Header};
 use super::runs::DataFile;
 
 /// `COWD` read as a little-endian u32.

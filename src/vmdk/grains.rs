@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::error::{self, Error};
 use super::runs::{DataFile, Source};
+use super::sesparse;
 
 /// Grain directory bytes read at a time: a 64 TiB SEsparse directory is 32 MiB, so it is
 /// read in pages rather than whole to keep memory bounded by the tables in use.
@@ -146,19 +147,18 @@ impl GrainMap {
                 gt_area_len,
                 ..
             } => {
-                if raw >> 32 != 0x1000_0000 {
+                let Some(table) = sesparse::table_index(raw) else {
                     return Err(Error::invalid(
                         p,
                         format!("grain directory entry {index} is corrupt ({raw:#018x})"),
                     ));
-                }
-                let rel = (raw & 0xffff_ffff) * self.gt_bytes();
+                };
+                let rel = table * self.gt_bytes();
                 if rel + self.gt_bytes() > gt_area_len {
                     return Err(Error::invalid(
                         p,
                         format!(
-                            "grain directory entry {index} names table {} outside the grain table area",
-                            raw & 0xffff_ffff
+                            "grain directory entry {index} names table {table} outside the grain table area"
                         ),
                     ));
                 }
@@ -196,12 +196,10 @@ impl GrainMap {
                 grain_area,
                 grain_area_len,
                 ..
-            } => match raw >> 60 {
-                0 if raw == 0 => Grain::Parent,
-                1 | 2 => Grain::Zeros,
-                3 => {
-                    let cluster = ((raw & 0x0fff_0000_0000_0000) >> 48)
-                        | ((raw & 0x0000_ffff_ffff_ffff) << 12);
+            } => match sesparse::entry(raw) {
+                sesparse::Entry::Parent => Grain::Parent,
+                sesparse::Entry::Zeros => Grain::Zeros,
+                sesparse::Entry::Cluster(cluster) => {
                     let rel = cluster.checked_mul(self.grain_bytes);
                     match rel {
                         Some(rel) if rel < grain_area_len => Grain::Data(grain_area + rel),
@@ -213,7 +211,7 @@ impl GrainMap {
                         }
                     }
                 }
-                _ => {
+                sesparse::Entry::Corrupt => {
                     return Err(Error::invalid(
                         p,
                         format!("grain table {table} entry {index} is corrupt ({raw:#018x})"),

@@ -2,7 +2,7 @@
 //!
 //! A format module declares its header with [`header!`]: the struct, its size, and every field
 //! it reads at its offset (a field that does not fit inside the header fails to compile).
-//! `Header::read` reads it from the start of a file, refusing a file too short to hold it.
+//! [`Header::read`] reads it from the start of a file, refusing a file too short to hold it.
 
 use super::error::Error;
 use super::runs::DataFile;
@@ -35,9 +35,44 @@ impl<const N: usize> Field for [u8; N] {
     }
 }
 
-/// Declare an on-disk header of `$bytes` bytes: `$name` holds the fields listed as
-/// `name: type = byte offset`, `$name::parse` decodes them from the header's bytes, and
-/// `$name::read` reads them from the start of a file (`$what` names the format in messages).
+/// An on-disk header declared with [`header!`].
+pub(crate) trait Header: Sized {
+    /// The header's size in bytes.
+    const BYTES: usize;
+    /// The format's name, for messages.
+    const NAME: &'static str;
+
+    /// Decode every field from the header's first [`Header::BYTES`] bytes.
+    fn parse(h: &[u8]) -> Self;
+
+    /// Read the header at the start of `file`, refusing a file too short to hold it; returns
+    /// it and the file's length.
+    fn read(file: &DataFile) -> Result<(Self, u64), Error> {
+        let p = &file.path;
+        let file_len = file
+            .file
+            .size()
+            .map_err(|e| Error::io(p, "reading file size", e))?;
+        if file_len < Self::BYTES as u64 {
+            return Err(Error::invalid(
+                p,
+                format!(
+                    "truncated: {file_len} bytes, shorter than the {}-byte {} header",
+                    Self::BYTES,
+                    Self::NAME
+                ),
+            ));
+        }
+        let mut h = vec![0u8; Self::BYTES];
+        file.file
+            .read_exact_at(&mut h, 0)
+            .map_err(|e| Error::io(p, format!("reading {} header", Self::NAME), e))?;
+        Ok((Self::parse(&h), file_len))
+    }
+}
+
+/// Declare an on-disk header of `$bytes` bytes named `$what` in messages: the struct `$name`
+/// holds the fields listed as `name: type = byte offset`, and implements [`Header`].
 macro_rules! header {
     (
         $(#[$meta:meta])*
@@ -56,61 +91,21 @@ macro_rules! header {
             $(assert!($at + <$ty as $crate::vmdk::header::Field>::BYTES <= $bytes);)*
         };
 
-        impl $name {
-            /// Decode every field from the header's bytes.
-            pub fn parse(h: &[u8; $bytes]) -> $name {
+        impl $crate::vmdk::header::Header for $name {
+            const BYTES: usize = $bytes;
+            const NAME: &'static str = $what;
+
+            fn parse(h: &[u8]) -> $name {
                 use $crate::vmdk::header::Field;
+                let h = &h[..$bytes];
                 $name {
                     $($field: <$ty>::decode(&h[$at..$at + <$ty>::BYTES]),)*
                 }
-            }
-
-            /// Read the header at the start of `file`; returns it and the file's length.
-            pub fn read(
-                file: &$crate::vmdk::runs::DataFile,
-            ) -> Result<($name, u64), $crate::vmdk::Error> {
-                let (h, file_len) =
-                    $crate::vmdk::header::read_start::<$bytes>(file, $what)?;
-                Ok(($name::parse(&h), file_len))
             }
         }
     };
 }
 pub(crate) use header;
-
-/// Little-endian u32 at byte `at` of a header not declared yet.
-pub(crate) fn le_u32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-
-/// Little-endian u64 at byte `at` of a header not declared yet.
-pub(crate) fn le_u64(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
-
-/// Read the `N`-byte header at the start of `file` (`what` names the format for messages),
-/// refusing a file too short to hold it. Returns the header and the file's length.
-pub(crate) fn read_start<const N: usize>(
-    file: &DataFile,
-    what: &str,
-) -> Result<([u8; N], u64), Error> {
-    let p = &file.path;
-    let file_len = file
-        .file
-        .size()
-        .map_err(|e| Error::io(p, "reading file size", e))?;
-    if file_len < N as u64 {
-        return Err(Error::invalid(
-            p,
-            format!("truncated: {file_len} bytes, shorter than the {N}-byte {what} header"),
-        ));
-    }
-    let mut h = [0u8; N];
-    file.file
-        .read_exact_at(&mut h, 0)
-        .map_err(|e| Error::io(p, format!("reading {what} header"), e))?;
-    Ok((h, file_len))
-}
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::descriptor::{Descriptor, MAX_DESCRIPTOR_BYTES};
 use super::error::{self, Error};
 use super::grains::{Format, GrainMap};
-use super::header::header;
+use super::header::{header, Header};
 use super::runs::DataFile;
 
 /// `KDMV` read as a little-endian u32.

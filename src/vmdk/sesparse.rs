@@ -1,10 +1,11 @@
 //! SEsparse (`-sesparse.vmdk`) delta extents: VMFS6 snapshots and large VMFS5 disks.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use super::error::{self, Error};
 use super::grains::{Format, GrainMap};
-use super::header::{le_u64, read_start as read_header};
+use super::header::{header, Field, Header};
 use super::runs::DataFile;
 
 /// Constant header magic.
@@ -19,68 +20,77 @@ pub const SESPARSE_GRAIN_SECTORS: u64 = 8;
 pub const SESPARSE_GT_SECTORS: u64 = 64;
 /// Constant header size in bytes.
 pub const SESPARSE_HEADER_BYTES: usize = 512;
+/// Bytes of the volatile header read: its fields, then padding checked to be zero.
+const VOLATILE_READ_BYTES: u64 = 512;
+
+/// The top 32 bits of a grain directory entry that names a table (the low 32 bits are the
+/// table's index in the grain table area); 0 is "no table".
+const GD_TABLE_TAG: u64 = 0x1000_0000;
+/// A grain table entry's type is its top 4 bits.
+const GT_TYPE_SHIFT: u32 = 60;
+const GT_UNALLOCATED: u64 = 0x0;
+/// Unmapped by the guest (TRIM/UNMAP): reads as zeros.
+const GT_UNMAPPED: u64 = 0x1;
+const GT_ZERO: u64 = 0x2;
+const GT_ALLOCATED: u64 = 0x3;
+
+/// An area of the file: (offset, size) in sectors, as the constant header stores them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Area {
+    pub sector: u64,
+    pub sectors: u64,
+}
+
+impl Field for Area {
+    const BYTES: usize = 16;
+    fn decode(b: &[u8]) -> Area {
+        Area {
+            sector: u64::decode(&b[..8]),
+            sectors: u64::decode(&b[8..]),
+        }
+    }
+}
+
+header! {
+    /// The constant header at sector 0: 26 u64 then zero padding. The journal, free bitmap
+    /// and back map areas are not read.
+    struct ConstHeader(SESPARSE_HEADER_BYTES, "SEsparse") {
+        magic: u64 = 0,
+        version: u64 = 8,
+        /// Capacity in sectors.
+        capacity: u64 = 16,
+        grain_sectors: u64 = 24,
+        gt_sectors: u64 = 32,
+        flags: u64 = 40,
+        reserved: [u8; 32] = 48,
+        volatile_header: Area = 80,
+        grain_directory: Area = 128,
+        grain_tables: Area = 144,
+        grains: Area = 192,
+        padding: [u8; 304] = 208,
+    }
+}
+
+header! {
+    /// The volatile header, at the constant header's volatile area.
+    struct VolatileHeader(32, "SEsparse volatile") {
+        magic: u64 = 0,
+        /// Nonzero: the journal must be replayed before the delta reads right.
+        replay_journal: u64 = 24,
+    }
+}
 
 /// Open an SEsparse extent: check both headers and return its grain map.
 pub(crate) fn open(file: Arc<DataFile>) -> Result<GrainMap, Error> {
     let p = file.path.clone();
-    let (h, file_len) = read_header::<SESPARSE_HEADER_BYTES>(&file, "SEsparse")?;
-    if le_u64(&h, 0) != SESPARSE_MAGIC {
-        return Err(Error::invalid(&p, "wrong magic: not an SEsparse extent"));
-    }
-    let version = le_u64(&h, 8);
-    if version != SESPARSE_VERSION {
-        return Err(Error::unsupported(
-            &p,
-            format!("SEsparse version {version:#x} (only 2.1 is known)"),
-        ));
-    }
-    let (grain, gt, flags) = (le_u64(&h, 24), le_u64(&h, 32), le_u64(&h, 40));
-    if grain != SESPARSE_GRAIN_SECTORS || gt != SESPARSE_GT_SECTORS || flags != 0 {
-        return Err(Error::unsupported(
-            &p,
-            format!("SEsparse grain size {grain}, table size {gt}, flags {flags:#x} (expected 8, 64, 0)"),
-        ));
-    }
-    check_zero(&p, &h[48..80], "reserved header fields")?;
-    check_zero(&p, &h[208..], "constant header padding")?;
-    // Areas are (offset, size) pairs in sectors; turn them into checked byte ranges.
-    let area = |at: usize, what: &str| -> Result<(u64, u64), Error> {
-        let off = error::mul(&p, what, le_u64(&h, at), 512)?;
-        let len = error::mul(&p, what, le_u64(&h, at + 8), 512)?;
-        let end = error::add(&p, what, off, len)?;
-        if end > file_len {
-            return Err(Error::invalid(
-                &p,
-                format!("truncated or corrupt: {what} ends at byte {end}, past the end of the file ({file_len} bytes)"),
-            ));
-        }
-        Ok((off, len))
-    };
-    let (vol_off, vol_len) = area(80, "volatile header")?;
-    if vol_len < 32 {
-        return Err(Error::invalid(&p, "volatile header area is too small"));
-    }
-    let mut vh = vec![0u8; vol_len.min(512) as usize];
-    file.file
-        .read_exact_at(&mut vh, vol_off)
-        .map_err(|e| Error::io(&p, "reading SEsparse volatile header", e))?;
-    if le_u64(&vh, 0) != SESPARSE_VOLATILE_MAGIC {
-        return Err(Error::invalid(&p, "wrong volatile header magic"));
-    }
-    if le_u64(&vh, 24) != 0 {
-        return Err(Error::invalid(
-            &p,
-            "SEsparse volatile header asks for a journal replay (replay_journal != 0): the delta is dirty; \
-             let ESXi open it once or consolidate first",
-        ));
-    }
-    if vh.len() > 32 {
-        check_zero(&p, &vh[32..], "volatile header padding")?;
-    }
-    let (gd_off, gd_len) = area(128, "grain directory")?;
-    let (gt_off, gt_len) = area(144, "grain tables")?;
-    let (grains_off, grains_len) = area(192, "grains")?;
-    let capacity = error::mul(&p, "capacity", le_u64(&h, 16), 512)?;
+    let (h, file_len) = ConstHeader::read(&file)?;
+    check(&h, &p)?;
+    let (vol_off, vol_len) = area(&p, h.volatile_header, "volatile header", file_len)?;
+    check_volatile(&file, vol_off, vol_len)?;
+    let (gd_off, gd_len) = area(&p, h.grain_directory, "grain directory", file_len)?;
+    let (gt_off, gt_len) = area(&p, h.grain_tables, "grain tables", file_len)?;
+    let (grains_off, grains_len) = area(&p, h.grains, "grains", file_len)?;
+    let capacity = error::mul(&p, "capacity", h.capacity, 512)?;
     let map = GrainMap {
         file_len,
         capacity,
@@ -101,14 +111,109 @@ pub(crate) fn open(file: Arc<DataFile>) -> Result<GrainMap, Error> {
     Ok(map)
 }
 
+/// Refuse another version, another geometry, and nonzero reserved bytes.
+fn check(h: &ConstHeader, p: &Path) -> Result<(), Error> {
+    if h.magic != SESPARSE_MAGIC {
+        return Err(Error::invalid(p, "wrong magic: not an SEsparse extent"));
+    }
+    if h.version != SESPARSE_VERSION {
+        return Err(Error::unsupported(
+            p,
+            format!("SEsparse version {:#x} (only 2.1 is known)", h.version),
+        ));
+    }
+    let (grain, gt, flags) = (h.grain_sectors, h.gt_sectors, h.flags);
+    if grain != SESPARSE_GRAIN_SECTORS || gt != SESPARSE_GT_SECTORS || flags != 0 {
+        return Err(Error::unsupported(
+            p,
+            format!("SEsparse grain size {grain}, table size {gt}, flags {flags:#x} (expected 8, 64, 0)"),
+        ));
+    }
+    check_zero(p, &h.reserved, "reserved header fields")?;
+    check_zero(p, &h.padding, "constant header padding")
+}
+
+/// An area as a checked byte range (offset, length) inside the file.
+fn area(p: &Path, a: Area, what: &str, file_len: u64) -> Result<(u64, u64), Error> {
+    let off = error::mul(p, what, a.sector, 512)?;
+    let len = error::mul(p, what, a.sectors, 512)?;
+    let end = error::add(p, what, off, len)?;
+    if end > file_len {
+        return Err(Error::invalid(
+            p,
+            format!("truncated or corrupt: {what} ends at byte {end}, past the end of the file ({file_len} bytes)"),
+        ));
+    }
+    Ok((off, len))
+}
+
+/// The volatile header must be there and clean: QEMU refuses a journal to replay too.
+fn check_volatile(file: &DataFile, off: u64, len: u64) -> Result<(), Error> {
+    let p = &file.path;
+    if len < VolatileHeader::BYTES as u64 {
+        return Err(Error::invalid(p, "volatile header area is too small"));
+    }
+    let mut vh = vec![0u8; len.min(VOLATILE_READ_BYTES) as usize];
+    file.file
+        .read_exact_at(&mut vh, off)
+        .map_err(|e| Error::io(p, "reading SEsparse volatile header", e))?;
+    let v = VolatileHeader::parse(&vh);
+    if v.magic != SESPARSE_VOLATILE_MAGIC {
+        return Err(Error::invalid(p, "wrong volatile header magic"));
+    }
+    if v.replay_journal != 0 {
+        return Err(Error::invalid(
+            p,
+            "SEsparse volatile header asks for a journal replay (replay_journal != 0): the delta is dirty; \
+             let ESXi open it once or consolidate first",
+        ));
+    }
+    if vh.len() > VolatileHeader::BYTES {
+        check_zero(p, &vh[VolatileHeader::BYTES..], "volatile header padding")?;
+    }
+    Ok(())
+}
+
 /// ESXi writes zeros in the reserved fields and paddings, and QEMU refuses anything else: a
 /// nonzero byte there is a format revision or corruption this tool cannot read safely.
-fn check_zero(p: &std::path::Path, bytes: &[u8], what: &str) -> Result<(), Error> {
+fn check_zero(p: &Path, bytes: &[u8], what: &str) -> Result<(), Error> {
     match bytes.iter().position(|&b| b != 0) {
         None => Ok(()),
         Some(i) => Err(Error::unsupported(
             p,
             format!("SEsparse {what} are not zero (byte {i} of them): a format revision this tool does not read"),
         )),
+    }
+}
+
+/// The index in the grain table area of the table a nonzero directory entry names; `None`
+/// when the entry is corrupt.
+pub(crate) fn table_index(raw: u64) -> Option<u64> {
+    (raw >> 32 == GD_TABLE_TAG).then_some(raw & 0xffff_ffff)
+}
+
+/// What a grain table entry says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Entry {
+    /// Unallocated: read the parent.
+    Parent,
+    /// Zero or unmapped: reads as zeros.
+    Zeros,
+    /// Allocated: the grain is this cluster of the grain area.
+    Cluster(u64),
+    /// Any other type, or an unallocated entry with bits set.
+    Corrupt,
+}
+
+/// Decode a grain table entry by its type (top 4 bits).
+pub(crate) fn entry(raw: u64) -> Entry {
+    match raw >> GT_TYPE_SHIFT {
+        GT_UNALLOCATED if raw == 0 => Entry::Parent,
+        GT_UNMAPPED | GT_ZERO => Entry::Zeros,
+        // The cluster number is stored with its low 12 bits on top.
+        GT_ALLOCATED => Entry::Cluster(
+            ((raw & 0x0fff_0000_0000_0000) >> 48) | ((raw & 0x0000_ffff_ffff_ffff) << 12),
+        ),
+        _ => Entry::Corrupt,
     }
 }
