@@ -10,6 +10,7 @@ pub mod import;
 pub mod interrupt;
 pub mod libvirt;
 pub mod out;
+pub mod plan;
 pub mod plan_file;
 pub mod progress;
 pub mod qcow2;

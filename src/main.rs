@@ -1,49 +1,10 @@
-//! The virt-vmdkimport command: parse the command line, run the library, report errors on one line.
+//! The virt-vmdkimport command: parse the command line into a plan, run it, report the outcome as an exit code and one error line.
 
-use anyhow::{ensure, Context};
 use clap::Parser;
 use std::time::{Instant, SystemTime};
-use vmdkimport::apply::run_target;
 use vmdkimport::cli::Cli;
-use vmdkimport::vmdk::{Chain, OpenOptions};
-use vmdkimport::{domain_xml, import, interrupt, libvirt, report, watchdog};
-
-fn run(cli: &Cli) -> anyhow::Result<()> {
-    if let Some(cmd) = &cli.command {
-        return vmdkimport::fleet::run(cmd);
-    }
-    if let Some(target) = &cli.target {
-        ensure!(
-            !cli.deltas.is_empty(),
-            "--target needs at least one delta to apply"
-        );
-        let opts = OpenOptions {
-            allow_outside_paths: cli.allow_outside_paths,
-        };
-        let chain = Chain::open_deltas(&cli.deltas, &opts)?;
-        return run_target(&chain, target, &opts, cli.dry_run);
-    }
-    if cli.switch_to_virtio {
-        let name = cli.domain.as_deref().expect("clap requires --domain");
-        let conn = libvirt::connect(cli.connect.as_deref())?;
-        let dom = conn
-            .domain(name)?
-            .with_context(|| format!("domain '{name}' does not exist on {}", conn.uri()))?;
-        ensure!(
-            !dom.is_active()?,
-            "domain '{name}' is running: shut it down before changing its devices"
-        );
-        let xml = domain_xml::switch_to_virtio(&dom.xml()?)?;
-        if cli.print_xml || cli.dry_run {
-            vmdkimport::say_raw!("{xml}");
-            return Ok(());
-        }
-        conn.define_domain(&xml)?;
-        log::info!("domain '{name}': disks and NICs are virtio now (MACs kept); start it with virsh -c {} start {name}", conn.uri());
-        return Ok(());
-    }
-    import::run(import::Request::from_cli(cli)?)
-}
+use vmdkimport::plan::Plan;
+use vmdkimport::{interrupt, report, watchdog};
 
 fn main() {
     if let Err(e) = interrupt::install() {
@@ -55,7 +16,7 @@ fn main() {
     vmdkimport::out::init(cli.verbosity(), cli.wants_json());
     watchdog::start(cli.stall_timeout);
     let began = (SystemTime::now(), Instant::now());
-    let result = run(&cli);
+    let result = Plan::from_cli(&cli).and_then(Plan::run);
     let code = match &result {
         Ok(()) => 0,
         Err(e) => report_error(&cli, e),

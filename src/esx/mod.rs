@@ -61,8 +61,7 @@ pub struct StageOne {
 
 /// Refuse a run that would be stage 2 (every base of the domain uploaded): not built over
 /// ssh:// yet.
-pub fn refuse_stage_two(uri: Option<&str>, domain: &str) -> Result<()> {
-    let conn = crate::libvirt::connect(uri)?;
+pub fn refuse_stage_two(conn: &crate::libvirt::Conn, domain: &str) -> Result<()> {
     let Some(dom) = conn.domain(domain)? else {
         return Ok(());
     };
@@ -81,14 +80,24 @@ pub fn refuse_stage_two(uri: Option<&str>, domain: &str) -> Result<()> {
 
 /// Find the VM, snapshot it unless it has one of ours, and read every disk's chain down to
 /// its base. With `dry_run` nothing changes on the host (the snapshot is only said, the bases
-/// are not probed); with `say` every ESXi command is printed.
-pub fn prepare_stage_one(url: &str, dry_run: bool, say: bool, outside: bool) -> Result<StageOne> {
+/// are not probed); with `say` every ESXi command is printed. `before_snapshot` gets the .vmx
+/// as it is before the snapshot: the caller's last word, so that what it refuses leaves
+/// nothing on ESXi.
+pub fn prepare_stage_one(
+    url: &str,
+    dry_run: bool,
+    say: bool,
+    outside: bool,
+    before_snapshot: impl FnOnce(&VmxConfig) -> Result<()>,
+) -> Result<StageOne> {
     let vm = vm::Vm::find(url, dry_run, say, outside)?;
     let (ssh, url, id, ds_path) = (&vm.ssh, vm.url(), vm.id, &vm.ds_path);
     let host = vm.host();
     let power = host.power(id)?;
     // Disks this cannot take are refused before the snapshot: nothing changes on ESXi then.
-    refuse_independent(&read_vmx(ssh, url)?, url)?;
+    let before = read_vmx(ssh, url)?;
+    refuse_independent(&before, url)?;
+    before_snapshot(&before)?;
     let snaps = host.snapshots(id)?;
     match snaps.iter().find(|s| s.name.starts_with(SNAPSHOT_NAME)) {
         Some(s) => log::info!("{ds_path}: keeps its migration snapshot '{}'", s.name),

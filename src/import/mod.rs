@@ -1,5 +1,6 @@
 //! The migration on a libvirt host: stage 1 (volume, domain, base upload) and stage 2 (delta apply, start), each checked against the import state in the domain's metadata.
 
+mod esxone;
 pub mod fromesx;
 mod guards;
 pub mod lifecycle;
@@ -86,104 +87,90 @@ impl BaseInput {
     }
 }
 
-/// The validated request: everything checked that can be checked before the host is touched.
-pub struct Request {
+/// Where stage 1's base comes from, as the command line names it (nothing opened yet).
+pub enum BaseArg {
+    /// `--flat -`, with `--capacity`.
+    Stdin { capacity: u64 },
+    /// `--flat PATH`, with `--capacity` when given (checked against the image once opened).
+    File {
+        path: PathBuf,
+        capacity: Option<u64>,
+    },
+}
+
+/// The `.vmx` of an import, as the command line names it (nothing read yet).
+pub enum VmxArg {
+    Local(PathBuf),
+    /// `--vmx ssh://...` for stage 1 (a migration snapshot taken, the bases streamed).
+    Esx(PathBuf),
+}
+
+/// An import as the command line asks for it, every combination of options checked, before
+/// any file is opened, any daemon asked or any snapshot taken ([`ImportPlan::from_cli`]).
+pub struct ImportPlan {
     pub uri: Option<String>,
     pub domain: String,
     pub pool: String,
     pub open: OpenOptions,
-    base: Option<BaseInput>,
-    deltas: Vec<PathBuf>,
-    vmx: Option<(PathBuf, VmxConfig)>,
-    /// With `--vmx ssh://...`: every disk's base on the ESXi host.
-    remote: Option<Vec<crate::esx::RemoteBase>>,
-    os: Option<OsFamily>,
-    memory_mib: Option<u64>,
-    vcpus: Option<u32>,
-    network: Option<String>,
-    network_map: Vec<(String, String)>,
-    bridge: Option<String>,
-    mac: Option<String>,
+    base_arg: Option<BaseArg>,
+    pub(crate) deltas: Vec<PathBuf>,
+    vmx_arg: Option<VmxArg>,
+    pub(crate) os: Option<OsFamily>,
+    pub(crate) memory_mib: Option<u64>,
+    pub(crate) vcpus: Option<u32>,
+    pub(crate) network: Option<String>,
+    pub(crate) network_map: Vec<(String, String)>,
+    pub(crate) bridge: Option<String>,
+    pub(crate) mac: Option<String>,
     pub no_start: bool,
     pub print_xml: bool,
     pub dry_run: bool,
     pub io: IoMode,
     pub overlay_pool: Option<String>,
     pub commit_bandwidth: Option<u64>,
-    copy_independent: bool,
-    driver_disk: bool,
-    hyperv_passthrough: bool,
-    cpu: Option<domain_xml::CpuMode>,
-    reupload_base: bool,
+    pub(crate) copy_independent: bool,
+    pub(crate) driver_disk: bool,
+    pub(crate) hyperv_passthrough: bool,
+    pub(crate) cpu: Option<domain_xml::CpuMode>,
+    pub(crate) reupload_base: bool,
     /// `--sync` or `--cutover` from an ESXi host.
-    esx: Option<fromesx::EsxOptions>,
-    naming: names::Naming,
+    pub(crate) esx: Option<fromesx::EsxOptions>,
+    pub(crate) naming: names::Naming,
 }
 
-impl Request {
-    /// Check the command line's combination of options and open the local inputs.
-    pub fn from_cli(cli: &Cli) -> Result<Request> {
+/// The import with its inputs open: the base image, the parsed `.vmx`, the bases on ESXi.
+/// Reads the plan's fields through `Deref`.
+pub struct Request {
+    plan: ImportPlan,
+    base: Option<BaseInput>,
+    vmx: Option<(PathBuf, VmxConfig)>,
+    /// With `--vmx ssh://...`: every disk's base on the ESXi host.
+    remote: Option<Vec<crate::esx::RemoteBase>>,
+}
+
+impl std::ops::Deref for Request {
+    type Target = ImportPlan;
+    fn deref(&self) -> &ImportPlan {
+        &self.plan
+    }
+}
+
+impl ImportPlan {
+    /// Check the command line's combination of options. Pure: no file, daemon or host is
+    /// touched, so a refusal here changes nothing anywhere.
+    pub fn from_cli(cli: &Cli) -> Result<ImportPlan> {
         let domain = cli.domain.clone().ok_or_else(|| {
             anyhow!("--domain NAME is required (or --target PATH for a raw image)")
         })?;
-        let open = OpenOptions {
-            allow_outside_paths: cli.allow_outside_paths,
-        };
-        let base = match &cli.flat {
-            Some(p) if p.as_os_str() == "-" => {
-                let capacity = cli.capacity.ok_or_else(|| {
-                    anyhow!("--flat - reads standard input: give the disk's size with --capacity")
-                })?;
-                ensure!(
-                    capacity > 0 && capacity % 512 == 0,
-                    "--capacity {capacity}: must be a positive multiple of 512 bytes"
-                );
-                Some(BaseInput::Stdin { capacity })
-            }
-            Some(p) => {
-                let b = BaseImage::open(p, &open)?;
-                if let Some(c) = cli.capacity {
-                    ensure!(
-                        c == b.capacity,
-                        "--capacity {c} differs from {}'s capacity {}",
-                        p.display(),
-                        b.capacity
-                    );
-                }
-                Some(BaseInput::Image(b))
-            }
-            None => None,
-        };
+        let base_arg = base_arg(cli)?;
         let esx = esx_options(cli)?;
-        let mut remote = None;
-        let vmx = match &cli.vmx {
+        let vmx_arg = match &cli.vmx {
             Some(_) if esx.is_some() => None,
             Some(p) if crate::esx::is_ssh(p) => {
-                ensure!(
-                    cli.deltas.is_empty(),
-                    "with --vmx the deltas come from the .vmx's disks: give no delta files"
-                );
-                if !cli.reupload_base {
-                    crate::esx::refuse_stage_two(cli.connect.as_deref(), &domain)?;
-                }
-                let url = p.to_string_lossy();
-                let one = crate::esx::prepare_stage_one(
-                    &url,
-                    cli.dry_run || cli.print_xml,
-                    cli.dry_run,
-                    cli.allow_outside_paths,
-                )?;
-                remote = Some(one.bases);
-                Some((p.clone(), one.vmx))
+                crate::esx::ssh::SshUrl::parse(&p.to_string_lossy())?;
+                Some(VmxArg::Esx(p.clone()))
             }
-            Some(p) => {
-                let vmx = vmx::parse_vmx(p)?;
-                // What the domain will not get (CD-ROMs, ignored devices) is said, not dropped silently.
-                for note in &vmx.notes {
-                    crate::note!("{}: {note}", p.display());
-                }
-                Some((p.clone(), vmx))
-            }
+            Some(p) => Some(VmxArg::Local(p.clone())),
             None => None,
         };
         let shaping = cli.cpu.is_some()
@@ -199,15 +186,16 @@ impl Request {
             "--sync and --cutover change no settings of the domain: give the options that shape it to stage 1, or to a run on the shut-off domain without them"
         );
         ensure!(
-            base.is_some() || !cli.deltas.is_empty() || vmx.is_some() || esx.is_some() || cli.print_xml || shaping,
+            base_arg.is_some() || !cli.deltas.is_empty() || vmx_arg.is_some() || esx.is_some() || cli.print_xml || shaping,
             "nothing to do: give --flat BASE (stage 1), delta files (stage 2), --vmx, or options that shape the domain"
         );
         ensure!(
-            vmx.is_none() || cli.deltas.is_empty(),
+            vmx_arg.is_none() || cli.deltas.is_empty(),
             "with --vmx the deltas come from the .vmx's disks: give no delta files"
         );
         ensure!(
-            !cli.reupload_base || ((base.is_some() || vmx.is_some()) && cli.deltas.is_empty()),
+            !cli.reupload_base
+                || ((base_arg.is_some() || vmx_arg.is_some()) && cli.deltas.is_empty()),
             "--reupload-base goes with stage 1 alone (--flat BASE or --vmx), without delta files"
         );
         let (network, network_map) = crate::cli::network_args(&cli.network)?;
@@ -223,17 +211,19 @@ impl Request {
         let naming = names::Naming {
             nics: cli.nic_names,
             disk_bus: cli.disk_bus,
-        }
-        .check(os, vmx.as_ref().map(|(_, v)| v))?;
-        Ok(Request {
+        };
+        // The .vmx's own guest OS is checked again once it is read.
+        naming.check_options(os, vmx_arg.is_some())?;
+        Ok(ImportPlan {
             uri: cli.connect.clone(),
             domain,
             pool: cli.pool.clone(),
-            open,
-            base,
+            open: OpenOptions {
+                allow_outside_paths: cli.allow_outside_paths,
+            },
+            base_arg,
             deltas: cli.deltas.clone(),
-            vmx,
-            remote,
+            vmx_arg,
             os,
             memory_mib: cli.memory,
             vcpus: cli.vcpus,
@@ -250,15 +240,88 @@ impl Request {
             copy_independent: cli.copy_independent,
             driver_disk: cli.driver_disk,
             hyperv_passthrough: cli.hyperv_passthrough,
-            cpu: cli.cpu.as_deref().map(|c| match c {
-                "host-passthrough" => domain_xml::CpuMode::HostPassthrough,
-                "host-model" => domain_xml::CpuMode::HostModel,
-                "default" => domain_xml::CpuMode::Default,
-                model => domain_xml::CpuMode::Model(model.to_string()),
-            }),
+            cpu: cli.cpu.as_deref().map(cpu_mode),
             reupload_base: cli.reupload_base,
             esx,
             naming,
+        })
+    }
+}
+
+fn cpu_mode(c: &str) -> domain_xml::CpuMode {
+    match c {
+        "host-passthrough" => domain_xml::CpuMode::HostPassthrough,
+        "host-model" => domain_xml::CpuMode::HostModel,
+        "default" => domain_xml::CpuMode::Default,
+        model => domain_xml::CpuMode::Model(model.to_string()),
+    }
+}
+
+/// `--flat` and `--capacity`, checked without opening anything.
+fn base_arg(cli: &Cli) -> Result<Option<BaseArg>> {
+    Ok(match &cli.flat {
+        Some(p) if p.as_os_str() == "-" => {
+            let capacity = cli.capacity.ok_or_else(|| {
+                anyhow!("--flat - reads standard input: give the disk's size with --capacity")
+            })?;
+            ensure!(
+                capacity > 0 && capacity % 512 == 0,
+                "--capacity {capacity}: must be a positive multiple of 512 bytes"
+            );
+            Some(BaseArg::Stdin { capacity })
+        }
+        Some(p) => Some(BaseArg::File {
+            path: p.clone(),
+            capacity: cli.capacity,
+        }),
+        None => None,
+    })
+}
+
+impl Request {
+    /// Open the plan's inputs, in an order that leaves nothing behind when one is refused: local
+    /// files first; for `--vmx ssh://`, every check of the libvirt side and of the VM's `.vmx`
+    /// before the migration snapshot is taken.
+    pub fn open(plan: ImportPlan) -> Result<Request> {
+        let base = match &plan.base_arg {
+            Some(BaseArg::Stdin { capacity }) => Some(BaseInput::Stdin {
+                capacity: *capacity,
+            }),
+            Some(BaseArg::File { path, capacity }) => {
+                let b = BaseImage::open(path, &plan.open)?;
+                if let Some(c) = capacity {
+                    ensure!(
+                        *c == b.capacity,
+                        "--capacity {c} differs from {}'s capacity {}",
+                        path.display(),
+                        b.capacity
+                    );
+                }
+                Some(BaseInput::Image(b))
+            }
+            None => None,
+        };
+        let (vmx, remote) = match &plan.vmx_arg {
+            Some(VmxArg::Local(p)) => {
+                let vmx = vmx::parse_vmx(p)?;
+                // What the domain will not get (CD-ROMs, ignored devices) is said, not dropped silently.
+                for note in &vmx.notes {
+                    crate::note!("{}: {note}", p.display());
+                }
+                plan.naming.check(plan.os, Some(&vmx))?;
+                (Some((p.clone(), vmx)), None)
+            }
+            Some(VmxArg::Esx(p)) => {
+                let (vmx, bases) = esxone::open_stage_one(&plan, p)?;
+                (Some((p.clone(), vmx)), Some(bases))
+            }
+            None => (None, None),
+        };
+        Ok(Request {
+            plan,
+            base,
+            vmx,
+            remote,
         })
     }
 }
@@ -322,8 +385,9 @@ struct DiskPlan {
     copy_whole: bool,
 }
 
-/// Run the import the request describes.
-pub fn run(req: Request) -> Result<()> {
+/// Run the import the plan describes: its inputs opened ([`Request::open`]), then the stages.
+pub fn run(plan: ImportPlan) -> Result<()> {
+    let req = Request::open(plan)?;
     overlay::mark_start();
     let conn = libvirt::connect(req.uri.as_deref())?;
     if let Some(o) = &req.esx {
@@ -1367,7 +1431,7 @@ fn new_domain_spec(req: &Request, conn: &Conn, disks: &[SpecDisk]) -> Result<Dom
     Ok(spec)
 }
 
-fn net_source(req: &Request, vmware_net: Option<&str>) -> NetSource {
+fn net_source(req: &ImportPlan, vmware_net: Option<&str>) -> NetSource {
     if let Some(to) = vmware_net.and_then(|n| req.network_map.iter().find(|(from, _)| from == n)) {
         return NetSource::Network(to.1.clone());
     }

@@ -22,8 +22,14 @@ impl Naming {
     /// Check the options against the guest: they shape Linux guests only, and
     /// `--nic-names vmware` needs the .vmx, which records the slot numbers.
     pub fn check(self, os: Option<OsFamily>, vmx: Option<&VmxConfig>) -> Result<Naming> {
-        let os = os.or(vmx.map(|v| v.os)).unwrap_or(OsFamily::Linux);
-        if os == OsFamily::Windows {
+        self.check_options(os.or(vmx.map(|v| v.os)), vmx.is_some())?;
+        Ok(self)
+    }
+
+    /// [`Naming::check`] from the command line alone: the guest OS if `--os` gave it, and
+    /// whether a .vmx is given (its own OS is checked once it is read).
+    pub fn check_options(self, os: Option<OsFamily>, vmx_given: bool) -> Result<()> {
+        if os.unwrap_or(OsFamily::Linux) == OsFamily::Windows {
             for (given, opt) in [
                 (self.nics.is_some(), "--nic-names"),
                 (self.disk_bus.is_some(), "--disk-bus"),
@@ -35,10 +41,10 @@ impl Naming {
             }
         }
         ensure!(
-            self.nics != Some(NicNames::Vmware) || vmx.is_some(),
+            self.nics != Some(NicNames::Vmware) || vmx_given,
             "--nic-names vmware takes each NIC's PCI slot number from the VM's .vmx: give --vmx"
         );
-        Ok(self)
+        Ok(())
     }
 
     /// Set the new domain's NIC slots and disk bus. NICs that do not get VMware's slot

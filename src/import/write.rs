@@ -3,9 +3,9 @@
 use crate::apply::{self, ApplyReport};
 use crate::cli::IoMode;
 use crate::libvirt::{self, Conn, Download, Vol};
-use crate::window::{CostModel, Window, WindowPlanner};
 use crate::progress::Transfer;
 use crate::vmdk::{BaseImage, Chain, Piece, Source};
+use crate::window::{CostModel, Window, WindowPlanner};
 use anyhow::{bail, Context, Result};
 use std::fmt;
 use std::fs::OpenOptions;

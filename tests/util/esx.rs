@@ -359,6 +359,11 @@ impl StandIn {
             .count()
     }
 
+    /// Every vim-cmd command the tool sent so far, one per line (`vmsvc/snapshot.create 4 ...`).
+    pub fn commands(&self) -> String {
+        std::fs::read_to_string(self.state("commands.log")).unwrap_or_default()
+    }
+
     /// The sshd log, for assertion messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.state("sshd.log")).unwrap_or_default()
