@@ -263,6 +263,51 @@ fn check_path(what: &str, p: &Path) -> Result<String> {
 
 /// Render the domain XML for `spec` from the matching template.
 pub fn render(spec: &DomainSpec) -> Result<String> {
+    check_spec(spec)?;
+    let windows = spec.os == OsFamily::Windows;
+    let legacy = windows && spec.legacy_machine;
+    if legacy && matches!(spec.firmware, Firmware::Efi { secure_boot: true }) {
+        bail!("secure boot needs the q35 machine (SMM), but this legacy Windows guest gets pc");
+    }
+
+    let template = if windows {
+        WINDOWS_TEMPLATE
+    } else {
+        LINUX_TEMPLATE
+    };
+    let mut dom = xmltree::parse(template).context("parsing the domain template")?;
+    dom.set_attr("type", &spec.domain_type);
+    set_name_and_size(&mut dom, spec)?;
+    set_os(&mut dom, spec, legacy)?;
+
+    let cpu = cpu_element(spec)?;
+    set_hyperv(&mut dom, spec, windows)?;
+    let features_pos = dom
+        .children
+        .iter()
+        .position(|n| matches!(n, Node::Element(e) if e.name == "features"))
+        .context("template: <features>")?;
+    dom.children.insert(features_pos + 1, Node::Element(cpu));
+
+    // Devices: disks, then NICs, ahead of the template's own devices.
+    let mut new_devices = disk_devices(spec, legacy)?;
+    let port_aliases = nic_devices(spec, windows, legacy, &mut new_devices)?;
+    let devices = dom.find_mut("devices").context("template: <devices>")?;
+    if let Some(log) = &spec.serial_log {
+        add_serial_log(devices, log)?;
+    }
+    for (i, d) in new_devices.into_iter().enumerate() {
+        devices.children.insert(i, Node::Element(d));
+    }
+    if !port_aliases.is_empty() {
+        add_slot_overrides(&mut dom, &port_aliases);
+    }
+
+    Ok(xmltree::to_string(&dom))
+}
+
+/// The checks of [`render`] that need nothing but the spec: name, domain type, sizes, a disk.
+fn check_spec(spec: &DomainSpec) -> Result<()> {
     check_value("domain name", &spec.name)?;
     ensure!(
         !spec.name.contains('/'),
@@ -277,20 +322,11 @@ pub fn render(spec: &DomainSpec) -> Result<String> {
     ensure!(spec.memory_mib > 0, "memory must be more than 0 MiB");
     ensure!(spec.vcpus > 0, "vCPU count must be more than 0");
     ensure!(!spec.disks.is_empty(), "a domain needs at least one disk");
-    let windows = spec.os == OsFamily::Windows;
-    let legacy = windows && spec.legacy_machine;
-    if legacy && matches!(spec.firmware, Firmware::Efi { secure_boot: true }) {
-        bail!("secure boot needs the q35 machine (SMM), but this legacy Windows guest gets pc");
-    }
+    Ok(())
+}
 
-    let template = if windows {
-        WINDOWS_TEMPLATE
-    } else {
-        LINUX_TEMPLATE
-    };
-    let mut dom = xmltree::parse(template).context("parsing the domain template")?;
-    dom.set_attr("type", &spec.domain_type);
-
+/// `<name>`, then `<uuid>` and `<title>` after it, `<memory>`, `<currentMemory>` and `<vcpu>`.
+fn set_name_and_size(dom: &mut Element, spec: &DomainSpec) -> Result<()> {
     dom.find_mut("name")
         .context("template has no <name>")?
         .set_text(&spec.name);
@@ -321,8 +357,11 @@ pub fn render(spec: &DomainSpec) -> Result<String> {
     dom.find_mut("vcpu")
         .context("template: <vcpu>")?
         .set_text(&spec.vcpus.to_string());
+    Ok(())
+}
 
-    // <os>: machine and firmware.
+/// `<os>`: machine and firmware (and SMM in `<features>` for secure boot).
+fn set_os(dom: &mut Element, spec: &DomainSpec, legacy: bool) -> Result<()> {
     let os = dom.find_mut("os").context("template: <os>")?;
     let machine = if legacy { "pc" } else { "q35" };
     os.find_mut("type")
@@ -356,8 +395,11 @@ pub fn render(spec: &DomainSpec) -> Result<String> {
             .children
             .push(Node::Element(Element::new("smm").attr("state", "on")));
     }
+    Ok(())
+}
 
-    // <cpu>: the mode asked for, and the topology VMware had.
+/// `<cpu>`: the mode asked for, and the topology VMware had.
+fn cpu_element(spec: &DomainSpec) -> Result<Element> {
     let (sockets, cores, threads) = topology(spec.vcpus, spec.cores_per_socket);
     let mut cpu = Element::new("cpu");
     match &spec.cpu {
@@ -393,6 +435,12 @@ pub fn render(spec: &DomainSpec) -> Result<String> {
                 .attr("name", f),
         );
     }
+    Ok(cpu)
+}
+
+/// Windows: the template's Hyper-V enlightenments removed under TCG, or replaced by
+/// `<hyperv mode='passthrough'/>` when the spec asks.
+fn set_hyperv(dom: &mut Element, spec: &DomainSpec, windows: bool) -> Result<()> {
     if windows && spec.domain_type != "kvm" {
         // TCG has no Hyper-V enlightenments: QEMU refuses to start with them ("kernel doesn't
         // allow setting HyperV VP_INDEX"), and the hypervclock timer is one of them.
@@ -403,7 +451,7 @@ pub fn render(spec: &DomainSpec) -> Result<String> {
         if let Some(f) = dom.find_mut("features") {
             f.remove_children("hyperv");
         }
-        remove_hypervclock(&mut dom);
+        remove_hypervclock(dom);
     }
     if spec.hyperv_passthrough && windows {
         ensure!(
@@ -417,21 +465,14 @@ pub fn render(spec: &DomainSpec) -> Result<String> {
         *hv = Element::new("hyperv").attr("mode", "passthrough");
         // An explicit hypervclock timer forces the reference TSC page even where KVM lacks
         // it; passthrough turns it on by itself where it is there.
-        remove_hypervclock(&mut dom);
+        remove_hypervclock(dom);
     }
-    let features_pos = dom
-        .children
-        .iter()
-        .position(|n| matches!(n, Node::Element(e) if e.name == "features"))
-        .context("template: <features>")?;
-    dom.children.insert(features_pos + 1, Node::Element(cpu));
+    Ok(())
+}
 
-    // Devices: disks, then NICs, ahead of the template's own devices.
-    let default_nic = match (windows, legacy) {
-        (false, _) => "virtio",
-        (true, false) => "e1000e",
-        (true, true) => "e1000",
-    };
+/// The disks in the spec's order (the first boots), the driver-install disk, and the
+/// virtio-scsi controllers the disks sit on.
+fn disk_devices(spec: &DomainSpec, legacy: bool) -> Result<Vec<Element>> {
     let placed = place_disks(spec);
     let ide = placed.iter().filter(|p| p.bus == DiskBus::Ide).count();
     ensure!(
@@ -488,6 +529,22 @@ pub fn render(spec: &DomainSpec) -> Result<String> {
                 .attr("model", "virtio-scsi"),
         );
     }
+    Ok(new_devices)
+}
+
+/// Appends each NIC to `new_devices`, a slotted one after its own root port; returns the
+/// (root port alias, slot number) pairs for [`add_slot_overrides`].
+fn nic_devices(
+    spec: &DomainSpec,
+    windows: bool,
+    legacy: bool,
+    new_devices: &mut Vec<Element>,
+) -> Result<Vec<(String, u32)>> {
+    let default_nic = match (windows, legacy) {
+        (false, _) => "virtio",
+        (true, false) => "e1000e",
+        (true, true) => "e1000",
+    };
     let ports = nic_ports(spec);
     let mut port_aliases = Vec::new();
     for (i, nic) in spec.nics.iter().enumerate() {
@@ -525,32 +582,26 @@ pub fn render(spec: &DomainSpec) -> Result<String> {
         }
         new_devices.push(iface);
     }
-    let devices = dom.find_mut("devices").context("template: <devices>")?;
-    if let Some(log) = &spec.serial_log {
-        let path = check_path("serial log", log)?;
-        // The pty console on COM1 also writes everything to the file (virtlogd), so the
-        // console stays usable and a test can read what the guest printed.
-        let serial = devices
-            .elements_mut()
-            .find(|e| e.name == "serial")
-            .context("template: <serial>")?;
-        serial.children.insert(
-            0,
-            Node::Element(
-                Element::new("log")
-                    .attr("file", &path)
-                    .attr("append", "off"),
-            ),
-        );
-    }
-    for (i, d) in new_devices.into_iter().enumerate() {
-        devices.children.insert(i, Node::Element(d));
-    }
-    if !port_aliases.is_empty() {
-        add_slot_overrides(&mut dom, &port_aliases);
-    }
+    Ok(port_aliases)
+}
 
-    Ok(xmltree::to_string(&dom))
+/// The pty console on COM1 also writes everything to `log` (virtlogd), so the console stays
+/// usable and a test can read what the guest printed.
+fn add_serial_log(devices: &mut Element, log: &Path) -> Result<()> {
+    let path = check_path("serial log", log)?;
+    let serial = devices
+        .elements_mut()
+        .find(|e| e.name == "serial")
+        .context("template: <serial>")?;
+    serial.children.insert(
+        0,
+        Node::Element(
+            Element::new("log")
+                .attr("file", &path)
+                .attr("append", "off"),
+        ),
+    );
+    Ok(())
 }
 
 /// A pcie-root-port on bus `index` with a user alias for `<qemu:override>`.
