@@ -409,14 +409,61 @@ fn pci_slot(value: Option<&str>, index: u32, notes: &mut Vec<String>) -> Option<
     }
 }
 
+/// The .vmx's keys (lowercased) as a [`VmxConfig`], with a note for everything dropped.
 fn build(keys: &BTreeMap<String, String>, mut notes: Vec<String>, name: &str) -> Result<VmxConfig> {
-    let get = |k: &str| keys.get(k).map(|s| s.as_str());
+    let guest_os = get(keys, "guestos")
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let (os, legacy_machine) = guest_kind(&guest_os, &mut notes);
+    let firmware = firmware(keys, name)?;
+    let uuid_bios = match get(keys, "uuid.bios") {
+        None => None,
+        Some(v) => {
+            let u = canonical_uuid(v);
+            if u.is_none() {
+                notes.push(format!("uuid.bios {v:?} is not a UUID: ignored"));
+            }
+            u
+        }
+    };
+    let (disks, cdroms) = disks_and_cdroms(keys, &mut notes);
+    let nics = nics(keys, &mut notes);
+    note_devices_left_behind(keys, &mut notes);
+    for (key, what) in [("memsize", "memory"), ("numvcpus", "vCPU count")] {
+        if get(keys, key).is_none() {
+            notes.push(format!("no {key}: the {what} has to come from elsewhere"));
+        }
+    }
+    let display_name = get(keys, "displayname").map(str::to_string);
+    Ok(VmxConfig {
+        display_name,
+        memory_mib: num(keys, "memsize", name)?,
+        vcpus: num(keys, "numvcpus", name)?,
+        cores_per_socket: num(keys, "cpuid.corespersocket", name)?,
+        guest_os,
+        os,
+        legacy_machine,
+        firmware,
+        uuid_bios,
+        disks,
+        cdroms,
+        nics,
+        notes,
+    })
+}
 
-    let guest_os = get("guestos").unwrap_or("").trim().to_ascii_lowercase();
+fn get<'k>(keys: &'k BTreeMap<String, String>, key: &str) -> Option<&'k str> {
+    keys.get(key).map(|s| s.as_str())
+}
+
+/// The OS family of a (lowercased) `guestOS`, and whether it is a legacy Windows guest (see
+/// [`is_legacy_guest`]), with a note when the guest is unknown or may predate virtio.
+fn guest_kind(guest_os: &str, notes: &mut Vec<String>) -> (OsFamily, bool) {
     if guest_os.is_empty() {
         notes.push("no guestOS: treated as a Linux guest".into());
     }
-    let os = os_family(&guest_os);
+    let os = os_family(guest_os);
     if os == OsFamily::Linux
         && !guest_os.is_empty()
         && !(guest_os.contains("linux")
@@ -446,7 +493,7 @@ fn build(keys: &BTreeMap<String, String>, mut notes: Vec<String>, name: &str) ->
             "guestOS {guest_os:?} is neither Windows nor a known Linux: given the Linux (virtio) template"
         ));
     }
-    let legacy_machine = os == OsFamily::Windows && is_legacy_guest(&guest_os);
+    let legacy_machine = os == OsFamily::Windows && is_legacy_guest(guest_os);
     // Linux before 2.6.25 has no virtio; these guestOS values name such distributions.
     const OLD_LINUX: &[&str] = &[
         "rhel2",
@@ -467,28 +514,29 @@ fn build(keys: &BTreeMap<String, String>, mut notes: Vec<String>, name: &str) ->
             "guestOS {guest_os:?} may predate virtio: override the disk bus (sata) and NIC model (e1000) if it does not boot"
         ));
     }
+    (os, legacy_machine)
+}
 
-    let firmware = match get("firmware").map(|s| s.trim().to_ascii_lowercase()) {
-        Some(f) if f == "efi" => Firmware::Efi {
-            secure_boot: get("uefi.secureboot.enabled").is_some_and(is_true),
+/// `firmware` and `uefi.secureBoot.enabled`.
+fn firmware(keys: &BTreeMap<String, String>, name: &str) -> Result<Firmware> {
+    Ok(
+        match get(keys, "firmware").map(|s| s.trim().to_ascii_lowercase()) {
+            Some(f) if f == "efi" => Firmware::Efi {
+                secure_boot: get(keys, "uefi.secureboot.enabled").is_some_and(is_true),
+            },
+            Some(f) if f == "bios" || f.is_empty() => Firmware::Bios,
+            Some(f) => bail!("{name}: firmware = {f:?}: expected \"efi\" or \"bios\""),
+            None => Firmware::Bios,
         },
-        Some(f) if f == "bios" || f.is_empty() => Firmware::Bios,
-        Some(f) => bail!("{name}: firmware = {f:?}: expected \"efi\" or \"bios\""),
-        None => Firmware::Bios,
-    };
+    )
+}
 
-    let uuid_bios = match get("uuid.bios") {
-        None => None,
-        Some(v) => {
-            let u = canonical_uuid(v);
-            if u.is_none() {
-                notes.push(format!("uuid.bios {v:?} is not a UUID: ignored"));
-            }
-            u
-        }
-    };
-
-    // Disks and CD-ROMs.
+/// Disks and CD-ROMs: the hard disks in [`VmxConfig::disks`] order, and the CD-ROMs as
+/// `slot: file`.
+fn disks_and_cdroms(
+    keys: &BTreeMap<String, String>,
+    notes: &mut Vec<String>,
+) -> (Vec<VmxDisk>, Vec<String>) {
     let mut controllers_off: Vec<(VmxBus, u32)> = Vec::new();
     let mut slots: BTreeSet<(VmxBus, u32, u32)> = BTreeSet::new();
     for k in keys.keys() {
@@ -507,72 +555,14 @@ fn build(keys: &BTreeMap<String, String>, mut notes: Vec<String>, name: &str) ->
     let mut disks = Vec::new();
     let mut cdroms = Vec::new();
     for &(bus, ctl, unit) in &slots {
-        let slot = format!("{bus}{ctl}:{unit}");
-        let field = |f: &str| get(&format!("{slot}.{f}"));
-        let Some(file) = field("filename") else {
-            continue;
-        };
-        if field("present").is_some_and(is_false) {
-            notes.push(format!("{slot} ({file}) has present = FALSE: ignored"));
-            continue;
+        let controller_off = controllers_off.contains(&(bus, ctl));
+        if let Some(d) = disk(keys, (bus, ctl, unit), controller_off, notes, &mut cdroms) {
+            disks.push(d);
         }
-        if controllers_off.contains(&(bus, ctl)) {
-            notes.push(format!(
-                "{slot} ({file}) is on controller {bus}{ctl} with present = FALSE: ignored"
-            ));
-            continue;
-        }
-        let device_type = field("devicetype").unwrap_or("").to_ascii_lowercase();
-        let is_cdrom = device_type.contains("cdrom")
-            || (device_type.is_empty() && file.to_ascii_lowercase().ends_with(".iso"));
-        if is_cdrom {
-            notes.push(format!("CD-ROM {slot} ({file}) is not migrated"));
-            cdroms.push(format!("{slot}: {file}"));
-            continue;
-        }
-        let is_disk = matches!(
-            device_type.as_str(),
-            "" | "disk" | "scsi-harddisk" | "ata-harddisk" | "plaindisk" | "rawdisk"
-        );
-        if !is_disk {
-            notes.push(format!(
-                "{slot} has deviceType {device_type:?} (not a hard disk): ignored"
-            ));
-            continue;
-        }
-        if file.trim().is_empty() {
-            notes.push(format!("{slot} has an empty fileName: ignored"));
-            continue;
-        }
-        let path = Path::new(file);
-        let outside_folder = path.is_absolute()
-            || path
-                .components()
-                .any(|c| matches!(c, std::path::Component::ParentDir));
-        if outside_folder {
-            // Legal (a disk on another datastore), but not among the VM's own files.
-            notes.push(format!(
-                "{slot} ({file}) is outside the VM's folder: refused unless --allow-outside-paths (or copy it over)"
-            ));
-        }
-        let mode = field("mode").unwrap_or("").to_ascii_lowercase();
-        let controller_model = match bus {
-            VmxBus::Scsi => get(&format!("scsi{ctl}.virtualdev")).map(|s| s.to_ascii_lowercase()),
-            _ => None,
-        };
-        disks.push(VmxDisk {
-            bus,
-            controller: ctl,
-            unit,
-            controller_model,
-            file_name: PathBuf::from(file),
-            independent: mode.starts_with("independent"),
-            outside_folder,
-        });
     }
     // slots is ordered by (bus, controller, unit): disks are already in bus order.
     // bios.hddOrder names the boot disk first ("scsi0:1,scsi0:0"): honour its first entry.
-    if let Some(order) = get("bios.hddorder") {
+    if let Some(order) = get(keys, "bios.hddorder") {
         if let Some(first) = order
             .split(',')
             .next()
@@ -587,8 +577,82 @@ fn build(keys: &BTreeMap<String, String>, mut notes: Vec<String>, name: &str) ->
     if disks.is_empty() {
         notes.push("no hard disks found".into());
     }
+    (disks, cdroms)
+}
 
-    // NICs.
+/// The hard disk in one device slot; None (with a note unless the slot has no file) for
+/// anything else, a CD-ROM also added to `cdroms`.
+fn disk(
+    keys: &BTreeMap<String, String>,
+    (bus, ctl, unit): (VmxBus, u32, u32),
+    controller_off: bool,
+    notes: &mut Vec<String>,
+    cdroms: &mut Vec<String>,
+) -> Option<VmxDisk> {
+    let slot = format!("{bus}{ctl}:{unit}");
+    let field = |f: &str| get(keys, &format!("{slot}.{f}"));
+    let file = field("filename")?;
+    if field("present").is_some_and(is_false) {
+        notes.push(format!("{slot} ({file}) has present = FALSE: ignored"));
+        return None;
+    }
+    if controller_off {
+        notes.push(format!(
+            "{slot} ({file}) is on controller {bus}{ctl} with present = FALSE: ignored"
+        ));
+        return None;
+    }
+    let device_type = field("devicetype").unwrap_or("").to_ascii_lowercase();
+    let is_cdrom = device_type.contains("cdrom")
+        || (device_type.is_empty() && file.to_ascii_lowercase().ends_with(".iso"));
+    if is_cdrom {
+        notes.push(format!("CD-ROM {slot} ({file}) is not migrated"));
+        cdroms.push(format!("{slot}: {file}"));
+        return None;
+    }
+    let is_disk = matches!(
+        device_type.as_str(),
+        "" | "disk" | "scsi-harddisk" | "ata-harddisk" | "plaindisk" | "rawdisk"
+    );
+    if !is_disk {
+        notes.push(format!(
+            "{slot} has deviceType {device_type:?} (not a hard disk): ignored"
+        ));
+        return None;
+    }
+    if file.trim().is_empty() {
+        notes.push(format!("{slot} has an empty fileName: ignored"));
+        return None;
+    }
+    let path = Path::new(file);
+    let outside_folder = path.is_absolute()
+        || path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir));
+    if outside_folder {
+        // Legal (a disk on another datastore), but not among the VM's own files.
+        notes.push(format!(
+            "{slot} ({file}) is outside the VM's folder: refused unless --allow-outside-paths (or copy it over)"
+        ));
+    }
+    let mode = field("mode").unwrap_or("").to_ascii_lowercase();
+    let controller_model = match bus {
+        VmxBus::Scsi => get(keys, &format!("scsi{ctl}.virtualdev")).map(|s| s.to_ascii_lowercase()),
+        _ => None,
+    };
+    Some(VmxDisk {
+        bus,
+        controller: ctl,
+        unit,
+        controller_model,
+        file_name: PathBuf::from(file),
+        independent: mode.starts_with("independent"),
+        outside_folder,
+    })
+}
+
+/// NICs: every `ethernetN` with present = TRUE, in the order of N.
+fn nics(keys: &BTreeMap<String, String>, notes: &mut Vec<String>) -> Vec<VmxNic> {
     let mut nic_indexes: Vec<u32> = keys
         .keys()
         .filter_map(|k| {
@@ -599,57 +663,64 @@ fn build(keys: &BTreeMap<String, String>, mut notes: Vec<String>, name: &str) ->
         .collect();
     nic_indexes.sort_unstable();
     nic_indexes.dedup();
-    let mut nics = Vec::new();
-    for index in nic_indexes {
-        let field = |f: &str| get(&format!("ethernet{index}.{f}"));
-        if !field("present").is_some_and(is_true) {
-            // VMware treats a NIC without present = TRUE as absent.
-            if field("present").is_some() {
-                notes.push(format!("ethernet{index} has present = FALSE: ignored"));
-            }
-            continue;
-        }
-        let address_type = field("addresstype")
-            .unwrap_or("generated")
-            .to_ascii_lowercase();
-        let mac_raw = match address_type.as_str() {
-            "static" => field("address"),
-            _ => field("generatedaddress").or(field("address")),
-        };
-        let mac = match mac_raw {
-            None => {
-                notes.push(format!(
-                    "ethernet{index} has no MAC address: libvirt will generate one"
-                ));
-                None
-            }
-            Some(m) => {
-                let n = normalize_mac(m);
-                if n.is_none() {
-                    notes.push(format!(
-                        "ethernet{index} MAC {m:?} is not a MAC address: libvirt will generate one"
-                    ));
-                }
-                n
-            }
-        };
-        let network_name = field("networkname").map(str::to_string);
-        if network_name.is_none() {
-            notes.push(format!(
-                "ethernet{index} names no network (networkName): map it explicitly"
-            ));
-        }
-        let pci_slot = pci_slot(field("pcislotnumber"), index, &mut notes);
-        nics.push(VmxNic {
-            index,
-            model: field("virtualdev").map(|s| s.to_ascii_lowercase()),
-            network_name,
-            mac,
-            pci_slot,
-        });
-    }
+    nic_indexes
+        .into_iter()
+        .filter_map(|index| nic(keys, index, notes))
+        .collect()
+}
 
-    // Devices a libvirt domain gets no equivalent of.
+/// `ethernet{index}`, None when it is not present.
+fn nic(keys: &BTreeMap<String, String>, index: u32, notes: &mut Vec<String>) -> Option<VmxNic> {
+    let field = |f: &str| get(keys, &format!("ethernet{index}.{f}"));
+    if !field("present").is_some_and(is_true) {
+        // VMware treats a NIC without present = TRUE as absent.
+        if field("present").is_some() {
+            notes.push(format!("ethernet{index} has present = FALSE: ignored"));
+        }
+        return None;
+    }
+    let address_type = field("addresstype")
+        .unwrap_or("generated")
+        .to_ascii_lowercase();
+    let mac_raw = match address_type.as_str() {
+        "static" => field("address"),
+        _ => field("generatedaddress").or(field("address")),
+    };
+    let mac = match mac_raw {
+        None => {
+            notes.push(format!(
+                "ethernet{index} has no MAC address: libvirt will generate one"
+            ));
+            None
+        }
+        Some(m) => {
+            let n = normalize_mac(m);
+            if n.is_none() {
+                notes.push(format!(
+                    "ethernet{index} MAC {m:?} is not a MAC address: libvirt will generate one"
+                ));
+            }
+            n
+        }
+    };
+    let network_name = field("networkname").map(str::to_string);
+    if network_name.is_none() {
+        notes.push(format!(
+            "ethernet{index} names no network (networkName): map it explicitly"
+        ));
+    }
+    let pci_slot = pci_slot(field("pcislotnumber"), index, notes);
+    Some(VmxNic {
+        index,
+        model: field("virtualdev").map(|s| s.to_ascii_lowercase()),
+        network_name,
+        mac,
+        pci_slot,
+    })
+}
+
+/// A note for each present device a libvirt domain gets no equivalent of.
+fn note_devices_left_behind(keys: &BTreeMap<String, String>, notes: &mut Vec<String>) {
     for prefix in [
         "floppy",
         "serial",
@@ -672,28 +743,6 @@ fn build(keys: &BTreeMap<String, String>, mut notes: Vec<String>, name: &str) ->
             notes.push(format!("{dev} is not migrated"));
         }
     }
-
-    for (key, what) in [("memsize", "memory"), ("numvcpus", "vCPU count")] {
-        if get(key).is_none() {
-            notes.push(format!("no {key}: the {what} has to come from elsewhere"));
-        }
-    }
-    let display_name = get("displayname").map(str::to_string);
-    Ok(VmxConfig {
-        display_name,
-        memory_mib: num(keys, "memsize", name)?,
-        vcpus: num(keys, "numvcpus", name)?,
-        cores_per_socket: num(keys, "cpuid.corespersocket", name)?,
-        guest_os,
-        os,
-        legacy_machine,
-        firmware,
-        uuid_bios,
-        disks,
-        cdroms,
-        nics,
-        notes,
-    })
 }
 
 #[cfg(test)]
