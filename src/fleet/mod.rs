@@ -97,25 +97,7 @@ fn run_plan(a: &PlanArgs) -> Result<()> {
         return status(&vms, &mut hosts, a.json);
     }
     let check = a.action == Action::Check;
-    let mut rows: Vec<Row> = Vec::new();
-    let mut jobs = Vec::new();
-    for (i, vm) in vms.iter().enumerate() {
-        let (step, outcome) = match plan_step(&mut hosts, vm, a.action) {
-            Ok((Some(step), Decision::Run)) => {
-                jobs.push(job(&fleet, vm, i, step, check));
-                (Some(step), Outcome::NotStarted)
-            }
-            Ok((step, Decision::Skip(why))) => (step, Outcome::Skipped(why)),
-            Ok((step, Decision::Refuse(why))) => (step, Outcome::Failed(why.into())),
-            Ok((None, Decision::Run)) => unreachable!("a step runs"),
-            Err(e) => (None, Outcome::Failed(format!("{e:#}"))),
-        };
-        rows.push(Row {
-            step,
-            outcome,
-            ms: None,
-        });
-    }
+    let (mut rows, jobs) = decide(&fleet, &vms, &mut hosts, a.action, check);
     std::fs::create_dir_all(&fleet.log_dir)
         .with_context(|| format!("{}: creating the log folder", fleet.log_dir.display()))?;
     let limits = sched::Limits {
@@ -172,6 +154,36 @@ fn run_plan(a: &PlanArgs) -> Result<()> {
     };
     sched::run(jobs, limits, events);
     summary(&fleet, &vms, &rows, &mut hosts, a)
+}
+
+/// Each VM's step and whether it runs: a row for the summary each, a job for each that runs.
+fn decide(
+    fleet: &Fleet,
+    vms: &[FleetVm],
+    hosts: &mut Hosts,
+    action: Action,
+    check: bool,
+) -> (Vec<Row>, Vec<sched::Job>) {
+    let mut rows: Vec<Row> = Vec::new();
+    let mut jobs = Vec::new();
+    for (i, vm) in vms.iter().enumerate() {
+        let (step, outcome) = match plan_step(hosts, vm, action) {
+            Ok((Some(step), Decision::Run)) => {
+                jobs.push(job(fleet, vm, i, step, check));
+                (Some(step), Outcome::NotStarted)
+            }
+            Ok((step, Decision::Skip(why))) => (step, Outcome::Skipped(why)),
+            Ok((step, Decision::Refuse(why))) => (step, Outcome::Failed(why.into())),
+            Ok((None, Decision::Run)) => unreachable!("a step runs"),
+            Err(e) => (None, Outcome::Failed(format!("{e:#}"))),
+        };
+        rows.push(Row {
+            step,
+            outcome,
+            ms: None,
+        });
+    }
+    (rows, jobs)
 }
 
 /// The VMs `--only` names (all without it); a name not in the plan is an error.

@@ -80,6 +80,41 @@ pub fn domain_table(name: &str, uri: &str, st: &ImportState) -> String {
         sanitize(name),
         sanitize(uri)
     )];
+    let facts = facts(st);
+    if !facts.is_empty() {
+        out.push(
+            table(&["", ""], &facts)
+                .lines()
+                .skip(1)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        );
+    }
+    out.push(String::new());
+    out.push(table(
+        &[
+            "DISK",
+            "VOLUME",
+            "CAPACITY",
+            "BASE",
+            "STATE",
+            "DELTAS APPLIED",
+        ],
+        &disk_rows(st),
+    ));
+    if !st.steps.is_empty() {
+        out.push(String::new());
+        out.push(table(
+            &["PLAN STEP", "BEGAN", "TIME", "OUTCOME", "ERROR"],
+            &step_rows(st),
+        ));
+    }
+    out.join("\n")
+}
+
+/// The lines above the disk table: who defined the domain, the trial start, the hand-over,
+/// each sync and stage 2 run, the cutover's outage.
+fn facts(st: &ImportState) -> Vec<Vec<String>> {
     let mut facts: Vec<Vec<String>> = Vec::new();
     let mut fact = |k: &str, v: String| facts.push(vec![k.to_string(), v]);
     if let Some(ours) = st.defined_by_tool {
@@ -144,48 +179,22 @@ pub fn domain_table(name: &str, uri: &str, st: &ImportState) -> String {
             ),
         );
     }
-    if !facts.is_empty() {
-        out.push(
-            table(&["", ""], &facts)
-                .lines()
-                .skip(1)
-                .collect::<Vec<_>>()
-                .join("\n"),
-        );
-    }
-    out.push(String::new());
-    out.push(table(
-        &[
-            "DISK",
-            "VOLUME",
-            "CAPACITY",
-            "BASE",
-            "STATE",
-            "DELTAS APPLIED",
-        ],
-        &disk_rows(st),
-    ));
-    if !st.steps.is_empty() {
-        let rows: Vec<Vec<String>> = st
-            .steps
-            .iter()
-            .map(|s| {
-                vec![
-                    s.name.clone(),
-                    s.began.clone(),
-                    opt_ms(step_ms(s)),
-                    s.outcome.clone(),
-                    s.error.clone().unwrap_or_default(),
-                ]
-            })
-            .collect();
-        out.push(String::new());
-        out.push(table(
-            &["PLAN STEP", "BEGAN", "TIME", "OUTCOME", "ERROR"],
-            &rows,
-        ));
-    }
-    out.join("\n")
+    facts
+}
+
+fn step_rows(st: &ImportState) -> Vec<Vec<String>> {
+    st.steps
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                s.began.clone(),
+                opt_ms(step_ms(s)),
+                s.outcome.clone(),
+                s.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect()
 }
 
 fn disk_rows(st: &ImportState) -> Vec<Vec<String>> {
