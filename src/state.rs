@@ -293,83 +293,16 @@ impl ImportState {
     /// Elements are matched by local name; a namespace other than ours is refused.
     pub fn from_xml(xml: &str) -> Result<ImportState> {
         let root = xmltree::parse(xml).context("import state")?;
-        ensure!(
-            root.local_name() == "import",
-            "import state: root element is <{}>, not <import>",
-            root.name
-        );
-        let ns_attr = match root.name.split_once(':') {
-            Some((prefix, _)) => format!("xmlns:{prefix}"),
-            None => "xmlns".to_string(),
-        };
-        match root.get_attr(&ns_attr) {
-            Some(NS_URI) => {}
-            Some(other) => bail!("import state: namespace {other:?}, expected {NS_URI:?}"),
-            None if root.name.contains(':') => {
-                bail!("import state: prefix of <{}> is not declared", root.name)
-            }
-            None => {}
-        }
+        check_root(&root)?;
         let mut state = ImportState::default();
         for (i, d) in root
             .elements()
             .filter(|e| e.local_name() == "disk")
             .enumerate()
         {
-            let what = format!("import state: disk {}", i + 1);
-            let attr = |k: &str| -> Result<String> {
-                d.get_attr(k)
-                    .map(str::to_string)
-                    .with_context(|| format!("{what}: no {k} attribute"))
-            };
-            let capacity = attr("capacity")?;
-            let base_uploaded = match d.get_attr("base-uploaded") {
-                Some("yes") => true,
-                Some("no") | None => false,
-                Some(v) => bail!("{what}: base-uploaded={v:?}: expected yes or no"),
-            };
-            let applying = match d.get_attr("applying") {
-                Some("yes") => true,
-                Some("no") | None => false,
-                Some(v) => bail!("{what}: applying={v:?}: expected yes or no"),
-            };
-            let mut applied = Vec::new();
-            for a in d.elements().filter(|e| e.local_name() == "applied") {
-                applied.push(AppliedDelta {
-                    file: a
-                        .get_attr("file")
-                        .with_context(|| format!("{what}: an applied delta has no file"))?
-                        .to_string(),
-                    cid: parse_cid(a.get_attr("cid"), &what)?,
-                    parent_cid: parse_cid(a.get_attr("parent-cid"), &what)?,
-                    handed_over: yes_no(a.get_attr("handed-over"), "handed-over", &what)?,
-                    active: yes_no(a.get_attr("active"), "active", &what)?,
-                });
-            }
-            state.disks.push(DiskState {
-                target_dev: attr("target-dev")?,
-                pool: attr("pool")?,
-                volume: attr("volume")?,
-                capacity: capacity
-                    .parse()
-                    .with_context(|| format!("{what}: capacity {capacity:?} is not a number"))?,
-                base_cid: parse_cid(d.get_attr("base-cid"), &what)?,
-                base_uploaded,
-                applying,
-                applying_from: d
-                    .get_attr("applying-from")
-                    .map(|v| {
-                        v.parse()
-                            .with_context(|| format!("{what}: applying-from={v:?} is not a number"))
-                    })
-                    .transpose()?,
-                source: d
-                    .elements()
-                    .find(|e| e.local_name() == "source")
-                    .map(|e| e.text_content()),
-                applied,
-                volume_mtime: d.get_attr("volume-mtime").map(str::to_string),
-            });
+            state
+                .disks
+                .push(read_disk(d, &format!("import state: disk {}", i + 1))?);
         }
         state.handed_over = read_hand_over(&root)?;
         if root.get_attr("lifecycle").is_none() {
@@ -567,6 +500,77 @@ impl ImportState {
 
 /// The format version of the lifecycle records (the `lifecycle` attribute of the root).
 const LIFECYCLE_VERSION: &str = "1";
+
+/// The root is `<import>` in our namespace (declared on it, by its prefix or as the default).
+fn check_root(root: &Element) -> Result<()> {
+    ensure!(
+        root.local_name() == "import",
+        "import state: root element is <{}>, not <import>",
+        root.name
+    );
+    let ns_attr = match root.name.split_once(':') {
+        Some((prefix, _)) => format!("xmlns:{prefix}"),
+        None => "xmlns".to_string(),
+    };
+    match root.get_attr(&ns_attr) {
+        Some(NS_URI) => {}
+        Some(other) => bail!("import state: namespace {other:?}, expected {NS_URI:?}"),
+        None if root.name.contains(':') => {
+            bail!("import state: prefix of <{}> is not declared", root.name)
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+/// One `<disk>` of the import state; `what` names it in errors.
+fn read_disk(d: &Element, what: &str) -> Result<DiskState> {
+    let attr = |k: &str| -> Result<String> {
+        d.get_attr(k)
+            .map(str::to_string)
+            .with_context(|| format!("{what}: no {k} attribute"))
+    };
+    let capacity = attr("capacity")?;
+    let base_uploaded = yes_no(d.get_attr("base-uploaded"), "base-uploaded", what)?;
+    let applying = yes_no(d.get_attr("applying"), "applying", what)?;
+    let mut applied = Vec::new();
+    for a in d.elements().filter(|e| e.local_name() == "applied") {
+        applied.push(AppliedDelta {
+            file: a
+                .get_attr("file")
+                .with_context(|| format!("{what}: an applied delta has no file"))?
+                .to_string(),
+            cid: parse_cid(a.get_attr("cid"), what)?,
+            parent_cid: parse_cid(a.get_attr("parent-cid"), what)?,
+            handed_over: yes_no(a.get_attr("handed-over"), "handed-over", what)?,
+            active: yes_no(a.get_attr("active"), "active", what)?,
+        });
+    }
+    Ok(DiskState {
+        target_dev: attr("target-dev")?,
+        pool: attr("pool")?,
+        volume: attr("volume")?,
+        capacity: capacity
+            .parse()
+            .with_context(|| format!("{what}: capacity {capacity:?} is not a number"))?,
+        base_cid: parse_cid(d.get_attr("base-cid"), what)?,
+        base_uploaded,
+        applying,
+        applying_from: d
+            .get_attr("applying-from")
+            .map(|v| {
+                v.parse()
+                    .with_context(|| format!("{what}: applying-from={v:?} is not a number"))
+            })
+            .transpose()?,
+        source: d
+            .elements()
+            .find(|e| e.local_name() == "source")
+            .map(|e| e.text_content()),
+        applied,
+        volume_mtime: d.get_attr("volume-mtime").map(str::to_string),
+    })
+}
 
 fn yes_no(v: Option<&str>, key: &str, what: &str) -> Result<bool> {
     match v {
