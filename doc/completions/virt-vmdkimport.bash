@@ -41,7 +41,7 @@ _virt__vmdkimport() {
 
     case "${cmd}" in
         virt__vmdkimport)
-            opts="-q -v -c -d -h -V --quiet --json --verbose --connect --target --domain --pool --flat --capacity --vmx --os --memory --vcpus --network --bridge --mac --cpu --hyperv-passthrough --no-start --print-xml --dry-run --io --overlay-pool --commit-bandwidth --allow-outside-paths --reupload-base --copy-independent --driver-disk --switch-to-virtio --sync --cutover --shutdown-timeout --hard-off --rollback-on-failure --jobs --remove-esx-snapshots --nic-names --disk-bus --help --version plan status help"
+            opts="-q -v -c -d -h -V --quiet --json --verbose --connect --target --domain --pool --flat --capacity --vmx --os --memory --vcpus --network --bridge --mac --cpu --hyperv-passthrough --no-start --print-xml --dry-run --io --overlay-pool --commit-bandwidth --allow-outside-paths --reupload-base --copy-independent --driver-disk --switch-to-virtio --sync --cutover --shutdown-timeout --stall-timeout --hard-off --rollback-on-failure --jobs --remove-esx-snapshots --nic-names --disk-bus --help --version plan status help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -124,6 +124,10 @@ _virt__vmdkimport() {
                     return 0
                     ;;
                 --shutdown-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --stall-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_virt_vmdkimport_global_optspecs
-    string join \n q/quiet json v/verbose c/connect= target= d/domain= pool= flat= capacity= vmx= os= memory= vcpus= network= bridge= mac= cpu= hyperv-passthrough no-start print-xml dry-run io= overlay-pool= commit-bandwidth= allow-outside-paths reupload-base copy-independent driver-disk switch-to-virtio sync cutover shutdown-timeout= hard-off rollback-on-failure jobs= remove-esx-snapshots nic-names= disk-bus= h/help V/version
+    string join \n q/quiet json v/verbose c/connect= target= d/domain= pool= flat= capacity= vmx= os= memory= vcpus= network= bridge= mac= cpu= hyperv-passthrough no-start print-xml dry-run io= overlay-pool= commit-bandwidth= allow-outside-paths reupload-base copy-independent driver-disk switch-to-virtio sync cutover shutdown-timeout= stall-timeout= hard-off rollback-on-failure jobs= remove-esx-snapshots nic-names= disk-bus= h/help V/version
 end
 
 function __fish_virt_vmdkimport_needs_command
@@ -46,6 +46,7 @@ overlay\t'The delta as a qcow2 overlay volume (one upload), the domain started o
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l overlay-pool -d 'With --io overlay: the pool for the qcow2 overlay volume (default: the disk\'s own pool; needed when that pool cannot hold qcow2 files, as a logical pool cannot)' -r
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l commit-bandwidth -d 'With --io overlay: limit the block commit to this many bytes per second (default: no limit), to spare a busy host\'s storage: bytes, or 50M, 1.5 GiB' -r
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l shutdown-timeout -d '--cutover: how long to wait for the VM to power off after the guest shutdown request (seconds, or 90s, 5m, 1h 30m)' -r
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l stall-timeout -d 'A transfer (base upload, delta apply, overlay upload, a read over ssh) that moves no byte for this long is ended as stalled, with an error naming the disk and the rerun command; what it left stays marked, so the rerun converges (seconds, or 90s, 5m)' -r
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l jobs -d '--sync/--cutover: disks read and written side by side' -r
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l nic-names -d 'Linux guests from a .vmx: `vmware` (the default) keeps VMware\'s NIC names (`ens192`) by giving each NIC the PCI slot number the .vmx records; `kvm` leaves the NICs to libvirt\'s addressing (`enp1s0`-style names)' -r -f -a "vmware\t'As on VMware (`ens192`): each NIC behind a PCIe root port with the .vmx\'s slot number'
 kvm\t'libvirt\'s default addressing: the guest names them after KVM\'s slots (`enp1s0`)'"
