@@ -330,22 +330,7 @@ fn send_image(
                  read {covered} bytes so far"
             );
         }
-        let data = &buf[..n];
-        let mut pos = 0;
-        while pos < n {
-            // One run: consecutive chunks that are all zero, or all not.
-            let zero = is_zero(&data[pos..(pos + ZERO_CHUNK).min(n)]);
-            let mut end = (pos + ZERO_CHUNK).min(n);
-            while end < n && is_zero(&data[end..(end + ZERO_CHUNK).min(n)]) == zero {
-                end = (end + ZERO_CHUNK).min(n);
-            }
-            if zero {
-                out.zeros((end - pos) as u64)?;
-            } else {
-                out.data(&data[pos..end])?;
-            }
-            pos = end;
-        }
+        out.block(&buf[..n])?;
         // Known zeros after the data: a hole (merged with its neighbours), never read.
         // `fill` skips nothing past the capacity.
         out.zeros(block.zeros)?;
@@ -439,6 +424,27 @@ struct SparseSender<'a> {
 }
 
 impl SparseSender<'_> {
+    /// A block read from the image: its zero chunks as zeros, the rest as data.
+    fn block(&mut self, data: &[u8]) -> Result<()> {
+        let n = data.len();
+        let mut pos = 0;
+        while pos < n {
+            // One run: consecutive chunks that are all zero, or all not.
+            let zero = is_zero(&data[pos..(pos + ZERO_CHUNK).min(n)]);
+            let mut end = (pos + ZERO_CHUNK).min(n);
+            while end < n && is_zero(&data[end..(end + ZERO_CHUNK).min(n)]) == zero {
+                end = (end + ZERO_CHUNK).min(n);
+            }
+            if zero {
+                self.zeros((end - pos) as u64)?;
+            } else {
+                self.data(&data[pos..end])?;
+            }
+            pos = end;
+        }
+        Ok(())
+    }
+
     fn data(&mut self, bytes: &[u8]) -> Result<()> {
         self.flush_hole()?;
         self.stream.send_all(bytes).with_context(|| {
