@@ -11,18 +11,14 @@ use super::{ffi, Conn, Vol};
 use crate::image_read::{Extent, ImageRead};
 
 /// Bytes read from the source per block in `upload_image`: one `SEND_MAX` piece, so the bytes
-/// are still in the CPU's cache when they are checked for zeros and sent. Measured here
-/// (release build, dense 1 GiB into a fresh dir-pool volume, 6-8 interleaved runs on a busy
-/// 2-core machine, medians, before the buffer was page-aligned): 4 MiB blocks 2.0x the time
-/// of `virsh vol-upload`, 1 MiB 1.07x, 256 KiB 1.04x (the spread between runs was larger
-/// than these differences).
+/// are still in the CPU's cache when they are checked for zeros and sent.
+/// Measured against 1 and 4 MiB: the README's "Measured" (the base upload's sizes).
 const READ_BLOCK: usize = 256 << 10;
 /// Zero detection granularity: a run of zeros shorter than this is sent as data. 64 KiB keeps
 /// the number of hole messages small while still finding the empty areas of a disk image.
 const ZERO_CHUNK: usize = 64 << 10;
-/// Largest piece handed to one `virStreamSend`. Measured here (release build, dense 256 MiB
-/// into a fresh dir-pool volume): 1 MiB sends took 2.2-2.5x the time of `virsh vol-upload`,
-/// 256 KiB sends 1.0-1.3x (libvirt's own stream payload unit is 256 KiB).
+/// Largest piece handed to one `virStreamSend`.
+/// Measured against 1 MiB: the README's "Measured" (the base upload's sizes).
 const SEND_MAX: usize = 256 << 10;
 /// Buffer size for `upload_at` fills and downloads.
 const IO_CHUNK: usize = 1 << 20;
@@ -194,11 +190,9 @@ fn upload(
     })
 }
 
-/// A buffer that starts on a page boundary. The kernel copies a read into it several times
-/// faster than into one that does not: measured here, `pread` of 256 KiB from the page cache
-/// took 35 us into a page-aligned buffer and 140-160 us into a `Vec` whose data starts 16
-/// bytes past a page boundary (what the allocator returns for a block this size); a 64-byte
-/// aligned buffer was as fast as a page-aligned one.
+/// A buffer that starts on a page boundary: the kernel copies a read into it several times
+/// faster than into one that does not.
+/// Measured: the README's "Measured" (the base upload's sizes).
 struct PageAligned {
     raw: Vec<u8>,
     start: usize,
@@ -712,8 +706,8 @@ pub fn download_into(vol: &Vol, offset: u64, buf: &mut [u8]) -> Result<()> {
 }
 
 /// Whether `data` is all zero bytes. ORs 256-byte pieces together without a branch inside a
-/// piece, which the compiler vectorises: measured here 53 GB/s on cache-hot zeros, against
-/// 20 GB/s for a 16-byte compare with an early exit after each.
+/// piece, which the compiler vectorises.
+/// Measured against an early-exit compare: the README's "Measured" (the base upload's sizes).
 pub fn is_zero(data: &[u8]) -> bool {
     let mut pieces = data.chunks_exact(256);
     for piece in pieces.by_ref() {
