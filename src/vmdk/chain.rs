@@ -7,12 +7,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::cowd::{self, COWD_MAGIC};
-use super::descriptor::{looks_like_descriptor, Descriptor, ExtentKind};
+use super::descriptor::{looks_like_descriptor, Descriptor};
 use super::error::{show, Error};
-use super::grains::{Cursor, GrainMap};
+pub use super::extents::ExtentOpener;
+use super::extents::{Extent, Extents, Role, Walk};
+use super::grains::GrainMap;
 use super::hosted::{self, KDMV_MAGIC};
 use super::names;
-use super::runs::{DataFile, Piece, Source};
+use super::runs::{Piece, Source};
 use super::sesparse::{self, SESPARSE_MAGIC};
 
 /// Deepest chain accepted: ESXi allows 32 snapshots per disk; a deeper chain is a loop or junk.
@@ -46,13 +48,9 @@ pub struct LayerInfo {
     pub capacity: u64,
 }
 
-/// Opens one sparse extent file into its grain map.
-type OpenExtent = fn(Arc<DataFile>) -> Result<GrainMap, Error>;
-
 struct Layer {
     info: LayerInfo,
-    /// Extents with their virtual start, in order.
-    extents: Vec<(u64, Arc<GrainMap>)>,
+    extents: Extents,
 }
 
 /// Delta layers, oldest first, checked to belong together.
@@ -119,7 +117,7 @@ fn open_layer(path: &Path, opts: &OpenOptions) -> Result<Layer, Error> {
             parent_hint: d.and_then(|d| d.parent_hint),
             capacity: map.capacity,
         },
-        extents: vec![(0, Arc::new(map))],
+        extents: Extents::one(map.capacity, Extent::Sparse(Arc::new(map))),
     };
     match sniff_kind(path)? {
         Sniffed::Cowd => Ok(bare(
@@ -138,10 +136,7 @@ fn open_layer(path: &Path, opts: &OpenOptions) -> Result<Layer, Error> {
         }
         Sniffed::Descriptor => layer_from_descriptor(
             Descriptor::read(path)?,
-            &mut |d: &Descriptor, name: &str| {
-                let p = names::resolve(&d.folder(), name, &d.path, opts.allow_outside_paths)?;
-                names::open_data(&p, !opts.allow_outside_paths)
-            },
+            &mut |d: &Descriptor, name: &str| names::open_named(d, name, opts.allow_outside_paths),
         ),
         Sniffed::Other => Err(Error::invalid(
             path,
@@ -149,9 +144,6 @@ fn open_layer(path: &Path, opts: &OpenOptions) -> Result<Layer, Error> {
         )),
     }
 }
-
-/// Opens the data file an extent line names (`name`), for the descriptor that names it.
-pub type ExtentOpener<'a> = dyn FnMut(&Descriptor, &str) -> Result<Arc<DataFile>, Error> + 'a;
 
 fn layer_from_descriptor(d: Descriptor, open_file: &mut ExtentOpener) -> Result<Layer, Error> {
     if let Some(t) = &d.create_type {
@@ -162,59 +154,15 @@ fn layer_from_descriptor(d: Descriptor, open_file: &mut ExtentOpener) -> Result<
             ));
         }
     }
-    if d.extents.is_empty() {
-        return Err(Error::invalid(&d.path, "descriptor lists no extents"));
-    }
-    let mut extents = Vec::new();
-    let mut kind = None;
-    let mut start = 0u64;
-    for e in &d.extents {
-        let at = |msg: String| Error::Descriptor {
-            path: d.path.clone(),
-            line: e.line,
-            msg,
-        };
-        let (k, open): (LayerKind, OpenExtent) = match e.kind {
-            ExtentKind::VmfsSparse => (LayerKind::Cowd, cowd::open),
-            ExtentKind::SeSparse => (LayerKind::SeSparse, sesparse::open),
-            ExtentKind::Sparse => (LayerKind::Hosted, |f| hosted::open(f).map(|(m, _)| m)),
-            ExtentKind::Flat | ExtentKind::Vmfs | ExtentKind::Zero => {
-                return Err(at(format!(
-                "{} extent in a delta: a delta's extents must be sparse (is this the base disk?)",
-                e.kind.name()
-            )))
-            }
-            ExtentKind::VmfsRdm | ExtentKind::VmfsRaw | ExtentKind::VsanSparse => {
-                return Err(at(format!("unsupported extent type {}", e.kind.name())))
-            }
-        };
-        kind.get_or_insert(k);
-        let name = e.file.as_deref().unwrap_or_default();
-        let map = open(open_file(&d, name)?)?;
-        let len = e
-            .sectors
-            .checked_mul(512)
-            .ok_or_else(|| at("extent size overflows".into()))?;
-        if map.capacity != len {
-            return Err(at(format!(
-                "extent {:?} holds {} bytes but the line says {len}",
-                show(Path::new(name)),
-                map.capacity
-            )));
-        }
-        extents.push((start, Arc::new(map)));
-        start = start
-            .checked_add(len)
-            .ok_or_else(|| at("capacity overflows".into()))?;
-    }
+    let (extents, kind) = Extents::open(&d, Role::Delta, open_file)?;
     Ok(Layer {
         info: LayerInfo {
             path: d.path.clone(),
-            kind: kind.expect("at least one extent"),
+            kind: kind.expect("a delta's extents are sparse"),
             cid: d.cid,
             parent_cid: d.parent_cid,
             parent_hint: d.parent_hint.clone(),
-            capacity: start,
+            capacity: extents.capacity(),
         },
         extents,
     })
@@ -309,19 +257,7 @@ impl Chain {
     /// source-contiguous. Streams one table per layer at a time.
     pub fn pieces(&self) -> Pieces<'_> {
         Pieces {
-            cursors: self
-                .layers
-                .iter()
-                .rev()
-                .map(|l| LayerCursor {
-                    extents: l
-                        .extents
-                        .iter()
-                        .map(|(start, m)| (*start, start + m.capacity, Cursor::new(m.clone())))
-                        .collect(),
-                    current: 0,
-                })
-                .collect(),
+            walks: self.layers.iter().rev().map(|l| l.extents.walk()).collect(),
             capacity: self.capacity,
             pos: 0,
             pending: None,
@@ -354,27 +290,10 @@ fn check_link(parent: &LayerInfo, child: &LayerInfo) -> Result<(), Error> {
     Ok(())
 }
 
-struct LayerCursor {
-    extents: Vec<(u64, u64, Cursor)>,
-    current: usize,
-}
-
-impl LayerCursor {
-    /// What this layer says about `pos`: (length, source or None for "parent").
-    fn lookup(&mut self, pos: u64) -> Result<(u64, Option<Source>), Error> {
-        while self.extents[self.current].1 <= pos {
-            self.current += 1;
-        }
-        let (start, end, cursor) = &mut self.extents[self.current];
-        let span = cursor.lookup(pos - *start)?;
-        Ok((span.len.min(*end - pos), span.source))
-    }
-}
-
 /// Iterator over a chain's changed pieces; see [`Chain::pieces`].
 pub struct Pieces<'a> {
     /// Newest layer first.
-    cursors: Vec<LayerCursor>,
+    walks: Vec<Walk>,
     capacity: u64,
     pos: u64,
     pending: Option<Piece>,
@@ -386,11 +305,11 @@ impl Pieces<'_> {
     /// The next span of the merged view: (length, source or None for "unchanged").
     fn step(&mut self) -> Result<(u64, Option<Source>), Error> {
         let mut limit = self.capacity - self.pos;
-        for c in &mut self.cursors {
-            let (len, source) = c.lookup(self.pos)?;
-            let len = len.min(limit);
-            if source.is_some() {
-                return Ok((len, source));
+        for w in &mut self.walks {
+            let span = w.lookup(self.pos)?;
+            let len = span.len.min(limit);
+            if span.source.is_some() {
+                return Ok((len, span.source));
             }
             // A newer layer's unallocated run may end sooner; older layers only answer up to there.
             limit = len;

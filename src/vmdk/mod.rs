@@ -5,6 +5,7 @@ pub mod chain;
 pub mod cowd;
 pub mod descriptor;
 mod error;
+mod extents;
 mod flat;
 mod grains;
 mod header;

@@ -5,6 +5,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
+use super::descriptor::Descriptor;
 use super::error::{show, Error};
 use super::runs::DataFile;
 
@@ -66,6 +67,17 @@ pub(crate) fn open_data(path: &Path, nofollow: bool) -> Result<Arc<DataFile>, Er
     }
     let file: File = o.open(path).map_err(|e| Error::io(path, "opening", e))?;
     Ok(Arc::new(DataFile::local(path.to_path_buf(), file)))
+}
+
+/// Open the file extent line `name` of `d` names on this host: resolved inside the
+/// descriptor's folder and opened without following a last symlink, unless `allow_outside`.
+pub(crate) fn open_named(
+    d: &Descriptor,
+    name: &str,
+    allow_outside: bool,
+) -> Result<Arc<DataFile>, Error> {
+    let path = resolve(&d.folder(), name, &d.path, allow_outside)?;
+    open_data(&path, !allow_outside)
 }
 
 #[cfg(test)]

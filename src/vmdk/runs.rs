@@ -6,6 +6,8 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::error::show;
+
 /// Positional reads of a file's bytes: a file on this host, or one read over ssh.
 pub trait ReadAt: Send + Sync + std::fmt::Debug {
     /// Fill `buf` with the bytes at `offset`; fewer bytes than asked is an error.
@@ -49,7 +51,8 @@ impl DataFile {
     }
 }
 
-/// Where the bytes of a changed piece come from.
+/// Where bytes of the virtual disk come from: the one answer every format gives (with
+/// `Option<Source>`, `None` meaning "the parent's bytes", where a layer has a parent).
 #[derive(Debug, Clone)]
 pub enum Source {
     /// The piece reads as zeros (zero grain, unmapped grain, ZERO extent): it hides the parent.
@@ -79,7 +82,14 @@ impl Piece {
     /// `rel + buf.len()` must not exceed `len`.
     pub fn read_at(&self, rel: u64, buf: &mut [u8]) -> io::Result<()> {
         debug_assert!(rel + buf.len() as u64 <= self.len);
-        match &self.source {
+        self.source.read_at(rel, buf)
+    }
+}
+
+impl Source {
+    /// Fill `buf` with the bytes `rel` bytes into this source.
+    pub fn read_at(&self, rel: u64, buf: &mut [u8]) -> io::Result<()> {
+        match self {
             Source::Zeros => {
                 buf.fill(0);
                 Ok(())
@@ -90,7 +100,7 @@ impl Piece {
                         e.kind(),
                         format!(
                             "{}: reading {} bytes at {}: {e}",
-                            file.path.display(),
+                            show(&file.path),
                             buf.len(),
                             offset + rel
                         ),
