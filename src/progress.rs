@@ -1,6 +1,6 @@
 //! Progress of long transfers: indicatif bars on a terminal, plain periodic lines otherwise, held in one place so that log lines are drawn above the bars.
 
-use crate::units::human_bytes;
+use crate::units::{human_bytes, human_time_left};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -304,7 +304,7 @@ pub fn line(label: &str, pos: u64, total: u64, elapsed: Duration) -> String {
         "time left unknown".to_string()
     } else {
         let eta = Duration::from_secs_f64((total - pos) as f64 / rate);
-        format!("about {} left", duration(eta))
+        format!("about {} left", human_time_left(eta))
     };
     format!(
         "{label}: {} of {} ({pct}%), {}/s, {left}",
@@ -314,34 +314,9 @@ pub fn line(label: &str, pos: u64, total: u64, elapsed: Duration) -> String {
     )
 }
 
-/// A remaining time the human way: seconds (rounded up) under a minute, else whole minutes
-/// (rounded): `40 s`, `6 min`, `1 h 5 min`.
-pub fn duration(d: Duration) -> String {
-    let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-    let m = (s + 30) / 60;
-    match s {
-        0..=59 => format!("{s} s"),
-        _ if m < 60 => format!("{m} min"),
-        _ => format!("{} h {} min", m / 60, m % 60),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn remaining_time_is_given_in_seconds_under_a_minute_else_in_whole_minutes() {
-        let s = Duration::from_secs;
-        assert_eq!(duration(Duration::from_millis(300)), "1 s");
-        assert_eq!(duration(s(40)), "40 s");
-        assert_eq!(duration(s(60)), "1 min");
-        assert_eq!(duration(s(89)), "1 min");
-        assert_eq!(duration(s(90)), "2 min");
-        assert_eq!(duration(s(3569)), "59 min");
-        assert_eq!(duration(s(3570)), "1 h 0 min");
-        assert_eq!(duration(s(3600 + 5 * 60 - 30)), "1 h 5 min");
-    }
 
     #[test]
     fn a_line_gives_bytes_share_rate_and_time_left() {

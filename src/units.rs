@@ -2,8 +2,6 @@
 
 use std::time::Duration;
 
-pub use crate::fleet::clock::human_ms;
-
 /// K, M, G, T are binary multiples whatever the spelling (`40G` = `40 GiB` = `40GB`), as
 /// qemu-img and virsh read them.
 const SIZES: parse_size::Config = parse_size::Config::new().with_binary();
@@ -93,9 +91,31 @@ pub fn parse_timeout(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A duration in milliseconds as `0.4 s`, `12.3 s`, `4 min 05 s`, `2 h 03 min`.
+pub fn human_ms(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=59 => format!("{:.1} s", ms as f64 / 1000.0),
+        60..=3599 => format!("{} min {:02} s", s / 60, s % 60),
+        _ => format!("{} h {:02} min", s / 3600, s / 60 % 60),
+    }
+}
+
 /// A duration as the operator reads it: `0.4 s`, `4 min 05 s`, `2 h 03 min` ([`human_ms`]).
 pub fn human_duration(d: Duration) -> String {
     human_ms(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A remaining time the human way: seconds (rounded up) under a minute, else whole minutes
+/// (rounded): `40 s`, `6 min`, `1 h 5 min`.
+pub fn human_time_left(d: Duration) -> String {
+    let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    let m = (s + 30) / 60;
+    match s {
+        0..=59 => format!("{s} s"),
+        _ if m < 60 => format!("{m} min"),
+        _ => format!("{} h {} min", m / 60, m % 60),
+    }
 }
 
 /// A duration as [`parse_duration`] reads it back: `5m`, `1h 30m`.
@@ -192,6 +212,26 @@ mod tests {
             .unwrap_err()
             .contains("longer than zero"));
         assert_eq!(parse_timeout("2").unwrap(), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn durations_read_the_human_way() {
+        assert_eq!(human_ms(420), "0.4 s");
+        assert_eq!(human_ms(65_000), "1 min 05 s");
+        assert_eq!(human_ms(7_380_000), "2 h 03 min");
+    }
+
+    #[test]
+    fn remaining_time_is_given_in_seconds_under_a_minute_else_in_whole_minutes() {
+        let s = Duration::from_secs;
+        assert_eq!(human_time_left(Duration::from_millis(300)), "1 s");
+        assert_eq!(human_time_left(s(40)), "40 s");
+        assert_eq!(human_time_left(s(60)), "1 min");
+        assert_eq!(human_time_left(s(89)), "1 min");
+        assert_eq!(human_time_left(s(90)), "2 min");
+        assert_eq!(human_time_left(s(3569)), "59 min");
+        assert_eq!(human_time_left(s(3570)), "1 h 0 min");
+        assert_eq!(human_time_left(s(3600 + 5 * 60 - 30)), "1 h 5 min");
     }
 
     #[test]

@@ -55,16 +55,6 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// A duration in milliseconds as `0.4 s`, `12.3 s`, `4 min 05 s`, `2 h 03 min`.
-pub fn human_ms(ms: u64) -> String {
-    let s = ms / 1000;
-    match s {
-        0..=59 => format!("{:.1} s", ms as f64 / 1000.0),
-        60..=3599 => format!("{} min {:02} s", s / 60, s % 60),
-        _ => format!("{} h {:02} min", s / 3600, s / 60 % 60),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,12 +82,5 @@ mod tests {
         );
         assert_eq!(parse_utc_ms("2026-13-27T09:12:44Z"), None);
         assert_eq!(parse_utc_ms("yesterday"), None);
-    }
-
-    #[test]
-    fn durations_read_the_human_way() {
-        assert_eq!(human_ms(420), "0.4 s");
-        assert_eq!(human_ms(65_000), "1 min 05 s");
-        assert_eq!(human_ms(7_380_000), "2 h 03 min");
     }
 }

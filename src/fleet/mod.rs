@@ -130,7 +130,7 @@ fn run_plan(a: &PlanArgs) -> Result<()> {
     let running = |j: &sched::Job, took: std::time::Duration| {
         let last = sched::last_line(j).unwrap_or_else(|| "no output yet".into());
         let name = report::sanitize(&vms[j.vm].name);
-        let took = clock::human_ms(took.as_millis() as u64);
+        let took = crate::units::human_duration(took);
         let text = format!(
             "[{name}] {} running for {took}: {}",
             j.what,
@@ -280,7 +280,7 @@ fn finish(
         _ => Outcome::Failed(sched::error_of(job, fin)),
     };
     let name = report::sanitize(&vm.name);
-    let took = clock::human_ms(ms);
+    let took = crate::units::human_ms(ms);
     match &outcome {
         Outcome::Done => log::info!("[{name}] {} done in {took}", job.what),
         Outcome::Interrupted => log::info!("[{name}] {} interrupted after {took}", job.what),

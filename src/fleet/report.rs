@@ -1,7 +1,8 @@
 //! What the plan prints: the summary table, `plan status`, and one domain's import state as a table; names from files and hosts sanitised.
 
-use super::clock::{human_ms, parse_utc_ms};
+use super::clock::parse_utc_ms;
 use crate::state::{ImportState, StepRecord};
+use crate::units::human_ms;
 
 pub use crate::out::sanitize;
 
