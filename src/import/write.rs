@@ -423,6 +423,7 @@ fn read_ahead(
             let sent = match full.try_send(Ok(buf)) {
                 Err(std::sync::mpsc::TrySendError::Full(item)) => {
                     if let Some(b) = hold.take() {
+                        log::debug!("test hook: the download's queue is full at byte {}: the upload starts now", offset + done + got);
                         b.wait();
                     }
                     full.send(item).is_ok()
