@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 
 use crate::progress::Transfer;
 use crate::vmdk::OpenOptions as OpenChain;
-use crate::vmdk::{check_parent_link, show, Chain, ParentLink, Piece, Source};
+use crate::vmdk::{show, Chain, Parent, ParentLink, Piece, Source};
 
 /// Largest single write: large enough to stream, small enough to stay cheap in memory.
 const WRITE_BUFFER_BYTES: usize = 1 << 20;
@@ -75,7 +75,7 @@ pub fn run_target(
     dry_run: bool,
 ) -> anyhow::Result<()> {
     let first = &chain.layers()[0];
-    match check_parent_link(first, opts)? {
+    match chain.check_parent(Parent::Hinted(opts))? {
         ParentLink::Checked(parent) => log::info!(
             "{}: parentCID matches the CID of {}",
             show(&first.path),

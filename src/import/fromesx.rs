@@ -13,7 +13,7 @@ use crate::esx::vm::{ShutdownRefused, Vm};
 use crate::esx::{RemoteChain, RemoteDelta, SNAPSHOT_NAME};
 use crate::libvirt::{Conn, Dom, Vol};
 use crate::state::{AppliedDelta, DiskState, ImportState, Outage, SyncRound};
-use crate::vmdk::Chain;
+use crate::vmdk::{Chain, DiskId, Parent};
 
 /// Which run from ESXi.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,8 +144,16 @@ fn chains(vm: &Vm, st: &ImportState) -> Result<Vec<RemoteChain>> {
         st.disks.len()
     );
     for (c, ds) in chains.iter().zip(&st.disks) {
+        let recorded = DiskId {
+            cid: ds.base_cid,
+            capacity: ds.capacity,
+        };
+        let found = DiskId {
+            cid: c.base.cid,
+            capacity: c.base.capacity,
+        };
         ensure!(
-            c.base.capacity == ds.capacity && (ds.base_cid.is_none() || c.base.cid == ds.base_cid),
+            recorded.admits(found),
             "{}: its base (CID {}, {} bytes) is not the one stage 1 uploaded to disk {} (CID {}, {} bytes): the VM's disks changed on ESXi; rerun stage 1 with --reupload-base",
             c.base.name(),
             c.base.cid.map_or("none".into(), |c| format!("{c:08x}")),
@@ -302,15 +310,10 @@ fn prepare(
     for (i, (start, lineage, deltas)) in plans.into_iter().enumerate() {
         let ds = &st.disks[i];
         for d in deltas {
-            let o = &cache[&d.path];
-            ensure!(
-                o.chain.capacity() == ds.capacity,
-                "{}: {} bytes, but disk {} holds {}",
-                d.shown,
-                o.chain.capacity(),
-                ds.target_dev,
-                ds.capacity
-            );
+            cache[&d.path].chain.check_parent(Parent::Volume {
+                capacity: ds.capacity,
+                disk: &ds.target_dev,
+            })?;
         }
         if !deltas.is_empty() {
             work.push(DiskWork {

@@ -17,7 +17,7 @@ use crate::image_read::ImageRead;
 use crate::libvirt::{self, Conn, DiskKind, Dom, Vol};
 use crate::progress::Transfer;
 use crate::state::{self, AppliedDelta, DiskState, ImportState};
-use crate::vmdk::{self, BaseImage, Chain, LayerInfo, OpenOptions};
+use crate::vmdk::{self, BaseImage, Chain, DiskId, LayerInfo, OpenOptions, Parent};
 use crate::vmx::{self, Firmware, OsFamily, VmxConfig};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use std::path::PathBuf;
@@ -1109,14 +1109,10 @@ fn check_stage_two(
         let mtime = guards::volume_mtime(&vol)?;
         lifecycle::unchanged_since_hand_over(&ds.target_dev, ds, handed, mtime.as_deref())
             .with_context(what)?;
-        ensure!(
-            chain.capacity() == ds.capacity,
-            "{}: the delta's capacity ({} bytes) differs from the base recorded for disk {} ({} bytes)",
-            plan.deltas[0].display(),
-            chain.capacity(),
-            ds.target_dev,
-            ds.capacity
-        );
+        chain.check_parent(Parent::Volume {
+            capacity: ds.capacity,
+            disk: &ds.target_dev,
+        })?;
         let lineage = new_lineage(ds, chain.layers())?;
         let vol_cap = vol.capacity()?;
         ensure!(
@@ -1284,16 +1280,17 @@ fn base_for_gaps(
     chain: &Chain,
     open: &OpenOptions,
 ) -> Option<BaseImage> {
-    let cid = ds.base_cid?;
-    if chain.parent_cid() != Some(cid) {
-        return None;
-    }
+    let recorded = DiskId {
+        cid: Some(ds.base_cid?),
+        capacity: ds.capacity,
+    };
     let path = match &plan.base {
         Some(BaseInput::Image(b)) => b.path.clone(),
         _ => PathBuf::from(ds.source.as_ref()?),
     };
     let base = BaseImage::open(&path, open).ok()?;
-    (base.cid == Some(cid) && base.capacity == ds.capacity).then_some(base)
+    let continues = chain.check_parent(Parent::Base(&base)).is_ok();
+    (continues && recorded.admits(base.id())).then_some(base)
 }
 
 /// How a layer is recorded once applied.

@@ -10,6 +10,7 @@ use super::descriptor::Descriptor;
 use super::error::{show, Error};
 use super::extents::{self, Extents, Role, Walk};
 use super::hosted;
+use super::links::DiskId;
 use super::names;
 use super::runs::Source;
 use crate::image_read::{file_extent, Extent, ImageRead};
@@ -81,6 +82,14 @@ impl BaseImage {
             create_type: d.create_type.clone(),
             extents,
         })
+    }
+
+    /// What the base is known by: its CID and capacity.
+    pub fn id(&self) -> DiskId {
+        DiskId {
+            cid: self.cid,
+            capacity: self.capacity,
+        }
     }
 
     /// Fill `buf` with the virtual disk's bytes at `offset`: random access, for refilling the

@@ -13,6 +13,7 @@ pub use super::extents::ExtentOpener;
 use super::extents::{Extent, Extents, Role, Walk};
 use super::grains::GrainMap;
 use super::hosted::{self, KDMV_MAGIC};
+use super::links::check_link;
 use super::names;
 use super::runs::{Piece, Source};
 use super::sesparse::{self, SESPARSE_MAGIC};
@@ -58,15 +59,6 @@ pub struct Chain {
     layers: Vec<Layer>,
     infos: Vec<LayerInfo>,
     capacity: u64,
-}
-
-/// A chain found by walking parentFileNameHint from a top descriptor.
-#[derive(Debug, Clone)]
-pub struct ResolvedChain {
-    /// The base's descriptor (or hosted sparse file).
-    pub base: PathBuf,
-    /// Deltas, oldest first; the top is last. Empty when the top is the base.
-    pub deltas: Vec<PathBuf>,
 }
 
 /// The first bytes of a file, to tell formats apart.
@@ -267,29 +259,6 @@ impl Chain {
     }
 }
 
-/// A child must sit on its parent: same capacity, and parentCID equal to the parent's CID.
-fn check_link(parent: &LayerInfo, child: &LayerInfo) -> Result<(), Error> {
-    if parent.capacity != child.capacity {
-        return Err(Error::chain(format!(
-            "{}: capacity {} bytes differs from its parent {} ({} bytes)",
-            show(&child.path),
-            child.capacity,
-            show(&parent.path),
-            parent.capacity
-        )));
-    }
-    if let (Some(pc), Some(cid)) = (child.parent_cid, parent.cid) {
-        if pc != cid {
-            return Err(Error::chain(format!(
-                "{}: parentCID {pc:08x} does not match the CID {cid:08x} of {}: the delta belongs to another disk or the parent changed",
-                show(&child.path),
-                show(&parent.path)
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// Iterator over a chain's changed pieces; see [`Chain::pieces`].
 pub struct Pieces<'a> {
     /// Newest layer first.
@@ -375,136 +344,5 @@ impl Iterator for Pieces<'_> {
             }
         }
         self.pending.take().map(Ok)
-    }
-}
-
-/// CID, parentCID, parent hint and folder of a descriptor or KDMV file, for the chain walk.
-struct Meta {
-    cid: Option<u32>,
-    parent_cid: Option<u32>,
-    hint: Option<String>,
-    folder: PathBuf,
-}
-
-fn read_meta(path: &Path) -> Result<Meta, Error> {
-    let d = match sniff_kind(path)? {
-        Sniffed::Descriptor => Descriptor::read(path)?,
-        Sniffed::Hosted => hosted::open(names::open_data(path, false)?)?
-            .1
-            .ok_or_else(|| {
-                Error::invalid(path, "hosted sparse file without an embedded descriptor")
-            })?,
-        Sniffed::Cowd | Sniffed::SeSparse => {
-            return Err(Error::invalid(
-                path,
-                "a bare delta extent: give the descriptor that names it to follow the chain",
-            ))
-        }
-        Sniffed::Other => return Err(Error::invalid(path, "not a VMware descriptor")),
-    };
-    Ok(Meta {
-        cid: d.cid,
-        parent_cid: d.parent_cid,
-        hint: d.parent_hint.clone(),
-        folder: d.folder(),
-    })
-}
-
-/// What is known of the link between a delta and the parent its parentFileNameHint names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ParentLink {
-    /// The parent is here and its CID is the delta's parentCID.
-    Checked(PathBuf),
-    /// The link could not be checked, and why.
-    NotChecked(String),
-}
-
-/// Check `child`'s parentCID against the CID of the parent its hint names, when that parent is
-/// on this host (a mismatch is an error); say why when it cannot be checked. A hint leading out
-/// of the child's folder is not followed unless `opts` allows it.
-pub fn check_parent_link(child: &LayerInfo, opts: &OpenOptions) -> Result<ParentLink, Error> {
-    let (Some(pc), Some(hint)) = (child.parent_cid, child.parent_hint.as_deref()) else {
-        return Ok(ParentLink::NotChecked(
-            "it has no descriptor naming a parent (parentCID and parentFileNameHint)".into(),
-        ));
-    };
-    let folder = match child.path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    if !folder.join(hint).exists() {
-        return Ok(ParentLink::NotChecked(format!(
-            "its parent {:?} is not on this host",
-            show(Path::new(hint))
-        )));
-    }
-    let parent = match names::resolve(&folder, hint, &child.path, opts.allow_outside_paths) {
-        Ok(p) => p,
-        Err(e) => return Ok(ParentLink::NotChecked(e.to_string())),
-    };
-    let meta = read_meta(&parent)?;
-    match meta.cid {
-        None => Ok(ParentLink::NotChecked(format!(
-            "its parent {} has no CID",
-            show(&parent)
-        ))),
-        Some(cid) if cid != pc => Err(Error::chain(format!(
-            "{}: parentCID {pc:08x} does not match the CID {cid:08x} of its parent {}: the delta belongs to another disk or the parent changed",
-            show(&child.path),
-            show(&parent)
-        ))),
-        Some(_) => Ok(ParentLink::Checked(parent)),
-    }
-}
-
-/// Walk from a top descriptor (what a .vmx fileName names after snapshots) down
-/// parentFileNameHint to the base; returns the base and the deltas oldest first.
-pub fn resolve_chain(top: &Path, opts: &OpenOptions) -> Result<ResolvedChain, Error> {
-    let mut deltas = Vec::new();
-    let mut seen = HashSet::new();
-    let mut current = top.to_path_buf();
-    let mut expected_cid: Option<(u32, PathBuf)> = None;
-    loop {
-        let real = current
-            .canonicalize()
-            .map_err(|e| Error::io(&current, "opening", e))?;
-        if !seen.insert(real) {
-            return Err(Error::chain(format!(
-                "{}: the chain loops back to {}",
-                show(top),
-                show(&current)
-            )));
-        }
-        let meta = read_meta(&current)?;
-        if let Some((want, child)) = &expected_cid {
-            if meta.cid != Some(*want) {
-                return Err(Error::chain(format!(
-                    "{}: parentCID {want:08x} does not match the CID {} of its parent {}: the delta belongs to another disk or the parent changed",
-                    show(child),
-                    meta.cid.map_or("(none)".into(), |c| format!("{c:08x}")),
-                    show(&current)
-                )));
-            }
-        }
-        let Some(parent_cid) = meta.parent_cid else {
-            deltas.reverse();
-            return Ok(ResolvedChain {
-                base: current,
-                deltas,
-            });
-        };
-        if deltas.len() >= MAX_CHAIN_DEPTH {
-            return Err(Error::chain(format!(
-                "{}: chain deeper than the maximum of {MAX_CHAIN_DEPTH} deltas",
-                show(top)
-            )));
-        }
-        let hint = meta
-            .hint
-            .ok_or_else(|| Error::invalid(&current, "has a parentCID but no parentFileNameHint"))?;
-        let parent = names::resolve(&meta.folder, &hint, &current, opts.allow_outside_paths)?;
-        deltas.push(current.clone());
-        expected_cid = Some((parent_cid, current));
-        current = parent;
     }
 }

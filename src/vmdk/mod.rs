@@ -10,15 +10,14 @@ mod flat;
 mod grains;
 mod header;
 pub mod hosted;
+mod links;
 mod names;
 mod runs;
 pub mod sesparse;
 
 pub use base::BaseImage;
-pub use chain::{
-    check_parent_link, resolve_chain, Chain, LayerInfo, LayerKind, OpenOptions, ParentLink, Pieces,
-    ResolvedChain, MAX_CHAIN_DEPTH,
-};
+pub use chain::{Chain, LayerInfo, LayerKind, OpenOptions, Pieces, MAX_CHAIN_DEPTH};
 pub use descriptor::Descriptor;
 pub use error::{show, Error};
+pub use links::{resolve_chain, DiskId, Parent, ParentLink, ResolvedChain};
 pub use runs::{DataFile, Piece, ReadAt, Source};
