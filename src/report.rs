@@ -1,6 +1,6 @@
 //! What a single run did, for `--json`: its phases with their times, bytes, calls and write path, kept as they end and printed as one document at the end.
 
-use crate::fleet::clock::utc_ms;
+use crate::units::utc_ms;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::sync::Mutex;

@@ -1,7 +1,6 @@
 //! Many VMs from one plan file: each VM's step run as a child run of this binary, bounded per KVM host and per source, the state read from and recorded in each domain's metadata, and a summary table at the end.
 
 pub mod args;
-pub mod clock;
 pub mod phase;
 pub mod report;
 mod sched;
@@ -335,8 +334,8 @@ fn record(
     };
     st.steps.push(StepRecord {
         name: job.what.clone(),
-        began: clock::utc_ms(fin.began),
-        ended: clock::utc_ms(fin.ended),
+        began: crate::units::utc_ms(fin.began),
+        ended: crate::units::utc_ms(fin.ended),
         outcome: outcome.into(),
         error,
     });

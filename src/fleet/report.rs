@@ -1,8 +1,7 @@
 //! What the plan prints: the summary table, `plan status`, and one domain's import state as a table; names from files and hosts sanitised.
 
-use super::clock::parse_utc_ms;
 use crate::state::{ImportState, StepRecord};
-use crate::units::human_ms;
+use crate::units::{human_ms, parse_utc_ms};
 
 pub use crate::out::sanitize;
 

@@ -188,7 +188,7 @@ fn open_log(job: &Job, began: SystemTime) -> std::io::Result<(std::fs::File, u64
     writeln!(
         log,
         "=== {} {}: virt-vmdkimport {}",
-        super::clock::utc_ms(began),
+        crate::units::utc_ms(began),
         job.what,
         args.join(" ")
     )?;

@@ -236,7 +236,7 @@ pub fn utc_now() -> String {
 /// `secs` since the epoch as `YYYY-MM-DDTHH:MM:SSZ`.
 fn utc(secs: u64) -> String {
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    let (y, m, d) = crate::fleet::clock::civil(days);
+    let (y, m, d) = crate::units::civil(days);
     format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
         rem / 3600,

@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use vmdkimport::fleet::clock::parse_utc_ms;
 use vmdkimport::state::{ImportState, NS_URI};
+use vmdkimport::units::parse_utc_ms;
 
 use super::fixtures::Kind;
 use super::import::{cowd_child, MIB};
