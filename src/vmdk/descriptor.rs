@@ -139,50 +139,15 @@ impl Descriptor {
             ddb: Vec::new(),
         };
         for (i, raw) in text.split('\n').enumerate() {
-            let line = i + 1;
-            let bad = |msg: String| Error::Descriptor {
-                path: path.to_path_buf(),
-                line,
-                msg,
-            };
             let l = raw.trim();
             if l.is_empty() || l.starts_with('#') {
                 continue;
             }
-            if let Some(ext) = parse_extent(l).map_err(bad)? {
-                d.extents.push(ExtentLine { line, ..ext });
-                continue;
-            }
-            let Some((key, value)) = l.split_once('=') else {
-                return Err(bad(format!(
-                    "not a key=value or extent line: {:?}",
-                    clip(l)
-                )));
-            };
-            let key = key.trim().to_ascii_lowercase();
-            let value = unquote(value.trim());
-            if let Some(k) = key.strip_prefix("ddb.") {
-                d.ddb.push((k.to_string(), value.to_string()));
-                continue;
-            }
-            match key.as_str() {
-                "version" => {
-                    d.version = Some(
-                        value
-                            .parse()
-                            .map_err(|_| bad(format!("bad version {value:?}")))?,
-                    )
-                }
-                "cid" => d.cid = Some(parse_cid(value).map_err(bad)?),
-                "parentcid" => {
-                    let cid = parse_cid(value).map_err(bad)?;
-                    d.parent_cid = (cid != CID_NO_PARENT).then_some(cid);
-                }
-                "createtype" => d.create_type = Some(value.to_string()),
-                "parentfilenamehint" => d.parent_hint = Some(value.to_string()),
-                // encoding, isNativeSnapshot and friends do not change how data is read.
-                _ => {}
-            }
+            d.take_line(i + 1, l).map_err(|msg| Error::Descriptor {
+                path: path.to_path_buf(),
+                line: i + 1,
+                msg,
+            })?;
         }
         // QEMU refuses both too: without a CID no child can be checked against this disk,
         // and without a createType nothing says how the extents are meant.
@@ -198,6 +163,43 @@ impl Descriptor {
             }
         }
         Ok(d)
+    }
+
+    /// Take in line number `line` (`l`, trimmed, neither blank nor a comment): an extent
+    /// line or a `key=value`.
+    fn take_line(&mut self, line: usize, l: &str) -> Result<(), String> {
+        if let Some(ext) = parse_extent(l)? {
+            self.extents.push(ExtentLine { line, ..ext });
+            return Ok(());
+        }
+        let Some((key, value)) = l.split_once('=') else {
+            return Err(format!("not a key=value or extent line: {:?}", clip(l)));
+        };
+        let key = key.trim().to_ascii_lowercase();
+        let value = unquote(value.trim());
+        if let Some(k) = key.strip_prefix("ddb.") {
+            self.ddb.push((k.to_string(), value.to_string()));
+            return Ok(());
+        }
+        match key.as_str() {
+            "version" => {
+                self.version = Some(
+                    value
+                        .parse()
+                        .map_err(|_| format!("bad version {value:?}"))?,
+                )
+            }
+            "cid" => self.cid = Some(parse_cid(value)?),
+            "parentcid" => {
+                let cid = parse_cid(value)?;
+                self.parent_cid = (cid != CID_NO_PARENT).then_some(cid);
+            }
+            "createtype" => self.create_type = Some(value.to_string()),
+            "parentfilenamehint" => self.parent_hint = Some(value.to_string()),
+            // encoding, isNativeSnapshot and friends do not change how data is read.
+            _ => {}
+        }
+        Ok(())
     }
 
     /// Total size of the extents, in bytes.
