@@ -127,25 +127,6 @@ impl Cluster {
     }
 }
 
-/// `p` cut at virtual byte `at` (inside it): the part before and the part from `at` on.
-fn split(p: Piece, at: u64) -> (Piece, Piece) {
-    let head_len = at - p.offset;
-    let tail_source = match &p.source {
-        Source::Zeros => Source::Zeros,
-        Source::Data { file, offset } => Source::Data {
-            file: file.clone(),
-            offset: offset + head_len,
-        },
-    };
-    let tail = Piece {
-        offset: at,
-        len: p.len - head_len,
-        source: tail_source,
-    };
-    let head = Piece { len: head_len, ..p };
-    (head, tail)
-}
-
 /// The chain's pieces regrouped by cluster, in virtual order.
 struct ClusterWalk<I> {
     geo: Geometry,
@@ -199,7 +180,8 @@ impl<I: Iterator<Item = Result<Piece, crate::vmdk::Error>>> Iterator for Cluster
         };
         loop {
             if p.end() > end {
-                let (head, tail) = split(p, end);
+                let rel = end - p.offset;
+                let (head, tail) = p.split_at(rel);
                 c.add(head);
                 self.pending = Some(tail);
                 break;

@@ -78,6 +78,18 @@ impl Piece {
         self.offset + self.len
     }
 
+    /// This piece cut `rel` bytes in (`0 < rel < len`): the part before and the part from
+    /// there on.
+    pub fn split_at(self, rel: u64) -> (Piece, Piece) {
+        debug_assert!(0 < rel && rel < self.len);
+        let tail = Piece {
+            offset: self.offset + rel,
+            len: self.len - rel,
+            source: self.source.skip(rel),
+        };
+        (Piece { len: rel, ..self }, tail)
+    }
+
     /// Fill `buf` with this piece's bytes starting `rel` bytes into the piece.
     /// `rel + buf.len()` must not exceed `len`.
     pub fn read_at(&self, rel: u64, buf: &mut [u8]) -> io::Result<()> {
@@ -87,6 +99,17 @@ impl Piece {
 }
 
 impl Source {
+    /// The same source `n` bytes further on.
+    pub fn skip(&self, n: u64) -> Source {
+        match self {
+            Source::Zeros => Source::Zeros,
+            Source::Data { file, offset } => Source::Data {
+                file: file.clone(),
+                offset: offset + n,
+            },
+        }
+    }
+
     /// Fill `buf` with the bytes `rel` bytes into this source.
     pub fn read_at(&self, rel: u64, buf: &mut [u8]) -> io::Result<()> {
         match self {
