@@ -5,14 +5,14 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::chain::{sniff_kind, OpenOptions, Sniffed};
 use super::descriptor::Descriptor;
 use super::error::{show, Error};
 use super::extents::{self, Extents, Role, Walk};
 use super::hosted;
 use super::links::DiskId;
-use super::names;
+use super::names::{self, OpenOptions};
 use super::runs::Source;
+use super::sniff::{sniff_kind, Sniffed};
 use crate::image_read::{file_extent, Extent, ImageRead};
 
 /// A base disk, ready to be read whole.

@@ -1,53 +1,23 @@
 //! A chain of delta layers, and the one view every format feeds: changed pieces, newest layer wins.
 
 use std::collections::HashSet;
-use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::cowd::{self, COWD_MAGIC};
-use super::descriptor::{looks_like_descriptor, Descriptor};
+use super::base::BaseImage;
+use super::cowd;
+use super::descriptor::Descriptor;
 use super::error::{show, Error};
-pub use super::extents::ExtentOpener;
-use super::extents::{Extent, Extents, Role, Walk};
+use super::extents::{Extent, Extents, LayerKind, Role, Walk};
 use super::grains::GrainMap;
-use super::hosted::{self, KDMV_MAGIC};
-use super::links::check_link;
-use super::names;
+use super::hosted;
+use super::links::{
+    check_capacity, check_cid, check_link, hinted_parent, LayerInfo, ParentLink, MAX_CHAIN_DEPTH,
+};
+use super::names::{self, ExtentOpener, OpenOptions};
 use super::runs::{Piece, Source};
-use super::sesparse::{self, SESPARSE_MAGIC};
-
-/// Deepest chain accepted: ESXi allows 32 snapshots per disk; a deeper chain is a loop or junk.
-pub const MAX_CHAIN_DEPTH: usize = 64;
-
-/// How files are opened.
-#[derive(Debug, Clone, Default)]
-pub struct OpenOptions {
-    /// Let descriptors name files outside their own folder (absolute, `..`, symlinks out).
-    pub allow_outside_paths: bool,
-}
-
-/// Which format a delta layer is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LayerKind {
-    Cowd,
-    SeSparse,
-    Hosted,
-}
-
-/// What is known about one delta layer.
-#[derive(Debug, Clone)]
-pub struct LayerInfo {
-    /// The path as given (descriptor, or bare extent).
-    pub path: PathBuf,
-    pub kind: LayerKind,
-    pub cid: Option<u32>,
-    pub parent_cid: Option<u32>,
-    pub parent_hint: Option<String>,
-    /// Virtual size in bytes.
-    pub capacity: u64,
-}
+use super::sesparse;
+use super::sniff::{sniff_kind, Sniffed};
 
 struct Layer {
     info: LayerInfo,
@@ -59,44 +29,6 @@ pub struct Chain {
     layers: Vec<Layer>,
     infos: Vec<LayerInfo>,
     capacity: u64,
-}
-
-/// The first bytes of a file, to tell formats apart.
-fn sniff(path: &Path) -> Result<Vec<u8>, Error> {
-    let f = File::open(path).map_err(|e| Error::io(path, "opening", e))?;
-    let mut head = Vec::new();
-    f.take(4096)
-        .read_to_end(&mut head)
-        .map_err(|e| Error::io(path, "reading", e))?;
-    Ok(head)
-}
-
-/// What a file's first bytes say it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Sniffed {
-    Cowd,
-    SeSparse,
-    Hosted,
-    Descriptor,
-    Other,
-}
-
-pub(crate) fn sniff_kind(path: &Path) -> Result<Sniffed, Error> {
-    let head = sniff(path)?;
-    if head.len() >= 8 && u64::from_le_bytes(head[..8].try_into().unwrap()) == SESPARSE_MAGIC {
-        return Ok(Sniffed::SeSparse);
-    }
-    if head.len() >= 4 {
-        match u32::from_le_bytes(head[..4].try_into().unwrap()) {
-            COWD_MAGIC => return Ok(Sniffed::Cowd),
-            KDMV_MAGIC => return Ok(Sniffed::Hosted),
-            _ => {}
-        }
-    }
-    if looks_like_descriptor(&head) {
-        return Ok(Sniffed::Descriptor);
-    }
-    Ok(Sniffed::Other)
 }
 
 fn open_layer(path: &Path, opts: &OpenOptions) -> Result<Layer, Error> {
@@ -255,6 +187,56 @@ impl Chain {
             pending: None,
             failed: false,
             _chain: std::marker::PhantomData,
+        }
+    }
+}
+
+/// What a chain is applied over, for [`Chain::check_parent`].
+#[derive(Debug, Clone, Copy)]
+pub enum Parent<'a> {
+    /// What the oldest delta's parentFileNameHint names, checked when it is on this host
+    /// (a raw `--target` says nothing of what it holds). A hint leading out of the delta's
+    /// folder is not followed unless the options allow it.
+    Hinted(&'a OpenOptions),
+    /// A base on this host: the same capacity, and the oldest delta's parentCID must be its
+    /// CID (both known).
+    Base(&'a BaseImage),
+    /// A volume filled from a base of `capacity` bytes, for disk `disk` (named in messages):
+    /// the same capacity. Which CID the oldest delta continues (the base's, or that of a delta
+    /// applied since) is the import's lineage, checked there.
+    Volume { capacity: u64, disk: &'a str },
+}
+
+impl Chain {
+    /// Check that the oldest delta sits on `parent` (see [`Parent`]): a mismatch is an error;
+    /// the answer says whether the CIDs were compared.
+    pub fn check_parent(&self, parent: Parent<'_>) -> Result<ParentLink, Error> {
+        let first = &self.layers()[0];
+        match parent {
+            Parent::Hinted(opts) => hinted_parent(first, opts),
+            Parent::Base(base) => {
+                let there = format!("its parent {}", show(&base.path));
+                check_capacity(first, base.capacity, &there)?;
+                let pc = first.parent_cid.ok_or_else(|| {
+                    Error::chain(format!(
+                        "{}: no parentCID to hold against the CID of {}",
+                        show(&first.path),
+                        show(&base.path)
+                    ))
+                })?;
+                check_cid(&first.path, pc, &base.path, base.cid)?;
+                Ok(ParentLink::Checked(base.path.clone()))
+            }
+            Parent::Volume { capacity, disk } => {
+                check_capacity(
+                    first,
+                    capacity,
+                    &format!("the base recorded for disk {disk}"),
+                )?;
+                Ok(ParentLink::NotChecked(
+                    "its parentCID is held against the import's lineage".into(),
+                ))
+            }
         }
     }
 }

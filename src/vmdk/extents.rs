@@ -9,16 +9,21 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::chain::LayerKind;
 use super::descriptor::{Descriptor, ExtentKind, ExtentLine};
 use super::error::{show, Error};
 use super::flat;
 use super::grains::{Cursor, GrainMap, Span};
+use super::names::ExtentOpener;
 use super::runs::{DataFile, Source};
 use super::{cowd, hosted, sesparse};
 
-/// Opens the data file an extent line names (`name`), for the descriptor that names it.
-pub type ExtentOpener<'a> = dyn FnMut(&Descriptor, &str) -> Result<Arc<DataFile>, Error> + 'a;
+/// Which format a delta layer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerKind {
+    Cowd,
+    SeSparse,
+    Hosted,
+}
 
 /// One opened extent.
 #[derive(Debug)]

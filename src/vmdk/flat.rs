@@ -4,7 +4,7 @@ use std::path::Path;
 
 use super::descriptor::{Descriptor, ExtentKind, ExtentLine};
 use super::error::{self, Error};
-use super::extents::ExtentOpener;
+use super::names::ExtentOpener;
 use super::runs::{DataFile, Source};
 
 /// Open one FLAT/VMFS/ZERO extent line of `d` (of `len` bytes) through `open_file`, checking

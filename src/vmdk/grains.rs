@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use super::error::{self, Error};
 use super::runs::{DataFile, Source};
-use super::sesparse;
 
 /// Grain directory bytes read at a time: a 64 TiB SEsparse directory is 32 MiB, so it is
 /// read in pages rather than whole to keep memory bounded by the tables in use.
@@ -21,6 +20,17 @@ pub(crate) const MAX_GRAIN_BYTES: u64 = 1 << 20;
 /// Largest virtual disk accepted: SEsparse tops out at 64 TiB; 1 PiB leaves room and keeps
 /// every offset sum below it far from overflowing.
 pub(crate) const MAX_CAPACITY_BYTES: u64 = 1 << 50;
+
+/// The top 32 bits of an SEsparse grain directory entry that names a table (the low 32 bits
+/// are the table's index in the grain table area); 0 is "no table".
+const SESPARSE_GD_TABLE_TAG: u64 = 0x1000_0000;
+/// An SEsparse grain table entry's type is its top 4 bits.
+const SESPARSE_GT_TYPE_SHIFT: u32 = 60;
+const SESPARSE_GT_UNALLOCATED: u64 = 0x0;
+/// Unmapped by the guest (TRIM/UNMAP): reads as zeros.
+const SESPARSE_GT_UNMAPPED: u64 = 0x1;
+const SESPARSE_GT_ZERO: u64 = 0x2;
+const SESPARSE_GT_ALLOCATED: u64 = 0x3;
 
 /// What one entry of a table says about its range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,7 +157,7 @@ impl GrainMap {
                 gt_area_len,
                 ..
             } => {
-                let Some(table) = sesparse::table_index(raw) else {
+                let Some(table) = sesparse_table_index(raw) else {
                     return Err(Error::invalid(
                         p,
                         format!("grain directory entry {index} is corrupt ({raw:#018x})"),
@@ -196,10 +206,10 @@ impl GrainMap {
                 grain_area,
                 grain_area_len,
                 ..
-            } => match sesparse::entry(raw) {
-                sesparse::Entry::Parent => Grain::Parent,
-                sesparse::Entry::Zeros => Grain::Zeros,
-                sesparse::Entry::Cluster(cluster) => {
+            } => match sesparse_entry(raw) {
+                SeSparseEntry::Parent => Grain::Parent,
+                SeSparseEntry::Zeros => Grain::Zeros,
+                SeSparseEntry::Cluster(cluster) => {
                     let rel = cluster.checked_mul(self.grain_bytes);
                     match rel {
                         Some(rel) if rel < grain_area_len => Grain::Data(grain_area + rel),
@@ -211,7 +221,7 @@ impl GrainMap {
                         }
                     }
                 }
-                sesparse::Entry::Corrupt => {
+                SeSparseEntry::Corrupt => {
                     return Err(Error::invalid(
                         p,
                         format!("grain table {table} entry {index} is corrupt ({raw:#018x})"),
@@ -365,5 +375,37 @@ impl Cursor {
                 })
             }
         }
+    }
+}
+
+/// The index in the grain table area of the table a nonzero SEsparse directory entry names; `None`
+/// when the entry is corrupt.
+fn sesparse_table_index(raw: u64) -> Option<u64> {
+    (raw >> 32 == SESPARSE_GD_TABLE_TAG).then_some(raw & 0xffff_ffff)
+}
+
+/// What an SEsparse grain table entry says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SeSparseEntry {
+    /// Unallocated: read the parent.
+    Parent,
+    /// Zero or unmapped: reads as zeros.
+    Zeros,
+    /// Allocated: the grain is this cluster of the grain area.
+    Cluster(u64),
+    /// Any other type, or an unallocated entry with bits set.
+    Corrupt,
+}
+
+/// Decode an SEsparse grain table entry by its type (top 4 bits).
+fn sesparse_entry(raw: u64) -> SeSparseEntry {
+    match raw >> SESPARSE_GT_TYPE_SHIFT {
+        SESPARSE_GT_UNALLOCATED if raw == 0 => SeSparseEntry::Parent,
+        SESPARSE_GT_UNMAPPED | SESPARSE_GT_ZERO => SeSparseEntry::Zeros,
+        // The cluster number is stored with its low 12 bits on top.
+        SESPARSE_GT_ALLOCATED => SeSparseEntry::Cluster(
+            ((raw & 0x0fff_0000_0000_0000) >> 48) | ((raw & 0x0000_ffff_ffff_ffff) << 12),
+        ),
+        _ => SeSparseEntry::Corrupt,
     }
 }

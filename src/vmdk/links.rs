@@ -1,18 +1,34 @@
 //! Where layers meet: a child's parentCID against its parent's CID and its capacity against its parent's, in one place for every way a chain is put together.
 //!
-//! The links between deltas are checked as a [`Chain`] is opened; the link between the oldest
-//! delta and what it is applied over by [`Chain::check_parent`], which every caller names
-//! (a [`Parent`]); the walk down parentFileNameHint by [`resolve_chain`].
+//! The links between deltas are checked as a chain is opened; the link between the oldest
+//! delta and what it is applied over by `Chain::check_parent`, which every caller names (a
+//! `Parent`); the walk down parentFileNameHint by [`resolve_chain`].
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use super::base::BaseImage;
-use super::chain::{sniff_kind, Chain, LayerInfo, OpenOptions, Sniffed, MAX_CHAIN_DEPTH};
 use super::descriptor::Descriptor;
 use super::error::{show, Error};
+use super::extents::LayerKind;
 use super::hosted;
-use super::names;
+use super::names::{self, OpenOptions};
+use super::sniff::{sniff_kind, Sniffed};
+
+/// Deepest chain accepted: ESXi allows 32 snapshots per disk; a deeper chain is a loop or junk.
+pub const MAX_CHAIN_DEPTH: usize = 64;
+
+/// What is known about one delta layer.
+#[derive(Debug, Clone)]
+pub struct LayerInfo {
+    /// The path as given (descriptor, or bare extent).
+    pub path: PathBuf,
+    pub kind: LayerKind,
+    pub cid: Option<u32>,
+    pub parent_cid: Option<u32>,
+    pub parent_hint: Option<String>,
+    /// Virtual size in bytes.
+    pub capacity: u64,
+}
 
 /// What a disk is known by where a chain meets it: its CID (`None`: it has none, as a raw
 /// image) and its capacity in bytes.
@@ -30,22 +46,6 @@ impl DiskId {
     }
 }
 
-/// What a chain is applied over, for [`Chain::check_parent`].
-#[derive(Debug, Clone, Copy)]
-pub enum Parent<'a> {
-    /// What the oldest delta's parentFileNameHint names, checked when it is on this host
-    /// (a raw `--target` says nothing of what it holds). A hint leading out of the delta's
-    /// folder is not followed unless the options allow it.
-    Hinted(&'a OpenOptions),
-    /// A base on this host: the same capacity, and the oldest delta's parentCID must be its
-    /// CID (both known).
-    Base(&'a BaseImage),
-    /// A volume filled from a base of `capacity` bytes, for disk `disk` (named in messages):
-    /// the same capacity. Which CID the oldest delta continues (the base's, or that of a delta
-    /// applied since) is the import's lineage, checked there.
-    Volume { capacity: u64, disk: &'a str },
-}
-
 /// What is known of the link between the oldest delta and its parent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ParentLink {
@@ -53,40 +53,6 @@ pub enum ParentLink {
     Checked(PathBuf),
     /// The CIDs could not be compared, and why.
     NotChecked(String),
-}
-
-impl Chain {
-    /// Check that the oldest delta sits on `parent` (see [`Parent`]): a mismatch is an error;
-    /// the answer says whether the CIDs were compared.
-    pub fn check_parent(&self, parent: Parent<'_>) -> Result<ParentLink, Error> {
-        let first = &self.layers()[0];
-        match parent {
-            Parent::Hinted(opts) => hinted_parent(first, opts),
-            Parent::Base(base) => {
-                let there = format!("its parent {}", show(&base.path));
-                check_capacity(first, base.capacity, &there)?;
-                let pc = first.parent_cid.ok_or_else(|| {
-                    Error::chain(format!(
-                        "{}: no parentCID to hold against the CID of {}",
-                        show(&first.path),
-                        show(&base.path)
-                    ))
-                })?;
-                check_cid(&first.path, pc, &base.path, base.cid)?;
-                Ok(ParentLink::Checked(base.path.clone()))
-            }
-            Parent::Volume { capacity, disk } => {
-                check_capacity(
-                    first,
-                    capacity,
-                    &format!("the base recorded for disk {disk}"),
-                )?;
-                Ok(ParentLink::NotChecked(
-                    "its parentCID is held against the import's lineage".into(),
-                ))
-            }
-        }
-    }
 }
 
 /// A delta must sit on the one before it: the same capacity, and its parentCID the parent's
@@ -104,7 +70,7 @@ pub(crate) fn check_link(parent: &LayerInfo, child: &LayerInfo) -> Result<(), Er
 }
 
 /// `child` must have the `capacity` of what it sits on (`there`, for the message).
-fn check_capacity(child: &LayerInfo, capacity: u64, there: &str) -> Result<(), Error> {
+pub(crate) fn check_capacity(child: &LayerInfo, capacity: u64, there: &str) -> Result<(), Error> {
     if child.capacity == capacity {
         return Ok(());
     }
@@ -116,7 +82,12 @@ fn check_capacity(child: &LayerInfo, capacity: u64, there: &str) -> Result<(), E
 }
 
 /// `child`'s parentCID `pc` must be the CID of `parent`.
-fn check_cid(child: &Path, pc: u32, parent: &Path, cid: Option<u32>) -> Result<(), Error> {
+pub(crate) fn check_cid(
+    child: &Path,
+    pc: u32,
+    parent: &Path,
+    cid: Option<u32>,
+) -> Result<(), Error> {
     if cid == Some(pc) {
         return Ok(());
     }
@@ -129,7 +100,7 @@ fn check_cid(child: &Path, pc: u32, parent: &Path, cid: Option<u32>) -> Result<(
 }
 
 /// [`Parent::Hinted`]: the parent `child`'s hint names, when it is on this host.
-fn hinted_parent(child: &LayerInfo, opts: &OpenOptions) -> Result<ParentLink, Error> {
+pub(crate) fn hinted_parent(child: &LayerInfo, opts: &OpenOptions) -> Result<ParentLink, Error> {
     let (Some(pc), Some(hint)) = (child.parent_cid, child.parent_hint.as_deref()) else {
         return Ok(ParentLink::NotChecked(
             "it has no descriptor naming a parent (parentCID and parentFileNameHint)".into(),

@@ -14,10 +14,13 @@ mod links;
 mod names;
 mod runs;
 pub mod sesparse;
+mod sniff;
 
 pub use base::BaseImage;
-pub use chain::{Chain, LayerInfo, LayerKind, OpenOptions, Pieces, MAX_CHAIN_DEPTH};
+pub use chain::{Chain, Parent, Pieces};
 pub use descriptor::Descriptor;
 pub use error::{show, Error};
-pub use links::{resolve_chain, DiskId, Parent, ParentLink, ResolvedChain};
+pub use extents::LayerKind;
+pub use links::{resolve_chain, DiskId, LayerInfo, ParentLink, ResolvedChain, MAX_CHAIN_DEPTH};
+pub use names::OpenOptions;
 pub use runs::{DataFile, Piece, ReadAt, Source};

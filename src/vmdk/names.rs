@@ -1,6 +1,6 @@
 //! File names found in descriptors are untrusted: keep them inside the descriptor's folder.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{self, File};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -8,6 +8,16 @@ use std::sync::Arc;
 use super::descriptor::Descriptor;
 use super::error::{show, Error};
 use super::runs::DataFile;
+
+/// How files are opened.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// Let descriptors name files outside their own folder (absolute, `..`, symlinks out).
+    pub allow_outside_paths: bool,
+}
+
+/// Opens the data file an extent line names (`name`), for the descriptor that names it.
+pub type ExtentOpener<'a> = dyn FnMut(&Descriptor, &str) -> Result<Arc<DataFile>, Error> + 'a;
 
 /// Resolve `name`, written in `descriptor`, against `folder`. Unless `allow_outside`, refuse
 /// absolute names, `..`, and names whose symlinks lead out of the folder.
@@ -60,7 +70,7 @@ pub(crate) fn resolve(
 /// Open a file for reading; `nofollow` refuses a symlink as the last component (names that
 /// went through [`resolve`] are canonical and contain none).
 pub(crate) fn open_data(path: &Path, nofollow: bool) -> Result<Arc<DataFile>, Error> {
-    let mut o = OpenOptions::new();
+    let mut o = fs::OpenOptions::new();
     o.read(true);
     if nofollow {
         o.custom_flags(nix::libc::O_NOFOLLOW);

@@ -23,17 +23,6 @@ pub const SESPARSE_HEADER_BYTES: usize = 512;
 /// Bytes of the volatile header read: its fields, then padding checked to be zero.
 const VOLATILE_READ_BYTES: u64 = 512;
 
-/// The top 32 bits of a grain directory entry that names a table (the low 32 bits are the
-/// table's index in the grain table area); 0 is "no table".
-const GD_TABLE_TAG: u64 = 0x1000_0000;
-/// A grain table entry's type is its top 4 bits.
-const GT_TYPE_SHIFT: u32 = 60;
-const GT_UNALLOCATED: u64 = 0x0;
-/// Unmapped by the guest (TRIM/UNMAP): reads as zeros.
-const GT_UNMAPPED: u64 = 0x1;
-const GT_ZERO: u64 = 0x2;
-const GT_ALLOCATED: u64 = 0x3;
-
 /// An area of the file: (offset, size) in sectors, as the constant header stores them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Area {
@@ -183,37 +172,5 @@ fn check_zero(p: &Path, bytes: &[u8], what: &str) -> Result<(), Error> {
             p,
             format!("SEsparse {what} are not zero (byte {i} of them): a format revision this tool does not read"),
         )),
-    }
-}
-
-/// The index in the grain table area of the table a nonzero directory entry names; `None`
-/// when the entry is corrupt.
-pub(crate) fn table_index(raw: u64) -> Option<u64> {
-    (raw >> 32 == GD_TABLE_TAG).then_some(raw & 0xffff_ffff)
-}
-
-/// What a grain table entry says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Entry {
-    /// Unallocated: read the parent.
-    Parent,
-    /// Zero or unmapped: reads as zeros.
-    Zeros,
-    /// Allocated: the grain is this cluster of the grain area.
-    Cluster(u64),
-    /// Any other type, or an unallocated entry with bits set.
-    Corrupt,
-}
-
-/// Decode a grain table entry by its type (top 4 bits).
-pub(crate) fn entry(raw: u64) -> Entry {
-    match raw >> GT_TYPE_SHIFT {
-        GT_UNALLOCATED if raw == 0 => Entry::Parent,
-        GT_UNMAPPED | GT_ZERO => Entry::Zeros,
-        // The cluster number is stored with its low 12 bits on top.
-        GT_ALLOCATED => Entry::Cluster(
-            ((raw & 0x0fff_0000_0000_0000) >> 48) | ((raw & 0x0000_ffff_ffff_ffff) << 12),
-        ),
-        _ => Entry::Corrupt,
     }
 }
