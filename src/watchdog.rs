@@ -1,6 +1,6 @@
 //! Nothing waits forever: a transfer that stops moving, or a signal the run does not answer in time, ends the libvirt calls it is blocked in by shutting its connections' sockets down.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -59,7 +59,6 @@ struct Dog {
     stall_timeout: AtomicU64,
     watched: Mutex<Vec<Arc<Entry>>>,
     stall: Mutex<Option<Stall>>,
-    severed: AtomicBool,
 }
 
 static DOG: OnceLock<&'static Dog> = OnceLock::new();
@@ -70,7 +69,6 @@ fn dog() -> &'static Dog {
             stall_timeout: AtomicU64::new(DEFAULT_STALL_TIMEOUT.as_millis() as u64),
             watched: Mutex::new(Vec::new()),
             stall: Mutex::new(None),
-            severed: AtomicBool::new(false),
         }));
         std::thread::Builder::new()
             .name("watchdog".into())
@@ -184,7 +182,6 @@ impl Dog {
     }
 
     fn sever(&self) -> Instant {
-        self.severed.store(true, Ordering::SeqCst);
         crate::libvirt::sever_all();
         Instant::now()
     }
@@ -201,16 +198,11 @@ impl Dog {
             EXIT_GRACE.as_secs(),
             crate::interrupt::command_line()
         );
-        log::error!("{}", crate::out::sanitize(&line));
+        // The logger escapes control characters in every line it writes.
+        log::error!("{line}");
         std::process::exit(match crate::interrupt::received() {
             Some(sig) => 128 + sig,
             None => 1,
         });
     }
-}
-
-/// Whether the watchdog shut this run's connections down (a libvirt error after that is its
-/// doing, not the daemon's).
-pub fn severed() -> bool {
-    DOG.get().is_some_and(|d| d.severed.load(Ordering::SeqCst))
 }

@@ -12,7 +12,7 @@ impl Conn {
 /// `err` as an import should report it: a lost daemon or a full pool said plainly, with
 /// what was being done and what to do next; any other error as it is.
 pub fn explain(conn: &Conn, err: anyhow::Error) -> anyhow::Error {
-    if crate::watchdog::severed() {
+    if super::sockets::severed() {
         return err; // we closed it: the caller says why
     }
     if !conn.is_alive() {

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{BorrowedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use nix::sys::socket::{shutdown, Shutdown};
@@ -45,9 +46,18 @@ pub(super) fn opened_by<T>(open: impl FnOnce() -> T) -> T {
     made
 }
 
+/// Set once [`sever_all`] ran: a lost connection after that is this process's doing.
+static SEVERED: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process shut its libvirt connections down ([`sever_all`]).
+pub fn severed() -> bool {
+    SEVERED.load(Ordering::SeqCst)
+}
+
 /// Shut down every libvirt connection's socket still open: each call waiting on one returns
 /// with an error at once (end of file), and no new call can start on it.
 pub fn sever_all() {
+    SEVERED.store(true, Ordering::SeqCst);
     let all = SOCKETS.lock().expect("no panic holding the sockets");
     for &(fd, ino) in all.iter() {
         // The inode checked first: the number may have been closed and given to another file.
