@@ -437,8 +437,13 @@ fn run_on(conn: Conn, mut req: Request) -> Result<()> {
             }
         );
     }
-    // Stage 2 on its own is checked whole before the shaping options are applied: a refused
-    // stage 2 changes nothing, neither the volumes nor the domain's XML nor its import state.
+    // Each stage is checked whole before the shaping options are applied: a refused stage 1
+    // or stage 2 changes nothing, neither the volumes nor the domain's XML nor its import state.
+    let checked_one = if stage1 {
+        check_stage_one(&req, &conn, dom.as_ref(), state.as_ref(), &disks)?
+    } else {
+        None
+    };
     let checked = if stage2 && !stage1 {
         let (Some(d), Some(st)) = (&dom, &state) else {
             return Err(missing_stage_one(&req, &conn, dom.is_none()));
@@ -458,7 +463,7 @@ fn run_on(conn: Conn, mut req: Request) -> Result<()> {
         (None, _) => None,
     };
     let (dom, mut state) = if stage1 {
-        let (dom, mut st) = stage_one(&req, &conn, dom, state, &disks)?;
+        let (dom, mut st) = stage_one(&req, &conn, dom, state, &disks, checked_one)?;
         (prove_stage_one(&req, &conn, dom, &mut st)?, st)
     } else {
         let dom = dom.ok_or_else(|| missing_stage_one(&req, &conn, true))?;
@@ -723,15 +728,77 @@ fn write_state(dom: &Dom, state: &ImportState) -> Result<()> {
         .with_context(|| format!("domain '{}': recording the import state", dom.name()))
 }
 
-/// Stage 1: volumes and domain (created, or found when other tooling defined them), then every
-/// base uploaded through one sparse stream each. The state says "not uploaded" until the
-/// stream finished, so a broken upload is never taken for a complete one.
+/// What stage 1 does to the disks of a domain that exists, checked: each disk's volume, what
+/// happens to its base, and the disk's state as the upload starts from it.
+struct BaseWork {
+    vols: Vec<Vol>,
+    steps: Vec<lifecycle::BaseStep>,
+    disks: Vec<DiskState>,
+}
+
+/// Every check of stage 1 on a domain that exists (defined by other tooling, or by an earlier
+/// run), with nothing changed: enough disks, each volume raw, the lifecycle's rule for each
+/// base (a completed upload is not done again unasked), each volume large enough. It runs
+/// before the shaping options are applied, so a refused stage 1 leaves the domain's XML and
+/// its import state as they were. None when there is no domain yet (stage 1 defines it).
+fn check_stage_one(
+    req: &Request,
+    conn: &Conn,
+    dom: Option<&Dom>,
+    state: Option<&ImportState>,
+    disks: &[DiskPlan],
+) -> Result<Option<BaseWork>> {
+    let Some(dom) = dom else { return Ok(None) };
+    // Defined by someone else (or an earlier run): write into its disks, keep its XML.
+    let sources: Vec<_> = dom
+        .disk_sources()?
+        .into_iter()
+        .filter(|d| d.device == "disk")
+        .collect();
+    ensure!(
+        sources.len() >= disks.len(),
+        "domain '{}' has {} disks; the import needs {}",
+        req.domain,
+        sources.len(),
+        disks.len()
+    );
+    let xml = dom.xml()?;
+    let mut work = BaseWork {
+        vols: Vec::new(),
+        steps: Vec::new(),
+        disks: Vec::new(),
+    };
+    for (i, plan) in disks.iter().enumerate() {
+        let old = state.and_then(|s| s.disks.get(i));
+        let vol = match old {
+            Some(ds) => conn.pool(&ds.pool)?.volume(&ds.volume)?,
+            None => volume_of(conn, &sources[i].kind).with_context(|| {
+                format!("domain '{}' disk {}", req.domain, sources[i].target_dev)
+            })?,
+        };
+        guards::ensure_raw(&req.domain, &xml, &sources[i].target_dev, &vol)?;
+        let step = base_step(req, &sources[i].target_dev, old, state)?;
+        work.disks.push(match (&step, old) {
+            (lifecycle::BaseStep::Keep, Some(ds)) => ds.clone(),
+            _ => disk_state(&sources[i].target_dev, &vol, plan, old)?,
+        });
+        work.steps.push(step);
+        work.vols.push(vol);
+    }
+    Ok(Some(work))
+}
+
+/// Stage 1: volumes and domain (created, or found when other tooling defined them and checked
+/// by [`check_stage_one`]), then every base uploaded through one sparse stream each. The
+/// state says "not uploaded" until the stream finished, so a broken upload is never taken for
+/// a complete one.
 fn stage_one(
     req: &Request,
     conn: &Conn,
     dom: Option<Dom>,
     state: Option<ImportState>,
     disks: &[DiskPlan],
+    checked: Option<BaseWork>,
 ) -> Result<(Option<Dom>, ImportState)> {
     let mut vols = Vec::new();
     let mut steps = Vec::new();
@@ -739,41 +806,14 @@ fn stage_one(
     trial::carry_over(&mut st, state.as_ref(), &req.domain);
     let dom = match dom {
         Some(dom) => {
-            // Defined by someone else (or an earlier run): write into its disks, keep its XML.
-            let sources: Vec<_> = dom
-                .disk_sources()?
-                .into_iter()
-                .filter(|d| d.device == "disk")
-                .collect();
-            ensure!(
-                sources.len() >= disks.len(),
-                "domain '{}' has {} disks; the import needs {}",
-                req.domain,
-                sources.len(),
-                disks.len()
-            );
-            let xml = dom.xml()?;
-            for (i, plan) in disks.iter().enumerate() {
-                let old = state.as_ref().and_then(|s| s.disks.get(i));
-                let vol = match old {
-                    Some(ds) => conn.pool(&ds.pool)?.volume(&ds.volume)?,
-                    None => volume_of(conn, &sources[i].kind).with_context(|| {
-                        format!("domain '{}' disk {}", req.domain, sources[i].target_dev)
-                    })?,
-                };
-                guards::ensure_raw(&req.domain, &xml, &sources[i].target_dev, &vol)?;
-                let step = base_step(req, &sources[i].target_dev, old, state.as_ref())?;
-                if let Some(ds) = old.filter(|_| step != lifecycle::BaseStep::Keep && !req.dry_run)
-                {
-                    repair_interrupted_base(&vol, ds, plan)?;
+            let work = checked.expect("check_stage_one checked the domain that exists");
+            let old = state.as_ref().map_or(&[][..], |s| &s.disks[..]);
+            for (i, ds) in old.iter().enumerate().take(disks.len()) {
+                if work.steps[i] != lifecycle::BaseStep::Keep && !req.dry_run {
+                    repair_interrupted_base(&work.vols[i], ds, &disks[i])?;
                 }
-                st.disks.push(match (&step, old) {
-                    (lifecycle::BaseStep::Keep, Some(ds)) => ds.clone(),
-                    _ => disk_state(&sources[i].target_dev, &vol, plan)?,
-                });
-                steps.push(step);
-                vols.push(vol);
             }
+            (vols, steps, st.disks) = (work.vols, work.steps, work.disks);
             Some(dom)
         }
         None => {
@@ -802,7 +842,7 @@ fn stage_one(
                     Some(vol)
                 };
                 if let Some(vol) = vol {
-                    st.disks.push(disk_state(target, &vol, plan)?);
+                    st.disks.push(disk_state(target, &vol, plan, None)?);
                     steps.push(lifecycle::BaseStep::Upload);
                     vols.push(vol);
                 }
@@ -940,27 +980,45 @@ fn base_step(
 /// volume shorter than the disk; while the state says the base is incomplete, its length is
 /// given back before the upload starts again.
 fn repair_interrupted_base(vol: &Vol, ds: &DiskState, plan: &DiskPlan) -> Result<()> {
-    if ds.base_uploaded {
+    let Some(length) = interrupted_length(ds, plan) else {
         return Ok(());
-    }
-    let capacity = plan.base.as_ref().map_or(ds.capacity, BaseInput::capacity);
-    if let Some(had) = libvirt::repair_file_length(vol, capacity.max(ds.capacity))? {
+    };
+    if let Some(had) = libvirt::repair_file_length(vol, length)? {
         log::info!(
-            "volume '{}' held {had} bytes after an interrupted upload: its length is restored to {} bytes",
-            vol.describe(),
-            capacity.max(ds.capacity)
+            "volume '{}' held {had} bytes after an interrupted upload: its length is restored to {length} bytes",
+            vol.describe()
         );
     }
     Ok(())
 }
 
-fn disk_state(target_dev: &str, vol: &Vol, plan: &DiskPlan) -> Result<DiskState> {
+/// The length [`repair_interrupted_base`] gives a file volume whose base upload `ds` says
+/// did not complete; None when it completed.
+fn interrupted_length(ds: &DiskState, plan: &DiskPlan) -> Option<u64> {
+    let capacity = plan.base.as_ref().map_or(ds.capacity, BaseInput::capacity);
+    (!ds.base_uploaded).then_some(capacity.max(ds.capacity))
+}
+
+/// The state of a disk whose base stage 1 uploads into `vol`, checked to fit. `old` is what
+/// the import state knew of the disk: a file volume its interrupted upload left short counts
+/// at the length [`repair_interrupted_base`] gives back before the upload.
+fn disk_state(
+    target_dev: &str,
+    vol: &Vol,
+    plan: &DiskPlan,
+    old: Option<&DiskState>,
+) -> Result<DiskState> {
     let capacity = plan
         .base
         .as_ref()
         .map(BaseInput::capacity)
         .unwrap_or(vol.capacity()?);
-    let vol_cap = vol.capacity()?;
+    let mut vol_cap = vol.capacity()?;
+    if let Some(length) = old.and_then(|ds| interrupted_length(ds, plan)) {
+        if is_file_volume(vol)? {
+            vol_cap = vol_cap.max(length);
+        }
+    }
     ensure!(
         capacity <= vol_cap,
         "volume '{}' holds {vol_cap} bytes, smaller than the disk's {capacity} bytes",
@@ -1009,6 +1067,16 @@ fn ensure_volume(conn: &Conn, pool: &str, name: &str, capacity: u64) -> Result<V
             Ok(vol)
         }
     }
+}
+
+/// Whether libvirt reports `vol` as a file: the kind whose length
+/// [`libvirt::repair_file_length`] gives back.
+fn is_file_volume(vol: &Vol) -> Result<bool> {
+    let info = vol
+        .raw()
+        .info()
+        .with_context(|| format!("reading the type of volume '{}'", vol.describe()))?;
+    Ok(info.kind == virt::sys::VIR_STORAGE_VOL_FILE)
 }
 
 fn volume_of(conn: &Conn, kind: &DiskKind) -> Result<Vol> {

@@ -36,7 +36,8 @@ fn state_trial(im: &Import) -> Elem {
 }
 
 /// Stage 1 again (with `extra`), expected refused with one of `any_of`, leaving the volume's
-/// bytes, the import state and the domain's run state as they were. The refusal's line.
+/// bytes, the domain's XML (`virsh dumpxml`), its import state (`virsh metadata`) and its run
+/// state as they were. The refusal's line.
 fn assert_stage1_refused_untouched(
     im: &Import,
     f: &Folder,
@@ -44,11 +45,20 @@ fn assert_stage1_refused_untouched(
     any_of: &[&str],
 ) -> String {
     let before = im.read();
-    let meta = im.metadata();
+    let (xml, state) = (im.xml(), im.state());
     let active = im.is_active();
     let line = refused(&im.stage1(&f.path("base.vmdk"), extra), any_of);
     assert_same(&im.read(), &before, "volume after a refused stage 1");
-    assert_eq!(im.metadata(), meta, "import state after a refused stage 1");
+    assert_eq!(
+        im.xml(),
+        xml,
+        "virsh dumpxml after a refused stage 1 {extra:?}"
+    );
+    assert_eq!(
+        im.state(),
+        state,
+        "virsh metadata after a refused stage 1 {extra:?}"
+    );
     assert_eq!(im.is_active(), active, "run state after a refused stage 1");
     line
 }
@@ -289,6 +299,44 @@ fn stage1_rerun_is_refused_and_reupload_base_starts_over() {
     assert!(handed_over(&im).is_none(), "{}", im.state());
     ok(&im.stage2(&refs(&deltas), &["--no-start"]), "stage 2 again");
     assert_same(&im.read(), &want, "volume after stage 2 again");
+}
+
+/// A stage 1 rerun refused while it carries an option that shapes the domain changes
+/// nothing: every refusal of stage 1 comes before the shaping options are applied. Refused
+/// because the base upload completed, and because a delta was applied over it; `--memory`
+/// differs from stage 1's, and `--cpu` from the CPU stage 1 recorded (the default, asked for,
+/// so the same on every host).
+#[test]
+fn a_refused_stage1_rerun_with_shaping_options_leaves_the_domain_and_its_state_byte_identical() {
+    let tp = TestPool::new("lc-shape-s1");
+    let f = Folder::base(SECTORS);
+    let deltas = make_chain(&f, Chain::Cowd);
+    let im = Import::new(&tp, "lc-shape-s1");
+    stage1_ok(&im, &f, SMALL_VM);
+    assert_eq!(
+        state_trial(&im).attr("cpu"),
+        Some("default"),
+        "{}",
+        im.state()
+    );
+    let shaping: [&[&str]; 3] = [
+        &["--memory", "256"],
+        &["--cpu", "host-model"],
+        &["--vcpus", "2", "--cpu", "host-passthrough"],
+    ];
+    for extra in shaping {
+        assert_stage1_refused_untouched(&im, &f, extra, &["base upload completed"]);
+    }
+    ok(&im.stage2(&refs(&deltas), &["--no-start"]), "stage 2");
+    for extra in shaping {
+        let line = assert_stage1_refused_untouched(&im, &f, extra, &["were applied"]);
+        assert!(line.contains("vm-000001.vmdk"), "names the delta: {line}");
+    }
+    let xml = im.xml();
+    assert!(
+        xml.contains("<memory unit='KiB'>131072</memory>") && !xml.contains("host-"),
+        "stage 1's 128 MiB and default CPU: {xml}"
+    );
 }
 
 /// A domain defined by other tooling on a volume of `format`, its disk's driver `driver`.
