@@ -6,6 +6,7 @@
 mod util;
 
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use util::bootimg;
@@ -13,7 +14,8 @@ use util::esx::{vmx_text, StandIn};
 use util::fixtures::{pattern, patterned, Kind, SECTOR};
 use util::libvirt::{unique_name, TestPool};
 use util::vmximport::{
-    add_console_log, cowd_child, domstate, flat_base, virsh, volume_bytes, wait_for_line,
+    add_console_log, cowd_child, domstate, dumpxml, flat_base, virsh, volume_bytes, wait_for_line,
+    Run,
 };
 use util::{assert_same, qemu_read};
 use vmdkimport::state::NS_URI;
@@ -476,4 +478,166 @@ fn a_vm_with_an_independent_disk_is_refused_over_ssh_naming_the_disk() {
         "{run}"
     );
     assert!(!util::vmximport::domain_exists(&name));
+}
+
+/// `esx.import(...)` with the trial start's CPU ladder forced: `rung` is the first that
+/// starts, whatever this host's KVM does (doc/testing.md).
+fn import_forced(
+    esx: &StandIn,
+    tp: &TestPool,
+    domain: &str,
+    vmx: &str,
+    extra: &[&str],
+    rung: &str,
+) -> Run {
+    let url = esx.url(vmx);
+    let mut args = vec![
+        "-c",
+        "qemu:///system",
+        "--domain",
+        domain,
+        "--pool",
+        &tp.name,
+        "--vmx",
+        &url,
+    ];
+    args.extend_from_slice(extra);
+    let out = Command::new(util::BIN)
+        .args(&args)
+        .env("VIRT_VMDKIMPORT_SSH_CONFIG", esx.ssh_config())
+        .env(util::ladder::ENV, rung)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    Run {
+        what: format!(
+            "{}={rung} VIRT_VMDKIMPORT_SSH_CONFIG=... virt-vmdkimport {}",
+            util::ladder::ENV,
+            args.join(" ")
+        ),
+        out,
+    }
+}
+
+/// Replace the `key=` line of the descriptor `path` with `key=value`; the text before.
+fn set_descriptor_line(path: &Path, key: &str, value: &str) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    let edited: Vec<String> = text
+        .lines()
+        .map(|l| match l.strip_prefix(key) {
+            Some(rest) if rest.starts_with('=') => format!("{key}={value}"),
+            _ => l.to_string(),
+        })
+        .collect();
+    assert_ne!(
+        edited.join("\n"),
+        text.trim_end(),
+        "{}: no {key}=",
+        path.display()
+    );
+    std::fs::write(path, edited.join("\n") + "\n").unwrap();
+    text
+}
+
+/// A domain stage 1 could not prove (its explicit CPU is made to fail) is trial-started by
+/// `--sync` and `--cutover`, whose ladder redefines it; every check that can refuse comes
+/// first, so a refused run leaves `virsh dumpxml` and the import state byte for byte as they
+/// were: refused for `--io stream` (the target volumes) and for a base that changed on ESXi
+/// (the ssh side) before the trial start; refused after it, before anything is written (a
+/// guest that does not shut down, a frozen delta whose read is cut), with the definition and
+/// the state put back. The cutover then goes through on the CPU the ladder proves.
+#[test]
+fn a_refused_sync_or_cutover_leaves_a_domain_stage1_could_not_prove_as_it_found_it() {
+    let esx = StandIn::start();
+    let tp = TestPool::new("esx-unproved");
+    let vmx = running_vm(&esx, "crm", 26, "cowd", 1, false);
+    let folder = esx.vm_dir("crm");
+    let name = unique_name("esx-unproved");
+    tp.track_domain(&name);
+    // Every host CPU fails: stage 1's explicit host-passthrough, and the ladder's first two
+    // rungs in the runs below.
+    let run = |extra: &[&str]| import_forced(&esx, &tp, &name, &vmx, extra, "default");
+    let s1 = run(&["--cpu", "host-passthrough"]);
+    assert_eq!(s1.code(), Some(1), "{s1}");
+    assert!(s1.stderr().contains("never replaced"), "{s1}");
+    let (xml, meta) = (dumpxml(&name), metadata(&name));
+    assert!(
+        meta.contains("base-uploaded=\"yes\"") && meta.contains("started=\"no\""),
+        "{meta}"
+    );
+    let unchanged = |what: &str, r: &Run| {
+        assert_eq!(dumpxml(&name), xml, "virsh dumpxml after {what}: {r}");
+        assert_eq!(metadata(&name), meta, "virsh metadata after {what}: {r}");
+        assert_eq!(domstate(&name), "shut off", "{what}");
+        assert_eq!(
+            esx.power_state(26),
+            "on",
+            "{what}: the VM still runs on ESXi"
+        );
+    };
+    let refused = |extra: &[&str], needle: &str| {
+        let r = run(extra);
+        assert_eq!(r.code(), Some(1), "{r}");
+        assert!(r.stderr().contains(needle), "{needle}: {r}");
+        r
+    };
+
+    // Refused before the trial start, and before anything on ESXi.
+    for step in ["--sync", "--cutover"] {
+        let commands = esx.commands();
+        let r = refused(
+            &[step, "--io", "stream"],
+            "--io stream: the deltas from ESXi",
+        );
+        assert_eq!(esx.commands(), commands, "no vim-cmd: {r}");
+        assert!(!r.stdout().contains("trial start"), "{r}");
+        unchanged(&format!("{step} --io stream"), &r);
+    }
+    // The VM's base is another one now (its CID changed, the chain still linked).
+    let base = folder.join("crm.vmdk");
+    let top = tops(&esx, &vmx)[0].clone();
+    let base_text = set_descriptor_line(&base, "CID", "0badba5e");
+    let top_text = set_descriptor_line(&top, "parentCID", "0badba5e");
+    for step in ["--sync", "--cutover"] {
+        let commands = esx.commands();
+        let r = refused(&[step], "is not the one stage 1 uploaded");
+        assert!(!r.stdout().contains("trial start"), "{r}");
+        unchanged(&format!("{step} over another base"), &r);
+        let sent = esx.commands()[commands.len()..].to_string();
+        assert!(!sent.contains("snapshot.create"), "no snapshot: {sent}");
+        assert!(!sent.contains("power.shutdown"), "no shutdown: {sent}");
+    }
+    std::fs::write(&base, base_text).unwrap();
+    std::fs::write(&top, top_text).unwrap();
+
+    // Refused after the trial start (the ladder stepped down and redefined the domain) and
+    // before anything is written: the definition and the state go back.
+    esx.ignore_shutdown(26);
+    let r = refused(
+        &["--cutover", "--shutdown-timeout", "2"],
+        "not powered off 2s after the shutdown request",
+    );
+    assert!(r.stdout().contains("trying cpu"), "the ladder stepped: {r}");
+    unchanged("a cutover whose guest does not shut down", &r);
+    std::fs::remove_file(esx.root().join("standin/ignore-shutdown-26")).unwrap();
+    // The sync's snapshot is taken after the trial start; reading the delta it froze fails.
+    let frozen = top.file_stem().unwrap().to_string_lossy().into_owned() + "-delta.vmdk";
+    esx.drop_read(&frozen, 0);
+    let r = refused(&["--sync"], &frozen);
+    println!("{r}");
+    assert!(r.stdout().contains("trying cpu"), "the ladder stepped: {r}");
+    unchanged("a sync whose frozen delta cannot be read", &r);
+
+    // The cutover goes through, on the CPU the ladder proves.
+    let cut = run(&["--cutover"]).ok();
+    assert!(cut.stdout().contains("with CPU default"), "{cut}");
+    assert_eq!(domstate(&name), "running");
+    virsh(&["destroy", &name]).ok();
+    assert_ne!(dumpxml(&name), xml, "the ladder's definition is kept");
+    assert!(
+        metadata(&name).contains("started=\"yes\" cpu=\"default\""),
+        "{}",
+        metadata(&name)
+    );
+    assert_volumes(&tp, &name, &tops(&esx, &vmx), "after the cutover");
 }

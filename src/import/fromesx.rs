@@ -6,7 +6,9 @@ use std::fs::{File, OpenOptions};
 use std::time::{Duration, Instant};
 
 use super::Request;
-use super::{guards, hand_over_and_start, prove_before_stage_two, read_state, write, write_state};
+use super::{
+    guards, hand_over_and_start, prove_before_stage_two, read_state, write, write_state, Found,
+};
 use crate::esx::remote::{self, FileOrder, PassReport};
 use crate::esx::vimcmd::Power;
 use crate::esx::vm::{ShutdownRefused, Vm};
@@ -60,10 +62,11 @@ struct Moved {
     secs: f64,
 }
 
-/// Run `--sync` or `--cutover` for the domain of `req`.
+/// Run `--sync` or `--cutover` for the domain of `req`. Every check that can refuse comes
+/// before the trial start of a domain stage 1 never proved, whose ladder may redefine it:
+/// the domain, its volumes, then the ESXi side (in `sync` and `cutover`).
 pub fn run(req: &Request, conn: &Conn, o: &EsxOptions) -> Result<()> {
     let (dom, mut st) = checked_domain(req, conn)?;
-    let dom = prove_before_stage_two(req, conn, Some(dom), &mut st)?.expect("a domain");
     let targets = targets(req, conn, &dom, &st)?;
     let vm = Vm::find(
         &o.url,
@@ -72,9 +75,53 @@ pub fn run(req: &Request, conn: &Conn, o: &EsxOptions) -> Result<()> {
         req.open.allow_outside_paths,
     )?;
     match o.step {
-        Step::Sync => sync(req, &dom, &mut st, &targets, &vm, o),
-        Step::Cutover => cutover(req, conn, &dom, &mut st, &targets, &vm, o),
+        Step::Sync => sync(req, conn, dom, &mut st, &targets, &vm, o),
+        Step::Cutover => cutover(req, conn, dom, &mut st, &targets, &vm, o),
     }
+}
+
+/// The trial start of a domain stage 1 never proved ([`prove_before_stage_two`]), once every
+/// check that needs nothing changed has passed. Returns the domain to go on with and, when
+/// the trial ran, the definition and import state the run found: [`undo`] puts them back for
+/// a refusal that still comes before anything is written.
+fn prove(
+    req: &Request,
+    conn: &Conn,
+    dom: Dom,
+    st: &mut ImportState,
+) -> Result<(Dom, Option<Found>)> {
+    let (dom, found) = prove_before_stage_two(req, conn, Some(dom), st)?;
+    Ok((dom.expect("a domain"), found))
+}
+
+/// `e`, a refusal after the trial start: the domain's definition and import state put back
+/// as the run found them (`found`, when the trial ran).
+fn undo(
+    conn: &Conn,
+    found: Option<Found>,
+    st: &mut ImportState,
+    e: anyhow::Error,
+) -> anyhow::Error {
+    let Some(found) = found else { return e };
+    match found.put_back(conn, st) {
+        Ok(_) => {
+            log::info!("the domain's definition and import state are back as this run found them");
+            e
+        }
+        Err(back) => e.context(format!(
+            "putting the domain's definition and import state back failed too: {back:#}"
+        )),
+    }
+}
+
+/// The VM's chains now, checked before anything changes on either side: its disks are the
+/// ones stage 1 uploaded, and the deltas already applied are still in them.
+fn checked_chains(vm: &Vm, st: &ImportState) -> Result<Vec<RemoteChain>> {
+    let chains = chains(vm, st)?;
+    for (ds, c) in st.disks.iter().zip(&chains) {
+        pending(ds, &c.deltas, c.deltas.len(), false)?;
+    }
+    Ok(chains)
 }
 
 /// The domain and its import state, when a run from ESXi may write into it: every base
@@ -442,40 +489,32 @@ fn usable_power(vm: &Vm) -> Result<Power> {
 /// `--sync`: a new migration snapshot freezes the VM's deltas, which are applied now.
 fn sync(
     req: &Request,
-    dom: &Dom,
+    conn: &Conn,
+    dom: Dom,
     st: &mut ImportState,
     targets: &[Vol],
     vm: &Vm,
     o: &EsxOptions,
 ) -> Result<()> {
     usable_power(vm)?;
-    let phase = crate::report::begin("snapshot");
-    let snap = vm.take_snapshot()?;
-    phase.done(None, None);
-    let chains = chains(vm, st)?;
-    let frozen = |c: &RemoteChain| c.deltas.len().saturating_sub(1);
+    checked_chains(vm, st)?;
+    // The trial start before the snapshot: a domain that does not start leaves nothing on
+    // ESXi either. What only the snapshot shows (the deltas it froze, opened) is checked
+    // after it, and a refusal there puts the domain back as the trial found it.
+    let (dom, found) = prove(req, conn, dom, st)?;
     let mut cache = HashMap::new();
-    if req.dry_run {
-        for (ds, c) in st.disks.iter().zip(&chains) {
-            let (start, _) = pending(ds, &c.deltas, c.deltas.len(), false)?;
-            for d in &c.deltas[start..] {
-                log::info!(
-                    "disk {}: would apply {} (frozen by '{snap}') over ssh",
-                    ds.target_dev,
-                    d.shown
-                );
-            }
-        }
-        return Ok(());
-    }
-    let work = prepare(vm, st, &chains, &frozen, false, &mut cache, o.jobs)?;
-    let moved = apply(vm, dom, st, targets, &work, &cache, o.jobs)?;
+    let (snap, work) = match freeze(req, vm, st, &mut cache, o.jobs) {
+        Ok(Some(frozen)) => frozen,
+        Ok(None) => return Ok(()),
+        Err(e) => return Err(undo(conn, found, st, e)),
+    };
+    let moved = apply(vm, &dom, st, targets, &work, &cache, o.jobs)?;
     st.syncs.push(SyncRound {
         at: super::lifecycle::utc_now(),
         bytes: moved.data + moved.zero,
         ms: (moved.secs * 1e3) as u64,
     });
-    write_state(dom, st)?;
+    write_state(&dom, st)?;
     log::info!(
         "sync round {}: applied {} delta(s): {:.1} MiB of data, {:.1} MiB of zeros ({:.1} MiB read over ssh) in {}; the VM now writes into the deltas of '{snap}', which the next --sync or the --cutover applies",
         st.syncs.len(),
@@ -488,37 +527,71 @@ fn sync(
     Ok(())
 }
 
+/// `--sync`'s steps from the migration snapshot until just before the first write: the
+/// snapshot, then every frozen delta not applied yet opened and checked. The snapshot's name
+/// and the work; None for a dry run, which says what it would apply.
+fn freeze(
+    req: &Request,
+    vm: &Vm,
+    st: &ImportState,
+    cache: &mut HashMap<String, Opened>,
+    jobs: usize,
+) -> Result<Option<(String, Vec<DiskWork>)>> {
+    let phase = crate::report::begin("snapshot");
+    let snap = vm.take_snapshot()?;
+    phase.done(None, None);
+    let chains = chains(vm, st)?;
+    if req.dry_run {
+        for (ds, c) in st.disks.iter().zip(&chains) {
+            let (start, _) = pending(ds, &c.deltas, c.deltas.len(), false)?;
+            for d in &c.deltas[start..] {
+                log::info!(
+                    "disk {}: would apply {} (frozen by '{snap}') over ssh",
+                    ds.target_dev,
+                    d.shown
+                );
+            }
+        }
+        return Ok(None);
+    }
+    let frozen = |c: &RemoteChain| c.deltas.len().saturating_sub(1);
+    let work = prepare(vm, st, &chains, &frozen, false, cache, jobs)?;
+    Ok(Some((snap, work)))
+}
+
 /// `--cutover`: everything checked, then guest shutdown, the final deltas, the start.
 fn cutover(
     req: &Request,
     conn: &Conn,
-    dom: &Dom,
+    dom: Dom,
     st: &mut ImportState,
     targets: &[Vol],
     vm: &Vm,
     o: &EsxOptions,
 ) -> Result<()> {
     let power = usable_power(vm)?;
-    let chains = chains(vm, st)?;
-    let running = power == Power::On;
     // Before the VM is touched: the lineage of every delta, and the frozen ones opened.
+    let chains = checked_chains(vm, st)?;
+    let running = power == Power::On;
     let frozen = |c: &RemoteChain| c.deltas.len() - usize::from(running && !c.deltas.is_empty());
     let mut cache = HashMap::new();
-    for (ds, c) in st.disks.iter().zip(&chains) {
-        pending(ds, &c.deltas, c.deltas.len(), true)?;
-    }
     if req.dry_run {
         return say_cutover_plan(vm, st, &chains, running, o);
     }
     prepare(vm, st, &chains, &frozen, false, &mut cache, o.jobs)?;
+    // Last before the VM is touched, so that a domain that does not start leaves it running.
+    let (dom, found) = prove(req, conn, dom, st)?;
     let t0 = Instant::now();
     if running {
-        stop_vm(vm, o)?;
+        // Refused with the VM still running on ESXi: nothing changed here either.
+        if let Err(e) = stop_vm(vm, o) {
+            return Err(undo(conn, found, st, e));
+        }
     } else {
         log::info!("{}: the VM is powered off already: no shutdown", vm.ds_path);
     }
     let shutdown = t0.elapsed();
-    let outcome = finish(conn, dom, st, targets, vm, &chains, &mut cache, o);
+    let outcome = finish(conn, &dom, st, targets, vm, &chains, &mut cache, o);
     let (moved, start) = match outcome {
         Ok(v) => v,
         Err(e) => return Err(roll_back(vm, running && o.rollback, e)),
@@ -533,7 +606,7 @@ fn cutover(
     };
     say_outage(&req.domain, &outage, &moved, running);
     st.cutover = Some(outage);
-    write_state(dom, st)?;
+    write_state(&dom, st)?;
     if o.remove_snapshots {
         remove_snapshots(vm);
     } else {

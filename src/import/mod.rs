@@ -471,7 +471,7 @@ fn run_on(conn: Conn, mut req: Request) -> Result<()> {
         (Some(dom), state)
     };
     let dom = if stage2 && !stage1 {
-        prove_before_stage_two(&req, &conn, dom, &mut state)?
+        prove_before_stage_two(&req, &conn, dom, &mut state)?.0
     } else {
         dom
     };
@@ -601,39 +601,67 @@ fn prove_stage_one(
     Ok(Some(dom))
 }
 
+/// A domain's definition and import state as a run found them, before its trial start
+/// redefined the domain (the ladder's steps): put back when the run is refused after all.
+pub(super) struct Found {
+    xml: String,
+    state: ImportState,
+}
+
+impl Found {
+    fn of(dom: &Dom, st: &ImportState) -> Result<Found> {
+        Ok(Found {
+            xml: dom.xml()?,
+            state: st.clone(),
+        })
+    }
+
+    /// The definition and the import state back as they were. The state goes back through
+    /// the metadata call as well: a redefinition alone gives it libvirt's indentation.
+    pub(super) fn put_back(self, conn: &Conn, st: &mut ImportState) -> Result<Dom> {
+        let dom = conn
+            .define_domain(&self.xml)
+            .context("putting the domain's previous definition back")?;
+        write_state(&dom, &self.state)?;
+        *st = self.state;
+        Ok(dom)
+    }
+}
+
 /// Stage 2 on a domain that stage 1 never proved (its trial start failed, or the import
-/// predates it): the trial start now, before anything is marked or written, so a domain that
-/// cannot start is refused while the disks and the VMware side are still as they were. A
-/// refusal also puts back the definition and the import state the run found (the ladder may
-/// have stepped on the way): a refused command changes nothing.
+/// predates it): the trial start now, after every check and before anything is marked or
+/// written, so a domain that cannot start is refused while the disks and the VMware side are
+/// still as they were. A refusal also puts back the definition and the import state the run
+/// found (the ladder may have stepped on the way): a refused command changes nothing.
+/// Returns the domain to go on with and, when the trial ran, what the run found, for a caller
+/// that can still be refused before it writes (`--sync`'s snapshot, the cutover's shutdown).
 fn prove_before_stage_two(
     req: &Request,
     conn: &Conn,
     dom: Option<Dom>,
     st: &mut ImportState,
-) -> Result<Option<Dom>> {
-    let Some(d) = &dom else { return Ok(None) };
+) -> Result<(Option<Dom>, Option<Found>)> {
+    let Some(d) = &dom else {
+        return Ok((None, None));
+    };
     if req.dry_run || st.trial.as_ref().is_some_and(|t| t.started) {
-        return Ok(dom);
+        return Ok((dom, None));
     }
     log::info!(
         "domain '{}': stage 1 did not prove that it starts; trial start before anything is written",
         req.domain
     );
-    let (before, saved) = (d.xml()?, st.clone());
-    prove_stage_one(req, conn, dom, st).or_else(|e| {
-        // The state goes back through the metadata call as well: a redefinition alone gives
-        // it libvirt's indentation.
-        let d = conn
-            .define_domain(&before)
-            .context("putting the domain's previous definition back")?;
-        write_state(&d, &saved)?;
-        *st = saved;
-        Err(e.context(format!(
-            "stage 2 refused, nothing written: domain '{}' does not start",
-            req.domain
-        )))
-    })
+    let found = Found::of(d, st)?;
+    match prove_stage_one(req, conn, dom, st) {
+        Ok(dom) => Ok((dom, Some(found))),
+        Err(e) => {
+            found.put_back(conn, st)?;
+            Err(e.context(format!(
+                "stage 2 refused, nothing written: domain '{}' does not start",
+                req.domain
+            )))
+        }
+    }
 }
 
 /// Size of the driver-install disk: Windows only needs to see a virtio disk, not use it.
