@@ -206,3 +206,63 @@ impl Dog {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    fn dog_with(limit: Duration, entries: &[Arc<Entry>]) -> Dog {
+        Dog {
+            stall_timeout: AtomicU64::new(limit.as_millis() as u64),
+            watched: Mutex::new(entries.to_vec()),
+            stall: Mutex::new(None),
+        }
+    }
+
+    fn entry(what: &str, count: Arc<AtomicU64>) -> Arc<Entry> {
+        Arc::new(Entry {
+            what: what.into(),
+            probe: Box::new(move || count.load(Ordering::SeqCst)),
+        })
+    }
+
+    #[test]
+    fn a_transfer_that_stands_still_for_the_limit_is_a_stall_and_one_that_moves_is_not() {
+        let (still, moving) = (Arc::new(AtomicU64::new(7)), Arc::new(AtomicU64::new(0)));
+        let a = entry("disk sda: delta apply", still);
+        let b = entry("disk sdb: delta apply", moving.clone());
+        let dog = dog_with(Duration::from_secs(120), &[b.clone()]);
+        let mut seen = Vec::new();
+        let t0 = Instant::now();
+        for s in 0..=300 {
+            moving.fetch_add(1, Ordering::SeqCst);
+            assert_eq!(dog.look(&mut seen, t0 + Duration::from_secs(s)), None);
+        }
+        dog.watched.lock().unwrap().push(a);
+        let t1 = t0 + Duration::from_secs(301);
+        assert_eq!(dog.look(&mut seen, t1), None, "first seen now");
+        moving.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(dog.look(&mut seen, t1 + Duration::from_secs(119)), None);
+        moving.fetch_add(1, Ordering::SeqCst);
+        let stall = dog.look(&mut seen, t1 + Duration::from_secs(120)).unwrap();
+        assert_eq!(stall.what, "disk sda: delta apply");
+        assert_eq!(stall.secs, 120);
+        assert_eq!(
+            stall.to_string(),
+            "disk sda: delta apply: no progress for 120 s (--stall-timeout)"
+        );
+    }
+
+    #[test]
+    fn a_transfer_no_longer_watched_is_forgotten() {
+        let a = entry("disk sda: base upload", Arc::new(AtomicU64::new(0)));
+        let dog = dog_with(Duration::from_secs(1), &[a]);
+        let mut seen = Vec::new();
+        let t0 = Instant::now();
+        assert_eq!(dog.look(&mut seen, t0), None);
+        dog.watched.lock().unwrap().clear();
+        assert_eq!(dog.look(&mut seen, t0 + Duration::from_secs(5)), None);
+        assert!(seen.is_empty());
+    }
+}
