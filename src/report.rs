@@ -116,7 +116,7 @@ pub fn state_of(uri: Option<&str>, name: &str) -> (Option<String>, Value) {
     };
     let state = conn
         .domain(name)
-        .and_then(|d| d.map(|d| crate::import::read_state(&d)).transpose())
+        .and_then(|d| d.map(|d| crate::state::metadata::read(&d)).transpose())
         .map(Option::flatten);
     let value = match state {
         Ok(Some(st)) => serde_json::to_value(&st).unwrap_or(Value::Null),

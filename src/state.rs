@@ -34,6 +34,8 @@
 
 use anyhow::{bail, ensure, Context, Result};
 
+pub mod metadata;
+
 use crate::xmltree::{self, Element};
 
 /// The namespace of the metadata element. The `.example` name is reserved (RFC 2606), so it can

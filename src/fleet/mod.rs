@@ -5,11 +5,10 @@ pub mod phase;
 pub mod report;
 mod sched;
 
-use crate::import::read_state;
 use crate::libvirt::{self, Conn, Dom};
 use crate::plan_file::{self, Fleet, FleetVm, StepKind};
 use crate::progress;
-use crate::state::{self, ImportState, StepRecord};
+use crate::state::{metadata, ImportState, StepRecord};
 use anyhow::{anyhow, bail, Context, Result};
 use args::{Action, Command, PlanArgs, StatusArgs};
 use phase::{Decision, Phase};
@@ -30,7 +29,7 @@ fn show_domain(a: &StatusArgs) -> Result<()> {
     let dom = conn
         .domain(&a.domain)?
         .with_context(|| format!("domain '{}' does not exist on {}", a.domain, conn.uri()))?;
-    let st = read_state(&dom)?.with_context(|| {
+    let st = metadata::read(&dom)?.with_context(|| {
         format!(
             "domain '{}' on {} has no import state",
             a.domain,
@@ -61,7 +60,7 @@ impl Hosts {
     fn state(&mut self, vm: &FleetVm) -> Result<(Option<Dom>, Option<ImportState>)> {
         let got = self.get(&vm.uri).and_then(|c| {
             let dom = c.domain(&vm.name)?;
-            let st = dom.as_ref().map(read_state).transpose()?.flatten();
+            let st = dom.as_ref().map(metadata::read).transpose()?.flatten();
             Ok((dom, st))
         });
         if got.is_err() {
@@ -339,8 +338,7 @@ fn record(
         outcome: outcome.into(),
         error,
     });
-    dom.set_metadata(state::NS_URI, state::NS_PREFIX, &st.to_xml())
-        .with_context(|| format!("domain '{}': recording the import state", vm.name))
+    metadata::write(&dom, &st)
 }
 
 const SUMMARY_HEAD: [&str; 8] = [

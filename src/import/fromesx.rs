@@ -6,14 +6,13 @@ use std::fs::{File, OpenOptions};
 use std::time::{Duration, Instant};
 
 use super::Request;
-use super::{
-    guards, hand_over_and_start, prove_before_stage_two, read_state, write, write_state, Found,
-};
+use super::{guards, hand_over_and_start, prove_before_stage_two, write, Found};
 use crate::esx::remote::{self, FileOrder, PassReport};
 use crate::esx::vimcmd::Power;
 use crate::esx::vm::{ShutdownRefused, Vm};
 use crate::esx::{RemoteChain, RemoteDelta, SNAPSHOT_NAME};
 use crate::libvirt::{Conn, Dom, Vol};
+use crate::state::metadata;
 use crate::state::{AppliedDelta, DiskState, ImportState, Outage, SyncRound};
 use crate::vmdk::{Chain, DiskId, Parent};
 
@@ -134,7 +133,7 @@ fn checked_domain(req: &Request, conn: &Conn) -> Result<(Dom, ImportState)> {
             conn.uri()
         )
     })?;
-    let st = read_state(&dom)?.ok_or_else(|| {
+    let st = metadata::read(&dom)?.ok_or_else(|| {
         anyhow!(
             "domain '{name}' has no import state: it was not made by stage 1 of virt-vmdkimport"
         )
@@ -391,7 +390,7 @@ fn apply(
         ds.applying_from = Some(w.start);
         ds.applied = w.lineage.clone();
     }
-    write_state(dom, st)?;
+    metadata::write(dom, st)?;
     let results = side_by_side(work, jobs, |w| {
         let dev = &st.disks[w.disk].target_dev;
         (w.disk, write_disk(vm, &targets[w.disk], w, cache, dev))
@@ -414,7 +413,7 @@ fn apply(
         }
     }
     moved.deltas = work.iter().map(|w| w.deltas.len()).sum();
-    write_state(dom, st)?;
+    metadata::write(dom, st)?;
     if let Some(e) = first_err {
         return Err(e);
     }
@@ -514,7 +513,7 @@ fn sync(
         bytes: moved.data + moved.zero,
         ms: (moved.secs * 1e3) as u64,
     });
-    write_state(&dom, st)?;
+    metadata::write(&dom, st)?;
     log::info!(
         "sync round {}: applied {} delta(s): {:.1} MiB of data, {:.1} MiB of zeros ({:.1} MiB read over ssh) in {}; the VM now writes into the deltas of '{snap}', which the next --sync or the --cutover applies",
         st.syncs.len(),
@@ -606,7 +605,7 @@ fn cutover(
     };
     say_outage(&req.domain, &outage, &moved, running);
     st.cutover = Some(outage);
-    write_state(&dom, st)?;
+    metadata::write(&dom, st)?;
     if o.remove_snapshots {
         remove_snapshots(vm);
     } else {

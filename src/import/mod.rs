@@ -16,6 +16,7 @@ use crate::domain_xml::{self, DiskSource as SpecDisk, DomainSpec, NetSource, Nic
 use crate::image_read::ImageRead;
 use crate::libvirt::{self, Conn, DiskKind, Dom, Vol};
 use crate::progress::Transfer;
+use crate::state::metadata;
 use crate::state::{self, AppliedDelta, DiskState, ImportState};
 use crate::vmdk::{self, BaseImage, Chain, DiskId, LayerInfo, OpenOptions, Parent};
 use crate::vmx::{self, Firmware, OsFamily, VmxConfig};
@@ -400,7 +401,7 @@ pub fn run(plan: ImportPlan) -> Result<()> {
 fn run_on(conn: Conn, mut req: Request) -> Result<()> {
     let dom = conn.domain(&req.domain)?;
     let mut state = match &dom {
-        Some(d) => read_state(d)?,
+        Some(d) => metadata::read(d)?,
         None => None,
     };
     let base_done = state
@@ -536,7 +537,7 @@ fn hand_over_without_start(conn: &Conn, dom: &Dom, st: &mut ImportState) -> Resu
         lifecycle::utc_now(),
         mtimes,
     );
-    write_state(dom, st)?;
+    metadata::write(dom, st)?;
     log::info!(
         "handed over (--no-start): the deltas applied are final; only newer deltas can follow"
     );
@@ -555,10 +556,10 @@ fn hand_over_and_start(conn: &Conn, dom: &Dom, st: &mut ImportState) -> Result<(
         lifecycle::utc_now(),
         mtimes,
     );
-    write_state(dom, st)?;
+    metadata::write(dom, st)?;
     if let Err(e) = trial::start_after_stage_two(conn, dom) {
         *st = before;
-        write_state(dom, st)?;
+        metadata::write(dom, st)?;
         return Err(e);
     }
     phase.done(None, None);
@@ -595,7 +596,7 @@ fn prove_stage_one(
     let ours = st.defined_by_tool == Some(true);
     let phase = crate::report::begin("trial start");
     let proved = trial::prove(conn, &mut dom, fixed, ours, st);
-    write_state(&dom, st)?;
+    metadata::write(&dom, st)?;
     proved?;
     phase.done(None, None);
     Ok(Some(dom))
@@ -622,7 +623,7 @@ impl Found {
         let dom = conn
             .define_domain(&self.xml)
             .context("putting the domain's previous definition back")?;
-        write_state(&dom, &self.state)?;
+        metadata::write(&dom, &self.state)?;
         *st = self.state;
         Ok(dom)
     }
@@ -739,21 +740,6 @@ fn volume_names(req: &Request, n: usize) -> Vec<SpecDisk> {
             volume: format!("{}-disk{i}", req.domain),
         })
         .collect()
-}
-
-/// The import state in `dom`'s metadata, if it has one.
-pub fn read_state(dom: &Dom) -> Result<Option<ImportState>> {
-    match dom.metadata(state::NS_URI)? {
-        Some(xml) => Ok(Some(ImportState::from_xml(&xml).with_context(|| {
-            format!("domain '{}': reading the import state", dom.name())
-        })?)),
-        None => Ok(None),
-    }
-}
-
-fn write_state(dom: &Dom, state: &ImportState) -> Result<()> {
-    dom.set_metadata(state::NS_URI, state::NS_PREFIX, &state.to_xml())
-        .with_context(|| format!("domain '{}': recording the import state", dom.name()))
 }
 
 /// What stage 1 does to the disks of a domain that exists, checked: each disk's volume, what
@@ -939,7 +925,7 @@ fn stage_one(
         }
         return Ok((Some(dom), st));
     }
-    write_state(&dom, &st)?;
+    metadata::write(&dom, &st)?;
     for (i, (plan, vol)) in disks.iter().zip(&vols).enumerate() {
         let Some(base) = &plan.base else { continue };
         if steps[i] == lifecycle::BaseStep::Keep {
@@ -984,7 +970,7 @@ fn stage_one(
             stats.bytes_read as f64 / secs.max(1e-9) / 1e6
         );
         st.disks[i].base_uploaded = true;
-        write_state(&dom, &st)?;
+        metadata::write(&dom, &st)?;
         phase.done(Some(stats.bytes_read), None);
     }
     Ok((Some(dom), st))
@@ -1278,7 +1264,7 @@ fn stage_two(
         if disks[i].copy_whole {
             // Independent disk: the whole image again, now that the VM is off.
             st.disks[i].applying = true;
-            write_state(dom, st)?;
+            metadata::write(dom, st)?;
             let base = disks[i]
                 .base
                 .as_ref()
@@ -1299,7 +1285,7 @@ fn stage_two(
             );
             *written.get_or_insert(0) += stats.bytes_read;
             st.disks[i].applying = false;
-            write_state(dom, st)?;
+            metadata::write(dom, st)?;
             continue;
         }
         let Some(DeltaWork {
@@ -1322,7 +1308,7 @@ fn stage_two(
         // leave stray grains of the longer one in the volume).
         st.disks[i].applying = true;
         st.disks[i].applied = lineage;
-        write_state(dom, st)?;
+        metadata::write(dom, st)?;
         let ds = st.disks[i].clone();
         let mut phase = crate::report::begin("delta apply").disk(&ds.target_dev);
         let report = if let Some(pool) = overlay::choose(req, conn, &ds)? {
@@ -1340,7 +1326,7 @@ fn stage_two(
         log::info!("disk {}: {report}", st.disks[i].target_dev);
         st.disks[i].applying = false;
         *written.get_or_insert(0) += survey.data_bytes + survey.zero_bytes;
-        write_state(dom, st)?;
+        metadata::write(dom, st)?;
     }
     if let Some(bytes) = written {
         record_local_apply(dom, st, bytes, started.elapsed())?;
@@ -1361,7 +1347,7 @@ fn record_local_apply(
         bytes,
         ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
     });
-    write_state(dom, st)
+    metadata::write(dom, st)
 }
 
 /// The base image, when it can stand in for the volume's own bytes between the chain's runs:

@@ -10,7 +10,7 @@ use crate::cli::IoMode;
 use crate::libvirt::{self, parse_disk_sources, Conn, DiskKind, Dom, Pool, Vol};
 use crate::progress::Transfer;
 use crate::qcow2;
-use crate::state::{self, DiskState, ImportState, OverlayRecord, OverlayStep};
+use crate::state::{self, metadata, DiskState, ImportState, OverlayRecord, OverlayStep};
 use crate::vmdk::Chain;
 use crate::xmltree::{self, Element, Node};
 
@@ -32,36 +32,18 @@ const POLL: Duration = Duration::from_millis(50);
 /// Pool types whose volumes are files, so they can hold a qcow2 image.
 const FILE_POOLS: &[&str] = &["dir", "fs", "netfs"];
 
-/// The overlay records in the domain's metadata.
-fn read_records(dom: &Dom) -> Result<Vec<OverlayRecord>> {
-    match dom.metadata(state::OVERLAY_NS_URI)? {
-        Some(xml) => state::overlays_from_xml(&xml)
-            .with_context(|| format!("domain '{}': reading the overlay records", dom.name())),
-        None => Ok(Vec::new()),
-    }
-}
-
-fn write_records(dom: &Dom, records: &[OverlayRecord]) -> Result<()> {
-    dom.set_metadata(
-        state::OVERLAY_NS_URI,
-        state::OVERLAY_NS_PREFIX,
-        &state::overlays_to_xml(records),
-    )
-    .with_context(|| format!("domain '{}': recording the overlay's step", dom.name()))
-}
-
 /// Put `rec` in the records (replacing the one for its disk) and write them.
 fn record(dom: &Dom, rec: &OverlayRecord) -> Result<()> {
-    let mut all = read_records(dom)?;
+    let mut all = metadata::read_overlays(dom)?;
     all.retain(|r| r.target_dev != rec.target_dev);
     all.push(rec.clone());
-    write_records(dom, &all)
+    metadata::write_overlays(dom, &all)
 }
 
 fn forget(dom: &Dom, dev: &str) -> Result<()> {
-    let mut all = read_records(dom)?;
+    let mut all = metadata::read_overlays(dom)?;
     all.retain(|r| r.target_dev != dev);
-    write_records(dom, &all)
+    metadata::write_overlays(dom, &all)
 }
 
 /// The pool the overlay of disk `ds` goes into, checked before anything is written: it must
@@ -140,7 +122,7 @@ pub fn write_disk(
         offline: false,
         original_disk: xmltree::to_string(&original),
     };
-    let earlier = read_records(dom)?
+    let earlier = metadata::read_overlays(dom)?
         .into_iter()
         .find(|r| r.target_dev == ds.target_dev);
     if let Some(old) = pool.find_volume(&name)? {
@@ -185,7 +167,7 @@ pub fn write_disk(
 /// Switch every disk whose overlay is uploaded to it in the persistent definition (each
 /// switch recorded once made).
 pub fn switch_all(conn: &Conn, dom: &Dom) -> Result<()> {
-    for mut rec in read_records(dom)? {
+    for mut rec in metadata::read_overlays(dom)? {
         if rec.step != OverlayStep::Uploaded {
             continue;
         }
@@ -239,7 +221,7 @@ fn disk_file(xml: &str, dev: &str) -> Result<Option<String>> {
 fn in_use(dom: &Dom) -> Result<Vec<OverlayRecord>> {
     let xml = dom.xml()?;
     let mut out = Vec::new();
-    for r in read_records(dom)? {
+    for r in metadata::read_overlays(dom)? {
         let named =
             !r.path.is_empty() && disk_file(&xml, &r.target_dev)?.as_deref() == Some(&r.path);
         if r.step >= OverlayStep::OnOverlay || named {
@@ -297,7 +279,7 @@ pub fn resume(req: &Request, conn: &Conn, dom: &Dom, st: Option<&mut ImportState
     } else {
         // Switched but never started: every overlay was uploaded before the first switch, so
         // the disks are complete; switch the rest and start now.
-        let uploaded = read_records(dom)?;
+        let uploaded = metadata::read_overlays(dom)?;
         for d in &mut st.disks {
             if uploaded
                 .iter()
@@ -313,7 +295,7 @@ pub fn resume(req: &Request, conn: &Conn, dom: &Dom, st: Option<&mut ImportState
             devs.join(", ")
         );
         switch_all(conn, dom)?;
-        super::write_state(dom, st)?;
+        metadata::write(dom, st)?;
         super::hand_over_and_start(conn, dom, st)?;
         log::info!(
             "domain '{}' started (outage_s={:.3})",

@@ -6,7 +6,7 @@ use super::shape::{self, Hyperv};
 use super::{os_name, trial, Request};
 use crate::domain_xml::NetSource;
 use crate::libvirt::{Conn, Dom};
-use crate::state::ImportState;
+use crate::state::{metadata, ImportState};
 use crate::vmx::OsFamily;
 use crate::xmltree::{self, Element};
 
@@ -202,7 +202,7 @@ pub fn apply_and_prove(req: &Request, conn: &Conn, dom: Dom, st: &mut ImportStat
     let saved = st.clone();
     match trial::prove(conn, &mut new, fixed, true, st) {
         Ok(()) => {
-            super::write_state(&new, st)?;
+            metadata::write(&new, st)?;
             Ok(new)
         }
         Err(e) => {
@@ -211,7 +211,7 @@ pub fn apply_and_prove(req: &Request, conn: &Conn, dom: Dom, st: &mut ImportStat
             let old = conn
                 .define_domain(&before)
                 .context("putting the previous definition back")?;
-            super::write_state(&old, &saved)?;
+            metadata::write(&old, &saved)?;
             *st = saved;
             Err(e.context(format!(
                 "domain '{}': the previous definition is back in place",
