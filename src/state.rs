@@ -28,12 +28,13 @@
 //!
 //! CIDs are written as 8 hex digits, as VMware writes them in descriptors.
 //!
-//! `lifecycle="1"` marks a state that records hand-overs (see [`crate::import::lifecycle`]).
+//! `lifecycle="1"` marks a state that records hand-overs (see [`lifecycle`]).
 //! A state without it was written by an older version that did not: its applied deltas are
 //! read as handed over at an unknown time, the safe reading.
 
 use anyhow::{bail, ensure, Context, Result};
 
+pub mod lifecycle;
 pub mod metadata;
 
 use crate::xmltree::{self, Element};

@@ -12,7 +12,7 @@ use crate::esx::vimcmd::Power;
 use crate::esx::vm::{ShutdownRefused, Vm};
 use crate::esx::{RemoteChain, RemoteDelta, SNAPSHOT_NAME};
 use crate::libvirt::{Conn, Dom, Vol};
-use crate::state::metadata;
+use crate::state::{lifecycle, metadata};
 use crate::state::{AppliedDelta, DiskState, ImportState, Outage, SyncRound};
 use crate::vmdk::{Chain, DiskId, Parent};
 
@@ -509,7 +509,7 @@ fn sync(
     };
     let moved = apply(vm, &dom, st, targets, &work, &cache, o.jobs)?;
     st.syncs.push(SyncRound {
-        at: super::lifecycle::utc_now(),
+        at: lifecycle::utc_now(),
         bytes: moved.data + moved.zero,
         ms: (moved.secs * 1e3) as u64,
     });
@@ -596,7 +596,7 @@ fn cutover(
         Err(e) => return Err(roll_back(vm, running && o.rollback, e)),
     };
     let outage = Outage {
-        at: super::lifecycle::utc_now(),
+        at: lifecycle::utc_now(),
         shutdown_ms: shutdown.as_millis() as u64,
         apply_ms: (moved.secs * 1e3) as u64,
         bytes: moved.data + moved.zero,

@@ -3,7 +3,6 @@
 mod esxone;
 pub mod fromesx;
 mod guards;
-pub mod lifecycle;
 mod names;
 pub mod overlay;
 mod reshape;
@@ -16,8 +15,8 @@ use crate::domain_xml::{self, DiskSource as SpecDisk, DomainSpec, NetSource, Nic
 use crate::image_read::ImageRead;
 use crate::libvirt::{self, Conn, DiskKind, Dom, Vol};
 use crate::progress::Transfer;
-use crate::state::metadata;
 use crate::state::{self, AppliedDelta, DiskState, ImportState};
+use crate::state::{lifecycle, metadata};
 use crate::vmdk::{self, BaseImage, Chain, DiskId, LayerInfo, OpenOptions, Parent};
 use crate::vmx::{self, Firmware, OsFamily, VmxConfig};
 use anyhow::{anyhow, bail, ensure, Context, Result};

@@ -1,6 +1,6 @@
 //! The import's lifecycle (uploading, uploaded, applying, applied, handed over) and the rules of what may follow what, so nothing is written over a guest's newer data.
 
-use crate::state::{AppliedDelta, DiskState, HandOver, HandOverHow, ImportState};
+use super::{AppliedDelta, DiskState, HandOver, HandOverHow, ImportState};
 use anyhow::{bail, Result};
 use std::time::{SystemTime, UNIX_EPOCH};
 
