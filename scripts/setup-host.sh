@@ -8,13 +8,14 @@ set -euo pipefail
 # which virt-xml-validate runs; time: GNU time for the benchmark's peak memory; iproute2: `ip`,
 # with which the .vmx tests make the bridges their NICs name; openssh-client: `ssh` for
 # --vmx ssh://; openssh-server: the tests' stand-in ESXi host runs its own `sshd` (the
-# system's ssh service is not used); debootstrap, e2fsprogs: scripts/debian-guest.sh makes the
+# system's ssh service is not used); busybox: the stand-in runs every command in BusyBox's `sh`
+# with BusyBox's applets, as ESXi does; debootstrap, e2fsprogs: scripts/debian-guest.sh makes the
 # real-guest tests' Debian guest (mkfs.ext4 -d, and debugfs writes the tests' files into it);
 # g++: libfuzzer-sys compiles libFuzzer (C++) whenever the fuzz crate builds, as scripts/test.sh
 # has it do.
 pkgs=(libvirt-dev libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86
       qemu-utils pkg-config ovmf nasm python3 libxml2-utils time iproute2 openssh-client
-      openssh-server debootstrap e2fsprogs g++)
+      openssh-server busybox debootstrap e2fsprogs g++)
 need_pkgs=()
 for p in "${pkgs[@]}"; do
     status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)

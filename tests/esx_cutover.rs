@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use util::bootimg;
-use util::esx::{vmx_text, StandIn};
+use util::esx::{assert_volumes, running_vm, tops, vmx_text, StandIn};
 use util::fixtures::{pattern, patterned, Kind, SECTOR};
 use util::libvirt::{unique_name, TestPool};
 use util::vmximport::{
@@ -119,62 +119,6 @@ fn a_powered_off_vm_with_snapshots_of_its_own_is_cut_over_without_a_shutdown() {
         again.stderr().contains("was already handed over"),
         "{again}"
     );
-}
-
-/// A VM folder `dir` on the stand-in with `disks` flat bases of 8 MiB (the first bootable),
-/// registered as VM `id` with deltas of `format`, and powered on: its process writes into
-/// every disk from now on. With `nic`, the .vmx has a vmxnet3 NIC on "VM Network".
-fn running_vm(esx: &StandIn, dir: &str, id: u32, format: &str, disks: usize, nic: bool) -> String {
-    let folder = esx.vm_dir(dir);
-    let mut names = Vec::new();
-    for i in 0..disks {
-        let stem = if i == 0 {
-            dir.to_string()
-        } else {
-            format!("{dir}_{i}")
-        };
-        let data = if i == 0 {
-            bootimg::boot_disk(&patterned(0x100 + id as u64, bootimg::PAYLOAD_LEN), 8 * MIB)
-        } else {
-            patterned(0x200 + id as u64 + i as u64, 8 * MIB)
-        };
-        flat_base(&folder, &stem, &data, 0x10000000 + id * 16 + i as u32);
-        names.push(format!("{stem}.vmdk"));
-    }
-    let mut vmx = vmx_text(dir, &names.iter().map(String::as_str).collect::<Vec<_>>());
-    if nic {
-        vmx += "ethernet0.present = \"TRUE\"\nethernet0.virtualDev = \"vmxnet3\"\n\
-                ethernet0.networkName = \"VM Network\"\nethernet0.addressType = \"static\"\n\
-                ethernet0.address = \"00:50:56:3f:00:21\"\n";
-    }
-    let rel = format!("{dir}/{dir}.vmx");
-    std::fs::write(esx.vmx_path(&rel), vmx).unwrap();
-    esx.register(id, dir, &rel, false, format, "");
-    esx.power_on(id);
-    esx.wait_rounds(id, 2);
-    rel
-}
-
-/// The descriptor each disk's .vmx line names now (the top of its chain).
-fn tops(esx: &StandIn, vmx: &str) -> Vec<std::path::PathBuf> {
-    let path = esx.vmx_path(vmx);
-    std::fs::read_to_string(&path)
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains(".fileName"))
-        .map(|l| path.parent().unwrap().join(l.split('"').nth(1).unwrap()))
-        .collect()
-}
-
-/// Every volume of the domain against qemu-img's reading of its disk's descriptor `tops`.
-fn assert_volumes(tp: &TestPool, domain: &str, tops: &[std::path::PathBuf], what: &str) {
-    for (i, top) in tops.iter().enumerate() {
-        assert_same(
-            &volume_bytes(tp, &format!("{domain}-disk{i}")),
-            &qemu_read(top),
-            &format!("{what}: disk {i} against {}", top.display()),
-        );
-    }
 }
 
 #[test]

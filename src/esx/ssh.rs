@@ -191,9 +191,11 @@ impl Ssh {
         bail!("{}", a.failure(&self.url.host, cmd))
     }
 
-    /// The first `limit` bytes of a remote file (`head -c`), and whether there were more.
+    /// The first `limit` bytes of a remote file, and whether there were more: one `dd` of
+    /// whole blocks past `limit` (ESXi's BusyBox may lack `head -c`; a regular file's reads
+    /// come back whole but at its end).
     pub fn read_file(&self, path: &str, limit: u64) -> Result<(Vec<u8>, bool)> {
-        let cmd = format!("head -c {} {}", limit + 1, quote(path));
+        let cmd = read_file_command(path, limit);
         let what = format!("{}:{path}", self.url.host);
         let mut bytes = self.read_bytes(&cmd, &what)?;
         let more = bytes.len() as u64 > limit;
@@ -244,6 +246,15 @@ impl Ssh {
 
 /// Bytes asked for the pipe from ssh (Linux's default is 64 KiB; 1 MiB is the unprivileged limit).
 const PIPE_BYTES: i32 = 1 << 20;
+
+/// Block size of [`Ssh::read_file`]'s `dd`.
+const READ_FILE_BS: u64 = 64 << 10;
+
+/// The command [`Ssh::read_file`] sends: enough whole blocks for `limit + 1` bytes.
+pub fn read_file_command(path: &str, limit: u64) -> String {
+    let count = (limit + 1).div_ceil(READ_FILE_BS);
+    format!("dd if={} bs={READ_FILE_BS} count={count}", quote(path))
+}
 
 /// The command that streams `path`: dd with large blocks (busybox's dd has no iflag options).
 pub fn stream_command(path: &str) -> String {

@@ -1,8 +1,11 @@
-//! A stand-in ESXi host for the tests: OpenSSH's sshd on a free loopback port with its own
-//! config, host key and an authorized test key, a datastore folder, and the stand-in
-//! `vim-cmd` and `dd` of tests/fixtures/esx on the session's PATH, and a "running VM" process
-//! (examples/standin_vm.rs) that `power.on` starts. It imitates the behaviour
-//! /work/shared/ESX.md documents; it is not ESXi.
+//! A stand-in ESXi host for the tests: OpenSSH's sshd on a free loopback port, configured as
+//! ESXi 8.0.2's (ESX-REAL.md section 8: its ciphers, key exchanges, MACs, ECDSA and RSA host
+//! keys, ed25519 user keys refused as FIPS mode does), every command run by `busybox sh` with
+//! only applets ESXi is known to have on its PATH, a datastore folder under its UUID with the
+//! datastore's name a symlink to it, the stand-in `vim-cmd`, `dd` and `head` of
+//! tests/fixtures/esx, and a "running VM" process (examples/standin_vm.rs) that `power.on`
+//! starts. It imitates what /work/shared/ESX.md and ESX-REAL.md document; it is not ESXi.
+//! Faults real hosts show are switched on by the methods below (and [`Setup`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -11,21 +14,99 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use super::bootimg;
+use super::fixtures::patterned;
 use super::libvirt::TestPool;
-use super::vmximport::{wait_for_line, Run};
+use super::vmximport::{flat_base, volume_bytes, wait_for_line, Run};
+use super::{assert_same, qemu_read};
 
-/// The datastore every stand-in VM lives on.
+const MIB: usize = 1 << 20;
+
+/// The datastore every stand-in VM lives on, unless [`Setup::datastore`] names another.
 pub const DATASTORE: &str = "datastore1";
+/// The datastore's VMFS UUID: its folder under /vmfs/volumes, which the name links to (ESXi
+/// 6.x/7.x `ls -l /vmfs/volumes`: `datastore1 -> 5ae37d98-00f6a405-5382-6c416a1ecb66`, a
+/// relative link; ESX-REAL.md section 10).
+pub const UUID: &str = "5ae37d98-00f6a405-5382-6c416a1ecb66";
+
+/// The ESXi shell's applets the stand-in puts on the session's PATH (links to the host's
+/// BusyBox): those of the one `busybox --list` found (ESXi 5.x [BBL], ESX-REAL.md section 7)
+/// that a tool reading disks could use, nothing that changes the host (no halt, reboot, fdisk).
+/// Not there, as on ESXi: `tr` ([MK] #282), `comm`; `head` is tests/fixtures/esx/head (no
+/// `-c`), `dd` tests/fixtures/esx/dd.
+const APPLETS: &[&str] = &[
+    "[",
+    "awk",
+    "basename",
+    "cat",
+    "cp",
+    "cut",
+    "dirname",
+    "du",
+    "echo",
+    "expr",
+    "false",
+    "find",
+    "grep",
+    "ls",
+    "md5sum",
+    "mkdir",
+    "mv",
+    "printf",
+    "readlink",
+    "rm",
+    "sed",
+    "sh",
+    "sha256sum",
+    "sleep",
+    "sort",
+    "stat",
+    "tail",
+    "test",
+    "timeout",
+    "touch",
+    "true",
+    "uniq",
+    "wc",
+    "xargs",
+];
+
+/// What a stand-in starts with: the faults that sshd or the datastore's layout hold.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// The datastore's name (`datastore2 (1)`: spaces and brackets, ESX-REAL.md section 6).
+    pub datastore: String,
+    /// sshd `MaxSessions 1`, as the ESXi 6.5 and 6.7 STIGs require (ESX-REAL.md section 8).
+    pub one_session: bool,
+}
+
+impl Default for Setup {
+    fn default() -> Setup {
+        Setup {
+            datastore: DATASTORE.into(),
+            one_session: false,
+        }
+    }
+}
 
 pub struct StandIn {
     pub dir: tempfile::TempDir,
     pub port: u16,
+    datastore: String,
     sshd: Child,
 }
 
-fn keygen(path: &Path) {
+fn keygen(path: &Path, kind: &str) {
+    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(path.with_extension("pub"));
+    let mut bits = Vec::new();
+    if kind == "rsa" {
+        bits = vec!["-b", "2048"];
+    }
     let st = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .args(["-q", "-t", kind, "-N", ""])
+        .args(bits)
+        .arg("-f")
         .arg(path)
         .status()
         .expect("ssh-keygen (openssh-client; scripts/setup-host.sh installs it)");
@@ -60,40 +141,89 @@ fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
+/// The folder of the stand-in's commands.
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/esx")
+}
+
+/// The session's PATH: ESXi's applets (BusyBox's) and the stand-in's commands, nothing else.
+fn esxi_path(bin: &Path) {
+    std::fs::create_dir_all(bin).unwrap();
+    let busybox = Path::new("/usr/bin/busybox");
+    assert!(
+        busybox.exists(),
+        "/usr/bin/busybox (busybox; scripts/setup-host.sh installs it)"
+    );
+    for a in APPLETS {
+        std::os::unix::fs::symlink(busybox, bin.join(a)).unwrap();
+    }
+    for c in ["vim-cmd", "dd", "head"] {
+        std::os::unix::fs::symlink(fixtures().join(c), bin.join(c)).unwrap();
+    }
+}
+
+/// sshd's configuration: ESXi 8.0.2's active lines (ESX-REAL.md section 8 [N8]) where OpenSSH
+/// takes them, and the stand-in's own (port, keys, the session's environment).
+fn sshd_config(state: &Path, port: u16, root: &Path, setup: &Setup) -> String {
+    let s = state.display();
+    let mut c = format!(
+        "Port {port}\nListenAddress 127.0.0.1\nHostKey {s}/host_rsa_key\nHostKey {s}/host_ecdsa_key\n\
+         PidFile {s}/sshd.pid\nAuthorizedKeysFile {s}/authorized_keys\nStrictModes no\nUsePAM no\n\
+         PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+         PermitRootLogin prohibit-password\nLogLevel VERBOSE\n\
+         Ciphers aes256-gcm@openssh.com,aes128-gcm@openssh.com,aes256-ctr,aes192-ctr,aes128-ctr\n\
+         HostKeyAlgorithms ecdsa-sha2-nistp256,ecdsa-sha2-nistp384,ecdsa-sha2-nistp521,rsa-sha2-256,rsa-sha2-512\n\
+         KexAlgorithms ecdh-sha2-nistp256,ecdh-sha2-nistp384,ecdh-sha2-nistp521,diffie-hellman-group-exchange-sha256,diffie-hellman-group16-sha512,diffie-hellman-group18-sha512,diffie-hellman-group14-sha256\n\
+         MACs hmac-sha2-256,hmac-sha2-512\nMaxStartups 10:30:100\nAllowTcpForwarding no\n\
+         AllowStreamLocalForwarding no\nPermitTunnel no\nCompression no\n\
+         ClientAliveInterval 200\nClientAliveCountMax 3\n"
+    );
+    // ESXi's `fipsmode yes` refuses ed25519 user keys (8.0.2 [N8]; on by default since 7.0
+    // [STIG7]); OpenSSH has no such switch, so the key types are listed.
+    c += "PubkeyAcceptedAlgorithms ecdsa-sha2-nistp256,ecdsa-sha2-nistp384,ecdsa-sha2-nistp521,rsa-sha2-256,rsa-sha2-512\n";
+    if setup.one_session {
+        c += "MaxSessions 1\n";
+    }
+    c += &format!(
+        "SetEnv PATH={s}/bin STANDIN_ROOT={} STANDIN_MKDELTA={} STANDIN_VM={}\n",
+        root.display(),
+        example("mkdelta").display(),
+        example("standin_vm").display()
+    );
+    c
+}
+
 impl StandIn {
     /// Start the stand-in's sshd; it stops when the value is dropped.
     pub fn start() -> StandIn {
+        StandIn::start_with(Setup::default())
+    }
+
+    /// [`StandIn::start`] with the datastore and sshd of `setup`.
+    pub fn start_with(setup: Setup) -> StandIn {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         let state = root.join("standin");
         std::fs::create_dir_all(&state).unwrap();
-        std::fs::create_dir_all(root.join("vmfs/volumes").join(DATASTORE)).unwrap();
+        let volumes = root.join("vmfs/volumes");
+        std::fs::create_dir_all(volumes.join(UUID)).unwrap();
+        std::os::unix::fs::symlink(UUID, volumes.join(&setup.datastore)).unwrap();
         std::fs::write(state.join("vms.tsv"), "").unwrap();
-        keygen(&state.join("host_key"));
-        keygen(&state.join("client_key"));
+        keygen(&state.join("host_rsa_key"), "rsa");
+        keygen(&state.join("host_ecdsa_key"), "ecdsa");
+        keygen(&state.join("client_key"), "ecdsa");
         std::fs::copy(state.join("client_key.pub"), state.join("authorized_keys")).unwrap();
+        esxi_path(&state.join("bin"));
         // sshd running as root wants its privilege separation folder.
         std::fs::create_dir_all("/run/sshd").unwrap();
-        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/esx");
-        let (mkdelta, vm) = (example("mkdelta"), example("standin_vm"));
         let port = free_port();
-        let s = state.display();
         std::fs::write(
             state.join("sshd_config"),
-            format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey {s}/host_key\nPidFile {s}/sshd.pid\n\
-                 AuthorizedKeysFile {s}/authorized_keys\nStrictModes no\nUsePAM no\n\
-                 PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-                 PermitRootLogin prohibit-password\nLogLevel VERBOSE\n\
-                 SetEnv PATH={}:/usr/bin:/bin STANDIN_ROOT={} STANDIN_MKDELTA={} STANDIN_VM={}\n",
-                fixtures.display(),
-                root.display(),
-                mkdelta.display(),
-                vm.display()
-            ),
+            sshd_config(&state, port, root, &setup),
         )
         .unwrap();
-        let host_pub = std::fs::read_to_string(state.join("host_key.pub")).unwrap();
+        let s = state.display();
+        let host_pub = std::fs::read_to_string(state.join("host_ecdsa_key.pub")).unwrap();
         std::fs::write(
             state.join("known_hosts"),
             format!("[127.0.0.1]:{port} {host_pub}"),
@@ -108,18 +238,42 @@ impl StandIn {
         )
         .unwrap();
         let log = state.join("sshd.log");
-        let sshd = Command::new("/usr/sbin/sshd")
-            .arg("-D")
-            .arg("-f")
+        // ESXi's root shell is BusyBox's ash (ESX.md section 5): sshd runs every command as
+        // `sh -c COMMAND` with the user's login shell, so root's is made `bin/sh` (BusyBox) in
+        // a passwd of sshd's own, bind-mounted in a mount namespace of its own. The host's
+        // bash would read its ~/.bashrc even for a command (Debian builds it so for sshd).
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+        let passwd: String = passwd
+            .lines()
+            .map(|l| match l.strip_prefix("root:") {
+                Some(rest) => {
+                    let mut f: Vec<&str> = rest.split(':').collect();
+                    let shell = format!("{s}/bin/sh");
+                    *f.last_mut().unwrap() = &shell;
+                    format!("root:{}\n", f.join(":"))
+                }
+                None => format!("{l}\n"),
+            })
+            .collect();
+        std::fs::write(state.join("passwd"), passwd).unwrap();
+        let sshd = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg("mount --bind \"$1\" /etc/passwd && exec /usr/sbin/sshd -D -f \"$2\" -E \"$3\"")
+            .arg("sh")
+            .arg(state.join("passwd"))
             .arg(state.join("sshd_config"))
-            .arg("-E")
             .arg(&log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("/usr/sbin/sshd (openssh-server; scripts/setup-host.sh installs it)");
-        let standin = StandIn { dir, port, sshd };
+            .expect("unshare (util-linux)");
+        let standin = StandIn {
+            dir,
+            port,
+            datastore: setup.datastore,
+            sshd,
+        };
         assert!(
             wait_for_line(&log, "Server listening", Duration::from_secs(30)).is_some(),
             "the stand-in's sshd did not start: {}",
@@ -138,7 +292,11 @@ impl StandIn {
 
     /// The datastore folder `dir`, created.
     pub fn vm_dir(&self, dir: &str) -> PathBuf {
-        let p = self.root().join("vmfs/volumes").join(DATASTORE).join(dir);
+        let p = self
+            .root()
+            .join("vmfs/volumes")
+            .join(&self.datastore)
+            .join(dir);
         std::fs::create_dir_all(&p).unwrap();
         p
     }
@@ -155,7 +313,8 @@ impl StandIn {
         note: &str,
     ) {
         let line = format!(
-            "{id}\t{name}\t[{DATASTORE}] {vmx}\tubuntu64Guest\t{}\t{note}\n",
+            "{id}\t{name}\t[{}] {vmx}\tubuntu64Guest\t{}\t{note}\n",
+            self.datastore,
             if powered_on { "on" } else { "off" }
         );
         let mut reg = std::fs::read_to_string(self.state("vms.tsv")).unwrap();
@@ -166,10 +325,58 @@ impl StandIn {
 
     /// Record snapshots the VM already has (id, name), as vim-cmd lists them.
     pub fn add_snapshot_record(&self, vm: u32, snap: u32, name: &str) {
+        self.add_snapshot_described(vm, snap, name, "theirs");
+    }
+
+    /// [`StandIn::add_snapshot_record`] with a description, which may hold line breaks:
+    /// `snapshot.get` prints its later lines raw (ESX-REAL.md section 1).
+    pub fn add_snapshot_described(&self, vm: u32, snap: u32, name: &str, description: &str) {
         let p = self.state(&format!("snaps-{vm}.tsv"));
         let mut s = std::fs::read_to_string(&p).unwrap_or_default();
-        s.push_str(&format!("{snap}\t{name}\ttheirs\n"));
+        let d = description.replace('\n', "\\n");
+        s.push_str(&format!("{snap}\t{name}\t{d}\tpowered on\n"));
         std::fs::write(p, s).unwrap();
+    }
+
+    /// `getallvms` prints `Skipping invalid VM '6'` before its header and a vCLS VM with an
+    /// empty datastore (ESX-REAL.md section 6).
+    pub fn invalid_vms(&self) {
+        std::fs::write(self.state("invalid-vms"), "").unwrap();
+    }
+
+    /// `snapshot.remove` prints the tree left after `Remove Snapshot:`, and returns before the
+    /// snapshot is gone from `snapshot.get` (ESX-REAL.md section 2).
+    pub fn remove_prints_tree(&self) {
+        std::fs::write(self.state("remove-tree"), "").unwrap();
+    }
+
+    /// The next `snapshot.create` of VM `id` is refused: "Snapshot not taken since the state of
+    /// the virtual machine has not changed since the last snapshot operation." (ESX-REAL.md
+    /// section 3).
+    pub fn unchanged_once(&self, id: u32) {
+        std::fs::write(self.state(&format!("unchanged-{id}")), "").unwrap();
+    }
+
+    /// The `nth` call of `vmsvc/SUBCOMMAND` from now on (1: the next) answers hostd's `text`
+    /// (`\n` for line breaks) with exit 1, as hostd's hiccups do (ESX-REAL.md section 4).
+    pub fn transient(&self, subcommand: &str, nth: usize, text: &str) {
+        let sent = self
+            .commands()
+            .lines()
+            .filter(|l| l.split(' ').next() == Some(&format!("vmsvc/{subcommand}")))
+            .count();
+        let p = self.state("transient");
+        let mut s = std::fs::read_to_string(&p).unwrap_or_default();
+        s.push_str(&format!("{subcommand} {} {text}\n", sent + nth));
+        std::fs::write(p, s).unwrap();
+    }
+
+    /// The client's key is an ed25519 one, in authorized_keys too: refused, as ESXi's FIPS
+    /// mode refuses it (ESX-REAL.md section 8).
+    pub fn client_key_ed25519(&self) {
+        let key = self.state("client_key");
+        keygen(&key, "ed25519");
+        std::fs::copy(self.state("client_key.pub"), self.state("authorized_keys")).unwrap();
     }
 
     /// Hold `file` locked, as the running VM holds the disk it writes into.
@@ -294,7 +501,10 @@ impl StandIn {
 
     /// The path of `dir/file.vmx` in the datastore.
     pub fn vmx_path(&self, vmx: &str) -> PathBuf {
-        self.root().join("vmfs/volumes").join(DATASTORE).join(vmx)
+        self.root()
+            .join("vmfs/volumes")
+            .join(&self.datastore)
+            .join(vmx)
     }
 
     /// `ssh -F CONFIG -p PORT root@127.0.0.1 COMMAND`: one command on the stand-in.
@@ -336,10 +546,21 @@ impl StandIn {
         }
     }
 
-    /// `ssh://root@127.0.0.1:PORT/.../vmfs/volumes/datastore1/VMX`
+    /// `ssh://root@127.0.0.1:PORT/.../vmfs/volumes/DATASTORE/VMX`
     pub fn url(&self, vmx: &str) -> String {
         format!(
-            "ssh://root@127.0.0.1:{}{}/vmfs/volumes/{DATASTORE}/{vmx}",
+            "ssh://root@127.0.0.1:{}{}/vmfs/volumes/{}/{vmx}",
+            self.port,
+            self.root().display(),
+            self.datastore
+        )
+    }
+
+    /// `ssh://root@127.0.0.1:PORT/.../vmfs/volumes/UUID/VMX`: the same .vmx by the datastore's
+    /// UUID, as the ESXi shell shows it after a `cd` (ESX-REAL.md section 10).
+    pub fn url_by_uuid(&self, vmx: &str) -> String {
+        format!(
+            "ssh://root@127.0.0.1:{}{}/vmfs/volumes/{UUID}/{vmx}",
             self.port,
             self.root().display()
         )
@@ -426,4 +647,67 @@ pub fn vmx_text(name: &str, disks: &[&str]) -> String {
         );
     }
     s
+}
+
+/// A VM folder `dir` on the stand-in with `disks` flat bases of 8 MiB (the first bootable),
+/// registered as VM `id` with deltas of `format`, and powered on: its process writes into
+/// every disk from now on. With `nic`, the .vmx has a vmxnet3 NIC on "VM Network".
+pub fn running_vm(
+    esx: &StandIn,
+    dir: &str,
+    id: u32,
+    format: &str,
+    disks: usize,
+    nic: bool,
+) -> String {
+    let folder = esx.vm_dir(dir);
+    let mut names = Vec::new();
+    for i in 0..disks {
+        let stem = if i == 0 {
+            dir.to_string()
+        } else {
+            format!("{dir}_{i}")
+        };
+        let data = if i == 0 {
+            bootimg::boot_disk(&patterned(0x100 + id as u64, bootimg::PAYLOAD_LEN), 8 * MIB)
+        } else {
+            patterned(0x200 + id as u64 + i as u64, 8 * MIB)
+        };
+        flat_base(&folder, &stem, &data, 0x10000000 + id * 16 + i as u32);
+        names.push(format!("{stem}.vmdk"));
+    }
+    let mut vmx = vmx_text(dir, &names.iter().map(String::as_str).collect::<Vec<_>>());
+    if nic {
+        vmx += "ethernet0.present = \"TRUE\"\nethernet0.virtualDev = \"vmxnet3\"\n\
+                ethernet0.networkName = \"VM Network\"\nethernet0.addressType = \"static\"\n\
+                ethernet0.address = \"00:50:56:3f:00:21\"\n";
+    }
+    let rel = format!("{dir}/{dir}.vmx");
+    std::fs::write(esx.vmx_path(&rel), vmx).unwrap();
+    esx.register(id, dir, &rel, false, format, "");
+    esx.power_on(id);
+    esx.wait_rounds(id, 2);
+    rel
+}
+
+/// The descriptor each disk's .vmx line names now (the top of its chain).
+pub fn tops(esx: &StandIn, vmx: &str) -> Vec<PathBuf> {
+    let path = esx.vmx_path(vmx);
+    std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(".fileName"))
+        .map(|l| path.parent().unwrap().join(l.split('"').nth(1).unwrap()))
+        .collect()
+}
+
+/// Every volume of the domain against qemu-img's reading of its disk's descriptor `tops`.
+pub fn assert_volumes(tp: &TestPool, domain: &str, tops: &[PathBuf], what: &str) {
+    for (i, top) in tops.iter().enumerate() {
+        assert_same(
+            &volume_bytes(tp, &format!("{domain}-disk{i}")),
+            &qemu_read(top),
+            &format!("{what}: disk {i} against {}", top.display()),
+        );
+    }
 }
