@@ -1,9 +1,9 @@
 //! Many VMs from one plan file: each VM's step run as a child run of this binary, bounded per KVM host and per source, the state read from and recorded in each domain's metadata, and a summary table at the end.
 
 pub mod args;
-pub mod phase;
 pub mod report;
 mod sched;
+pub mod standing;
 
 use crate::libvirt::{self, Conn, Dom};
 use crate::plan_file::{self, Fleet, FleetVm, StepKind};
@@ -11,8 +11,8 @@ use crate::progress;
 use crate::state::{metadata, ImportState, StepRecord};
 use anyhow::{anyhow, bail, Context, Result};
 use args::{Action, Command, PlanArgs, StatusArgs};
-use phase::{Decision, Phase};
 use serde_json::{json, Value};
+use standing::{Decision, Standing};
 use std::collections::HashMap;
 
 /// Run a subcommand.
@@ -207,7 +207,7 @@ fn plan_step(
     action: Action,
 ) -> Result<(Option<StepKind>, Decision)> {
     let (dom, st) = hosts.state(vm)?;
-    let phase = Phase::of(st.as_ref(), dom.is_some());
+    let at = Standing::of(st.as_ref(), dom.is_some());
     let step = match action {
         Action::Stage1 => StepKind::Stage1,
         Action::Sync => StepKind::Sync,
@@ -216,13 +216,13 @@ fn plan_step(
         Action::Check => {
             // The target pool must be there before anything can be made in it.
             hosts.get(&vm.uri)?.pool(&vm.pool)?;
-            match phase::next_step(&phase) {
+            match standing::next_step(&at) {
                 Some(s) => return Ok((Some(s), Decision::Run)),
                 None => return Ok((None, Decision::Skip("cut over already"))),
             }
         }
     };
-    Ok((Some(step), phase::decide(step, &phase, vm.is_esx())))
+    Ok((Some(step), standing::decide(step, &at, vm.is_esx())))
 }
 
 fn job(fleet: &Fleet, vm: &FleetVm, i: usize, step: StepKind, check: bool) -> sched::Job {
@@ -366,7 +366,7 @@ fn summary(
     for (vm, row) in vms.iter().zip(rows) {
         let st = hosts.state(vm).ok();
         let phase = st.as_ref().map_or("?".into(), |(d, s)| {
-            Phase::of(s.as_ref(), d.is_some()).to_string()
+            Standing::of(s.as_ref(), d.is_some()).to_string()
         });
         let st = st.and_then(|(_, s)| s);
         let bytes = st.as_ref().and_then(|s| step_bytes(s, row.step));
@@ -487,7 +487,7 @@ fn status(vms: &[FleetVm], hosts: &mut Hosts, json: bool) -> Result<()> {
 
 /// One VM's `plan status` row, and its JSON.
 fn status_row(vm: &FleetVm, exists: bool, st: Option<&ImportState>) -> (Vec<String>, Value) {
-    let phase = Phase::of(st, exists).to_string();
+    let phase = Standing::of(st, exists).to_string();
     let last = st.and_then(|s| s.steps.last());
     let bytes = st.and_then(report::uploaded_bytes);
     let outage = st.and_then(report::outage_ms);

@@ -60,8 +60,8 @@ pub fn outage_ms(st: &ImportState) -> Option<u64> {
 
 /// The disks' total capacity once every base is uploaded.
 pub fn uploaded_bytes(st: &ImportState) -> Option<u64> {
-    let all = !st.disks.is_empty() && st.disks.iter().all(|d| d.base_uploaded);
-    all.then(|| st.disks.iter().map(|d| d.capacity).sum())
+    st.every_base_uploaded()
+        .then(|| st.disks.iter().map(|d| d.capacity).sum())
 }
 
 pub fn opt_ms(ms: Option<u64>) -> String {
@@ -74,7 +74,7 @@ pub fn opt_bytes(b: Option<u64>) -> String {
 
 /// One domain's import state as a readable table (`virt-vmdkimport status`).
 pub fn domain_table(name: &str, uri: &str, st: &ImportState) -> String {
-    let phase = super::phase::Phase::of(Some(st), true);
+    let phase = st.phase();
     let mut out = vec![format!(
         "domain '{}' on {}: {phase}",
         sanitize(name),
@@ -201,17 +201,7 @@ fn disk_rows(st: &ImportState) -> Vec<Vec<String>> {
     st.disks
         .iter()
         .map(|d| {
-            let state = if d.applying {
-                "being written"
-            } else if !d.base_uploaded {
-                "base uploading"
-            } else if d.applied.iter().any(|a| a.handed_over) {
-                "handed over"
-            } else if d.applied.is_empty() {
-                "base uploaded"
-            } else {
-                "deltas applied"
-            };
+            let phase = d.phase(st.handed_over.as_ref());
             let base = d.base_cid.map_or("-".into(), |c| format!("cid {c:08x}"));
             let applied: Vec<String> = d.applied.iter().map(|a| a.file.clone()).collect();
             vec![
@@ -219,7 +209,7 @@ fn disk_rows(st: &ImportState) -> Vec<Vec<String>> {
                 format!("{}/{}", d.pool, d.volume),
                 human_bytes(d.capacity),
                 base,
-                state.to_string(),
+                phase.to_string(),
                 if applied.is_empty() {
                     "-".into()
                 } else {

@@ -139,7 +139,7 @@ fn checked_domain(req: &Request, conn: &Conn) -> Result<(Dom, ImportState)> {
         )
     })?;
     ensure!(
-        !st.disks.is_empty() && st.disks.iter().all(|d| d.base_uploaded),
+        st.every_base_uploaded(),
         "domain '{name}': not every base is uploaded; run stage 1 (the same command without --sync or --cutover) to finish it"
     );
     if let Some(h) = &st.handed_over {
@@ -240,11 +240,7 @@ fn pending(
             deltas.iter().map(|d| d.shown.as_str()).collect::<Vec<_>>().join(", ")
         );
     }
-    let start = if ds.applying {
-        k.min(ds.applying_from.unwrap_or(0))
-    } else {
-        k
-    };
+    let start = ds.unfinished_from().map_or(k, |from| k.min(from));
     let mut lineage = ds.applied[..start].to_vec();
     for (i, d) in deltas.iter().enumerate().take(eligible).skip(start) {
         lineage.push(AppliedDelta {
@@ -385,10 +381,7 @@ fn apply(
 ) -> Result<Moved> {
     let started = Instant::now();
     for w in work {
-        let ds = &mut st.disks[w.disk];
-        ds.applying = true;
-        ds.applying_from = Some(w.start);
-        ds.applied = w.lineage.clone();
+        st.disks[w.disk].begin_apply(w.lineage.clone(), Some(w.start))?;
     }
     metadata::write(dom, st)?;
     let results = side_by_side(work, jobs, |w| {
@@ -400,9 +393,7 @@ fn apply(
     for (disk, r) in results {
         match r {
             Ok(p) => {
-                let ds = &mut st.disks[disk];
-                ds.applying = false;
-                ds.applying_from = None;
+                st.disks[disk].apply_done()?;
                 moved.read += p.read;
                 moved.data += p.data_bytes;
                 moved.zero += p.zero_bytes;
@@ -418,7 +409,7 @@ fn apply(
         return Err(e);
     }
     ensure!(
-        work.iter().all(|w| !st.disks[w.disk].applying),
+        work.iter().all(|w| !st.disks[w.disk].being_written()),
         "a disk is not completely written (a writing thread stopped); it stays marked"
     );
     // One refresh per pool written into, so libvirt's view of the volumes catches up: on a
@@ -808,6 +799,7 @@ mod tests {
         DiskState {
             target_dev: "sda".into(),
             base_cid: Some(0xb),
+            base_uploaded: true,
             applying: applying.is_some(),
             applying_from: applying.flatten(),
             applied: applied

@@ -403,9 +403,7 @@ fn run_on(conn: Conn, mut req: Request) -> Result<()> {
         Some(d) => metadata::read(d)?,
         None => None,
     };
-    let base_done = state
-        .as_ref()
-        .is_some_and(|s| !s.disks.is_empty() && s.disks.iter().all(|d| d.base_uploaded));
+    let base_done = state.as_ref().is_some_and(ImportState::every_base_uploaded);
     let (stage1, stage2) = match &req.vmx {
         // The same command does stage 1 until every base is uploaded, then stage 2.
         Some(_) => (
@@ -494,7 +492,7 @@ fn run_on(conn: Conn, mut req: Request) -> Result<()> {
     }
     if stage2 && !req.no_start {
         ensure!(
-            state.disks.iter().all(|d| d.base_uploaded && !d.applying),
+            state.every_disk_complete(),
             "domain '{}': a disk is not completely written; not starting it",
             req.domain
         );
@@ -585,7 +583,7 @@ fn prove_stage_one(
     let Some(mut dom) = dom else {
         return Ok(None);
     };
-    if req.dry_run || !st.disks.iter().all(|d| d.base_uploaded) {
+    if req.dry_run || !st.every_base_uploaded() {
         return Ok(Some(dom));
     }
     let fixed = trial::Fixed {
@@ -968,7 +966,7 @@ fn stage_one(
             crate::units::human_duration(started.elapsed()),
             stats.bytes_read as f64 / secs.max(1e-9) / 1e6
         );
-        st.disks[i].base_uploaded = true;
+        st.disks[i].base_uploaded()?;
         metadata::write(&dom, &st)?;
         phase.done(Some(stats.bytes_read), None);
     }
@@ -1009,7 +1007,7 @@ fn repair_interrupted_base(vol: &Vol, ds: &DiskState, plan: &DiskPlan) -> Result
 /// did not complete; None when it completed.
 fn interrupted_length(ds: &DiskState, plan: &DiskPlan) -> Option<u64> {
     let capacity = plan.base.as_ref().map_or(ds.capacity, BaseInput::capacity);
-    (!ds.base_uploaded).then_some(capacity.max(ds.capacity))
+    (!ds.base_done()).then_some(capacity.max(ds.capacity))
 }
 
 /// The state of a disk whose base stage 1 uploads into `vol`, checked to fit. `old` is what
@@ -1037,19 +1035,13 @@ fn disk_state(
         "volume '{}' holds {vol_cap} bytes, smaller than the disk's {capacity} bytes",
         vol.describe()
     );
-    Ok(DiskState {
-        target_dev: target_dev.to_string(),
-        pool: vol.pool_name().to_string(),
-        volume: vol.name().to_string(),
+    Ok(DiskState::begin_base_upload(
+        target_dev,
+        (vol.pool_name(), vol.name()),
         capacity,
-        base_cid: plan.base.as_ref().and_then(BaseInput::cid),
-        base_uploaded: false,
-        applying: false,
-        applying_from: None,
-        source: plan.base.as_ref().and_then(BaseInput::location),
-        applied: Vec::new(),
-        volume_mtime: None,
-    })
+        plan.base.as_ref().and_then(BaseInput::cid),
+        plan.base.as_ref().and_then(BaseInput::location),
+    ))
 }
 
 /// The volume named `name` in `pool`, created at `capacity` unless an earlier run left it.
@@ -1164,7 +1156,7 @@ fn check_stage_two(
     for (i, plan) in disks.iter().enumerate() {
         let ds = &st.disks[i];
         ensure!(
-            ds.base_uploaded,
+            ds.base_done(),
             "domain '{}' disk {}: the base upload is not complete; rerun stage 1 (--flat) first",
             req.domain,
             ds.target_dev
@@ -1262,7 +1254,7 @@ fn stage_two(
         crate::interrupt::check()?;
         if disks[i].copy_whole {
             // Independent disk: the whole image again, now that the VM is off.
-            st.disks[i].applying = true;
+            st.disks[i].begin_whole_copy()?;
             metadata::write(dom, st)?;
             let base = disks[i]
                 .base
@@ -1283,7 +1275,7 @@ fn stage_two(
                 stats.bytes_read
             );
             *written.get_or_insert(0) += stats.bytes_read;
-            st.disks[i].applying = false;
+            st.disks[i].apply_done()?;
             metadata::write(dom, st)?;
             continue;
         }
@@ -1305,8 +1297,7 @@ fn stage_two(
         // The lineage is recorded before the first byte goes out, marked as being applied: a
         // rerun after a failure must then give the whole chain again (a shorter one would
         // leave stray grains of the longer one in the volume).
-        st.disks[i].applying = true;
-        st.disks[i].applied = lineage;
+        st.disks[i].begin_apply(lineage, None)?;
         metadata::write(dom, st)?;
         let ds = st.disks[i].clone();
         let mut phase = crate::report::begin("delta apply").disk(&ds.target_dev);
@@ -1323,7 +1314,7 @@ fn stage_two(
             r.to_string()
         };
         log::info!("disk {}: {report}", st.disks[i].target_dev);
-        st.disks[i].applying = false;
+        st.disks[i].apply_done()?;
         *written.get_or_insert(0) += survey.data_bytes + survey.zero_bytes;
         metadata::write(dom, st)?;
     }

@@ -281,15 +281,15 @@ pub fn resume(req: &Request, conn: &Conn, dom: &Dom, st: Option<&mut ImportState
         // the disks are complete; switch the rest and start now.
         let uploaded = metadata::read_overlays(dom)?;
         for d in &mut st.disks {
-            if uploaded
+            let on_overlay = uploaded
                 .iter()
-                .any(|r| r.target_dev == d.target_dev && r.step >= OverlayStep::Uploaded)
-            {
-                d.applying = false;
+                .any(|r| r.target_dev == d.target_dev && r.step >= OverlayStep::Uploaded);
+            if on_overlay && d.being_written() {
+                d.apply_done()?;
             }
         }
         ensure!(
-            st.disks.iter().all(|d| d.base_uploaded && !d.applying),
+            st.every_disk_complete(),
             "domain '{}': disk(s) {} are on their overlays but another disk is not completely written; not starting it",
             dom.name(),
             devs.join(", ")

@@ -19,18 +19,191 @@ pub enum Phase {
     HandedOver(HandOver),
 }
 
-/// The phase of `ds` in a state whose latest hand-over is `handed`.
-pub fn phase(ds: &DiskState, handed: Option<&HandOver>) -> Phase {
-    if !ds.base_uploaded {
-        return Phase::Uploading;
+impl DiskState {
+    /// Where this disk stands, in a state whose latest hand-over is `handed`.
+    pub fn phase(&self, handed: Option<&HandOver>) -> Phase {
+        if !self.base_uploaded {
+            return Phase::Uploading;
+        }
+        if self.applying {
+            return Phase::Applying;
+        }
+        match handed {
+            Some(h) if self.applied.iter().all(|a| a.handed_over) => Phase::HandedOver(h.clone()),
+            _ if self.applied.is_empty() => Phase::Uploaded,
+            _ => Phase::Applied,
+        }
     }
-    if ds.applying {
-        return Phase::Applying;
+
+    /// Whether the base upload completed: the disk is in any phase after [`Phase::Uploading`].
+    pub fn base_done(&self) -> bool {
+        self.phase(None) != Phase::Uploading
     }
-    match handed {
-        Some(h) if ds.applied.iter().all(|a| a.handed_over) => Phase::HandedOver(h.clone()),
-        _ if ds.applied.is_empty() => Phase::Uploaded,
-        _ => Phase::Applied,
+
+    /// Whether stage 2 (or a run from ESXi) began writing this disk and has not finished.
+    pub fn being_written(&self) -> bool {
+        self.phase(None) == Phase::Applying
+    }
+
+    /// While the disk is being written: the index in its lineage of the first delta the
+    /// unfinished apply writes (0 when the run that began it did not say).
+    pub fn unfinished_from(&self) -> Option<usize> {
+        self.being_written()
+            .then(|| self.applying_from.unwrap_or(0))
+    }
+
+    /// A disk whose base upload begins, in volume `pool`/`volume`: [`Phase::Uploading`],
+    /// nothing applied. `base_cid` and `source` say which base it is and where a later run
+    /// finds it again.
+    pub fn begin_base_upload(
+        target_dev: &str,
+        (pool, volume): (&str, &str),
+        capacity: u64,
+        base_cid: Option<u32>,
+        source: Option<String>,
+    ) -> DiskState {
+        DiskState {
+            target_dev: target_dev.to_string(),
+            pool: pool.to_string(),
+            volume: volume.to_string(),
+            capacity,
+            base_cid,
+            base_uploaded: false,
+            applying: false,
+            applying_from: None,
+            source,
+            applied: Vec::new(),
+            volume_mtime: None,
+        }
+    }
+
+    /// [`Phase::Uploading`] -> [`Phase::Uploaded`]: the whole base is in the volume.
+    pub fn base_uploaded(&mut self) -> Result<()> {
+        self.refuse_unless(self.phase(None) == Phase::Uploading, "an ended base upload")?;
+        self.base_uploaded = true;
+        Ok(())
+    }
+
+    /// Any phase after the upload -> [`Phase::Applying`]: the volume is about to hold
+    /// `lineage`, written from its delta `from` (runs from ESXi say where; None: a run that
+    /// does not, read as from the base). Recorded before the first byte goes out, so a rerun
+    /// after a failure must give the whole chain again.
+    pub fn begin_apply(&mut self, lineage: Vec<AppliedDelta>, from: Option<usize>) -> Result<()> {
+        self.refuse_unless(self.base_done(), "writing deltas")?;
+        self.applying = true;
+        self.applying_from = from;
+        self.applied = lineage;
+        Ok(())
+    }
+
+    /// Any phase after the upload -> [`Phase::Applying`] for an independent disk copied
+    /// whole: what it records as applied stays.
+    pub fn begin_whole_copy(&mut self) -> Result<()> {
+        self.refuse_unless(self.base_done(), "a whole copy")?;
+        self.applying = true;
+        self.applying_from = None;
+        Ok(())
+    }
+
+    /// [`Phase::Applying`] -> [`Phase::Applied`] (or back to the phase it had, for a disk
+    /// copied whole): every byte of the apply landed.
+    pub fn apply_done(&mut self) -> Result<()> {
+        self.refuse_unless(self.being_written(), "an ended apply")?;
+        self.applying = false;
+        self.applying_from = None;
+        Ok(())
+    }
+
+    /// An error for a change of phase that may not follow the one the disk is in.
+    fn refuse_unless(&self, allowed: bool, change: &str) -> Result<()> {
+        if !allowed {
+            bail!(
+                "disk {}: {change} may not follow where the import state has it ({})",
+                self.target_dev,
+                self.phase(None)
+            );
+        }
+        Ok(())
+    }
+}
+
+impl ImportState {
+    /// Whether every disk's base upload completed (and stage 1 recorded a disk).
+    pub fn every_base_uploaded(&self) -> bool {
+        !self.disks.is_empty() && self.disks.iter().all(DiskState::base_done)
+    }
+
+    /// Whether every disk is completely written: its base uploaded, no apply unfinished.
+    pub fn every_disk_complete(&self) -> bool {
+        self.disks
+            .iter()
+            .all(|d| d.base_done() && !d.being_written())
+    }
+
+    /// Where the import of the domain stands, from its disks and records.
+    pub fn phase(&self) -> DomainPhase {
+        if self.handed_over.is_some() {
+            DomainPhase::HandedOver
+        } else if self.disks.iter().any(DiskState::being_written) {
+            DomainPhase::Applying
+        } else if !self.every_base_uploaded() {
+            DomainPhase::Uploading
+        } else if !self.syncs.is_empty() {
+            DomainPhase::Synced(self.syncs.len())
+        } else {
+            DomainPhase::Staged {
+                trial_ok: self.trial.as_ref().is_none_or(|t| t.started),
+            }
+        }
+    }
+}
+
+/// Where a domain's import stands, read from its import state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DomainPhase {
+    /// Stage 1 began and some base upload is not complete.
+    Uploading,
+    /// Every base uploaded; `trial_ok` when the trial start passed (or the state predates it).
+    Staged { trial_ok: bool },
+    /// Pre-copy rounds from ESXi applied.
+    Synced(usize),
+    /// A disk is being written by stage 2 or a cutover that has not finished.
+    Applying,
+    /// Handed over to its guest (started, or stage 2 with --no-start).
+    HandedOver,
+}
+
+impl DomainPhase {
+    /// Whether stage 1 completed (every base uploaded).
+    pub fn staged(&self) -> bool {
+        *self != DomainPhase::Uploading
+    }
+}
+
+impl std::fmt::Display for DomainPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DomainPhase::Uploading => write!(f, "stage 1 unfinished"),
+            DomainPhase::Staged { trial_ok: true } => write!(f, "stage 1 done"),
+            DomainPhase::Staged { trial_ok: false } => {
+                write!(f, "stage 1 done, trial start failed")
+            }
+            DomainPhase::Synced(n) => write!(f, "synced x{n}"),
+            DomainPhase::Applying => write!(f, "cutover unfinished"),
+            DomainPhase::HandedOver => write!(f, "cut over"),
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Phase::Uploading => write!(f, "base uploading"),
+            Phase::Uploaded => write!(f, "base uploaded"),
+            Phase::Applying => write!(f, "being written"),
+            Phase::Applied => write!(f, "deltas applied"),
+            Phase::HandedOver(_) => write!(f, "handed over"),
+        }
     }
 }
 
@@ -59,7 +232,7 @@ pub fn base_step(
     let Some(ds) = ds else {
         return Ok(BaseStep::Upload);
     };
-    let ph = phase(ds, handed);
+    let ph = ds.phase(handed);
     if ph == Phase::Uploading {
         return Ok(BaseStep::Upload);
     }
@@ -151,7 +324,7 @@ pub fn may_apply(
         }
     }
     if let (Phase::HandedOver(h), HandOverHow::Started) = (
-        phase(ds, handed),
+        ds.phase(handed),
         handed.map(|h| h.how).unwrap_or(HandOverHow::Unknown),
     ) {
         bail!(
@@ -172,7 +345,7 @@ pub fn unchanged_since_hand_over(
     handed: Option<&HandOver>,
     now: Option<&str>,
 ) -> Result<()> {
-    let Phase::HandedOver(h) = phase(ds, handed) else {
+    let Phase::HandedOver(h) = ds.phase(handed) else {
         return Ok(());
     };
     if let (Some(then), Some(now)) = (ds.volume_mtime.as_deref(), now) {
@@ -201,7 +374,7 @@ fn show_mtime(m: &str) -> String {
 
 /// The rule for an independent disk copied whole in stage 2: never after a hand-over.
 pub fn may_copy_whole(disk: &str, ds: &DiskState, handed: Option<&HandOver>) -> Result<()> {
-    if let Phase::HandedOver(h) = phase(ds, handed) {
+    if let Phase::HandedOver(h) = ds.phase(handed) {
         bail!(
             "disk {disk}: independent disk already copied, and the domain was {h}: copying it again would overwrite the guest's newer data"
         );
@@ -281,21 +454,64 @@ mod tests {
     #[test]
     fn phases_follow_the_state() {
         let up = DiskState::default();
-        assert_eq!(phase(&up, None), Phase::Uploading);
-        assert_eq!(phase(&disk(vec![], false), None), Phase::Uploaded);
+        assert_eq!(up.phase(None), Phase::Uploading);
+        assert_eq!(disk(vec![], false).phase(None), Phase::Uploaded);
         let d1 = vec![delta("d1", 0xd1, false)];
-        assert_eq!(phase(&disk(d1.clone(), true), None), Phase::Applying);
-        assert_eq!(phase(&disk(d1, false), None), Phase::Applied);
+        assert_eq!(disk(d1.clone(), true).phase(None), Phase::Applying);
+        assert_eq!(disk(d1, false).phase(None), Phase::Applied);
         let h = at(HandOverHow::NoStart);
         let d1h = vec![delta("d1", 0xd1, true)];
         assert_eq!(
-            phase(&disk(d1h.clone(), false), Some(&h)),
+            disk(d1h.clone(), false).phase(Some(&h)),
             Phase::HandedOver(h.clone())
         );
         // A newer delta being written after a hand-over: applying, not handed over.
         let two = vec![delta("d1", 0xd1, true), delta("d2", 0xd2, false)];
-        assert_eq!(phase(&disk(two.clone(), true), Some(&h)), Phase::Applying);
-        assert_eq!(phase(&disk(two, false), Some(&h)), Phase::Applied);
+        assert_eq!(disk(two.clone(), true).phase(Some(&h)), Phase::Applying);
+        assert_eq!(disk(two, false).phase(Some(&h)), Phase::Applied);
+    }
+
+    #[test]
+    fn changes_of_phase_follow_the_lifecycle_and_others_are_refused() {
+        let mut d = DiskState::begin_base_upload("sda", ("p", "v"), 1 << 20, Some(0xb0), None);
+        assert_eq!(d.phase(None), Phase::Uploading);
+        let e = d
+            .begin_apply(vec![delta("d1", 0xd1, false)], None)
+            .unwrap_err();
+        assert!(
+            e.to_string() == "disk sda: writing deltas may not follow where the import state has it (base uploading)",
+            "{e}"
+        );
+        assert!(d.apply_done().is_err() && d.begin_whole_copy().is_err());
+        d.base_uploaded().unwrap();
+        assert_eq!(d.phase(None), Phase::Uploaded);
+        assert!(d.base_uploaded().is_err());
+        d.begin_apply(vec![delta("d1", 0xd1, false)], Some(0))
+            .unwrap();
+        assert_eq!((d.phase(None), d.applying_from), (Phase::Applying, Some(0)));
+        d.apply_done().unwrap();
+        assert_eq!((d.phase(None), d.applying_from), (Phase::Applied, None));
+        assert!(d.apply_done().is_err());
+        d.begin_whole_copy().unwrap();
+        assert!(d.being_written());
+        d.apply_done().unwrap();
+        assert_eq!(d.phase(None), Phase::Applied);
+    }
+
+    #[test]
+    fn a_domain_phase_follows_its_disks_and_records() {
+        let mut st = ImportState {
+            disks: vec![disk(vec![], false), DiskState::default()],
+            ..Default::default()
+        };
+        assert_eq!(ImportState::default().phase(), DomainPhase::Uploading);
+        assert_eq!(st.phase(), DomainPhase::Uploading);
+        st.disks[1].base_uploaded().unwrap();
+        assert_eq!(st.phase(), DomainPhase::Staged { trial_ok: true });
+        st.disks[0].begin_apply(vec![], None).unwrap();
+        assert_eq!(st.phase(), DomainPhase::Applying);
+        st.handed_over = Some(at(HandOverHow::Started));
+        assert_eq!(st.phase(), DomainPhase::HandedOver);
     }
 
     #[test]
