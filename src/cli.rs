@@ -1,7 +1,7 @@
 //! The command line: clap's raw arguments, checked into one validated plan before anything is touched.
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::ffi::OsString;
 use std::path::PathBuf;
 
@@ -44,6 +44,57 @@ pub enum DiskBusArg {
     VirtioBlk,
 }
 
+// The subcommands (`plan`, `status`), beside the import's flat command line.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a migration plan (TOML) for many VMs across KVM hosts: check, stage1, sync, cutover, status.
+    Plan(PlanArgs),
+    /// Show a domain's import state as a table.
+    Status(StatusArgs),
+}
+
+/// What `plan` does for each VM of the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Action {
+    /// Check everything that can be checked (each VM's next step with --dry-run); change nothing.
+    Check,
+    /// Stage 1 of every VM whose stage 1 is not done: volumes, domain, base upload, trial start.
+    Stage1,
+    /// A pre-copy round for every VM from ESXi (--sync).
+    Sync,
+    /// The cutover of every VM: final deltas applied, domain started.
+    Cutover,
+    /// One line per VM from the import state on its host: phase, bytes, outage, errors.
+    Status,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// What to do.
+    #[arg(value_enum)]
+    pub action: Action,
+    /// The plan file (TOML; see the README's "Many VMs").
+    #[arg(value_name = "PLAN.toml")]
+    pub plan: PathBuf,
+    /// Only these VMs of the plan (names, comma-separated).
+    #[arg(long, value_name = "NAME,...", value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Print one JSON document (every VM's step, result, phase, bytes, times, error) on
+    /// standard output; the per-VM lines and the table go to standard error.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The domain.
+    #[arg(short = 'd', long, value_name = "NAME")]
+    pub domain: String,
+    /// libvirt connection URI (else LIBVIRT_DEFAULT_URI, else libvirt's default).
+    #[arg(short = 'c', long = "connect", value_name = "URI")]
+    pub connect: Option<String>,
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "virt-vmdkimport",
@@ -62,7 +113,7 @@ pub enum DiskBusArg {
 pub struct Cli {
     /// `plan` (many VMs from a plan file) or `status` (one domain's import state).
     #[command(subcommand)]
-    pub command: Option<crate::fleet::args::Command>,
+    pub command: Option<Command>,
 
     /// Quiet: only warnings and errors (no progress lines, no summary).
     #[arg(short, long, global = true, conflicts_with = "verbose")]
@@ -290,7 +341,6 @@ impl Cli {
 
     /// `--json` was asked for: standard output holds one JSON document.
     pub fn wants_json(&self) -> bool {
-        use crate::fleet::args::Command;
         self.json || matches!(&self.command, Some(Command::Plan(p)) if p.json)
     }
 

@@ -3,6 +3,7 @@
 pub mod apply;
 pub mod cli;
 pub mod domain_xml;
+pub mod escape;
 pub mod esx;
 pub mod fleet;
 pub mod image_read;

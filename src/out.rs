@@ -6,6 +6,8 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicI8, Ordering};
 use std::sync::Mutex;
 
+pub use crate::escape::{sanitize, sanitize_lines};
+
 /// The target of notes: facts about the input the operator should know (`note: ...`).
 pub const NOTE: &str = "vmdkimport::note";
 
@@ -30,6 +32,7 @@ pub struct Kept {
 pub fn init(verbosity: i8, json: bool) {
     VERBOSITY.store(verbosity, Ordering::Relaxed);
     JSON.store(json, Ordering::Relaxed);
+    crate::progress::set_quiet(verbosity < 0);
     let _ = log::set_logger(&LOGGER);
     // Notes and warnings always reach the logger, to be kept for `--json` under `-q` too.
     log::set_max_level(level_for(verbosity).max(LevelFilter::Info));
@@ -138,37 +141,9 @@ macro_rules! say_raw {
     };
 }
 
-/// `s` with control characters (terminal escapes among them) written as `\u{1b}` escapes:
-/// for names that come from files or from an ESXi host.
-pub fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_unicode().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
-
-/// [`sanitize`] for each line of `s`: its line breaks are kept, every other control
-/// character escaped.
-pub fn sanitize_lines(s: &str) -> String {
-    s.split('\n').map(sanitize).collect::<Vec<_>>().join("\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn escapes_in_a_line_are_written_out_and_line_breaks_kept() {
-        assert_eq!(
-            sanitize_lines("web\u{1b}[2J1\nnext\tline\r"),
-            "web\\u{1b}[2J1\nnext\\u{9}line\\u{d}"
-        );
-    }
 
     #[test]
     fn quiet_keeps_warnings_and_verbose_adds_debug_lines() {

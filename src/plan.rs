@@ -6,7 +6,7 @@ use anyhow::{ensure, Context, Result};
 
 use crate::apply::run_target;
 use crate::cli::Cli;
-use crate::fleet::args::Command;
+use crate::cli::Command;
 use crate::import::ImportPlan;
 use crate::vmdk::{Chain, OpenOptions};
 use crate::{domain_xml, libvirt};

@@ -3,7 +3,7 @@
 use crate::units::{human_bytes, human_time_left};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -45,9 +45,16 @@ pub fn show() -> Show {
     *SHOW.get_or_init(|| decide(quiet(), std::io::stderr().is_terminal(), every()))
 }
 
-/// Whether the operator asked for quiet output (`-q`).
+/// Set by the logger's setup ([`crate::out::init`]) when the operator asked for quiet output.
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// The operator asked for quiet output (`-q`): no progress. Called before the first transfer.
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, Relaxed);
+}
+
 fn quiet() -> bool {
-    crate::out::quiet()
+    QUIET.load(Relaxed)
 }
 
 fn decide(quiet: bool, tty: bool, every: Option<Duration>) -> Show {
@@ -102,7 +109,7 @@ impl Transfer {
     /// [`Transfer::new`] that also shows the bytes given to [`Transfer::add_extra`], as
     /// "`N` `extra_label`" (`gaps refilled`).
     pub fn with_extra(label: impl Into<String>, total: u64, extra_label: &'static str) -> Transfer {
-        let label = crate::out::sanitize(&label.into());
+        let label = crate::escape::sanitize(&label.into());
         let bar = (show() == Show::Bars).then(|| new_bar(&label, total));
         let shared = Arc::new(Shared {
             label,
@@ -184,13 +191,13 @@ impl Line {
     pub fn new(text: impl Into<String>) -> Line {
         let style = ProgressStyle::with_template("{spinner} {wide_msg}").expect("a valid template");
         let bar = multi().add(ProgressBar::new_spinner().with_style(style));
-        bar.set_message(crate::out::sanitize(&text.into()));
+        bar.set_message(crate::escape::sanitize(&text.into()));
         bar.enable_steady_tick(Duration::from_millis(200));
         Line { bar }
     }
 
     pub fn set(&self, text: &str) {
-        self.bar.set_message(crate::out::sanitize(text));
+        self.bar.set_message(crate::escape::sanitize(text));
     }
 }
 

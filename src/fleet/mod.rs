@@ -1,16 +1,15 @@
 //! Many VMs from one plan file: each VM's step run as a child run of this binary, bounded per KVM host and per source, the state read from and recorded in each domain's metadata, and a summary table at the end.
 
-pub mod args;
 pub mod report;
 mod sched;
 pub mod standing;
 
+use crate::cli::{Action, Command, PlanArgs, StatusArgs};
 use crate::libvirt::{self, Conn, Dom};
 use crate::plan_file::{self, Fleet, FleetVm, StepKind};
 use crate::progress;
 use crate::state::{metadata, ImportState, StepRecord};
 use anyhow::{anyhow, bail, Context, Result};
-use args::{Action, Command, PlanArgs, StatusArgs};
 use serde_json::{json, Value};
 use standing::{Decision, Standing};
 use std::collections::HashMap;

@@ -3,7 +3,7 @@
 use crate::state::{ImportState, StepRecord};
 use crate::units::{human_ms, parse_utc_ms};
 
-pub use crate::out::sanitize;
+pub use crate::escape::sanitize;
 
 pub use crate::units::human_bytes;
 
