@@ -7,10 +7,10 @@
 
 mod util;
 
-use util::esx::{vmx_text, StandIn};
+use util::esx::{assert_volumes, running_vm, tops, vmx_text, Setup, StandIn};
 use util::fixtures::{pattern, patterned, Kind, SECTOR};
 use util::libvirt::{unique_name, TestPool};
-use util::vmximport::{cowd_child, flat_base, virsh, volume_bytes, Run};
+use util::vmximport::{cowd_child, domain_exists, flat_base, virsh, volume_bytes, Run};
 use util::{assert_same, qemu_read};
 
 const MIB: usize = 1 << 20;
@@ -104,4 +104,58 @@ fn reads_on_the_host_are_dd_and_stat_only() {
             );
         }
     }
+}
+
+/// No line of the run is a warning.
+fn no_warning(run: &Run) {
+    assert!(!run.stderr().contains("warning:"), "a warning: {run}");
+}
+
+/// What the tool says when the host takes one session per connection.
+const ONE_SESSION: &str = "takes one session per ssh connection";
+
+#[test]
+fn a_host_that_refuses_a_second_session_is_said_once_and_is_no_failure() {
+    let esx = StandIn::start_with(Setup {
+        one_session: true,
+        ..Setup::default()
+    });
+    let tp = TestPool::new("esxr-sess");
+    let vmx = running_vm(&esx, "ses", 46, "cowd", 2, false);
+    let name = unique_name("esxr-sess");
+    tp.track_domain(&name);
+    esx.import(&tp, &name, &vmx, &CPU).ok();
+    esx.wait_rounds(46, 2);
+
+    // Two disks side by side: their reads overlap, and the host refuses the second session.
+    let cut = esx
+        .import(&tp, &name, &vmx, &["--cutover", "--jobs", "2"])
+        .ok();
+    println!("{cut}");
+    no_warning(&cut);
+    let all = cut.stdout() + &cut.stderr();
+    assert_eq!(all.matches(ONE_SESSION).count(), 1, "said once: {cut}");
+    assert!(!all.contains("mux_client_request_session"), "{cut}");
+    assert!(esx.log().contains("no more sessions"), "{}", esx.log());
+    virsh(&["destroy", &name]).ok();
+    assert_volumes(&tp, &name, &tops(&esx, &vmx), "after the cutover");
+}
+
+#[test]
+fn an_ed25519_key_refused_by_the_host_is_said_with_the_key_types_esxi_takes() {
+    let esx = StandIn::start();
+    let tp = TestPool::new("esxr-key");
+    off_vm_with_their_snapshot(&esx, "key", 52);
+    esx.client_key_ed25519();
+    let name = unique_name("esxr-key");
+    tp.track_domain(&name);
+    let run = esx.import(&tp, &name, "key/key.vmx", &CPU);
+    assert_eq!(run.code(), Some(1), "{run}");
+    let err = run.stderr();
+    assert!(err.contains("Permission denied"), "{run}");
+    assert!(
+        err.contains("ECDSA or RSA") && err.contains("ed25519"),
+        "the way out: {run}"
+    );
+    assert!(!domain_exists(&name));
 }

@@ -5,6 +5,8 @@ use std::io::{self, Read};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crate::image_read::ImageRead;
 
@@ -93,6 +95,52 @@ pub struct Ssh {
     url: SshUrl,
     dir: PathBuf,
     config: Option<PathBuf>,
+    sessions: Arc<Sessions>,
+}
+
+/// What ssh says of the master connection's sessions. A host that takes one session per
+/// connection (sshd `MaxSessions 1`, as the ESXi 6.5 and 6.7 STIGs require; ESX-REAL.md
+/// section 8) refuses a command that overlaps another on the master; ssh then runs it over a
+/// connection of its own, and says so on stderr. That works: it is said once, as a note of how
+/// the host is, and the lines are kept out of every message.
+struct Sessions {
+    host: String,
+    said: AtomicBool,
+}
+
+/// The lines ssh prints when the master's host refuses a second session and ssh falls back to
+/// a connection of its own.
+const REFUSED_SESSION: [&str; 2] = ["Session open refused by peer", "disabling multiplexing"];
+
+impl Sessions {
+    /// A command's stderr as text, without the lines of a refused session (said once).
+    fn stderr(&self, raw: &[u8]) -> String {
+        let text = String::from_utf8_lossy(raw);
+        let refused = |l: &str| REFUSED_SESSION.iter().any(|m| l.contains(m));
+        if !text.lines().any(refused) {
+            return text.into_owned();
+        }
+        if !self.said.swap(true, Ordering::Relaxed) {
+            log::info!(
+                "{}: the host takes one session per ssh connection (sshd MaxSessions 1): commands that overlap open connections of their own",
+                self.host
+            );
+        }
+        text.lines()
+            .filter(|l| !refused(l))
+            .map(|l| format!("{}\n", l.trim_end_matches('\r')))
+            .collect()
+    }
+}
+
+/// Why ssh itself failed (exit 255): its message; when the host refused the key, the keys and
+/// methods ESXi takes (ESX-REAL.md section 8).
+fn ssh_failed(destination: &str, stderr: &str) -> anyhow::Error {
+    let mut why = format!("ssh {destination}: {}", stderr.trim());
+    if stderr.contains("Permission denied") {
+        why += "; ESXi's sshd takes ECDSA or RSA keys (in FIPS mode, on by default since ESXi 7.0, it refuses ed25519 keys even when authorized) from /etc/ssh/keys-<user>/authorized_keys, and since 8.0.1 passwords only as keyboard-interactive";
+    }
+    anyhow!(why)
 }
 
 impl Ssh {
@@ -109,6 +157,10 @@ impl Ssh {
             url: url.clone(),
             dir,
             config,
+            sessions: Arc::new(Sessions {
+                host: url.host.clone(),
+                said: AtomicBool::new(false),
+            }),
         })
     }
 
@@ -149,10 +201,10 @@ impl Ssh {
         let answer = Answer {
             code: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            stderr: self.sessions.stderr(&out.stderr),
         };
         if answer.code == Some(255) {
-            bail!("ssh {}: {}", self.url.destination(), answer.stderr.trim());
+            return Err(ssh_failed(&self.url.destination(), &answer.stderr));
         }
         Ok(answer)
     }
@@ -174,16 +226,17 @@ impl Ssh {
             .arg(cmd)
             .output()
             .context("running ssh (is openssh-client installed?)")?;
+        let stderr = self.sessions.stderr(&out.stderr);
         if out.status.success() {
             return Ok(out.stdout);
         }
         let a = Answer {
             code: out.status.code(),
             stdout: String::new(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            stderr,
         };
         if a.code == Some(255) {
-            bail!("ssh {}: {}", self.url.destination(), a.stderr.trim());
+            return Err(ssh_failed(&self.url.destination(), &a.stderr));
         }
         if is_lock_error(&a.stderr) {
             bail!("{}", locked_message(what, &a.stderr));
@@ -240,6 +293,7 @@ impl Ssh {
             stdout,
             stderr: Some(stderr),
             what: format!("{}:{path}", self.url.host),
+            sessions: self.sessions.clone(),
         })
     }
 }
@@ -285,12 +339,17 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// Both outputs, as one text (vim-cmd's stream for faults is not known).
+    pub fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+
     /// "`cmd` on host failed (exit N): output", the output as the host printed it.
     pub fn failure(&self, host: &str, cmd: &str) -> String {
         let code = self.code.map_or("a signal".to_string(), |c| c.to_string());
         format!(
             "`{cmd}` on {host} failed (exit {code}): {}",
-            show_output(&format!("{}{}", self.stdout, self.stderr))
+            show_output(&self.all())
         )
     }
 }
@@ -326,14 +385,16 @@ pub struct RemoteRead {
     stdout: ChildStdout,
     stderr: Option<ChildStderr>,
     what: String,
+    sessions: Arc<Sessions>,
 }
 
 impl RemoteRead {
     fn finish(&mut self) -> io::Result<()> {
-        let mut err = String::new();
+        let mut raw = Vec::new();
         if let Some(mut e) = self.stderr.take() {
-            let _ = e.read_to_string(&mut err);
+            let _ = e.read_to_end(&mut raw);
         }
+        let err = self.sessions.stderr(&raw);
         let status = self.child.wait()?;
         if status.success() {
             return Ok(());
