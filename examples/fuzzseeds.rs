@@ -230,7 +230,8 @@ fn vmx(out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `vim-cmd` answers as ESX.md documents them, and near misses, for the vimcmd target.
+/// `vim-cmd` answers as ESX.md and ESX-REAL.md document them, and near misses, for the
+/// vimcmd target.
 fn vimcmd(out: &Path) -> Result<()> {
     let answers = [
         ("getallvms", "Vmid     Name                    File                     Guest OS       Version         Annotation\n\
@@ -250,6 +251,24 @@ fn vimcmd(out: &Path) -> Result<()> {
         ("created", "Create Snapshot:\n"),
         ("removed", "Remove Snapshot:\n"),
         ("fault", "(vim.fault.NotFound) {\n   faultCause = (vmodl.MethodFault) null, \n   faultMessage = <unset>, \n   msg = \"Unable to find a VM corresponding to \\\"9\\\"\"\n}\n"),
+
+        // ESX-REAL.md's answers of real hosts: an invalid VM and a vCLS row in getallvms,
+        // a description's later lines raw, the tree after a removal, the unchanged-state
+        // refusal, hostd's passing failures.
+        ("getallvms-invalid", "Skipping invalid VM '6'\n\
+            Vmid          Name                               File                             Guest OS       Version   Annotation\n\
+            1698   vCLS-6b72   [] /var/run/crx/infra/vCLS-6b72/vCLS-6b72.vmx   crxSys1Guest   vmx-21              \n\
+            48     web [1] x   [datastore2 (1)] web [1] x/web [1] x.vmx   ubuntu64Guest   vmx-14    [prod] web.vmx\n"),
+        ("snapshot-multiline", "Get Snapshot:\n|-ROOT\n--Snapshot Name        : prepared for install\n\
+            --Snapshot Id        : 3\n--Snapshot Desciption  : clush configured\n\
+            tmp and all traces of mapr removed\n--Snapshot Created On  : 8/21/2014 22:0:23\n\
+            --Snapshot State       : powered off\n"),
+        ("removed-tree", "Remove Snapshot:\n|-ROOT\n--Snapshot Name        : snap01\n--Snapshot Id        : 1\n\
+            --Snapshot Desciption  : snap01 description\n--Snapshot Created On  : 2/23/2015 18:12:50\n\
+            --Snapshot State       : powered off\n"),
+        ("created-unchanged", "Create Snapshot:\nSnapshot not taken since the state of the virtual machine has not changed since the last snapshot operation.\n"),
+        ("hostd-login", "Failed to login: Connection reset by peer\n"),
+        ("hostd-not-created", "(vmodl.fault.ManagedObjectNotFound) {\n\t dynamicType = <unset>,\n\t faultCause = (vmodl.MethodFault) null,\n\t obj = 'vim.VirtualMachine:672',\n\t msg = \"The object has already been deleted or has not been completely created\",\n}\n"),
     ];
     for (name, text) in answers {
         save(out, "vimcmd", name, text.as_bytes())?;

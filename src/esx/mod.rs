@@ -1,5 +1,6 @@
 //! Stage 1 straight from an ESXi host over SSH: the VM found by its .vmx path, a migration snapshot taken, each base streamed from the host.
 
+pub mod host;
 pub mod remote;
 pub mod ssh;
 pub mod vimcmd;
@@ -8,22 +9,19 @@ pub mod vm;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::image_read::ImageRead;
 use crate::state::{self, ImportState};
 use crate::vmdk::descriptor::{ExtentKind, MAX_DESCRIPTOR_BYTES};
 use crate::vmdk::Descriptor;
 use crate::vmx::{self, VmxConfig};
-use ssh::{quote, Ssh, SshUrl};
-use vimcmd::Power;
+use host::Taking;
+use ssh::{Ssh, SshUrl};
 
 /// Snapshots whose name starts with this are the tool's own.
 pub const SNAPSHOT_NAME: &str = "virt-vmdkimport";
 /// Longest snapshot chain walked (ESXi allows 32 snapshots).
 const MAX_CHAIN: usize = 64;
-/// How long a snapshot.create may take to show in snapshot.get (it may run as a task).
-const SNAPSHOT_WAIT: Duration = Duration::from_secs(120);
 
 /// Whether a `--vmx` value is an `ssh://` URL.
 pub fn is_ssh(p: &Path) -> bool {
@@ -101,7 +99,13 @@ pub fn prepare_stage_one(
     let snaps = host.snapshots(id)?;
     match snaps.iter().find(|s| s.name.starts_with(SNAPSHOT_NAME)) {
         Some(s) => log::info!("{ds_path}: keeps its migration snapshot '{}'", s.name),
-        None => host.take_snapshot(id, ds_path, &format!("{SNAPSHOT_NAME}-{}", snaps.len() + 1))?,
+        None => {
+            let name = format!("{SNAPSHOT_NAME}-{}", snaps.len() + 1);
+            // Unchanged since its last snapshot: that one froze the bases already (or, with
+            // none, the VM is off or suspended and its bases are read as they are; a locked
+            // one is refused below).
+            host.take_snapshot(id, ds_path, &name, &snaps, Taking::StageOne)?;
+        }
     }
     let name = url.with_path(&url.path);
     // Read again: the snapshot rewrote the disks' file names.
@@ -162,19 +166,6 @@ pub(crate) fn refuse_independent(cfg: &VmxConfig, url: &SshUrl) -> Result<()> {
     }
 }
 
-/// `/vmfs/volumes/<ds>/<dir>/<file>.vmx` as getallvms prints it: `[<ds>] <dir>/<file>.vmx`.
-pub fn datastore_path(path: &str) -> Result<String> {
-    const ROOT: &str = "/vmfs/volumes/";
-    let at = path
-        .rfind(ROOT)
-        .ok_or_else(|| anyhow!("{path}: not under /vmfs/volumes/<datastore>/"))?;
-    let rest = &path[at + ROOT.len()..];
-    match rest.split_once('/') {
-        Some((ds, file)) if !ds.is_empty() && !file.is_empty() => Ok(format!("[{ds}] {file}")),
-        _ => bail!("{path}: not under /vmfs/volumes/<datastore>/<folder>/"),
-    }
-}
-
 /// `name` (relative to `folder`, or absolute) as one path on the host. Names that leave the
 /// folder (absolute, `..`) are followed only with `outside` (--allow-outside-paths), as for
 /// local files: a hostile descriptor must not make the tool read another file of the host.
@@ -188,107 +179,6 @@ pub(crate) fn remote_join(folder: &str, name: &str, outside: bool) -> Result<Str
         Ok(name.to_string())
     } else {
         Ok(format!("{}/{name}", folder.trim_end_matches('/')))
-    }
-}
-
-/// The ESXi host's vim-cmd, each command said under --dry-run.
-struct Host<'a> {
-    ssh: &'a Ssh,
-    dry_run: bool,
-    say: bool,
-}
-
-impl Host<'_> {
-    /// Run a query that changes nothing; its output, checked for success.
-    fn query(&self, cmd: &str) -> Result<String> {
-        if self.say {
-            log::info!("{}: running {cmd}", self.ssh.url().host);
-        }
-        self.ssh.read(cmd)
-    }
-
-    fn find_vm(&self, ds_path: &str) -> Result<u32> {
-        let cmd = "vim-cmd vmsvc/getallvms";
-        let out = self.query(cmd)?;
-        let rows = vimcmd::parse_getallvms(cmd, &out)?;
-        let ids: Vec<u32> = rows
-            .iter()
-            .filter(|r| r.file == ds_path)
-            .map(|r| r.id)
-            .collect();
-        match ids.as_slice() {
-            [id] => Ok(*id),
-            [] => bail!(
-                "no VM on {} is registered with {ds_path} (`{cmd}` lists {})",
-                self.ssh.url().host,
-                rows.iter()
-                    .map(|r| r.file.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            _ => bail!("`{cmd}` lists {ds_path} for several Vmids: {ids:?}"),
-        }
-    }
-
-    fn power(&self, id: u32) -> Result<Power> {
-        let cmd = format!("vim-cmd vmsvc/power.getstate {id}");
-        vimcmd::parse_power(&cmd, &self.query(&cmd)?)
-    }
-
-    fn snapshots(&self, id: u32) -> Result<Vec<vimcmd::Snapshot>> {
-        let cmd = format!("vim-cmd vmsvc/snapshot.get {id}");
-        vimcmd::parse_snapshots(&cmd, &self.query(&cmd)?)
-    }
-
-    /// Take the migration snapshot (no memory, not quiesced) and wait until ESXi lists it.
-    fn take_snapshot(&self, id: u32, ds_path: &str, name: &str) -> Result<()> {
-        let cmd = format!(
-            "vim-cmd vmsvc/snapshot.create {id} {} {} 0 0",
-            quote(name),
-            quote("taken by virt-vmdkimport: the base disks are copied to KVM from under it")
-        );
-        let host = &self.ssh.url().host;
-        if self.dry_run {
-            if self.say {
-                log::info!("{host}: would run {cmd}");
-            }
-            return Ok(());
-        }
-        vimcmd::check_created(&cmd, &self.ssh.read(&cmd)?)?;
-        let waited = std::time::Instant::now();
-        while !self.snapshots(id)?.iter().any(|s| s.name == name) {
-            ensure!(
-                waited.elapsed() < SNAPSHOT_WAIT,
-                "{host}: `{cmd}` said `Create Snapshot:` but `vim-cmd vmsvc/snapshot.get {id}` has not listed '{name}' after {}s",
-                SNAPSHOT_WAIT.as_secs()
-            );
-            crate::interrupt::check()?;
-            std::thread::sleep(Duration::from_secs(1));
-        }
-        log::info!("{ds_path}: took snapshot '{name}' on {host}");
-        Ok(())
-    }
-
-    /// Read the first sector of a base, so a locked one is refused before anything is made.
-    fn probe(&self, path: &str, power: Power) -> Result<()> {
-        let cmd = format!("dd if={} bs=512 count=1 of=/dev/null", quote(path));
-        let a = self.ssh.run(&cmd)?;
-        if a.code == Some(0) {
-            return Ok(());
-        }
-        let what = format!("{}:{path}", self.ssh.url().host);
-        if ssh::is_lock_error(&a.stderr) {
-            bail!(
-                "{} (the VM is {})",
-                ssh::locked_message(&what, &a.stderr),
-                match power {
-                    Power::On => "powered on",
-                    Power::Off => "powered off",
-                    Power::Suspended => "suspended",
-                }
-            );
-        }
-        bail!("{}", a.failure(&self.ssh.url().host, &cmd))
     }
 }
 
@@ -386,16 +276,6 @@ fn flat_base(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn vmfs_paths_map_to_datastore_paths() {
-        assert_eq!(
-            datastore_path("/vmfs/volumes/datastore1/web 1/web 1.vmx").unwrap(),
-            "[datastore1] web 1/web 1.vmx"
-        );
-        assert!(datastore_path("/home/x/web.vmx").is_err());
-        assert!(datastore_path("/vmfs/volumes/ds1").is_err());
-    }
 
     #[test]
     fn names_leaving_the_folder_need_allow_outside_paths() {

@@ -8,8 +8,49 @@ use super::ssh::show_output;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmRow {
     pub id: u32,
-    /// `[datastore] dir/file.vmx`
-    pub file: String,
+    /// The row after its Vmid: name, file, guest OS, version, annotation. Names, datastores
+    /// and annotations may hold blanks and brackets, so the columns are not cut apart; a row
+    /// is asked whether it holds a path ([`VmRow::datastores_of`]).
+    pub rest: String,
+}
+
+impl VmRow {
+    /// The datastores `ds` for which this row holds `[ds] path` as a column (after a blank,
+    /// and followed by a blank or the row's end): usually one.
+    pub fn datastores_of(&self, path: &str) -> Vec<String> {
+        let rest = self.rest.as_str();
+        let needle = format!("] {path}");
+        let mut found = Vec::new();
+        for (at, _) in rest.match_indices(&needle) {
+            let end = at + needle.len();
+            if !(rest[end..].is_empty() || rest[end..].starts_with([' ', '\t'])) {
+                continue;
+            }
+            let Some(open) = rest[..at].rfind('[') else {
+                continue;
+            };
+            let ds = &rest[open + 1..at];
+            let column = rest[..open].is_empty() || rest[..open].ends_with([' ', '\t']);
+            if column && !ds.contains(']') {
+                found.push(ds.to_string());
+            }
+        }
+        found
+    }
+
+    /// `[datastore] dir/file.vmx` as far as the row tells it (the first `[` that opens a
+    /// `] ` and the first `.vmx` ending a column after it), for messages.
+    pub fn file(&self) -> Option<&str> {
+        let rest = self.rest.as_str();
+        let open = rest.find('[')?;
+        let close = open + rest[open..].find("] ")?;
+        let after = close + 2;
+        let end = rest[after..]
+            .match_indices(".vmx")
+            .map(|(i, _)| after + i + 4)
+            .find(|&e| rest[e..].is_empty() || rest[e..].starts_with([' ', '\t']))?;
+        Some(&rest[open..end])
+    }
 }
 
 /// Power state from `vim-cmd vmsvc/power.getstate`.
@@ -27,6 +68,8 @@ pub struct Snapshot {
     pub id: Option<u32>,
     /// 0 for the root, one more per level.
     pub depth: usize,
+    /// Its description, every line of it.
+    pub description: String,
 }
 
 fn refuse(cmd: &str, out: &str, why: &str) -> anyhow::Error {
@@ -36,14 +79,20 @@ fn refuse(cmd: &str, out: &str, why: &str) -> anyhow::Error {
     )
 }
 
-/// The rows of `getallvms`: lines that start with a Vmid and hold `[ds] path.vmx`. Other
-/// lines (annotation continuations) are skipped; a missing header is refused.
+/// The rows of `getallvms`: lines that start with a Vmid and a blank, after the header.
+/// Before the header only `Skipping invalid VM 'N'` lines may come (ESXi 6.5 prints them
+/// there); other lines (annotation continuations) are skipped; a missing header is refused.
 pub fn parse_getallvms(cmd: &str, out: &str) -> Result<Vec<VmRow>> {
-    let mut lines = out.lines().skip_while(|l| l.trim().is_empty());
-    let header = lines.next().unwrap_or("");
-    let words: Vec<&str> = header.split_whitespace().collect();
-    if words.first() != Some(&"Vmid") || !words.contains(&"File") {
-        return Err(refuse(cmd, out, "no `Vmid ... File ...` header"));
+    let mut lines = out.lines().filter(|l| !l.trim().is_empty());
+    loop {
+        let line = lines.next().unwrap_or("");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.first() == Some(&"Vmid") && words.contains(&"File") {
+            break;
+        }
+        if !line.trim_start().starts_with("Skipping invalid VM ") {
+            return Err(refuse(cmd, out, "no `Vmid ... File ...` header"));
+        }
     }
     Ok(lines.filter_map(vm_row).collect())
 }
@@ -54,17 +103,9 @@ fn vm_row(line: &str) -> Option<VmRow> {
     if digits == 0 || !rest.starts_with([' ', '\t']) {
         return None;
     }
-    let id = line[..digits].parse().ok()?;
-    let open = rest.find('[')?;
-    let close = open + rest[open..].find("] ")?;
-    let after = &rest[close + 2..];
-    let end = after
-        .match_indices(".vmx")
-        .map(|(i, _)| i + 4)
-        .find(|&e| after[e..].is_empty() || after[e..].starts_with([' ', '\t']))?;
     Some(VmRow {
-        id,
-        file: format!("{}{}", &rest[open..close + 2], &after[..end]),
+        id: line[..digits].parse().ok()?,
+        rest: rest.trim_end().to_string(),
     })
 }
 
@@ -86,64 +127,165 @@ pub fn parse_power(cmd: &str, out: &str) -> Result<Power> {
     }
 }
 
-/// The snapshot tree: `Get Snapshot:`, then `|-ROOT`/`|-CHILD` markers and `Snapshot Name`,
-/// `Id`, `Desciption` (sic), `Created On`, `State` lines, each level two more dashes.
-pub fn parse_snapshots(cmd: &str, out: &str) -> Result<Vec<Snapshot>> {
-    let mut lines = out.lines().filter(|l| !l.trim().is_empty());
-    if lines.next().map(str::trim) != Some("Get Snapshot:") {
-        return Err(refuse(cmd, out, "no `Get Snapshot:` line first"));
-    }
-    let mut snaps: Vec<Snapshot> = Vec::new();
-    for line in lines {
-        let dashes = line.len() - line.trim_start_matches('-').len();
-        let body = &line[dashes..];
-        if body == "|-ROOT" || body == "|-CHILD" {
-            continue;
-        }
-        let Some((key, value)) = body
-            .strip_prefix("Snapshot ")
-            .and_then(|kv| kv.split_once(':'))
-        else {
-            return Err(refuse(cmd, out, &format!("the line {line:?}")));
-        };
-        let value = value.strip_prefix(' ').unwrap_or(value);
-        if dashes < 2 || dashes % 2 != 0 {
-            return Err(refuse(cmd, out, &format!("the nesting of {line:?}")));
-        }
-        let depth = dashes / 2 - 1;
-        match key.trim_end() {
-            "Name" => snaps.push(Snapshot {
-                name: value.to_string(),
-                id: None,
-                depth,
-            }),
-            "Id" => {
-                let Some(s) = snaps
-                    .last_mut()
-                    .filter(|s| s.depth == depth && s.id.is_none())
-                else {
-                    return Err(refuse(cmd, out, "an Id line before its Name line"));
-                };
-                s.id = Some(
-                    value
-                        .trim()
-                        .parse()
-                        .map_err(|_| refuse(cmd, out, &format!("the snapshot id {value:?}")))?,
-                );
-            }
-            "Desciption" | "Description" | "Created On" | "State" => {
-                if snaps.last().map(|s| s.depth) != Some(depth) {
-                    return Err(refuse(cmd, out, &format!("{line:?} outside a snapshot")));
-                }
-            }
-            _ => return Err(refuse(cmd, out, &format!("the line {line:?}"))),
-        }
-    }
-    Ok(snaps)
+/// A `Snapshot KEY : value` line of the tree: its dashes, key and value.
+fn snapshot_line(line: &str) -> Option<(usize, &str, &str)> {
+    let dashes = line.len() - line.trim_start_matches('-').len();
+    let (key, value) = line[dashes..].strip_prefix("Snapshot ")?.split_once(':')?;
+    Some((
+        dashes,
+        key.trim_end(),
+        value.strip_prefix(' ').unwrap_or(value),
+    ))
 }
 
-/// `snapshot.create` succeeded only if it printed `Create Snapshot:` and nothing else.
-pub fn check_created(cmd: &str, out: &str) -> Result<()> {
+/// What the next line of the tree must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// `|-ROOT` (first) or `<dashes>|-CHILD`, or the end.
+    Marker,
+    /// The `Name` line of the snapshot the marker opened, at these dashes.
+    Name(usize),
+    /// `Id` (absent before ESXi 5) or `Desciption`.
+    IdOrDescription,
+    Description,
+    /// The description's later lines, printed raw, up to its `Created On` and `State`.
+    MoreDescription,
+    /// `Created On`, then `State`.
+    State,
+    AfterCreated,
+}
+
+/// Whether `line` is the marker that opens a snapshot after one whose lines have `dashes`
+/// dashes: `<d>|-CHILD`, d even and at most `dashes` (a child, or a sibling higher up).
+fn child_marker(line: &str, dashes: usize) -> bool {
+    let d = line.len() - line.trim_start_matches('-').len();
+    &line[d..] == "|-CHILD" && d.is_multiple_of(2) && d <= dashes
+}
+
+/// Whether the description of a snapshot whose lines have `dashes` dashes ends before
+/// `lines[0]`: that line is its `Created On`, the next its `State`, and after those the tree
+/// ends or the next snapshot's marker comes. A description's line that only looks like one of
+/// those stays text.
+fn description_ends(lines: &[&str], dashes: usize) -> bool {
+    let at = |i: usize, key: &str| {
+        lines
+            .get(i)
+            .and_then(|l| snapshot_line(l))
+            .is_some_and(|(d, k, _)| d == dashes && k == key)
+    };
+    let after = lines[2.min(lines.len())..]
+        .iter()
+        .find(|l| !l.trim().is_empty());
+    at(0, "Created On") && at(1, "State") && after.is_none_or(|l| child_marker(l, dashes))
+}
+
+/// The snapshot tree: `Get Snapshot:`, then per snapshot a `|-ROOT` or `<dashes>|-CHILD`
+/// marker and its `Snapshot Name`, `Id`, `Desciption` (sic), `Created On` and `State` lines,
+/// each level two more dashes (ESX-REAL.md section 1). A description's later lines are printed
+/// raw, so everything from `Desciption` up to the snapshot's own `Created On` and `State`
+/// lines, followed by the end or the next marker, is its text, whatever it holds.
+pub fn parse_snapshots(cmd: &str, out: &str) -> Result<Vec<Snapshot>> {
+    let all: Vec<&str> = out.lines().collect();
+    let Some(first) = all.iter().position(|l| !l.trim().is_empty()) else {
+        return Err(refuse(cmd, out, "no `Get Snapshot:` line first"));
+    };
+    if all[first].trim() != "Get Snapshot:" {
+        return Err(refuse(cmd, out, "no `Get Snapshot:` line first"));
+    }
+    let bad = |why: String| refuse(cmd, out, &why);
+    let mut snaps: Vec<Snapshot> = Vec::new();
+    let mut next = Next::Marker;
+    let mut dashes = 0;
+    for (i, line) in all.iter().enumerate().skip(first + 1) {
+        if next == Next::MoreDescription {
+            if !description_ends(&all[i..], dashes) {
+                let s = snaps.last_mut().expect("a description has its snapshot");
+                s.description.push('\n');
+                s.description.push_str(line);
+                continue;
+            }
+            next = Next::State;
+        }
+        if line.trim().is_empty() {
+            continue;
+        }
+        if next == Next::Marker {
+            let d = line.len() - line.trim_start_matches('-').len();
+            let ok = match &line[d..] {
+                "|-ROOT" => snaps.is_empty() && d == 0,
+                _ => !snaps.is_empty() && child_marker(line, dashes),
+            };
+            if !ok {
+                return Err(bad(format!(
+                    "the line {line:?} where a snapshot should start"
+                )));
+            }
+            next = Next::Name(d + 2);
+            continue;
+        }
+        let Some((d, key, value)) = snapshot_line(line) else {
+            return Err(bad(format!("the line {line:?}")));
+        };
+        match (next, key) {
+            (Next::Name(want), "Name") if d == want => {
+                dashes = d;
+                snaps.push(Snapshot {
+                    name: value.to_string(),
+                    id: None,
+                    depth: d / 2 - 1,
+                    description: String::new(),
+                });
+                next = Next::IdOrDescription;
+            }
+            (Next::IdOrDescription, "Id") if d == dashes => {
+                let id = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| bad(format!("the snapshot id {value:?}")))?;
+                snaps.last_mut().expect("after its Name").id = Some(id);
+                next = Next::Description;
+            }
+            (Next::IdOrDescription | Next::Description, "Desciption" | "Description")
+                if d == dashes =>
+            {
+                snaps.last_mut().expect("after its Name").description = value.to_string();
+                next = Next::MoreDescription;
+            }
+            (Next::State, "Created On") if d == dashes => next = Next::AfterCreated,
+            (Next::AfterCreated, "State") if d == dashes => next = Next::Marker,
+            _ => return Err(bad(format!("the line {line:?} out of place"))),
+        }
+    }
+    match next {
+        Next::Marker => Ok(snaps),
+        _ => Err(bad("a snapshot cut short".into())),
+    }
+}
+
+/// What a `snapshot.create` answer says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// `Create Snapshot:` and nothing else.
+    Taken,
+    /// "Snapshot not taken since the state of the virtual machine has not changed since the
+    /// last snapshot operation." (ESX-REAL.md section 3): the snapshot there is the newest.
+    Unchanged,
+}
+
+/// What ESXi says when it takes no snapshot because the VM has not changed since its last
+/// snapshot operation, in vim-cmd's text and in the task error's ([VCL]; ESX-REAL.md section 3).
+pub const UNCHANGED_TEXT: &str = "has not changed since the last snapshot operation";
+
+/// The text ESXi gives when a VM has as many snapshots as it may have (ESX-REAL.md section 3).
+pub const LIMIT_TEXT: &str = "Exceeded the maximum number of permitted snapshots";
+
+/// A `snapshot.create` answer (with any exit status): taken only if it printed `Create
+/// Snapshot:` and nothing else; not taken, and said so, when the VM has not changed since
+/// its last snapshot (whatever else is printed around it).
+pub fn check_created(cmd: &str, out: &str) -> Result<Created> {
+    if out.contains(UNCHANGED_TEXT) {
+        return Ok(Created::Unchanged);
+    }
     let lines: Vec<&str> = out
         .lines()
         .map(str::trim)
@@ -152,20 +294,39 @@ pub fn check_created(cmd: &str, out: &str) -> Result<()> {
     if lines != ["Create Snapshot:"] {
         bail!("{}", refuse(cmd, out, "not `Create Snapshot:`"));
     }
-    Ok(())
+    Ok(Created::Taken)
 }
 
-/// `snapshot.remove` succeeded only if it printed `Remove Snapshot:` and nothing else.
-pub fn check_removed(cmd: &str, out: &str) -> Result<()> {
-    let lines: Vec<&str> = out
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    if lines != ["Remove Snapshot:"] {
-        bail!("{}", refuse(cmd, out, "not `Remove Snapshot:`"));
+/// Whether a `snapshot.remove` answer starts as a removal does (`Remove Snapshot:`; ESXi 5.5
+/// prints the tree left after it). Only `snapshot.get` says whether the snapshot went.
+pub fn removal_started(out: &str) -> bool {
+    out.lines().map(str::trim).find(|l| !l.is_empty()) == Some("Remove Snapshot:")
+}
+
+/// The line of an answer that is one of hostd's passing failures, which the tools that drive
+/// ESXi retry ([VCL], [TF]; ESX-REAL.md section 4): a login to hostd that failed, a
+/// connection to it refused, an object it has not finished making, vim-cmd itself crashing,
+/// another task in progress, or the lone `<unset>` of a restarting management agent. Any line
+/// of an answer that `failed` (a non-zero exit) counts; of an answer that exited 0 only its
+/// first line, so that a description or an annotation further down may hold any text.
+pub fn transient(out: &str, failed: bool) -> Option<&str> {
+    const MARKS: &[&str] = &[
+        "Failed to login",
+        "Connect to localhost failed",
+        "SSL Exception",
+        "has already been deleted or has not been completely created",
+        "terminate called after throwing",
+        "std::bad_alloc",
+        "another task is in progress",
+    ];
+    if out.trim() == "<unset>" {
+        return Some("<unset>");
     }
-    Ok(())
+    let mut lines = out.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next()?;
+    std::iter::once(first)
+        .chain(lines.filter(|_| failed))
+        .find(|l| MARKS.iter().any(|m| l.contains(m)))
 }
 
 #[cfg(test)]
@@ -173,28 +334,50 @@ mod tests {
     use super::*;
 
     #[test]
-    fn getallvms_rows_are_anchored_on_the_vmid_and_the_vmx_path() {
+    fn getallvms_rows_are_anchored_on_the_vmid_and_asked_for_their_vmx_path() {
         let out = "Vmid     Name                    File                     Guest OS       Version         Annotation\n\
             2      xx         [datastore1] xx/xx.vmx               rhel8_64Guest     vmx-14\n\
             3      make make   [datastore1] make make/m m.vmx   centos8_64Guest   vmx-14    Rocky linux 8\n\
             autostart\n\
             12 notes without a path\n";
         let rows = parse_getallvms("getallvms", out).unwrap();
-        assert_eq!(
-            rows,
-            vec![
-                VmRow {
-                    id: 2,
-                    file: "[datastore1] xx/xx.vmx".into()
-                },
-                VmRow {
-                    id: 3,
-                    file: "[datastore1] make make/m m.vmx".into()
-                },
-            ]
+        let ids: Vec<u32> = rows.iter().map(|r| r.id).collect();
+        assert_eq!(ids, [2, 3, 12]);
+        assert_eq!(rows[1].datastores_of("make make/m m.vmx"), ["datastore1"]);
+        assert_eq!(rows[1].file(), Some("[datastore1] make make/m m.vmx"));
+        assert!(rows[0].datastores_of("make make/m m.vmx").is_empty());
+        assert!(
+            rows[1].datastores_of("make/m m.vmx").is_empty(),
+            "a whole column"
         );
+        assert_eq!(rows[2].file(), None);
         let e = parse_getallvms("vim-cmd vmsvc/getallvms", "1 x [d] a.vmx\n").unwrap_err();
         assert!(e.to_string().contains("vim-cmd vmsvc/getallvms"), "{e}");
+    }
+
+    #[test]
+    fn getallvms_skips_invalid_vms_before_its_header_and_reads_names_with_brackets() {
+        // ESXi 6.5's "Skipping invalid VM" line, a vCLS row of 9.0 with an empty datastore, a
+        // datastore and a VM named with blanks and brackets (ESX-REAL.md section 6).
+        let out = "Skipping invalid VM '6'\n\
+            Vmid          Name                               File                             Guest OS       Version   Annotation\n\
+            1698   vCLS-6b72   [] /var/run/crx/infra/vCLS-6b72/vCLS-6b72.vmx   crxSys1Guest   vmx-21              \n\
+            3      [datastore2 (1)] web   [datastore2 (1)] other/other.vmx   ubuntu64Guest   vmx-14    \n\
+            48     web [1] x   [datastore2 (1)] web [1] x/web [1] x.vmx   ubuntu64Guest   vmx-14    [prod] web.vmx\n";
+        let rows = parse_getallvms("getallvms", out).unwrap();
+        let path = "web [1] x/web [1] x.vmx";
+        let holding: Vec<(u32, Vec<String>)> = rows
+            .iter()
+            .map(|r| (r.id, r.datastores_of(path)))
+            .filter(|(_, d)| !d.is_empty())
+            .collect();
+        assert_eq!(holding, [(48, vec!["datastore2 (1)".to_string()])]);
+        assert_eq!(
+            rows[0].datastores_of("/var/run/crx/infra/vCLS-6b72/vCLS-6b72.vmx"),
+            [""]
+        );
+        assert!(parse_getallvms("getallvms", "Skipping invalid VM '6'\n").is_err());
+        assert!(parse_getallvms("getallvms", "Something else\nVmid Name File\n").is_err());
     }
 
     #[test]
@@ -217,7 +400,8 @@ mod tests {
         let out = "Get Snapshot:\n|-ROOT\n--Snapshot Name        : snap01\n--Snapshot Id        : 1\n\
             --Snapshot Desciption  : snap01 description\n--Snapshot Created On  : 2/23/2015 18:12:50\n\
             --Snapshot State       : powered on\n--|-CHILD\n----Snapshot Name        : snap02\n\
-            ----Snapshot Id          : 2\n----Snapshot Desciption  : \n";
+            ----Snapshot Id          : 2\n----Snapshot Desciption  :\n\
+            ----Snapshot Created On  : 11/30/2017 0:0:4\n----Snapshot State       : powered off\n";
         let s = parse_snapshots("get", out).unwrap();
         assert_eq!(s.len(), 2);
         assert_eq!(
@@ -225,8 +409,13 @@ mod tests {
             ("snap01", Some(1), 0)
         );
         assert_eq!(
-            (s[1].name.as_str(), s[1].id, s[1].depth),
-            ("snap02", Some(2), 1)
+            (
+                s[1].name.as_str(),
+                s[1].id,
+                s[1].depth,
+                s[1].description.as_str()
+            ),
+            ("snap02", Some(2), 1, "")
         );
         assert!(parse_snapshots("get", "Get Snapshot:\n")
             .unwrap()
@@ -234,5 +423,106 @@ mod tests {
         assert!(parse_snapshots("get", "Get Snapshot:\n--Snapshot Id : x\n").is_err());
         assert!(parse_snapshots("get", "Snapshots:\n").is_err());
         assert!(parse_snapshots("get", "Get Snapshot:\nwhatever\n").is_err());
+        // Cut short, or a child two levels down.
+        assert!(parse_snapshots("get", &out[..out.len() - 34]).is_err());
+        let skip = out.replace("--|-CHILD\n----", "--|-CHILD\n------");
+        assert!(parse_snapshots("get", &skip).is_err());
+    }
+
+    #[test]
+    fn a_description_is_text_up_to_its_snapshots_created_on_line_whatever_it_holds() {
+        // ESXi 5.5 U1 prints a description's later lines raw ([FA], ESX-REAL.md section 1);
+        // these look like the tree around them.
+        let out = "Get Snapshot:\n|-ROOT\n--Snapshot Name        : prepared for install\n\
+            --Snapshot Id        : 3\n--Snapshot Desciption  : clush configured\n\
+            tmp and all traces of mapr removed\n|-CHILD\n--Snapshot Name        : virt-vmdkimport-1\n\
+            \n----Snapshot Created On  : 1/2/2026 3:4:5\n\
+            --Snapshot Created On  : 8/21/2014 22:0:23\n--Snapshot State       : powered off\n\
+            --|-CHILD\n----Snapshot Name        : virt-vmdkimport-2\n----Snapshot Id        : 4\n\
+            ----Snapshot Desciption  : ours\n----Snapshot Created On  : 8/21/2014 22:1:0\n\
+            ----Snapshot State       : powered on\n";
+        let s = parse_snapshots("get", out).unwrap();
+        let names: Vec<(&str, Option<u32>, usize)> =
+            s.iter().map(|s| (s.name.as_str(), s.id, s.depth)).collect();
+        assert_eq!(
+            names,
+            [
+                ("prepared for install", Some(3), 0),
+                ("virt-vmdkimport-2", Some(4), 1)
+            ]
+        );
+        assert_eq!(
+            s[0].description,
+            "clush configured\ntmp and all traces of mapr removed\n|-CHILD\n\
+             --Snapshot Name        : virt-vmdkimport-1\n\n----Snapshot Created On  : 1/2/2026 3:4:5"
+        );
+        // One level down, the lines that look like its own Created On and State stay text:
+        // after them comes neither the end nor a marker.
+        let forged =
+            "--Snapshot Created On  : 1/2/2026 3:4:5\n--Snapshot State       : powered on\nmore";
+        let out = format!(
+            "Get Snapshot:\n|-ROOT\n--Snapshot Name        : a\n--Snapshot Id        : 1\n\
+             --Snapshot Desciption  : x\n--Snapshot Created On  : 1/1/2020 1:1:1\n\
+             --Snapshot State       : powered on\n--|-CHILD\n----Snapshot Name        : b\n\
+             ----Snapshot Id        : 2\n----Snapshot Desciption  : y\n{}\n\
+             ----Snapshot Created On  : 1/1/2020 1:1:2\n----Snapshot State       : powered on\n",
+            forged.replace("--Snapshot", "----Snapshot")
+        );
+        let s = parse_snapshots("get", &out).unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!(
+            s[1].description,
+            format!("y\n{}", forged.replace("--Snapshot", "----Snapshot"))
+        );
+    }
+
+    #[test]
+    fn snapshot_create_answers_are_taken_unchanged_or_refused() {
+        let c = |out| check_created("create", out);
+        assert_eq!(c("Create Snapshot:\n").unwrap(), Created::Taken);
+        // The text as vim-cmd prints it and as the task error says it ([VCL]).
+        for unchanged in [
+            "Create Snapshot:\nSnapshot not taken since the state of the virtual machine has not changed since the last snapshot operation.\n",
+            "An error occurred while taking a snapshot: The state of the virtual machine has not changed since the last snapshot operation.\n",
+        ] {
+            assert_eq!(c(unchanged).unwrap(), Created::Unchanged);
+        }
+        assert!(c("Create Snapshot:\n(vmodl.fault.SystemError) {\n}\n").is_err());
+    }
+
+    #[test]
+    fn removals_start_with_their_header_whatever_tree_follows() {
+        assert!(removal_started(
+            "Remove Snapshot:\n|-ROOT\n--Snapshot Name        : snap01\n"
+        ));
+        assert!(removal_started("Remove Snapshot:\n"));
+        assert!(!removal_started("(vim.fault.NotFound) {\n}\n"));
+    }
+
+    #[test]
+    fn hostd_hiccups_are_told_from_answers() {
+        for out in [
+            "Failed to login: Connection reset by peer\n",
+            "Failed to login: SSL Exception: The SSL handshake timed out local: 127.0.0.1:52713 peer: 127.0.0.1:443.\n",
+            "Connect to localhost failed: Connection failure\n",
+            "(vmodl.fault.ManagedObjectNotFound) {\n   msg = \"The object has already been deleted or has not been completely created\",\n}\n",
+            "terminate called after throwing an instance of 'std::bad_alloc'\nwhat():  std::bad_alloc\nAborted\n",
+            "<unset>\n",
+        ] {
+            assert!(transient(out, true).is_some(), "{out}");
+        }
+        assert!(transient("Failed to login: Connection reset by peer\n", false).is_some());
+        for out in [
+            "Retrieved runtime info\nPowered on\n",
+            "(vim.fault.NotFound) {\n   msg = \"Unable to find a VM corresponding to \"16\"\"\n}\n",
+            "Powering on VM:\nPower on failed\n",
+        ] {
+            assert!(transient(out, true).is_none(), "{out}");
+        }
+        // An answer that exited 0: a description saying so further down is text.
+        let listed =
+            "Get Snapshot:\n|-ROOT\n--Snapshot Name        : a\n--Snapshot Id        : 1\n\
+            --Snapshot Desciption  : x\nFailed to login: Connection reset by peer\n";
+        assert!(transient(listed, false).is_none());
     }
 }

@@ -5,17 +5,19 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::host::{Host, Taking};
 use super::remote::RemoteFile;
 use super::ssh::{self, Ssh, SshUrl};
-use super::vimcmd::{self, Power, Snapshot};
+use super::vimcmd::{Created, Power, Snapshot};
 use super::SNAPSHOT_NAME;
-use super::{datastore_path, remote_join, walk_chain, Host, RemoteChain, RemoteDelta};
+use super::{remote_join, walk_chain, RemoteChain, RemoteDelta};
 use crate::vmdk::{self, Chain};
 use crate::vmx::VmxConfig;
 
-/// How often the power state is asked while waiting for it to change: each second of the
-/// wait after the VM is off is outage, and one `getstate` costs a command on the open connection.
-const POLL: Duration = Duration::from_millis(250);
+/// How often the power state is asked while waiting for it to change: about once a second,
+/// as a real host's `getstate` takes most of a second ([IDX 60104341847], ESX-REAL.md
+/// section 4) and hostd is not pressed while it shuts the VM down.
+const POLL: Duration = Duration::from_secs(1);
 /// How long a hard power-off may take to show.
 const POWER_OFF_WAIT: Duration = Duration::from_secs(60);
 /// How long a delta may stay locked after the VM is off (ESX.md: when it becomes readable is
@@ -51,14 +53,13 @@ impl Vm {
             "{}: the path must name the VM's .vmx",
             url.with_path(&url.path)
         );
-        let ds_path = datastore_path(&url.path)?;
         let ssh = Arc::new(Ssh::new(&url)?);
-        let id = Host {
+        let (id, ds_path) = Host {
             ssh: &ssh,
             dry_run,
             say,
         }
-        .find_vm(&ds_path)?;
+        .find_vm(&url.path)?;
         Ok(Vm {
             ssh,
             id,
@@ -96,7 +97,9 @@ impl Vm {
         self.host().snapshots(self.id)
     }
 
-    /// Take the next migration snapshot; its name (only said under --dry-run).
+    /// Take the next migration snapshot; its name (only said under --dry-run). When ESXi
+    /// takes none because the VM has not changed since its last snapshot, that snapshot's
+    /// name: the deltas it froze are the ones to apply.
     pub fn take_snapshot(&self) -> Result<String> {
         let snaps = self.snapshots()?;
         let n = (1..)
@@ -107,8 +110,15 @@ impl Vm {
             })
             .expect("some number is free");
         let name = format!("{SNAPSHOT_NAME}-{n}");
-        self.host().take_snapshot(self.id, &self.ds_path, &name)?;
-        Ok(name)
+        let host = self.host();
+        match host.take_snapshot(self.id, &self.ds_path, &name, &snaps, Taking::Sync)? {
+            Created::Taken => Ok(name),
+            // The newest: the deepest, the last listed of those.
+            Created::Unchanged => Ok(snaps
+                .iter()
+                .max_by_key(|s| s.depth)
+                .map_or(name, |s| s.name.clone())),
+        }
     }
 
     /// The .vmx as the host has it now (a snapshot rewrites its disks' file names).
@@ -173,11 +183,16 @@ impl Vm {
     /// Ask VMware Tools for a guest shutdown; returns at once.
     pub fn shutdown(&self) -> Result<(), ShutdownRefused> {
         let cmd = format!("vim-cmd vmsvc/power.shutdown {}", self.id);
-        let a = self.ssh.run(&cmd).map_err(ShutdownRefused::Other)?;
+        let off = || -> Result<bool> { Ok(self.power()? == Power::Off) };
+        let a = match self.host().power_command(&cmd, &off) {
+            Ok(Some(a)) => a,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(ShutdownRefused::Other(e)),
+        };
         if a.code == Some(0) {
             return Ok(());
         }
-        let all = format!("{}{}", a.stdout, a.stderr);
+        let all = a.all();
         let why = a.failure(self.host_name(), &cmd);
         if all.contains("ToolsUnavailable") || all.contains("VMware Tools is not running") {
             return Err(ShutdownRefused::NoTools(why));
@@ -188,9 +203,11 @@ impl Vm {
     /// Hard power-off, then wait until the host says so.
     pub fn power_off(&self) -> Result<()> {
         let cmd = format!("vim-cmd vmsvc/power.off {}", self.id);
-        let a = self.ssh.run(&cmd)?;
-        if a.code != Some(0) && self.power()? != Power::Off {
-            bail!("{}", a.failure(self.host_name(), &cmd));
+        let off = || -> Result<bool> { Ok(self.power()? == Power::Off) };
+        if let Some(a) = self.host().power_command(&cmd, &off)? {
+            if a.code != Some(0) && !off()? {
+                bail!("{}", a.failure(self.host_name(), &cmd));
+            }
         }
         ensure!(
             self.wait_for(Power::Off, POWER_OFF_WAIT)?,
@@ -205,33 +222,36 @@ impl Vm {
     /// failed` is sometimes printed for a VM that did start.
     pub fn power_on(&self) -> Result<()> {
         let cmd = format!("vim-cmd vmsvc/power.on {}", self.id);
-        let a = self.ssh.run(&cmd)?;
-        if self.power()? != Power::On {
-            bail!("{}", a.failure(self.host_name(), &cmd));
+        let on = || -> Result<bool> { Ok(self.power()? == Power::On) };
+        if let Some(a) = self.host().power_command(&cmd, &on)? {
+            if !on()? {
+                bail!("{}", a.failure(self.host_name(), &cmd));
+            }
         }
         Ok(())
     }
 
-    /// Wait until the power state is `want`, at most `limit`; whether it got there.
+    /// Wait until the power state is `want`, at most `limit`; whether it got there. Polled
+    /// about once a second; a poll hostd answers with a passing failure is asked again at the
+    /// next, and at the limit one more answer (tried again over hiccups) decides.
     pub fn wait_for(&self, want: Power, limit: Duration) -> Result<bool> {
         let started = Instant::now();
         loop {
-            if self.power()? == want {
+            let now = self.host().power_once(self.id)?;
+            if now == Some(want) {
                 return Ok(true);
             }
             if started.elapsed() >= limit {
-                return Ok(false);
+                return Ok(now.is_none() && self.power()? == want);
             }
             crate::interrupt::check()?;
             std::thread::sleep(POLL.min(limit.saturating_sub(started.elapsed())));
         }
     }
 
-    /// Remove the snapshot `snap` (ESXi 5.0+ form: by id).
+    /// Remove the snapshot `snap`, confirmed by `snapshot.get`.
     pub fn remove_snapshot(&self, snap: u32) -> Result<()> {
-        let cmd = format!("vim-cmd vmsvc/snapshot.remove {} {snap}", self.id);
-        let out = self.ssh.read(&cmd)?;
-        vimcmd::check_removed(&cmd, &out)
+        self.host().remove_snapshot(self.id, snap)
     }
 }
 

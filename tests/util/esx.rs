@@ -338,6 +338,15 @@ impl StandIn {
         std::fs::write(p, s).unwrap();
     }
 
+    /// The names of VM `id`'s snapshots, as the stand-in keeps them (in tree order).
+    pub fn snapshot_names(&self, id: u32) -> Vec<String> {
+        std::fs::read_to_string(self.state(&format!("snaps-{id}.tsv")))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.split('\t').nth(1).unwrap_or_default().to_string())
+            .collect()
+    }
+
     /// `getallvms` prints `Skipping invalid VM '6'` before its header and a vCLS VM with an
     /// empty datastore (ESX-REAL.md section 6).
     pub fn invalid_vms(&self) {
@@ -593,7 +602,11 @@ impl StandIn {
     /// `virt-vmdkimport -c qemu:///system --domain DOMAIN --pool POOL --vmx URL EXTRA...`, the
     /// .vmx `vmx` (`dir/file.vmx`) read over ssh from the stand-in.
     pub fn import(&self, tp: &TestPool, domain: &str, vmx: &str, extra: &[&str]) -> Run {
-        let url = self.url(vmx);
+        self.import_url(tp, domain, &self.url(vmx), extra)
+    }
+
+    /// [`StandIn::import`] of the .vmx `url` (such as [`StandIn::url_by_uuid`]'s).
+    pub fn import_url(&self, tp: &TestPool, domain: &str, url: &str, extra: &[&str]) -> Run {
         let mut args = vec![
             "-c",
             "qemu:///system",
@@ -602,7 +615,7 @@ impl StandIn {
             "--pool",
             &tp.name,
             "--vmx",
-            &url,
+            url,
         ];
         args.extend_from_slice(extra);
         self.tool(&args)
