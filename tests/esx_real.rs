@@ -95,8 +95,16 @@ fn reads_on_the_host_are_dd_and_stat_only() {
         "after the cutover",
     );
     for run in [&s1, &cut] {
+        println!("{run}");
         let sent = programs_sent(run);
         assert!(sent.contains(&"dd".to_string()), "{sent:?}: {run}");
+        assert!(
+            run.stderr().contains(&format!(
+                "dd if='{}' bs=65536 count=65",
+                esx.vmx_path("dd/dd.vmx").display()
+            )),
+            "the .vmx read with dd: {run}"
+        );
         for p in &sent {
             assert!(
                 ["vim-cmd", "dd", "stat"].contains(&p.as_str()),

@@ -221,6 +221,7 @@ impl Ssh {
     /// Run a command that must succeed; its standard output as bytes. A failure says what
     /// the host printed; a lock is said as such, naming `what`.
     pub fn read_bytes(&self, cmd: &str, what: &str) -> Result<Vec<u8>> {
+        log::debug!("ssh {}: {cmd}", self.url.destination());
         let out = self
             .command()
             .arg(cmd)
