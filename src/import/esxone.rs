@@ -4,7 +4,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use super::{net_source, trial, ImportPlan};
+use super::plan::ImportPlan;
+use super::trial;
 use crate::domain_xml::NetSource;
 use crate::esx::RemoteBase;
 use crate::libvirt::{self, Conn};
@@ -38,7 +39,7 @@ pub(super) fn open_stage_one(
             let wanted = cfg
                 .nics
                 .iter()
-                .map(|nic| net_source(plan, nic.network_name.as_deref()));
+                .map(|nic| plan.net_source(nic.network_name.as_deref()));
             check_nic_backends(&conn, wanted)
                 .context("stage 1: nothing was changed on ESXi (no snapshot taken)")
         },

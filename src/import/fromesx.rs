@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::time::{Duration, Instant};
 
-use super::Request;
-use super::{guards, hand_over_and_start, prove_before_stage_two, write, Found};
+use super::plan::{EsxOptions, ImportPlan, Step};
+use super::prove::{self, Found};
+use super::{guards, handover, write};
 use crate::esx::remote::{self, FileOrder, PassReport};
 use crate::esx::vimcmd::Power;
 use crate::esx::vm::{ShutdownRefused, Vm};
@@ -15,25 +16,6 @@ use crate::libvirt::{Conn, Dom, Vol};
 use crate::state::{lifecycle, metadata};
 use crate::state::{AppliedDelta, DiskState, ImportState, Outage, SyncRound};
 use crate::vmdk::{Chain, DiskId, Parent};
-
-/// Which run from ESXi.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
-    Sync,
-    Cutover,
-}
-
-/// The options of a run from ESXi, checked.
-#[derive(Debug, Clone)]
-pub struct EsxOptions {
-    pub url: String,
-    pub step: Step,
-    pub shutdown_timeout: Duration,
-    pub hard_off: bool,
-    pub rollback: bool,
-    pub jobs: usize,
-    pub remove_snapshots: bool,
-}
 
 /// One delta opened over ssh, its pieces listed (every table read and checked).
 struct Opened {
@@ -64,7 +46,7 @@ struct Moved {
 /// Run `--sync` or `--cutover` for the domain of `req`. Every check that can refuse comes
 /// before the trial start of a domain stage 1 never proved, whose ladder may redefine it:
 /// the domain, its volumes, then the ESXi side (in `sync` and `cutover`).
-pub fn run(req: &Request, conn: &Conn, o: &EsxOptions) -> Result<()> {
+pub fn run(req: &ImportPlan, conn: &Conn, o: &EsxOptions) -> Result<()> {
     let (dom, mut st) = checked_domain(req, conn)?;
     let targets = targets(req, conn, &dom, &st)?;
     let vm = Vm::find(
@@ -79,17 +61,17 @@ pub fn run(req: &Request, conn: &Conn, o: &EsxOptions) -> Result<()> {
     }
 }
 
-/// The trial start of a domain stage 1 never proved ([`prove_before_stage_two`]), once every
+/// The trial start of a domain stage 1 never proved ([`prove::before_stage_two`]), once every
 /// check that needs nothing changed has passed. Returns the domain to go on with and, when
 /// the trial ran, the definition and import state the run found: [`undo`] puts them back for
 /// a refusal that still comes before anything is written.
 fn prove(
-    req: &Request,
+    req: &ImportPlan,
     conn: &Conn,
     dom: Dom,
     st: &mut ImportState,
 ) -> Result<(Dom, Option<Found>)> {
-    let (dom, found) = prove_before_stage_two(req, conn, Some(dom), st)?;
+    let (dom, found) = prove::before_stage_two(req, conn, Some(dom), st)?;
     Ok((dom.expect("a domain"), found))
 }
 
@@ -125,7 +107,7 @@ fn checked_chains(vm: &Vm, st: &ImportState) -> Result<Vec<RemoteChain>> {
 
 /// The domain and its import state, when a run from ESXi may write into it: every base
 /// uploaded, never handed over to its guest, not running.
-fn checked_domain(req: &Request, conn: &Conn) -> Result<(Dom, ImportState)> {
+fn checked_domain(req: &ImportPlan, conn: &Conn) -> Result<(Dom, ImportState)> {
     let name = &req.domain;
     let dom = conn.domain(name)?.ok_or_else(|| {
         anyhow!(
@@ -154,7 +136,7 @@ fn checked_domain(req: &Request, conn: &Conn) -> Result<(Dom, ImportState)> {
 
 /// Every disk's volume, checked raw and writable from this host (the grains are written
 /// where they arrive, in the delta's file order).
-fn targets(req: &Request, conn: &Conn, dom: &Dom, st: &ImportState) -> Result<Vec<Vol>> {
+fn targets(req: &ImportPlan, conn: &Conn, dom: &Dom, st: &ImportState) -> Result<Vec<Vol>> {
     ensure!(
         matches!(req.io, crate::cli::IoMode::Auto | crate::cli::IoMode::Direct),
         "--io {}: the deltas from ESXi are written with direct writes to volumes on this host; run virt-vmdkimport on the KVM host (with --io auto or direct)",
@@ -478,7 +460,7 @@ fn usable_power(vm: &Vm) -> Result<Power> {
 
 /// `--sync`: a new migration snapshot freezes the VM's deltas, which are applied now.
 fn sync(
-    req: &Request,
+    req: &ImportPlan,
     conn: &Conn,
     dom: Dom,
     st: &mut ImportState,
@@ -521,7 +503,7 @@ fn sync(
 /// snapshot, then every frozen delta not applied yet opened and checked. The snapshot's name
 /// and the work; None for a dry run, which says what it would apply.
 fn freeze(
-    req: &Request,
+    req: &ImportPlan,
     vm: &Vm,
     st: &ImportState,
     cache: &mut HashMap<String, Opened>,
@@ -551,7 +533,7 @@ fn freeze(
 
 /// `--cutover`: everything checked, then guest shutdown, the final deltas, the start.
 fn cutover(
-    req: &Request,
+    req: &ImportPlan,
     conn: &Conn,
     dom: Dom,
     st: &mut ImportState,
@@ -680,7 +662,7 @@ fn finish(
     moved.secs = opened.elapsed().as_secs_f64();
     crate::interrupt::check()?;
     let t = Instant::now();
-    hand_over_and_start(conn, dom, st)?;
+    handover::start(conn, dom, st)?;
     Ok((moved, t.elapsed()))
 }
 

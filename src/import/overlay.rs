@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 
-use super::Request;
+use super::handover;
+use super::plan::ImportPlan;
 use crate::cli::IoMode;
 use crate::libvirt::{self, parse_disk_sources, Conn, DiskKind, Dom, Pool, Vol};
 use crate::progress::Transfer;
@@ -48,7 +49,7 @@ fn forget(dom: &Dom, dev: &str) -> Result<()> {
 
 /// The pool the overlay of disk `ds` goes into, checked before anything is written: it must
 /// keep its volumes as files (a logical pool cannot hold a qcow2 image).
-pub fn check(req: &Request, conn: &Conn, ds: &DiskState) -> Result<Pool> {
+pub fn check(req: &ImportPlan, conn: &Conn, ds: &DiskState) -> Result<Pool> {
     ensure!(
         !req.no_start,
         "--io overlay starts the domain (the overlay is merged by a live block commit): it cannot go with --no-start; use --io stream or direct"
@@ -74,7 +75,7 @@ pub fn check(req: &Request, conn: &Conn, ds: &DiskState) -> Result<Pool> {
 /// `--io overlay` (refused when it cannot be), and with `--io auto` on a remote connection
 /// when the domain is to be started and the pool can hold the overlay (the benchmark in
 /// scripts/bench.sh, case 6: one upload and a start cost less than upload calls there).
-pub fn choose(req: &Request, conn: &Conn, ds: &DiskState) -> Result<Option<Pool>> {
+pub fn choose(req: &ImportPlan, conn: &Conn, ds: &DiskState) -> Result<Option<Pool>> {
     Ok(match req.io {
         IoMode::Overlay => Some(check(req, conn, ds)?),
         IoMode::Auto if !conn.is_local() && !req.no_start => check(req, conn, ds).ok(),
@@ -233,7 +234,12 @@ fn in_use(dom: &Dom) -> Result<Vec<OverlayRecord>> {
 
 /// A rerun of any command on a domain with an overlay in use finishes that overlay first (the
 /// commit, the pivot, the check, the volume's removal) and stops there. Returns whether it did.
-pub fn resume(req: &Request, conn: &Conn, dom: &Dom, st: Option<&mut ImportState>) -> Result<bool> {
+pub fn resume(
+    req: &ImportPlan,
+    conn: &Conn,
+    dom: &Dom,
+    st: Option<&mut ImportState>,
+) -> Result<bool> {
     let pending = in_use(dom)?;
     if pending.is_empty() {
         return Ok(false);
@@ -296,7 +302,7 @@ pub fn resume(req: &Request, conn: &Conn, dom: &Dom, st: Option<&mut ImportState
         );
         switch_all(conn, dom)?;
         metadata::write(dom, st)?;
-        super::hand_over_and_start(conn, dom, st)?;
+        handover::start(conn, dom, st)?;
         log::info!(
             "domain '{}' started (outage_s={:.3})",
             dom.name(),
@@ -320,7 +326,7 @@ fn needs_commit(dom: &Dom, records: &[OverlayRecord]) -> Result<bool> {
 
 /// Stage 2's last part, once the domain runs on its overlays: say the outage, commit each
 /// overlay into its volume, pivot, check the definition, remove the overlay.
-pub fn after_start(req: &Request, conn: &Conn, dom: &Dom, st: &ImportState) -> Result<()> {
+pub fn after_start(req: &ImportPlan, conn: &Conn, dom: &Dom, st: &ImportState) -> Result<()> {
     if in_use(dom)?.is_empty() {
         return Ok(());
     }
@@ -333,7 +339,7 @@ pub fn after_start(req: &Request, conn: &Conn, dom: &Dom, st: &ImportState) -> R
 }
 
 /// Commit every overlay in use; the domain is running (or paused for an offline commit).
-fn commit_all(req: &Request, conn: &Conn, dom: &Dom, st: &ImportState) -> Result<()> {
+fn commit_all(req: &ImportPlan, conn: &Conn, dom: &Dom, st: &ImportState) -> Result<()> {
     for mut rec in in_use(dom)? {
         let ds = st
             .disks
@@ -358,7 +364,7 @@ fn commit_all(req: &Request, conn: &Conn, dom: &Dom, st: &ImportState) -> Result
 /// already running (a rerun after the tool or the daemon went away) is taken over; one that
 /// vanished while the disk is still on the overlay is started again. A domain that stops
 /// meanwhile leaves the disk on its overlay, for a rerun to commit.
-fn commit_live(req: &Request, dom: &Dom, rec: &mut OverlayRecord) -> Result<()> {
+fn commit_live(req: &ImportPlan, dom: &Dom, rec: &mut OverlayRecord) -> Result<()> {
     if let Ok(Some(j)) = dom.block_job(&rec.target_dev) {
         log::info!(
             "disk {}: a block commit is already running ({} of {}): taking it over",
@@ -404,7 +410,7 @@ fn stopping(dom: &Dom) -> bool {
 
 /// One look at the commit: started when there is none, pivoted when ready; true once the
 /// disk is back on the volume.
-fn commit_step(req: &Request, dom: &Dom, rec: &mut OverlayRecord) -> Result<bool> {
+fn commit_step(req: &ImportPlan, dom: &Dom, rec: &mut OverlayRecord) -> Result<bool> {
     let dev = rec.target_dev.clone();
     if disk_file(&dom.live_xml()?, &dev)?.as_deref() != Some(rec.path.as_str()) {
         return Ok(true); // pivoted already

@@ -2,43 +2,15 @@
 
 use anyhow::{bail, ensure, Context, Result};
 
+use super::request::Request;
 use super::shape::{self, Hyperv};
-use super::{os_name, trial, Request};
+use super::spec::os_name;
+use super::trial;
 use crate::domain_xml::NetSource;
 use crate::libvirt::{Conn, Dom};
 use crate::state::{metadata, ImportState};
 use crate::vmx::OsFamily;
 use crate::xmltree::{self, Element};
-
-impl Request {
-    /// Whether any option that shapes the domain was given.
-    pub(super) fn shapes_domain(&self) -> bool {
-        self.cpu.is_some()
-            || self.memory_mib.is_some()
-            || self.vcpus.is_some()
-            || self.os.is_some()
-            || self.mac.is_some()
-            || self.network.is_some()
-            || !self.network_map.is_empty()
-            || self.bridge.is_some()
-            || self.hyperv_passthrough
-            || self.naming.given()
-    }
-
-    /// The network asked for the NIC on VMware network `vmware_net` (None: the plain one).
-    fn given_net(&self, vmware_net: Option<&str>) -> Option<NetSource> {
-        if let Some((_, to)) =
-            vmware_net.and_then(|n| self.network_map.iter().find(|(from, _)| from == n))
-        {
-            return Some(NetSource::Network(to.clone()));
-        }
-        match (&self.bridge, &self.network) {
-            (Some(br), _) => Some(NetSource::Bridge(br.clone())),
-            (None, Some(net)) => Some(NetSource::Network(net.clone())),
-            (None, None) => None,
-        }
-    }
-}
 
 /// The guest family the domain was defined for: recorded, else read from the XML.
 fn domain_os(xml: &Element, st: Option<&ImportState>) -> OsFamily {
@@ -146,7 +118,7 @@ fn edit_nics(
 /// Apply the shaping options given for the existing `dom`. Returns the redefined domain and
 /// its XML before, or None when every option already matched (or none was given). Refused,
 /// saying why, for a running domain and for one defined by other tooling.
-pub fn apply(
+fn apply(
     req: &Request,
     conn: &Conn,
     dom: &Dom,
@@ -189,9 +161,29 @@ pub fn apply(
     Ok(Some((new, before)))
 }
 
+/// The shaping options given for a domain that exists (`dom`): applied or refused, never
+/// ignored. Without stage 1 they are proved by a trial start now ([`apply_and_prove`]);
+/// stage 1's trial start, after the upload, proves them otherwise. The domain to go on with.
+pub(super) fn existing(
+    req: &Request,
+    conn: &Conn,
+    dom: Option<Dom>,
+    st: Option<&mut ImportState>,
+    stage_one: bool,
+) -> Result<Option<Dom>> {
+    Ok(match (dom, st) {
+        (Some(d), Some(st)) if !stage_one => Some(apply_and_prove(req, conn, d, st)?),
+        (Some(d), st) => match apply(req, conn, &d, st.as_deref())? {
+            Some((new, _)) => Some(new),
+            None => Some(d),
+        },
+        (None, _) => None,
+    })
+}
+
 /// Apply the options, then prove the domain still starts; when it does not, the previous
 /// definition is put back and the error says why. Returns the domain to go on with.
-pub fn apply_and_prove(req: &Request, conn: &Conn, dom: Dom, st: &mut ImportState) -> Result<Dom> {
+fn apply_and_prove(req: &Request, conn: &Conn, dom: Dom, st: &mut ImportState) -> Result<Dom> {
     let Some((mut new, before)) = apply(req, conn, &dom, Some(st))? else {
         return Ok(dom);
     };
