@@ -69,13 +69,32 @@ fn off_vm_with_their_snapshot(
     (base, theirs)
 }
 
+/// A stand-in started with `setup`, a test pool, and a domain name the pool removes at the
+/// end, all tagged `tag`.
+fn begin(setup: Setup, tag: &str) -> (StandIn, TestPool, String) {
+    let esx = StandIn::start_with(setup);
+    let tp = TestPool::new(tag);
+    let name = unique_name(tag);
+    tp.track_domain(&name);
+    (esx, tp, name)
+}
+
+/// The domain stopped, and each of its volumes against qemu-img's reading of its disk's top
+/// on the stand-in now.
+fn assert_cut_over(esx: &StandIn, tp: &TestPool, name: &str, vmx: &str, what: &str) {
+    virsh(&["destroy", name]).ok();
+    assert_volumes(tp, name, &tops(esx, vmx), what);
+}
+
+/// No line of the run is a warning.
+fn no_warning(run: &Run) {
+    assert!(!run.stderr().contains("warning:"), "a warning: {run}");
+}
+
 #[test]
 fn reads_on_the_host_are_dd_and_stat_only() {
-    let esx = StandIn::start();
-    let tp = TestPool::new("esxr-dd");
+    let (esx, tp, name) = begin(Setup::default(), "esxr-dd");
     let (base, theirs) = off_vm_with_their_snapshot(&esx, "dd", 41);
-    let name = unique_name("esxr-dd");
-    tp.track_domain(&name);
 
     let s1 = esx
         .import(&tp, &name, "dd/dd.vmx", &[CPU[0], CPU[1], "-v"])
@@ -114,11 +133,6 @@ fn reads_on_the_host_are_dd_and_stat_only() {
     }
 }
 
-/// No line of the run is a warning.
-fn no_warning(run: &Run) {
-    assert!(!run.stderr().contains("warning:"), "a warning: {run}");
-}
-
 /// A description written to look like the tree around it: `snapshot.get` prints its later
 /// lines raw (ESX-REAL.md section 1).
 const HOSTILE_DESCRIPTION: &str = "before the upgrade\n\
@@ -131,12 +145,9 @@ const HOSTILE_DESCRIPTION: &str = "before the upgrade\n\
 
 #[test]
 fn a_multi_line_snapshot_description_is_read_as_text() {
-    let esx = StandIn::start();
-    let tp = TestPool::new("esxr-desc");
+    let (esx, tp, name) = begin(Setup::default(), "esxr-desc");
     let (base, _) = off_vm_with_their_snapshot(&esx, "desc", 42);
     esx.add_snapshot_described(42, 2, "before upgrade", HOSTILE_DESCRIPTION);
-    let name = unique_name("esxr-desc");
-    tp.track_domain(&name);
     let shown = esx.vim_cmd(&["vmsvc/snapshot.get", "42"]).ok();
     assert!(
         shown
@@ -162,12 +173,9 @@ fn a_multi_line_snapshot_description_is_read_as_text() {
 
 #[test]
 fn a_removal_is_confirmed_by_snapshot_get_not_by_the_tree_printed_after_it() {
-    let esx = StandIn::start();
-    let tp = TestPool::new("esxr-remove");
+    let (esx, tp, name) = begin(Setup::default(), "esxr-remove");
     let (_, theirs) = off_vm_with_their_snapshot(&esx, "rm", 43);
     esx.remove_prints_tree();
-    let name = unique_name("esxr-remove");
-    tp.track_domain(&name);
     esx.import(&tp, &name, "rm/rm.vmx", &CPU).ok();
     assert_eq!(esx.snapshot_names(43), ["nightly", "virt-vmdkimport-2"]);
 
@@ -212,8 +220,7 @@ fn a_removal_is_confirmed_by_snapshot_get_not_by_the_tree_printed_after_it() {
 
 #[test]
 fn an_unchanged_state_refusal_uses_the_chain_already_frozen() {
-    let esx = StandIn::start();
-    let tp = TestPool::new("esxr-same");
+    let (esx, tp, name) = begin(Setup::default(), "esxr-same");
     let (base, theirs) = off_vm_with_their_snapshot(&esx, "same", 44);
     // A second snapshot of theirs over the first: its delta is the top.
     let dir = esx.vm_dir("same");
@@ -231,8 +238,6 @@ fn an_unchanged_state_refusal_uses_the_chain_already_frozen() {
     let vmx = "same/same.vmx";
     std::fs::write(esx.vmx_path(vmx), vmx_text("same", &["same-000002.vmdk"])).unwrap();
     esx.add_snapshot_record(44, 2, "hourly");
-    let name = unique_name("esxr-same");
-    tp.track_domain(&name);
 
     // Stage 1: ESXi takes no snapshot; the one of theirs froze the base already.
     esx.unchanged_once(44);
@@ -269,6 +274,10 @@ fn an_unchanged_state_refusal_uses_the_chain_already_frozen() {
     assert_eq!(tops(&esx, vmx), [dir.join("same-000002.vmdk")]);
 }
 
+/// hostd's passing failures as [VCL] quotes them (ESX-REAL.md section 4).
+const LOGIN_RESET: &str = "Failed to login: Connection reset by peer";
+const LOGIN_SSL: &str = "Failed to login: SSL Exception: The SSL handshake timed out local: 127.0.0.1:52713 peer: 127.0.0.1:443.";
+const NO_LOCALHOST: &str = "Connect to localhost failed: Connection failure";
 /// hostd's answer "The object has already been deleted or has not been completely created",
 /// as [VCL] quotes it (ESX-REAL.md section 4).
 const NOT_CREATED: &str = concat!(
@@ -291,17 +300,10 @@ fn calls(esx: &StandIn, subcommand: &str) -> usize {
 
 #[test]
 fn transient_hostd_answers_are_retried_and_no_hiccup_aborts_a_cutover() {
-    let esx = StandIn::start();
-    let tp = TestPool::new("esxr-hiccup");
+    let (esx, tp, name) = begin(Setup::default(), "esxr-hiccup");
     let vmx = running_vm(&esx, "hic", 45, "sesparse", 1, false);
-    let name = unique_name("esxr-hiccup");
-    tp.track_domain(&name);
-    esx.transient("getallvms", 1, "Failed to login: Connection reset by peer");
-    esx.transient(
-        "snapshot.create",
-        1,
-        "Failed to login: SSL Exception: The SSL handshake timed out local: 127.0.0.1:52713 peer: 127.0.0.1:443.",
-    );
+    esx.transient("getallvms", 1, LOGIN_RESET);
+    esx.transient("snapshot.create", 1, LOGIN_SSL);
     let s1 = esx.import(&tp, &name, &vmx, &CPU).ok();
     no_warning(&s1);
     assert!(
@@ -314,16 +316,8 @@ fn transient_hostd_answers_are_retried_and_no_hiccup_aborts_a_cutover() {
     // The cutover: the guest takes 4 s to shut down; hostd hiccups at the shutdown request
     // and twice while the power state is polled.
     esx.shutdown_delay(45, 4);
-    esx.transient(
-        "power.shutdown",
-        1,
-        "Connect to localhost failed: Connection failure",
-    );
-    esx.transient(
-        "power.getstate",
-        3,
-        "Failed to login: Connection reset by peer",
-    );
+    esx.transient("power.shutdown", 1, NO_LOCALHOST);
+    esx.transient("power.getstate", 3, LOGIN_RESET);
     esx.transient("power.getstate", 4, NOT_CREATED);
     let polls = calls(&esx, "power.getstate");
     let cut = esx.import(&tp, &name, &vmx, &["--cutover"]).ok();
@@ -334,8 +328,7 @@ fn transient_hostd_answers_are_retried_and_no_hiccup_aborts_a_cutover() {
     // About one poll a second: the 4 s shutdown and the hiccups' waits, not 4 a second.
     let polls = calls(&esx, "power.getstate") - polls;
     assert!(polls <= 12, "{polls} power.getstate calls: {cut}");
-    virsh(&["destroy", &name]).ok();
-    assert_volumes(&tp, &name, &tops(&esx, &vmx), "after the cutover");
+    assert_cut_over(&esx, &tp, &name, &vmx, "after the cutover");
     assert_eq!(
         esx.last_payload(45)[..],
         volume_bytes(&tp, &format!("{name}-disk0"))[512..4608],
@@ -348,14 +341,14 @@ const ONE_SESSION: &str = "takes one session per ssh connection";
 
 #[test]
 fn a_host_that_refuses_a_second_session_is_said_once_and_is_no_failure() {
-    let esx = StandIn::start_with(Setup {
-        one_session: true,
-        ..Setup::default()
-    });
-    let tp = TestPool::new("esxr-sess");
+    let (esx, tp, name) = begin(
+        Setup {
+            one_session: true,
+            ..Setup::default()
+        },
+        "esxr-sess",
+    );
     let vmx = running_vm(&esx, "ses", 46, "cowd", 2, false);
-    let name = unique_name("esxr-sess");
-    tp.track_domain(&name);
     esx.import(&tp, &name, &vmx, &CPU).ok();
     esx.wait_rounds(46, 2);
 
@@ -369,17 +362,13 @@ fn a_host_that_refuses_a_second_session_is_said_once_and_is_no_failure() {
     assert_eq!(all.matches(ONE_SESSION).count(), 1, "said once: {cut}");
     assert!(!all.contains("mux_client_request_session"), "{cut}");
     assert!(esx.log().contains("no more sessions"), "{}", esx.log());
-    virsh(&["destroy", &name]).ok();
-    assert_volumes(&tp, &name, &tops(&esx, &vmx), "after the cutover");
+    assert_cut_over(&esx, &tp, &name, &vmx, "after the cutover");
 }
 
 #[test]
 fn a_uuid_path_and_the_datastore_name_find_the_same_vm() {
-    let esx = StandIn::start();
-    let tp = TestPool::new("esxr-uuid");
+    let (esx, tp, name) = begin(Setup::default(), "esxr-uuid");
     let (base, theirs) = off_vm_with_their_snapshot(&esx, "uu", 47);
-    let name = unique_name("esxr-uuid");
-    tp.track_domain(&name);
     let by_uuid = esx.url_by_uuid("uu/uu.vmx");
     assert!(by_uuid.contains(&format!("/vmfs/volumes/{UUID}/uu/uu.vmx")));
     let s1 = esx.import_url(&tp, &name, &by_uuid, &CPU).ok();
@@ -402,11 +391,13 @@ fn a_uuid_path_and_the_datastore_name_find_the_same_vm() {
 
 #[test]
 fn a_datastore_and_a_vm_named_with_spaces_and_brackets_are_found() {
-    let esx = StandIn::start_with(Setup {
-        datastore: "datastore2 (1)".into(),
-        ..Setup::default()
-    });
-    let tp = TestPool::new("esxr-names");
+    let (esx, tp, name) = begin(
+        Setup {
+            datastore: "datastore2 (1)".into(),
+            ..Setup::default()
+        },
+        "esxr-names",
+    );
     let dir = esx.vm_dir("web [1] x");
     let base = flat_base(&dir, "web [1] x", &patterned(0x951, 8 * MIB), 0x3100aaaa);
     let vmx = "web [1] x/web [1] x.vmx";
@@ -425,8 +416,6 @@ fn a_datastore_and_a_vm_named_with_spaces_and_brackets_are_found() {
         "",
     );
     esx.register(48, "web [1] x", vmx, false, "cowd", "[prod] web.vmx");
-    let name = unique_name("esxr-names");
-    tp.track_domain(&name);
 
     let s1 = esx.import(&tp, &name, vmx, &CPU).ok();
     no_warning(&s1);
@@ -449,12 +438,9 @@ fn a_datastore_and_a_vm_named_with_spaces_and_brackets_are_found() {
 
 #[test]
 fn getallvms_with_an_invalid_vm_before_its_header_and_a_vcls_row_is_read() {
-    let esx = StandIn::start();
-    let tp = TestPool::new("esxr-inv");
+    let (esx, tp, name) = begin(Setup::default(), "esxr-inv");
     off_vm_with_their_snapshot(&esx, "inv", 49);
     esx.invalid_vms();
-    let name = unique_name("esxr-inv");
-    tp.track_domain(&name);
     let listed = esx.vim_cmd(&["vmsvc/getallvms"]).ok();
     assert!(
         listed
@@ -483,13 +469,10 @@ fn chain_of_theirs(esx: &StandIn, id: u32, n: u32) {
 
 #[test]
 fn snapshots_stop_two_below_esxis_limit_saying_the_way_out() {
-    let esx = StandIn::start();
-    let tp = TestPool::new("esxr-limit");
+    let (esx, tp, name) = begin(Setup::default(), "esxr-limit");
     // 29 in the chain: stage 1 takes none.
     off_vm_with_their_snapshot(&esx, "full", 50);
     chain_of_theirs(&esx, 50, 29);
-    let name = unique_name("esxr-limit");
-    tp.track_domain(&name);
     let s1 = esx.import(&tp, &name, "full/full.vmx", &CPU);
     assert_eq!(s1.code(), Some(1), "{s1}");
     assert!(
@@ -528,23 +511,14 @@ fn snapshots_stop_two_below_esxis_limit_saying_the_way_out() {
     );
     // The way out: the cutover takes no snapshot.
     esx.import(&tp, &name, "deep/deep.vmx", &["--cutover"]).ok();
-    virsh(&["destroy", &name]).ok();
-    assert_volumes(
-        &tp,
-        &name,
-        &tops(&esx, "deep/deep.vmx"),
-        "after the cutover",
-    );
+    assert_cut_over(&esx, &tp, &name, "deep/deep.vmx", "after the cutover");
 }
 
 #[test]
 fn an_ed25519_key_refused_by_the_host_is_said_with_the_key_types_esxi_takes() {
-    let esx = StandIn::start();
-    let tp = TestPool::new("esxr-key");
+    let (esx, tp, name) = begin(Setup::default(), "esxr-key");
     off_vm_with_their_snapshot(&esx, "key", 52);
     esx.client_key_ed25519();
-    let name = unique_name("esxr-key");
-    tp.track_domain(&name);
     let run = esx.import(&tp, &name, "key/key.vmx", &CPU);
     assert_eq!(run.code(), Some(1), "{run}");
     let err = run.stderr();
@@ -564,24 +538,24 @@ fn an_ed25519_key_refused_by_the_host_is_said_with_the_key_types_esxi_takes() {
 /// printed after each removal.
 #[test]
 fn the_whole_migration_goes_through_with_every_fault_at_once() {
-    let esx = StandIn::start_with(Setup {
-        datastore: "datastore2 (1)".into(),
-        one_session: true,
-    });
-    let tp = TestPool::new("esxr-all");
+    let (esx, tp, name) = begin(
+        Setup {
+            datastore: "datastore2 (1)".into(),
+            one_session: true,
+        },
+        "esxr-all",
+    );
     let vmx = running_vm(&esx, "shop [eu] 1", 60, "sesparse", 2, false);
     for snap in 1..=26 {
         esx.add_snapshot_described(60, snap, &format!("theirs-{snap}"), HOSTILE_DESCRIPTION);
     }
     esx.invalid_vms();
     esx.remove_prints_tree();
-    let name = unique_name("esxr-all");
-    tp.track_domain(&name);
     let by_uuid = esx.url_by_uuid(&vmx);
     let mut runs = Vec::new();
 
     // Stage 1, by the datastore's UUID.
-    esx.transient("getallvms", 1, "Failed to login: Connection reset by peer");
+    esx.transient("getallvms", 1, LOGIN_RESET);
     esx.transient("snapshot.get", 1, NOT_CREATED);
     let s1 = esx.import_url(&tp, &name, &by_uuid, &CPU).ok();
     assert!(
@@ -593,11 +567,7 @@ fn the_whole_migration_goes_through_with_every_fault_at_once() {
 
     // Sync 1: ESXi refuses the snapshot as unchanged; the chain already frozen is used.
     esx.unchanged_once(60);
-    esx.transient(
-        "power.getstate",
-        1,
-        "Connect to localhost failed: Connection failure",
-    );
+    esx.transient("power.getstate", 1, NO_LOCALHOST);
     let sync = esx.import(&tp, &name, &vmx, &["--sync"]).ok();
     assert!(
         sync.stdout()
@@ -608,11 +578,7 @@ fn the_whole_migration_goes_through_with_every_fault_at_once() {
     esx.wait_rounds(60, 3);
 
     // Sync 2, by the UUID again: a snapshot (the 28th), its frozen deltas applied.
-    esx.transient(
-        "snapshot.create",
-        1,
-        "Failed to login: SSL Exception: The SSL handshake timed out local: 127.0.0.1:52713 peer: 127.0.0.1:443.",
-    );
+    esx.transient("snapshot.create", 1, LOGIN_SSL);
     let frozen = tops(&esx, &vmx);
     let sync = esx.import_url(&tp, &name, &by_uuid, &["--sync"]).ok();
     assert!(
@@ -625,22 +591,10 @@ fn the_whole_migration_goes_through_with_every_fault_at_once() {
 
     // The cutover: hiccups at the shutdown request, the power poll and the removals.
     esx.shutdown_delay(60, 2);
-    esx.transient(
-        "power.shutdown",
-        1,
-        "Failed to login: Connection reset by peer",
-    );
-    esx.transient(
-        "power.getstate",
-        3,
-        "Failed to login: Connection reset by peer",
-    );
+    esx.transient("power.shutdown", 1, LOGIN_RESET);
+    esx.transient("power.getstate", 3, LOGIN_RESET);
     esx.transient("snapshot.remove", 1, NOT_CREATED);
-    esx.transient(
-        "snapshot.get",
-        2,
-        "Connect to localhost failed: Connection failure",
-    );
+    esx.transient("snapshot.get", 2, NO_LOCALHOST);
     let log = tp.path("console.log");
     util::vmximport::add_console_log(&name, &log);
     let cut = esx
