@@ -276,7 +276,7 @@ fn vimcmd(out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Plan files: the README's example, every VM key, and defaults, for the plan target.
+/// Plan files: doc/plans.md's example, every VM key, and defaults, for the plan target.
 fn plans(out: &Path) -> Result<()> {
     let readme = "jobs = 4\nmax_per_target = 2\nmax_per_source = 4\n# log_dir = \"migration.logs\"\n\
         progress_every = \"30s\"\n\n[defaults]\nconnect = \"qemu+ssh://kvm1/system\"\npool = \"vg0\"\n\

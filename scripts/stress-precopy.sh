@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/stress-precopy.sh [ROUNDS]: the README's pre-copy (delta 1 with --no-start, then
+# scripts/stress-precopy.sh [ROUNDS]: doc/operator-guide.md's pre-copy (delta 1 with --no-start, then
 # delta 2 through upload streams whose gaps are downloaded from the volume) run ROUNDS times
 # (default 200), half of them with each window's upload held until its download has filled
 # the queue (VMDKIMPORT_TEST_HOLD_UPLOAD=1). Every round has a time bound (the nextest

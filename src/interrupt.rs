@@ -12,7 +12,7 @@ struct Flags {
     /// The signal received, 0 before any.
     signal: Arc<AtomicUsize>,
     /// Set by any of them: a second signal then exits at once (the rerun repairs what that
-    /// leaves, see the README's "Interruptions").
+    /// leaves, see doc/operator-guide.md, "Interruptions").
     seen: Arc<AtomicBool>,
 }
 

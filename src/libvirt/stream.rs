@@ -12,13 +12,13 @@ use crate::image_read::{Extent, ImageRead};
 
 /// Bytes read from the source per block in `upload_image`: one `SEND_MAX` piece, so the bytes
 /// are still in the CPU's cache when they are checked for zeros and sent.
-/// Measured against 1 and 4 MiB: the README's "Measured" (the base upload's sizes).
+/// Measured against 1 and 4 MiB: doc/measured.md (the base upload's sizes).
 const READ_BLOCK: usize = 256 << 10;
 /// Zero detection granularity: a run of zeros shorter than this is sent as data. 64 KiB keeps
 /// the number of hole messages small while still finding the empty areas of a disk image.
 const ZERO_CHUNK: usize = 64 << 10;
 /// Largest piece handed to one `virStreamSend`.
-/// Measured against 1 MiB: the README's "Measured" (the base upload's sizes).
+/// Measured against 1 MiB: doc/measured.md (the base upload's sizes).
 const SEND_MAX: usize = 256 << 10;
 /// Buffer size for `upload_at` fills and downloads.
 const IO_CHUNK: usize = 1 << 20;
@@ -192,7 +192,7 @@ fn upload(
 
 /// A buffer that starts on a page boundary: the kernel copies a read into it several times
 /// faster than into one that does not.
-/// Measured: the README's "Measured" (the base upload's sizes).
+/// Measured: doc/measured.md (the base upload's sizes).
 struct PageAligned {
     raw: Vec<u8>,
     start: usize,
@@ -707,7 +707,7 @@ pub fn download_into(vol: &Vol, offset: u64, buf: &mut [u8]) -> Result<()> {
 
 /// Whether `data` is all zero bytes. ORs 256-byte pieces together without a branch inside a
 /// piece, which the compiler vectorises.
-/// Measured against an early-exit compare: the README's "Measured" (the base upload's sizes).
+/// Measured against an early-exit compare: doc/measured.md (the base upload's sizes).
 pub fn is_zero(data: &[u8]) -> bool {
     let mut pieces = data.chunks_exact(256);
     for piece in pieces.by_ref() {

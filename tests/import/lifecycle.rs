@@ -221,7 +221,7 @@ fn a_refused_stage2_with_another_cpu_leaves_the_domain_and_its_state_byte_identi
     }
 }
 
-/// The README's pre-copy: snapshot 1, stage 1, snapshot 2, delta 1 applied with --no-start
+/// doc/operator-guide.md's pre-copy: snapshot 1, stage 1, snapshot 2, delta 1 applied with --no-start
 /// while the VM still runs on VMware, shut down, delta 2 applied and the domain started.
 #[test]
 fn pre_copy_applies_delta_1_with_no_start_then_delta_2_and_starts() {
