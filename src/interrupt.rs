@@ -1,4 +1,4 @@
-//! Ctrl-C and SIGTERM: the signal only sets a flag; the copy loops check it and stop through their ordinary error path (streams aborted, lengths restored, state left unfinished).
+//! Ctrl-C and SIGTERM: the signal sets a flag that the copy loops check, stopping through their ordinary error path (streams aborted, lengths restored, state left unfinished); a run blocked in a libvirt call is freed by the watchdog (`watchdog.rs`).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
