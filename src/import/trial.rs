@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use super::shape::{self, Hyperv};
 use crate::domain_xml::CpuMode;
 use crate::libvirt::{Conn, Dom};
-use crate::state::{Fallback, ImportState};
+use crate::state::{Fallback, ImportState, TrialRecord};
 use crate::xmltree::{self, Element, Node};
 
 /// Which settings were asked for explicitly: those are tried alone, never replaced.
@@ -266,50 +266,7 @@ pub fn prove(
             hyperv: true,
         }
     };
-    // A start that fails for no known reason is tried once more before it counts: on a busy
-    // host QEMU now and then dies early ("domain is no longer running").
-    let mut retried = false;
-    let result = loop {
-        // Interrupted: nothing is started (the paused domain of a start already made is
-        // destroyed below before the loop looks here again).
-        crate::interrupt::check()?;
-        if forced
-            .as_ref()
-            .is_some_and(|first| force_rung(&mut xml, first))
-        {
-            *dom = conn
-                .define_domain(&xmltree::to_string(&xml))
-                .map_err(|e| explain_define(conn, e))?;
-        }
-        let Err(e) = dom.start_paused() else {
-            dom.destroy()
-                .context("trial start: destroying the paused domain")?;
-            break Ok(());
-        };
-        let text = one_line(e.message());
-        let problem = classify(&text);
-        if matches!(problem, Problem::QemuExited | Problem::Other) && !retried {
-            log::info!("trial start: the start failed for a reason this tool does not know ({text}); trying once more");
-            retried = true;
-            continue;
-        }
-        match step(&mut xml, &problem, fixed)? {
-            Some((what, from, to)) => {
-                retried = false;
-                log::info!("trial start: {what} {from} does not start on this host ({text}); trying {what} {to}");
-                rec.fallbacks.push(Fallback {
-                    what: what.into(),
-                    from,
-                    to,
-                    error: text,
-                });
-                *dom = conn
-                    .define_domain(&xmltree::to_string(&xml))
-                    .map_err(|e| explain_define(conn, e))?;
-            }
-            None => break Err((problem, text)),
-        }
-    };
+    let result = climb(conn, dom, &mut xml, forced.as_ref(), fixed, &mut rec)?;
     rec.cpu = shape::cpu_name(&shape::cpu_mode(&xml));
     rec.hyperv = had_hyperv.then(|| shape::hyperv(&xml).unwrap_or(Hyperv::Off).name().into());
     rec.started = result.is_ok();
@@ -320,6 +277,67 @@ pub fn prove(
             failure(conn, dom.name(), &xml, &problem, &text, fixed, ours)
         );
     }
+    say_started(dom, &rec);
+    Ok(())
+}
+
+/// The ladder: start `dom` paused and destroy it; when the start fails, step down for what
+/// the daemon's error names (each step recorded in `rec` and the domain redefined from
+/// `xml`), until it starts or no step is left: then the problem and the daemon's text.
+/// `forced` is the test hook's first rung ([`TEST_CPU_ENV`]).
+fn climb(
+    conn: &Conn,
+    dom: &mut Dom,
+    xml: &mut Element,
+    forced: Option<&CpuMode>,
+    fixed: Fixed,
+    rec: &mut TrialRecord,
+) -> Result<Result<(), (Problem, String)>> {
+    // A start that fails for no known reason is tried once more before it counts: on a busy
+    // host QEMU now and then dies early ("domain is no longer running").
+    let mut retried = false;
+    loop {
+        // Interrupted: nothing is started (the paused domain of a start already made is
+        // destroyed below before the loop looks here again).
+        crate::interrupt::check()?;
+        if forced.is_some_and(|first| force_rung(xml, first)) {
+            *dom = conn
+                .define_domain(&xmltree::to_string(xml))
+                .map_err(|e| explain_define(conn, e))?;
+        }
+        let Err(e) = dom.start_paused() else {
+            dom.destroy()
+                .context("trial start: destroying the paused domain")?;
+            return Ok(Ok(()));
+        };
+        let text = one_line(e.message());
+        let problem = classify(&text);
+        if matches!(problem, Problem::QemuExited | Problem::Other) && !retried {
+            log::info!("trial start: the start failed for a reason this tool does not know ({text}); trying once more");
+            retried = true;
+            continue;
+        }
+        match step(xml, &problem, fixed)? {
+            Some((what, from, to)) => {
+                retried = false;
+                log::info!("trial start: {what} {from} does not start on this host ({text}); trying {what} {to}");
+                rec.fallbacks.push(Fallback {
+                    what: what.into(),
+                    from,
+                    to,
+                    error: text,
+                });
+                *dom = conn
+                    .define_domain(&xmltree::to_string(xml))
+                    .map_err(|e| explain_define(conn, e))?;
+            }
+            None => return Ok(Err((problem, text))),
+        }
+    }
+}
+
+/// The trial start's success, with the fallbacks it took.
+fn say_started(dom: &Dom, rec: &TrialRecord) {
     let changed = if rec.fallbacks.is_empty() {
         String::new()
     } else {
@@ -336,7 +354,6 @@ pub fn prove(
         rec.cpu,
         rec.hyperv.as_deref().map(|h| format!(", Hyper-V {h}")).unwrap_or_default()
     );
-    Ok(())
 }
 
 /// What the host lacks, and how to fix it, for problems outside the domain's CPU settings.

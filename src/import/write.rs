@@ -4,13 +4,14 @@ use crate::apply::{self, ApplyReport};
 use crate::cli::IoMode;
 use crate::libvirt::{self, Conn, Download, Vol};
 use crate::progress::Transfer;
-use crate::vmdk::{BaseImage, Chain, Piece, Source};
+use crate::vmdk::{BaseImage, Chain, Piece, Pieces, Source};
 use crate::window::{CostModel, Window, WindowPlanner};
 use anyhow::{bail, Context, Result};
 use std::fmt;
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// What stage 2 did to one volume, printed for the operator and parsed by the benchmark.
@@ -198,7 +199,7 @@ pub fn write_streamed(
 ) -> Result<WriteReport> {
     let started = Instant::now();
     let capacity = vol.capacity()?;
-    let shared = std::sync::Mutex::new(Shared {
+    let shared = Mutex::new(Shared {
         planner: WindowPlanner::new(chain.pieces()),
         cost,
         report: WriteReport {
@@ -208,54 +209,7 @@ pub fn write_streamed(
         last_end: None,
         failed: false,
     });
-    let worker = || -> Result<()> {
-        // This thread's connection for the gaps' downloads, opened at its first window that
-        // needs one (see `read_ahead`).
-        let mut downloads: Option<Vol> = None;
-        loop {
-            let window = {
-                let mut sh = shared.lock().expect("no thread panics holding the plan");
-                if sh.failed {
-                    return Ok(());
-                }
-                let Shared { planner, cost, .. } = &mut *sh;
-                match planner.next_window(cost) {
-                    None => return Ok(()),
-                    Some(Err(e)) => {
-                        sh.failed = true;
-                        return Err(e.into());
-                    }
-                    Some(Ok(w)) => {
-                        let Shared {
-                            report, last_end, ..
-                        } = &mut *sh;
-                        for p in &w.pieces {
-                            apply::tally(&mut report.changes, p, last_end);
-                        }
-                        w
-                    }
-                }
-            };
-            let call_started = Instant::now();
-            let done = upload_window(vol, capacity, &window, gaps, &mut downloads, bar)
-                .with_context(|| {
-                    format!(
-                        "writing bytes {}..{} of volume '{}'",
-                        window.offset,
-                        window.end(),
-                        vol.describe()
-                    )
-                });
-            let mut sh = shared.lock().expect("no thread panics holding the plan");
-            if let Err(e) = done {
-                sh.failed = true;
-                return Err(e);
-            }
-            sh.cost.observe_call(window.len, call_started.elapsed());
-            sh.report.calls += 1;
-            sh.report.gap_bytes += window.gap_bytes();
-        }
-    };
+    let worker = || upload_windows(&shared, vol, capacity, gaps, bar);
     std::thread::scope(|scope| -> Result<()> {
         let others: Vec<_> = (1..CALLS_IN_FLIGHT).map(|_| scope.spawn(worker)).collect();
         let mut result = worker();
@@ -278,6 +232,70 @@ pub fn write_streamed(
     Ok(report)
 }
 
+/// The planner shared by the uploading threads of [`write_streamed`].
+type Planned<'a, 'c> = Mutex<Shared<'c, Pieces<'a>>>;
+
+/// One uploading thread: a window from the planner, its upload call, what the call taught the
+/// cost model; until no window is left or a thread failed.
+fn upload_windows(
+    shared: &Planned,
+    vol: &Vol,
+    capacity: u64,
+    gaps: &Gaps,
+    bar: &Transfer,
+) -> Result<()> {
+    // This thread's connection for the gaps' downloads, opened at its first window that
+    // needs one (see `read_ahead`).
+    let mut downloads: Option<Vol> = None;
+    while let Some(window) = take_window(shared)? {
+        let call_started = Instant::now();
+        let done =
+            upload_window(vol, capacity, &window, gaps, &mut downloads, bar).with_context(|| {
+                format!(
+                    "writing bytes {}..{} of volume '{}'",
+                    window.offset,
+                    window.end(),
+                    vol.describe()
+                )
+            });
+        let mut sh = shared.lock().expect("no thread panics holding the planner");
+        if let Err(e) = done {
+            sh.failed = true;
+            return Err(e);
+        }
+        sh.cost.observe_call(window.len, call_started.elapsed());
+        sh.report.calls += 1;
+        sh.report.gap_bytes += window.gap_bytes();
+    }
+    Ok(())
+}
+
+/// The next window to upload, its pieces counted into the report; None when none is left or
+/// another thread failed. A chain that cannot be read stops every thread.
+fn take_window(shared: &Planned) -> Result<Option<Window>> {
+    let mut sh = shared.lock().expect("no thread panics holding the planner");
+    if sh.failed {
+        return Ok(None);
+    }
+    let Shared { planner, cost, .. } = &mut *sh;
+    match planner.next_window(cost) {
+        None => Ok(None),
+        Some(Err(e)) => {
+            sh.failed = true;
+            Err(e.into())
+        }
+        Some(Ok(w)) => {
+            let Shared {
+                report, last_end, ..
+            } = &mut *sh;
+            for p in &w.pieces {
+                apply::tally(&mut report.changes, p, last_end);
+            }
+            Ok(Some(w))
+        }
+    }
+}
+
 /// Chunks of a window's download in flight between the reading thread and the upload: enough
 /// to keep both streams busy, few enough to keep memory small.
 const DOWNLOAD_QUEUE: usize = 4;
@@ -295,27 +313,20 @@ fn upload_window(
     downloads: &mut Option<Vol>,
     bar: &Transfer,
 ) -> Result<()> {
-    let has_gaps = window.gap_bytes() > 0;
-    let mut next_piece = 0usize;
-    let mut fill_from =
-        |rel: u64, buf: &mut [u8], gap: &mut dyn FnMut(u64, &mut [u8]) -> std::io::Result<()>| {
-            if has_gaps {
-                gap(window.offset + rel, buf)?;
-            }
-            let n = overlay(&window.pieces, &mut next_piece, window.offset + rel, buf)?;
-            bar.add(n);
-            if has_gaps {
-                bar.add_extra(buf.len() as u64 - n);
-            }
-            Ok(())
-        };
+    let mut fill = Fill {
+        window,
+        has_gaps: window.gap_bytes() > 0,
+        next_piece: 0,
+        bar,
+    };
+    let (offset, len) = (window.offset, window.len);
     match gaps {
-        Gaps::Base(base) if has_gaps => {
-            libvirt::upload_within(vol, capacity, window.offset, window.len, &mut |rel, buf| {
-                fill_from(rel, buf, &mut |at, b| base.read_at(at, b))
+        Gaps::Base(base) if fill.has_gaps => {
+            libvirt::upload_within(vol, capacity, offset, len, &mut |rel, buf| {
+                fill.fill(rel, buf, &mut |at, b| base.read_at(at, b))
             })?;
         }
-        Gaps::Volume if has_gaps => {
+        Gaps::Volume if fill.has_gaps => {
             if downloads.is_none() {
                 *downloads =
                     Some(vol.reopen().context(
@@ -323,50 +334,82 @@ fn upload_window(
                     )?);
             }
             let source = downloads.as_ref().expect("opened above");
-            std::thread::scope(|scope| -> Result<()> {
-                let (full_tx, full_rx) =
-                    std::sync::mpsc::sync_channel::<Result<Vec<u8>>>(DOWNLOAD_QUEUE);
-                let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-                let (offset, len) = (window.offset, window.len);
-                let queue_full = std::sync::Arc::new(std::sync::Barrier::new(2));
-                let hold = hold_until_queue_full().then(|| queue_full.clone());
-                let reader = scope.spawn(move || {
-                    let mut hold = hold;
-                    let read = read_ahead(source, offset, len, full_tx, empty_rx, &mut hold);
-                    if let Some(b) = hold {
-                        b.wait(); // the queue never filled: let the upload go anyway
-                    }
-                    read
-                });
-                if hold_until_queue_full() {
-                    queue_full.wait();
-                }
-                let mut queue = ChunkQueue {
-                    rx: full_rx,
-                    recycle: empty_tx,
-                    current: Vec::new(),
-                    pos: 0,
-                };
-                let uploaded = libvirt::upload_within(
-                    vol,
-                    capacity,
-                    window.offset,
-                    window.len,
-                    &mut |rel, buf| fill_from(rel, buf, &mut |_, b| queue.read_exact(b)),
-                );
-                drop(queue);
-                let read = reader
-                    .join()
-                    .map_err(|_| anyhow::anyhow!("the download thread panicked"))?;
-                uploaded?;
-                read
-            })?;
+            upload_over_download(vol, capacity, source, &mut fill)?;
         }
-        _ => libvirt::upload_within(vol, capacity, window.offset, window.len, &mut |rel, buf| {
-            fill_from(rel, buf, &mut |_, _| Ok(()))
+        _ => libvirt::upload_within(vol, capacity, offset, len, &mut |rel, buf| {
+            fill.fill(rel, buf, &mut |_, _| Ok(()))
         })?,
     }
     Ok(())
+}
+
+/// What one upload call sends: the window's pieces over its gap bytes, counted on the bar.
+struct Fill<'w> {
+    window: &'w Window,
+    has_gaps: bool,
+    /// The first piece that may still overlap what is asked for next.
+    next_piece: usize,
+    bar: &'w Transfer,
+}
+
+impl Fill<'_> {
+    /// `buf`, at `rel` in the window: the gap bytes from `gap` (when the window has any), then
+    /// the pieces over them.
+    fn fill(
+        &mut self,
+        rel: u64,
+        buf: &mut [u8],
+        gap: &mut dyn FnMut(u64, &mut [u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let at = self.window.offset + rel;
+        if self.has_gaps {
+            gap(at, buf)?;
+        }
+        let n = overlay(&self.window.pieces, &mut self.next_piece, at, buf)?;
+        self.bar.add(n);
+        if self.has_gaps {
+            self.bar.add_extra(buf.len() as u64 - n);
+        }
+        Ok(())
+    }
+}
+
+/// The upload of `fill`'s window with its gap bytes from a download of the same range from
+/// `source` (a connection of its own), read ahead by a second thread.
+fn upload_over_download(vol: &Vol, capacity: u64, source: &Vol, fill: &mut Fill) -> Result<()> {
+    let (offset, len) = (fill.window.offset, fill.window.len);
+    std::thread::scope(|scope| -> Result<()> {
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Result<Vec<u8>>>(DOWNLOAD_QUEUE);
+        let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let queue_full = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let hold = hold_until_queue_full().then(|| queue_full.clone());
+        let reader = scope.spawn(move || {
+            let mut hold = hold;
+            let read = read_ahead(source, offset, len, full_tx, empty_rx, &mut hold);
+            if let Some(b) = hold {
+                b.wait(); // the queue never filled: let the upload go anyway
+            }
+            read
+        });
+        if hold_until_queue_full() {
+            queue_full.wait();
+        }
+        let mut queue = ChunkQueue {
+            rx: full_rx,
+            recycle: empty_tx,
+            current: Vec::new(),
+            pos: 0,
+        };
+        let uploaded = libvirt::upload_within(vol, capacity, offset, len, &mut |rel, buf| {
+            fill.fill(rel, buf, &mut |_, b| queue.read_exact(b))
+        });
+        drop(queue);
+        let read = reader
+            .join()
+            .map_err(|_| anyhow::anyhow!("the download thread panicked"))?;
+        uploaded?;
+        read
+    })
 }
 
 /// Test hook (`VMDKIMPORT_TEST_HOLD_UPLOAD=1`): each window's upload starts only once its
