@@ -88,11 +88,11 @@ pub fn run_target(
         ),
     }
     if !dry_run {
-        let mut phase = crate::report::begin("delta apply");
-        phase.io("direct");
+        let mut span = crate::report::begin("delta apply");
+        span.io("direct");
         let r = apply_to_target(chain, target)?;
         log::info!("{r}");
-        phase.done(Some(r.data_bytes + r.zero_bytes), None);
+        span.done(Some(r.data_bytes + r.zero_bytes), None);
         return Ok(());
     }
     let planned = survey(chain)?;

@@ -1,4 +1,4 @@
-//! What a single run did, for `--json`: its phases with their times, bytes, calls and write path, kept as they end and printed as one document at the end.
+//! What a single run did, for `--json`: its spans (timed steps: a base upload, a delta apply, the start...) with their times, bytes, calls and write path, kept as they end and printed as one document at the end, where the list is called `phases`.
 
 use crate::units::utc_ms;
 use serde::Serialize;
@@ -9,38 +9,38 @@ use std::time::{Instant, SystemTime};
 /// The format of the document; raised when a field changes meaning or goes away.
 pub const FORMAT: u32 = 1;
 
-static PHASES: Mutex<Vec<PhaseRecord>> = Mutex::new(Vec::new());
+static SPANS: Mutex<Vec<SpanRecord>> = Mutex::new(Vec::new());
 
-/// One phase of a run, as the document shows it.
+/// One span of a run, as the document shows it (in its `phases`).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct PhaseRecord {
+pub struct SpanRecord {
     /// `base upload`, `delta apply`, `define`, `trial start`, `start`, `guest shutdown`, ...
     pub name: String,
-    /// The disk's target (`sda`), for per-disk phases.
+    /// The disk's target (`sda`), for per-disk spans.
     pub disk: Option<String>,
     /// UTC with milliseconds.
     pub began: String,
     pub ms: u64,
-    /// Bytes moved (read from the source and written), when the phase moves any.
+    /// Bytes moved (read from the source and written), when the span moves any.
     pub bytes: Option<u64>,
     /// libvirt upload calls, for stage 2 through streams.
     pub calls: Option<u64>,
     /// The write path: `stream`, `direct` or `overlay`.
     pub io: Option<String>,
-    /// False for a phase that ended with an error (or was interrupted).
+    /// False for a span that ended with an error (or was interrupted).
     pub ok: bool,
 }
 
-/// A phase being timed; kept when [`Phase::done`] is called, or as failed when dropped before.
-pub struct Phase {
-    rec: PhaseRecord,
+/// A span being timed; kept when [`Span::done`] is called, or as failed when dropped before.
+pub struct Span {
+    rec: SpanRecord,
     started: Instant,
 }
 
-/// Begin timing the phase `name`.
-pub fn begin(name: &str) -> Phase {
-    Phase {
-        rec: PhaseRecord {
+/// Begin timing the span `name`.
+pub fn begin(name: &str) -> Span {
+    Span {
+        rec: SpanRecord {
             name: name.to_owned(),
             disk: None,
             began: utc_ms(SystemTime::now()),
@@ -54,9 +54,9 @@ pub fn begin(name: &str) -> Phase {
     }
 }
 
-impl Phase {
-    /// The phase is about disk `dev`.
-    pub fn disk(mut self, dev: &str) -> Phase {
+impl Span {
+    /// The span is about disk `dev`.
+    pub fn disk(mut self, dev: &str) -> Span {
         self.rec.disk = Some(dev.to_owned());
         self
     }
@@ -74,21 +74,21 @@ impl Phase {
     }
 }
 
-impl Drop for Phase {
+impl Drop for Span {
     fn drop(&mut self) {
         self.rec.ms = self.started.elapsed().as_millis() as u64;
-        if let Ok(mut v) = PHASES.lock() {
+        if let Ok(mut v) = SPANS.lock() {
             v.push(self.rec.clone());
         }
     }
 }
 
-/// The phases ended so far, in the order they ended.
-pub fn phases() -> Vec<PhaseRecord> {
-    PHASES.lock().map(|v| v.clone()).unwrap_or_default()
+/// The spans ended so far, in the order they ended.
+pub fn spans() -> Vec<SpanRecord> {
+    SPANS.lock().map(|v| v.clone()).unwrap_or_default()
 }
 
-/// What the document says about the run besides its phases.
+/// What the document says about the run besides its spans.
 pub struct RunInfo<'a> {
     pub command: &'a str,
     pub domain: Option<&'a str>,
@@ -140,7 +140,7 @@ pub fn document(run: &RunInfo) -> Value {
         "error": run.error,
         "began": utc_ms(run.began),
         "ms": run.ms,
-        "phases": phases(),
+        "phases": spans(),
         "notes": kept.notes,
         "warnings": kept.warnings,
         "state": run.state,
@@ -152,14 +152,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_phase_dropped_before_done_is_kept_as_failed_and_a_done_one_with_its_figures() {
+    fn a_span_dropped_before_done_is_kept_as_failed_and_a_done_one_with_its_figures() {
         {
             let _failed = begin("unit-test failed").disk("sdz");
         }
         let mut p = begin("unit-test done");
         p.io("direct");
         p.done(Some(4096), Some(2));
-        let all = phases();
+        let all = spans();
         let failed = all.iter().find(|p| p.name == "unit-test failed").unwrap();
         assert!(!failed.ok);
         assert_eq!(failed.disk.as_deref(), Some("sdz"));

@@ -419,8 +419,8 @@ fn write_disk(
         .write(true)
         .open(path)
         .with_context(|| format!("{path}: opening volume '{}' for writing", vol.describe()))?;
-    let mut phase = crate::report::begin("delta apply").disk(dev);
-    phase.io("direct");
+    let mut span = crate::report::begin("delta apply").disk(dev);
+    span.io("direct");
     let mut total = PassReport::default();
     for d in &w.deltas {
         let o = &cache[d];
@@ -438,7 +438,7 @@ fn write_disk(
     }
     file.sync_all()
         .with_context(|| format!("{path}: flushing to stable storage"))?;
-    phase.done(Some(total.data_bytes + total.zero_bytes), None);
+    span.done(Some(total.data_bytes + total.zero_bytes), None);
     Ok(total)
 }
 
@@ -509,9 +509,9 @@ fn freeze(
     cache: &mut HashMap<String, Opened>,
     jobs: usize,
 ) -> Result<Option<(String, Vec<DiskWork>)>> {
-    let phase = crate::report::begin("snapshot");
+    let span = crate::report::begin("snapshot");
     let snap = vm.take_snapshot()?;
-    phase.done(None, None);
+    span.done(None, None);
     let chains = chains(vm, st)?;
     if req.dry_run {
         for (ds, c) in st.disks.iter().zip(&chains) {
@@ -592,9 +592,9 @@ fn cutover(
 
 /// Guest shutdown, waited for; `--hard-off` powers off when it cannot be had.
 fn stop_vm(vm: &Vm, o: &EsxOptions) -> Result<()> {
-    let phase = crate::report::begin("guest shutdown");
+    let span = crate::report::begin("guest shutdown");
     stop_vm_timed(vm, o)?;
-    phase.done(None, None);
+    span.done(None, None);
     Ok(())
 }
 

@@ -21,7 +21,7 @@ pub(super) fn no_start(conn: &Conn, dom: &Dom, st: &mut ImportState) -> Result<(
 /// Record the hand-over, then start: recorded first, so a guest never runs on a disk the
 /// state would let stage 2 write again. A start that fails puts the record back.
 pub(super) fn start(conn: &Conn, dom: &Dom, st: &mut ImportState) -> Result<()> {
-    let phase = crate::report::begin("start");
+    let span = crate::report::begin("start");
     let before = st.clone();
     let mtimes = volume_mtimes(conn, st)?;
     lifecycle::hand_over(st, HandOverHow::Started, lifecycle::utc_now(), mtimes);
@@ -31,7 +31,7 @@ pub(super) fn start(conn: &Conn, dom: &Dom, st: &mut ImportState) -> Result<()> 
         metadata::write(dom, st)?;
         return Err(e);
     }
-    phase.done(None, None);
+    span.done(None, None);
     Ok(())
 }
 

@@ -27,11 +27,11 @@ pub(super) fn stage_one(
         hyperv: req.hyperv_passthrough,
     };
     let ours = st.defined_by_tool == Some(true);
-    let phase = crate::report::begin("trial start");
+    let span = crate::report::begin("trial start");
     let proved = trial::prove(conn, &mut dom, fixed, ours, st);
     metadata::write(&dom, st)?;
     proved?;
-    phase.done(None, None);
+    span.done(None, None);
     Ok(Some(dom))
 }
 

@@ -53,7 +53,7 @@ pub(super) fn check(
         steps: Vec::new(),
         disks: Vec::new(),
     };
-    for (i, plan) in disks.iter().enumerate() {
+    for (i, input) in disks.iter().enumerate() {
         let old = state.and_then(|s| s.disks.get(i));
         let vol = match old {
             Some(ds) => conn.pool(&ds.pool)?.volume(&ds.volume)?,
@@ -65,7 +65,7 @@ pub(super) fn check(
         let step = base_step(req, &sources[i].target_dev, old, state)?;
         work.disks.push(match (&step, old) {
             (BaseStep::Keep, Some(ds)) => ds.clone(),
-            _ => disk_state(&sources[i].target_dev, &vol, plan, old)?,
+            _ => disk_state(&sources[i].target_dev, &vol, input, old)?,
         });
         work.steps.push(step);
         work.vols.push(vol);
@@ -264,8 +264,8 @@ fn say_uploads(disks: &[DiskInput], vols: &[Vol]) {
 }
 
 /// Upload `base` whole into `vol` (disk `dev`) through one sparse stream, checked to have
-/// read the disk's whole capacity. The phase's timing, still running, and the bytes read.
-fn upload_base(base: &BaseInput, vol: &Vol, dev: &str) -> Result<(crate::report::Phase, u64)> {
+/// read the disk's whole capacity. Its span, still being timed, and the bytes read.
+fn upload_base(base: &BaseInput, vol: &Vol, dev: &str) -> Result<(crate::report::Span, u64)> {
     let mut span = crate::report::begin("base upload").disk(dev);
     span.io("stream");
     let started = Instant::now();
@@ -313,8 +313,8 @@ fn base_step(
 /// A base upload that was cut off (Ctrl-C, a killed process or daemon) can leave a file
 /// volume shorter than the disk; while the state says the base is incomplete, its length is
 /// given back before the upload starts again.
-fn repair_interrupted_base(vol: &Vol, ds: &DiskState, plan: &DiskInput) -> Result<()> {
-    let Some(length) = interrupted_length(ds, plan) else {
+fn repair_interrupted_base(vol: &Vol, ds: &DiskState, input: &DiskInput) -> Result<()> {
+    let Some(length) = interrupted_length(ds, input) else {
         return Ok(());
     };
     if let Some(had) = libvirt::repair_file_length(vol, length)? {
@@ -328,8 +328,8 @@ fn repair_interrupted_base(vol: &Vol, ds: &DiskState, plan: &DiskInput) -> Resul
 
 /// The length [`repair_interrupted_base`] gives a file volume whose base upload `ds` says
 /// did not complete; None when it completed.
-fn interrupted_length(ds: &DiskState, plan: &DiskInput) -> Option<u64> {
-    let capacity = plan.base.as_ref().map_or(ds.capacity, BaseInput::capacity);
+fn interrupted_length(ds: &DiskState, input: &DiskInput) -> Option<u64> {
+    let capacity = input.base.as_ref().map_or(ds.capacity, BaseInput::capacity);
     (!ds.base_done()).then_some(capacity.max(ds.capacity))
 }
 
@@ -339,16 +339,16 @@ fn interrupted_length(ds: &DiskState, plan: &DiskInput) -> Option<u64> {
 fn disk_state(
     target_dev: &str,
     vol: &Vol,
-    plan: &DiskInput,
+    input: &DiskInput,
     old: Option<&DiskState>,
 ) -> Result<DiskState> {
-    let capacity = plan
+    let capacity = input
         .base
         .as_ref()
         .map(BaseInput::capacity)
         .unwrap_or(vol.capacity()?);
     let mut vol_cap = vol.capacity()?;
-    if let Some(length) = old.and_then(|ds| interrupted_length(ds, plan)) {
+    if let Some(length) = old.and_then(|ds| interrupted_length(ds, input)) {
         if is_file_volume(vol)? {
             vol_cap = vol_cap.max(length);
         }
@@ -362,8 +362,8 @@ fn disk_state(
         target_dev,
         (vol.pool_name(), vol.name()),
         capacity,
-        plan.base.as_ref().and_then(BaseInput::cid),
-        plan.base.as_ref().and_then(BaseInput::location),
+        input.base.as_ref().and_then(BaseInput::cid),
+        input.base.as_ref().and_then(BaseInput::location),
     ))
 }
 

@@ -301,7 +301,7 @@ fn record_local_apply(
 /// not taken. Anything else reads the gaps back from the volume.
 fn base_for_gaps(
     ds: &DiskState,
-    plan: &DiskInput,
+    input: &DiskInput,
     chain: &Chain,
     open: &OpenOptions,
 ) -> Option<BaseImage> {
@@ -309,7 +309,7 @@ fn base_for_gaps(
         cid: Some(ds.base_cid?),
         capacity: ds.capacity,
     };
-    let path = match &plan.base {
+    let path = match &input.base {
         Some(BaseInput::Image(b)) => b.path.clone(),
         _ => PathBuf::from(ds.source.as_ref()?),
     };
