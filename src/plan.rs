@@ -30,7 +30,7 @@ pub enum Plan<'a> {
     },
     /// An import into libvirt: stage 1, stage 2 or both, shaping options, `--sync`,
     /// `--cutover`, from local files or an ESXi host.
-    Import(ImportPlan),
+    Import(Box<ImportPlan>),
 }
 
 impl<'a> Plan<'a> {
@@ -63,7 +63,7 @@ impl<'a> Plan<'a> {
                 show_only: cli.print_xml || cli.dry_run,
             });
         }
-        Ok(Plan::Import(ImportPlan::from_cli(cli)?))
+        Ok(Plan::Import(Box::new(ImportPlan::from_cli(cli)?)))
     }
 
     /// Do it.
@@ -84,7 +84,7 @@ impl<'a> Plan<'a> {
                 domain,
                 show_only,
             } => switch_to_virtio(uri.as_deref(), &domain, show_only),
-            Plan::Import(plan) => crate::import::run(plan),
+            Plan::Import(plan) => crate::import::run(*plan),
         }
     }
 }

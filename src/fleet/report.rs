@@ -1,5 +1,6 @@
 //! What the plan prints: the summary table, `plan status`, and one domain's import state as a table; names from files and hosts sanitised.
 
+use crate::state::lifecycle::DomainPhase;
 use crate::state::{ImportState, StepRecord};
 use crate::units::{human_ms, parse_utc_ms};
 
@@ -47,7 +48,9 @@ pub fn step_ms(s: &StepRecord) -> Option<u64> {
 /// The outage of a cut-over VM: the cutover's own figure from ESXi, else the duration of the
 /// last plan cutover step that finished (for local sources, the VM was off that long at least).
 pub fn outage_ms(st: &ImportState) -> Option<u64> {
-    st.handed_over.as_ref()?;
+    if st.phase() != DomainPhase::HandedOver {
+        return None;
+    }
     if let Some(o) = &st.cutover {
         return Some(o.total_ms);
     }

@@ -1,4 +1,10 @@
 //! The import's lifecycle (uploading, uploaded, applying, applied, handed over) and the rules of what may follow what, so nothing is written over a guest's newer data.
+//!
+//! The only door to a disk's phase: every change goes through [`DiskState`]'s methods here
+//! (`begin_base_upload`, `base_uploaded`, `begin_apply`, `begin_whole_copy`, `apply_done`,
+//! and [`hand_over`] for the domain), which refuse a change that may not follow; stages,
+//! reports and the fleet ask [`DiskState::phase`] and [`ImportState::phase`] where a disk or a
+//! domain stands.
 
 use super::{AppliedDelta, DiskState, HandOver, HandOverHow, ImportState};
 use anyhow::{bail, Result};
