@@ -375,7 +375,7 @@ enum Chunk {
 }
 
 /// Where the producer stands.
-enum Phase {
+enum Part {
     Header,
     L1,
     RefcountTable,
@@ -391,7 +391,7 @@ pub struct Overlay<'c> {
     chain: &'c Chain,
     layout: Layout,
     backing: String,
-    phase: Phase,
+    phase: Part,
     queue: VecDeque<Chunk>,
     clusters: ClusterWalk<crate::vmdk::Pieces<'c>>,
     /// The next cluster of the walk, read ahead while L2 tables are made.
@@ -410,7 +410,7 @@ impl<'c> Overlay<'c> {
             chain,
             layout,
             backing: backing.to_string(),
-            phase: Phase::Header,
+            phase: Part::Header,
             queue: VecDeque::new(),
             clusters: walk(chain, geo),
             ahead: None,
@@ -428,28 +428,28 @@ impl<'c> Overlay<'c> {
         let l = &self.layout;
         let cluster = l.geometry.cluster();
         match self.phase {
-            Phase::Header => {
+            Part::Header => {
                 self.queue
                     .push_back(Chunk::Bytes(header(l, &self.backing)?, 0));
-                self.phase = Phase::L1;
+                self.phase = Part::L1;
             }
-            Phase::L1 => {
+            Part::L1 => {
                 let mut t = vec![0u8; (l.rt_offset - l.l1_offset) as usize];
                 for (k, i) in l.l2_tables.iter().enumerate() {
                     put(&mut t, *i, (l.l2_offset + k as u64 * cluster) | COPIED);
                 }
                 self.queue.push_back(Chunk::Bytes(t, 0));
-                self.phase = Phase::RefcountTable;
+                self.phase = Part::RefcountTable;
             }
-            Phase::RefcountTable => {
+            Part::RefcountTable => {
                 let mut t = vec![0u8; (l.rt_clusters * cluster) as usize];
                 for b in 0..l.rb_count {
                     put(&mut t, b, l.rb_offset + b * cluster);
                 }
                 self.queue.push_back(Chunk::Bytes(t, 0));
-                self.phase = Phase::RefcountBlock(0);
+                self.phase = Part::RefcountBlock(0);
             }
-            Phase::RefcountBlock(b) => {
+            Part::RefcountBlock(b) => {
                 let per_block = l.geometry.refcounts_per_block();
                 let used = l
                     .total_clusters
@@ -461,26 +461,26 @@ impl<'c> Overlay<'c> {
                 }
                 self.queue.push_back(Chunk::Bytes(t, 0));
                 self.phase = if b + 1 < l.rb_count {
-                    Phase::RefcountBlock(b + 1)
+                    Part::RefcountBlock(b + 1)
                 } else {
-                    Phase::L2Table(0)
+                    Part::L2Table(0)
                 };
             }
-            Phase::L2Table(k) if k < l.l2_tables.len() => {
+            Part::L2Table(k) if k < l.l2_tables.len() => {
                 let t = self.l2_table(l.l2_tables[k])?;
                 self.queue.push_back(Chunk::Bytes(t, 0));
-                self.phase = Phase::L2Table(k + 1);
+                self.phase = Part::L2Table(k + 1);
             }
-            Phase::L2Table(_) => {
+            Part::L2Table(_) => {
                 // The data pass walks the pieces again from the start.
                 self.ahead = None;
                 let geo = l.geometry;
                 self.clusters = walk(self.chain, geo);
-                self.phase = Phase::Data;
+                self.phase = Part::Data;
                 return Ok(true);
             }
-            Phase::Data => return self.data_cluster(),
-            Phase::Done => return Ok(false),
+            Part::Data => return self.data_cluster(),
+            Part::Done => return Ok(false),
         }
         Ok(true)
     }
@@ -528,7 +528,7 @@ impl<'c> Overlay<'c> {
         let c = loop {
             match self.clusters.next() {
                 None => {
-                    self.phase = Phase::Done;
+                    self.phase = Part::Done;
                     return Ok(false);
                 }
                 Some(c) => {

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::image_read::ImageRead;
-use crate::state::{self, ImportState};
+use crate::state;
 use crate::vmdk::descriptor::{ExtentKind, MAX_DESCRIPTOR_BYTES};
 use crate::vmdk::Descriptor;
 use crate::vmx::{self, VmxConfig};
@@ -63,12 +63,10 @@ pub fn refuse_stage_two(conn: &crate::libvirt::Conn, domain: &str) -> Result<()>
     let Some(dom) = conn.domain(domain)? else {
         return Ok(());
     };
-    let Some(xml) = dom.metadata(state::NS_URI)? else {
+    let Some(st) = state::metadata::read(&dom)? else {
         return Ok(());
     };
-    let st = ImportState::from_xml(&xml)
-        .with_context(|| format!("domain '{domain}': reading the import state"))?;
-    if !st.disks.is_empty() && st.disks.iter().all(|d| d.base_uploaded) {
+    if st.every_base_uploaded() {
         bail!(
             "domain '{domain}': every base is uploaded: stage 1 is done; add --sync for a pre-copy round while the VM runs, or --cutover to shut it down on ESXi and start the domain here"
         );
