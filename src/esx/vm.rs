@@ -5,12 +5,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::files::SNAPSHOT_NAME;
+use super::files::{remote_join, walk_chain, RemoteChain, RemoteDelta};
 use super::host::{Host, Taking};
 use super::remote::RemoteFile;
 use super::ssh::{self, Ssh, SshUrl};
 use super::vimcmd::{Created, Power, Snapshot};
-use super::SNAPSHOT_NAME;
-use super::{remote_join, walk_chain, RemoteChain, RemoteDelta};
 use crate::vmdk::{self, Chain};
 use crate::vmx::VmxConfig;
 
@@ -123,13 +123,13 @@ impl Vm {
 
     /// The .vmx as the host has it now (a snapshot rewrites its disks' file names).
     pub fn config(&self) -> Result<VmxConfig> {
-        super::read_vmx(&self.ssh, &self.url)
+        super::files::read_vmx(&self.ssh, &self.url)
     }
 
     /// Every disk's chain, in the .vmx's disk order, each walked from the file the .vmx names.
     pub fn chains(&self, cfg: &VmxConfig) -> Result<Vec<RemoteChain>> {
         let name = self.url.with_path(&self.url.path);
-        super::refuse_independent(cfg, &self.url)?;
+        super::files::refuse_independent(cfg, &self.url)?;
         cfg.disks
             .iter()
             .map(|disk| {
