@@ -6,7 +6,6 @@
 mod util;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use util::bootimg;
@@ -434,33 +433,13 @@ fn import_forced(
     extra: &[&str],
     rung: &str,
 ) -> Run {
-    let url = esx.url(vmx);
-    let mut args = vec![
-        "-c",
-        "qemu:///system",
-        "--domain",
+    esx.import_env(
+        tp,
         domain,
-        "--pool",
-        &tp.name,
-        "--vmx",
-        &url,
-    ];
-    args.extend_from_slice(extra);
-    let out = Command::new(util::BIN)
-        .args(&args)
-        .env("VIRT_VMDKIMPORT_SSH_CONFIG", esx.ssh_config())
-        .env(util::ladder::ENV, rung)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    Run {
-        what: format!(
-            "{}={rung} VIRT_VMDKIMPORT_SSH_CONFIG=... virt-vmdkimport {}",
-            util::ladder::ENV,
-            args.join(" ")
-        ),
-        out,
-    }
+        &esx.url(vmx),
+        extra,
+        &[(util::ladder::ENV, rung)],
+    )
 }
 
 /// Replace the `key=` line of the descriptor `path` with `key=value`; the text before.

@@ -607,6 +607,18 @@ impl StandIn {
 
     /// [`StandIn::import`] of the .vmx `url` (such as [`StandIn::url_by_uuid`]'s).
     pub fn import_url(&self, tp: &TestPool, domain: &str, url: &str, extra: &[&str]) -> Run {
+        self.import_env(tp, domain, url, extra, &[])
+    }
+
+    /// [`StandIn::import_url`] with `env` added to the tool's environment.
+    pub fn import_env(
+        &self,
+        tp: &TestPool,
+        domain: &str,
+        url: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Run {
         let mut args = vec![
             "-c",
             "qemu:///system",
@@ -618,20 +630,28 @@ impl StandIn {
             url,
         ];
         args.extend_from_slice(extra);
-        self.tool(&args)
+        self.tool_env(&args, env)
     }
 
     /// `virt-vmdkimport ARGS...` with the stand-in's ssh config.
     pub fn tool(&self, args: &[&str]) -> Run {
+        self.tool_env(args, &[])
+    }
+
+    /// [`StandIn::tool`] with `env` added to the tool's environment.
+    pub fn tool_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let out: Output = Command::new(super::BIN)
             .args(args)
             .env("VIRT_VMDKIMPORT_SSH_CONFIG", self.ssh_config())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .output()
             .unwrap();
+        let shown: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
         Run {
             what: format!(
-                "VIRT_VMDKIMPORT_SSH_CONFIG=... virt-vmdkimport {}",
+                "{}VIRT_VMDKIMPORT_SSH_CONFIG=... virt-vmdkimport {}",
+                shown.concat(),
                 args.join(" ")
             ),
             out,
