@@ -232,7 +232,7 @@ mod tests {
         let (still, moving) = (Arc::new(AtomicU64::new(7)), Arc::new(AtomicU64::new(0)));
         let a = entry("disk sda: delta apply", still);
         let b = entry("disk sdb: delta apply", moving.clone());
-        let dog = dog_with(Duration::from_secs(120), &[b.clone()]);
+        let dog = dog_with(Duration::from_secs(120), std::slice::from_ref(&b));
         let mut seen = Vec::new();
         let t0 = Instant::now();
         for s in 0..=300 {

@@ -216,10 +216,10 @@ fn the_first_sigterm_ends_a_stage2_blocked_in_a_stalled_stream_within_seconds_an
         assert!(line.contains(want), "{want:?} in {line}");
     }
     drop(stopped);
-    assert_eq!(state_attr(&im, "applying").as_deref(), Some("yes"));
+    assert_eq!(state_attr(im, "applying").as_deref(), Some("yes"));
     ok(&run(&args), "stage 2 again");
     assert_same(&im.read(), &want, "volume after the rerun");
-    assert_eq!(state_attr(&im, "applying"), None);
+    assert_eq!(state_attr(im, "applying"), None);
 }
 
 #[test]
@@ -245,8 +245,8 @@ fn a_stage2_whose_stream_stalls_ends_after_the_stall_timeout_naming_the_disk_and
     }
     assert!(!line.contains("lost the connection"), "{line}");
     drop(stopped);
-    assert_eq!(state_attr(&im, "applying").as_deref(), Some("yes"));
+    assert_eq!(state_attr(im, "applying").as_deref(), Some("yes"));
     ok(&run(&args), "stage 2 again");
     assert_same(&im.read(), &want, "volume after the rerun");
-    assert_eq!(state_attr(&im, "applying"), None);
+    assert_eq!(state_attr(im, "applying"), None);
 }
