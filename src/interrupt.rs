@@ -68,11 +68,6 @@ pub fn signal_name(sig: i32) -> String {
 /// The one line an interrupted run ends with: what it was doing, what that leaves, and the
 /// command to rerun (this one, quoted for a POSIX shell).
 pub fn rerun_line(sig: i32, err: &anyhow::Error, raw_target: bool) -> String {
-    let left = if raw_target {
-        "the target is partly written"
-    } else {
-        "what was left unfinished stays marked so in the import state"
-    };
     let stopped = Interrupted { signal: sig }.to_string();
     let doing = err.to_string();
     let doing = if doing == stopped {
@@ -80,14 +75,25 @@ pub fn rerun_line(sig: i32, err: &anyhow::Error, raw_target: bool) -> String {
     } else {
         format!(" while {doing}")
     };
+    format!("{stopped}{doing}: {}", what_is_left(raw_target))
+}
+
+/// The end of every line of a run cut short: what it leaves, and the command to rerun (this
+/// one, quoted for a POSIX shell). `raw_target`: a `--target` run, which has no import state.
+pub fn what_is_left(raw_target: bool) -> String {
+    let left = if raw_target {
+        "the target is partly written"
+    } else {
+        "what was left unfinished stays marked so in the import state"
+    };
     format!(
-        "{stopped}{doing}: {left}; rerun the same command to finish: {}",
+        "{left}; rerun the same command to finish: {}",
         command_line()
     )
 }
 
 /// This process's command line, each argument quoted for a POSIX shell where it needs it.
-pub(crate) fn command_line() -> String {
+fn command_line() -> String {
     std::env::args_os()
         .map(|a| shell_quote(&a.to_string_lossy()))
         .collect::<Vec<_>>()

@@ -14,7 +14,7 @@ fn main() {
     let args = vmdkimport::cli::hoist_before_subcommand(std::env::args_os().collect());
     let cli = Cli::parse_from(args);
     vmdkimport::out::init(cli.verbosity(), cli.wants_json());
-    watchdog::start(cli.stall_timeout);
+    watchdog::start(cli.stall_timeout, cli.target.is_some());
     let began = (SystemTime::now(), Instant::now());
     let result = Plan::from_cli(&cli).and_then(Plan::run);
     let code = match &result {
@@ -35,7 +35,10 @@ fn report_error(cli: &Cli, e: &anyhow::Error) -> i32 {
         return 128 + sig;
     }
     if let Some(stall) = watchdog::stalled() {
-        log::error!("{}", vmdkimport::out::sanitize(&stall.line(e)));
+        log::error!(
+            "{}",
+            vmdkimport::out::sanitize(&stall.line(e, cli.target.is_some()))
+        );
         return 1;
     }
     // One line, whatever names from files or ESXi the message carries.

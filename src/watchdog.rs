@@ -1,6 +1,6 @@
 //! Nothing waits forever: a transfer that stops moving, or a signal the run does not answer in time, ends the libvirt calls it is blocked in by shutting its connections' sockets down.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -37,10 +37,10 @@ impl std::fmt::Display for Stall {
 impl Stall {
     /// The one line a stalled run ends with: what stood still, the error it ended with, what
     /// that leaves, and the command to rerun.
-    pub fn line(&self, err: &anyhow::Error) -> String {
+    pub fn line(&self, err: &anyhow::Error, raw_target: bool) -> String {
         format!(
-            "{self}: ended while {err:#}; what was left unfinished stays marked so in the import state; rerun the same command to finish: {}",
-            crate::interrupt::command_line()
+            "{self}: ended while {err:#}; {}",
+            crate::interrupt::what_is_left(raw_target)
         )
     }
 }
@@ -59,6 +59,7 @@ struct Dog {
     stall_timeout: AtomicU64,
     watched: Mutex<Vec<Arc<Entry>>>,
     stall: Mutex<Option<Stall>>,
+    raw_target: AtomicBool,
 }
 
 static DOG: OnceLock<&'static Dog> = OnceLock::new();
@@ -69,6 +70,7 @@ fn dog() -> &'static Dog {
             stall_timeout: AtomicU64::new(DEFAULT_STALL_TIMEOUT.as_millis() as u64),
             watched: Mutex::new(Vec::new()),
             stall: Mutex::new(None),
+            raw_target: AtomicBool::new(false),
         }));
         std::thread::Builder::new()
             .name("watchdog".into())
@@ -78,11 +80,13 @@ fn dog() -> &'static Dog {
     })
 }
 
-/// Start watching, with transfers that stand still for `stall_timeout` ended as stalled.
-pub fn start(stall_timeout: Duration) {
-    dog()
-        .stall_timeout
+/// Start watching, with transfers that stand still for `stall_timeout` ended as stalled;
+/// `raw_target`: a `--target` run, which has no import state to leave marked.
+pub fn start(stall_timeout: Duration, raw_target: bool) {
+    let d = dog();
+    d.stall_timeout
         .store(stall_timeout.as_millis() as u64, Ordering::SeqCst);
+    d.raw_target.store(raw_target, Ordering::SeqCst);
 }
 
 /// Watch the transfer `what`, whose progress `probe` reads (any count that grows as it moves).
@@ -194,9 +198,9 @@ impl Dog {
             None => stalled().map_or_else(|| "stalled".to_string(), |s| s.to_string()),
         };
         let line = format!(
-            "{cause}, and still blocked {} s after its connections were shut down: what was left unfinished stays marked so in the import state; rerun the same command to finish: {}",
+            "{cause}, and still blocked {} s after its connections were shut down: {}",
             EXIT_GRACE.as_secs(),
-            crate::interrupt::command_line()
+            crate::interrupt::what_is_left(self.raw_target.load(Ordering::SeqCst))
         );
         // The logger escapes control characters in every line it writes.
         log::error!("{line}");
@@ -217,6 +221,7 @@ mod tests {
             stall_timeout: AtomicU64::new(limit.as_millis() as u64),
             watched: Mutex::new(entries.to_vec()),
             stall: Mutex::new(None),
+            raw_target: AtomicBool::new(false),
         }
     }
 

@@ -382,7 +382,8 @@ fn upload_over_download(vol: &Vol, capacity: u64, source: &Vol, fill: &mut Fill)
         let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Result<Vec<u8>>>(DOWNLOAD_QUEUE);
         let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
         let queue_full = std::sync::Arc::new(std::sync::Barrier::new(2));
-        let hold = hold_until_queue_full().then(|| queue_full.clone());
+        let held = hold_until_queue_full();
+        let hold = held.then(|| queue_full.clone());
         let reader = scope.spawn(move || {
             let mut hold = hold;
             let read = read_ahead(source, offset, len, full_tx, empty_rx, &mut hold);
@@ -391,7 +392,7 @@ fn upload_over_download(vol: &Vol, capacity: u64, source: &Vol, fill: &mut Fill)
             }
             read
         });
-        if hold_until_queue_full() {
+        if held {
             queue_full.wait();
         }
         let mut queue = ChunkQueue {
