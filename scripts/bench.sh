@@ -8,6 +8,8 @@
 #   scripts/bench.sh --keep   leave inputs, pools and domains in place afterwards (for a look)
 #   scripts/bench.sh --esx-only   only case 5 (the cutover from the stand-in ESXi host)
 #   scripts/bench.sh --overlay-only   only case 6 (--io overlay through qemu+tcp://127.0.0.1/system)
+#   scripts/bench.sh --link-only  only case 8 (the stand-in ESXi across a shaped 1 Gbit/s link:
+#                                 ssh connections and nc, the cutover; scripts/lib/esx-link.sh)
 #   scripts/bench.sh --plan-only  only case 7 (a plan of 8 VMs over two URIs, jobs 1 and 4;
 #                                 PLAN_JOBS="1 2 4 8" PLAN_PER_TARGET=8 for other limits)
 #
@@ -29,6 +31,7 @@ KEEP=0
 ESX_ONLY=0
 OVL_ONLY=0
 PLAN_ONLY=0
+LINK_ONLY=0
 for a in "$@"; do
     case $a in
     --quick) QUICK=1 ;;
@@ -36,7 +39,8 @@ for a in "$@"; do
     --esx-only) ESX_ONLY=1 ;;
     --overlay-only) OVL_ONLY=1 ;;
     --plan-only) PLAN_ONLY=1 ;;
-    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+    --link-only) LINK_ONLY=1 ESX_ONLY=1 ;;
+    -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "bench: unknown argument $a" >&2; exit 2 ;;
     esac
 done
@@ -54,6 +58,7 @@ if [ "$QUICK" = 1 ]; then
     ZERO_CAP=$((1 * GiB))                                 # case 3's 90%-zero image
     OTHERS=200 REPEAT=1 PROBE_RUNS=8 OVL_REPEAT=1
     ESX_CAP=$((1 * GiB)) ESX_RUNS=1024                    # case 5: runs of 64 KiB
+    LINK_BASE=$((512 * MiB)) LINK_DELTA=$((64 * MiB))     # case 8
     PLAN_SIZE=${PLAN_SIZE:-$((16 * MiB))}                            # case 7: each VM's disk
 else
     DENSE=$((1 * GiB)) S1_RUNS=256
@@ -61,6 +66,7 @@ else
     ZERO_CAP=$((4 * GiB))
     OTHERS=2000 REPEAT=3 PROBE_RUNS=16
     ESX_CAP=$((4 * GiB)) ESX_RUNS=4096
+    LINK_BASE=$((2 * GiB)) LINK_DELTA=$((256 * MiB))
     PLAN_SIZE=${PLAN_SIZE:-$((64 * MiB))}
 fi
 
@@ -68,7 +74,7 @@ BIN=$here/target/release/virt-vmdkimport
 MKDELTA=$here/target/release/examples/mkdelta
 DOMS=(vmdkimport-bench-dense vmdkimport-bench-zero90 vmdkimport-bench-scat1 vmdkimport-bench-scat2k
       vmdkimport-bench-probe1 vmdkimport-bench-probe2k vmdkimport-bench-esx vmdkimport-bench-esxlocal
-      vmdkimport-bench-ovl)
+      vmdkimport-bench-ovl vmdkimport-bench-link vmdkimport-bench-linklocal)
 # Case 6 goes through the remote URI, as a plan driving a fleet of KVM hosts would.
 RURI=qemu+tcp://127.0.0.1/system
 : "${OVL_REPEAT:=3}"
@@ -82,6 +88,7 @@ cleanup() {
     if [ "$KEEP" = 1 ]; then log "--keep: leaving $W, pools $P1 $P2 and the bench domains"; exit $rc; fi
     log "cleaning up"
     standin_stop "$W/esx"
+    link_cleanup
     plan_cleanup
     [ "$PLAN_ONLY" = 1 ] && { rm -rf "$W"; exit $rc; }
     for d in "${DOMS[@]}"; do
@@ -332,6 +339,8 @@ VIRSH=(virsh -q -c "$URI")
 
 . "$here/scripts/lib/esx-standin.sh"
 . "$here/scripts/lib/bench-plan.sh"
+. "$here/scripts/lib/esx-link.sh"
+. "$here/scripts/lib/bench-link.sh"
 
 # Case 5: the cutover from a (stand-in) ESXi host over ssh, a VM powered off already, its
 # final delta ESX_RUNS x 64 KiB scattered; and stage 1's base streaming. Each side once.
@@ -628,7 +637,7 @@ row "  same, with its trial start" "$s3z_w" "-" "" "virsh vol-upload, same file"
 fi
 
 # --- case 5 -------------------------------------------------------------------------------------
-[ "$OVL_ONLY" = 1 ] || [ "$PLAN_ONLY" = 1 ] || esx_case
+[ "$OVL_ONLY" = 1 ] || [ "$PLAN_ONLY" = 1 ] || [ "$LINK_ONLY" = 1 ] || esx_case
 
 # --- case 6 -------------------------------------------------------------------------------------
 [ "$ESX_ONLY" = 1 ] || [ "$PLAN_ONLY" = 1 ] || overlay_cases
@@ -636,6 +645,9 @@ fi
 # --- case 7 -------------------------------------------------------------------------------------
 PLAN_PEAK=
 [ "$ESX_ONLY" = 1 ] || [ "$OVL_ONLY" = 1 ] || plan_case
+
+# --- case 8 -------------------------------------------------------------------------------------
+[ "$OVL_ONLY" = 1 ] || [ "$PLAN_ONLY" = 1 ] || link_case
 
 # --- the table ----------------------------------------------------------------------------------
 elapsed=$(($(date +%s) - started))

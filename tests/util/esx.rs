@@ -33,43 +33,8 @@ pub const UUID: &str = "5ae37d98-00f6a405-5382-6c416a1ecb66";
 /// BusyBox): those of the one `busybox --list` found (ESXi 5.x [BBL], ESX-REAL.md section 7)
 /// that a tool reading disks could use, nothing that changes the host (no halt, reboot, fdisk).
 /// Not there, as on ESXi: `tr` ([MK] #282), `comm`; `head` is tests/fixtures/esx/head (no
-/// `-c`), `dd` tests/fixtures/esx/dd.
-const APPLETS: &[&str] = &[
-    "[",
-    "awk",
-    "basename",
-    "cat",
-    "cp",
-    "cut",
-    "dirname",
-    "du",
-    "echo",
-    "expr",
-    "false",
-    "find",
-    "grep",
-    "ls",
-    "md5sum",
-    "mkdir",
-    "mv",
-    "printf",
-    "readlink",
-    "rm",
-    "sed",
-    "sh",
-    "sha256sum",
-    "sleep",
-    "sort",
-    "stat",
-    "tail",
-    "test",
-    "timeout",
-    "touch",
-    "true",
-    "uniq",
-    "wc",
-    "xargs",
-];
+/// `-c`), `dd` tests/fixtures/esx/dd. One name a line, shared with scripts/lib/esx-standin.sh.
+const APPLETS: &str = include_str!("../fixtures/esx/applets");
 
 /// What a stand-in starts with: the faults that sshd or the datastore's layout hold.
 #[derive(Debug, Clone)]
@@ -154,7 +119,7 @@ fn esxi_path(bin: &Path) {
         busybox.exists(),
         "/usr/bin/busybox (busybox; scripts/setup-host.sh installs it)"
     );
-    for a in APPLETS {
+    for a in APPLETS.lines() {
         std::os::unix::fs::symlink(busybox, bin.join(a)).unwrap();
     }
     for c in ["vim-cmd", "dd", "head"] {
