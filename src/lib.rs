@@ -13,6 +13,7 @@ pub mod libvirt;
 pub mod out;
 pub mod plan;
 pub mod plan_file;
+pub mod preflight;
 pub mod progress;
 pub mod qcow2;
 pub mod report;

@@ -142,6 +142,7 @@ pub fn document(run: &RunInfo) -> Value {
         "ms": run.ms,
         "phases": spans(),
         "notes": kept.notes,
+        "preflight": crate::preflight::table::kept(),
         "warnings": kept.warnings,
         "state": run.state,
     })

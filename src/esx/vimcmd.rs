@@ -110,6 +110,19 @@ fn vm_row(line: &str) -> Option<VmRow> {
 }
 
 /// `Retrieved runtime info` then `Powered on`, `Powered off` or `Suspended`, nothing else.
+/// `toolsRunningStatus` from `get.guest`'s object: its value (`guestToolsRunning`,
+/// `guestToolsNotRunning`, ...). Fields are 3-space indented and end in `, ` (ESX-REAL.md
+/// section 5 [IDX 3708321265]); an answer without the field is refused.
+pub fn parse_tools_status(cmd: &str, out: &str) -> Result<String> {
+    out.lines()
+        .find_map(|l| {
+            let v = l.trim().strip_prefix("toolsRunningStatus = ")?;
+            Some(v.trim_end_matches([',', ' ']).trim_matches('"').to_string())
+        })
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| refuse(cmd, out, "no toolsRunningStatus field"))
+}
+
 pub fn parse_power(cmd: &str, out: &str) -> Result<Power> {
     let lines: Vec<&str> = out
         .lines()

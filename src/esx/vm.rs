@@ -93,6 +93,18 @@ impl Vm {
         self.host().power(self.id)
     }
 
+    /// Whether VMware Tools run in the guest, as `get.guest` says (`guestToolsRunning`), and
+    /// the status as the host gave it.
+    pub fn tools(&self) -> Result<(bool, String)> {
+        let status = self.host().tools_status(self.id)?;
+        Ok((status == "guestToolsRunning", status))
+    }
+
+    /// The .vmx's text as the host has it now.
+    pub fn vmx_text(&self) -> Result<Vec<u8>> {
+        super::files::read_vmx_text(&self.ssh, &self.url)
+    }
+
     pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
         self.host().snapshots(self.id)
     }

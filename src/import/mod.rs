@@ -1,6 +1,6 @@
 //! The migration on a libvirt host, read top to bottom in [`run`]: the plan's inputs opened ([`request`]), then stage 1 (volumes, domain, base upload: [`stage1`]) and its trial start ([`prove`]), stage 2 (delta apply: [`stage2`]), the hand-over and start ([`handover`]); or a pre-copy round or the cutover from ESXi ([`fromesx`]). Each stage is checked against the import state in the domain's metadata before anything is written.
 
-mod esxone;
+pub(crate) mod esxone;
 pub mod fromesx;
 mod guards;
 mod handover;
@@ -28,6 +28,9 @@ use crate::state::{self, metadata, ImportState};
 
 /// Run the import the plan describes: its inputs opened ([`Request::open`]), then the stages.
 pub fn run(plan: ImportPlan) -> Result<()> {
+    if plan.wants_preflight() {
+        crate::preflight::dry_run(&plan)?;
+    }
     let req = Request::open(plan)?;
     overlay::mark_start();
     let conn = libvirt::connect(req.uri.as_deref())?;
