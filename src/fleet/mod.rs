@@ -1,5 +1,6 @@
 //! Many VMs from one plan file: each VM's step run as a child run of this binary, bounded per KVM host and per source, the state read from and recorded in each domain's metadata, and a summary table at the end.
 
+mod check;
 pub mod report;
 mod sched;
 pub mod standing;
@@ -94,7 +95,12 @@ fn run_plan(a: &PlanArgs) -> Result<()> {
         return status(&vms, &mut hosts, a.json);
     }
     let check = a.action == Action::Check;
-    let (mut rows, jobs) = decide(&fleet, &vms, &mut hosts, a.action, check);
+    let (mut rows, mut jobs) = decide(&fleet, &vms, &mut hosts, a.action, check);
+    let pre = if check {
+        blocked_by_preflight(&vms, &mut rows, &mut jobs)
+    } else {
+        Vec::new()
+    };
     std::fs::create_dir_all(&fleet.log_dir)
         .with_context(|| format!("{}: creating the log folder", fleet.log_dir.display()))?;
     let limits = sched::Limits {
@@ -150,7 +156,30 @@ fn run_plan(a: &PlanArgs) -> Result<()> {
         running,
     };
     sched::run(jobs, limits, events);
-    summary(&fleet, &vms, &rows, &mut hosts, a)
+    summary(&fleet, &vms, &rows, &mut hosts, a, &pre)
+}
+
+/// `plan check`'s preflight of every VM (one table); a VM with an error finding fails here
+/// and runs no dry run. Each VM's preflight as JSON.
+fn blocked_by_preflight(
+    vms: &[FleetVm],
+    rows: &mut [Row],
+    jobs: &mut Vec<sched::Job>,
+) -> Vec<Value> {
+    let reports = check::preflights(vms);
+    for (i, r) in reports.iter().enumerate() {
+        if r.errors() > 0 && rows[i].outcome == Outcome::NotStarted {
+            rows[i].outcome = Outcome::Failed(format!(
+                "preflight: {} error(s) (the preflight table says each one's way out)",
+                r.errors()
+            ));
+            jobs.retain(|j| j.vm != i);
+        }
+    }
+    reports
+        .iter()
+        .map(crate::preflight::table::to_json)
+        .collect()
 }
 
 /// Each VM's step and whether it runs: a row for the summary each, a job for each that runs.
@@ -234,7 +263,7 @@ fn job(fleet: &Fleet, vm: &FleetVm, i: usize, step: StepKind, check: bool) -> sc
             .expect("decide runs only steps that apply"),
         log: fleet.log_dir.join(format!("{}.log", vm.name)),
         what: format!("{}{}", step.as_str(), if check { " --dry-run" } else { "" }),
-        env: child_env(fleet),
+        env: child_env(fleet, check),
     }
 }
 
@@ -244,15 +273,20 @@ fn whole_secs(d: std::time::Duration) -> u64 {
 }
 
 /// The progress period of the children (their transfers' plain lines, in their logs): the
-/// plan's, unless this run was given one of its own.
-fn child_env(fleet: &Fleet) -> Vec<(String, String)> {
-    match std::env::var_os(progress::EVERY_ENV) {
+/// plan's, unless this run was given one of its own; for `plan check` (`check`), that the
+/// plan showed their preflight.
+fn child_env(fleet: &Fleet, check: bool) -> Vec<(String, String)> {
+    let mut env = match std::env::var_os(progress::EVERY_ENV) {
         Some(_) => Vec::new(),
         None => vec![(
             progress::EVERY_ENV.to_string(),
             progress::child_every(whole_secs(fleet.progress_every)).to_string(),
         )],
+    };
+    if check {
+        env.push((crate::preflight::SHOWN_ENV.to_string(), "1".to_string()));
     }
+    env
 }
 
 /// A child run ended: its outcome, said on one line, and (unless it was a check) recorded in
@@ -359,10 +393,11 @@ fn summary(
     rows: &[Row],
     hosts: &mut Hosts,
     a: &PlanArgs,
+    pre: &[Value],
 ) -> Result<()> {
     let mut table = Vec::new();
     let mut docs = Vec::new();
-    for (vm, row) in vms.iter().zip(rows) {
+    for (i, (vm, row)) in vms.iter().zip(rows).enumerate() {
         let st = hosts.state(vm).ok();
         let phase = st.as_ref().map_or("?".into(), |(d, s)| {
             Standing::of(s.as_ref(), d.is_some()).to_string()
@@ -383,6 +418,7 @@ fn summary(
             "phase": phase, "bytes": bytes, "ms": row.ms, "outage_ms": outage,
             "error": (!error.is_empty()).then_some(&error),
             "log": fleet.log_dir.join(format!("{}.log", vm.name)),
+            "preflight": pre.get(i),
         }));
         table.push(vec![
             vm.name.clone(),
