@@ -169,10 +169,7 @@ fn blocked_by_preflight(
     let reports = check::preflights(vms);
     for (i, r) in reports.iter().enumerate() {
         if r.errors() > 0 && rows[i].outcome == Outcome::NotStarted {
-            rows[i].outcome = Outcome::Failed(format!(
-                "preflight: {} error(s) (the preflight table says each one's way out)",
-                r.errors()
-            ));
+            rows[i].outcome = Outcome::Failed(crate::preflight::table::blocked(r));
             jobs.retain(|j| j.vm != i);
         }
     }

@@ -177,7 +177,11 @@ fn networks(conn: &Conn, plan: &ImportPlan, source: &Source, out: &mut Vec<Findi
                 )
             })
             .collect(),
-        None => vec![("the NIC".to_string(), plan.net_source(None))],
+        // Without a .vmx the domain gets a NIC only when one was asked for.
+        None if plan.network.is_some() || plan.bridge.is_some() || plan.mac.is_some() => {
+            vec![("the NIC".to_string(), plan.net_source(None))]
+        }
+        None => Vec::new(),
     };
     for (nic, src) in wanted {
         let on = match &src {

@@ -52,6 +52,16 @@ pub fn render(reports: &[&Report]) -> String {
     out.join("\n")
 }
 
+/// A VM's preflight errors on one line: the first one's text, and how many more.
+pub fn blocked(r: &Report) -> String {
+    let mut errors = r.findings.iter().filter(|f| f.severity == Severity::Error);
+    let first = errors.next().map_or("", |f| f.what.as_str());
+    match errors.count() {
+        0 => format!("preflight: {first}"),
+        more => format!("preflight: {first} (and {more} more error(s): see the preflight table)"),
+    }
+}
+
 /// The last line: how many of each severity.
 fn summary(reports: &[&Report]) -> String {
     let n = |s| reports.iter().map(|r| r.count(s)).sum::<usize>();
