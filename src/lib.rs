@@ -15,6 +15,7 @@ pub mod plan;
 pub mod plan_file;
 pub mod preflight;
 pub mod progress;
+pub mod projection;
 pub mod qcow2;
 pub mod report;
 pub mod state;

@@ -305,7 +305,9 @@ fn climb(
                 .define_domain(&xmltree::to_string(xml))
                 .map_err(|e| explain_define(conn, e))?;
         }
+        let began = std::time::Instant::now();
         let Err(e) = dom.start_paused() else {
+            rec.start_ms = Some(began.elapsed().as_millis() as u64);
             dom.destroy()
                 .context("trial start: destroying the paused domain")?;
             return Ok(Ok(()));
