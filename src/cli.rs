@@ -83,7 +83,19 @@ pub struct PlanArgs {
     /// standard output; the per-VM lines and the table go to standard error.
     #[arg(long)]
     pub json: bool,
+    /// `plan sync`: repeat the pre-copy rounds of each VM until a cutover's projected outage
+    /// is under this (seconds, or 30s, 2m), its final delta stops shrinking, or --max-rounds
+    /// rounds ran; says which.
+    #[arg(long, value_name = "DURATION", value_parser = crate::units::parse_timeout)]
+    pub until_outage: Option<std::time::Duration>,
+    /// With --until-outage: at most this many rounds per VM (each takes a migration snapshot).
+    #[arg(long, value_name = "N", requires = "until_outage")]
+    pub max_rounds: Option<u32>,
 }
+
+/// `--max-rounds` when not given: five rounds usually bring the delta down to what the VM
+/// writes in one round's time; each takes a snapshot, and the chain's room is limited.
+pub const DEFAULT_MAX_ROUNDS: u32 = 5;
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {

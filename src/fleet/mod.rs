@@ -2,6 +2,7 @@
 
 mod check;
 pub mod report;
+mod rounds;
 mod sched;
 pub mod standing;
 
@@ -81,6 +82,7 @@ enum Outcome {
 }
 
 /// One VM's line of the summary.
+#[derive(Clone)]
 struct Row {
     step: Option<StepKind>,
     outcome: Outcome,
@@ -94,6 +96,9 @@ fn run_plan(a: &PlanArgs) -> Result<()> {
     if a.action == Action::Status {
         return status(&vms, &mut hosts, a.json);
     }
+    if let Some(target) = a.until_outage {
+        return rounds::sync_until(&fleet, &vms, &mut hosts, a, target);
+    }
     let check = a.action == Action::Check;
     let (mut rows, mut jobs) = decide(&fleet, &vms, &mut hosts, a.action, check);
     let pre = if check {
@@ -101,6 +106,20 @@ fn run_plan(a: &PlanArgs) -> Result<()> {
     } else {
         Vec::new()
     };
+    run_jobs(&fleet, &vms, &mut hosts, &mut rows, jobs, check)?;
+    summary(&fleet, &vms, &rows, &mut hosts, a, &pre)
+}
+
+/// Run `jobs` within the plan's limits, each VM's row set as its job ends; what is said while
+/// they run.
+fn run_jobs(
+    fleet: &Fleet,
+    vms: &[FleetVm],
+    hosts: &mut Hosts,
+    rows: &mut [Row],
+    jobs: Vec<sched::Job>,
+    check: bool,
+) -> Result<()> {
     std::fs::create_dir_all(&fleet.log_dir)
         .with_context(|| format!("{}: creating the log folder", fleet.log_dir.display()))?;
     let limits = sched::Limits {
@@ -128,7 +147,7 @@ fn run_plan(a: &PlanArgs) -> Result<()> {
     };
     let ended = |j: &sched::Job, fin: sched::Finished| {
         lines.borrow_mut().remove(&j.vm);
-        rows[j.vm] = finish(&mut hosts, &vms[j.vm], j, &fin, check);
+        rows[j.vm] = finish(hosts, &vms[j.vm], j, &fin, check);
     };
     let running = |j: &sched::Job, took: std::time::Duration| {
         let last = sched::last_line(j).unwrap_or_else(|| "no output yet".into());
@@ -156,7 +175,7 @@ fn run_plan(a: &PlanArgs) -> Result<()> {
         running,
     };
     sched::run(jobs, limits, events);
-    summary(&fleet, &vms, &rows, &mut hosts, a, &pre)
+    Ok(())
 }
 
 /// `plan check`'s preflight of every VM (one table); a VM with an error finding fails here
@@ -390,7 +409,7 @@ fn summary(
     rows: &[Row],
     hosts: &mut Hosts,
     a: &PlanArgs,
-    pre: &[Value],
+    extra: &[Value],
 ) -> Result<()> {
     let mut table = Vec::new();
     let mut docs = Vec::new();
@@ -415,8 +434,13 @@ fn summary(
             "phase": phase, "bytes": bytes, "ms": row.ms, "outage_ms": outage,
             "error": (!error.is_empty()).then_some(&error),
             "log": fleet.log_dir.join(format!("{}.log", vm.name)),
-            "preflight": pre.get(i),
+            "projection": st.as_ref().and_then(report::projection_json),
         }));
+        if let (Some(Value::Object(doc)), Some(Value::Object(more))) =
+            (docs.last_mut(), extra.get(i))
+        {
+            doc.extend(more.clone());
+        }
         table.push(vec![
             vm.name.clone(),
             vm.uri.clone(),
@@ -489,7 +513,8 @@ fn status(vms: &[FleetVm], hosts: &mut Hosts, json: bool) -> Result<()> {
             Err(e) => {
                 unreadable += 1;
                 let mut r = vec![vm.name.clone(), vm.uri.clone(), "?".into()];
-                r.extend(["-".into(), "-".into(), "-".into(), format!("-       {e:#}")]);
+                r.extend(["-", "-", "-", "-"].map(String::from));
+                r.push(format!("-       {e:#}"));
                 let doc = json!({"name": vm.name, "host": vm.uri, "error": format!("{e:#}")});
                 (r, doc)
             }
@@ -504,6 +529,7 @@ fn status(vms: &[FleetVm], hosts: &mut Hosts, json: bool) -> Result<()> {
         "BYTES",
         "LAST STEP",
         "TIME",
+        "CUTOVER NOW",
         "OUTAGE  ERROR",
     ];
     if json {
@@ -526,6 +552,7 @@ fn status_row(vm: &FleetVm, exists: bool, st: Option<&ImportState>) -> (Vec<Stri
     let error = last.and_then(|s| s.error.clone()).unwrap_or_default();
     let doc = json!({
         "name": vm.name, "host": vm.uri, "phase": phase, "bytes": bytes, "outage_ms": outage,
+        "projection": st.and_then(report::projection_json),
         "last_step": last.map(|s| json!({
             "name": s.name, "outcome": s.outcome, "began": s.began, "ended": s.ended,
             "ms": report::step_ms(s), "error": s.error,
@@ -540,6 +567,7 @@ fn status_row(vm: &FleetVm, exists: bool, st: Option<&ImportState>) -> (Vec<Stri
             format!("{} {} {}", s.name, s.outcome, s.ended)
         }),
         report::opt_ms(last.and_then(report::step_ms)),
+        report::opt_projection(st),
         format!("{:<6}  {error}", report::opt_ms(outage)),
     ];
     (row, doc)

@@ -61,6 +61,30 @@ pub fn outage_ms(st: &ImportState) -> Option<u64> {
         .and_then(step_ms)
 }
 
+/// A cutover's projected outage after the VM's `--sync` rounds (until it is cut over).
+pub fn projection(st: &ImportState) -> Option<crate::projection::Projection> {
+    if st.phase() == DomainPhase::HandedOver {
+        return None;
+    }
+    let start = st.trial.as_ref().and_then(|t| t.start_ms);
+    crate::projection::project(&st.syncs, start)
+}
+
+/// [`projection`] as JSON: `ms`, `bytes`, `rate_bytes_per_s`, `start_ms`, and the rounds'
+/// count.
+pub fn projection_json(st: &ImportState) -> Option<serde_json::Value> {
+    let p = projection(st)?;
+    Some(serde_json::json!({
+        "ms": p.ms, "bytes": p.bytes, "rate_bytes_per_s": p.rate.round() as u64,
+        "start_ms": p.start_ms, "rounds": st.syncs.len(),
+    }))
+}
+
+/// [`projection`] in a table: `about N s`, or `-`.
+pub fn opt_projection(st: Option<&ImportState>) -> String {
+    st.and_then(projection).map_or("-".into(), |p| p.about())
+}
+
 /// The disks' total capacity once every base is uploaded.
 pub fn uploaded_bytes(st: &ImportState) -> Option<u64> {
     st.every_base_uploaded()
@@ -157,10 +181,22 @@ fn facts(st: &ImportState) -> Vec<Vec<String>> {
         fact("handed over", h.to_string());
     }
     for (i, s) in st.syncs.iter().enumerate() {
+        let left = s
+            .final_bytes
+            .map(|b| format!(", {} in the final deltas after it", human_bytes(b)))
+            .unwrap_or_default();
         fact(
             &format!("sync {}", i + 1),
-            format!("{}  {} in {}", s.at, human_bytes(s.bytes), human_ms(s.ms)),
+            format!(
+                "{}  {} in {}{left}",
+                s.at,
+                human_bytes(s.bytes),
+                human_ms(s.ms)
+            ),
         );
+    }
+    if let Some(p) = projection(st) {
+        fact("projected cutover", p.line());
     }
     for (i, a) in st.local_applies.iter().enumerate() {
         fact(
