@@ -86,7 +86,12 @@ impl<'a> Plan<'a> {
                 domain,
                 show_only,
             } => switch_to_virtio(uri.as_deref(), &domain, show_only),
-            Plan::Import(plan) => crate::import::run(*plan),
+            Plan::Import(plan) => {
+                if crate::preflight::wanted(&plan) {
+                    crate::preflight::dry_run(&plan)?;
+                }
+                crate::import::run(*plan)
+            }
         }
     }
 }

@@ -155,12 +155,12 @@ mod tests {
         // 10 MiB/s; 50 MiB left: 5 s.
         let r1 = round(100 * M, 10_000, 50 * M);
         assert!(matches!(
-            stop(&[r1.clone()], None, secs(6), 1, 9),
+            stop(std::slice::from_ref(&r1), None, secs(6), 1, 9),
             Some(Stop::UnderTarget(_))
         ));
-        assert_eq!(stop(&[r1.clone()], None, secs(4), 1, 9), None);
+        assert_eq!(stop(std::slice::from_ref(&r1), None, secs(4), 1, 9), None);
         assert_eq!(
-            stop(&[r1.clone()], None, secs(4), 1, 1),
+            stop(std::slice::from_ref(&r1), None, secs(4), 1, 1),
             Some(Stop::MaxRounds(1))
         );
         let shrunk = round(100 * M, 10_000, 30 * M);

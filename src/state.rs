@@ -807,6 +807,26 @@ mod overlay_tests {
 mod tests {
     use super::*;
 
+    /// An older round without the projection's figures, and one with them.
+    fn sync_rounds(nasty: &str) -> Vec<SyncRound> {
+        vec![
+            SyncRound {
+                at: nasty.into(),
+                bytes: 4096,
+                ms: 12,
+                ..Default::default()
+            },
+            SyncRound {
+                at: "2026-11-27T12:00:00Z".into(),
+                bytes: 8192,
+                ms: 40,
+                read: Some(9000),
+                final_bytes: Some(1 << 20),
+                since_ms: Some(60_000),
+            },
+        ]
+    }
+
     fn hostile() -> ImportState {
         let nasty = "a\"b'c<d>e&f\tg\nh\r ]]> &amp; <!-- é 日本";
         ImportState {
@@ -847,22 +867,7 @@ mod tests {
             }),
             defined_by_tool: Some(true),
             os: Some(nasty.into()),
-            syncs: vec![
-                SyncRound {
-                    at: nasty.into(),
-                    bytes: 4096,
-                    ms: 12,
-                    ..Default::default()
-                },
-                SyncRound {
-                    at: "2026-11-27T12:00:00Z".into(),
-                    bytes: 8192,
-                    ms: 40,
-                    read: Some(9000),
-                    final_bytes: Some(1 << 20),
-                    since_ms: Some(60_000),
-                },
-            ],
+            syncs: sync_rounds(nasty),
             cutover: Some(Outage {
                 at: "2026-11-27T12:00:00Z".into(),
                 shutdown_ms: 1,

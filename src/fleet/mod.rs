@@ -97,7 +97,7 @@ fn run_plan(a: &PlanArgs) -> Result<()> {
         return status(&vms, &mut hosts, a.json);
     }
     if let Some(target) = a.until_outage {
-        return rounds::sync_until(&fleet, &vms, &mut hosts, a, target);
+        return sync_until(&fleet, &vms, &mut hosts, a, target);
     }
     let check = a.action == Action::Check;
     let (mut rows, mut jobs) = decide(&fleet, &vms, &mut hosts, a.action, check);
@@ -176,6 +176,49 @@ fn run_jobs(
     };
     sched::run(jobs, limits, events);
     Ok(())
+}
+
+/// `plan sync --until-outage`: rounds for every VM still going, at once within the plan's
+/// limits, until each stops ([`rounds::Going::judge`]); the summary of the last rounds, with
+/// each VM's rounds and reason.
+fn sync_until(
+    fleet: &Fleet,
+    vms: &[FleetVm],
+    hosts: &mut Hosts,
+    a: &PlanArgs,
+    target: std::time::Duration,
+) -> Result<()> {
+    let max = a.max_rounds.unwrap_or(crate::cli::DEFAULT_MAX_ROUNDS);
+    let mut going = vec![rounds::Going::default(); vms.len()];
+    let mut rows: Vec<Row> = Vec::new();
+    for _ in 0..max {
+        let (mut now, mut jobs) = decide(fleet, vms, hosts, Action::Sync, false);
+        jobs.retain(|j| going[j.vm].stopped.is_none());
+        run_jobs(fleet, vms, hosts, &mut now, jobs, false)?;
+        for (i, vm) in vms.iter().enumerate() {
+            if going[i].stopped.is_some() {
+                now[i] = rows[i].clone();
+                continue;
+            }
+            let ran = match &now[i].outcome {
+                Outcome::Done => Ok(hosts.state(vm).ok().and_then(|(_, s)| s)),
+                Outcome::Skipped(why) => Err(format!("no round: {why}")),
+                Outcome::Failed(e) => Err(format!("the round failed: {e}")),
+                Outcome::Interrupted => Err("interrupted".into()),
+                Outcome::NotStarted => Err("not started".into()),
+            };
+            going[i].judge(&vm.name, ran, target, max);
+        }
+        rows = now;
+        if crate::interrupt::received().is_some() || going.iter().all(|g| g.stopped.is_some()) {
+            break;
+        }
+    }
+    let extra: Vec<Value> = going
+        .iter()
+        .map(|g| json!({ "rounds": g.rounds, "stopped": g.stopped }))
+        .collect();
+    summary(fleet, vms, &rows, hosts, a, &extra)
 }
 
 /// `plan check`'s preflight of every VM (one table); a VM with an error finding fails here

@@ -17,6 +17,9 @@ use crate::state::{lifecycle, metadata};
 use crate::state::{AppliedDelta, DiskState, ImportState, Outage, SyncRound};
 use crate::vmdk::{Chain, DiskId, Parent};
 
+/// What `--sync` froze: the snapshot's name, the work, and the extents the VM writes into now.
+type Frozen = (String, Vec<DiskWork>, Vec<String>);
+
 /// One delta opened over ssh, its pieces listed (every table read and checked).
 struct Opened {
     chain: Chain,
@@ -546,7 +549,7 @@ fn freeze(
     st: &ImportState,
     cache: &mut HashMap<String, Opened>,
     jobs: usize,
-) -> Result<Option<(String, Vec<DiskWork>, Vec<String>)>> {
+) -> Result<Option<Frozen>> {
     let span = crate::report::begin("snapshot");
     let snap = vm.take_snapshot()?;
     span.done(None, None);

@@ -28,9 +28,6 @@ use crate::state::{self, metadata, ImportState};
 
 /// Run the import the plan describes: its inputs opened ([`Request::open`]), then the stages.
 pub fn run(plan: ImportPlan) -> Result<()> {
-    if plan.wants_preflight() {
-        crate::preflight::dry_run(&plan)?;
-    }
     let req = Request::open(plan)?;
     overlay::mark_start();
     let conn = libvirt::connect(req.uri.as_deref())?;

@@ -297,14 +297,9 @@ impl ImportPlan {
         }
     }
 
-    /// Whether the run starts with the preflight: a dry run of stage 1 (`--vmx` or `--flat`, not
-    /// `--sync`/`--cutover`), unless `plan check` showed it already
-    /// ([`crate::preflight::SHOWN_ENV`]).
-    pub fn wants_preflight(&self) -> bool {
-        self.dry_run
-            && self.esx.is_none()
-            && (self.vmx_arg.is_some() || self.base_arg.is_some())
-            && std::env::var_os(crate::preflight::SHOWN_ENV).is_none()
+    /// A dry run of stage 1: `--dry-run` with `--vmx` or `--flat`, not `--sync`/`--cutover`.
+    pub fn is_stage_one_dry_run(&self) -> bool {
+        self.dry_run && self.esx.is_none() && (self.vmx_arg.is_some() || self.base_arg.is_some())
     }
 
     /// `--copy-independent` was given.

@@ -1,6 +1,6 @@
 //! The preflight's KVM side, looked up in libvirt without changing it: the domain's name and state, free space in the pool against the disks' capacities, the networks and bridges the NICs go on, the machine type and firmware the host offers, and the trial start's outcome.
 
-use super::{Finding, Severity, Side, Source};
+use super::finding::{Finding, Severity, Side, Source};
 use crate::domain_xml::NetSource;
 use crate::import::esxone::nic_problem;
 use crate::import::trial::{host_cause, Problem};
@@ -320,12 +320,14 @@ mod tests {
     fn the_trial_start_recorded_is_said_and_a_failed_one_blocks() {
         use crate::state::TrialRecord;
         assert_eq!(trial(None).severity, Severity::Info);
-        let mut st = ImportState::default();
-        st.trial = Some(TrialRecord {
-            started: false,
-            cpu: "host-model".into(),
+        let mut st = ImportState {
+            trial: Some(TrialRecord {
+                started: false,
+                cpu: "host-model".into(),
+                ..Default::default()
+            }),
             ..Default::default()
-        });
+        };
         assert_eq!(trial(Some(&st)).severity, Severity::Error);
         st.trial.as_mut().unwrap().started = true;
         assert!(trial(Some(&st)).what.contains("passed: cpu host-model"));

@@ -1,9 +1,8 @@
 //! The preflight as people read it (one table, a row per finding: severity, side, VM, what, the way out) and as programs read it (JSON), names from files and hosts sanitised.
 
 use serde_json::{json, Value};
-use std::sync::Mutex;
 
-use super::{Report, Severity, Side};
+use super::finding::{Report, Severity, Side};
 use crate::escape::sanitize;
 
 const HEAD: [&str; 5] = ["SEVERITY", "SIDE", "VM", "WHAT", "WAY OUT"];
@@ -99,24 +98,14 @@ pub fn to_json(r: &Report) -> Value {
     })
 }
 
-static KEPT: Mutex<Option<Value>> = Mutex::new(None);
-
 /// Keep the run's preflight for its `--json` document.
 pub fn keep(r: &Report) {
-    *KEPT.lock().unwrap_or_else(|e| e.into_inner()) = Some(to_json(r));
-}
-
-/// The run's preflight, when it made one (`null` otherwise).
-pub fn kept() -> Value {
-    KEPT.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone()
-        .unwrap_or(Value::Null)
+    crate::report::keep_preflight(to_json(r));
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::Finding;
+    use super::super::finding::Finding;
     use super::*;
 
     fn report() -> Report {

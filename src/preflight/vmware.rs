@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::{Finding, Severity, Side, Source};
+use super::finding::{Finding, Severity, Side, Source};
 use crate::esx::host::{chain_depth, ESXI_MAX_CHAIN, MAX_CHAIN_BEFORE_OURS};
 use crate::esx::vimcmd::Power;
 use crate::esx::vm::Vm;
