@@ -237,7 +237,7 @@ fn blocked_by_preflight(
     }
     reports
         .iter()
-        .map(crate::preflight::table::to_json)
+        .map(|r| json!({ "preflight": crate::preflight::table::to_json(r) }))
         .collect()
 }
 
