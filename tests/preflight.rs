@@ -67,6 +67,7 @@ fn an_esxi_plan_check_reads_only_and_says_each_finding_with_its_way_out() {
     let before = esx.commands();
 
     let (code, doc, table) = check(&esx, &plan_missing);
+    println!("{table}");
     assert_eq!(code, Some(1), "an error finding fails the check: {table}");
     let vm = &doc["vms"][0];
     assert_eq!(vm["result"], "failed", "{doc:#}");

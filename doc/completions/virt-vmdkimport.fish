@@ -75,6 +75,8 @@ complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -a "plan" 
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -a "status" -d 'Show a domain\'s import state as a table'
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand plan" -l only -d 'Only these VMs of the plan (names, comma-separated)' -r
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand plan" -l until-outage -d '`plan sync`: repeat the pre-copy rounds of each VM until a cutover\'s projected outage is under this (seconds, or 30s, 2m), its final delta stops shrinking, or --max-rounds rounds ran; says which' -r
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand plan" -l max-rounds -d 'With --until-outage: at most this many rounds per VM (each takes a migration snapshot)' -r
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand plan" -l json -d 'Print one JSON document (every VM\'s step, result, phase, bytes, times, error) on standard output; the per-VM lines and the table go to standard error'
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand plan" -s q -l quiet -d 'Quiet: only warnings and errors (no progress lines, no summary)'
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand plan" -s v -l verbose -d 'More detail: -v adds debug lines (the commands run on ESXi, the libvirt calls), -vv more'

@@ -53,19 +53,13 @@ fn local(plan: &ImportPlan, path: &Path, out: &mut Vec<Finding>) -> Source {
         Err(e) => {
             out.push(finding(
                 Severity::Error,
-                format!("{name}: cannot be read: {e:#}"),
+                format!("cannot be read: {e:#}"),
                 "give --vmx the VM's .vmx (copied or mounted from the datastore)",
             ));
             return Source::default();
         }
     };
-    out.extend(from_vmx(
-        &name,
-        &cfg,
-        &keys,
-        false,
-        plan.copies_independent(),
-    ));
+    out.extend(from_vmx(&cfg, &keys, false, plan.copies_independent()));
     let mut capacities = Vec::new();
     for disk in &cfg.disks {
         let base = vmdk::resolve_chain(&disk.file_name, &plan.open)
@@ -112,13 +106,7 @@ fn esx(plan: &ImportPlan, url: &str, out: &mut Vec<Finding>) -> Source {
             return Source::default();
         }
     };
-    out.extend(from_vmx(
-        &name,
-        &cfg,
-        &keys,
-        true,
-        plan.copies_independent(),
-    ));
+    out.extend(from_vmx(&cfg, &keys, true, plan.copies_independent()));
     esx_state(&vm, out);
     let capacities = esx_disks(&vm, &cfg, outside, out);
     Source {
@@ -180,27 +168,25 @@ fn esx_disks(vm: &Vm, cfg: &VmxConfig, outside: bool, out: &mut Vec<Finding>) ->
     capacities
 }
 
-/// The findings a `.vmx` gives by itself (`esx`: read on an ESXi host, where independent disks
+/// The findings a `.vmx` gives by itself (the VM's name is in its report's rows) (`esx`: read on an ESXi host, where independent disks
 /// are not taken; `copy_independent`: `--copy-independent` was given).
 pub fn from_vmx(
-    name: &str,
     cfg: &VmxConfig,
     keys: &BTreeMap<String, String>,
     esx: bool,
     copy_independent: bool,
 ) -> Vec<Finding> {
     let mut out = Vec::new();
-    disks(name, cfg, keys, esx, copy_independent, &mut out);
-    shared_buses(name, keys, &mut out);
-    security(name, keys, &mut out);
-    left_behind(name, cfg, keys, &mut out);
-    out.push(guest_os(name, cfg));
+    disks(cfg, keys, esx, copy_independent, &mut out);
+    shared_buses(keys, &mut out);
+    security(keys, &mut out);
+    left_behind(cfg, keys, &mut out);
+    out.push(guest_os(cfg));
     out
 }
 
 /// Independent, multi-writer and raw disks.
 fn disks(
-    name: &str,
     cfg: &VmxConfig,
     keys: &BTreeMap<String, String>,
     esx: bool,
@@ -216,23 +202,23 @@ fn disks(
         };
         if d.independent {
             out.push(match (esx, copy_independent) {
-                (true, _) => finding(Severity::Error, format!("{name}: disk {slot} ({file}) is independent: in no snapshot, and locked while the VM runs"), "make it dependent in vSphere (VM powered off), or copy the VM's files and import the local .vmx with --copy-independent"),
-                (false, false) => finding(Severity::Error, format!("{name}: disk {slot} ({file}) is independent: in no snapshot, so no delta brings it up to date"), "give --copy-independent to copy it whole after the VM is shut down (in the outage), or make it dependent in vSphere"),
-                (false, true) => finding(Severity::Warning, format!("{name}: disk {slot} ({file}) is independent: copied whole after the VM is shut down, in the outage"), "make it dependent in vSphere to have it copied before the outage"),
+                (true, _) => finding(Severity::Error, format!("disk {slot} ({file}) is independent: in no snapshot, and locked while the VM runs"), "make it dependent in vSphere (VM powered off), or copy the VM's files and import the local .vmx with --copy-independent"),
+                (false, false) => finding(Severity::Error, format!("disk {slot} ({file}) is independent: in no snapshot, so no delta brings it up to date"), "give --copy-independent to copy it whole after the VM is shut down (in the outage), or make it dependent in vSphere"),
+                (false, true) => finding(Severity::Warning, format!("disk {slot} ({file}) is independent: copied whole after the VM is shut down, in the outage"), "make it dependent in vSphere to have it copied before the outage"),
             });
         }
         if key("sharing").is_some_and(|s| s.contains("multi")) {
-            out.push(finding(Severity::Error, format!("{name}: disk {slot} ({file}) is multi-writer: other VMs write it too, and VMware snapshots no such disk"), "migrate the cluster's shared disks on their own (a <shareable/> volume on KVM) and remove the disk from this VM first"));
+            out.push(finding(Severity::Error, format!("disk {slot} ({file}) is multi-writer: other VMs write it too, and VMware snapshots no such disk"), "migrate the cluster's shared disks on their own (a <shareable/> volume on KVM) and remove the disk from this VM first"));
         }
         if key("devicetype").is_some_and(|t| t == "rawdisk") {
-            out.push(rdm(name, &slot, &file.to_string()));
+            out.push(rdm(&slot, &file.to_string()));
         }
     }
 }
 
 /// An RDM: a SAN LUN mapped into the VM, not a file.
-fn rdm(name: &str, slot: &str, file: &str) -> Finding {
-    rdm_said(format!("{name}: disk {slot} ({file}) is a raw device mapping (RDM): a LUN, not a file on the datastore (a physical RDM cannot be snapshotted)"))
+fn rdm(slot: &str, file: &str) -> Finding {
+    rdm_said(format!("disk {slot} ({file}) is a raw device mapping (RDM): a LUN, not a file on the datastore (a physical RDM cannot be snapshotted)"))
 }
 
 fn rdm_said(what: String) -> Finding {
@@ -244,38 +230,39 @@ fn rdm_said(what: String) -> Finding {
 }
 
 /// SCSI controllers whose bus is shared with other VMs (`scsiN.sharedBus`).
-fn shared_buses(name: &str, keys: &BTreeMap<String, String>, out: &mut Vec<Finding>) {
+fn shared_buses(keys: &BTreeMap<String, String>, out: &mut Vec<Finding>) {
     for (k, v) in keys {
         let Some(ctl) = k.strip_suffix(".sharedbus") else {
             continue;
         };
         if !v.eq_ignore_ascii_case("none") && !v.is_empty() {
-            out.push(finding(Severity::Error, format!("{name}: controller {ctl} shares its bus ({v}) with other VMs: its disks are shared, and VMware snapshots no such VM"), "migrate the cluster's shared disks on their own (a <shareable/> volume on KVM) and remove the shared controller from this VM first"));
+            out.push(finding(Severity::Error, format!("controller {ctl} shares its bus ({v}) with other VMs: its disks are shared, and VMware snapshots no such VM"), "migrate the cluster's shared disks on their own (a <shareable/> volume on KVM) and remove the shared controller from this VM first"));
         }
     }
 }
 
 /// A vTPM, and VM encryption.
-fn security(name: &str, keys: &BTreeMap<String, String>, out: &mut Vec<Finding>) {
+fn security(keys: &BTreeMap<String, String>, out: &mut Vec<Finding>) {
     if keys.get("vtpm.present").is_some_and(|v| is_true(v)) {
-        out.push(finding(Severity::Warning, format!("{name}: has a vTPM: its keys stay with VMware (BitLocker asks for its recovery key, sealed secrets are lost)"), "have the BitLocker recovery keys at hand (or suspend BitLocker) before the cutover; give the domain a TPM (swtpm) after"));
+        out.push(finding(Severity::Warning, format!("has a vTPM: its keys stay with VMware (BitLocker asks for its recovery key, sealed secrets are lost)"), "have the BitLocker recovery keys at hand (or suspend BitLocker) before the cutover; give the domain a TPM (swtpm) after"));
     }
     if keys.contains_key("encryption.keysafe") || keys.contains_key("encryption.data") {
-        out.push(finding(Severity::Error, format!("{name}: the VM is encrypted (VM Encryption): its disks on the datastore are ciphertext"), "decrypt it in vSphere (VM Options > Encryption, VM powered off), then migrate"));
+        out.push(finding(
+            Severity::Error,
+            format!(
+                "the VM is encrypted (VM Encryption): its disks on the datastore are ciphertext"
+            ),
+            "decrypt it in vSphere (VM Options > Encryption, VM powered off), then migrate",
+        ));
     }
 }
 
 /// CD-ROMs, USB, serial and other devices a domain does not get.
-fn left_behind(
-    name: &str,
-    cfg: &VmxConfig,
-    keys: &BTreeMap<String, String>,
-    out: &mut Vec<Finding>,
-) {
+fn left_behind(cfg: &VmxConfig, keys: &BTreeMap<String, String>, out: &mut Vec<Finding>) {
     for cd in &cfg.cdroms {
         out.push(finding(
             Severity::Info,
-            format!("{name}: CD-ROM {cd} is not migrated"),
+            format!("CD-ROM {cd} is not migrated"),
             "attach the ISO to the domain after the migration if the guest needs it",
         ));
     }
@@ -300,29 +287,25 @@ fn left_behind(
     ];
     for (prefix, severity, way_out) in kinds {
         for dev in present(prefix) {
-            out.push(finding(
-                severity,
-                format!("{name}: {dev} is not migrated"),
-                way_out,
-            ));
+            out.push(finding(severity, format!("{dev} is not migrated"), way_out));
         }
     }
 }
 
 /// The guest OS and the template it maps to.
-fn guest_os(name: &str, cfg: &VmxConfig) -> Finding {
+fn guest_os(cfg: &VmxConfig) -> Finding {
     let g = &cfg.guest_os;
     if g.is_empty() {
         return finding(
             Severity::Warning,
-            format!("{name}: no guestOS: treated as a Linux guest (virtio devices)"),
+            format!("no guestOS: treated as a Linux guest (virtio devices)"),
             "give --os windows for a Windows guest; test-boot the copy before the cutover",
         );
     }
     match cfg.os {
-        OsFamily::Windows => finding(Severity::Info, format!("{name}: guestOS {g:?}: a Windows guest ({})", if cfg.legacy_machine { "pc machine, IDE disks, e1000" } else { "q35, SATA disks, e1000e" }), "for virtio later: --driver-disk in stage 2, then --switch-to-virtio"),
-        OsFamily::Linux if vmx::known_linux(g) => finding(Severity::Info, format!("{name}: guestOS {g:?}: a Linux guest (virtio devices)"), "-"),
-        OsFamily::Linux => finding(Severity::Warning, format!("{name}: guestOS {g:?} is neither Windows nor a known Linux: given the Linux (virtio) template"), "give --os windows or --os linux as the guest is; test-boot the copy before the cutover"),
+        OsFamily::Windows => finding(Severity::Info, format!("guestOS {g:?}: a Windows guest ({})", if cfg.legacy_machine { "pc machine, IDE disks, e1000" } else { "q35, SATA disks, e1000e" }), "for virtio later: --driver-disk in stage 2, then --switch-to-virtio"),
+        OsFamily::Linux if vmx::known_linux(g) => finding(Severity::Info, format!("guestOS {g:?}: a Linux guest (virtio devices)"), "-"),
+        OsFamily::Linux => finding(Severity::Warning, format!("guestOS {g:?} is neither Windows nor a known Linux: given the Linux (virtio) template"), "give --os windows or --os linux as the guest is; test-boot the copy before the cutover"),
     }
 }
 
@@ -372,7 +355,7 @@ mod tests {
     fn findings(text: &[u8], esx: bool, copy_independent: bool) -> Vec<Finding> {
         let keys = vmx::vmx_keys(text, "t.vmx").unwrap().0;
         let cfg = vmx::parse_vmx_str(text, "t.vmx").unwrap();
-        from_vmx("t.vmx", &cfg, &keys, esx, copy_independent)
+        from_vmx(&cfg, &keys, esx, copy_independent)
     }
 
     /// The finding whose text has `what`, with its severity.
@@ -414,9 +397,9 @@ mod tests {
             sev("CD-ROM sata0:0: /vmfs/volumes/ds1/iso/install.iso is not migrated"),
             Severity::Info
         );
-        assert_eq!(sev("t.vmx: usb is not migrated"), Severity::Warning);
-        assert_eq!(sev("t.vmx: usb_xhci is not migrated"), Severity::Warning);
-        assert_eq!(sev("t.vmx: serial0 is not migrated"), Severity::Warning);
+        assert_eq!(sev("usb is not migrated"), Severity::Warning);
+        assert_eq!(sev("usb_xhci is not migrated"), Severity::Warning);
+        assert_eq!(sev("serial0 is not migrated"), Severity::Warning);
         assert_eq!(
             sev("guestOS \"freebsd12-64\" is neither Windows nor a known Linux"),
             Severity::Warning
