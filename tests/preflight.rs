@@ -134,6 +134,22 @@ fn an_esxi_plan_check_reads_only_and_says_each_finding_with_its_way_out() {
     assert_eq!(code, Some(0), "{table}");
     assert_eq!(doc["vms"][0]["result"], "done", "{doc:#}");
     assert!(!domain_exists(&name), "no domain defined");
+
+    // A chain as deep as this tool lets it get: an error naming the way out, no snapshot.
+    for n in 1..=29 {
+        esx.add_snapshot_record(31, n, &format!("backup-{n}"));
+    }
+    let (code, doc, table) = check(&esx, &plan_ok);
+    assert_eq!(code, Some(1), "{table}");
+    let deep = finding(
+        &doc["vms"][0]["preflight"],
+        "its snapshot chain is 29 deep; this tool takes none over 29",
+    );
+    assert_eq!(deep["severity"], "error");
+    assert!(deep["way_out"]
+        .as_str()
+        .unwrap()
+        .contains("remove or consolidate"));
     only_queries(&esx, &before);
 }
 
@@ -200,5 +216,36 @@ fn a_dry_run_of_stage_one_starts_with_the_preflight_fails_on_its_errors_and_make
     assert!(
         tp.pool.raw().list_volumes().unwrap().is_empty(),
         "no volume made"
+    );
+
+    // The name taken by another tool's domain: a warning, and that domain left as it was.
+    let xml = format!(
+        "<domain type='{}'><name>{name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os></domain>",
+        tp.conn.domain_type()
+    );
+    tp.define_domain(&xml);
+    let before = util::vmximport::dumpxml(&name);
+    let out = std::process::Command::new(util::BIN)
+        .args([
+            "-c",
+            "qemu:///system",
+            "--domain",
+            &name,
+            "--pool",
+            &tp.name,
+        ])
+        .args(["--vmx", vmx, "--dry-run", "--json"])
+        .output()
+        .unwrap();
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let taken = finding(
+        &doc["preflight"],
+        "is taken on qemu:///system by a domain without import state",
+    );
+    assert_eq!(taken["severity"], "warning");
+    assert_eq!(
+        util::vmximport::dumpxml(&name),
+        before,
+        "the domain unchanged"
     );
 }
