@@ -347,6 +347,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn get_guest_gives_the_tools_running_status_and_an_answer_without_it_is_refused() {
+        // ESX-REAL.md section 5 [IDX 3708321265], fields cut.
+        let out = "Guest information:\n\n(vim.vm.GuestInfo) {\n   toolsStatus = \"toolsOk\", \n   toolsRunningStatus = \"guestToolsRunning\", \n   toolsVersion = \"11333\", \n";
+        let cmd = "vim-cmd vmsvc/get.guest 7";
+        assert_eq!(parse_tools_status(cmd, out).unwrap(), "guestToolsRunning");
+        let off = out.replace("guestToolsRunning", "guestToolsNotRunning");
+        assert_eq!(
+            parse_tools_status(cmd, &off).unwrap(),
+            "guestToolsNotRunning"
+        );
+        let e = parse_tools_status(cmd, "Guest information:\n").unwrap_err();
+        assert!(
+            format!("{e:#}").contains("no toolsRunningStatus field"),
+            "{e:#}"
+        );
+    }
+
+    #[test]
     fn getallvms_rows_are_anchored_on_the_vmid_and_asked_for_their_vmx_path() {
         let out = "Vmid     Name                    File                     Guest OS       Version         Annotation\n\
             2      xx         [datastore1] xx/xx.vmx               rhel8_64Guest     vmx-14\n\

@@ -6,14 +6,13 @@ pub mod table;
 mod vmware;
 
 pub use finding::{Finding, Report, Severity, Side};
-pub use vmware::{from_vmx, snapshot_room, tools_finding, unreadable_disk};
 
 use crate::import::ImportPlan;
 
 /// Set by `plan check` for its children's dry runs: the plan showed their preflight already.
 pub const SHOWN_ENV: &str = "VMDKIMPORT_PREFLIGHT_SHOWN";
 
-/// Whether a run of `plan` starts with the preflight: a dry run of stage 1, unless `plan
+/// Whether an import run starts with the preflight: a dry run of stage 1, unless `plan
 /// check` showed it already ([`SHOWN_ENV`]).
 pub fn wanted(plan: &ImportPlan) -> bool {
     plan.is_stage_one_dry_run() && std::env::var_os(SHOWN_ENV).is_none()
@@ -39,14 +38,14 @@ pub fn dry_run(plan: &ImportPlan) -> anyhow::Result<()> {
     let report = check(plan);
     log::info!(
         "preflight of '{}':\n{}",
-        plan.domain,
+        crate::escape::sanitize(&plan.domain),
         table::render(&[&report])
     );
     table::keep(&report);
     anyhow::ensure!(
         report.errors() == 0,
         "preflight of '{}': {} error(s) block the migration (the table above says each one's way out); nothing was made",
-        plan.domain,
+        crate::escape::sanitize(&plan.domain),
         report.errors()
     );
     Ok(())
