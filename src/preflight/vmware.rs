@@ -244,14 +244,13 @@ fn shared_buses(keys: &BTreeMap<String, String>, out: &mut Vec<Finding>) {
 /// A vTPM, and VM encryption.
 fn security(keys: &BTreeMap<String, String>, out: &mut Vec<Finding>) {
     if keys.get("vtpm.present").is_some_and(|v| is_true(v)) {
-        out.push(finding(Severity::Warning, format!("has a vTPM: its keys stay with VMware (BitLocker asks for its recovery key, sealed secrets are lost)"), "have the BitLocker recovery keys at hand (or suspend BitLocker) before the cutover; give the domain a TPM (swtpm) after"));
+        out.push(finding(Severity::Warning, "has a vTPM: its keys stay with VMware (BitLocker asks for its recovery key, sealed secrets are lost)".to_string(), "have the BitLocker recovery keys at hand (or suspend BitLocker) before the cutover; give the domain a TPM (swtpm) after"));
     }
     if keys.contains_key("encryption.keysafe") || keys.contains_key("encryption.data") {
         out.push(finding(
             Severity::Error,
-            format!(
-                "the VM is encrypted (VM Encryption): its disks on the datastore are ciphertext"
-            ),
+            "the VM is encrypted (VM Encryption): its disks on the datastore are ciphertext"
+                .to_string(),
             "decrypt it in vSphere (VM Options > Encryption, VM powered off), then migrate",
         ));
     }
@@ -298,7 +297,7 @@ fn guest_os(cfg: &VmxConfig) -> Finding {
     if g.is_empty() {
         return finding(
             Severity::Warning,
-            format!("no guestOS: treated as a Linux guest (virtio devices)"),
+            "no guestOS: treated as a Linux guest (virtio devices)".to_string(),
             "give --os windows for a Windows guest; test-boot the copy before the cutover",
         );
     }
