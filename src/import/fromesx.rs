@@ -17,8 +17,9 @@ use crate::state::{lifecycle, metadata};
 use crate::state::{AppliedDelta, DiskState, ImportState, Outage, SyncRound};
 use crate::vmdk::{Chain, DiskId, Parent};
 
-/// What `--sync` froze: the snapshot's name, the work, and the extents the VM writes into now.
-type Frozen = (String, Vec<DiskWork>, Vec<String>);
+/// What `--sync` froze: the snapshot's name, the work, and the extents the VM writes into now
+/// (None when one cannot be named: the final size is then unknown).
+type Frozen = (String, Vec<DiskWork>, Option<Vec<String>>);
 
 /// One delta opened over ssh, its pieces listed (every table read and checked).
 struct Opened {
@@ -488,7 +489,7 @@ fn sync(
         Err(e) => return Err(undo(conn, found, st, e)),
     };
     let moved = apply(vm, &dom, st, targets, &work, &cache, o.jobs)?;
-    let round = sync_round(vm, st, &moved, &tops);
+    let round = sync_round(vm, st, &moved, tops.as_deref());
     st.syncs.push(round);
     metadata::write(&dom, st)?;
     log::info!(
@@ -511,11 +512,11 @@ fn sync(
 }
 
 /// The record of a round that applied `moved`: its figures, the final deltas' size now (the
-/// extents of `tops`, which the VM writes into; None when the host does not say), the time
+/// extents of `tops`, which the VM writes into; None when they or their sizes are unknown), the time
 /// since the previous round.
-fn sync_round(vm: &Vm, st: &ImportState, moved: &Moved, tops: &[String]) -> SyncRound {
-    let final_bytes = match vm.total_size(tops) {
-        Ok(b) => Some(b),
+fn sync_round(vm: &Vm, st: &ImportState, moved: &Moved, tops: Option<&[String]>) -> SyncRound {
+    let final_bytes = match tops.map(|t| vm.total_size(t)).transpose() {
+        Ok(b) => b,
         Err(e) => {
             log::debug!("the final deltas' size: {e:#}");
             None
@@ -569,11 +570,13 @@ fn freeze(
     }
     let frozen = |c: &RemoteChain| c.deltas.len().saturating_sub(1);
     let work = prepare(vm, st, &chains, &frozen, false, cache, jobs)?;
+    // Only for the projection: a top it cannot name leaves the final size unknown.
     let tops = chains
         .iter()
         .filter_map(|c| c.deltas.last())
         .map(extent_path)
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>>>()
+        .ok();
     Ok(Some((snap, work, tops)))
 }
 
