@@ -270,6 +270,43 @@ mod tests {
     }
 
     #[test]
+    fn the_projection_is_shown_until_the_cutover() {
+        use crate::state::{DiskState, HandOver, HandOverHow, SyncRound, TrialRecord};
+        let mut st = ImportState {
+            disks: vec![DiskState {
+                base_uploaded: true,
+                ..Default::default()
+            }],
+            trial: Some(TrialRecord {
+                started: true,
+                start_ms: Some(500),
+                ..Default::default()
+            }),
+            syncs: vec![SyncRound {
+                read: Some(10 << 20),
+                ms: 1000,
+                final_bytes: Some(5 << 20),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(opt_projection(Some(&st)), "about 1.0 s");
+        let table = domain_table("web1", "qemu:///system", &st);
+        assert!(
+            table.contains(
+                "projected cutover  a cutover now: about 1.0 s (5.0 MiB to read at 10.0 MiB/s"
+            ),
+            "{table}"
+        );
+        assert_eq!(projection_json(&st).unwrap()["ms"], 1000);
+        st.handed_over = Some(HandOver {
+            at: None,
+            how: HandOverHow::NoStart,
+        });
+        assert_eq!(opt_projection(Some(&st)), "-");
+    }
+
+    #[test]
     fn tables_pad_every_column_but_the_last() {
         let t = table(&["A", "BB"], &[vec!["xyz".into(), "1".into()]]);
         assert_eq!(t, "A    BB\nxyz  1");
