@@ -56,7 +56,8 @@ pub enum Command {
 /// What `plan` does for each VM of the plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Action {
-    /// Check everything that can be checked (each VM's next step with --dry-run); change nothing.
+    /// The preflight of every VM (one table: each finding's severity and way out), then each
+    /// VM's next step with --dry-run; change nothing.
     Check,
     /// Stage 1 of every VM whose stage 1 is not done: volumes, domain, base upload, trial start.
     Stage1,
@@ -218,7 +219,8 @@ pub struct Cli {
     #[arg(long)]
     pub print_xml: bool,
 
-    /// Say what would be created and written, change nothing.
+    /// Say what would be created and written, change nothing; stage 1's starts with the
+    /// preflight (a table of what will go wrong, each with its way out) and fails on its errors.
     #[arg(long)]
     pub dry_run: bool,
 

@@ -111,11 +111,8 @@ fn pool(conn: &Conn, plan: &ImportPlan, source: &Source, made: bool, out: &mut V
         .raw()
         .xml_desc(0)
         .ok()
-        .and_then(|x| {
-            x.split("type='")
-                .nth(1)
-                .map(|t| t.split('\'').next().unwrap_or("").to_string())
-        })
+        .and_then(|x| crate::xmltree::parse(&x).ok())
+        .and_then(|e| e.get_attr("type").map(str::to_string))
         .unwrap_or_default();
     match pool.raw().info() {
         Ok(info) => out.push(space(
