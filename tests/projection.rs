@@ -59,6 +59,12 @@ fn rounds_until_an_outage_stop_for_each_reason_and_say_which() {
         log.contains("a cutover now: about ") && log.contains("MiB/s, applied, plus the start"),
         "{log}"
     );
+    for l in log
+        .lines()
+        .filter(|l| l.contains("sync round") || l.contains("a cutover now"))
+    {
+        println!("{l}");
+    }
 
     // A target no round can meet: the limit.
     let (code, doc, lines) = plan(
