@@ -31,9 +31,14 @@ pub fn preflight(vm: &FleetVm) -> Report {
     }
 }
 
-/// Every VM's preflight, the table said; the reports in `vms`'s order.
+/// Every VM's preflight, the table said; the reports in `vms`'s order (fewer after Ctrl-C:
+/// the VMs not reached have none, and the run stops before any dry run).
 pub fn preflights(vms: &[FleetVm]) -> Vec<Report> {
-    let reports: Vec<Report> = vms.iter().map(preflight).collect();
+    let reports: Vec<Report> = vms
+        .iter()
+        .take_while(|_| crate::interrupt::received().is_none())
+        .map(preflight)
+        .collect();
     let all: Vec<&Report> = reports.iter().collect();
     log::info!("preflight:\n{}", preflight::table::render(&all));
     reports
