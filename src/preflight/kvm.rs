@@ -252,6 +252,18 @@ pub fn machine_finding(
             host_cause(&Problem::Firmware, uri).unwrap_or_default(),
         );
     }
+    let secure = caps
+        .split("<enum name='secure'>")
+        .nth(1)
+        .and_then(|r| r.split("</enum>").next())
+        .is_some_and(|e| e.contains("<value>yes</value>"));
+    if firmware == (Firmware::Efi { secure_boot: true }) && !secure {
+        return finding(
+            Severity::Error,
+            format!("{what}: the host's firmware offers no secure boot"),
+            host_cause(&Problem::Smm, uri).unwrap_or_default(),
+        );
+    }
     if virt == "qemu" {
         return finding(
             Severity::Warning,
@@ -310,6 +322,18 @@ mod tests {
         assert_eq!(
             machine_finding("q35", Firmware::Bios, "qemu", Some(caps), "u").severity,
             Severity::Warning
+        );
+        let sb = Firmware::Efi { secure_boot: true };
+        let no_sb = machine_finding("q35", sb, "kvm", Some(caps), "u");
+        assert!(
+            no_sb.severity == Severity::Error && no_sb.what.contains("no secure boot"),
+            "{no_sb:?}"
+        );
+        let with_sb =
+            format!("{caps}<enum name='secure'><value>yes</value><value>no</value></enum>");
+        assert_eq!(
+            machine_finding("q35", sb, "kvm", Some(&with_sb), "u").severity,
+            Severity::Info
         );
     }
 
