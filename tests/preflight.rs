@@ -1,4 +1,4 @@
-//! The preflight end to end: `plan check` of a VM on the stand-in ESXi host reads only (nothing on ESXi but queries, nothing made in libvirt) and says each finding in its table and its JSON; stage 1's `--dry-run` of a troubled local .vmx starts with the table, fails on its errors and makes nothing.
+//! The preflight end to end: `plan check` of VMs on the stand-in ESXi host reads only (nothing on ESXi but queries, nothing made in libvirt) and says each finding (network, Tools, snapshot room, an RDM, the power) in its table and its JSON; stage 1's `--dry-run` of a troubled local .vmx starts with the table, fails on its errors and makes nothing, and warns of a name another tool's domain holds.
 
 mod util;
 
@@ -248,4 +248,56 @@ fn a_dry_run_of_stage_one_starts_with_the_preflight_fails_on_its_errors_and_make
         before,
         "the domain unchanged"
     );
+}
+
+#[test]
+fn an_rdm_on_esxi_is_named_an_rdm_and_a_powered_off_vm_needs_no_shutdown() {
+    let esx = StandIn::start();
+    let tp = TestPool::new("pf-rdm");
+    let dir = esx.vm_dir("db");
+    util::vmximport::flat_base(
+        &dir,
+        "db",
+        &util::fixtures::patterned(0x77, 1 << 20),
+        0x1111,
+    );
+    // A physical RDM's mapping file, as vmkfstools -z writes it.
+    std::fs::write(
+        dir.join("db_1.vmdk"),
+        "# Disk DescriptorFile\nversion=1\nCID=00002222\nparentCID=ffffffff\n\
+         createType=\"vmfsPassthroughRawDeviceMap\"\nRW 2048 VMFSRDM \"db_1-rdmp.vmdk\"\n",
+    )
+    .unwrap();
+    let vmx = util::esx::vmx_text("db", &["db.vmdk", "db_1.vmdk"]);
+    std::fs::write(dir.join("db.vmx"), vmx).unwrap();
+    esx.register(5, "db", "db/db.vmx", false, "sesparse", "");
+    let name = unique_name("pf-rdm");
+    tp.track_domain(&name);
+    let text = format!(
+        "[[vm]]\nname = \"{name}\"\nvmx = \"{}\"\nconnect = \"qemu:///system\"\npool = \"{}\"\ncpu = \"default\"\n",
+        esx.url("db/db.vmx"),
+        tp.name
+    );
+    let path = tp.dir.join("plan.toml");
+    std::fs::write(&path, text).unwrap();
+
+    let (code, doc, table) = check(&esx, &path.display().to_string());
+    assert_eq!(code, Some(1), "{table}");
+    let pre = &doc["vms"][0]["preflight"];
+    let rdm = finding(pre, "disk scsi0:1 is a raw device mapping (RDM)");
+    assert_eq!(rdm["severity"], "error");
+    assert!(
+        rdm["way_out"].as_str().unwrap().contains("present the LUN"),
+        "{rdm}"
+    );
+    assert_eq!(pre["errors"], 1, "only the RDM: {pre:#}");
+    assert_eq!(finding(pre, "the VM is powered off")["severity"], "info");
+    // The one readable disk's capacity is counted; no get.guest for a VM that is off.
+    assert_eq!(
+        finding(pre, "free for disks of 1.0 MiB")["severity"],
+        "info"
+    );
+    let sent = only_queries(&esx, "");
+    assert!(!sent.contains("get.guest"), "{sent}");
+    assert!(!domain_exists(&name), "no domain defined");
 }
