@@ -56,7 +56,8 @@ pub enum Command {
 /// What `plan` does for each VM of the plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Action {
-    /// Check everything that can be checked (each VM's next step with --dry-run); change nothing.
+    /// The preflight of every VM (one table: each finding's severity and way out), then each
+    /// VM's next step with --dry-run; change nothing.
     Check,
     /// Stage 1 of every VM whose stage 1 is not done: volumes, domain, base upload, trial start.
     Stage1,
@@ -83,7 +84,19 @@ pub struct PlanArgs {
     /// standard output; the per-VM lines and the table go to standard error.
     #[arg(long)]
     pub json: bool,
+    /// `plan sync`: repeat the pre-copy rounds of each VM until a cutover's projected outage
+    /// is under this (seconds, or 30s, 2m), its final delta stops shrinking, or --max-rounds
+    /// rounds ran; says which.
+    #[arg(long, value_name = "DURATION", value_parser = crate::units::parse_timeout)]
+    pub until_outage: Option<std::time::Duration>,
+    /// With --until-outage: at most this many rounds per VM (each takes a migration snapshot).
+    #[arg(long, value_name = "N", requires = "until_outage")]
+    pub max_rounds: Option<u32>,
 }
+
+/// `--max-rounds` when not given: five rounds usually bring the delta down to what the VM
+/// writes in one round's time; each takes a snapshot, and the chain's room is limited.
+pub const DEFAULT_MAX_ROUNDS: u32 = 5;
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -206,7 +219,8 @@ pub struct Cli {
     #[arg(long)]
     pub print_xml: bool,
 
-    /// Say what would be created and written, change nothing.
+    /// Say what would be created and written, change nothing; stage 1's starts with the
+    /// preflight (a table of what will go wrong, each with its way out) and fails on its errors.
     #[arg(long)]
     pub dry_run: bool,
 

@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use anyhow::{ensure, Context, Result};
 
 use crate::apply::run_target;
-use crate::cli::Cli;
-use crate::cli::Command;
+use crate::cli::{Action, Cli, Command, PlanArgs};
 use crate::import::ImportPlan;
 use crate::vmdk::{Chain, OpenOptions};
 use crate::{domain_xml, libvirt};
@@ -37,6 +36,9 @@ impl<'a> Plan<'a> {
     /// The plan for `cli`. Pure: opens nothing, connects nowhere.
     pub fn from_cli(cli: &'a Cli) -> Result<Plan<'a>> {
         if let Some(cmd) = &cli.command {
+            if let Command::Plan(a) = cmd {
+                check_rounds(a)?;
+            }
             return Ok(Plan::Fleet(cmd));
         }
         if let Some(target) = &cli.target {
@@ -84,9 +86,32 @@ impl<'a> Plan<'a> {
                 domain,
                 show_only,
             } => switch_to_virtio(uri.as_deref(), &domain, show_only),
-            Plan::Import(plan) => crate::import::run(*plan),
+            Plan::Import(plan) => {
+                if crate::preflight::wanted(&plan) {
+                    crate::preflight::dry_run(&plan)?;
+                }
+                crate::import::run(*plan)
+            }
         }
     }
+}
+
+/// `--until-outage` and `--max-rounds` go with `plan sync`; the rounds leave room in the VM's
+/// snapshot chain (stage 1 took one snapshot).
+fn check_rounds(a: &PlanArgs) -> Result<()> {
+    ensure!(
+        a.until_outage.is_none() || a.action == Action::Sync,
+        "--until-outage goes with plan sync (pre-copy rounds until a cutover's projected outage is under it)"
+    );
+    let most = crate::esx::host::MAX_CHAIN_BEFORE_OURS - 1;
+    if let Some(n) = a.max_rounds {
+        ensure!(
+            (1..=most as u32).contains(&n),
+            "--max-rounds {n}: from 1 to {most} (each round takes a migration snapshot; this tool takes none over a chain {} deep)",
+            most + 1
+        );
+    }
+    Ok(())
 }
 
 /// A shut-off domain's disks and NICs made virtio (MACs kept); `show_only` prints the XML.
@@ -276,6 +301,57 @@ mod tests {
         refused(
             &import(&["--flat", "/x/b.vmdk", "--nic-names", "vmware"]),
             "give --vmx",
+        );
+    }
+
+    #[test]
+    fn rounds_until_an_outage_go_with_plan_sync_and_leave_room_in_the_chain() {
+        plan(&["plan", "sync", "p.toml", "--until-outage", "30s"]).unwrap();
+        plan(&[
+            "plan",
+            "sync",
+            "p.toml",
+            "--until-outage",
+            "1m",
+            "--max-rounds",
+            "3",
+        ])
+        .unwrap();
+        refused(
+            &["plan", "cutover", "p.toml", "--until-outage", "30s"],
+            "--until-outage goes with plan sync",
+        );
+        refused(
+            &["plan", "sync", "p.toml", "--max-rounds", "3"],
+            "--until-outage",
+        );
+        refused(
+            &[
+                "plan",
+                "sync",
+                "p.toml",
+                "--until-outage",
+                "30s",
+                "--max-rounds",
+                "0",
+            ],
+            "from 1 to 28",
+        );
+        refused(
+            &[
+                "plan",
+                "sync",
+                "p.toml",
+                "--until-outage",
+                "30s",
+                "--max-rounds",
+                "29",
+            ],
+            "from 1 to 28",
+        );
+        refused(
+            &["plan", "sync", "p.toml", "--until-outage", "0s"],
+            "longer than zero",
         );
     }
 

@@ -126,6 +126,22 @@ pub fn state_of(uri: Option<&str>, name: &str) -> (Option<String>, Value) {
     (Some(conn.uri().to_owned()), value)
 }
 
+static PREFLIGHT: std::sync::Mutex<Option<Value>> = std::sync::Mutex::new(None);
+
+/// Keep the run's preflight (as JSON) for its document.
+pub fn keep_preflight(doc: Value) {
+    *PREFLIGHT.lock().unwrap_or_else(|e| e.into_inner()) = Some(doc);
+}
+
+/// The run's preflight, when it made one (`null` otherwise).
+fn kept_preflight() -> Value {
+    PREFLIGHT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .unwrap_or(Value::Null)
+}
+
 /// The run's document: see the README's "--json" section for its fields.
 pub fn document(run: &RunInfo) -> Value {
     let kept = crate::out::kept();
@@ -142,6 +158,7 @@ pub fn document(run: &RunInfo) -> Value {
         "ms": run.ms,
         "phases": spans(),
         "notes": kept.notes,
+        "preflight": kept_preflight(),
         "warnings": kept.warnings,
         "state": run.state,
     })

@@ -84,8 +84,17 @@ pub struct StepRecord {
 pub struct SyncRound {
     /// UTC, `YYYY-MM-DDTHH:MM:SSZ`.
     pub at: String,
+    /// Bytes applied (data and zeros).
     pub bytes: u64,
+    /// How long reading and applying took.
     pub ms: u64,
+    /// Bytes read over ssh (the frozen deltas' grains); None in states written before it.
+    pub read: Option<u64>,
+    /// The size of the deltas the VM writes into when the round ends: what a cutover then
+    /// reads (see [`crate::projection`]); None when it could not be had.
+    pub final_bytes: Option<u64>,
+    /// Milliseconds since the previous round (None for the first).
+    pub since_ms: Option<u64>,
 }
 
 /// The figures of a cutover from ESXi, in milliseconds: guest shutdown (the command to powered
@@ -162,6 +171,9 @@ pub struct TrialRecord {
     /// `fixed`, `passthrough` or `none`; None for a domain without Hyper-V enlightenments.
     pub hyperv: Option<String>,
     pub fallbacks: Vec<Fallback>,
+    /// How long the start that succeeded took (QEMU up, paused), the figure a cutover's
+    /// projection adds for the start; None in states written before it.
+    pub start_ms: Option<u64>,
 }
 
 /// One step down the fallback ladder: `what` (`cpu` or `hyperv`) went `from` -> `to` because
@@ -330,6 +342,9 @@ impl ImportState {
             if let Some(h) = &t.hyperv {
                 el = el.attr("hyperv", h);
             }
+            if let Some(ms) = t.start_ms {
+                el = el.attr("start-ms", &ms.to_string());
+            }
             for f in &t.fallbacks {
                 el = el.child(
                     Element::new("fallback")
@@ -342,12 +357,20 @@ impl ImportState {
             root = root.child(el);
         }
         for s in &self.syncs {
-            root = root.child(
-                Element::new("sync")
-                    .attr("at", &s.at)
-                    .attr("bytes", &s.bytes.to_string())
-                    .attr("ms", &s.ms.to_string()),
-            );
+            let mut el = Element::new("sync")
+                .attr("at", &s.at)
+                .attr("bytes", &s.bytes.to_string())
+                .attr("ms", &s.ms.to_string());
+            for (k, v) in [
+                ("read", s.read),
+                ("final-bytes", s.final_bytes),
+                ("since-ms", s.since_ms),
+            ] {
+                if let Some(v) = v {
+                    el = el.attr(k, &v.to_string());
+                }
+            }
+            root = root.child(el);
         }
         root = self.with_steps(root);
         root = self.with_local_applies(root);
@@ -385,6 +408,7 @@ impl ImportState {
             cpu: attr(t, "cpu")?,
             hyperv: t.get_attr("hyperv").map(str::to_string),
             fallbacks: Vec::new(),
+            start_ms: t.get_attr("start-ms").and_then(|v| v.parse().ok()),
         };
         for f in t.elements().filter(|e| e.local_name() == "fallback") {
             rec.fallbacks.push(Fallback {
@@ -446,10 +470,14 @@ impl ImportState {
         };
         let at = |e: &Element| e.get_attr("at").unwrap_or_default().to_string();
         for s in root.elements().filter(|e| e.local_name() == "sync") {
+            let opt = |k: &str| s.get_attr(k).map(|_| num(s, k)).transpose();
             self.syncs.push(SyncRound {
                 at: at(s),
                 bytes: num(s, "bytes")?,
                 ms: num(s, "ms")?,
+                read: opt("read")?,
+                final_bytes: opt("final-bytes")?,
+                since_ms: opt("since-ms")?,
             });
         }
         if let Some(c) = root.elements().find(|e| e.local_name() == "cutover") {
@@ -779,6 +807,26 @@ mod overlay_tests {
 mod tests {
     use super::*;
 
+    /// An older round without the projection's figures, and one with them.
+    fn sync_rounds(nasty: &str) -> Vec<SyncRound> {
+        vec![
+            SyncRound {
+                at: nasty.into(),
+                bytes: 4096,
+                ms: 12,
+                ..Default::default()
+            },
+            SyncRound {
+                at: "2026-11-27T12:00:00Z".into(),
+                bytes: 8192,
+                ms: 40,
+                read: Some(9000),
+                final_bytes: Some(1 << 20),
+                since_ms: Some(60_000),
+            },
+        ]
+    }
+
     fn hostile() -> ImportState {
         let nasty = "a\"b'c<d>e&f\tg\nh\r ]]> &amp; <!-- é 日本";
         ImportState {
@@ -819,11 +867,7 @@ mod tests {
             }),
             defined_by_tool: Some(true),
             os: Some(nasty.into()),
-            syncs: vec![SyncRound {
-                at: nasty.into(),
-                bytes: 4096,
-                ms: 12,
-            }],
+            syncs: sync_rounds(nasty),
             cutover: Some(Outage {
                 at: "2026-11-27T12:00:00Z".into(),
                 shutdown_ms: 1,
@@ -854,6 +898,7 @@ mod tests {
                     to: "host-model".into(),
                     error: nasty.into(),
                 }],
+                start_ms: Some(345),
             }),
         }
     }

@@ -186,6 +186,16 @@ enum Encoding {
 
 /// Parse .vmx text. Disk file names are kept as written (relative names stay relative).
 pub fn parse_vmx_str(text: &[u8], name_for_errors: &str) -> Result<VmxConfig> {
+    let (keys, notes) = vmx_keys(text, name_for_errors)?;
+    build(&keys, notes, name_for_errors)
+}
+
+/// Every key of .vmx text, lowercased, with its value decoded (the last of a repeated key, as
+/// VMware reads it), and the notes decoding left.
+pub fn vmx_keys(
+    text: &[u8],
+    name_for_errors: &str,
+) -> Result<(BTreeMap<String, String>, Vec<String>)> {
     let text = text.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(text);
     let mut notes = Vec::new();
 
@@ -244,7 +254,7 @@ pub fn parse_vmx_str(text: &[u8], name_for_errors: &str) -> Result<VmxConfig> {
         };
         keys.insert(k, s);
     }
-    build(&keys, notes, name_for_errors)
+    Ok((keys, notes))
 }
 
 fn trim_bytes(mut b: &[u8]) -> &[u8] {
@@ -316,7 +326,7 @@ pub fn decode_windows_1252(bytes: &[u8]) -> String {
         .collect()
 }
 
-fn is_true(v: &str) -> bool {
+pub fn is_true(v: &str) -> bool {
     matches!(
         v.trim().to_ascii_lowercase().as_str(),
         "true" | "yes" | "1" | "on"
@@ -464,31 +474,7 @@ fn guest_kind(guest_os: &str, notes: &mut Vec<String>) -> (OsFamily, bool) {
         notes.push("no guestOS: treated as a Linux guest".into());
     }
     let os = os_family(guest_os);
-    if os == OsFamily::Linux
-        && !guest_os.is_empty()
-        && !(guest_os.contains("linux")
-            || [
-                "rhel",
-                "centos",
-                "ubuntu",
-                "debian",
-                "sles",
-                "suse",
-                "oracle",
-                "fedora",
-                "coreos",
-                "asianux",
-                "mandr",
-                "turbo",
-                "redhat",
-                "photon",
-                "almalinux",
-                "rocky",
-                "amazonlinux",
-            ]
-            .iter()
-            .any(|p| guest_os.starts_with(p)))
-    {
+    if os == OsFamily::Linux && !guest_os.is_empty() && !known_linux(guest_os) {
         notes.push(format!(
             "guestOS {guest_os:?} is neither Windows nor a known Linux: given the Linux (virtio) template"
         ));
@@ -515,6 +501,32 @@ fn guest_kind(guest_os: &str, notes: &mut Vec<String>) -> (OsFamily, bool) {
         ));
     }
     (os, legacy_machine)
+}
+
+/// Whether a (lowercased) `guestOS` names a Linux distribution this tool knows.
+pub fn known_linux(guest_os: &str) -> bool {
+    guest_os.contains("linux")
+        || [
+            "rhel",
+            "centos",
+            "ubuntu",
+            "debian",
+            "sles",
+            "suse",
+            "oracle",
+            "fedora",
+            "coreos",
+            "asianux",
+            "mandr",
+            "turbo",
+            "redhat",
+            "photon",
+            "almalinux",
+            "rocky",
+            "amazonlinux",
+        ]
+        .iter()
+        .any(|p| guest_os.starts_with(p))
 }
 
 /// `firmware` and `uefi.secureBoot.enabled`.

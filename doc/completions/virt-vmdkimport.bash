@@ -207,13 +207,21 @@ _virt__vmdkimport() {
             return 0
             ;;
         virt__subcmd__vmdkimport__subcmd__plan)
-            opts="-q -v -h --only --json --quiet --verbose --help check stage1 sync cutover status"
+            opts="-q -v -h --only --json --until-outage --max-rounds --quiet --verbose --help check stage1 sync cutover status"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --only)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --until-outage)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-rounds)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -58,7 +58,7 @@ complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -s v -l ve
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l hyperv-passthrough -d 'Windows guests: give them every Hyper-V enlightenment the host\'s KVM offers (`<hyperv mode=\'passthrough\'/>`) instead of the fixed list, tried alone. Without it, stage 1 keeps the first of the fixed list, passthrough, none that starts'
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l no-start -d 'Do not start the domain after stage 2'
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l print-xml -d 'Print the domain XML and exit without touching the host'
-complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l dry-run -d 'Say what would be created and written, change nothing'
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l dry-run -d 'Say what would be created and written, change nothing; stage 1\'s starts with the preflight (a table of what will go wrong, each with its way out) and fails on its errors'
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l allow-outside-paths -d 'Let descriptors name files outside their own folder (absolute paths, `..`, symlinks)'
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l reupload-base -d 'Stage 1 over a disk whose base upload completed: upload the base again, destroying the deltas applied over it and everything the guest wrote since the hand-over'
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l copy-independent -d 'Copy independent disks whole (they are not in any snapshot, so they cannot be delta-synced)'
@@ -75,6 +75,8 @@ complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -a "plan" 
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -a "status" -d 'Show a domain\'s import state as a table'
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand plan" -l only -d 'Only these VMs of the plan (names, comma-separated)' -r
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand plan" -l until-outage -d '`plan sync`: repeat the pre-copy rounds of each VM until a cutover\'s projected outage is under this (seconds, or 30s, 2m), its final delta stops shrinking, or --max-rounds rounds ran; says which' -r
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand plan" -l max-rounds -d 'With --until-outage: at most this many rounds per VM (each takes a migration snapshot)' -r
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand plan" -l json -d 'Print one JSON document (every VM\'s step, result, phase, bytes, times, error) on standard output; the per-VM lines and the table go to standard error'
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand plan" -s q -l quiet -d 'Quiet: only warnings and errors (no progress lines, no summary)'
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand plan" -s v -l verbose -d 'More detail: -v adds debug lines (the commands run on ESXi, the libvirt calls), -vv more'

@@ -40,15 +40,22 @@ impl RemoteBase {
 /// The .vmx as the host has it now.
 pub(crate) fn read_vmx(ssh: &Ssh, url: &SshUrl) -> Result<VmxConfig> {
     let name = url.with_path(&url.path);
-    let (text, more) = ssh.read_file(&url.path, vmx::MAX_VMX_BYTES)?;
-    ensure!(
-        !more,
-        "{name}: larger than {} bytes: not a .vmx",
-        vmx::MAX_VMX_BYTES
-    );
+    let text = read_vmx_text(ssh, url)?;
     let cfg = vmx::parse_vmx_str(&text, &name)?;
     ensure!(!cfg.disks.is_empty(), "{name}: the VM has no disks");
     Ok(cfg)
+}
+
+/// The .vmx's bytes as the host has them now, refused when too large for a .vmx.
+pub(crate) fn read_vmx_text(ssh: &Ssh, url: &SshUrl) -> Result<Vec<u8>> {
+    let (text, more) = ssh.read_file(&url.path, vmx::MAX_VMX_BYTES)?;
+    ensure!(
+        !more,
+        "{}: larger than {} bytes: not a .vmx",
+        url.with_path(&url.path),
+        vmx::MAX_VMX_BYTES
+    );
+    Ok(text)
 }
 
 /// Independent disks are in no snapshot and stay locked while the VM runs: refused.

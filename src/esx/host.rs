@@ -203,6 +203,12 @@ impl Host<'_> {
         vimcmd::parse_power(&cmd, &a.stdout).map(Some)
     }
 
+    /// `toolsRunningStatus` of `vim-cmd vmsvc/get.guest` (ESX-REAL.md section 5), a query.
+    pub fn tools_status(&self, id: u32) -> Result<String> {
+        let cmd = format!("vim-cmd vmsvc/get.guest {id}");
+        vimcmd::parse_tools_status(&cmd, &self.query(&cmd)?)
+    }
+
     pub fn snapshots(&self, id: u32) -> Result<Vec<Snapshot>> {
         let cmd = format!("vim-cmd vmsvc/snapshot.get {id}");
         vimcmd::parse_snapshots(&cmd, &self.query(&cmd)?)

@@ -14,7 +14,7 @@ use crate::state;
 use crate::vmx::VmxConfig;
 use host::Taking;
 
-pub(crate) use files::{read_vmx, refuse_independent, remote_join, walk_to_base};
+pub(crate) use files::{read_vmx, refuse_independent, remote_join, walk_chain, walk_to_base};
 pub use files::{RemoteBase, RemoteChain, RemoteDelta, SNAPSHOT_NAME};
 
 /// Whether a `--vmx` value is an `ssh://` URL.

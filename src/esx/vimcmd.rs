@@ -110,6 +110,19 @@ fn vm_row(line: &str) -> Option<VmRow> {
 }
 
 /// `Retrieved runtime info` then `Powered on`, `Powered off` or `Suspended`, nothing else.
+/// `toolsRunningStatus` from `get.guest`'s object: its value (`guestToolsRunning`,
+/// `guestToolsNotRunning`, ...). Fields are 3-space indented and end in `, ` (ESX-REAL.md
+/// section 5 [IDX 3708321265]); an answer without the field is refused.
+pub fn parse_tools_status(cmd: &str, out: &str) -> Result<String> {
+    out.lines()
+        .find_map(|l| {
+            let v = l.trim().strip_prefix("toolsRunningStatus = ")?;
+            Some(v.trim_end_matches([',', ' ']).trim_matches('"').to_string())
+        })
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| refuse(cmd, out, "no toolsRunningStatus field"))
+}
+
 pub fn parse_power(cmd: &str, out: &str) -> Result<Power> {
     let lines: Vec<&str> = out
         .lines()
@@ -332,6 +345,24 @@ pub fn transient(out: &str, failed: bool) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn get_guest_gives_the_tools_running_status_and_an_answer_without_it_is_refused() {
+        // ESX-REAL.md section 5 [IDX 3708321265], fields cut.
+        let out = "Guest information:\n\n(vim.vm.GuestInfo) {\n   toolsStatus = \"toolsOk\", \n   toolsRunningStatus = \"guestToolsRunning\", \n   toolsVersion = \"11333\", \n";
+        let cmd = "vim-cmd vmsvc/get.guest 7";
+        assert_eq!(parse_tools_status(cmd, out).unwrap(), "guestToolsRunning");
+        let off = out.replace("guestToolsRunning", "guestToolsNotRunning");
+        assert_eq!(
+            parse_tools_status(cmd, &off).unwrap(),
+            "guestToolsNotRunning"
+        );
+        let e = parse_tools_status(cmd, "Guest information:\n").unwrap_err();
+        assert!(
+            format!("{e:#}").contains("no toolsRunningStatus field"),
+            "{e:#}"
+        );
+    }
 
     #[test]
     fn getallvms_rows_are_anchored_on_the_vmid_and_asked_for_their_vmx_path() {

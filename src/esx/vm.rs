@@ -93,6 +93,35 @@ impl Vm {
         self.host().power(self.id)
     }
 
+    /// Whether VMware Tools run in the guest, as `get.guest` says (`guestToolsRunning`), and
+    /// the status as the host gave it.
+    pub fn tools(&self) -> Result<(bool, String)> {
+        let status = self.host().tools_status(self.id)?;
+        Ok((status == "guestToolsRunning", status))
+    }
+
+    /// The sizes of the files `paths` on the host, summed (one `stat -c %s`, a query).
+    pub fn total_size(&self, paths: &[String]) -> Result<u64> {
+        if paths.is_empty() {
+            return Ok(0);
+        }
+        let quoted: Vec<String> = paths.iter().map(|p| ssh::quote(p)).collect();
+        let cmd = format!("stat -c %s {}", quoted.join(" "));
+        let out = self.ssh.read(&cmd)?;
+        out.lines()
+            .map(|l| {
+                l.trim().parse::<u64>().with_context(|| {
+                    format!("{}: `{cmd}` answered {l:?}, not a size", self.host_name())
+                })
+            })
+            .sum()
+    }
+
+    /// The .vmx's text as the host has it now.
+    pub fn vmx_text(&self) -> Result<Vec<u8>> {
+        super::files::read_vmx_text(&self.ssh, &self.url)
+    }
+
     pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
         self.host().snapshots(self.id)
     }

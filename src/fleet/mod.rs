@@ -1,6 +1,8 @@
 //! Many VMs from one plan file: each VM's step run as a child run of this binary, bounded per KVM host and per source, the state read from and recorded in each domain's metadata, and a summary table at the end.
 
+mod check;
 pub mod report;
+mod rounds;
 mod sched;
 pub mod standing;
 
@@ -80,6 +82,7 @@ enum Outcome {
 }
 
 /// One VM's line of the summary.
+#[derive(Clone)]
 struct Row {
     step: Option<StepKind>,
     outcome: Outcome,
@@ -93,8 +96,30 @@ fn run_plan(a: &PlanArgs) -> Result<()> {
     if a.action == Action::Status {
         return status(&vms, &mut hosts, a.json);
     }
+    if let Some(target) = a.until_outage {
+        return sync_until(&fleet, &vms, &mut hosts, a, target);
+    }
     let check = a.action == Action::Check;
-    let (mut rows, jobs) = decide(&fleet, &vms, &mut hosts, a.action, check);
+    let (mut rows, mut jobs) = decide(&fleet, &vms, &mut hosts, a.action, check);
+    let pre = if check {
+        blocked_by_preflight(&vms, &mut rows, &mut jobs)
+    } else {
+        Vec::new()
+    };
+    run_jobs(&fleet, &vms, &mut hosts, &mut rows, jobs, check)?;
+    summary(&fleet, &vms, &rows, &mut hosts, a, &pre)
+}
+
+/// Run `jobs` within the plan's limits, each VM's row set as its job ends; what is said while
+/// they run.
+fn run_jobs(
+    fleet: &Fleet,
+    vms: &[FleetVm],
+    hosts: &mut Hosts,
+    rows: &mut [Row],
+    jobs: Vec<sched::Job>,
+    check: bool,
+) -> Result<()> {
     std::fs::create_dir_all(&fleet.log_dir)
         .with_context(|| format!("{}: creating the log folder", fleet.log_dir.display()))?;
     let limits = sched::Limits {
@@ -122,7 +147,7 @@ fn run_plan(a: &PlanArgs) -> Result<()> {
     };
     let ended = |j: &sched::Job, fin: sched::Finished| {
         lines.borrow_mut().remove(&j.vm);
-        rows[j.vm] = finish(&mut hosts, &vms[j.vm], j, &fin, check);
+        rows[j.vm] = finish(hosts, &vms[j.vm], j, &fin, check);
     };
     let running = |j: &sched::Job, took: std::time::Duration| {
         let last = sched::last_line(j).unwrap_or_else(|| "no output yet".into());
@@ -150,7 +175,70 @@ fn run_plan(a: &PlanArgs) -> Result<()> {
         running,
     };
     sched::run(jobs, limits, events);
-    summary(&fleet, &vms, &rows, &mut hosts, a)
+    Ok(())
+}
+
+/// `plan sync --until-outage`: rounds for every VM still going, at once within the plan's
+/// limits, until each stops ([`rounds::Going::judge`]); the summary of the last rounds, with
+/// each VM's rounds and reason.
+fn sync_until(
+    fleet: &Fleet,
+    vms: &[FleetVm],
+    hosts: &mut Hosts,
+    a: &PlanArgs,
+    target: std::time::Duration,
+) -> Result<()> {
+    let max = a.max_rounds.unwrap_or(crate::cli::DEFAULT_MAX_ROUNDS);
+    let mut going = vec![rounds::Going::default(); vms.len()];
+    let mut rows: Vec<Row> = Vec::new();
+    for _ in 0..max {
+        let (mut now, mut jobs) = decide(fleet, vms, hosts, Action::Sync, false);
+        jobs.retain(|j| going[j.vm].stopped.is_none());
+        run_jobs(fleet, vms, hosts, &mut now, jobs, false)?;
+        for (i, vm) in vms.iter().enumerate() {
+            if going[i].stopped.is_some() {
+                now[i] = rows[i].clone();
+                continue;
+            }
+            let ran = match &now[i].outcome {
+                Outcome::Done => Ok(hosts.state(vm).ok().and_then(|(_, s)| s)),
+                Outcome::Skipped(why) => Err(format!("no round: {why}")),
+                Outcome::Failed(e) => Err(format!("the round failed: {e}")),
+                Outcome::Interrupted => Err("interrupted".into()),
+                Outcome::NotStarted => Err("not started".into()),
+            };
+            going[i].judge(&vm.name, ran, target, max);
+        }
+        rows = now;
+        if crate::interrupt::received().is_some() || going.iter().all(|g| g.stopped.is_some()) {
+            break;
+        }
+    }
+    let extra: Vec<Value> = going
+        .iter()
+        .map(|g| json!({ "rounds": g.rounds, "stopped": g.stopped }))
+        .collect();
+    summary(fleet, vms, &rows, hosts, a, &extra)
+}
+
+/// `plan check`'s preflight of every VM (one table); a VM with an error finding fails here
+/// and runs no dry run. Each VM's preflight as JSON.
+fn blocked_by_preflight(
+    vms: &[FleetVm],
+    rows: &mut [Row],
+    jobs: &mut Vec<sched::Job>,
+) -> Vec<Value> {
+    let reports = check::preflights(vms);
+    for (i, r) in reports.iter().enumerate() {
+        if r.errors() > 0 && rows[i].outcome == Outcome::NotStarted {
+            rows[i].outcome = Outcome::Failed(crate::preflight::table::blocked(r));
+            jobs.retain(|j| j.vm != i);
+        }
+    }
+    reports
+        .iter()
+        .map(|r| json!({ "preflight": crate::preflight::table::to_json(r) }))
+        .collect()
 }
 
 /// Each VM's step and whether it runs: a row for the summary each, a job for each that runs.
@@ -234,7 +322,7 @@ fn job(fleet: &Fleet, vm: &FleetVm, i: usize, step: StepKind, check: bool) -> sc
             .expect("decide runs only steps that apply"),
         log: fleet.log_dir.join(format!("{}.log", vm.name)),
         what: format!("{}{}", step.as_str(), if check { " --dry-run" } else { "" }),
-        env: child_env(fleet),
+        env: child_env(fleet, check),
     }
 }
 
@@ -244,15 +332,20 @@ fn whole_secs(d: std::time::Duration) -> u64 {
 }
 
 /// The progress period of the children (their transfers' plain lines, in their logs): the
-/// plan's, unless this run was given one of its own.
-fn child_env(fleet: &Fleet) -> Vec<(String, String)> {
-    match std::env::var_os(progress::EVERY_ENV) {
+/// plan's, unless this run was given one of its own; for `plan check` (`check`), that the
+/// plan showed their preflight.
+fn child_env(fleet: &Fleet, check: bool) -> Vec<(String, String)> {
+    let mut env = match std::env::var_os(progress::EVERY_ENV) {
         Some(_) => Vec::new(),
         None => vec![(
             progress::EVERY_ENV.to_string(),
             progress::child_every(whole_secs(fleet.progress_every)).to_string(),
         )],
+    };
+    if check {
+        env.push((crate::preflight::SHOWN_ENV.to_string(), "1".to_string()));
     }
+    env
 }
 
 /// A child run ended: its outcome, said on one line, and (unless it was a check) recorded in
@@ -359,10 +452,11 @@ fn summary(
     rows: &[Row],
     hosts: &mut Hosts,
     a: &PlanArgs,
+    extra: &[Value],
 ) -> Result<()> {
     let mut table = Vec::new();
     let mut docs = Vec::new();
-    for (vm, row) in vms.iter().zip(rows) {
+    for (i, (vm, row)) in vms.iter().zip(rows).enumerate() {
         let st = hosts.state(vm).ok();
         let phase = st.as_ref().map_or("?".into(), |(d, s)| {
             Standing::of(s.as_ref(), d.is_some()).to_string()
@@ -383,7 +477,13 @@ fn summary(
             "phase": phase, "bytes": bytes, "ms": row.ms, "outage_ms": outage,
             "error": (!error.is_empty()).then_some(&error),
             "log": fleet.log_dir.join(format!("{}.log", vm.name)),
+            "projection": st.as_ref().and_then(report::projection_json),
         }));
+        if let (Some(Value::Object(doc)), Some(Value::Object(more))) =
+            (docs.last_mut(), extra.get(i))
+        {
+            doc.extend(more.clone());
+        }
         table.push(vec![
             vm.name.clone(),
             vm.uri.clone(),
@@ -456,7 +556,8 @@ fn status(vms: &[FleetVm], hosts: &mut Hosts, json: bool) -> Result<()> {
             Err(e) => {
                 unreadable += 1;
                 let mut r = vec![vm.name.clone(), vm.uri.clone(), "?".into()];
-                r.extend(["-".into(), "-".into(), "-".into(), format!("-       {e:#}")]);
+                r.extend(["-", "-", "-", "-"].map(String::from));
+                r.push(format!("-       {e:#}"));
                 let doc = json!({"name": vm.name, "host": vm.uri, "error": format!("{e:#}")});
                 (r, doc)
             }
@@ -471,6 +572,7 @@ fn status(vms: &[FleetVm], hosts: &mut Hosts, json: bool) -> Result<()> {
         "BYTES",
         "LAST STEP",
         "TIME",
+        "CUTOVER NOW",
         "OUTAGE  ERROR",
     ];
     if json {
@@ -493,6 +595,7 @@ fn status_row(vm: &FleetVm, exists: bool, st: Option<&ImportState>) -> (Vec<Stri
     let error = last.and_then(|s| s.error.clone()).unwrap_or_default();
     let doc = json!({
         "name": vm.name, "host": vm.uri, "phase": phase, "bytes": bytes, "outage_ms": outage,
+        "projection": st.and_then(report::projection_json),
         "last_step": last.map(|s| json!({
             "name": s.name, "outcome": s.outcome, "began": s.began, "ended": s.ended,
             "ms": report::step_ms(s), "error": s.error,
@@ -507,6 +610,7 @@ fn status_row(vm: &FleetVm, exists: bool, st: Option<&ImportState>) -> (Vec<Stri
             format!("{} {} {}", s.name, s.outcome, s.ended)
         }),
         report::opt_ms(last.and_then(report::step_ms)),
+        report::opt_projection(st),
         format!("{:<6}  {error}", report::opt_ms(outage)),
     ];
     (row, doc)

@@ -61,6 +61,30 @@ pub fn outage_ms(st: &ImportState) -> Option<u64> {
         .and_then(step_ms)
 }
 
+/// A cutover's projected outage after the VM's `--sync` rounds (until it is cut over).
+pub fn projection(st: &ImportState) -> Option<crate::projection::Projection> {
+    if st.phase() == DomainPhase::HandedOver {
+        return None;
+    }
+    let start = st.trial.as_ref().and_then(|t| t.start_ms);
+    crate::projection::project(&st.syncs, start)
+}
+
+/// [`projection`] as JSON: `ms`, `bytes`, `rate_bytes_per_s`, `start_ms`, and the rounds'
+/// count.
+pub fn projection_json(st: &ImportState) -> Option<serde_json::Value> {
+    let p = projection(st)?;
+    Some(serde_json::json!({
+        "ms": p.ms, "bytes": p.bytes, "rate_bytes_per_s": p.rate.round() as u64,
+        "start_ms": p.start_ms, "rounds": st.syncs.len(),
+    }))
+}
+
+/// [`projection`] in a table: `about N s`, or `-`.
+pub fn opt_projection(st: Option<&ImportState>) -> String {
+    st.and_then(projection).map_or("-".into(), |p| p.about())
+}
+
 /// The disks' total capacity once every base is uploaded.
 pub fn uploaded_bytes(st: &ImportState) -> Option<u64> {
     st.every_base_uploaded()
@@ -157,10 +181,22 @@ fn facts(st: &ImportState) -> Vec<Vec<String>> {
         fact("handed over", h.to_string());
     }
     for (i, s) in st.syncs.iter().enumerate() {
+        let left = s
+            .final_bytes
+            .map(|b| format!(", {} in the final deltas after it", human_bytes(b)))
+            .unwrap_or_default();
         fact(
             &format!("sync {}", i + 1),
-            format!("{}  {} in {}", s.at, human_bytes(s.bytes), human_ms(s.ms)),
+            format!(
+                "{}  {} in {}{left}",
+                s.at,
+                human_bytes(s.bytes),
+                human_ms(s.ms)
+            ),
         );
+    }
+    if let Some(p) = projection(st) {
+        fact("projected cutover", p.line());
     }
     for (i, a) in st.local_applies.iter().enumerate() {
         fact(
@@ -231,6 +267,43 @@ mod tests {
     fn terminal_escapes_in_names_are_escaped() {
         assert_eq!(sanitize("web\u{1b}[2Jx\tok"), "web\\u{1b}[2Jx\\u{9}ok");
         assert_eq!(sanitize("é 日本"), "é 日本");
+    }
+
+    #[test]
+    fn the_projection_is_shown_until_the_cutover() {
+        use crate::state::{DiskState, HandOver, HandOverHow, SyncRound, TrialRecord};
+        let mut st = ImportState {
+            disks: vec![DiskState {
+                base_uploaded: true,
+                ..Default::default()
+            }],
+            trial: Some(TrialRecord {
+                started: true,
+                start_ms: Some(500),
+                ..Default::default()
+            }),
+            syncs: vec![SyncRound {
+                read: Some(10 << 20),
+                ms: 1000,
+                final_bytes: Some(5 << 20),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(opt_projection(Some(&st)), "about 1.0 s");
+        let table = domain_table("web1", "qemu:///system", &st);
+        assert!(
+            table.contains(
+                "projected cutover  a cutover now: about 1.0 s (5.0 MiB to read at 10.0 MiB/s"
+            ),
+            "{table}"
+        );
+        assert_eq!(projection_json(&st).unwrap()["ms"], 1000);
+        st.handed_over = Some(HandOver {
+            at: None,
+            how: HandOverHow::NoStart,
+        });
+        assert_eq!(opt_projection(Some(&st)), "-");
     }
 
     #[test]

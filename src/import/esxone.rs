@@ -52,21 +52,7 @@ pub(super) fn open_stage_one(
 /// upload, refused before it.
 fn check_nic_backends(conn: &Conn, wanted: impl Iterator<Item = NetSource>) -> Result<()> {
     for source in wanted {
-        let problem = match &source {
-            NetSource::Network(n) => match conn.raw().lookup_network_by_name(n) {
-                Err(_) => Some(trial::Problem::NoNetwork(n.clone())),
-                Ok(net) if !net.is_active().unwrap_or(false) => {
-                    Some(trial::Problem::NetworkInactive(n.clone()))
-                }
-                Ok(_) => None,
-            },
-            NetSource::Bridge(b) if conn.is_local() => {
-                (!Path::new("/sys/class/net").join(b).exists())
-                    .then(|| trial::Problem::NoBridge(b.clone()))
-            }
-            NetSource::Bridge(_) => None,
-        };
-        if let Some(p) = problem {
+        if let Some(p) = nic_problem(conn, &source) {
             anyhow::bail!(
                 "{}",
                 trial::host_cause(&p, conn.uri()).expect("a host problem")
@@ -74,4 +60,21 @@ fn check_nic_backends(conn: &Conn, wanted: impl Iterator<Item = NetSource>) -> R
         }
     }
     Ok(())
+}
+
+/// What the trial start would refuse about a NIC's `source` on this host: a libvirt network
+/// missing or not active, a bridge missing (looked for only when the daemon is on this host).
+pub(crate) fn nic_problem(conn: &Conn, source: &NetSource) -> Option<trial::Problem> {
+    match source {
+        NetSource::Network(n) => match conn.raw().lookup_network_by_name(n) {
+            Err(_) => Some(trial::Problem::NoNetwork(n.clone())),
+            Ok(net) if !net.is_active().unwrap_or(false) => {
+                Some(trial::Problem::NetworkInactive(n.clone()))
+            }
+            Ok(_) => None,
+        },
+        NetSource::Bridge(b) if conn.is_local() => (!Path::new("/sys/class/net").join(b).exists())
+            .then(|| trial::Problem::NoBridge(b.clone())),
+        NetSource::Bridge(_) => None,
+    }
 }

@@ -17,6 +17,10 @@ use crate::state::{lifecycle, metadata};
 use crate::state::{AppliedDelta, DiskState, ImportState, Outage, SyncRound};
 use crate::vmdk::{Chain, DiskId, Parent};
 
+/// What `--sync` froze: the snapshot's name, the work, and the extents the VM writes into now
+/// (None when one cannot be named: the final size is then unknown).
+type Frozen = (String, Vec<DiskWork>, Option<Vec<String>>);
+
 /// One delta opened over ssh, its pieces listed (every table read and checked).
 struct Opened {
     chain: Chain,
@@ -245,22 +249,26 @@ fn open(vm: &Vm, d: &RemoteDelta) -> Result<Opened> {
             .collect::<Result<Vec<_>, _>>()
             .with_context(|| format!("{}: reading its tables", d.shown))?,
     );
-    let extent = match d.descriptor.extents.as_slice() {
+    Ok(Opened {
+        chain,
+        pieces,
+        extent: extent_path(d)?,
+    })
+}
+
+/// The path on the host of `d`'s one extent.
+fn extent_path(d: &RemoteDelta) -> Result<String> {
+    match d.descriptor.extents.as_slice() {
         [e] => crate::esx::remote_join(
             crate::esx::ssh::folder(&d.path),
             e.file.as_deref().unwrap_or_default(),
             true,
-        )?,
+        ),
         _ => bail!(
             "{}: a delta of several extents: not read over ssh:// (ESXi writes one)",
             d.shown
         ),
-    };
-    Ok(Opened {
-        chain,
-        pieces,
-        extent,
-    })
+    }
 }
 
 /// `f` over `items`, `jobs` threads taking the next item as they finish one; the results in
@@ -475,17 +483,14 @@ fn sync(
     // after it, and a refusal there puts the domain back as the trial found it.
     let (dom, found) = prove(req, conn, dom, st)?;
     let mut cache = HashMap::new();
-    let (snap, work) = match freeze(req, vm, st, &mut cache, o.jobs) {
+    let (snap, work, tops) = match freeze(req, vm, st, &mut cache, o.jobs) {
         Ok(Some(frozen)) => frozen,
         Ok(None) => return Ok(()),
         Err(e) => return Err(undo(conn, found, st, e)),
     };
     let moved = apply(vm, &dom, st, targets, &work, &cache, o.jobs)?;
-    st.syncs.push(SyncRound {
-        at: lifecycle::utc_now(),
-        bytes: moved.data + moved.zero,
-        ms: (moved.secs * 1e3) as u64,
-    });
+    let round = sync_round(vm, st, &moved, tops.as_deref());
+    st.syncs.push(round);
     metadata::write(&dom, st)?;
     log::info!(
         "sync round {}: applied {} delta(s): {:.1} MiB of data, {:.1} MiB of zeros ({:.1} MiB read over ssh) in {}; the VM now writes into the deltas of '{snap}', which the next --sync or the --cutover applies",
@@ -496,19 +501,56 @@ fn sync(
         mib(moved.read),
         crate::units::human_ms((moved.secs * 1e3) as u64)
     );
+    let start_ms = st.trial.as_ref().and_then(|t| t.start_ms);
+    match crate::projection::project(&st.syncs, start_ms) {
+        Some(p) => log::info!("{}", p.line()),
+        None => log::info!(
+            "a cutover now: not projected (the final deltas' size or a read rate is not known)"
+        ),
+    }
     Ok(())
 }
 
+/// The record of a round that applied `moved`: its figures, the final deltas' size now (the
+/// extents of `tops`, which the VM writes into; None when they or their sizes are unknown), the time
+/// since the previous round.
+fn sync_round(vm: &Vm, st: &ImportState, moved: &Moved, tops: Option<&[String]>) -> SyncRound {
+    let final_bytes = match tops.map(|t| vm.total_size(t)).transpose() {
+        Ok(b) => b,
+        Err(e) => {
+            log::debug!("the final deltas' size: {e:#}");
+            None
+        }
+    };
+    let at = lifecycle::utc_now();
+    let since_ms = st.syncs.last().and_then(|prev| {
+        let (then, now) = (
+            crate::units::parse_utc_ms(&prev.at)?,
+            crate::units::parse_utc_ms(&at)?,
+        );
+        u64::try_from(now - then).ok()
+    });
+    SyncRound {
+        at,
+        bytes: moved.data + moved.zero,
+        ms: (moved.secs * 1e3) as u64,
+        read: Some(moved.read),
+        final_bytes,
+        since_ms,
+    }
+}
+
 /// `--sync`'s steps from the migration snapshot until just before the first write: the
-/// snapshot, then every frozen delta not applied yet opened and checked. The snapshot's name
-/// and the work; None for a dry run, which says what it would apply.
+/// snapshot, then every frozen delta not applied yet opened and checked. The snapshot's name,
+/// the work, and the extents the VM writes into now (each disk's top); None for a dry run,
+/// which says what it would apply.
 fn freeze(
     req: &ImportPlan,
     vm: &Vm,
     st: &ImportState,
     cache: &mut HashMap<String, Opened>,
     jobs: usize,
-) -> Result<Option<(String, Vec<DiskWork>)>> {
+) -> Result<Option<Frozen>> {
     let span = crate::report::begin("snapshot");
     let snap = vm.take_snapshot()?;
     span.done(None, None);
@@ -528,7 +570,14 @@ fn freeze(
     }
     let frozen = |c: &RemoteChain| c.deltas.len().saturating_sub(1);
     let work = prepare(vm, st, &chains, &frozen, false, cache, jobs)?;
-    Ok(Some((snap, work)))
+    // Only for the projection: a top it cannot name leaves the final size unknown.
+    let tops = chains
+        .iter()
+        .filter_map(|c| c.deltas.last())
+        .map(extent_path)
+        .collect::<Result<Vec<_>>>()
+        .ok();
+    Ok(Some((snap, work, tops)))
 }
 
 /// `--cutover`: everything checked, then guest shutdown, the final deltas, the start.

@@ -278,6 +278,35 @@ impl ImportPlan {
             || self.naming.given()
     }
 
+    /// The `.vmx` named by `--vmx` (for `--sync`/`--cutover`, their `ssh://` URL), and
+    /// whether it is on an ESXi host; nothing read.
+    pub fn vmx_source(&self) -> Option<(&std::path::Path, bool)> {
+        match (&self.vmx_arg, &self.esx) {
+            (Some(VmxArg::Local(p)), _) => Some((p, false)),
+            (Some(VmxArg::Esx(p)), _) => Some((p, true)),
+            (None, Some(o)) => Some((std::path::Path::new(&o.url), true)),
+            (None, None) => None,
+        }
+    }
+
+    /// `--flat`'s file (None for standard input) and `--capacity`, when stage 1 has a base.
+    pub fn base_source(&self) -> Option<(Option<&std::path::Path>, Option<u64>)> {
+        match self.base_arg.as_ref()? {
+            BaseArg::Stdin { capacity } => Some((None, Some(*capacity))),
+            BaseArg::File { path, capacity } => Some((Some(path), *capacity)),
+        }
+    }
+
+    /// A dry run of stage 1: `--dry-run` with `--vmx` or `--flat`, not `--sync`/`--cutover`.
+    pub fn is_stage_one_dry_run(&self) -> bool {
+        self.dry_run && self.esx.is_none() && (self.vmx_arg.is_some() || self.base_arg.is_some())
+    }
+
+    /// `--copy-independent` was given.
+    pub fn copies_independent(&self) -> bool {
+        self.copy_independent
+    }
+
     /// The network asked for the NIC on VMware network `vmware_net` (None: the plain one).
     pub(super) fn given_net(&self, vmware_net: Option<&str>) -> Option<NetSource> {
         if let Some((_, to)) =
@@ -294,7 +323,7 @@ impl ImportPlan {
 
     /// The network the NIC on VMware network `vmware_net` goes on in a new domain: the one
     /// asked for ([`Self::given_net`]), else libvirt's `default`.
-    pub(super) fn net_source(&self, vmware_net: Option<&str>) -> NetSource {
+    pub(crate) fn net_source(&self, vmware_net: Option<&str>) -> NetSource {
         self.given_net(vmware_net)
             .unwrap_or_else(|| NetSource::Network("default".to_string()))
     }

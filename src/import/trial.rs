@@ -305,7 +305,9 @@ fn climb(
                 .define_domain(&xmltree::to_string(xml))
                 .map_err(|e| explain_define(conn, e))?;
         }
+        let began = std::time::Instant::now();
         let Err(e) = dom.start_paused() else {
+            rec.start_ms = Some(began.elapsed().as_millis() as u64);
             dom.destroy()
                 .context("trial start: destroying the paused domain")?;
             return Ok(Ok(()));
@@ -357,7 +359,7 @@ fn say_started(dom: &Dom, rec: &TrialRecord) {
 }
 
 /// What the host lacks, and how to fix it, for problems outside the domain's CPU settings.
-pub(super) fn host_cause(problem: &Problem, uri: &str) -> Option<String> {
+pub(crate) fn host_cause(problem: &Problem, uri: &str) -> Option<String> {
     Some(match problem {
         Problem::NoNetwork(n) => format!("the libvirt network '{n}' does not exist on {uri}: define and start it (virsh -c {uri} net-define FILE; virsh -c {uri} net-start {n}), or name one that exists (virsh -c {uri} net-list --all) with --network"),
         Problem::NetworkInactive(n) => format!("the libvirt network '{n}' is not active: start it (virsh -c {uri} net-start {n}; net-autostart {n} keeps it up after a reboot)"),
