@@ -17,6 +17,7 @@ pub mod progress;
 pub mod qcow2;
 pub mod report;
 pub mod state;
+pub mod testboot;
 pub mod units;
 pub mod vmdk;
 pub mod vmx;

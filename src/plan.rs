@@ -6,7 +6,7 @@ use anyhow::{ensure, Context, Result};
 
 use crate::apply::run_target;
 use crate::cli::Cli;
-use crate::cli::Command;
+use crate::cli::{Action, Command};
 use crate::import::ImportPlan;
 use crate::vmdk::{Chain, OpenOptions};
 use crate::{domain_xml, libvirt};
@@ -31,13 +31,22 @@ pub enum Plan<'a> {
     /// An import into libvirt: stage 1, stage 2 or both, shaping options, `--sync`,
     /// `--cutover`, from local files or an ESXi host.
     Import(Box<ImportPlan>),
+    /// `test-boot`: the volumes booted in a throwaway copy of the domain, or `--cleanup`.
+    TestBoot(crate::testboot::Request),
 }
 
 impl<'a> Plan<'a> {
     /// The plan for `cli`. Pure: opens nothing, connects nowhere.
     pub fn from_cli(cli: &'a Cli) -> Result<Plan<'a>> {
-        if let Some(cmd) = &cli.command {
-            return Ok(Plan::Fleet(cmd));
+        match &cli.command {
+            Some(Command::TestBoot(a)) => {
+                return Ok(Plan::TestBoot(crate::testboot::Request::from_args(a)?))
+            }
+            Some(Command::Plan(p)) if p.action != Action::TestBoot && p.timeout.is_some() => {
+                anyhow::bail!("--timeout goes with plan test-boot")
+            }
+            Some(cmd) => return Ok(Plan::Fleet(cmd)),
+            None => {}
         }
         if let Some(target) = &cli.target {
             ensure!(
@@ -85,6 +94,7 @@ impl<'a> Plan<'a> {
                 show_only,
             } => switch_to_virtio(uri.as_deref(), &domain, show_only),
             Plan::Import(plan) => crate::import::run(*plan),
+            Plan::TestBoot(req) => crate::testboot::run(&req),
         }
     }
 }
@@ -277,6 +287,44 @@ mod tests {
             &import(&["--flat", "/x/b.vmdk", "--nic-names", "vmware"]),
             "give --vmx",
         );
+    }
+
+    #[test]
+    fn test_boot_options_are_checked_before_anything() {
+        plan(&["test-boot", "--domain", "web1"]).unwrap();
+        plan(&["test-boot", "--domain", "web1", "--cleanup"]).unwrap();
+        plan(&[
+            "plan",
+            "test-boot",
+            "/nonexistent/p.toml",
+            "--timeout",
+            "90s",
+        ])
+        .unwrap();
+        refused(
+            &[
+                "test-boot",
+                "--domain",
+                "web1",
+                "--cleanup",
+                "--report",
+                "/tmp/r",
+            ],
+            "--cleanup boots nothing",
+        );
+        refused(
+            &["test-boot", "--domain", "web1", "--timeout", "2d"],
+            "at most a day",
+        );
+        refused(
+            &["test-boot", "--domain", "", "--timeout", "1m"],
+            "give the domain's name",
+        );
+        refused(
+            &["plan", "check", "/nonexistent/p.toml", "--timeout", "90s"],
+            "--timeout goes with plan test-boot",
+        );
+        assert!(plan(&["test-boot", "--domain", "web1", "--timeout", "0s"]).is_err());
     }
 
     #[test]

@@ -66,6 +66,18 @@ pub struct ImportState {
     pub local_applies: Vec<LocalApply>,
     /// Steps run by `plan` (stage 1, sync, cutover), oldest first; absent in older states.
     pub steps: Vec<StepRecord>,
+    /// The verdict of the last test boot (`test-boot`), if one ran.
+    pub test_boot: Option<TestBootRecord>,
+}
+
+/// The last test boot: when it began (UTC, `YYYY-MM-DDTHH:MM:SSZ`), its verdict (`booted`,
+/// `failed`, `unknown`), the evidence in one line, and how long the guest was watched.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct TestBootRecord {
+    pub at: String,
+    pub verdict: String,
+    pub evidence: String,
+    pub ms: u64,
 }
 
 /// One step of a plan run for this domain: when it began and ended (UTC with milliseconds,
@@ -351,6 +363,15 @@ impl ImportState {
         }
         root = self.with_steps(root);
         root = self.with_local_applies(root);
+        if let Some(t) = &self.test_boot {
+            root = root.child(
+                Element::new("test-boot")
+                    .attr("at", &t.at)
+                    .attr("verdict", &t.verdict)
+                    .attr("evidence", &t.evidence)
+                    .attr("ms", &t.ms.to_string()),
+            );
+        }
         if let Some(o) = &self.cutover {
             root = root.child(
                 Element::new("cutover")
@@ -450,6 +471,14 @@ impl ImportState {
                 at: at(s),
                 bytes: num(s, "bytes")?,
                 ms: num(s, "ms")?,
+            });
+        }
+        if let Some(t) = root.elements().find(|e| e.local_name() == "test-boot") {
+            self.test_boot = Some(TestBootRecord {
+                at: at(t),
+                verdict: t.get_attr("verdict").unwrap_or("unknown").to_string(),
+                evidence: t.get_attr("evidence").unwrap_or_default().to_string(),
+                ms: num(t, "ms")?,
             });
         }
         if let Some(c) = root.elements().find(|e| e.local_name() == "cutover") {
@@ -837,6 +866,12 @@ mod tests {
                 bytes: u64::MAX,
                 ms: 0,
             }],
+            test_boot: Some(TestBootRecord {
+                at: "2026-12-07T19:00:00Z".into(),
+                verdict: "failed".into(),
+                evidence: nasty.into(),
+                ms: 61_000,
+            }),
             steps: vec![StepRecord {
                 name: "stage1".into(),
                 began: "2026-11-27T12:00:00.001Z".into(),

@@ -19,6 +19,9 @@ pub fn run(cmd: &Command) -> Result<()> {
     match cmd {
         Command::Plan(a) => run_plan(a),
         Command::Status(a) => show_domain(a),
+        Command::TestBoot(_) => {
+            unreachable!("Plan::from_cli routes test-boot to the testboot module")
+        }
     }
 }
 
@@ -87,12 +90,16 @@ struct Row {
 }
 
 fn run_plan(a: &PlanArgs) -> Result<()> {
+    if a.action == Action::TestBoot {
+        return crate::testboot::plan::run(a);
+    }
     let fleet = plan_file::load(&a.plan)?;
     let vms = select(&fleet, &a.only)?;
     let mut hosts = Hosts::default();
     if a.action == Action::Status {
         return status(&vms, &mut hosts, a.json);
     }
+
     let check = a.action == Action::Check;
     let (mut rows, jobs) = decide(&fleet, &vms, &mut hosts, a.action, check);
     std::fs::create_dir_all(&fleet.log_dir)
@@ -184,7 +191,7 @@ fn decide(
 }
 
 /// The VMs `--only` names (all without it); a name not in the plan is an error.
-fn select(fleet: &Fleet, only: &[String]) -> Result<Vec<FleetVm>> {
+pub(crate) fn select(fleet: &Fleet, only: &[String]) -> Result<Vec<FleetVm>> {
     if let Some(n) = only
         .iter()
         .find(|n| !fleet.vms.iter().any(|v| &v.name == *n))
@@ -211,7 +218,7 @@ fn plan_step(
         Action::Stage1 => StepKind::Stage1,
         Action::Sync => StepKind::Sync,
         Action::Cutover => StepKind::Cutover,
-        Action::Status => unreachable!("status runs no step"),
+        Action::Status | Action::TestBoot => unreachable!("status and test-boot run no step"),
         Action::Check => {
             // The target pool must be there before anything can be made in it.
             hosts.get(&vm.uri)?.pool(&vm.pool)?;

@@ -1,0 +1,355 @@
+//! `test-boot`: the volumes' current content booted in a throwaway copy of the domain (disks behind copy-on-write, NICs unplugged), watched, judged, reported, and removed again.
+
+pub mod html;
+pub mod leftovers;
+pub mod plan;
+pub mod report;
+pub mod verdict;
+pub mod watch;
+pub mod xml;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use virt::storage_vol::StorageVol;
+
+use crate::cli::TestBootArgs;
+use crate::libvirt::{self, Conn, Dom, Events};
+use crate::state::{lifecycle::utc_now, metadata, TestBootRecord};
+use leftovers::Leftovers;
+use verdict::Finding;
+use xml::{DiskLayer, Throwaway};
+
+/// The longest watch: a day (a longer one is a typo).
+const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
+
+/// One test boot (or `--cleanup`), every option checked.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub uri: Option<String>,
+    pub domain: String,
+    pub timeout: Duration,
+    pub report: Option<PathBuf>,
+    pub cleanup_only: bool,
+    pub overlay_pool: String,
+}
+
+impl Request {
+    /// The request for `test-boot`'s arguments. Pure: opens nothing, connects nowhere.
+    pub fn from_args(a: &TestBootArgs) -> Result<Request> {
+        ensure!(!a.domain.is_empty(), "--domain: give the domain's name");
+        ensure!(
+            a.timeout <= MAX_TIMEOUT,
+            "--timeout {} s: at most a day ({} s)",
+            a.timeout.as_secs(),
+            MAX_TIMEOUT.as_secs()
+        );
+        ensure!(
+            !(a.cleanup && a.report.is_some()),
+            "--cleanup boots nothing: it makes no --report"
+        );
+        Ok(Request {
+            uri: a.connect.clone(),
+            domain: a.domain.clone(),
+            timeout: a.timeout,
+            report: a.report.clone(),
+            cleanup_only: a.cleanup,
+            overlay_pool: a.overlay_pool.clone(),
+        })
+    }
+}
+
+/// What one test boot found.
+#[derive(Debug)]
+pub struct Outcome {
+    pub finding: Finding,
+    pub watched: Duration,
+    /// The last screenshot (PNG), if any was taken.
+    pub last_screen: Option<Vec<u8>>,
+    /// The report's screenshot files, oldest first.
+    pub shots: Vec<String>,
+}
+
+/// `virt-vmdkimport test-boot`.
+pub fn run(req: &Request) -> Result<()> {
+    let conn = libvirt::connect(req.uri.as_deref())?;
+    if let Some(out) = test_boot(&conn, req)? {
+        log::info!(
+            "test boot of '{}': {} ({}: {}) after {} s",
+            req.domain,
+            out.finding.verdict.as_str(),
+            out.finding.source,
+            out.finding.evidence,
+            out.watched.as_secs()
+        );
+        if let Some(dir) = &req.report {
+            log::info!("report: {}", dir.join("report.json").display());
+        }
+    }
+    Ok(())
+}
+
+/// Clean up what an earlier test boot left; then, unless `--cleanup`, one test boot.
+pub fn test_boot(conn: &Conn, req: &Request) -> Result<Option<Outcome>> {
+    let real = conn
+        .domain(&req.domain)?
+        .with_context(|| format!("domain '{}' does not exist on {}", req.domain, conn.uri()))?;
+    let earlier = leftovers::read(&real)?;
+    if let Some(l) = &earlier {
+        for line in leftovers::clean(conn, &real, l)? {
+            log::info!("left by an earlier test boot: {line}");
+        }
+    }
+    if req.cleanup_only {
+        if earlier.is_none() {
+            log::info!("domain '{}': no test boot left anything", req.domain);
+        }
+        return Ok(None);
+    }
+    let real_xml = check_real(conn, &real)?;
+    if let Some(dir) = &req.report {
+        report::prepare(dir)?;
+    }
+    let began = (utc_now(), Instant::now());
+    let plan = plan_layers(conn, req, &real_xml)?;
+    leftovers::record(&real, &plan.leftovers)?;
+    let watched = boot_and_watch(conn, req, &real_xml, &plan, &began);
+    let cleaned = leftovers::clean(conn, &real, &plan.leftovers);
+    let (seen, facts) = watched?;
+    for line in cleaned.context("removing the throwaway domain and its overlays")? {
+        log::debug!("{line}");
+    }
+    conclude(&real, req, seen, facts)
+}
+
+/// The verdict recorded in the import state, the report written.
+fn conclude(
+    real: &Dom,
+    req: &Request,
+    seen: watch::Observed,
+    facts: report::Facts,
+) -> Result<Option<Outcome>> {
+    let finding = seen
+        .finding
+        .clone()
+        .expect("the watch always ends with a finding");
+    let mut st =
+        metadata::read(real)?.context("the import state went away during the test boot")?;
+    st.test_boot = Some(TestBootRecord {
+        at: facts.began.clone(),
+        verdict: finding.verdict.as_str().to_string(),
+        evidence: finding.evidence.clone(),
+        ms: seen.watched.as_millis() as u64,
+    });
+    metadata::write(real, &st)?;
+    if let Some(dir) = &req.report {
+        let doc = report::document(&facts, &seen, &finding);
+        report::write(dir, &doc, &seen)?;
+    }
+    for n in &seen.notes {
+        log::info!(target: crate::out::NOTE, "{n}");
+    }
+    Ok(Some(Outcome {
+        finding,
+        watched: seen.watched,
+        last_screen: seen.last_screen,
+        shots: seen.shots.iter().filter_map(|s| s.file.clone()).collect(),
+    }))
+}
+
+/// The real domain is one this tool imported, shut off, no disk half written; its XML.
+fn check_real(conn: &Conn, real: &Dom) -> Result<String> {
+    let name = real.name();
+    let st = metadata::read(real)?.with_context(|| {
+        format!("domain '{name}' has no import state: a test boot boots the volumes of a domain this tool imported")
+    })?;
+    ensure!(
+        !real.is_active()?,
+        "domain '{name}' is running: its volumes are in use (a test boot is for before the cutover)"
+    );
+    if let Some(d) = st.disks.iter().find(|d| d.applying) {
+        bail!(
+            "domain '{name}': disk {} is being written (a stage 2 or --sync did not finish): rerun it first",
+            d.target_dev
+        );
+    }
+    let copy = throwaway_name(name);
+    ensure!(
+        conn.domain(&copy)?.is_none(),
+        "domain '{copy}' exists on {} and is not a test boot of '{name}' recorded here: remove or rename it",
+        conn.uri()
+    );
+    real.xml()
+}
+
+/// The throwaway domain's name.
+pub fn throwaway_name(domain: &str) -> String {
+    format!("{domain}-testboot")
+}
+
+/// Each disk's layer, the overlays to make, and the record of everything made.
+struct Layers {
+    throwaway: Throwaway,
+    /// `(pool, volume XML)` of qcow2 overlays over block devices.
+    overlays: Vec<(String, String)>,
+    leftovers: Leftovers,
+    lines: Vec<String>,
+}
+
+fn plan_layers(conn: &Conn, req: &Request, real_xml: &str) -> Result<Layers> {
+    let name = throwaway_name(&req.domain);
+    let mut l = Layers {
+        throwaway: Throwaway {
+            name: name.clone(),
+            disks: Vec::new(),
+            console_log: conn
+                .is_local()
+                .then(|| format!("/var/log/libvirt/qemu/{name}-console.log")),
+            nvram: nvram_copy(real_xml, &name)?,
+        },
+        overlays: Vec::new(),
+        leftovers: Leftovers {
+            domain: name.clone(),
+            ..Default::default()
+        },
+        lines: Vec::new(),
+    };
+    l.leftovers.files.extend(l.throwaway.console_log.clone());
+    l.leftovers.files.extend(l.throwaway.nvram.clone());
+    for (dev, kind, source) in xml::data_disks(real_xml)? {
+        let (path, block) = resolve(conn, &dev, &kind, &source)?;
+        if block {
+            let vol = format!("{name}-{dev}.qcow2");
+            let capacity = block_capacity(conn, &path)?;
+            l.overlays
+                .push((req.overlay_pool.clone(), overlay_xml(&vol, capacity, &path)));
+            l.leftovers
+                .volumes
+                .push((req.overlay_pool.clone(), vol.clone()));
+            l.lines.push(format!(
+                "{dev}: qcow2 overlay {}/{vol} over {path}",
+                req.overlay_pool
+            ));
+            l.throwaway
+                .disks
+                .push((dev, DiskLayer::Overlay { file: vol }));
+        } else {
+            l.leftovers.files.push(format!("{path}.TRANSIENT-{name}"));
+            l.lines
+                .push(format!("{dev}: libvirt's transient overlay over {path}"));
+            l.throwaway
+                .disks
+                .push((dev, DiskLayer::Transient { file: path }));
+        }
+    }
+    Ok(l)
+}
+
+/// The disk's path on the host and whether it is a block device.
+fn resolve(conn: &Conn, dev: &str, kind: &str, source: &str) -> Result<(String, bool)> {
+    match kind {
+        "file" => Ok((source.to_string(), false)),
+        "block" => Ok((source.to_string(), true)),
+        _ => {
+            let (pool, vol) = source.split_once('/').unwrap_or((source, ""));
+            let v = conn
+                .pool(pool)?
+                .volume(vol)
+                .with_context(|| format!("disk {dev}"))?;
+            Ok((v.path().to_string(), v.is_block()?))
+        }
+    }
+}
+
+fn block_capacity(conn: &Conn, path: &str) -> Result<u64> {
+    if let Ok(v) = conn.volume_by_path(path) {
+        return v.capacity();
+    }
+    ensure!(
+        conn.is_local(),
+        "{path}: not a volume of any pool on {}, so its size cannot be read there",
+        conn.uri()
+    );
+    use std::io::Seek;
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {path}"))?;
+    f.seek(std::io::SeekFrom::End(0))
+        .with_context(|| format!("{path}: reading its size"))
+}
+
+/// A qcow2 volume over `backing` (raw), for libvirt to make.
+fn overlay_xml(name: &str, capacity: u64, backing: &str) -> String {
+    let esc = crate::xmltree::escape;
+    format!(
+        "<volume><name>{}</name><capacity>{capacity}</capacity><target><format type='qcow2'/></target>\
+         <backingStore><path>{}</path><format type='raw'/></backingStore></volume>",
+        esc(name),
+        esc(backing)
+    )
+}
+
+/// The NVRAM file of the copy, beside the real one's; None when the domain has none.
+fn nvram_copy(real_xml: &str, name: &str) -> Result<Option<String>> {
+    let dom = crate::xmltree::parse(real_xml).context("the domain's XML")?;
+    let Some(nv) = dom.find("os").and_then(|os| os.find("nvram")) else {
+        return Ok(None);
+    };
+    let real = nv.text_content();
+    let dir = Path::new(real.trim())
+        .parent()
+        .unwrap_or(Path::new("/var/lib/libvirt/qemu/nvram"));
+    Ok(Some(
+        dir.join(format!("{name}_VARS.fd")).display().to_string(),
+    ))
+}
+
+/// Make the overlays, start the throwaway domain paused, watch it from its first instruction.
+fn boot_and_watch(
+    conn: &Conn,
+    req: &Request,
+    real_xml: &str,
+    plan: &Layers,
+    began: &(String, Instant),
+) -> Result<(watch::Observed, report::Facts)> {
+    let mut throwaway = plan.throwaway.clone();
+    for ((pool, vol_xml), (_, layer)) in plan.overlays.iter().zip(
+        throwaway
+            .disks
+            .iter_mut()
+            .filter(|(_, l)| matches!(l, DiskLayer::Overlay { .. })),
+    ) {
+        let p = conn.pool(pool)?;
+        StorageVol::create_xml(p.raw(), vol_xml, 0)
+            .with_context(|| format!("creating an overlay volume in pool '{pool}'"))?;
+        if let DiskLayer::Overlay { file } = layer {
+            *file = p.volume(file)?.path().to_string();
+        }
+    }
+    let domain_xml = xml::throwaway(real_xml, &throwaway)?;
+    let dom = conn.create_transient_paused(&domain_xml, &throwaway.name)?;
+    let events = Events::watch(conn, &dom)?;
+    dom.resume()?;
+    let start_ms = began.1.elapsed().as_millis() as u64;
+    let w = watch::Watch {
+        conn,
+        dom: &dom,
+        events: &events,
+        console_log: throwaway.console_log.as_ref().map(PathBuf::from),
+        disks: throwaway.disks.iter().map(|(d, _)| d.clone()).collect(),
+        timeout: req.timeout,
+        agent: real_xml.contains("org.qemu.guest_agent.0"),
+        shots_dir: req.report.clone(),
+    };
+    let seen = w.run()?;
+    let facts = report::Facts {
+        domain: req.domain.clone(),
+        throwaway: throwaway.name.clone(),
+        uri: conn.uri().to_string(),
+        began: began.0.clone(),
+        timeout_s: req.timeout.as_secs(),
+        start_ms,
+        layers: plan.lines.clone(),
+        ocr: watch::tesseract(),
+    };
+    Ok((seen, facts))
+}
