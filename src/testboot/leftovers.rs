@@ -73,9 +73,13 @@ pub fn read(real: &Dom) -> Result<Option<Leftovers>> {
 pub fn clean(conn: &Conn, real: &Dom, l: &Leftovers) -> Result<Vec<String>> {
     let mut done = Vec::new();
     if let Some(dom) = conn.domain(&l.domain)? {
-        if dom.is_active()? {
-            dom.destroy()?;
-            done.push(format!("domain '{}' destroyed", l.domain));
+        if dom.is_active().unwrap_or(false) {
+            match dom.destroy() {
+                Ok(()) => done.push(format!("domain '{}' destroyed", l.domain)),
+                // It went away by itself meanwhile (a start cut short by the kill).
+                Err(_) if conn.domain(&l.domain)?.is_none() => {}
+                Err(e) => return Err(e),
+            }
         }
         // A throwaway domain is never defined; one that is (not ours) stays.
     }

@@ -12,6 +12,8 @@ use crate::libvirt::{self, Conn, Dom, Events};
 
 /// How often the console and the events are looked at.
 const TICK: Duration = Duration::from_millis(500);
+/// How long a console line that decided the verdict is given to be written to its end.
+const LINE_END: Duration = Duration::from_secs(1);
 /// How often the screen is taken.
 const SCREEN_EVERY: Duration = Duration::from_secs(3);
 /// How often the guest agent is asked (each question waits for it up to libvirt's timeout).
@@ -146,13 +148,18 @@ impl Watch<'_> {
 
     fn look_at_console(&self, seen: &mut Observed) {
         let Some(log) = &self.console_log else { return };
-        let Ok(bytes) = std::fs::read(log) else {
+        let read = || std::fs::read(log).map(|b| String::from_utf8_lossy(&b).into_owned());
+        let Ok(text) = read() else { return };
+        seen.console = text;
+        if seen.finding.is_some() || verdict::from_text(&seen.console, "serial").is_none() {
             return;
-        };
-        seen.console = String::from_utf8_lossy(&bytes).into_owned();
-        if seen.finding.is_none() {
-            seen.finding = verdict::from_text(&seen.console, "serial");
         }
+        // The line that decided may be half written: read it again once it had time to end.
+        std::thread::sleep(LINE_END);
+        if let Ok(text) = read() {
+            seen.console = text;
+        }
+        seen.finding = verdict::from_text(&seen.console, "serial");
     }
 
     fn look_at_events(&self, seen: &mut Observed) {

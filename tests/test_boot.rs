@@ -1,0 +1,208 @@
+//! `test-boot`: boot-sector guests under KVM give each verdict (a login prompt, a panic line, a reboot loop, silence), the real domain and its volume stay as they were, and an interrupted test boot leaves nothing after `--cleanup`.
+
+mod util;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Instant;
+
+use util::bootimg::{saying, Then};
+use util::import::{ok, virsh, Import};
+use util::libvirt::TestPool;
+
+const SMALL_VM: &[&str] = &["--memory", "128", "--vcpus", "1", "--cpu", "default"];
+
+/// A domain imported by stage 1 from a 1 MiB disk whose boot sector is `sector`.
+fn imported<'a>(tp: &'a TestPool, tag: &str, sector: &[u8]) -> Import<'a> {
+    let flat = tp.path("disk-flat.vmdk");
+    let mut disk = sector.to_vec();
+    disk.resize(1 << 20, 0);
+    std::fs::write(&flat, &disk).unwrap();
+    let im = Import::new(tp, tag);
+    ok(&im.stage1(&flat, SMALL_VM), "stage 1");
+    im
+}
+
+/// `test-boot` of the import's domain with `extra` options.
+fn test_boot(im: &Import, extra: &[&str]) -> Output {
+    let mut args = vec!["test-boot", "-c", &im.uri, "--domain", &im.domain];
+    args.extend_from_slice(extra);
+    im.run(&args)
+}
+
+/// The domain XML without the import state's element (the test boot adds its record there).
+fn xml_without_state(im: &Import) -> String {
+    let xml = im.xml();
+    match (xml.find("<metadata>"), xml.find("</metadata>")) {
+        (Some(a), Some(b)) => format!("{}{}", &xml[..a], &xml[b..]),
+        _ => xml,
+    }
+}
+
+fn report_json(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("report.json")).expect("report.json");
+    serde_json::from_str(&text).expect("report.json is JSON")
+}
+
+/// Nothing of the throwaway domain is left: no domain, no transient overlay, no record.
+fn nothing_left(tp: &TestPool, im: &Import) {
+    let name = format!("{}-testboot", im.domain);
+    assert!(tp.conn.domain(&name).unwrap().is_none(), "{name} is gone");
+    let left: Vec<String> = std::fs::read_dir(tp.pool_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("TRANSIENT"))
+        .collect();
+    assert!(left.is_empty(), "overlays left: {left:?}");
+    assert!(!im.xml().contains("ns/testboot/1"), "the record is removed");
+}
+
+/// One boot-sector test boot: its verdict, evidence and report, and nothing changed or left.
+fn verdict_of(tag: &str, sector: &[u8], timeout: &str) -> (serde_json::Value, String) {
+    let tp = TestPool::new(tag);
+    let im = imported(&tp, tag, sector);
+    let (before_xml, before_disk) = (xml_without_state(&im), im.read());
+    let report = tp.path("report");
+    let t = Instant::now();
+    let out = test_boot(
+        &im,
+        &["--timeout", timeout, "--report", report.to_str().unwrap()],
+    );
+    let stdout = ok(&out, "test-boot");
+    println!("{stdout}({:.1} s)", t.elapsed().as_secs_f64());
+    assert_eq!(
+        xml_without_state(&im),
+        before_xml,
+        "the real domain is unchanged"
+    );
+    assert!(im.read() == before_disk, "the volume is unchanged");
+    nothing_left(&tp, &im);
+    let doc = report_json(&report);
+    let state = im.state();
+    assert!(
+        state.contains(&format!("verdict=\"{}\"", doc["verdict"].as_str().unwrap())),
+        "the import state records the verdict: {state}"
+    );
+    (doc, stdout)
+}
+
+#[test]
+fn a_login_prompt_on_the_console_is_booted() {
+    let (doc, out) = verdict_of("tb-login", &saying("\r\ntestvm login: ", Then::Halt), "60s");
+    assert_eq!(doc["verdict"], "booted", "{doc:#}");
+    assert_eq!(doc["evidence"]["source"], "serial", "{doc:#}");
+    assert!(out.contains("booted"), "{out}");
+    let shots = doc["screenshots"].as_array().unwrap();
+    assert!(!shots.is_empty(), "a screenshot: {doc:#}");
+}
+
+#[test]
+fn a_panic_line_is_failed_with_the_line() {
+    let line = "Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)";
+    let (doc, _) = verdict_of(
+        "tb-panic",
+        &saying(&format!("\r\n{line}\r\n"), Then::Halt),
+        "60s",
+    );
+    assert_eq!(doc["verdict"], "failed", "{doc:#}");
+    assert_eq!(
+        doc["evidence"]["text"],
+        format!("kernel panic: {line}"),
+        "{doc:#}"
+    );
+}
+
+#[test]
+fn a_guest_that_reboots_itself_is_a_reboot_loop() {
+    let (doc, _) = verdict_of("tb-reboot", &saying("rebooting\r\n", Then::Reboot), "60s");
+    assert_eq!(doc["verdict"], "failed", "{doc:#}");
+    assert_eq!(doc["evidence"]["source"], "events", "{doc:#}");
+    // Events that arrive while a screenshot is read count together: three or more.
+    let text = doc["evidence"]["text"].as_str().unwrap();
+    assert!(text.starts_with("reboot loop: "), "{doc:#}");
+    assert!(doc["evidence"]["reboots"].as_u64().unwrap() >= 3, "{doc:#}");
+}
+
+#[test]
+fn a_silent_guest_is_unknown_after_the_timeout() {
+    let (doc, _) = verdict_of("tb-silent", &saying("", Then::Halt), "8s");
+    assert_eq!(doc["verdict"], "unknown", "{doc:#}");
+    let watched = doc["times"]["watched_ms"].as_u64().unwrap();
+    assert!((8_000..20_000).contains(&watched), "{doc:#}");
+}
+
+/// Start a test boot of a silent guest in the background and wait for its throwaway domain.
+fn running_test_boot(im: &Import) -> std::process::Child {
+    let child = std::process::Command::new(util::BIN)
+        .args([
+            "test-boot",
+            "-c",
+            &im.uri,
+            "--domain",
+            &im.domain,
+            "--timeout",
+            "2m",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let name = format!("{}-testboot", im.domain);
+    let t = Instant::now();
+    // Running (resumed), not just created: a kill during the start makes libvirt end it.
+    while !virsh(&im.uri, &["list", "--state-running", "--name"]).contains(&name) {
+        assert!(t.elapsed().as_secs() < 60, "no running {name} after 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    child
+}
+
+#[test]
+fn a_test_boot_killed_with_sigkill_leaves_nothing_after_cleanup() {
+    let tp = TestPool::new("tb-kill");
+    let im = imported(&tp, "tb-kill", &saying("", Then::Halt));
+    let before = xml_without_state(&im);
+    let mut child = running_test_boot(&im);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let name = format!("{}-testboot", im.domain);
+    assert!(
+        tp.conn.domain(&name).unwrap().is_some(),
+        "the kill left the copy running"
+    );
+    assert!(im.xml().contains("ns/testboot/1"), "and its record");
+    let out = test_boot(&im, &["--cleanup"]);
+    let stdout = ok(&out, "test-boot --cleanup");
+    assert!(
+        stdout.contains(&format!("domain '{name}' destroyed")),
+        "{stdout}"
+    );
+    nothing_left(&tp, &im);
+    assert_eq!(
+        xml_without_state(&im),
+        before,
+        "the real domain is as it was"
+    );
+    assert!(
+        !im.state().contains("test-boot"),
+        "no verdict from a killed run"
+    );
+}
+
+#[test]
+fn a_test_boot_interrupted_with_sigint_removes_its_copy_itself() {
+    let tp = TestPool::new("tb-int");
+    let im = imported(&tp, "tb-int", &saying("", Then::Halt));
+    let child = running_test_boot(&im);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "an interrupted test boot fails");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("SIGINT"), "{stderr}");
+    nothing_left(&tp, &im);
+}
