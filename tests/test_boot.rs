@@ -14,7 +14,7 @@ const SMALL_VM: &[&str] = &["--memory", "128", "--vcpus", "1", "--cpu", "default
 
 /// A domain imported by stage 1 from a 1 MiB disk whose boot sector is `sector`.
 fn imported<'a>(tp: &'a TestPool, tag: &str, sector: &[u8]) -> Import<'a> {
-    let flat = tp.path("disk-flat.vmdk");
+    let flat = tp.path(&format!("{tag}-flat.vmdk"));
     let mut disk = sector.to_vec();
     disk.resize(1 << 20, 0);
     std::fs::write(&flat, &disk).unwrap();
@@ -205,4 +205,84 @@ fn a_test_boot_interrupted_with_sigint_removes_its_copy_itself() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("SIGINT"), "{stderr}");
     nothing_left(&tp, &im);
+}
+
+/// tesseract's reading of `png`.
+fn ocr(png: &Path) -> String {
+    let out = std::process::Command::new("tesseract")
+        .arg(png)
+        .arg("stdout")
+        .output()
+        .expect("tesseract (scripts/setup-host.sh installs tesseract-ocr)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn plan_test_boot_writes_one_page_that_a_browser_shows_with_each_verdict() {
+    let tp = TestPool::new("tb-plan");
+    let good = imported(&tp, "tb-plan-good", &saying("\r\ngood login: ", Then::Halt));
+    let bad = imported(
+        &tp,
+        "tb-plan-bad",
+        &saying("\r\nKernel panic - not syncing: test\r\n", Then::Halt),
+    );
+    let mut plan = String::from("log_dir = \"logs\"\n");
+    for (im, tag) in [(&good, "tb-plan-good"), (&bad, "tb-plan-bad")] {
+        plan += &format!(
+            "[[vm]]\nname = \"{}\"\nflat = \"{}\"\nconnect = \"{}\"\npool = \"{}\"\n",
+            im.domain,
+            tp.path(&format!("{tag}-flat.vmdk")).display(),
+            im.uri,
+            tp.name
+        );
+    }
+    let file = tp.path("plan.toml");
+    std::fs::write(&file, plan).unwrap();
+    let out = good.run(&[
+        "plan",
+        "test-boot",
+        file.to_str().unwrap(),
+        "--timeout",
+        "60s",
+    ]);
+    let stdout = ok(&out, "plan test-boot");
+    assert!(
+        stdout.contains("1 booted, 1 failed, 0 unknown, 0 not run"),
+        "{stdout}"
+    );
+    let page = tp.path("logs/test-boot/index.html");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert_eq!(
+        html.matches("<img src=").count(),
+        2,
+        "a thumbnail per VM:\n{html}"
+    );
+    nothing_left(&tp, &good);
+    nothing_left(&tp, &bad);
+
+    let shot = tp.path("page.png");
+    let browser = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--screenshot={}", shot.display()))
+        .args([
+            "--window-size=1400,700",
+            &format!("file://{}", page.display()),
+        ])
+        .output()
+        .expect("chromium (scripts/setup-host.sh installs it)");
+    assert!(
+        shot.exists(),
+        "chromium made no screenshot:\n{}",
+        String::from_utf8_lossy(&browser.stderr)
+    );
+    let text = ocr(&shot);
+    println!("the page as tesseract reads chromium's screenshot:\n{text}");
+    for word in ["booted", "failed", "login prompt", "kernel panic"] {
+        assert!(text.contains(word), "{word:?} on the page:\n{text}");
+    }
 }
