@@ -33,6 +33,8 @@ pub enum Plan<'a> {
     Import(Box<ImportPlan>),
     /// `test-boot`: the volumes booted in a throwaway copy of the domain, or `--cleanup`.
     TestBoot(crate::testboot::Request),
+    /// `plan test-boot`: a test boot of each VM of a plan, and one HTML page.
+    TestBootPlan(&'a crate::cli::PlanArgs),
 }
 
 impl<'a> Plan<'a> {
@@ -42,7 +44,10 @@ impl<'a> Plan<'a> {
             Some(Command::TestBoot(a)) => {
                 return Ok(Plan::TestBoot(crate::testboot::Request::from_args(a)?))
             }
-            Some(Command::Plan(p)) if p.action != Action::TestBoot && p.timeout.is_some() => {
+            Some(Command::Plan(p)) if p.action == Action::TestBoot => {
+                return Ok(Plan::TestBootPlan(p))
+            }
+            Some(Command::Plan(p)) if p.timeout.is_some() => {
                 anyhow::bail!("--timeout goes with plan test-boot")
             }
             Some(cmd) => return Ok(Plan::Fleet(cmd)),
@@ -95,6 +100,7 @@ impl<'a> Plan<'a> {
             } => switch_to_virtio(uri.as_deref(), &domain, show_only),
             Plan::Import(plan) => crate::import::run(*plan),
             Plan::TestBoot(req) => crate::testboot::run(&req),
+            Plan::TestBootPlan(args) => crate::testboot::plan::run(args),
         }
     }
 }

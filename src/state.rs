@@ -456,7 +456,7 @@ impl ImportState {
         Ok(())
     }
 
-    /// `<sync>` and `<cutover>` records of the runs from ESXi.
+    /// `<sync>` and `<cutover>` records of the runs from ESXi, and the `<test-boot>` record.
     fn read_esx_records(&mut self, root: &Element) -> Result<()> {
         let num = |e: &Element, k: &str| -> Result<u64> {
             let v = e
@@ -808,6 +808,15 @@ mod overlay_tests {
 mod tests {
     use super::*;
 
+    fn hostile_test_boot(nasty: &str) -> TestBootRecord {
+        TestBootRecord {
+            at: "2026-12-07T19:00:00Z".into(),
+            verdict: "failed".into(),
+            evidence: nasty.into(),
+            ms: 61_000,
+        }
+    }
+
     fn hostile() -> ImportState {
         let nasty = "a\"b'c<d>e&f\tg\nh\r ]]> &amp; <!-- é 日本";
         ImportState {
@@ -866,12 +875,7 @@ mod tests {
                 bytes: u64::MAX,
                 ms: 0,
             }],
-            test_boot: Some(TestBootRecord {
-                at: "2026-12-07T19:00:00Z".into(),
-                verdict: "failed".into(),
-                evidence: nasty.into(),
-                ms: 61_000,
-            }),
+            test_boot: Some(hostile_test_boot(nasty)),
             steps: vec![StepRecord {
                 name: "stage1".into(),
                 began: "2026-11-27T12:00:00.001Z".into(),

@@ -90,11 +90,8 @@ struct Row {
 }
 
 fn run_plan(a: &PlanArgs) -> Result<()> {
-    if a.action == Action::TestBoot {
-        return crate::testboot::plan::run(a);
-    }
     let fleet = plan_file::load(&a.plan)?;
-    let vms = select(&fleet, &a.only)?;
+    let vms = plan_file::select(&fleet, &a.only)?;
     let mut hosts = Hosts::default();
     if a.action == Action::Status {
         return status(&vms, &mut hosts, a.json);
@@ -188,22 +185,6 @@ fn decide(
         });
     }
     (rows, jobs)
-}
-
-/// The VMs `--only` names (all without it); a name not in the plan is an error.
-pub(crate) fn select(fleet: &Fleet, only: &[String]) -> Result<Vec<FleetVm>> {
-    if let Some(n) = only
-        .iter()
-        .find(|n| !fleet.vms.iter().any(|v| &v.name == *n))
-    {
-        bail!("--only {n}: no VM of that name in {}", fleet.path.display());
-    }
-    Ok(fleet
-        .vms
-        .iter()
-        .filter(|v| only.is_empty() || only.contains(&v.name))
-        .cloned()
-        .collect())
 }
 
 /// The step this action makes for `vm`, and whether it runs, from its state on its host.

@@ -1,6 +1,6 @@
 //! `plan test-boot`: a test boot of every VM of the plan, one after the other (each keeps a core busy), and one HTML page of the verdicts.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -16,7 +16,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Test-boot the plan's VMs (or `--only` those) and write `LOGDIR/test-boot/index.html`.
 pub fn run(a: &PlanArgs) -> Result<()> {
     let fleet = plan_file::load(&a.plan)?;
-    let vms = crate::fleet::select(&fleet, &a.only)?;
+    let vms = plan_file::select(&fleet, &a.only)?;
     let dir = fleet.log_dir.join("test-boot");
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("{}: creating the report folder", dir.display()))?;
@@ -61,7 +61,7 @@ pub fn run(a: &PlanArgs) -> Result<()> {
     Ok(())
 }
 
-fn page_line(page: &PathBuf, rows: &[Row]) -> String {
+fn page_line(page: &Path, rows: &[Row]) -> String {
     let count = |v: &str| rows.iter().filter(|r| r.verdict == v).count();
     format!(
         "test boots: {} booted, {} failed, {} unknown, {} not run; page: {}",

@@ -54,8 +54,10 @@ pub struct Observed {
     pub reboots: u32,
     pub crashes: u32,
     pub shots: Vec<Shot>,
-    /// The last screen (PNG, as libvirt gave it).
+    /// The last screen kept (PNG, as libvirt gave it).
     pub last_screen: Option<Vec<u8>>,
+    /// The last two screens taken, kept or not.
+    recent: Vec<Vec<u8>>,
     pub console: String,
     /// `(dev, bytes read, bytes written)` at the end.
     pub disk_io: Vec<(String, u64, u64)>,
@@ -108,7 +110,7 @@ impl Watch<'_> {
                 break;
             }
             if now >= next_screen {
-                self.look_at_screen(&mut seen, ocr.is_some(), began);
+                self.look_at_screen(&mut seen, ocr.is_some(), began, false);
                 next_screen = now + SCREEN_EVERY;
             }
             if self.agent && now >= next_agent {
@@ -129,7 +131,7 @@ impl Watch<'_> {
     /// The last screen and the disks' counters; the verdict when nothing decided it.
     fn finish(&self, seen: &mut Observed, ocr: bool, began: Instant, stopped: Option<Duration>) {
         if stopped.is_none() {
-            self.look_at_screen(seen, ocr, began);
+            self.look_at_screen(seen, ocr, began, true);
             for dev in &self.disks {
                 match self.dom.disk_io(dev) {
                     Ok((r, w)) => seen.disk_io.push((dev.clone(), r, w)),
@@ -170,8 +172,10 @@ impl Watch<'_> {
         }
     }
 
-    /// A screenshot, kept (and read) when it differs from the last one kept.
-    fn look_at_screen(&self, seen: &mut Observed, ocr: bool, began: Instant) {
+    /// A screenshot, kept (and read) when the screen changed: not one of the last two
+    /// screens (a blinking cursor alternates between two), and not the same text as the last
+    /// one kept. `last` keeps it whenever it differs from the last one kept.
+    fn look_at_screen(&self, seen: &mut Observed, ocr: bool, began: Instant, last: bool) {
         let image = match libvirt::screenshot(self.conn, self.dom) {
             Ok((_, image)) => image,
             Err(e) => {
@@ -182,8 +186,21 @@ impl Watch<'_> {
                 return;
             }
         };
-        if seen.last_screen.as_ref() == Some(&image) {
+        let blink = seen.recent.contains(&image);
+        if seen.last_screen.as_ref() == Some(&image) || (blink && !last) {
             return;
+        }
+        seen.recent.insert(0, image.clone());
+        seen.recent.truncate(2);
+        let text = if ocr { read_screen(&image) } else { None };
+        let same_text = text.is_some() && seen.shots.last().map(|s| &s.text) == Some(&text);
+        if same_text && !last {
+            return;
+        }
+        if seen.finding.is_none() {
+            seen.finding = text
+                .as_deref()
+                .and_then(|t| verdict::from_text(t, "screen"));
         }
         let at_ms = began.elapsed().as_millis() as u64;
         let name = format!("screen-{:03}-{:06}ms.png", seen.shots.len() + 1, at_ms);
@@ -191,12 +208,6 @@ impl Watch<'_> {
             let path = d.join(&name);
             std::fs::write(&path, &image).ok().map(|_| name.clone())
         });
-        let text = if ocr { read_screen(&image) } else { None };
-        if seen.finding.is_none() {
-            seen.finding = text
-                .as_deref()
-                .and_then(|t| verdict::from_text(t, "screen"));
-        }
         seen.shots.push(Shot { file, at_ms, text });
         seen.last_screen = Some(image);
     }
