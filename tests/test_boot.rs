@@ -286,3 +286,97 @@ fn plan_test_boot_writes_one_page_that_a_browser_shows_with_each_verdict() {
         assert!(text.contains(word), "{word:?} on the page:\n{text}");
     }
 }
+
+/// A loop device over a file, detached on drop.
+struct Loop(String);
+
+impl Loop {
+    fn over(file: &Path) -> Loop {
+        let out = std::process::Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(file)
+            .output()
+            .expect("losetup");
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Loop(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
+    }
+}
+
+fn sha256(path: &str) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_block_device_disk_boots_from_a_qcow2_overlay_of_ours_that_is_removed_after() {
+    let tp = TestPool::new("tb-block");
+    let im = imported(&tp, "tb-block", &saying("\r\nblock login: ", Then::Halt));
+    // The disk moved onto a block device (a loop device over a copy of the volume), as on LVM.
+    let copy = tp.path("block.raw");
+    std::fs::write(&copy, im.read()).unwrap();
+    let dev = Loop::over(&copy);
+    let xml = im.xml();
+    let (a, b) = (
+        xml.find("<disk type='volume'").unwrap(),
+        xml.find("</disk>").unwrap(),
+    );
+    let disk = &xml[a..b];
+    let src_a = disk.find("<source ").unwrap();
+    let src_b = src_a + disk[src_a..].find("/>").unwrap() + 2;
+    let new_disk = format!(
+        "<disk type='block'{}<source dev='{}'/>{}",
+        &disk["<disk type='volume'".len()..src_a],
+        dev.0,
+        &disk[src_b..]
+    );
+    let file = tp.path("block.xml");
+    std::fs::write(&file, format!("{}{new_disk}{}", &xml[..a], &xml[b..])).unwrap();
+    virsh(&im.uri, &["define", file.to_str().unwrap()]);
+    let before = sha256(&dev.0);
+    let report = tp.path("report");
+    let out = test_boot(
+        &im,
+        &[
+            "--timeout",
+            "60s",
+            "--overlay-pool",
+            &tp.name,
+            "--report",
+            report.to_str().unwrap(),
+        ],
+    );
+    println!("{}", ok(&out, "test-boot"));
+    let doc = report_json(&report);
+    assert_eq!(doc["verdict"], "booted", "{doc:#}");
+    assert!(
+        doc["layers"][0].as_str().unwrap().contains("qcow2 overlay"),
+        "{doc:#}"
+    );
+    assert_eq!(sha256(&dev.0), before, "the block device is unchanged");
+    let dev_name = doc["layers"][0].as_str().unwrap().split(':').next().unwrap();
+    let overlay = format!("{}-testboot-{dev_name}.qcow2", im.domain);
+    assert!(
+        tp.pool.find_volume(&overlay).unwrap().is_none(),
+        "{overlay} is deleted"
+    );
+    nothing_left(&tp, &im);
+}
