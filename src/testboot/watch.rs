@@ -105,7 +105,7 @@ impl Watch<'_> {
             if seen.finding.is_some() {
                 break;
             }
-            if self.events.stopped() || !self.dom.is_active().unwrap_or(false) {
+            if self.events.stopped() || !self.running()? {
                 stopped_at = Some(seen.watched);
                 break;
             }
@@ -126,6 +126,15 @@ impl Watch<'_> {
         }
         self.finish(&mut seen, ocr.is_some(), began, stopped_at);
         Ok(seen)
+    }
+
+    /// Whether the throwaway domain still runs; an error when libvirt cannot say (the
+    /// connection or the daemon went away), which leaves its record for the rerun.
+    fn running(&self) -> Result<bool> {
+        match self.conn.domain(self.dom.name())? {
+            Some(d) => d.is_active(),
+            None => Ok(false),
+        }
     }
 
     /// The last screen and the disks' counters; the verdict when nothing decided it.
