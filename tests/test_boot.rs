@@ -372,11 +372,62 @@ fn a_block_device_disk_boots_from_a_qcow2_overlay_of_ours_that_is_removed_after(
         "{doc:#}"
     );
     assert_eq!(sha256(&dev.0), before, "the block device is unchanged");
-    let dev_name = doc["layers"][0].as_str().unwrap().split(':').next().unwrap();
+    let dev_name = doc["layers"][0]
+        .as_str()
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap();
     let overlay = format!("{}-testboot-{dev_name}.qcow2", im.domain);
     assert!(
         tp.pool.find_volume(&overlay).unwrap().is_none(),
         "{overlay} is deleted"
     );
+    nothing_left(&tp, &im);
+}
+
+#[test]
+fn a_uefi_domain_boots_on_a_copy_of_its_variables_and_the_real_file_is_untouched() {
+    let tp = TestPool::new("tb-efi");
+    let dir = tp.path("vm");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut disk = saying("", Then::Halt);
+    disk.resize(1 << 20, 0);
+    std::fs::write(dir.join("efi1-flat.vmdk"), &disk).unwrap();
+    let extent = format!("RW {} VMFS \"efi1-flat.vmdk\"", disk.len() / 512);
+    let desc = util::fixtures::descriptor(0x0e1f_0001, None, "vmfs", &[extent]);
+    std::fs::write(dir.join("efi1.vmdk"), desc).unwrap();
+    let vmx = dir.join("efi1.vmx");
+    std::fs::write(
+        &vmx,
+        "guestOS = \"debian12-64\"\nfirmware = \"efi\"\nmemsize = \"256\"\nnumvcpus = \"1\"\n\
+         scsi0.present = \"TRUE\"\nscsi0.virtualDev = \"pvscsi\"\nscsi0:0.present = \"TRUE\"\n\
+         scsi0:0.deviceType = \"scsi-hardDisk\"\nscsi0:0.fileName = \"efi1.vmdk\"\n",
+    )
+    .unwrap();
+    let im = Import::new(&tp, "tb-efi");
+    let mut args: Vec<std::ffi::OsString> = im.common();
+    args.extend(["--vmx".into(), vmx.into(), "--cpu".into(), "default".into()]);
+    ok(&im.run(&args), "stage 1");
+    // firmware='efi': libvirt keeps the variables in its nvram folder, named after the domain.
+    let real = format!("/var/lib/libvirt/qemu/nvram/{}_VARS.fd", im.domain);
+    let before = std::fs::read(&real).expect("the trial start made the variables");
+    let report = tp.path("report");
+    let out = test_boot(
+        &im,
+        &["--timeout", "8s", "--report", report.to_str().unwrap()],
+    );
+    println!("{}", ok(&out, "test-boot"));
+    let doc = report_json(&report);
+    assert_eq!(
+        doc["verdict"], "unknown",
+        "nothing to boot under UEFI: {doc:#}"
+    );
+    let layers = doc["layers"].to_string();
+    assert!(layers.contains(&format!("copied from {real}")), "{doc:#}");
+    let after = std::fs::read(&real).unwrap();
+    assert!(after == before, "the real variables are untouched");
+    let copy = Path::new(&real).with_file_name(format!("{}-testboot_VARS.fd", im.domain));
+    assert!(!copy.exists(), "{} is removed", copy.display());
     nothing_left(&tp, &im);
 }

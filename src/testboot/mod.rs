@@ -19,7 +19,7 @@ use crate::libvirt::{self, Conn, Dom, Events};
 use crate::state::{lifecycle::utc_now, metadata, TestBootRecord};
 use leftovers::Leftovers;
 use verdict::Finding;
-use xml::{DiskLayer, Throwaway};
+use xml::{DiskLayer, Nvram, Throwaway};
 
 /// The longest watch: a day (a longer one is a typo).
 const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
@@ -206,7 +206,7 @@ fn plan_layers(conn: &Conn, req: &Request, real_xml: &str) -> Result<Layers> {
             console_log: conn
                 .is_local()
                 .then(|| format!("/var/log/libvirt/qemu/{name}-console.log")),
-            nvram: nvram_copy(real_xml, &name)?,
+            nvram: nvram_copy(conn, real_xml, &req.domain, &name)?,
         },
         overlays: Vec::new(),
         leftovers: Leftovers {
@@ -216,7 +216,23 @@ fn plan_layers(conn: &Conn, req: &Request, real_xml: &str) -> Result<Layers> {
         lines: Vec::new(),
     };
     l.leftovers.files.extend(l.throwaway.console_log.clone());
-    l.leftovers.files.extend(l.throwaway.nvram.clone());
+    l.leftovers
+        .files
+        .extend(l.throwaway.nvram.as_ref().map(|n| n.copy.clone()));
+    if let Some(nv) = &l.throwaway.nvram {
+        l.lines.push(match &nv.template {
+            Some(t) => format!("UEFI variables: {} copied from {t} by libvirt", nv.copy),
+            None if nv.fill_from.is_some() => format!(
+                "UEFI variables: {} copied from {}",
+                nv.copy,
+                nv.fill_from.as_deref().unwrap_or_default()
+            ),
+            None => format!(
+                "UEFI variables: {} from the firmware's blank ones (no file of the domain's here)",
+                nv.copy
+            ),
+        });
+    }
     for (dev, kind, source) in xml::data_disks(real_xml)? {
         let (path, block) = resolve(conn, &dev, &kind, &source)?;
         if block {
@@ -288,19 +304,61 @@ fn overlay_xml(name: &str, capacity: u64, backing: &str) -> String {
     )
 }
 
-/// The NVRAM file of the copy, beside the real one's; None when the domain has none.
-fn nvram_copy(real_xml: &str, name: &str) -> Result<Option<String>> {
+/// Where libvirt keeps the UEFI variables of a domain whose XML names no file
+/// (`<os firmware='efi'>`): NAME_VARS.fd in the QEMU driver's nvram folder.
+const NVRAM_DIR: &str = "/var/lib/libvirt/qemu/nvram";
+
+/// The copy's UEFI variables, from the real domain's file: named in its XML (libvirt copies
+/// it, as the template), or libvirt's default for `firmware='efi'`, copied here before the
+/// start when it exists on this host; None for a BIOS domain.
+fn nvram_copy(conn: &Conn, real_xml: &str, real: &str, name: &str) -> Result<Option<Nvram>> {
     let dom = crate::xmltree::parse(real_xml).context("the domain's XML")?;
-    let Some(nv) = dom.find("os").and_then(|os| os.find("nvram")) else {
+    let Some(os) = dom.find("os") else {
         return Ok(None);
     };
-    let real = nv.text_content();
-    let dir = Path::new(real.trim())
-        .parent()
-        .unwrap_or(Path::new("/var/lib/libvirt/qemu/nvram"));
-    Ok(Some(
-        dir.join(format!("{name}_VARS.fd")).display().to_string(),
-    ))
+    let named = os
+        .find("nvram")
+        .map(|n| n.text_content().trim().to_string());
+    let (template, fill_from) = match named.filter(|n| !n.is_empty()) {
+        Some(path) => (Some(path), None),
+        None if os.get_attr("firmware") == Some("efi") => {
+            let path = format!("{NVRAM_DIR}/{real}_VARS.fd");
+            (
+                None,
+                (conn.is_local() && Path::new(&path).exists()).then_some(path),
+            )
+        }
+        None if os.find("loader").and_then(|l| l.get_attr("type")) == Some("pflash") => {
+            (None, None)
+        }
+        None => return Ok(None),
+    };
+    let from = template.as_deref().or(fill_from.as_deref());
+    let dir = from
+        .and_then(|t| Path::new(t).parent())
+        .unwrap_or(Path::new(NVRAM_DIR));
+    let copy = dir.join(format!("{name}_VARS.fd")).display().to_string();
+    Ok(Some(Nvram {
+        template,
+        fill_from,
+        copy,
+    }))
+}
+
+/// Fill the copy's variables from the real file: a new file (one that exists was not made
+/// by a test boot recorded here, so it is not overwritten).
+fn fill_nvram(nv: &Nvram) -> Result<()> {
+    let Some(from) = &nv.fill_from else {
+        return Ok(());
+    };
+    let mut src = std::fs::File::open(from).with_context(|| format!("opening {from}"))?;
+    let mut dst = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&nv.copy)
+        .with_context(|| format!("creating {} (the copy's UEFI variables)", nv.copy))?;
+    std::io::copy(&mut src, &mut dst).with_context(|| format!("copying {from} to {}", nv.copy))?;
+    Ok(())
 }
 
 /// Make the overlays, start the throwaway domain paused, watch it from its first instruction.
@@ -324,6 +382,9 @@ fn boot_and_watch(
         if let DiskLayer::Overlay { file } = layer {
             *file = p.volume(file)?.path().to_string();
         }
+    }
+    if let Some(nv) = &throwaway.nvram {
+        fill_nvram(nv)?;
     }
     let domain_xml = xml::throwaway(real_xml, &throwaway)?;
     let dom = conn.create_transient_paused(&domain_xml, &throwaway.name)?;

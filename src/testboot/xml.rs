@@ -14,6 +14,17 @@ pub enum DiskLayer {
     Overlay { file: String },
 }
 
+/// The copy's UEFI variables: a file of its own, which libvirt makes from `template` (the
+/// real domain's file), or which we fill from `fill_from` before the start (libvirt 9.0
+/// refuses a template with `firmware='efi'`), or, with neither, libvirt makes from the
+/// firmware's blank variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nvram {
+    pub template: Option<String>,
+    pub fill_from: Option<String>,
+    pub copy: String,
+}
+
 /// What the throwaway domain gets in place of the real one's.
 #[derive(Debug, Clone)]
 pub struct Throwaway {
@@ -22,8 +33,8 @@ pub struct Throwaway {
     pub disks: Vec<(String, DiskLayer)>,
     /// The file the serial console is logged to (on the host).
     pub console_log: Option<String>,
-    /// The NVRAM file of the copy (made by libvirt from the real one's, its template).
-    pub nvram: Option<String>,
+    /// The UEFI variables of the copy.
+    pub nvram: Option<Nvram>,
 }
 
 /// The real domain's disks that hold data (not CD-ROMs or floppies): `(target dev, type,
@@ -75,7 +86,7 @@ pub fn throwaway(real_xml: &str, t: &Throwaway) -> Result<String> {
     dom.find_or_insert("title")
         .set_text(&format!("virt-vmdkimport test boot ({})", t.name));
     if let Some(os) = dom.find_mut("os") {
-        set_nvram(os, t.nvram.as_deref());
+        set_nvram(os, t.nvram.as_ref());
     }
     let devices = dom
         .find_mut("devices")
@@ -102,19 +113,15 @@ pub fn throwaway(real_xml: &str, t: &Throwaway) -> Result<String> {
     Ok(xmltree::to_string(&dom))
 }
 
-/// `<nvram>` of the copy: a file of its own, made from the real domain's as its template.
-fn set_nvram(os: &mut Element, copy: Option<&str>) {
-    let Some(nv) = os.find_mut("nvram") else {
-        return;
-    };
-    let real = nv.text_content();
-    match copy {
-        Some(copy) if !real.trim().is_empty() => {
-            nv.set_attr("template", real.trim());
-            nv.set_text(copy);
+/// `<nvram>` of the copy: its own file, never the real one's.
+fn set_nvram(os: &mut Element, nvram: Option<&Nvram>) {
+    os.remove_children("nvram");
+    if let Some(nv) = nvram {
+        let mut el = Element::new("nvram").text(&nv.copy);
+        if let Some(t) = &nv.template {
+            el = el.attr("template", t);
         }
-        // No file of the real one's to copy: libvirt makes fresh variables.
-        _ => os.remove_children("nvram"),
+        os.children.push(xmltree::Node::Element(el));
     }
 }
 
@@ -206,7 +213,11 @@ mod tests {
                 ),
             ],
             console_log: Some("/var/log/libvirt/qemu/web1-testboot-console.log".into()),
-            nvram: Some("/var/lib/libvirt/qemu/nvram/web1-testboot_VARS.fd".into()),
+            nvram: Some(Nvram {
+                template: Some("/var/lib/libvirt/qemu/nvram/web1_VARS.fd".into()),
+                fill_from: None,
+                copy: "/var/lib/libvirt/qemu/nvram/web1-testboot_VARS.fd".into(),
+            }),
         }
     }
 
