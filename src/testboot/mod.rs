@@ -116,11 +116,28 @@ pub fn test_boot(conn: &Conn, req: &Request) -> Result<Option<Outcome>> {
     leftovers::record(&real, &plan.leftovers)?;
     let watched = boot_and_watch(conn, req, &real_xml, &plan, &began);
     let cleaned = leftovers::clean(conn, &real, &plan.leftovers);
-    let (seen, facts) = watched?;
-    for line in cleaned.context("removing the throwaway domain and its overlays")? {
-        log::debug!("{line}");
-    }
+    let (seen, facts) = match (watched, cleaned) {
+        (Ok(w), Ok(lines)) => {
+            lines.iter().for_each(|l| log::debug!("{l}"));
+            w
+        }
+        (Err(e), Ok(_)) => return Err(e),
+        (Ok(_), Err(c)) => return Err(c.context(LEFT_FOR_CLEANUP)),
+        (Err(e), Err(c)) => return Err(e.context(format!("{LEFT_FOR_CLEANUP}: {c:#}"))),
+    };
     conclude(&real, req, seen, facts)
+}
+
+/// What a failed removal of the copy leaves, and the way out.
+const LEFT_FOR_CLEANUP: &str =
+    "removing the throwaway domain and its overlays failed; they stay recorded for `test-boot --cleanup`";
+
+/// The one line a test boot cut short by `sig` ends with.
+pub fn interrupted_line(sig: i32, err: &anyhow::Error) -> String {
+    format!(
+        "{}: no verdict recorded; what the test boot made is removed, or stays recorded for `test-boot --cleanup` ({err:#})",
+        crate::interrupt::Interrupted { signal: sig }
+    )
 }
 
 /// The verdict recorded in the import state, the report written.
