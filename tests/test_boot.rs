@@ -9,6 +9,7 @@ use std::time::Instant;
 use util::bootimg::{saying, Then};
 use util::import::{ok, virsh, Import};
 use util::libvirt::TestPool;
+use vmdkimport::state::ImportState;
 
 const SMALL_VM: &[&str] = &["--memory", "128", "--vcpus", "1", "--cpu", "default"];
 
@@ -62,6 +63,7 @@ fn verdict_of(tag: &str, sector: &[u8], timeout: &str) -> (serde_json::Value, St
     let tp = TestPool::new(tag);
     let im = imported(&tp, tag, sector);
     let (before_xml, before_disk) = (xml_without_state(&im), im.read());
+    let before_state = ImportState::from_xml(&im.state()).unwrap();
     let report = tp.path("report");
     let t = Instant::now();
     let out = test_boot(
@@ -78,10 +80,16 @@ fn verdict_of(tag: &str, sector: &[u8], timeout: &str) -> (serde_json::Value, St
     assert!(im.read() == before_disk, "the volume is unchanged");
     nothing_left(&tp, &im);
     let doc = report_json(&report);
-    let state = im.state();
-    assert!(
-        state.contains(&format!("verdict=\"{}\"", doc["verdict"].as_str().unwrap())),
-        "the import state records the verdict: {state}"
+    let mut state = ImportState::from_xml(&im.state()).unwrap();
+    let record = state
+        .test_boot
+        .take()
+        .expect("the import state records the test boot");
+    assert_eq!(record.verdict, doc["verdict"].as_str().unwrap());
+    assert_eq!(record.evidence, doc["evidence"]["text"].as_str().unwrap());
+    assert_eq!(
+        state, before_state,
+        "nothing else of the import state changed"
     );
     (doc, stdout)
 }
