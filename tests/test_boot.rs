@@ -291,6 +291,9 @@ fn plan_test_boot_writes_one_page_that_a_browser_shows_with_each_verdict() {
         "chromium made no screenshot:\n{}",
         String::from_utf8_lossy(&browser.stderr)
     );
+    if let Ok(keep) = std::env::var("VMDKIMPORT_TEST_KEEP_REPORTS") {
+        std::fs::copy(&shot, Path::new(&keep).join("plan-page.png")).unwrap();
+    }
     let text = ocr(&shot);
     println!("the page as tesseract reads chromium's screenshot:\n{text}");
     for word in ["booted", "failed", "login prompt", "kernel panic"] {
