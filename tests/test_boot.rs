@@ -445,3 +445,44 @@ fn a_uefi_domain_boots_on_a_copy_of_its_variables_and_the_real_file_is_untouched
     assert!(!copy.exists(), "{} is removed", copy.display());
     nothing_left(&tp, &im);
 }
+
+#[test]
+fn without_tesseract_the_screen_is_not_read_and_the_report_says_so() {
+    let tp = TestPool::new("tb-noocr");
+    let im = imported(&tp, "tb-noocr", &saying("\r\nplain login: ", Then::Halt));
+    let report = tp.path("report");
+    let empty = tp.path("no-tools");
+    std::fs::create_dir_all(&empty).unwrap();
+    let mut args = vec!["test-boot", "-c", &im.uri, "--domain", &im.domain];
+    args.extend(["--timeout", "60s", "--report", report.to_str().unwrap()]);
+    let out = util::import::run_env(&args, &[("PATH", empty.to_str().unwrap())]);
+    let stdout = ok(&out, "test-boot without tesseract");
+    let doc = report_json(&report);
+    assert_eq!(
+        doc["verdict"], "booted",
+        "the console still decides: {doc:#}"
+    );
+    assert!(
+        doc["ocr"].as_str().unwrap().starts_with("absent"),
+        "{doc:#}"
+    );
+    assert!(
+        doc["evidence"]["notes"]
+            .to_string()
+            .contains("tesseract is not installed"),
+        "{doc:#}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("note: tesseract is not installed"),
+        "{stdout}{stderr}"
+    );
+    assert!(
+        doc["screenshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["text"].is_null()),
+        "{doc:#}"
+    );
+}

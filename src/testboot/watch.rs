@@ -93,6 +93,11 @@ impl Watch<'_> {
                 "tesseract is not installed: the screen was not read, the verdict rests on the console, the agent and the events".into(),
             );
         }
+        if self.console_log.is_none() {
+            seen.notes.push(
+                "the serial console is logged on the KVM host and not read over a remote connection: the verdict rests on the screen, the agent and the events".into(),
+            );
+        }
         let began = Instant::now();
         let (mut next_screen, mut next_agent) = (began, began + AGENT_EVERY);
         let mut stopped_at = None;
