@@ -1,4 +1,4 @@
-//! A real Debian bookworm guest moved from a VMware-style folder keeps its NIC name (`ens192`) and its disk name (`/dev/sda1`) with no edit inside the guest, and loses the NIC with `--nic-names kvm`.
+//! A real Debian bookworm guest moved from a VMware-style folder keeps its NIC name (`ens192`) and its disk name (`/dev/sda1`) with no edit inside the guest, and loses the NIC with `--nic-names kvm`; a test boot of it after stage 1 is `booted`, and `failed` with a root device that is not there, the volume unchanged.
 //!
 //! The guest comes from `scripts/debian-guest.sh` (built once, cached in
 //! /var/tmp/vmdkimport-debian-guest). Each test makes a VM folder from it: the cached disk as
