@@ -12,10 +12,11 @@ set -euo pipefail
 # with BusyBox's applets, as ESXi does; debootstrap, e2fsprogs: scripts/debian-guest.sh makes the
 # real-guest tests' Debian guest (mkfs.ext4 -d, and debugfs writes the tests' files into it);
 # g++: libfuzzer-sys compiles libFuzzer (C++) whenever the fuzz crate builds, as scripts/test.sh
-# has it do.
+# has it do; tesseract-ocr: `test-boot` reads the guest's screen with it; chromium: the tests
+# open `plan test-boot`'s HTML page in it (headless) and read its screenshot.
 pkgs=(libvirt-dev libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86
       qemu-utils pkg-config ovmf nasm python3 libxml2-utils time iproute2 openssh-client
-      openssh-server busybox debootstrap e2fsprogs g++)
+      openssh-server busybox debootstrap e2fsprogs g++ tesseract-ocr chromium)
 need_pkgs=()
 for p in "${pkgs[@]}"; do
     status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)

@@ -51,6 +51,9 @@ pub enum Command {
     Plan(PlanArgs),
     /// Show a domain's import state as a table.
     Status(StatusArgs),
+    /// Boot the volumes' current content in a throwaway copy of the domain (disks behind
+    /// copy-on-write, NICs unplugged) and say whether the guest boots.
+    TestBoot(TestBootArgs),
 }
 
 /// What `plan` does for each VM of the plan.
@@ -67,6 +70,8 @@ pub enum Action {
     Cutover,
     /// One line per VM from the import state on its host: phase, bytes, outage, errors.
     Status,
+    /// A test boot of every VM, one after the other, and one HTML page of the verdicts.
+    TestBoot,
 }
 
 #[derive(Debug, Args)]
@@ -92,6 +97,9 @@ pub struct PlanArgs {
     /// With --until-outage: at most this many rounds per VM (each takes a migration snapshot).
     #[arg(long, value_name = "N", requires = "until_outage")]
     pub max_rounds: Option<u32>,
+    /// test-boot: how long to watch each VM (default 5m).
+    #[arg(long, value_name = "DURATION", value_parser = crate::units::parse_timeout)]
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// `--max-rounds` when not given: five rounds usually bring the delta down to what the VM
@@ -108,6 +116,28 @@ pub struct StatusArgs {
     pub connect: Option<String>,
 }
 
+#[derive(Debug, Args)]
+pub struct TestBootArgs {
+    /// The imported domain (shut off) whose volumes are booted.
+    #[arg(short = 'd', long, value_name = "NAME")]
+    pub domain: String,
+    /// libvirt connection URI (else LIBVIRT_DEFAULT_URI, else libvirt's default).
+    #[arg(short = 'c', long = "connect", value_name = "URI")]
+    pub connect: Option<String>,
+    /// How long to watch the guest before the verdict is `unknown` (seconds, or 90s, 5m).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = crate::units::parse_timeout)]
+    pub timeout: std::time::Duration,
+    /// Write the screenshots (PNG), the console log and report.json into this folder.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
+    /// Boot nothing: remove what an interrupted test boot of the domain left.
+    #[arg(long)]
+    pub cleanup: bool,
+    /// The pool for the qcow2 overlays of block-device disks (file disks need none).
+    #[arg(long, value_name = "POOL", default_value = "default")]
+    pub overlay_pool: String,
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "virt-vmdkimport",
@@ -120,11 +150,14 @@ pub struct StatusArgs {
         Raw target (no libvirt):\n  \
         virt-vmdkimport --target /dev/vg/web1 vm-000001.vmdk\n\
         Many VMs from a plan file:\n  \
-        virt-vmdkimport plan check|stage1|sync|cutover|status migration.toml",
+        virt-vmdkimport plan check|stage1|sync|cutover|status|test-boot migration.toml\n\
+        A test boot of the volumes' current content:\n  \
+        virt-vmdkimport test-boot --domain web1",
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
-    /// `plan` (many VMs from a plan file) or `status` (one domain's import state).
+    /// `plan` (many VMs from a plan file), `status` (one domain's import state) or
+    /// `test-boot` (boot a copy of one domain's volumes).
     #[command(subcommand)]
     pub command: Option<Command>,
 
@@ -333,7 +366,8 @@ pub fn hoist_before_subcommand(args: Vec<OsString>) -> Vec<OsString> {
         a.to_str()
             .is_some_and(|a| a.starts_with("-c") || a.starts_with("--connect"))
     });
-    let movable = matches!(sub, Some("status")) || (matches!(sub, Some("plan")) && !connects);
+    let movable =
+        matches!(sub, Some("status" | "test-boot")) || (matches!(sub, Some("plan")) && !connects);
     if lead.is_empty() || !movable {
         return args;
     }
@@ -360,7 +394,9 @@ impl Cli {
 
     /// What the run does, as `--json` names it.
     pub fn command_name(&self) -> &'static str {
-        if self.command.is_some() {
+        if matches!(self.command, Some(Command::TestBoot(_))) {
+            "test-boot"
+        } else if self.command.is_some() {
             "plan"
         } else if self.target.is_some() {
             "target"

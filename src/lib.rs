@@ -19,6 +19,7 @@ pub mod projection;
 pub mod qcow2;
 pub mod report;
 pub mod state;
+pub mod testboot;
 pub mod units;
 pub mod vmdk;
 pub mod vmx;

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use std::time::{Instant, SystemTime};
-use vmdkimport::cli::Cli;
+use vmdkimport::cli::{Cli, Command};
 use vmdkimport::plan::Plan;
 use vmdkimport::{interrupt, report, watchdog};
 
@@ -30,7 +30,10 @@ fn main() {
 /// The error's one line on stderr; the exit code.
 fn report_error(cli: &Cli, e: &anyhow::Error) -> i32 {
     if let Some(sig) = interrupt::received() {
-        let line = interrupt::rerun_line(sig, e, cli.target.is_some());
+        let line = match &cli.command {
+            Some(Command::TestBoot(_)) => vmdkimport::testboot::interrupted_line(sig, e),
+            _ => interrupt::rerun_line(sig, e, cli.target.is_some()),
+        };
         log::error!("{}", vmdkimport::out::sanitize(&line));
         return 128 + sig;
     }

@@ -30,16 +30,32 @@ pub enum Plan<'a> {
     /// An import into libvirt: stage 1, stage 2 or both, shaping options, `--sync`,
     /// `--cutover`, from local files or an ESXi host.
     Import(Box<ImportPlan>),
+    /// `test-boot`: the volumes booted in a throwaway copy of the domain, or `--cleanup`.
+    TestBoot(crate::testboot::Request),
+    /// `plan test-boot`: a test boot of each VM of a plan, and one HTML page.
+    TestBootPlan(&'a crate::cli::PlanArgs),
 }
 
 impl<'a> Plan<'a> {
     /// The plan for `cli`. Pure: opens nothing, connects nowhere.
     pub fn from_cli(cli: &'a Cli) -> Result<Plan<'a>> {
-        if let Some(cmd) = &cli.command {
-            if let Command::Plan(a) = cmd {
-                check_rounds(a)?;
+        match &cli.command {
+            Some(Command::TestBoot(a)) => {
+                return Ok(Plan::TestBoot(crate::testboot::Request::from_args(a)?))
             }
-            return Ok(Plan::Fleet(cmd));
+            Some(Command::Plan(p)) if p.action == Action::TestBoot => {
+                return Ok(Plan::TestBootPlan(p))
+            }
+            Some(Command::Plan(p)) if p.timeout.is_some() => {
+                anyhow::bail!("--timeout goes with plan test-boot")
+            }
+            Some(cmd) => {
+                if let Command::Plan(a) = cmd {
+                    check_rounds(a)?;
+                }
+                return Ok(Plan::Fleet(cmd));
+            }
+            None => {}
         }
         if let Some(target) = &cli.target {
             ensure!(
@@ -92,6 +108,8 @@ impl<'a> Plan<'a> {
                 }
                 crate::import::run(*plan)
             }
+            Plan::TestBoot(req) => crate::testboot::run(&req),
+            Plan::TestBootPlan(args) => crate::testboot::plan::run(args),
         }
     }
 }
@@ -353,6 +371,44 @@ mod tests {
             &["plan", "sync", "p.toml", "--until-outage", "0s"],
             "longer than zero",
         );
+    }
+
+    #[test]
+    fn test_boot_options_are_checked_before_anything() {
+        plan(&["test-boot", "--domain", "web1"]).unwrap();
+        plan(&["test-boot", "--domain", "web1", "--cleanup"]).unwrap();
+        plan(&[
+            "plan",
+            "test-boot",
+            "/nonexistent/p.toml",
+            "--timeout",
+            "90s",
+        ])
+        .unwrap();
+        refused(
+            &[
+                "test-boot",
+                "--domain",
+                "web1",
+                "--cleanup",
+                "--report",
+                "/tmp/r",
+            ],
+            "--cleanup boots nothing",
+        );
+        refused(
+            &["test-boot", "--domain", "web1", "--timeout", "2d"],
+            "at most a day",
+        );
+        refused(
+            &["test-boot", "--domain", "", "--timeout", "1m"],
+            "give the domain's name",
+        );
+        refused(
+            &["plan", "check", "/nonexistent/p.toml", "--timeout", "90s"],
+            "--timeout goes with plan test-boot",
+        );
+        assert!(plan(&["test-boot", "--domain", "web1", "--timeout", "0s"]).is_err());
     }
 
     #[test]

@@ -123,6 +123,22 @@ impl StepKind {
     }
 }
 
+/// The VMs `--only` names (all without it); a name not in the plan is an error.
+pub fn select(fleet: &Fleet, only: &[String]) -> Result<Vec<FleetVm>> {
+    if let Some(n) = only
+        .iter()
+        .find(|n| !fleet.vms.iter().any(|v| &v.name == *n))
+    {
+        bail!("--only {n}: no VM of that name in {}", fleet.path.display());
+    }
+    Ok(fleet
+        .vms
+        .iter()
+        .filter(|v| only.is_empty() || only.contains(&v.name))
+        .cloned()
+        .collect())
+}
+
 /// Read and check the plan at `path`: unknown keys, missing sources, duplicate names and
 /// option values the command line would refuse are errors naming the file (and the line).
 pub fn load(path: &Path) -> Result<Fleet> {

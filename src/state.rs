@@ -66,6 +66,18 @@ pub struct ImportState {
     pub local_applies: Vec<LocalApply>,
     /// Steps run by `plan` (stage 1, sync, cutover), oldest first; absent in older states.
     pub steps: Vec<StepRecord>,
+    /// The verdict of the last test boot (`test-boot`), if one ran.
+    pub test_boot: Option<TestBootRecord>,
+}
+
+/// The last test boot: when it began (UTC, `YYYY-MM-DDTHH:MM:SSZ`), its verdict (`booted`,
+/// `failed`, `unknown`), the evidence in one line, and how long the guest was watched.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct TestBootRecord {
+    pub at: String,
+    pub verdict: String,
+    pub evidence: String,
+    pub ms: u64,
 }
 
 /// One step of a plan run for this domain: when it began and ended (UTC with milliseconds,
@@ -374,6 +386,15 @@ impl ImportState {
         }
         root = self.with_steps(root);
         root = self.with_local_applies(root);
+        if let Some(t) = &self.test_boot {
+            root = root.child(
+                Element::new("test-boot")
+                    .attr("at", &t.at)
+                    .attr("verdict", &t.verdict)
+                    .attr("evidence", &t.evidence)
+                    .attr("ms", &t.ms.to_string()),
+            );
+        }
         if let Some(o) = &self.cutover {
             root = root.child(
                 Element::new("cutover")
@@ -459,7 +480,7 @@ impl ImportState {
         Ok(())
     }
 
-    /// `<sync>` and `<cutover>` records of the runs from ESXi.
+    /// `<sync>` and `<cutover>` records of the runs from ESXi, and the `<test-boot>` record.
     fn read_esx_records(&mut self, root: &Element) -> Result<()> {
         let num = |e: &Element, k: &str| -> Result<u64> {
             let v = e
@@ -478,6 +499,14 @@ impl ImportState {
                 read: opt("read")?,
                 final_bytes: opt("final-bytes")?,
                 since_ms: opt("since-ms")?,
+            });
+        }
+        if let Some(t) = root.elements().find(|e| e.local_name() == "test-boot") {
+            self.test_boot = Some(TestBootRecord {
+                at: at(t),
+                verdict: t.get_attr("verdict").unwrap_or("unknown").to_string(),
+                evidence: t.get_attr("evidence").unwrap_or_default().to_string(),
+                ms: num(t, "ms")?,
             });
         }
         if let Some(c) = root.elements().find(|e| e.local_name() == "cutover") {
@@ -827,6 +856,15 @@ mod tests {
         ]
     }
 
+    fn hostile_test_boot(nasty: &str) -> TestBootRecord {
+        TestBootRecord {
+            at: "2026-12-07T19:00:00Z".into(),
+            verdict: "failed".into(),
+            evidence: nasty.into(),
+            ms: 61_000,
+        }
+    }
+
     fn hostile() -> ImportState {
         let nasty = "a\"b'c<d>e&f\tg\nh\r ]]> &amp; <!-- é 日本";
         ImportState {
@@ -881,6 +919,7 @@ mod tests {
                 bytes: u64::MAX,
                 ms: 0,
             }],
+            test_boot: Some(hostile_test_boot(nasty)),
             steps: vec![StepRecord {
                 name: "stage1".into(),
                 began: "2026-11-27T12:00:00.001Z".into(),

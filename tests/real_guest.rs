@@ -1,4 +1,4 @@
-//! A real Debian bookworm guest moved from a VMware-style folder keeps its NIC name (`ens192`) and its disk name (`/dev/sda1`) with no edit inside the guest, and loses the NIC with `--nic-names kvm`.
+//! A real Debian bookworm guest moved from a VMware-style folder keeps its NIC name (`ens192`) and its disk name (`/dev/sda1`) with no edit inside the guest, and loses the NIC with `--nic-names kvm`; a test boot of it after stage 1 is `booted`, and `failed` with a root device that is not there, the volume unchanged.
 //!
 //! The guest comes from `scripts/debian-guest.sh` (built once, cached in
 //! /var/tmp/vmdkimport-debian-guest). Each test makes a VM folder from it: the cached disk as
@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use util::fixtures::{descriptor, write_sesparse, Kind, SeSparseOptions, SECTOR};
 use util::libvirt::{unique_name, TestPool};
-use util::vmximport::{dumpxml, import, virsh, wait_for_line, TestNet};
+use util::vmximport::{dumpxml, import, tool, virsh, wait_for_line, TestNet};
 
 /// Where `scripts/debian-guest.sh` caches the guest (unless VMDKIMPORT_GUEST_CACHE says).
 const CACHE: &str = "/var/tmp/vmdkimport-debian-guest";
@@ -203,9 +203,14 @@ ethernet0.pciSlotNumber = "192"
 /// Between the stages: TCG, no CPU mode, the guest's kernel booted directly with
 /// `root=/dev/sda1` (what its boot loader would say), the console logged to `log`.
 fn boot_directly_under_tcg(domain: &str, guest: &Path, log: &Path) {
+    boot_directly_with(domain, guest, log, "root=/dev/sda1 ro console=ttyS0 quiet");
+}
+
+/// [`boot_directly_under_tcg`] with the kernel command line `cmdline`.
+fn boot_directly_with(domain: &str, guest: &Path, log: &Path, cmdline: &str) {
     let xml = dumpxml(domain);
     let kernel = format!(
-        "<kernel>{}</kernel><initrd>{}</initrd><cmdline>root=/dev/sda1 ro console=ttyS0 quiet</cmdline></os>",
+        "<kernel>{}</kernel><initrd>{}</initrd><cmdline>{cmdline}</cmdline></os>",
         guest.join("vmlinuz").display(),
         guest.join("initrd.img").display()
     );
@@ -335,5 +340,113 @@ fn with_kvm_nic_names_the_same_guest_loses_its_network() {
     assert!(
         failed.iter().any(|l| l.starts_with("networking.service")),
         "ifupdown fails on the missing ens192: {report:?}"
+    );
+}
+
+/// The volume's SHA-256, read from its file.
+fn sha256(path: &Path) -> String {
+    run("sha256sum", &[path.to_str().unwrap()])
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// A test boot after stage 1 of the guest whose base has a serial login prompt (its getty on
+/// ttyS0 unmasked, its report-and-power-off unit gone), booted with `cmdline`: the report's
+/// JSON, its last screenshot, and the time it took. The volume's hash is the same before and
+/// after. With VMDKIMPORT_TEST_KEEP_REPORTS=DIR the report folder is copied to DIR/TAG.
+fn test_boot_after_stage1(tag: &str, cmdline: &str) -> (serde_json::Value, Vec<u8>, f64) {
+    let guest = guest();
+    let tp = TestPool::new(tag);
+    let net = TestNet::isolated(tag);
+    let vmx = vm_folder(
+        &tp,
+        &guest,
+        &[("/etc/fstab", "/dev/sda1 / ext4 errors=remount-ro 0 1\n")],
+    );
+    let base = vmx.parent().unwrap().join("deb-flat.vmdk");
+    inject(
+        &base,
+        &[("/etc/fstab", "/dev/sda1 / ext4 errors=remount-ro 0 1\n")],
+        &tp.dir,
+    );
+    let fs = format!("{}?offset={FS_OFFSET}", base.display());
+    for gone in [
+        "/etc/systemd/system/serial-getty@ttyS0.service",
+        "/etc/systemd/system/multi-user.target.wants/vmdkimport-report.service",
+    ] {
+        run("debugfs", &["-w", "-R", &format!("rm {gone}"), &fs]);
+    }
+    let name = unique_name(tag);
+    tp.track_domain(&name);
+    let map = format!("VM Network={}", net.name);
+    let s1 = import(
+        &tp,
+        &name,
+        &vmx,
+        &["--network", map.as_str(), "--cpu", "default"],
+    )
+    .ok();
+    assert!(s1.stdout().contains("stage 1 done"), "{s1}");
+    boot_directly_with(&name, &guest, &tp.path("real-console.log"), cmdline);
+    let volume = tp.pool_dir().join(format!("{name}-disk0"));
+    let before = sha256(&volume);
+    let report = tp.path("report");
+    let t = std::time::Instant::now();
+    let out = tool(&[
+        "test-boot",
+        "--domain",
+        &name,
+        "--timeout",
+        "240s",
+        "--report",
+        report.to_str().unwrap(),
+    ])
+    .ok();
+    let secs = t.elapsed().as_secs_f64();
+    println!("{out}({secs:.1} s)");
+    assert_eq!(sha256(&volume), before, "the volume is unchanged");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
+    if let Ok(keep) = std::env::var("VMDKIMPORT_TEST_KEEP_REPORTS") {
+        run(
+            "cp",
+            &["-r", report.to_str().unwrap(), &format!("{keep}/{tag}")],
+        );
+    }
+    let last = doc["screenshots"]
+        .as_array()
+        .and_then(|s| s.last())
+        .map(|s| std::fs::read(report.join(s["file"].as_str().unwrap())).unwrap())
+        .unwrap_or_default();
+    (doc, last, secs)
+}
+
+#[test]
+fn a_test_boot_of_the_good_copy_is_booted_with_a_screenshot() {
+    let (doc, png, secs) =
+        test_boot_after_stage1("real-tb-good", "root=/dev/sda1 ro console=ttyS0 quiet");
+    println!("verdict {} in {secs:.1} s: {doc:#}", doc["verdict"]);
+    assert_eq!(doc["verdict"], "booted", "{doc:#}");
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "a PNG screenshot: {doc:#}"
+    );
+}
+
+#[test]
+fn a_test_boot_with_a_root_device_that_is_not_there_fails_with_the_text() {
+    let (doc, _, secs) = test_boot_after_stage1(
+        "real-tb-noroot",
+        "root=/dev/sdz1 rootdelay=5 ro console=ttyS0",
+    );
+    println!("verdict {} in {secs:.1} s: {doc:#}", doc["verdict"]);
+    assert_eq!(doc["verdict"], "failed", "{doc:#}");
+    let text = doc["evidence"]["text"].as_str().unwrap();
+    assert!(
+        text.contains("root") || text.contains("initramfs"),
+        "the text says why: {doc:#}"
     );
 }

@@ -25,6 +25,9 @@ _virt__vmdkimport() {
             virt__vmdkimport,status)
                 cmd="virt__vmdkimport__subcmd__status"
                 ;;
+            virt__vmdkimport,test-boot)
+                cmd="virt__vmdkimport__subcmd__test__subcmd__boot"
+                ;;
             virt__vmdkimport__subcmd__help,help)
                 cmd="virt__vmdkimport__subcmd__help__subcmd__help"
                 ;;
@@ -34,6 +37,9 @@ _virt__vmdkimport() {
             virt__vmdkimport__subcmd__help,status)
                 cmd="virt__vmdkimport__subcmd__help__subcmd__status"
                 ;;
+            virt__vmdkimport__subcmd__help,test-boot)
+                cmd="virt__vmdkimport__subcmd__help__subcmd__test__subcmd__boot"
+                ;;
             *)
                 ;;
         esac
@@ -41,7 +47,7 @@ _virt__vmdkimport() {
 
     case "${cmd}" in
         virt__vmdkimport)
-            opts="-q -v -c -d -h -V --quiet --json --verbose --connect --target --domain --pool --flat --capacity --vmx --os --memory --vcpus --network --bridge --mac --cpu --hyperv-passthrough --no-start --print-xml --dry-run --io --overlay-pool --commit-bandwidth --allow-outside-paths --reupload-base --copy-independent --driver-disk --switch-to-virtio --sync --cutover --shutdown-timeout --stall-timeout --hard-off --rollback-on-failure --jobs --remove-esx-snapshots --nic-names --disk-bus --help --version plan status help"
+            opts="-q -v -c -d -h -V --quiet --json --verbose --connect --target --domain --pool --flat --capacity --vmx --os --memory --vcpus --network --bridge --mac --cpu --hyperv-passthrough --no-start --print-xml --dry-run --io --overlay-pool --commit-bandwidth --allow-outside-paths --reupload-base --copy-independent --driver-disk --switch-to-virtio --sync --cutover --shutdown-timeout --stall-timeout --hard-off --rollback-on-failure --jobs --remove-esx-snapshots --nic-names --disk-bus --help --version plan status test-boot help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -151,7 +157,7 @@ _virt__vmdkimport() {
             return 0
             ;;
         virt__subcmd__vmdkimport__subcmd__help)
-            opts="plan status help"
+            opts="plan status test-boot help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -206,8 +212,22 @@ _virt__vmdkimport() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        virt__subcmd__vmdkimport__subcmd__help__subcmd__test__subcmd__boot)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         virt__subcmd__vmdkimport__subcmd__plan)
-            opts="-q -v -h --only --json --until-outage --max-rounds --quiet --verbose --help check stage1 sync cutover status"
+            opts="-q -v -h --only --json --until-outage --max-rounds --timeout --quiet --verbose --help check stage1 sync cutover status test-boot"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -222,6 +242,10 @@ _virt__vmdkimport() {
                     return 0
                     ;;
                 --max-rounds)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -252,6 +276,48 @@ _virt__vmdkimport() {
                     return 0
                     ;;
                 -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        virt__subcmd__vmdkimport__subcmd__test__subcmd__boot)
+            opts="-d -c -q -v -h --domain --connect --timeout --report --cleanup --overlay-pool --quiet --verbose --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --domain)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -d)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --connect)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --report)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --overlay-pool)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -73,10 +73,12 @@ complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -s h -l he
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -s V -l version -d 'Print version'
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -a "plan" -d 'Run a migration plan (TOML) for many VMs across KVM hosts: check, stage1, sync, cutover, status'
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -a "status" -d 'Show a domain\'s import state as a table'
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -a "test-boot" -d 'Boot the volumes\' current content in a throwaway copy of the domain (disks behind copy-on-write, NICs unplugged) and say whether the guest boots'
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand plan" -l only -d 'Only these VMs of the plan (names, comma-separated)' -r
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand plan" -l until-outage -d '`plan sync`: repeat the pre-copy rounds of each VM until a cutover\'s projected outage is under this (seconds, or 30s, 2m), its final delta stops shrinking, or --max-rounds rounds ran; says which' -r
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand plan" -l max-rounds -d 'With --until-outage: at most this many rounds per VM (each takes a migration snapshot)' -r
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand plan" -l timeout -d 'test-boot: how long to watch each VM (default 5m)' -r
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand plan" -l json -d 'Print one JSON document (every VM\'s step, result, phase, bytes, times, error) on standard output; the per-VM lines and the table go to standard error'
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand plan" -s q -l quiet -d 'Quiet: only warnings and errors (no progress lines, no summary)'
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand plan" -s v -l verbose -d 'More detail: -v adds debug lines (the commands run on ESXi, the libvirt calls), -vv more'
@@ -86,6 +88,16 @@ complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand status" 
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand status" -s q -l quiet -d 'Quiet: only warnings and errors (no progress lines, no summary)'
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand status" -s v -l verbose -d 'More detail: -v adds debug lines (the commands run on ESXi, the libvirt calls), -vv more'
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand status" -s h -l help -d 'Print help'
-complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand help; and not __fish_seen_subcommand_from plan status help" -f -a "plan" -d 'Run a migration plan (TOML) for many VMs across KVM hosts: check, stage1, sync, cutover, status'
-complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand help; and not __fish_seen_subcommand_from plan status help" -f -a "status" -d 'Show a domain\'s import state as a table'
-complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand help; and not __fish_seen_subcommand_from plan status help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand test-boot" -s d -l domain -d 'The imported domain (shut off) whose volumes are booted' -r
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand test-boot" -s c -l connect -d 'libvirt connection URI (else LIBVIRT_DEFAULT_URI, else libvirt\'s default)' -r
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand test-boot" -l timeout -d 'How long to watch the guest before the verdict is `unknown` (seconds, or 90s, 5m)' -r
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand test-boot" -l report -d 'Write the screenshots (PNG), the console log and report.json into this folder' -r -F
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand test-boot" -l overlay-pool -d 'The pool for the qcow2 overlays of block-device disks (file disks need none)' -r
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand test-boot" -l cleanup -d 'Boot nothing: remove what an interrupted test boot of the domain left'
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand test-boot" -s q -l quiet -d 'Quiet: only warnings and errors (no progress lines, no summary)'
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand test-boot" -s v -l verbose -d 'More detail: -v adds debug lines (the commands run on ESXi, the libvirt calls), -vv more'
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand test-boot" -s h -l help -d 'Print help'
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand help; and not __fish_seen_subcommand_from plan status test-boot help" -f -a "plan" -d 'Run a migration plan (TOML) for many VMs across KVM hosts: check, stage1, sync, cutover, status'
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand help; and not __fish_seen_subcommand_from plan status test-boot help" -f -a "status" -d 'Show a domain\'s import state as a table'
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand help; and not __fish_seen_subcommand_from plan status test-boot help" -f -a "test-boot" -d 'Boot the volumes\' current content in a throwaway copy of the domain (disks behind copy-on-write, NICs unplugged) and say whether the guest boots'
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand help; and not __fish_seen_subcommand_from plan status test-boot help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

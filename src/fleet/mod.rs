@@ -21,6 +21,9 @@ pub fn run(cmd: &Command) -> Result<()> {
     match cmd {
         Command::Plan(a) => run_plan(a),
         Command::Status(a) => show_domain(a),
+        Command::TestBoot(_) => {
+            unreachable!("Plan::from_cli routes test-boot to the testboot module")
+        }
     }
 }
 
@@ -91,7 +94,7 @@ struct Row {
 
 fn run_plan(a: &PlanArgs) -> Result<()> {
     let fleet = plan_file::load(&a.plan)?;
-    let vms = select(&fleet, &a.only)?;
+    let vms = plan_file::select(&fleet, &a.only)?;
     let mut hosts = Hosts::default();
     if a.action == Action::Status {
         return status(&vms, &mut hosts, a.json);
@@ -271,22 +274,6 @@ fn decide(
     (rows, jobs)
 }
 
-/// The VMs `--only` names (all without it); a name not in the plan is an error.
-fn select(fleet: &Fleet, only: &[String]) -> Result<Vec<FleetVm>> {
-    if let Some(n) = only
-        .iter()
-        .find(|n| !fleet.vms.iter().any(|v| &v.name == *n))
-    {
-        bail!("--only {n}: no VM of that name in {}", fleet.path.display());
-    }
-    Ok(fleet
-        .vms
-        .iter()
-        .filter(|v| only.is_empty() || only.contains(&v.name))
-        .cloned()
-        .collect())
-}
-
 /// The step this action makes for `vm`, and whether it runs, from its state on its host.
 fn plan_step(
     hosts: &mut Hosts,
@@ -299,7 +286,7 @@ fn plan_step(
         Action::Stage1 => StepKind::Stage1,
         Action::Sync => StepKind::Sync,
         Action::Cutover => StepKind::Cutover,
-        Action::Status => unreachable!("status runs no step"),
+        Action::Status | Action::TestBoot => unreachable!("status and test-boot run no step"),
         Action::Check => {
             // The target pool must be there before anything can be made in it.
             hosts.get(&vm.uri)?.pool(&vm.pool)?;

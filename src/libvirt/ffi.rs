@@ -143,3 +143,119 @@ pub(crate) fn block_job_abort(dom: &Domain, disk: &str, pivot: bool) -> Result<(
         Ok(())
     }
 }
+
+/// What a domain's lifecycle and reboot events counted, shared with the callbacks.
+#[derive(Debug, Default)]
+pub(crate) struct EventCounts {
+    pub reboots: std::sync::atomic::AtomicU32,
+    pub crashes: std::sync::atomic::AtomicU32,
+    /// The domain stopped (for a transient domain: it is gone).
+    pub stopped: std::sync::atomic::AtomicBool,
+}
+
+type GenericCallback = unsafe extern "C" fn(
+    virt::sys::virConnectPtr,
+    virt::sys::virDomainPtr,
+    *mut std::os::raw::c_void,
+);
+type LifecycleCallback = unsafe extern "C" fn(
+    virt::sys::virConnectPtr,
+    virt::sys::virDomainPtr,
+    std::os::raw::c_int,
+    std::os::raw::c_int,
+    *mut std::os::raw::c_void,
+);
+
+unsafe extern "C" fn on_reboot(
+    _c: virt::sys::virConnectPtr,
+    _d: virt::sys::virDomainPtr,
+    opaque: *mut std::os::raw::c_void,
+) {
+    // SAFETY: `opaque` is the Arc<EventCounts> pointer given at registration, kept alive until
+    // libvirt calls `free_counts` after the callback is deregistered.
+    let counts = unsafe { &*(opaque as *const EventCounts) };
+    counts
+        .reboots
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+unsafe extern "C" fn on_lifecycle(
+    _c: virt::sys::virConnectPtr,
+    _d: virt::sys::virDomainPtr,
+    event: std::os::raw::c_int,
+    _detail: std::os::raw::c_int,
+    opaque: *mut std::os::raw::c_void,
+) {
+    use std::sync::atomic::Ordering::SeqCst;
+    // SAFETY: as in `on_reboot`.
+    let counts = unsafe { &*(opaque as *const EventCounts) };
+    match event as u32 {
+        virt::sys::VIR_DOMAIN_EVENT_CRASHED => {
+            counts.crashes.fetch_add(1, SeqCst);
+        }
+        virt::sys::VIR_DOMAIN_EVENT_STOPPED => counts.stopped.store(true, SeqCst),
+        _ => {}
+    }
+}
+
+unsafe extern "C" fn free_counts(opaque: *mut std::os::raw::c_void) {
+    // SAFETY: `opaque` came from `Arc::into_raw` in `register_domain_events`, one per
+    // registration, and libvirt calls this once per registration when it drops it.
+    drop(unsafe { std::sync::Arc::from_raw(opaque as *const EventCounts) });
+}
+
+/// Count `dom`'s reboot, crash and stop events into `counts` (libvirt's event loop, started
+/// with the connection, runs the callbacks); the callback ids, for [`deregister_events`].
+pub(crate) fn register_domain_events(
+    conn: &Connect,
+    dom: &Domain,
+    counts: &std::sync::Arc<EventCounts>,
+) -> Result<Vec<i32>, Error> {
+    // SAFETY: the lifecycle callback has the signature libvirt calls for
+    // VIR_DOMAIN_EVENT_ID_LIFECYCLE; the cast is what libvirt's VIR_DOMAIN_EVENT_CALLBACK macro does.
+    let lifecycle: GenericCallback =
+        unsafe { std::mem::transmute::<LifecycleCallback, GenericCallback>(on_lifecycle) };
+    let mut ids = Vec::new();
+    for (id, cb) in [
+        (
+            virt::sys::VIR_DOMAIN_EVENT_ID_REBOOT,
+            on_reboot as GenericCallback,
+        ),
+        (virt::sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE, lifecycle),
+    ] {
+        let opaque = std::sync::Arc::into_raw(counts.clone()) as *mut std::os::raw::c_void;
+        // SAFETY: `conn` and `dom` are live handles for the call; `opaque` holds one Arc
+        // reference that libvirt hands to `free_counts` when the registration ends (on failure
+        // it is not kept, so it is released here).
+        let rc = unsafe {
+            virt::sys::virConnectDomainEventRegisterAny(
+                conn.as_ptr(),
+                dom.as_ptr(),
+                id as i32,
+                Some(cb),
+                opaque,
+                Some(free_counts),
+            )
+        };
+        if rc < 0 {
+            let err = Error::last_error();
+            // SAFETY: libvirt did not take `opaque`: release its reference.
+            unsafe { free_counts(opaque) };
+            deregister_events(conn, &ids);
+            return Err(err);
+        }
+        ids.push(rc);
+    }
+    Ok(ids)
+}
+
+/// End the registrations `ids` made by [`register_domain_events`]; errors (a closed
+/// connection drops them anyway) are ignored.
+pub(crate) fn deregister_events(conn: &Connect, ids: &[i32]) {
+    for &id in ids {
+        // SAFETY: a live connection and an id it returned.
+        unsafe {
+            virt::sys::virConnectDomainEventDeregisterAny(conn.as_ptr(), id);
+        }
+    }
+}
