@@ -34,6 +34,7 @@ pub(super) fn check(plan: &ImportPlan, source: &Source, out: &mut Vec<Finding>) 
     networks(&conn, plan, source, out);
     machine(&conn, source, out);
     out.push(trial(state.as_ref()));
+    out.push(test_boot(state.as_ref(), &plan.domain));
 }
 
 /// The domain's name: free, taken by another tool's domain, or this import's (its phase).
@@ -287,6 +288,19 @@ pub fn trial(state: Option<&ImportState>) -> Finding {
     }
 }
 
+/// The last test boot's verdict (`virt-vmdkimport test-boot`), or that none was made.
+pub fn test_boot(state: Option<&ImportState>, domain: &str) -> Finding {
+    let way =
+        |d: &str| format!("virt-vmdkimport test-boot --domain {d} (the volumes are not written)");
+    match state.and_then(|s| s.test_boot.as_ref()) {
+        Some(t) if t.verdict == "booted" => finding(Severity::Info, format!("the test boot at {} booted: {}", t.at, t.evidence), "-"),
+        Some(t) if t.verdict == "failed" => finding(Severity::Error, format!("the test boot at {} failed: {}", t.at, t.evidence), format!("fix the guest on VMware (drivers, fstab, boot device) or the domain here, sync, and test again: {}", way(domain))),
+        Some(t) => finding(Severity::Warning, format!("the test boot at {} gave no verdict ({}): {}", t.at, t.verdict, t.evidence), format!("look at its screenshots, or boot it again with a longer --timeout: {}", way(domain))),
+        None if state.is_some_and(ImportState::every_base_uploaded) => finding(Severity::Warning, "no test boot yet: nothing has run the guest's own code".to_string(), way(domain)),
+        None => finding(Severity::Info, "a test boot is possible once stage 1 is done".to_string(), "-"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,5 +366,29 @@ mod tests {
         assert_eq!(trial(Some(&st)).severity, Severity::Error);
         st.trial.as_mut().unwrap().started = true;
         assert!(trial(Some(&st)).what.contains("passed: cpu host-model"));
+    }
+
+    #[test]
+    fn the_last_test_boot_is_said_and_a_failed_one_blocks() {
+        let mut st = ImportState::default();
+        assert_eq!(test_boot(None, "web1").severity, Severity::Info);
+        st.test_boot = Some(crate::state::TestBootRecord {
+            at: "2026-12-07T19:00:00Z".into(),
+            verdict: "failed".into(),
+            evidence: "Gave up waiting for root file system device.".into(),
+            ms: 42_000,
+        });
+        let f = test_boot(Some(&st), "web1");
+        assert_eq!(f.severity, Severity::Error);
+        assert!(f.what.contains("Gave up waiting"), "{}", f.what);
+        assert!(
+            f.way_out.contains("test-boot --domain web1"),
+            "{}",
+            f.way_out
+        );
+        st.test_boot.as_mut().unwrap().verdict = "unknown".into();
+        assert_eq!(test_boot(Some(&st), "web1").severity, Severity::Warning);
+        st.test_boot.as_mut().unwrap().verdict = "booted".into();
+        assert_eq!(test_boot(Some(&st), "web1").severity, Severity::Info);
     }
 }
