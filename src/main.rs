@@ -37,6 +37,10 @@ fn report_error(cli: &Cli, e: &anyhow::Error) -> i32 {
         log::error!("{}", vmdkimport::out::sanitize(&line));
         return 128 + sig;
     }
+    if let Some(nb) = e.downcast_ref::<vmdkimport::testboot::NotBooted>() {
+        log::error!("{nb}");
+        return nb.exit_code();
+    }
     if let Some(stall) = watchdog::stalled() {
         log::error!(
             "{}",

@@ -402,14 +402,19 @@ fn test_boot_after_stage1(tag: &str, cmdline: &str) -> (serde_json::Value, Vec<u
         "240s",
         "--report",
         report.to_str().unwrap(),
-    ])
-    .ok();
+    ]);
     let secs = t.elapsed().as_secs_f64();
     println!("{out}({secs:.1} s)");
     assert_eq!(sha256(&volume), before, "the volume is unchanged");
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
             .unwrap();
+    let code = match doc["verdict"].as_str() {
+        Some("booted") => 0,
+        Some("failed") => 2,
+        _ => 3,
+    };
+    assert_eq!(out.out.status.code(), Some(code), "exit by verdict: {out}");
     if let Ok(keep) = std::env::var("VMDKIMPORT_TEST_KEEP_REPORTS") {
         run(
             "cp",

@@ -70,7 +70,7 @@ fn verdict_of(tag: &str, sector: &[u8], timeout: &str) -> (serde_json::Value, St
         &im,
         &["--timeout", timeout, "--report", report.to_str().unwrap()],
     );
-    let stdout = ok(&out, "test-boot");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     println!("{stdout}({:.1} s)", t.elapsed().as_secs_f64());
     assert_eq!(
         xml_without_state(&im),
@@ -87,11 +87,28 @@ fn verdict_of(tag: &str, sector: &[u8], timeout: &str) -> (serde_json::Value, St
         .expect("the import state records the test boot");
     assert_eq!(record.verdict, doc["verdict"].as_str().unwrap());
     assert_eq!(record.evidence, doc["evidence"]["text"].as_str().unwrap());
+    assert_exit_by_verdict(&out, &doc);
     assert_eq!(
         state, before_state,
         "nothing else of the import state changed"
     );
     (doc, stdout)
+}
+
+/// The exit code says the verdict: 0 booted, 2 failed, 3 unknown (1 is left to errors).
+fn assert_exit_by_verdict(out: &Output, doc: &serde_json::Value) {
+    let want = match doc["verdict"].as_str() {
+        Some("booted") => 0,
+        Some("failed") => 2,
+        _ => 3,
+    };
+    assert_eq!(
+        out.status.code(),
+        Some(want),
+        "exit code for {}: {}",
+        doc["verdict"],
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -431,8 +448,8 @@ fn a_uefi_domain_boots_on_a_copy_of_its_variables_and_the_real_file_is_untouched
         &im,
         &["--timeout", "8s", "--report", report.to_str().unwrap()],
     );
-    println!("{}", ok(&out, "test-boot"));
     let doc = report_json(&report);
+    assert_exit_by_verdict(&out, &doc);
     assert_eq!(
         doc["verdict"], "unknown",
         "nothing to boot under UEFI: {doc:#}"

@@ -18,7 +18,7 @@ use crate::cli::TestBootArgs;
 use crate::libvirt::{self, Conn, Dom, Events};
 use crate::state::{lifecycle::utc_now, metadata, TestBootRecord};
 use leftovers::Leftovers;
-use verdict::Finding;
+use verdict::{Finding, Verdict};
 use xml::{DiskLayer, Nvram, Throwaway};
 
 /// The longest watch: a day (a longer one is a typo).
@@ -86,9 +86,34 @@ pub fn run(req: &Request) -> Result<()> {
         if let Some(dir) = &req.report {
             log::info!("report: {}", dir.join("report.json").display());
         }
+        if out.finding.verdict != Verdict::Booted {
+            return Err(NotBooted(out.finding.verdict).into());
+        }
     }
     Ok(())
 }
+
+/// A test boot that ran to its end without `booted`: the run's result, not a fault of the
+/// tool. Its exit code tells it apart from an error (1): 2 for `failed`, 3 for `unknown`.
+#[derive(Debug)]
+pub struct NotBooted(pub Verdict);
+
+impl NotBooted {
+    pub fn exit_code(&self) -> i32 {
+        match self.0 {
+            Verdict::Failed => 2,
+            _ => 3,
+        }
+    }
+}
+
+impl std::fmt::Display for NotBooted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the test boot's verdict is {}", self.0.as_str())
+    }
+}
+
+impl std::error::Error for NotBooted {}
 
 /// Clean up what an earlier test boot left; then, unless `--cleanup`, one test boot.
 pub fn test_boot(conn: &Conn, req: &Request) -> Result<Option<Outcome>> {
