@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_virt_vmdkimport_global_optspecs
-    string join \n q/quiet json v/verbose c/connect= target= d/domain= pool= flat= capacity= vmx= os= memory= vcpus= network= bridge= mac= cpu= hyperv-passthrough no-start print-xml dry-run io= overlay-pool= commit-bandwidth= allow-outside-paths reupload-base copy-independent driver-disk switch-to-virtio sync cutover shutdown-timeout= stall-timeout= hard-off rollback-on-failure jobs= remove-esx-snapshots nic-names= disk-bus= h/help V/version
+    string join \n q/quiet json v/verbose c/connect= target= d/domain= pool= flat= capacity= vmx= os= memory= vcpus= network= bridge= mac= cpu= hyperv-passthrough no-start print-xml dry-run io= overlay-pool= commit-bandwidth= allow-outside-paths reupload-base copy-independent driver-disk switch-to-virtio sync cutover shutdown-timeout= stall-timeout= hard-off rollback-on-failure jobs= ssh-connections= transport= nc-port= nc-address= remove-esx-snapshots nic-names= disk-bus= h/help V/version
 end
 
 function __fish_virt_vmdkimport_needs_command
@@ -48,6 +48,11 @@ complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l commit-
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l shutdown-timeout -d '--cutover: how long to wait for the VM to power off after the guest shutdown request (seconds, or 90s, 5m, 1h 30m)' -r
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l stall-timeout -d 'A transfer (base upload, delta apply, overlay upload, a read over ssh) that moves no byte for this long is ended as stalled, with an error naming the disk and the rerun command; what it left stays marked, so the rerun converges (seconds, or 90s, 5m)' -r
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l jobs -d '--sync/--cutover: disks read and written side by side' -r
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l ssh-connections -d 'With --vmx ssh://: ssh connections each base is read over (that many ranges, each written into the volume as it arrives), and the most final deltas of several disks read at once by --sync/--cutover; 1 to 16' -r
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l transport -d 'With --vmx ssh://: `ssh` (the default), or `nc` for trusted networks: commands stay on ssh, the bytes come unencrypted over TCP from `dd | nc` on ESXi to a port this tool opens (the ESXi firewall needs an outbound rule for that port)' -r -f -a "ssh\t'`dd` over ssh (encrypted), a connection of its own per range'
+nc\t'Trusted networks only: commands stay on ssh, the bytes come unencrypted over TCP from `dd | nc` on ESXi to a port this tool opens (the ESXi firewall needs an outbound rule)'"
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l nc-port -d '--transport nc: the TCP port this tool listens on (default 9001; 0: any free port)' -r
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l nc-address -d '--transport nc: the address ESXi connects to (default: this host\'s address as ESXi\'s sshd sees it, from $SSH_CONNECTION)' -r
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l nic-names -d 'Linux guests from a .vmx: `vmware` (the default) keeps VMware\'s NIC names (`ens192`) by giving each NIC the PCI slot number the .vmx records; `kvm` leaves the NICs to libvirt\'s addressing (`enp1s0`-style names)' -r -f -a "vmware\t'As on VMware (`ens192`): each NIC behind a PCIe root port with the .vmx\'s slot number'
 kvm\t'libvirt\'s default addressing: the guest names them after KVM\'s slots (`enp1s0`)'"
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l disk-bus -d 'Linux guests: `virtio-scsi` (the default: disks stay `sdX` in VMware\'s order) or `virtio-blk` (`vdX`)' -r -f -a "virtio-scsi\t'virtio-scsi: `sdX` as on VMware, in the .vmx\'s controller and unit order'
@@ -73,6 +78,7 @@ complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -s h -l he
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -s V -l version -d 'Print version'
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -a "plan" -d 'Run a migration plan (TOML) for many VMs across KVM hosts: check, stage1, sync, cutover, status'
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -a "status" -d 'Show a domain\'s import state as a table'
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -a "probe" -d 'Read part of an ESXi VM\'s largest base by each transport and connection count (the bytes discarded; no snapshot, nothing changed on ESXi) and print the MB/s of each and the flags to use'
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand plan" -l only -d 'Only these VMs of the plan (names, comma-separated)' -r
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand plan" -l json -d 'Print one JSON document (every VM\'s step, result, phase, bytes, times, error) on standard output; the per-VM lines and the table go to standard error'
@@ -84,6 +90,16 @@ complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand status" 
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand status" -s q -l quiet -d 'Quiet: only warnings and errors (no progress lines, no summary)'
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand status" -s v -l verbose -d 'More detail: -v adds debug lines (the commands run on ESXi, the libvirt calls), -vv more'
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand status" -s h -l help -d 'Print help'
-complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand help; and not __fish_seen_subcommand_from plan status help" -f -a "plan" -d 'Run a migration plan (TOML) for many VMs across KVM hosts: check, stage1, sync, cutover, status'
-complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand help; and not __fish_seen_subcommand_from plan status help" -f -a "status" -d 'Show a domain\'s import state as a table'
-complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand help; and not __fish_seen_subcommand_from plan status help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand probe" -l bytes -d 'Bytes each setting reads (1G, 512M; at most the base)' -r
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand probe" -l transport -d 'With --vmx ssh://: `ssh` (the default), or `nc` for trusted networks: commands stay on ssh, the bytes come unencrypted over TCP from `dd | nc` on ESXi to a port this tool opens (the ESXi firewall needs an outbound rule for that port)' -r -f -a "ssh\t'`dd` over ssh (encrypted), a connection of its own per range'
+nc\t'Trusted networks only: commands stay on ssh, the bytes come unencrypted over TCP from `dd | nc` on ESXi to a port this tool opens (the ESXi firewall needs an outbound rule)'"
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand probe" -l nc-port -d '--transport nc: the TCP port this tool listens on (default 9001; 0: any free port)' -r
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand probe" -l nc-address -d '--transport nc: the address ESXi connects to (default: this host\'s address as ESXi\'s sshd sees it, from $SSH_CONNECTION)' -r
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand probe" -l json -d 'One JSON document on standard output: each setting\'s bytes, seconds and MB/s, and the recommended flags'
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand probe" -s q -l quiet -d 'Quiet: only warnings and errors (no progress lines, no summary)'
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand probe" -s v -l verbose -d 'More detail: -v adds debug lines (the commands run on ESXi, the libvirt calls), -vv more'
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand probe" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand help; and not __fish_seen_subcommand_from plan status probe help" -f -a "plan" -d 'Run a migration plan (TOML) for many VMs across KVM hosts: check, stage1, sync, cutover, status'
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand help; and not __fish_seen_subcommand_from plan status probe help" -f -a "status" -d 'Show a domain\'s import state as a table'
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand help; and not __fish_seen_subcommand_from plan status probe help" -f -a "probe" -d 'Read part of an ESXi VM\'s largest base by each transport and connection count (the bytes discarded; no snapshot, nothing changed on ESXi) and print the MB/s of each and the flags to use'
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_using_subcommand help; and not __fish_seen_subcommand_from plan status probe help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

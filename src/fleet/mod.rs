@@ -19,6 +19,7 @@ pub fn run(cmd: &Command) -> Result<()> {
     match cmd {
         Command::Plan(a) => run_plan(a),
         Command::Status(a) => show_domain(a),
+        Command::Probe(_) => bail!("probe runs from its own plan (Plan::Probe), not a fleet's"),
     }
 }
 

@@ -54,6 +54,7 @@ pub fn run(req: &ImportPlan, conn: &Conn, o: &EsxOptions) -> Result<()> {
         req.dry_run,
         req.dry_run,
         req.open.allow_outside_paths,
+        req.transfer.clone(),
     )?;
     match o.step {
         Step::Sync => sync(req, conn, dom, &mut st, &targets, &vm, o),
@@ -351,7 +352,8 @@ fn prepare(
     Ok(work)
 }
 
-/// Mark the disks, write their deltas (`jobs` disks at a time), unmark the ones finished.
+/// Mark the disks, write their deltas (as many disks at a time as --ssh-connections), unmark
+/// the ones finished.
 fn apply(
     vm: &Vm,
     dom: &Dom,
@@ -359,14 +361,14 @@ fn apply(
     targets: &[Vol],
     work: &[DiskWork],
     cache: &HashMap<String, Opened>,
-    jobs: usize,
 ) -> Result<Moved> {
     let started = Instant::now();
     for w in work {
         st.disks[w.disk].begin_apply(w.lineage.clone(), Some(w.start))?;
     }
     metadata::write(dom, st)?;
-    let results = side_by_side(work, jobs, |w| {
+    // Each disk's grains come over a connection of their own: at most --ssh-connections.
+    let results = side_by_side(work, vm.transfer.connections(), |w| {
         let dev = &st.disks[w.disk].target_dev;
         (w.disk, write_disk(vm, &targets[w.disk], w, cache, dev))
     });
@@ -424,14 +426,16 @@ fn write_disk(
     let mut total = PassReport::default();
     for d in &w.deltas {
         let o = &cache[d];
+        let how = vm.transfer.name();
         log::info!(
-            "disk {dev}: applying {} over ssh...",
+            "disk {dev}: applying {} over {how}...",
             vm.ssh.url().with_path(d)
         );
         let name = o.extent.rsplit('/').next().unwrap_or(&o.extent);
-        let label = format!("disk {dev}: ssh read of {name}");
-        let p = remote::write_in_file_order(&vm.ssh, &o.extent, &o.pieces, &file, path, &label)
-            .with_context(|| format!("disk {dev}: applying {}", vm.ssh.url().with_path(d)))?;
+        let label = format!("disk {dev}: {how} read of {name}");
+        let p =
+            remote::write_in_file_order(&vm.transfer, &o.extent, &o.pieces, &file, path, &label)
+                .with_context(|| format!("disk {dev}: applying {}", vm.ssh.url().with_path(d)))?;
         total.read += p.read;
         total.data_bytes += p.data_bytes;
         total.zero_bytes += p.zero_bytes;
@@ -480,7 +484,7 @@ fn sync(
         Ok(None) => return Ok(()),
         Err(e) => return Err(undo(conn, found, st, e)),
     };
-    let moved = apply(vm, &dom, st, targets, &work, &cache, o.jobs)?;
+    let moved = apply(vm, &dom, st, targets, &work, &cache)?;
     st.syncs.push(SyncRound {
         at: lifecycle::utc_now(),
         bytes: moved.data + moved.zero,
@@ -657,7 +661,7 @@ fn finish(
     let opened = Instant::now();
     let all = |c: &RemoteChain| c.deltas.len();
     let work = prepare(vm, st, chains, &all, true, cache, o.jobs)?;
-    let mut moved = apply(vm, dom, st, targets, &work, cache, o.jobs)?;
+    let mut moved = apply(vm, dom, st, targets, &work, cache)?;
     // The final deltas' time counts from the VM off: opening them is part of it.
     moved.secs = opened.elapsed().as_secs_f64();
     crate::interrupt::check()?;

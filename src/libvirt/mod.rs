@@ -4,6 +4,7 @@ mod conn;
 mod domain;
 mod failure;
 mod ffi;
+mod ranges;
 mod sockets;
 mod stream;
 mod volume;
@@ -11,6 +12,7 @@ mod volume;
 pub use conn::{connect, uri_is_local, Conn};
 pub use domain::{parse_disk_sources, BlockJob, DiskKind, DiskSource, Dom};
 pub use failure::explain;
+pub use ranges::{upload_ranges, ImageRange, OpenRange};
 pub use sockets::sever_all;
 pub use stream::{
     download, download_into, is_zero, repair_file_length, upload_at, upload_image,

@@ -1,0 +1,397 @@
+//! A whole-volume upload from ranges read side by side: each range through a stream of its own at its offset, on a connection of its own, its zeros kept as holes.
+
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{anyhow, ensure, Context, Result};
+
+use super::stream::{
+    is_zero, reset_file_volume, restore_file_length, start_upload, OwnedStream, SparseSender,
+    UploadStats, FORCED_DATA, READ_BLOCK, ZEROS, ZERO_CHUNK,
+};
+use super::Vol;
+
+/// In a file volume, a run of zeros at least this long is left out (a hole: the stream ends
+/// before it and a new one starts after it); a shorter one is written, as a new stream costs
+/// the daemon a pool refresh when it closes.
+const SPLIT: u64 = 1 << 20;
+
+/// One range of the image: `len` bytes at `offset`.
+#[derive(Debug, Clone, Copy)]
+pub struct ImageRange {
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// A reader of one range's bytes, opened by its index.
+pub type OpenRange<'a> = dyn Fn(usize) -> Result<Box<dyn Read + Send>> + Sync + 'a;
+
+/// Upload an image of `ranges` (front to back, together covering its bytes from 0) into
+/// `vol`, every range at once, each read by `open(index)` and written as it arrives through
+/// a stream of its own on a connection of its own (`Vol::reopen`). Every byte of the volume
+/// ends up written: a block device gets sparse streams (libvirt writes their holes as
+/// zeros), the tail past the image included; a file volume is first cleared to holes
+/// (truncated, then given its length back), then gets the ranges' data only, in streams that
+/// stop at long zero runs, since a hole sent into a file truncates it. `progress(n)` gets the
+/// bytes each range covered, as they come. Range 0's first block is read before the volume
+/// is touched: a source that fails at once leaves it as it was. On failure the first error
+/// is returned and the other ranges stop.
+pub fn upload_ranges(
+    vol: &Vol,
+    ranges: &[ImageRange],
+    open: &OpenRange,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<UploadStats> {
+    let started = Instant::now();
+    let what = vol.describe();
+    let image_len = check_ranges(ranges)?;
+    let info = vol
+        .vol
+        .info()
+        .with_context(|| format!("reading the size of volume '{what}'"))?;
+    let (capacity, is_file) = (info.capacity, info.kind == virt::sys::VIR_STORAGE_VOL_FILE);
+    ensure!(
+        image_len <= capacity,
+        "the image holds {image_len} bytes, more than volume '{what}' ({capacity} bytes)"
+    );
+    let mut first = open(0)?;
+    let mut head = vec![0u8; READ_BLOCK.min(ranges[0].len as usize)];
+    read_full(&mut first, &mut head).context("reading the image at byte 0")?;
+    if is_file {
+        reset_file_volume(vol)?;
+        restore_file_length(vol, capacity)?;
+    }
+    let stop = AtomicBool::new(false);
+    let first = std::sync::Mutex::new(Some((first, head)));
+    let results: Vec<Result<(u64, u64)>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = ranges
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let (stop, first) = (&stop, &first);
+                let tail = if i + 1 == ranges.len() && !is_file {
+                    capacity - image_len
+                } else {
+                    0
+                };
+                scope.spawn(move || {
+                    let started = if i == 0 {
+                        first.lock().expect("no panic holding it").take()
+                    } else {
+                        None
+                    };
+                    let r = one_range(vol, i, *r, tail, is_file, started, open, progress, stop);
+                    if r.is_err() {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                    r
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(anyhow!("a range's thread panicked")))
+            })
+            .collect()
+    });
+    let mut stats = UploadStats {
+        bytes_read: image_len,
+        bytes_skipped: 0,
+        data_bytes: 0,
+        hole_bytes: 0,
+        elapsed: started.elapsed(),
+    };
+    if let Some(err) = first_error(results, &mut stats) {
+        return Err(err);
+    }
+    if is_file {
+        stats.hole_bytes += capacity - image_len;
+    }
+    Ok(stats)
+}
+
+/// The ranges' total length, checked to follow one another from 0.
+fn check_ranges(ranges: &[ImageRange]) -> Result<u64> {
+    ensure!(!ranges.is_empty(), "an upload of no range");
+    let mut end = 0;
+    for r in ranges {
+        ensure!(
+            r.offset == end && r.len > 0,
+            "ranges must follow one another: {} bytes at {} after byte {end}",
+            r.len,
+            r.offset
+        );
+        end += r.len;
+    }
+    Ok(end)
+}
+
+/// The first real error of the ranges (not a range stopped because another failed); the
+/// data and hole bytes of all added to `stats` when none failed.
+fn first_error(results: Vec<Result<(u64, u64)>>, stats: &mut UploadStats) -> Option<anyhow::Error> {
+    let mut errors = Vec::new();
+    for r in results {
+        match r {
+            Ok((data, holes)) => {
+                stats.data_bytes += data;
+                stats.hole_bytes += holes;
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    let real = errors
+        .iter()
+        .position(|e| e.downcast_ref::<Stopped>().is_none())
+        .unwrap_or(0);
+    (!errors.is_empty()).then(|| errors.swap_remove(real))
+}
+
+/// A range stopped because another one failed.
+#[derive(Debug)]
+struct Stopped;
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stopped: another range failed")
+    }
+}
+
+impl std::error::Error for Stopped {}
+
+/// Range `i`, read and written front to back (then `tail` zeros past it); its data and hole
+/// bytes.
+#[allow(clippy::too_many_arguments)]
+fn one_range(
+    vol: &Vol,
+    i: usize,
+    r: ImageRange,
+    tail: u64,
+    is_file: bool,
+    started: Option<(Box<dyn Read + Send>, Vec<u8>)>,
+    open: &OpenRange,
+    progress: &(dyn Fn(u64) + Sync),
+    stop: &AtomicBool,
+) -> Result<(u64, u64)> {
+    let (mut reader, head) = match started {
+        Some(s) => s,
+        None => (open(i)?, Vec::new()),
+    };
+    let vol = vol.reopen()?;
+    let what = vol.describe();
+    let mut out = if is_file {
+        Out::File(DataRuns::new(&vol, r.offset))
+    } else {
+        let stream = OwnedStream::new(&vol.conn)?;
+        start_upload(
+            &vol,
+            &stream,
+            r.offset,
+            r.len + tail,
+            virt::sys::VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM,
+        )?;
+        Out::Block(stream)
+    };
+    let mut buf = head;
+    let mut done = 0u64;
+    let mut sparse = None;
+    loop {
+        if !buf.is_empty() {
+            out.block(&mut sparse, &what, &buf)?;
+            done += buf.len() as u64;
+            progress(buf.len() as u64);
+        }
+        if done == r.len {
+            break;
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Err(Stopped.into());
+        }
+        crate::interrupt::check()?;
+        buf.resize(READ_BLOCK.min((r.len - done) as usize), 0);
+        read_full(&mut reader, &mut buf)
+            .with_context(|| format!("reading the image at byte {}", r.offset + done))?;
+    }
+    // The range must end where it said: nothing more may come (its reader checks the rest).
+    ensure!(
+        reader.read(&mut [0u8; 1])? == 0,
+        "the image's range at byte {} holds more than {} bytes",
+        r.offset,
+        r.len
+    );
+    out.finish(&mut sparse, &what, tail).with_context(|| {
+        format!(
+            "finishing the upload of {} bytes at {} to volume '{what}'",
+            r.len, r.offset
+        )
+    })
+}
+
+/// Fill `buf` whole from `r`; an end before that is an error.
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<()> {
+    r.read_exact(buf).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => io::Error::other("the image ended early"),
+        _ => e,
+    })
+}
+
+/// Where a range's bytes go.
+enum Out<'a> {
+    /// A block device: one sparse stream.
+    Block(OwnedStream),
+    /// A file volume cleared to holes: its data runs.
+    File(DataRuns<'a>),
+}
+
+/// The sender of a block device's stream, made at its first block (it borrows the stream).
+type Sparse<'a> = Option<(u64, u64, u64, u64)>;
+
+impl Out<'_> {
+    fn block(&mut self, state: &mut Sparse, what: &str, data: &[u8]) -> Result<()> {
+        match self {
+            Out::File(runs) => runs.block(data),
+            Out::Block(stream) => {
+                let mut s = sender(stream, what, state);
+                s.block(data)?;
+                *state = Some((s.pos, s.pending_hole, s.data_bytes, s.hole_bytes));
+                Ok(())
+            }
+        }
+    }
+
+    fn finish(self, state: &mut Sparse, what: &str, tail: u64) -> Result<(u64, u64)> {
+        match self {
+            Out::File(runs) => runs.finish(),
+            Out::Block(stream) => {
+                let mut s = sender(&stream, what, state);
+                s.zeros(tail)?;
+                s.flush_hole()?;
+                let sent = (s.data_bytes, s.hole_bytes);
+                stream.finish()?;
+                Ok(sent)
+            }
+        }
+    }
+}
+
+fn sender<'a>(stream: &'a OwnedStream, what: &'a str, state: &Sparse) -> SparseSender<'a> {
+    let (pos, pending_hole, data_bytes, hole_bytes) = state.unwrap_or_default();
+    SparseSender {
+        stream,
+        what,
+        pos,
+        pending_hole,
+        data_bytes,
+        hole_bytes,
+    }
+}
+
+/// A range's data written into a file volume that reads zeros throughout: each run of data
+/// through a non-sparse stream at its offset, a stream ending at a zero run of [`SPLIT`]
+/// bytes or more (left a hole), shorter zero runs written as data.
+struct DataRuns<'a> {
+    vol: &'a Vol,
+    stream: Option<OwnedStream>,
+    /// Volume offset of the next byte of the range.
+    at: u64,
+    /// Zeros at `at` not written yet.
+    zeros: u64,
+    data: u64,
+    holes: u64,
+}
+
+impl<'a> DataRuns<'a> {
+    fn new(vol: &'a Vol, offset: u64) -> DataRuns<'a> {
+        DataRuns {
+            vol,
+            stream: None,
+            at: offset,
+            zeros: 0,
+            data: 0,
+            holes: 0,
+        }
+    }
+
+    fn block(&mut self, data: &[u8]) -> Result<()> {
+        for chunk in data.chunks(ZERO_CHUNK) {
+            // The volume's first bytes are written whatever they hold: clearing the file
+            // kept its first byte (`reset_file_volume`).
+            let forced = self.at + self.zeros < FORCED_DATA;
+            if is_zero(chunk) && !forced {
+                self.zeros += chunk.len() as u64;
+            } else {
+                self.data(chunk)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn data(&mut self, bytes: &[u8]) -> Result<()> {
+        if self.zeros >= SPLIT {
+            self.close()?;
+            self.at += self.zeros;
+            self.holes += self.zeros;
+        } else {
+            while self.zeros > 0 {
+                let n = self.zeros.min(FORCED_DATA);
+                self.send(&ZEROS[..n as usize])?;
+                self.zeros -= n;
+            }
+        }
+        self.zeros = 0;
+        self.send(bytes)
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> Result<()> {
+        if self.stream.is_none() {
+            let stream = OwnedStream::new(&self.vol.conn)?;
+            // Length 0: up to the volume's end; the stream is finished where the data ends.
+            start_upload(self.vol, &stream, self.at, 0, 0)?;
+            self.stream = Some(stream);
+        }
+        let stream = self.stream.as_ref().expect("opened above");
+        stream.send_all(bytes).with_context(|| {
+            format!(
+                "sending {} bytes at byte {} to volume '{}'",
+                bytes.len(),
+                self.at,
+                self.vol.describe()
+            )
+        })?;
+        self.at += bytes.len() as u64;
+        self.data += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<()> {
+        match self.stream.take() {
+            Some(s) => s.finish(),
+            None => Ok(()),
+        }
+    }
+
+    fn finish(mut self) -> Result<(u64, u64)> {
+        self.close()?;
+        if self.zeros > 0 {
+            self.holes += self.zeros;
+        }
+        Ok((self.data, self.holes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_must_follow_one_another_from_zero() {
+        let r = |offset, len| ImageRange { offset, len };
+        assert_eq!(check_ranges(&[r(0, 10), r(10, 5)]).unwrap(), 15);
+        assert!(check_ranges(&[]).is_err());
+        assert!(check_ranges(&[r(0, 10), r(11, 5)]).is_err());
+        assert!(check_ranges(&[r(1, 10)]).is_err());
+        assert!(check_ranges(&[r(0, 0)]).is_err());
+    }
+}
