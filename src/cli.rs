@@ -306,7 +306,8 @@ pub struct Cli {
     #[arg(long)]
     pub rollback_on_failure: bool,
 
-    /// --sync/--cutover: disks read and written side by side.
+    /// --sync/--cutover: deltas opened side by side (their tables read over the shared ssh
+    /// connection); their grains are read --ssh-connections disks at a time.
     #[arg(long, value_name = "N", default_value_t = 2)]
     pub jobs: usize,
 

@@ -545,6 +545,30 @@ mod tests {
     }
 
     #[test]
+    fn the_listener_hands_each_connection_to_its_token_and_drops_the_others() {
+        use std::io::Write;
+        let l = Listener::start(0).unwrap();
+        let (tx, rx) = channel();
+        l.expect("feed", tx);
+        let mut stranger = TcpStream::connect(("127.0.0.1", l.port)).unwrap();
+        stranger.write_all(b"vmdkimport f00d\nDATA").unwrap();
+        let mut rest = Vec::new();
+        stranger
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        // Dropped: the listener closes it without a byte.
+        assert_eq!(stranger.read_to_end(&mut rest).unwrap_or(0), 0);
+        let mut ours = TcpStream::connect(("127.0.0.1", l.port)).unwrap();
+        ours.write_all(&framed("feed", b"DATA", 0)).unwrap();
+        let mut got = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        let mut data = [0u8; 4];
+        got.read_exact(&mut data).unwrap();
+        assert_eq!(&data, b"DATA");
+        assert_eq!(read_line(&mut got).unwrap(), "vmdkimport-end 0");
+        assert!(l.waiting.lock().unwrap().is_empty(), "a token is used once");
+    }
+
+    #[test]
     fn a_line_is_read_without_taking_what_follows() {
         let bytes = framed("ab12", b"DATA", 0);
         let mut r = &bytes[..];
