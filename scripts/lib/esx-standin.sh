@@ -9,7 +9,10 @@
 standin_start() {
     local root=$1 examples=$2 s
     s=$root/standin
-    mkdir -p "$s" "$root/vmfs/volumes/datastore1" /run/sshd
+    mkdir -p "$s" "$s/bin" "$root/vmfs/volumes/datastore1" /run/sshd
+    # ESXi's own `nc` (a binary of its own there, ESX-REAL.md section 7) for --transport nc:
+    # BusyBox's serves, as in tests/util/esx.rs.
+    ln -sf /usr/bin/busybox "$s/bin/nc"
     : >"$s/vms.tsv"
     ssh-keygen -q -t ed25519 -N '' -f "$s/host_key"
     ssh-keygen -q -t ed25519 -N '' -f "$s/client_key"
@@ -26,7 +29,7 @@ UsePAM no
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 PermitRootLogin prohibit-password
-SetEnv PATH=$here/tests/fixtures/esx:/usr/bin:/bin STANDIN_ROOT=$root STANDIN_MKDELTA=$examples/mkdelta STANDIN_VM=$examples/standin_vm
+SetEnv PATH=$here/tests/fixtures/esx:$s/bin:/usr/bin:/bin STANDIN_ROOT=$root STANDIN_MKDELTA=$examples/mkdelta STANDIN_VM=$examples/standin_vm
 EOF
     echo "[127.0.0.1]:$STANDIN_PORT $(cat "$s/host_key.pub")" >"$s/known_hosts"
     STANDIN_SSH_CONFIG=$s/ssh_config
