@@ -62,41 +62,15 @@ pub fn upload_ranges(
         reset_file_volume(vol)?;
         restore_file_length(vol, capacity)?;
     }
-    let stop = AtomicBool::new(false);
-    let first = std::sync::Mutex::new(Some((first, head)));
-    let results: Vec<Result<(u64, u64)>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = ranges
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let (stop, first) = (&stop, &first);
-                let tail = if i + 1 == ranges.len() && !is_file {
-                    capacity - image_len
-                } else {
-                    0
-                };
-                scope.spawn(move || {
-                    let started = if i == 0 {
-                        first.lock().expect("no panic holding it").take()
-                    } else {
-                        None
-                    };
-                    let r = one_range(vol, i, *r, tail, is_file, started, open, progress, stop);
-                    if r.is_err() {
-                        stop.store(true, Ordering::Relaxed);
-                    }
-                    r
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| {
-                w.join()
-                    .unwrap_or_else(|_| Err(anyhow!("a range's thread panicked")))
-            })
-            .collect()
-    });
+    let job = Job {
+        vol,
+        open,
+        progress,
+        stop: AtomicBool::new(false),
+        is_file,
+    };
+    let tail = if is_file { 0 } else { capacity - image_len };
+    let results = job.all(ranges, (first, head), tail);
     let mut stats = UploadStats {
         bytes_read: image_len,
         bytes_skipped: 0,
@@ -161,72 +135,137 @@ impl std::fmt::Display for Stopped {
 
 impl std::error::Error for Stopped {}
 
-/// Range `i`, read and written front to back (then `tail` zeros past it); its data and hole
-/// bytes.
-#[allow(clippy::too_many_arguments)]
-fn one_range(
-    vol: &Vol,
-    i: usize,
-    r: ImageRange,
-    tail: u64,
+/// What every range's thread shares.
+struct Job<'a> {
+    vol: &'a Vol,
+    open: &'a OpenRange<'a>,
+    progress: &'a (dyn Fn(u64) + Sync),
+    /// Set when a range failed: the others stop.
+    stop: AtomicBool,
     is_file: bool,
-    started: Option<(Box<dyn Read + Send>, Vec<u8>)>,
-    open: &OpenRange,
-    progress: &(dyn Fn(u64) + Sync),
-    stop: &AtomicBool,
-) -> Result<(u64, u64)> {
-    let (mut reader, head) = match started {
-        Some(s) => s,
-        None => (open(i)?, Vec::new()),
-    };
-    let vol = vol.reopen()?;
-    let what = vol.describe();
-    let mut out = if is_file {
-        Out::File(DataRuns::new(&vol, r.offset))
-    } else {
-        let stream = OwnedStream::new(&vol.conn)?;
-        start_upload(
-            &vol,
-            &stream,
-            r.offset,
-            r.len + tail,
-            virt::sys::VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM,
-        )?;
-        Out::Block(stream)
-    };
-    let mut buf = head;
-    let mut done = 0u64;
-    let mut sparse = None;
-    loop {
-        if !buf.is_empty() {
-            out.block(&mut sparse, &what, &buf)?;
-            done += buf.len() as u64;
-            progress(buf.len() as u64);
-        }
-        if done == r.len {
-            break;
-        }
-        if stop.load(Ordering::Relaxed) {
-            return Err(Stopped.into());
-        }
-        crate::interrupt::check()?;
-        buf.resize(READ_BLOCK.min((r.len - done) as usize), 0);
-        read_full(&mut reader, &mut buf)
-            .with_context(|| format!("reading the image at byte {}", r.offset + done))?;
+}
+
+/// A range's first reader and the bytes already read from it.
+type Started = (Box<dyn Read + Send>, Vec<u8>);
+
+impl Job<'_> {
+    /// Every range at once, range 0 from `first`, the last followed by `tail` zeros; their
+    /// results in order.
+    fn all(&self, ranges: &[ImageRange], first: Started, tail: u64) -> Vec<Result<(u64, u64)>> {
+        let first = std::sync::Mutex::new(Some(first));
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = ranges
+                .iter()
+                .enumerate()
+                .map(|(i, &r)| {
+                    let first = &first;
+                    let tail = if i + 1 == ranges.len() { tail } else { 0 };
+                    scope.spawn(move || {
+                        let started = if i == 0 {
+                            first.lock().expect("no panic holding it").take()
+                        } else {
+                            None
+                        };
+                        let res = self.range(i, r, tail, started);
+                        if res.is_err() {
+                            self.stop.store(true, Ordering::Relaxed);
+                        }
+                        res
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join()
+                        .unwrap_or_else(|_| Err(anyhow!("a range's thread panicked")))
+                })
+                .collect()
+        })
     }
-    // The range must end where it said: nothing more may come (its reader checks the rest).
-    ensure!(
-        reader.read(&mut [0u8; 1])? == 0,
-        "the image's range at byte {} holds more than {} bytes",
-        r.offset,
-        r.len
-    );
-    out.finish(&mut sparse, &what, tail).with_context(|| {
-        format!(
-            "finishing the upload of {} bytes at {} to volume '{what}'",
-            r.len, r.offset
-        )
-    })
+
+    /// Range `i`, read and written front to back on a connection of its own (then `tail`
+    /// zeros past it, on a block device); its data and hole bytes.
+    fn range(
+        &self,
+        i: usize,
+        r: ImageRange,
+        tail: u64,
+        started: Option<Started>,
+    ) -> Result<(u64, u64)> {
+        let (mut reader, head) = match started {
+            Some(s) => s,
+            None => ((self.open)(i)?, Vec::new()),
+        };
+        let vol = self.vol.reopen()?;
+        let what = vol.describe();
+        let sent = if self.is_file {
+            let mut runs = DataRuns::new(&vol, r.offset);
+            self.pump(&mut reader, head, r, &mut |b| runs.block(b))?;
+            runs.finish()
+        } else {
+            let stream = OwnedStream::new(&vol.conn)?;
+            let flags = virt::sys::VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM;
+            start_upload(&vol, &stream, r.offset, r.len + tail, flags)?;
+            let mut s = SparseSender {
+                stream: &stream,
+                what: &what,
+                pos: 0,
+                pending_hole: 0,
+                data_bytes: 0,
+                hole_bytes: 0,
+            };
+            self.pump(&mut reader, head, r, &mut |b| s.block(b))?;
+            s.zeros(tail)?;
+            s.flush_hole()?;
+            let sent = (s.data_bytes, s.hole_bytes);
+            stream.finish().map(|()| sent)
+        };
+        sent.with_context(|| {
+            format!(
+                "finishing the upload of {} bytes at {} to volume '{what}'",
+                r.len, r.offset
+            )
+        })
+    }
+
+    /// Range `r`'s bytes from `reader` (`head` read already) into `write`, block by block,
+    /// each counted as progress; then the range's end checked.
+    fn pump(
+        &self,
+        reader: &mut Box<dyn Read + Send>,
+        head: Vec<u8>,
+        r: ImageRange,
+        write: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let mut buf = head;
+        let mut done = 0u64;
+        loop {
+            if !buf.is_empty() {
+                write(&buf)?;
+                done += buf.len() as u64;
+                (self.progress)(buf.len() as u64);
+            }
+            if done == r.len {
+                break;
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                return Err(Stopped.into());
+            }
+            crate::interrupt::check()?;
+            buf.resize(READ_BLOCK.min((r.len - done) as usize), 0);
+            read_full(reader, &mut buf)
+                .with_context(|| format!("reading the image at byte {}", r.offset + done))?;
+        }
+        // The range must end where it said: nothing more may come (its reader checks the rest).
+        ensure!(
+            reader.read(&mut [0u8; 1])? == 0,
+            "the image's range at byte {} holds more than {} bytes",
+            r.offset,
+            r.len
+        );
+        Ok(())
+    }
 }
 
 /// Fill `buf` whole from `r`; an end before that is an error.
@@ -235,57 +274,6 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<()> {
         io::ErrorKind::UnexpectedEof => io::Error::other("the image ended early"),
         _ => e,
     })
-}
-
-/// Where a range's bytes go.
-enum Out<'a> {
-    /// A block device: one sparse stream.
-    Block(OwnedStream),
-    /// A file volume cleared to holes: its data runs.
-    File(DataRuns<'a>),
-}
-
-/// The sender of a block device's stream, made at its first block (it borrows the stream).
-type Sparse<'a> = Option<(u64, u64, u64, u64)>;
-
-impl Out<'_> {
-    fn block(&mut self, state: &mut Sparse, what: &str, data: &[u8]) -> Result<()> {
-        match self {
-            Out::File(runs) => runs.block(data),
-            Out::Block(stream) => {
-                let mut s = sender(stream, what, state);
-                s.block(data)?;
-                *state = Some((s.pos, s.pending_hole, s.data_bytes, s.hole_bytes));
-                Ok(())
-            }
-        }
-    }
-
-    fn finish(self, state: &mut Sparse, what: &str, tail: u64) -> Result<(u64, u64)> {
-        match self {
-            Out::File(runs) => runs.finish(),
-            Out::Block(stream) => {
-                let mut s = sender(&stream, what, state);
-                s.zeros(tail)?;
-                s.flush_hole()?;
-                let sent = (s.data_bytes, s.hole_bytes);
-                stream.finish()?;
-                Ok(sent)
-            }
-        }
-    }
-}
-
-fn sender<'a>(stream: &'a OwnedStream, what: &'a str, state: &Sparse) -> SparseSender<'a> {
-    let (pos, pending_hole, data_bytes, hole_bytes) = state.unwrap_or_default();
-    SparseSender {
-        stream,
-        what,
-        pos,
-        pending_hole,
-        data_bytes,
-        hole_bytes,
-    }
 }
 
 /// A range's data written into a file volume that reads zeros throughout: each run of data
