@@ -306,7 +306,7 @@ fn dry_run_prints_the_esxi_commands_and_changes_nothing() {
         "running vim-cmd vmsvc/snapshot.get 5",
         "would run vim-cmd vmsvc/snapshot.create 5 'virt-vmdkimport-1'",
         &format!(
-            "would run dd if='{}' bs=4194304 skip=1 count=1",
+            "would run dd if='{}' bs=4194304 skip=1 count=2",
             dir.join("dry-flat.vmdk").display()
         ),
     ] {

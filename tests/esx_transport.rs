@@ -137,6 +137,36 @@ fn a_range_cut_short_fails_saying_so_and_a_rerun_completes() {
 }
 
 #[test]
+fn a_base_longer_than_its_disk_is_refused_over_ssh_and_nc() {
+    let esx = StandIn::start();
+    let tp = TestPool::new("esxt-long");
+    let (base, _) = off_vm(&esx, "long", 57, 24);
+    // The flat extent holds a block more than the descriptor's 24 MiB.
+    let flat = base.with_file_name("long-flat.vmdk");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&flat)
+        .unwrap();
+    std::io::Write::write_all(&mut f, &vec![7u8; 4 * MIB]).unwrap();
+    for (tag, extra) in [
+        ("ssh", &["--ssh-connections", "2"][..]),
+        ("nc", &["--transport", "nc", "--nc-port", "0"][..]),
+    ] {
+        let name = unique_name(&format!("esxt-long-{tag}"));
+        tp.track_domain(&name);
+        let mut args = vec![CPU[0], CPU[1], "--no-start"];
+        args.extend_from_slice(extra);
+        let run = esx.import(&tp, &name, "long/long.vmx", &args);
+        assert_eq!(run.code(), Some(1), "{tag}: {run}");
+        assert!(
+            run.stderr().contains("long-flat.vmdk")
+                && run.stderr().contains("more bytes than the range"),
+            "{tag}: {run}"
+        );
+    }
+}
+
+#[test]
 fn a_cutover_over_nc_gives_the_final_chain() {
     let esx = StandIn::start();
     let tp = TestPool::new("esxt-cutover");

@@ -32,9 +32,9 @@ impl RemoteBase {
         self.transfer.ssh().url().with_path(&self.path)
     }
 
-    /// The extent (as long as the disk) cut into one range per connection.
+    /// The extent cut into one range per connection; it must be as long as the disk.
     pub fn ranges(&self) -> Vec<Range> {
-        transfer::split(self.capacity, BASE_BS, self.transfer.connections())
+        transfer::split_to_end(self.capacity, BASE_BS, self.transfer.connections())
     }
 
     /// Range `r` of the extent, read by the run's transport.

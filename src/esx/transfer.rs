@@ -93,8 +93,9 @@ impl TransferOptions {
     }
 }
 
-/// `count` blocks of `bs` bytes of a remote file from block `skip`: `len` bytes (fewer than
-/// `count * bs` where the file ends inside the last block).
+/// `count` blocks of `bs` bytes of a remote file from block `skip`: `len` bytes, fewer than
+/// `count * bs` where the file ends inside the blocks (a range read to the file's end asks
+/// for a block more, [`split_to_end`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Range {
     pub bs: u64,
@@ -137,6 +138,17 @@ pub fn split(file_len: u64, bs: u64, n: usize) -> Vec<Range> {
             len,
         });
         skip += count;
+    }
+    ranges
+}
+
+/// [`split`] for a whole file that must end at `file_len`: the last range asks `dd` for one
+/// block more, so a longer file gives more bytes than the range holds, which its reader
+/// refuses.
+pub fn split_to_end(file_len: u64, bs: u64, n: usize) -> Vec<Range> {
+    let mut ranges = split(file_len, bs, n);
+    if let Some(last) = ranges.last_mut() {
+        last.count += 1;
     }
     ranges
 }
@@ -388,21 +400,20 @@ impl NcConn {
     /// After the range's bytes: the trailer, whose status must be 0; the connection closed
     /// here (the host's nc need not close it), the ssh command waited for.
     fn end(&mut self, what: &str) -> io::Result<()> {
-        let line = read_line(&mut self.sock)
-            .map_err(|e| io::Error::other(format!("{what}: no trailer after the bytes: {e}")));
+        let line = read_line(&mut self.sock).ok();
         let _ = self.sock.shutdown(Shutdown::Both);
         let said = self
             .child
             .take()
             .map(|mut c| finish_child(&self.ssh, &mut c))
             .unwrap_or_default();
-        match line?.strip_prefix(TRAILER) {
+        match line.as_deref().and_then(|l| l.strip_prefix(TRAILER)) {
             Some("0") => Ok(()),
             Some(code) => Err(io::Error::other(format!(
                 "{what}: dd on the host failed (exit {code}; ssh {said})"
             ))),
             None => Err(io::Error::other(format!(
-                "{what}: more bytes than the range holds, or no trailer after them (ssh {said})"
+                "{what}: more bytes than the range holds, and no trailer after them: the file is longer than expected (or grew while it was read; ssh {said})"
             ))),
         }
     }
@@ -452,7 +463,7 @@ impl RangeRead {
                 let mut one = [0u8; 1];
                 if r.read(&mut one)? != 0 {
                     return Err(io::Error::other(format!(
-                        "{}: more bytes than the range's {}: the file grew while it was read",
+                        "{}: more bytes than the range's {}: the file is longer than expected (or grew while it was read)",
                         self.what, self.len
                     )));
                 }
@@ -537,6 +548,9 @@ mod tests {
             assert_eq!(w[0].offset() + w[0].len, w[1].offset());
         }
         assert_eq!(split(4096, 4096, 8).len(), 1);
+        let whole = split_to_end(10 * 4096, 4096, 4);
+        assert_eq!(whole[..3], split(10 * 4096, 4096, 4)[..3]);
+        assert_eq!((whole[3].skip, whole[3].count, whole[3].len), (9, 2, 4096));
         assert!(split(0, 4096, 4).is_empty());
         assert_eq!(
             r[1].dd("/vmfs/a b"),
