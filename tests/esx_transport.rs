@@ -181,6 +181,7 @@ fn a_cutover_over_nc_gives_the_final_chain() {
     args.extend_from_slice(&nc);
     let run = esx.import(&tp, &name, "cutnc/cutnc.vmx", &args).ok();
     assert!(run.stderr().contains("| nc "), "the grains over nc: {run}");
+    assert!(run.stdout().contains("bytes read over nc"), "{run}");
     virsh(&["destroy", &name]).ok();
     assert_volumes(
         &tp,

@@ -36,6 +36,8 @@ struct DiskWork {
 /// Figures of one apply over every disk.
 #[derive(Debug, Default, Clone, Copy)]
 struct Moved {
+    /// The transport the bytes came by: "ssh" or "nc".
+    over: &'static str,
     deltas: usize,
     read: u64,
     data: u64,
@@ -388,6 +390,7 @@ fn apply(
         }
     }
     moved.deltas = work.iter().map(|w| w.deltas.len()).sum();
+    moved.over = vm.transfer.name();
     metadata::write(dom, st)?;
     if let Some(e) = first_err {
         return Err(e);
@@ -492,12 +495,13 @@ fn sync(
     });
     metadata::write(&dom, st)?;
     log::info!(
-        "sync round {}: applied {} delta(s): {:.1} MiB of data, {:.1} MiB of zeros ({:.1} MiB read over ssh) in {}; the VM now writes into the deltas of '{snap}', which the next --sync or the --cutover applies",
+        "sync round {}: applied {} delta(s): {:.1} MiB of data, {:.1} MiB of zeros ({:.1} MiB read over {}) in {}; the VM now writes into the deltas of '{snap}', which the next --sync or the --cutover applies",
         st.syncs.len(),
         moved.deltas,
         mib(moved.data),
         mib(moved.zero),
         mib(moved.read),
+        moved.over,
         crate::units::human_ms((moved.secs * 1e3) as u64)
     );
     Ok(())
@@ -726,7 +730,7 @@ fn say_outage(domain: &str, o: &Outage, m: &Moved, was_running: bool) {
     log::info!(
         "cutover of '{domain}': the outage\n  \
          guest shutdown     {:>8.2} s  {}\n  \
-         final deltas       {:>8.2} s  {} delta(s), {} bytes read over ssh ({:.1} MiB/s), {} data + {} zero bytes applied\n  \
+         final deltas       {:>8.2} s  {} delta(s), {} bytes read over {} ({:.1} MiB/s), {} data + {} zero bytes applied\n  \
          domain start       {:>8.2} s\n  \
          total              {:>8.2} s  from the shutdown command to the domain running",
         s(o.shutdown_ms),
@@ -734,6 +738,7 @@ fn say_outage(domain: &str, o: &Outage, m: &Moved, was_running: bool) {
         s(o.apply_ms),
         m.deltas,
         m.read,
+        m.over,
         rate,
         m.data,
         m.zero,
