@@ -279,6 +279,20 @@ fn probe_prints_each_settings_rate_and_changes_nothing() {
         );
     }
     assert!(out.contains("recommended: --ssh-connections "), "{run}");
+    // Every connection of the run is closed once it ended, its shared one too (not left to
+    // ControlPersist).
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let closed = || esx.log().matches("Disconnected from user root").count();
+    while closed() < esx.connections() {
+        assert!(
+            std::time::Instant::now() < until,
+            "{} of {} connections closed:\n{}",
+            closed(),
+            esx.connections(),
+            esx.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     assert_eq!(datastore(&esx), before, "nothing changed on the datastore");
     let sent = esx.commands();
     for l in sent.lines() {

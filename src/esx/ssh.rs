@@ -325,10 +325,20 @@ pub fn read_file_command(path: &str, limit: u64) -> String {
 impl Drop for Ssh {
     fn drop(&mut self) {
         if self.control_path().exists() {
-            let _ = self
-                .command()
-                .arg("-O")
-                .arg("exit")
+            // `-O exit` before the destination: after `--` ssh would send it as a command.
+            let mut c = Command::new("ssh");
+            if let Some(cfg) = &self.config {
+                c.arg("-F").arg(cfg);
+            }
+            if let Some(p) = self.url.port {
+                c.arg("-p").arg(p.to_string());
+            }
+            let _ = c
+                .arg("-o")
+                .arg(format!("ControlPath={}", self.control_path().display()))
+                .args(["-O", "exit", "--"])
+                .arg(self.url.destination())
+                .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
