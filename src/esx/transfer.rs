@@ -511,7 +511,18 @@ impl Read for RangeRead {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
             Err(e) if matches!(self.source, Source::Nc(_)) => {
-                return Err(io::Error::other(format!("{}: {e}", self.what)))
+                let why = match e.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                        format!("no byte came over nc for {} s", IDLE.as_secs())
+                    }
+                    _ => e.to_string(),
+                };
+                return Err(io::Error::other(format!(
+                    "{}: {why} after {} of {} bytes",
+                    self.what,
+                    self.len - self.left,
+                    self.len
+                )));
             }
             Err(e) => return Err(e),
         };
@@ -580,6 +591,44 @@ mod tests {
         assert_eq!(&data, b"DATA");
         assert_eq!(read_line(&mut got).unwrap(), "vmdkimport-end 0");
         assert!(l.waiting.lock().unwrap().is_empty(), "a token is used once");
+    }
+
+    #[test]
+    fn an_nc_range_that_goes_quiet_or_ends_early_says_so() {
+        use std::io::Write;
+        let ssh = Arc::new(
+            Ssh::new(&super::super::ssh::SshUrl::parse("ssh://esx1/a.vmx").unwrap()).unwrap(),
+        );
+        let l = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let mut peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (sock, _) = l.accept().unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        peer.write_all(b"0123").unwrap();
+        let mut r = RangeRead {
+            source: Source::Nc(NcConn {
+                sock,
+                child: None,
+                ssh,
+            }),
+            left: 10,
+            len: 10,
+            what: "esx1:/f bytes 0..10".into(),
+            ended: false,
+        };
+        let mut buf = [0u8; 10];
+        assert_eq!(r.read(&mut buf).unwrap(), 4);
+        let quiet = r.read(&mut buf).unwrap_err().to_string();
+        assert!(
+            quiet.contains("no byte came over nc") && quiet.contains("after 4 of 10 bytes"),
+            "{quiet}"
+        );
+        drop(peer);
+        let short = r.read(&mut buf).unwrap_err().to_string();
+        assert!(
+            short.contains("the transfer ended after 4 of 10 bytes"),
+            "{short}"
+        );
     }
 
     #[test]
