@@ -314,14 +314,10 @@ fn upload_remote(
         })
         .collect();
     log::info!(
-        "{}: {} ranges over {} {}",
+        "{}: read as {} range(s) side by side, each over a {} connection of its own",
         base.name(),
         ranges.len(),
-        ranges.len(),
-        match base.transfer().name() {
-            "nc" => "nc connections",
-            _ => "ssh connections",
-        }
+        base.transfer().name()
     );
     let open = |i: usize| -> Result<Box<dyn std::io::Read + Send>> {
         Ok(Box::new(crate::image_read::ReadAhead::new(
