@@ -4,7 +4,7 @@
 
 mod util;
 
-use util::esx::{assert_volumes, tops, vmx_text, StandIn};
+use util::esx::{assert_volumes, tops, vmx_text, Setup, StandIn};
 use util::fixtures::{pattern, patterned, Kind, SECTOR};
 use util::libvirt::{unique_name, TestPool};
 use util::vmximport::{cowd_child, flat_base, virsh, volume_bytes};
@@ -92,6 +92,42 @@ fn a_base_over_one_or_four_ssh_connections_or_nc_is_the_base() {
             assert!(run.stderr().contains("| nc "), "{tag}: {run}");
         }
     }
+}
+
+#[test]
+fn nc_ranges_on_a_host_of_one_session_per_connection_still_come() {
+    // MaxSessions 1 (the 6.5 and 6.7 STIGs): the ranges' `dd | nc` commands overlap on the
+    // shared connection, and ssh opens connections of their own for them.
+    let esx = StandIn::start_with(Setup {
+        one_session: true,
+        ..Setup::default()
+    });
+    let tp = TestPool::new("esxt-one");
+    let name = unique_name("esxt-one");
+    tp.track_domain(&name);
+    let (base, _) = off_vm(&esx, "one", 58, 32);
+    let args = [
+        CPU[0],
+        CPU[1],
+        "--no-start",
+        "--transport",
+        "nc",
+        "--nc-port",
+        "0",
+    ];
+    let run = esx.import(&tp, &name, "one/one.vmx", &args).ok();
+    assert_same(
+        &volume_bytes(&tp, &format!("{name}-disk0")),
+        &qemu_read(&base),
+        "nc under MaxSessions 1",
+    );
+    assert_eq!(
+        run.stdout()
+            .matches("one session per ssh connection")
+            .count(),
+        1,
+        "said once: {run}"
+    );
 }
 
 #[test]
