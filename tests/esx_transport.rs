@@ -228,6 +228,32 @@ fn a_cutover_over_nc_gives_the_final_chain() {
 }
 
 #[test]
+fn an_nc_port_in_use_is_refused_before_anything_changes_on_esxi() {
+    let esx = StandIn::start();
+    let tp = TestPool::new("esxt-busy");
+    let name = unique_name("esxt-busy");
+    tp.track_domain(&name);
+    off_vm(&esx, "busy", 59, 24);
+    let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let run = esx.import(
+        &tp,
+        &name,
+        "busy/busy.vmx",
+        &[CPU[0], CPU[1], "--transport", "nc", "--nc-port", &port],
+    );
+    assert_eq!(run.code(), Some(1), "{run}");
+    assert!(
+        run.stderr()
+            .contains(&format!("listening on TCP port {port}")),
+        "{run}"
+    );
+    let sent = esx.commands();
+    assert!(!sent.contains("snapshot.create"), "no snapshot: {sent}");
+    assert!(!util::vmximport::domain_exists(&name), "{run}");
+}
+
+#[test]
 fn nc_that_cannot_connect_names_the_esxi_firewall() {
     let esx = StandIn::start();
     let tp = TestPool::new("esxt-fw");
@@ -282,6 +308,14 @@ fn probe_prints_each_settings_rate_and_changes_nothing() {
     off_vm(&esx, "probe", 55, 32);
     let url = esx.url("probe/probe.vmx");
     let before = datastore(&esx);
+    // A port of its own for the run, as --nc-port 9001 would be: one listener for every
+    // nc setting.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
     let run = esx
         .tool(&[
             "probe",
@@ -291,7 +325,7 @@ fn probe_prints_each_settings_rate_and_changes_nothing() {
             "--transport",
             "nc",
             "--nc-port",
-            "0",
+            &port,
         ])
         .ok();
     let out = run.stdout();

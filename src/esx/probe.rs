@@ -81,26 +81,23 @@ pub fn run(p: &ProbePlan) -> Result<()> {
         .ok_or_else(|| anyhow!("{}: the VM has no disks", p.url))?;
     readable(&vm, base)?;
     let len = probe_len(base.capacity, p.bytes);
-    let mut settings: Vec<TransferOptions> = SSH_COUNTS
+    let ssh = Transfer::new(vm.ssh.clone(), TransferOptions::default());
+    let mut settings: Vec<Transfer> = SSH_COUNTS
         .iter()
-        .map(|&n| TransferOptions {
-            connections: n,
-            transport: Transport::Ssh,
-        })
+        .map(|&n| ssh.with_connections(n))
         .collect();
     if let Some(nc) = &p.nc {
-        settings.extend(NC_COUNTS.iter().map(|&n| TransferOptions {
-            connections: n,
-            transport: nc.transport.clone(),
-        }));
+        // One listener for every nc setting, started before any is timed.
+        let nc = Transfer::new(vm.ssh.clone(), nc.clone());
+        nc.ready()?;
+        settings.extend(NC_COUNTS.iter().map(|&n| nc.with_connections(n)));
     }
     let mut rates = Vec::new();
-    for (k, opts) in settings.into_iter().enumerate() {
+    for (k, t) in settings.iter().enumerate() {
         crate::interrupt::check()?;
         // Each setting reads bytes of its own, so none is served from the host's cache.
         let start = start_block(base.capacity, len, k);
-        let t = Transfer::new(vm.ssh.clone(), opts);
-        rates.push(measure(&t, base, start, len)?);
+        rates.push(measure(t, base, start, len)?);
     }
     report(p, base, &rates);
     Ok(())

@@ -157,7 +157,8 @@ pub fn split_to_end(file_len: u64, bs: u64, n: usize) -> Vec<Range> {
 pub struct Transfer {
     ssh: Arc<Ssh>,
     opts: TransferOptions,
-    nc: Mutex<Option<Arc<Listener>>>,
+    /// The nc listener, once started; shared by [`Transfer::with_connections`]'s copies.
+    nc: Arc<Mutex<Option<Arc<Listener>>>>,
 }
 
 impl Transfer {
@@ -165,7 +166,28 @@ impl Transfer {
         Transfer {
             ssh,
             opts,
-            nc: Mutex::new(None),
+            nc: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Everything that can fail before a byte is read, done now: over nc, the listener
+    /// started (a port in use fails here, not in the cutover's outage).
+    pub fn ready(&self) -> Result<()> {
+        if let Transport::Nc { port, .. } = &self.opts.transport {
+            self.listener(*port)?;
+        }
+        Ok(())
+    }
+
+    /// The same transport with `n` connections, sharing this one's listener.
+    pub fn with_connections(&self, n: usize) -> Transfer {
+        Transfer {
+            ssh: self.ssh.clone(),
+            opts: TransferOptions {
+                connections: n,
+                transport: self.opts.transport.clone(),
+            },
+            nc: self.nc.clone(),
         }
     }
 

@@ -70,8 +70,12 @@ impl Vm {
             say,
         }
         .find_vm(&url.path)?;
+        let transfer = Arc::new(Transfer::new(ssh.clone(), transfer));
+        if !dry_run {
+            transfer.ready()?;
+        }
         Ok(Vm {
-            transfer: Arc::new(Transfer::new(ssh.clone(), transfer)),
+            transfer,
             ssh,
             id,
             ds_path,
