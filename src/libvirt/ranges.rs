@@ -2,7 +2,7 @@
 
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, ensure, Context, Result};
 
@@ -12,10 +12,20 @@ use super::stream::{
 };
 use super::Vol;
 
-/// In a file volume, a run of zeros at least this long is left out (a hole: the stream ends
-/// before it and a new one starts after it); a shorter one is written, as a new stream costs
-/// the daemon a pool refresh when it closes.
-const SPLIT: u64 = 1 << 20;
+/// In a file volume, a run of zeros is left out (a hole: the stream ends before it and a new
+/// one starts after it) when writing it would take longer than a stream's close, which costs
+/// the daemon a pool refresh (1-3 ms on a small pool, 600 ms on one of 2,000 volumes:
+/// doc/measured.md); shorter runs are written. The close is timed on the volume's own pool
+/// (the stream that gives the cleared file its length back), the zeros reckoned at
+/// `ZERO_RATE` bytes a second, the run at least `MIN_SPLIT` bytes and at most `MAX_SPLIT`.
+const ZERO_RATE: f64 = 256.0 * (1 << 20) as f64;
+const MIN_SPLIT: u64 = 1 << 20;
+const MAX_SPLIT: u64 = 1 << 30;
+
+/// The shortest zero run left out of a file volume when a stream's open and close take `call`.
+fn split_for(call: Duration) -> u64 {
+    ((call.as_secs_f64() * ZERO_RATE) as u64).clamp(MIN_SPLIT, MAX_SPLIT)
+}
 
 /// One range of the image: `len` bytes at `offset`.
 #[derive(Debug, Clone, Copy)]
@@ -58,11 +68,16 @@ pub fn upload_ranges(
     let mut first = open(0)?;
     let mut head = vec![0u8; READ_BLOCK.min(ranges[0].len as usize)];
     read_full(&mut first, &mut head).context("reading the image at byte 0")?;
+    let mut split = MIN_SPLIT;
     if is_file {
         reset_file_volume(vol)?;
+        let call = Instant::now();
         restore_file_length(vol, capacity)?;
+        split = split_for(call.elapsed());
+        log::debug!("{what}: zero runs of {split} bytes or more are left as holes");
     }
     let job = Job {
+        split,
         vol,
         open,
         progress,
@@ -143,6 +158,8 @@ struct Job<'a> {
     /// Set when a range failed: the others stop.
     stop: AtomicBool,
     is_file: bool,
+    /// The shortest zero run left a hole in a file volume ([`split_for`]).
+    split: u64,
 }
 
 /// A range's first reader and the bytes already read from it.
@@ -200,7 +217,7 @@ impl Job<'_> {
         let vol = self.vol.reopen()?;
         let what = vol.describe();
         let sent = if self.is_file {
-            let mut runs = DataRuns::new(&vol, r.offset);
+            let mut runs = DataRuns::new(&vol, r.offset, self.split);
             self.pump(&mut reader, head, r, &mut |b| runs.block(b))?;
             runs.finish()
         } else {
@@ -277,8 +294,8 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<()> {
 }
 
 /// A range's data written into a file volume that reads zeros throughout: each run of data
-/// through a non-sparse stream at its offset, a stream ending at a zero run of [`SPLIT`]
-/// bytes or more (left a hole), shorter zero runs written as data.
+/// through a non-sparse stream at its offset, a stream ending at a zero run of `split` bytes
+/// or more (left a hole), shorter zero runs written as data.
 struct DataRuns<'a> {
     vol: &'a Vol,
     stream: Option<OwnedStream>,
@@ -286,17 +303,20 @@ struct DataRuns<'a> {
     at: u64,
     /// Zeros at `at` not written yet.
     zeros: u64,
+    /// The shortest zero run left a hole.
+    split: u64,
     data: u64,
     holes: u64,
 }
 
 impl<'a> DataRuns<'a> {
-    fn new(vol: &'a Vol, offset: u64) -> DataRuns<'a> {
+    fn new(vol: &'a Vol, offset: u64, split: u64) -> DataRuns<'a> {
         DataRuns {
             vol,
             stream: None,
             at: offset,
             zeros: 0,
+            split,
             data: 0,
             holes: 0,
         }
@@ -317,7 +337,7 @@ impl<'a> DataRuns<'a> {
     }
 
     fn data(&mut self, bytes: &[u8]) -> Result<()> {
-        if self.zeros >= SPLIT {
+        if self.zeros >= self.split {
             self.close()?;
             self.at += self.zeros;
             self.holes += self.zeros;
@@ -372,6 +392,17 @@ impl<'a> DataRuns<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_zero_run_is_left_out_when_writing_it_costs_more_than_a_stream() {
+        let ms = |m| split_for(Duration::from_millis(m));
+        assert_eq!(ms(0), MIN_SPLIT);
+        assert_eq!(ms(2), MIN_SPLIT);
+        // A refresh of half a second (a pool of some 2,000 volumes): runs under 128 MiB are
+        // written.
+        assert_eq!(ms(500), 128 << 20);
+        assert_eq!(ms(60_000), MAX_SPLIT);
+    }
 
     #[test]
     fn ranges_must_follow_one_another_from_zero() {
