@@ -1,4 +1,4 @@
-//! Stage 1 straight from an ESXi host over SSH: the VM found by its .vmx path, a migration snapshot taken, each base streamed from the host.
+//! Stage 1 straight from an ESXi host over SSH: the VM found by its .vmx path, a migration snapshot taken, each base read from the host in ranges side by side.
 
 mod files;
 pub mod host;
