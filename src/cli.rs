@@ -26,6 +26,17 @@ pub enum IoMode {
     Overlay,
 }
 
+/// How the bytes of files on ESXi travel (`--transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum TransportArg {
+    /// `dd` over ssh (encrypted), a connection of its own per range.
+    #[default]
+    Ssh,
+    /// Trusted networks only: commands stay on ssh, the bytes come unencrypted over TCP from
+    /// `dd | nc` on ESXi to a port this tool opens (the ESXi firewall needs an outbound rule).
+    Nc,
+}
+
 /// How a Linux guest's NICs are placed, and so named by the guest (`--nic-names`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum NicNames {
@@ -54,6 +65,26 @@ pub enum Command {
     /// Boot the volumes' current content in a throwaway copy of the domain (disks behind
     /// copy-on-write, NICs unplugged) and say whether the guest boots.
     TestBoot(TestBootArgs),
+    /// Read part of an ESXi VM's largest base by each transport and connection count (the
+    /// bytes discarded; no snapshot, nothing changed on ESXi) and print the MB/s of each and
+    /// the flags to use.
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// The VM's .vmx on ESXi.
+    #[arg(value_name = "ssh://[user@]host[:port]/vmfs/volumes/DS/VM/VM.vmx")]
+    pub vmx: String,
+    /// Bytes each setting reads (1G, 512M; at most the base).
+    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = crate::units::parse_size)]
+    pub bytes: u64,
+    /// One JSON document on standard output: each setting's bytes, seconds and MB/s, and the
+    /// recommended flags.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub transport: TransportArgs,
 }
 
 /// What `plan` does for each VM of the plan.
@@ -322,9 +353,19 @@ pub struct Cli {
     #[arg(long)]
     pub rollback_on_failure: bool,
 
-    /// --sync/--cutover: disks read and written side by side.
+    /// --sync/--cutover: deltas opened side by side (their tables read over the shared ssh
+    /// connection); their grains are read --ssh-connections disks at a time.
     #[arg(long, value_name = "N", default_value_t = 2)]
     pub jobs: usize,
+
+    /// With --vmx ssh://: ssh connections each base is read over (that many ranges, each written
+    /// into the volume as it arrives), and the most final deltas of several disks read at once
+    /// by --sync/--cutover; 1 to 16.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub ssh_connections: usize,
+
+    #[command(flatten)]
+    pub transport: TransportArgs,
 
     /// --cutover: remove the migration snapshots on ESXi once the domain runs here.
     #[arg(long)]
@@ -340,6 +381,25 @@ pub struct Cli {
     /// `virtio-blk` (`vdX`).
     #[arg(long, value_enum, value_name = "virtio-scsi|virtio-blk")]
     pub disk_bus: Option<DiskBusArg>,
+}
+
+/// `--transport`, `--nc-port`, `--nc-address`: how the bytes of files on ESXi travel.
+#[derive(Debug, Clone, Args)]
+pub struct TransportArgs {
+    /// With --vmx ssh://: `ssh` (the default), or `nc` for trusted networks: commands stay on
+    /// ssh, the bytes come unencrypted over TCP from `dd | nc` on ESXi to a port this tool
+    /// opens (the ESXi firewall needs an outbound rule for that port).
+    #[arg(long, value_enum, value_name = "ssh|nc", default_value = "ssh")]
+    pub transport: TransportArg,
+
+    /// --transport nc: the TCP port this tool listens on (default 9001; 0: any free port).
+    #[arg(long, value_name = "PORT")]
+    pub nc_port: Option<u16>,
+
+    /// --transport nc: the address ESXi connects to (default: this host's address as ESXi's
+    /// sshd sees it, from $SSH_CONNECTION).
+    #[arg(long, value_name = "ADDRESS")]
+    pub nc_address: Option<String>,
 }
 
 /// The command line with `-q`/`-v` (and for `status`, `-c URI`) given before a subcommand
@@ -389,7 +449,9 @@ impl Cli {
 
     /// `--json` was asked for: standard output holds one JSON document.
     pub fn wants_json(&self) -> bool {
-        self.json || matches!(&self.command, Some(Command::Plan(p)) if p.json)
+        self.json
+            || matches!(&self.command, Some(Command::Plan(p)) if p.json)
+            || matches!(&self.command, Some(Command::Probe(p)) if p.json)
     }
 
     /// What the run does, as `--json` names it.

@@ -14,6 +14,8 @@ use crate::{domain_xml, libvirt};
 pub enum Plan<'a> {
     /// `plan ...` and `status ...`: many VMs, or a look at one.
     Fleet(&'a Command),
+    /// `probe ssh://...`: the transfer rates of an ESXi host.
+    Probe(crate::esx::probe::ProbePlan),
     /// `--target`: deltas applied to a raw image or device, no libvirt.
     Target {
         deltas: Vec<PathBuf>,
@@ -40,6 +42,17 @@ impl<'a> Plan<'a> {
     /// The plan for `cli`. Pure: opens nothing, connects nowhere.
     pub fn from_cli(cli: &'a Cli) -> Result<Plan<'a>> {
         match &cli.command {
+            Some(Command::Probe(p)) => {
+                let t = &p.transport;
+                return Ok(Plan::Probe(crate::esx::probe::ProbePlan::check(
+                    &p.vmx,
+                    p.bytes,
+                    p.json,
+                    t.transport == crate::cli::TransportArg::Nc,
+                    t.nc_port,
+                    t.nc_address.as_deref(),
+                )?));
+            }
             Some(Command::TestBoot(a)) => {
                 return Ok(Plan::TestBoot(crate::testboot::Request::from_args(a)?))
             }
@@ -88,6 +101,7 @@ impl<'a> Plan<'a> {
     pub fn run(self) -> Result<()> {
         match self {
             Plan::Fleet(cmd) => crate::fleet::run(cmd),
+            Plan::Probe(p) => crate::esx::probe::run(&p),
             Plan::Target {
                 deltas,
                 target,
@@ -227,6 +241,63 @@ mod tests {
         ] {
             let args = [&["--vmx", SSH, "--sync"][..], opt].concat();
             refused(&import(&args), "goes with --cutover");
+        }
+    }
+
+    #[test]
+    fn transfer_levers_are_checked_and_go_with_an_esxi_source() {
+        let cli = Cli::try_parse_from(["virt-vmdkimport"]).unwrap();
+        assert_eq!(
+            cli.ssh_connections,
+            crate::esx::transfer::DEFAULT_CONNECTIONS
+        );
+        for n in ["1", "4", "16"] {
+            plan(&import(&["--vmx", SSH, "--ssh-connections", n])).unwrap();
+        }
+        for n in ["0", "17"] {
+            refused(
+                &import(&["--vmx", SSH, "--ssh-connections", n]),
+                "from 1 to 16",
+            );
+        }
+        plan(&import(&["--vmx", SSH, "--transport", "nc"])).unwrap();
+        plan(&import(&[
+            "--vmx",
+            SSH,
+            "--cutover",
+            "--transport",
+            "nc",
+            "--nc-port",
+            "0",
+            "--nc-address",
+            "10.0.0.5",
+        ]))
+        .unwrap();
+        refused(
+            &import(&["--vmx", SSH, "--nc-port", "9002"]),
+            "go with --transport nc",
+        );
+        refused(
+            &import(&["--vmx", SSH, "--nc-address", "10.0.0.5"]),
+            "go with --transport nc",
+        );
+        refused(
+            &import(&["--vmx", SSH, "--transport", "nc", "--nc-address=-oProxy=x"]),
+            "an IP address or host name",
+        );
+        refused(
+            &import(&["--vmx", SSH, "--transport", "nc", "--nc-address", "a b"]),
+            "an IP address or host name",
+        );
+        for extra in [&["--ssh-connections", "2"][..], &["--transport", "nc"]] {
+            refused(
+                &import(&[&["--flat", "/x/base.vmdk"][..], extra].concat()),
+                "go with --vmx ssh://",
+            );
+            refused(
+                &import(&[&["--vmx", "/x/vm.vmx"][..], extra].concat()),
+                "go with --vmx ssh://",
+            );
         }
     }
 

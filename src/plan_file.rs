@@ -60,6 +60,7 @@ struct RawVm {
     driver_disk: Option<bool>,
     no_start: Option<bool>,
     disk_jobs: Option<usize>,
+    ssh_connections: Option<usize>,
     #[serde(default, deserialize_with = "timeout")]
     shutdown_timeout: Option<Duration>,
     hard_off: Option<bool>,
@@ -313,6 +314,7 @@ fn merged(d: &RawVm, v: &RawVm) -> RawVm {
         driver_disk,
         no_start,
         disk_jobs,
+        ssh_connections,
         shutdown_timeout,
         hard_off,
         rollback_on_failure,
@@ -404,6 +406,9 @@ impl FleetVm {
                 ]);
             }
         }
+        if let Some(n) = o.ssh_connections.filter(|_| esx) {
+            a.extend(["--ssh-connections".into(), n.to_string().into()]);
+        }
         if esx && step != StepKind::Stage1 {
             if let Some(j) = o.disk_jobs {
                 a.extend(["--jobs".into(), j.to_string().into()]);
@@ -467,6 +472,7 @@ fn check_args(vm: &FleetVm, step: StepKind) -> Result<()> {
         )
     })?;
     crate::cli::network_args(&cli.network)?;
+    crate::esx::transfer::TransferOptions::check(cli.ssh_connections, false, None, None)?;
     if let Some(m) = &cli.mac {
         crate::cli::normalise_mac(m)?;
     }
@@ -512,6 +518,29 @@ mod tests {
         assert!(s1.contains(&"--network".into()) && s1.contains(&"--dry-run".into()));
         let c: Vec<_> = f.vms[1].args(StepKind::Cutover, false).unwrap();
         assert!(c.contains(&"--cutover".into()) && !c.contains(&"--network".into()));
+    }
+
+    #[test]
+    fn ssh_connections_go_to_every_step_of_an_esxi_source_and_are_checked() {
+        let f = parse_str(
+            "[defaults]\nssh_connections = 8\n\
+             [[vm]]\nname = \"a\"\nflat = \"a/a.vmdk\"\n\
+             [[vm]]\nname = \"b\"\nvmx = \"ssh://root@esx1/vmfs/volumes/ds/b/b.vmx\"\n",
+        )
+        .unwrap();
+        let has = |a: Vec<OsString>| {
+            a.windows(2)
+                .any(|w| w[0] == "--ssh-connections" && w[1] == "8")
+        };
+        assert!(!has(f.vms[0].args(StepKind::Stage1, false).unwrap()));
+        for step in [StepKind::Stage1, StepKind::Sync, StepKind::Cutover] {
+            assert!(has(f.vms[1].args(step, false).unwrap()), "{step:?}");
+        }
+        let e = parse_str(
+            "[[vm]]\nname = \"b\"\nvmx = \"ssh://esx1/vmfs/volumes/ds/b/b.vmx\"\nssh_connections = 17\n",
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("from 1 to 16"), "{e:#}");
     }
 
     #[test]

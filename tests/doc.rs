@@ -80,6 +80,7 @@ fn install_sh_puts_the_binary_man_pages_and_completions_in_their_places() {
         "share/man/man1/virt-vmdkimport-plan.1",
         "share/man/man1/virt-vmdkimport-status.1",
         "share/man/man1/virt-vmdkimport-test-boot.1",
+        "share/man/man1/virt-vmdkimport-probe.1",
         "share/bash-completion/completions/virt-vmdkimport",
         "share/zsh/site-functions/_virt-vmdkimport",
         "share/fish/vendor_completions.d/virt-vmdkimport.fish",

@@ -12,6 +12,7 @@ use util::bootimg;
 use util::libvirt::{fill_volume, read_volume};
 use util::libvirt::{unique_name, TestPool, LOCAL_URI, REMOTE_URI};
 use vmdkimport::libvirt::{connect, download_into, upload_at, upload_image, DiskKind};
+use vmdkimport::libvirt::{upload_ranges, ImageRange};
 
 const MIB: usize = 1 << 20;
 
@@ -150,6 +151,98 @@ fn base_upload_writes_real_zeros_into_a_block_device() {
         "block volume read through libvirt",
     );
     // And on the device itself, bypassing libvirt: holes became zeros on the device.
+    let mut direct = vec![0u8; cap];
+    std::fs::File::open(&lo.dev)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut direct))
+        .unwrap();
+    assert_same(&direct, &want, "block device read directly");
+}
+
+/// `img` cut into `n` ranges (the last one longer), front to back.
+fn ranges_of(img: &[u8], n: usize) -> Vec<ImageRange> {
+    let per = img.len() / n;
+    (0..n)
+        .map(|i| ImageRange {
+            offset: (i * per) as u64,
+            len: if i + 1 == n { img.len() - i * per } else { per } as u64,
+        })
+        .collect()
+}
+
+/// Upload `img` as `n` ranges side by side into `vol`, range `short` (if any) ending early.
+fn upload_in_ranges(
+    vol: &vmdkimport::libvirt::Vol,
+    img: &[u8],
+    n: usize,
+    short: Option<usize>,
+) -> anyhow::Result<vmdkimport::libvirt::UploadStats> {
+    let ranges = ranges_of(img, n);
+    let open = |i: usize| -> anyhow::Result<Box<dyn std::io::Read + Send>> {
+        let r = ranges[i];
+        let mut bytes = img[r.offset as usize..(r.offset + r.len) as usize].to_vec();
+        if short == Some(i) {
+            bytes.truncate(bytes.len() / 2);
+        }
+        Ok(Box::new(std::io::Cursor::new(bytes)))
+    };
+    let moved = std::sync::atomic::AtomicU64::new(0);
+    let stats = upload_ranges(vol, &ranges, &open, &|n| {
+        moved.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    })?;
+    assert_eq!(
+        moved.into_inner(),
+        img.len() as u64,
+        "progress saw every byte"
+    );
+    Ok(stats)
+}
+
+#[test]
+fn ranges_side_by_side_overwrite_every_stale_byte_and_keep_holes() {
+    let tp = TestPool::new("ranges");
+    let cap = 32 * MIB;
+    let vol = tp.volume("disk", cap as u64);
+    fill_volume(&vol, 0x5a);
+    let img = mixed_image();
+    let want = expected_volume(&img, cap);
+    for n in [1, 3, 4] {
+        let stats = upload_in_ranges(&vol, &img, n, None).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(stats.bytes_read, img.len() as u64);
+        assert_same(&read_volume(&vol), &want, &format!("{n} ranges"));
+        assert_eq!(
+            vol.capacity().unwrap(),
+            cap as u64,
+            "the file keeps its length"
+        );
+        // The zero runs of 1 MiB or more and the tail stay holes.
+        assert!(
+            vol.allocation().unwrap() < 8 * MIB as u64,
+            "{n} ranges: {} bytes allocated",
+            vol.allocation().unwrap()
+        );
+    }
+    // A range that ends early fails the upload; the file keeps its length.
+    let e = upload_in_ranges(&vol, &img, 4, Some(2)).unwrap_err();
+    assert!(format!("{e:#}").contains("ended early"), "{e:#}");
+    assert_eq!(vol.capacity().unwrap(), cap as u64);
+}
+
+#[test]
+fn ranges_side_by_side_write_real_zeros_into_a_block_device() {
+    let tp = TestPool::new("rblock");
+    let cap = 24 * MIB;
+    let backing = tp.path("blockdev.raw");
+    std::fs::write(&backing, vec![0x5au8; cap]).unwrap();
+    let Some(lo) = util::libvirt::LoopDev::attach(&backing) else {
+        eprintln!("SKIPPED: no loop device on this machine");
+        return;
+    };
+    std::os::unix::fs::symlink(&lo.dev, tp.pool_dir().join("blk")).unwrap();
+    tp.pool.refresh().unwrap();
+    let vol = tp.pool.volume("blk").unwrap_or_else(|e| panic!("{e:#}"));
+    let img = mixed_image();
+    upload_in_ranges(&vol, &img, 4, None).unwrap_or_else(|e| panic!("{e:#}"));
+    let want = expected_volume(&img, cap);
     let mut direct = vec![0u8; cap];
     std::fs::File::open(&lo.dev)
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut direct))

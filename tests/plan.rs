@@ -382,7 +382,10 @@ fn check_reads_esxi_and_changes_nothing(
             format!("[{name}] stage1 --dry-run done"),
             format!("[{name}]   127.0.0.1: running vim-cmd vmsvc/getallvms"),
             format!("would run vim-cmd vmsvc/snapshot.create {id} 'virt-vmdkimport-1'"),
-            format!("would run dd if='{}' bs=4M", flat.display()),
+            format!(
+                "would run dd if='{}' bs=4194304 skip=1 count=2",
+                flat.display()
+            ),
         ] {
             assert!(check.contains(&want), "{want:?} in\n{check}");
         }

@@ -22,6 +22,9 @@ _virt__vmdkimport() {
             virt__vmdkimport,plan)
                 cmd="virt__vmdkimport__subcmd__plan"
                 ;;
+            virt__vmdkimport,probe)
+                cmd="virt__vmdkimport__subcmd__probe"
+                ;;
             virt__vmdkimport,status)
                 cmd="virt__vmdkimport__subcmd__status"
                 ;;
@@ -33,6 +36,9 @@ _virt__vmdkimport() {
                 ;;
             virt__vmdkimport__subcmd__help,plan)
                 cmd="virt__vmdkimport__subcmd__help__subcmd__plan"
+                ;;
+            virt__vmdkimport__subcmd__help,probe)
+                cmd="virt__vmdkimport__subcmd__help__subcmd__probe"
                 ;;
             virt__vmdkimport__subcmd__help,status)
                 cmd="virt__vmdkimport__subcmd__help__subcmd__status"
@@ -47,7 +53,7 @@ _virt__vmdkimport() {
 
     case "${cmd}" in
         virt__vmdkimport)
-            opts="-q -v -c -d -h -V --quiet --json --verbose --connect --target --domain --pool --flat --capacity --vmx --os --memory --vcpus --network --bridge --mac --cpu --hyperv-passthrough --no-start --print-xml --dry-run --io --overlay-pool --commit-bandwidth --allow-outside-paths --reupload-base --copy-independent --driver-disk --switch-to-virtio --sync --cutover --shutdown-timeout --stall-timeout --hard-off --rollback-on-failure --jobs --remove-esx-snapshots --nic-names --disk-bus --help --version plan status test-boot help"
+            opts="-q -v -c -d -h -V --quiet --json --verbose --connect --target --domain --pool --flat --capacity --vmx --os --memory --vcpus --network --bridge --mac --cpu --hyperv-passthrough --no-start --print-xml --dry-run --io --overlay-pool --commit-bandwidth --allow-outside-paths --reupload-base --copy-independent --driver-disk --switch-to-virtio --sync --cutover --shutdown-timeout --stall-timeout --hard-off --rollback-on-failure --jobs --ssh-connections --transport --nc-port --nc-address --remove-esx-snapshots --nic-names --disk-bus --help --version plan status test-boot probe help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -141,6 +147,22 @@ _virt__vmdkimport() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --ssh-connections)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --transport)
+                    COMPREPLY=($(compgen -W "ssh nc" -- "${cur}"))
+                    return 0
+                    ;;
+                --nc-port)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --nc-address)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --nic-names)
                     COMPREPLY=($(compgen -W "vmware kvm" -- "${cur}"))
                     return 0
@@ -157,7 +179,7 @@ _virt__vmdkimport() {
             return 0
             ;;
         virt__subcmd__vmdkimport__subcmd__help)
-            opts="plan status test-boot help"
+            opts="plan status test-boot probe help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -185,6 +207,20 @@ _virt__vmdkimport() {
             return 0
             ;;
         virt__subcmd__vmdkimport__subcmd__help__subcmd__plan)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        virt__subcmd__vmdkimport__subcmd__help__subcmd__probe)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -246,6 +282,36 @@ _virt__vmdkimport() {
                     return 0
                     ;;
                 --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        virt__subcmd__vmdkimport__subcmd__probe)
+            opts="-q -v -h --bytes --json --transport --nc-port --nc-address --quiet --verbose --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --bytes)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --transport)
+                    COMPREPLY=($(compgen -W "ssh nc" -- "${cur}"))
+                    return 0
+                    ;;
+                --nc-port)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --nc-address)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::ssh::{self, Ssh, SshUrl};
-use crate::image_read::ImageRead;
+use super::transfer::{self, Range, RangeRead, Transfer};
 use crate::vmdk::descriptor::{ExtentKind, MAX_DESCRIPTOR_BYTES};
 use crate::vmdk::Descriptor;
 use crate::vmx::{self, VmxConfig};
@@ -14,9 +14,12 @@ pub const SNAPSHOT_NAME: &str = "virt-vmdkimport";
 /// Longest snapshot chain walked (ESXi allows 32 snapshots).
 const MAX_CHAIN: usize = 64;
 
-/// A base disk on the ESXi host: one flat extent, streamed by one `dd`.
+/// Block size of the `dd` reading a base's ranges.
+const BASE_BS: u64 = 4 << 20;
+
+/// A base disk on the ESXi host: one flat extent, read as ranges side by side.
 pub struct RemoteBase {
-    ssh: Arc<Ssh>,
+    transfer: Arc<Transfer>,
     /// The flat extent's path on the host.
     pub path: String,
     pub capacity: u64,
@@ -26,14 +29,22 @@ pub struct RemoteBase {
 impl RemoteBase {
     /// `ssh://host/path-flat.vmdk`, for messages and the import state.
     pub fn name(&self) -> String {
-        self.ssh.url().with_path(&self.path)
+        self.transfer.ssh().url().with_path(&self.path)
     }
 
-    /// A fresh stream of the whole extent.
-    pub fn reader(&self) -> Result<Box<dyn ImageRead + Send>> {
-        Ok(Box::new(crate::image_read::ReadAhead::new(
-            self.ssh.stream(&self.path)?,
-        )))
+    /// The extent cut into one range per connection; it must be as long as the disk.
+    pub fn ranges(&self) -> Vec<Range> {
+        transfer::split_to_end(self.capacity, BASE_BS, self.transfer.connections())
+    }
+
+    /// Range `r` of the extent, read by the run's transport.
+    pub fn read(&self, r: Range) -> Result<RangeRead> {
+        self.transfer.read(&self.path, r)
+    }
+
+    /// The transport the base is read by.
+    pub fn transfer(&self) -> &Transfer {
+        &self.transfer
     }
 }
 
@@ -106,12 +117,13 @@ pub struct RemoteChain {
 
 /// Follow `parentFileNameHint` from the descriptor `top` down to the base, checking each
 /// parent's CID against its child's parentCID; the base must be one flat extent.
-pub(crate) fn walk_to_base(ssh: &Arc<Ssh>, top: &str, outside: bool) -> Result<RemoteBase> {
-    Ok(walk_chain(ssh, top, outside)?.base)
+pub(crate) fn walk_to_base(t: &Arc<Transfer>, top: &str, outside: bool) -> Result<RemoteBase> {
+    Ok(walk_chain(t, top, outside)?.base)
 }
 
 /// [`walk_to_base`], keeping every delta on the way.
-pub(crate) fn walk_chain(ssh: &Arc<Ssh>, top: &str, outside: bool) -> Result<RemoteChain> {
+pub(crate) fn walk_chain(t: &Arc<Transfer>, top: &str, outside: bool) -> Result<RemoteChain> {
+    let ssh = t.ssh();
     let mut path = top.to_string();
     let mut want_cid: Option<(u32, String)> = None;
     let mut deltas = Vec::new();
@@ -133,7 +145,7 @@ pub(crate) fn walk_chain(ssh: &Arc<Ssh>, top: &str, outside: bool) -> Result<Rem
         let Some(pcid) = d.parent_cid else {
             deltas.reverse();
             return Ok(RemoteChain {
-                base: flat_base(ssh, &path, &shown, &d, outside)?,
+                base: flat_base(t, &path, &shown, &d, outside)?,
                 deltas,
             });
         };
@@ -154,7 +166,7 @@ pub(crate) fn walk_chain(ssh: &Arc<Ssh>, top: &str, outside: bool) -> Result<Rem
 }
 
 fn flat_base(
-    ssh: &Arc<Ssh>,
+    t: &Arc<Transfer>,
     path: &str,
     shown: &str,
     d: &Descriptor,
@@ -165,7 +177,7 @@ fn flat_base(
         [e] if matches!(e.kind, ExtentKind::Flat | ExtentKind::Vmfs) && e.offset == 0 => {
             let file = e.file.as_deref().expect("flat extents name a file");
             Ok(RemoteBase {
-                ssh: ssh.clone(),
+                transfer: t.clone(),
                 path: remote_join(ssh::folder(path), file, outside)
                     .with_context(|| shown.to_string())?,
                 capacity,

@@ -1,9 +1,11 @@
-//! Stage 1 straight from an ESXi host over SSH: the VM found by its .vmx path, a migration snapshot taken, each base streamed from the host.
+//! Stage 1 straight from an ESXi host over SSH: the VM found by its .vmx path, a migration snapshot taken, each base read from the host in ranges side by side.
 
 mod files;
 pub mod host;
+pub mod probe;
 pub mod remote;
 pub mod ssh;
+pub mod transfer;
 pub mod vimcmd;
 pub mod vm;
 
@@ -55,9 +57,10 @@ pub fn prepare_stage_one(
     dry_run: bool,
     say: bool,
     outside: bool,
+    transfer: transfer::TransferOptions,
     before_snapshot: impl FnOnce(&VmxConfig) -> Result<()>,
 ) -> Result<StageOne> {
-    let vm = vm::Vm::find(url, dry_run, say, outside)?;
+    let vm = vm::Vm::find(url, dry_run, say, outside, transfer)?;
     let (ssh, url, id, ds_path) = (&vm.ssh, vm.url(), vm.id, &vm.ds_path);
     let host = vm.host();
     let power = host.power(id)?;
@@ -90,17 +93,21 @@ pub fn prepare_stage_one(
             &disk.file_name.to_string_lossy(),
             outside,
         )?;
-        let base = walk_to_base(ssh, &top, outside)
+        let base = walk_to_base(&vm.transfer, &top, outside)
             .with_context(|| format!("{name}: disk {}", disk.slot()))?;
         if !dry_run {
             host.probe(&base.path, power)?;
         } else if say {
-            log::info!(
-                "{}: would run {} (streamed into disk {}'s volume)",
-                url.host,
-                ssh::stream_command(&base.path),
-                disk.slot()
-            );
+            for r in base.ranges() {
+                log::info!(
+                    "{}: would run {} (over {}, written into disk {}'s volume at byte {})",
+                    url.host,
+                    r.dd(&base.path),
+                    vm.transfer.name(),
+                    disk.slot(),
+                    r.offset()
+                );
+            }
         }
         bases.push(base);
     }

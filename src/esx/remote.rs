@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::ssh::{quote, Ssh};
+use super::transfer::{self, Range};
 use crate::progress::Transfer;
 use crate::vmdk::{DataFile, Piece, Source};
 
@@ -187,7 +188,7 @@ impl FileOrder {
 /// second thread keeps the transfer going. Zero pieces are written without a read. The
 /// read's progress is shown as `label`.
 pub fn write_in_file_order(
-    ssh: &Ssh,
+    via: &transfer::Transfer,
     path: &str,
     order: &FileOrder,
     target: &File,
@@ -206,17 +207,15 @@ pub fn write_in_file_order(
         report.secs = started.elapsed().as_secs_f64();
         return Ok(report);
     };
-    let bs = CHUNK as u64;
-    let skip = source_offset(first) / bs;
-    let end = source_offset(last) + last.len;
-    let count = end.div_ceil(bs) - skip;
-    let mut stream = ssh.stream_from(path, bs, skip, Some(count))?;
+    let (range, end) = grain_range(first, last)?;
+    let (bs, skip) = (range.bs, range.skip);
+    let mut stream = via.read(path, range)?;
     let bar = Transfer::new(label, end - skip * bs);
     std::thread::scope(|scope| -> Result<()> {
         let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(QUEUE);
         let bar = &bar;
-        let reader = scope.spawn(move || {
-            let mut left = (count * bs).min(end - skip * bs);
+        let reader = scope.spawn(move || -> io::Result<()> {
+            let mut left = range.len;
             while left > 0 {
                 let mut buf = vec![0u8; CHUNK.min(left as usize)];
                 let r = stream.read_exact(&mut buf).map(|_| buf);
@@ -228,9 +227,11 @@ pub fn write_in_file_order(
                     CHUNK.min(left as usize) as u64
                 };
                 if tx.send(r).is_err() || failed {
-                    return;
+                    return Ok(());
                 }
             }
+            // The range's end: nothing more, and the read succeeded.
+            stream.read(&mut [0u8; 1]).map(drop)
         });
         let mut feed = Feed {
             rx,
@@ -240,17 +241,47 @@ pub fn write_in_file_order(
         };
         let written = write_pieces(&mut feed, pieces, target, shown_target);
         drop(feed);
-        reader
+        let ended = reader
             .join()
             .map_err(|_| anyhow!("the reading thread panicked"))?;
         report.data_bytes = written?;
+        ended?;
         report.read = end - skip * bs;
         Ok(())
     })
-    .with_context(|| format!("{}:{path}: reading the delta's grains", ssh.url().host))?;
+    .with_context(|| {
+        format!(
+            "{}:{path}: reading the delta's grains",
+            via.ssh().url().host
+        )
+    })?;
     bar.finish();
     report.secs = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The whole blocks of the delta file from `first`'s grain to `last`'s, and where the last
+/// grain ends. dd reads whole blocks: the last one stops at the file's end, which may lie
+/// past the last grain's.
+fn grain_range(first: &Piece, last: &Piece) -> Result<(Range, u64)> {
+    let bs = CHUNK as u64;
+    let skip = source_offset(first) / bs;
+    let end = source_offset(last) + last.len;
+    let count = end.div_ceil(bs) - skip;
+    let file_len = match &last.source {
+        Source::Data { file, .. } => file.file.size()?,
+        Source::Zeros => end,
+    };
+    let len = (count * bs).min(file_len.max(end) - skip * bs);
+    Ok((
+        Range {
+            bs,
+            skip,
+            count,
+            len,
+        },
+        end,
+    ))
 }
 
 fn source_offset(p: &Piece) -> u64 {

@@ -1,4 +1,4 @@
-//! The SSH transport to an ESXi host: the system's OpenSSH client, one multiplexed connection for the whole run.
+//! The SSH transport to an ESXi host: the system's OpenSSH client, one multiplexed connection for the commands and a connection of its own for each bulk read.
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{self, Read};
@@ -174,14 +174,25 @@ impl Ssh {
 
     /// `ssh` with the multiplexing options, the config file and the port, up to the destination.
     fn command(&self) -> Command {
+        self.command_over(true)
+    }
+
+    /// [`Ssh::command`]; without `shared`, over a connection of its own (no ControlMaster):
+    /// ESXi's sshd spends a CPU per connection, not per channel.
+    fn command_over(&self, shared: bool) -> Command {
         let mut c = Command::new("ssh");
         if let Some(cfg) = &self.config {
             c.arg("-F").arg(cfg);
         }
-        c.arg("-o").arg("ControlMaster=auto");
-        c.arg("-o")
-            .arg(format!("ControlPath={}", self.control_path().display()));
-        c.arg("-o").arg(format!("ControlPersist={PERSIST_SECS}"));
+        if shared {
+            c.arg("-o").arg("ControlMaster=auto");
+            c.arg("-o")
+                .arg(format!("ControlPath={}", self.control_path().display()));
+            c.arg("-o").arg(format!("ControlPersist={PERSIST_SECS}"));
+        } else {
+            c.arg("-o").arg("ControlMaster=no");
+            c.arg("-o").arg("ControlPath=none");
+        }
         if let Some(p) = self.url.port {
             c.arg("-p").arg(p.to_string());
         }
@@ -257,28 +268,28 @@ impl Ssh {
         Ok((bytes, more))
     }
 
-    /// A file's bytes streamed from the host by one `dd` over the shared connection.
-    pub fn stream(&self, path: &str) -> Result<RemoteRead> {
-        self.stream_cmd(path, &stream_command(path))
+    /// `cmd` started on the host over the shared connection, its output not read (it sends
+    /// its bytes elsewhere); its stderr piped, for [`Ssh::stderr_text`].
+    pub fn spawn_quiet(&self, cmd: &str) -> Result<Child> {
+        log::debug!("ssh {}: {cmd}", self.url.destination());
+        self.command()
+            .arg(cmd)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running ssh (is openssh-client installed?)")
     }
 
-    /// The bytes of `path` from block `skip` of `bs` bytes on (`count` blocks, or to the end).
-    pub fn stream_from(
-        &self,
-        path: &str,
-        bs: u64,
-        skip: u64,
-        count: Option<u64>,
-    ) -> Result<RemoteRead> {
-        let count = count.map(|c| format!(" count={c}")).unwrap_or_default();
-        let cmd = format!("dd if={} bs={bs} skip={skip}{count}", quote(path));
-        self.stream_cmd(path, &cmd)
+    /// A command's stderr as text, without ssh's lines of a refused second session.
+    pub fn stderr_text(&self, raw: &[u8]) -> String {
+        self.sessions.stderr(raw)
     }
 
-    fn stream_cmd(&self, path: &str, cmd: &str) -> Result<RemoteRead> {
+    /// The output of `cmd` (reading `path`) streamed over a connection of its own.
+    pub fn stream_alone(&self, path: &str, cmd: &str) -> Result<RemoteRead> {
         log::debug!("ssh {} (streamed): {cmd}", self.url.destination());
         let mut child = self
-            .command()
+            .command_over(false)
             .arg(cmd)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -311,18 +322,23 @@ pub fn read_file_command(path: &str, limit: u64) -> String {
     format!("dd if={} bs={READ_FILE_BS} count={count}", quote(path))
 }
 
-/// The command that streams `path`: dd with large blocks (busybox's dd has no iflag options).
-pub fn stream_command(path: &str) -> String {
-    format!("dd if={} bs=4M", quote(path))
-}
-
 impl Drop for Ssh {
     fn drop(&mut self) {
         if self.control_path().exists() {
-            let _ = self
-                .command()
-                .arg("-O")
-                .arg("exit")
+            // `-O exit` before the destination: after `--` ssh would send it as a command.
+            let mut c = Command::new("ssh");
+            if let Some(cfg) = &self.config {
+                c.arg("-F").arg(cfg);
+            }
+            if let Some(p) = self.url.port {
+                c.arg("-p").arg(p.to_string());
+            }
+            let _ = c
+                .arg("-o")
+                .arg(format!("ControlPath={}", self.control_path().display()))
+                .args(["-O", "exit", "--"])
+                .arg(self.url.destination())
+                .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();

@@ -10,6 +10,7 @@ use super::files::{remote_join, walk_chain, RemoteChain, RemoteDelta};
 use super::host::{Host, Taking};
 use super::remote::RemoteFile;
 use super::ssh::{self, Ssh, SshUrl};
+use super::transfer::{Transfer, TransferOptions};
 use super::vimcmd::{Created, Power, Snapshot};
 use crate::vmdk::{self, Chain};
 use crate::vmx::VmxConfig;
@@ -35,6 +36,8 @@ pub enum ShutdownRefused {
 /// The VM registered with a .vmx on an ESXi host.
 pub struct Vm {
     pub ssh: Arc<Ssh>,
+    /// How the bytes of its files come here.
+    pub transfer: Arc<Transfer>,
     pub id: u32,
     /// `[datastore] dir/file.vmx`
     pub ds_path: String,
@@ -45,8 +48,15 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Connect and find the VM registered with the .vmx `url` names.
-    pub fn find(url: &str, dry_run: bool, say: bool, outside: bool) -> Result<Vm> {
+    /// Connect and find the VM registered with the .vmx `url` names; its files' bytes come
+    /// as `transfer` says.
+    pub fn find(
+        url: &str,
+        dry_run: bool,
+        say: bool,
+        outside: bool,
+        transfer: TransferOptions,
+    ) -> Result<Vm> {
         let url = SshUrl::parse(url)?;
         ensure!(
             url.path.ends_with(".vmx"),
@@ -60,7 +70,12 @@ impl Vm {
             say,
         }
         .find_vm(&url.path)?;
+        let transfer = Arc::new(Transfer::new(ssh.clone(), transfer));
+        if !dry_run {
+            transfer.ready()?;
+        }
         Ok(Vm {
+            transfer,
             ssh,
             id,
             ds_path,
@@ -167,7 +182,7 @@ impl Vm {
                     &disk.file_name.to_string_lossy(),
                     self.outside,
                 )?;
-                walk_chain(&self.ssh, &top, self.outside)
+                walk_chain(&self.transfer, &top, self.outside)
                     .with_context(|| format!("{name}: disk {}", disk.slot()))
             })
             .collect()

@@ -24,6 +24,7 @@ pub fn run(cmd: &Command) -> Result<()> {
         Command::TestBoot(_) => {
             unreachable!("Plan::from_cli routes test-boot to the testboot module")
         }
+        Command::Probe(_) => bail!("probe runs from its own plan (Plan::Probe), not a fleet's"),
     }
 }
 

@@ -31,6 +31,7 @@ pub(super) fn open_stage_one(
         plan.dry_run || plan.print_xml,
         plan.dry_run,
         plan.open.allow_outside_paths,
+        plan.transfer.clone(),
         |cfg| {
             plan.naming.check(plan.os, Some(cfg))?;
             if plan.print_xml {

@@ -40,6 +40,8 @@ struct DiskWork {
 /// Figures of one apply over every disk.
 #[derive(Debug, Default, Clone, Copy)]
 struct Moved {
+    /// The transport the bytes came by: "ssh" or "nc".
+    over: &'static str,
     deltas: usize,
     read: u64,
     data: u64,
@@ -58,6 +60,7 @@ pub fn run(req: &ImportPlan, conn: &Conn, o: &EsxOptions) -> Result<()> {
         req.dry_run,
         req.dry_run,
         req.open.allow_outside_paths,
+        req.transfer.clone(),
     )?;
     match o.step {
         Step::Sync => sync(req, conn, dom, &mut st, &targets, &vm, o),
@@ -359,7 +362,8 @@ fn prepare(
     Ok(work)
 }
 
-/// Mark the disks, write their deltas (`jobs` disks at a time), unmark the ones finished.
+/// Mark the disks, write their deltas (as many disks at a time as --ssh-connections), unmark
+/// the ones finished.
 fn apply(
     vm: &Vm,
     dom: &Dom,
@@ -367,14 +371,14 @@ fn apply(
     targets: &[Vol],
     work: &[DiskWork],
     cache: &HashMap<String, Opened>,
-    jobs: usize,
 ) -> Result<Moved> {
     let started = Instant::now();
     for w in work {
         st.disks[w.disk].begin_apply(w.lineage.clone(), Some(w.start))?;
     }
     metadata::write(dom, st)?;
-    let results = side_by_side(work, jobs, |w| {
+    // Each disk's grains come over a connection of their own: at most --ssh-connections.
+    let results = side_by_side(work, vm.transfer.connections(), |w| {
         let dev = &st.disks[w.disk].target_dev;
         (w.disk, write_disk(vm, &targets[w.disk], w, cache, dev))
     });
@@ -394,6 +398,7 @@ fn apply(
         }
     }
     moved.deltas = work.iter().map(|w| w.deltas.len()).sum();
+    moved.over = vm.transfer.name();
     metadata::write(dom, st)?;
     if let Some(e) = first_err {
         return Err(e);
@@ -432,14 +437,16 @@ fn write_disk(
     let mut total = PassReport::default();
     for d in &w.deltas {
         let o = &cache[d];
+        let how = vm.transfer.name();
         log::info!(
-            "disk {dev}: applying {} over ssh...",
+            "disk {dev}: applying {} over {how}...",
             vm.ssh.url().with_path(d)
         );
         let name = o.extent.rsplit('/').next().unwrap_or(&o.extent);
-        let label = format!("disk {dev}: ssh read of {name}");
-        let p = remote::write_in_file_order(&vm.ssh, &o.extent, &o.pieces, &file, path, &label)
-            .with_context(|| format!("disk {dev}: applying {}", vm.ssh.url().with_path(d)))?;
+        let label = format!("disk {dev}: {how} read of {name}");
+        let p =
+            remote::write_in_file_order(&vm.transfer, &o.extent, &o.pieces, &file, path, &label)
+                .with_context(|| format!("disk {dev}: applying {}", vm.ssh.url().with_path(d)))?;
         total.read += p.read;
         total.data_bytes += p.data_bytes;
         total.zero_bytes += p.zero_bytes;
@@ -488,17 +495,18 @@ fn sync(
         Ok(None) => return Ok(()),
         Err(e) => return Err(undo(conn, found, st, e)),
     };
-    let moved = apply(vm, &dom, st, targets, &work, &cache, o.jobs)?;
+    let moved = apply(vm, &dom, st, targets, &work, &cache)?;
     let round = sync_round(vm, st, &moved, tops.as_deref());
     st.syncs.push(round);
     metadata::write(&dom, st)?;
     log::info!(
-        "sync round {}: applied {} delta(s): {:.1} MiB of data, {:.1} MiB of zeros ({:.1} MiB read over ssh) in {}; the VM now writes into the deltas of '{snap}', which the next --sync or the --cutover applies",
+        "sync round {}: applied {} delta(s): {:.1} MiB of data, {:.1} MiB of zeros ({:.1} MiB read over {}) in {}; the VM now writes into the deltas of '{snap}', which the next --sync or the --cutover applies",
         st.syncs.len(),
         moved.deltas,
         mib(moved.data),
         mib(moved.zero),
         mib(moved.read),
+        moved.over,
         crate::units::human_ms((moved.secs * 1e3) as u64)
     );
     let start_ms = st.trial.as_ref().and_then(|t| t.start_ms);
@@ -706,7 +714,7 @@ fn finish(
     let opened = Instant::now();
     let all = |c: &RemoteChain| c.deltas.len();
     let work = prepare(vm, st, chains, &all, true, cache, o.jobs)?;
-    let mut moved = apply(vm, dom, st, targets, &work, cache, o.jobs)?;
+    let mut moved = apply(vm, dom, st, targets, &work, cache)?;
     // The final deltas' time counts from the VM off: opening them is part of it.
     moved.secs = opened.elapsed().as_secs_f64();
     crate::interrupt::check()?;
@@ -771,7 +779,7 @@ fn say_outage(domain: &str, o: &Outage, m: &Moved, was_running: bool) {
     log::info!(
         "cutover of '{domain}': the outage\n  \
          guest shutdown     {:>8.2} s  {}\n  \
-         final deltas       {:>8.2} s  {} delta(s), {} bytes read over ssh ({:.1} MiB/s), {} data + {} zero bytes applied\n  \
+         final deltas       {:>8.2} s  {} delta(s), {} bytes read over {} ({:.1} MiB/s), {} data + {} zero bytes applied\n  \
          domain start       {:>8.2} s\n  \
          total              {:>8.2} s  from the shutdown command to the domain running",
         s(o.shutdown_ms),
@@ -779,6 +787,7 @@ fn say_outage(domain: &str, o: &Outage, m: &Moved, was_running: bool) {
         s(o.apply_ms),
         m.deltas,
         m.read,
+        m.over,
         rate,
         m.data,
         m.zero,

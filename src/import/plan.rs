@@ -78,6 +78,8 @@ pub struct ImportPlan {
     pub(crate) reupload_base: bool,
     /// `--sync` or `--cutover` from an ESXi host.
     pub(crate) esx: Option<EsxOptions>,
+    /// How the bytes of files on ESXi come here.
+    pub(crate) transfer: crate::esx::transfer::TransferOptions,
     pub(crate) naming: names::Naming,
 }
 
@@ -91,6 +93,7 @@ impl ImportPlan {
         let base_arg = base_arg(cli)?;
         let esx = esx_options(cli)?;
         let vmx_arg = vmx_arg(cli, esx.is_some())?;
+        let transfer = transfer_options(cli)?;
         check_stages(cli, base_arg.is_some(), vmx_arg.is_some(), esx.is_some())?;
         let (network, network_map) = crate::cli::network_args(&cli.network)?;
         let mac = cli
@@ -137,6 +140,7 @@ impl ImportPlan {
             cpu: cli.cpu.as_deref().map(cpu_mode),
             reupload_base: cli.reupload_base,
             esx,
+            transfer,
             naming,
         })
     }
@@ -214,6 +218,26 @@ fn base_arg(cli: &Cli) -> Result<Option<BaseArg>> {
         }),
         None => None,
     })
+}
+
+/// `--ssh-connections` and `--transport`, checked: other than their defaults they go with
+/// `--vmx ssh://` alone.
+fn transfer_options(cli: &Cli) -> Result<crate::esx::transfer::TransferOptions> {
+    use crate::esx::transfer::{TransferOptions, DEFAULT_CONNECTIONS};
+    let t = &cli.transport;
+    let opts = TransferOptions::check(
+        cli.ssh_connections,
+        t.transport == crate::cli::TransportArg::Nc,
+        t.nc_port,
+        t.nc_address.as_deref(),
+    )?;
+    let from_esx = cli.vmx.as_deref().is_some_and(crate::esx::is_ssh);
+    ensure!(
+        from_esx
+            || opts == TransferOptions::default() && cli.ssh_connections == DEFAULT_CONNECTIONS,
+        "--ssh-connections and --transport go with --vmx ssh://"
+    );
+    Ok(opts)
 }
 
 /// `--sync`/`--cutover` and their options, checked: they go with `--vmx ssh://` alone.

@@ -65,7 +65,8 @@ impl BaseInput {
                 .reader()
                 .with_context(|| format!("{}: opening for reading", b.path.display())),
             BaseInput::Stdin { .. } => Ok(Box::new(std::io::stdin())),
-            BaseInput::Remote(r) => r.reader(),
+            // Read in ranges side by side: stage 1's upload_base.
+            BaseInput::Remote(r) => bail!("{}: read in ranges, not as one stream", r.name()),
         }
     }
 }

@@ -269,10 +269,12 @@ fn upload_base(base: &BaseInput, vol: &Vol, dev: &str) -> Result<(crate::report:
     let mut span = crate::report::begin("base upload").disk(dev);
     span.io("stream");
     let started = Instant::now();
-    let mut reader = base.reader()?;
     let bar = Transfer::new(format!("disk {dev}: base upload"), base.capacity());
-    let stats = libvirt::upload_image(vol, &mut reader, &mut |n| bar.set(n))
-        .with_context(|| format!("uploading {} into volume '{}'", base.name(), vol.describe()))?;
+    let stats = match base {
+        BaseInput::Remote(r) => upload_remote(r, vol, &bar),
+        _ => libvirt::upload_image(vol, &mut base.reader()?, &mut |n| bar.set(n)),
+    }
+    .with_context(|| format!("uploading {} into volume '{}'", base.name(), vol.describe()))?;
     bar.finish();
     ensure!(
         stats.bytes_read == base.capacity(),
@@ -294,6 +296,35 @@ fn upload_base(base: &BaseInput, vol: &Vol, dev: &str) -> Result<(crate::report:
         stats.bytes_read as f64 / secs.max(1e-9) / 1e6
     );
     Ok((span, stats.bytes_read))
+}
+
+/// A base on ESXi uploaded as ranges side by side, each over a connection of its own and
+/// written in place as it arrives; each range's length is checked as it ends.
+fn upload_remote(
+    base: &crate::esx::RemoteBase,
+    vol: &Vol,
+    bar: &Transfer,
+) -> Result<libvirt::UploadStats> {
+    let ranges = base.ranges();
+    let image: Vec<libvirt::ImageRange> = ranges
+        .iter()
+        .map(|r| libvirt::ImageRange {
+            offset: r.offset(),
+            len: r.len,
+        })
+        .collect();
+    log::info!(
+        "{}: read as {} range(s) side by side, each over a {} connection of its own",
+        base.name(),
+        ranges.len(),
+        base.transfer().name()
+    );
+    let open = |i: usize| -> Result<Box<dyn std::io::Read + Send>> {
+        Ok(Box::new(crate::image_read::ReadAhead::new(
+            base.read(ranges[i])?,
+        )))
+    };
+    libvirt::upload_ranges(vol, &image, &open, &|n| bar.add(n))
 }
 
 /// What stage 1 does with the base of a disk the import state may already know.

@@ -13,10 +13,10 @@ use crate::image_read::{Extent, ImageRead};
 /// Bytes read from the source per block in `upload_image`: one `SEND_MAX` piece, so the bytes
 /// are still in the CPU's cache when they are checked for zeros and sent.
 /// Measured against 1 and 4 MiB: doc/measured.md (the base upload's sizes).
-const READ_BLOCK: usize = 256 << 10;
+pub(super) const READ_BLOCK: usize = 256 << 10;
 /// Zero detection granularity: a run of zeros shorter than this is sent as data. 64 KiB keeps
 /// the number of hole messages small while still finding the empty areas of a disk image.
-const ZERO_CHUNK: usize = 64 << 10;
+pub(super) const ZERO_CHUNK: usize = 64 << 10;
 /// Largest piece handed to one `virStreamSend`.
 /// Measured against 1 MiB: doc/measured.md (the base upload's sizes).
 const SEND_MAX: usize = 256 << 10;
@@ -24,13 +24,13 @@ const SEND_MAX: usize = 256 << 10;
 const IO_CHUNK: usize = 1 << 20;
 
 /// A blocking stream that never panics on drop and is aborted unless it finished.
-struct OwnedStream {
+pub(super) struct OwnedStream {
     inner: ManuallyDrop<Stream>,
     done: bool,
 }
 
 impl OwnedStream {
-    fn new(conn: &Conn) -> Result<OwnedStream> {
+    pub(super) fn new(conn: &Conn) -> Result<OwnedStream> {
         // Flags 0: a blocking stream, so send() blocks instead of returning -2.
         let inner = Stream::new(conn.raw(), 0).context("creating a libvirt stream")?;
         Ok(OwnedStream {
@@ -44,7 +44,7 @@ impl OwnedStream {
     }
 
     /// Send all of `data`, looping over short writes.
-    fn send_all(&self, mut data: &[u8]) -> Result<()> {
+    pub(super) fn send_all(&self, mut data: &[u8]) -> Result<()> {
         while !data.is_empty() {
             let piece = &data[..data.len().min(SEND_MAX)];
             let n = self.inner.send(piece)?;
@@ -62,7 +62,7 @@ impl OwnedStream {
 
     /// Finish the stream: only when this succeeds did the daemon write everything.
     /// After a failed finish, Drop still aborts (harmless if the daemon already closed it).
-    fn finish(mut self) -> Result<()> {
+    pub(super) fn finish(mut self) -> Result<()> {
         ffi::stream_finish(&self.inner)?;
         self.done = true;
         Ok(())
@@ -99,8 +99,8 @@ pub struct UploadStats {
 
 /// Bytes at the start of the volume always sent as data, never as a hole (see
 /// `reset_file_volume`).
-const FORCED_DATA: u64 = 4096;
-static ZEROS: [u8; FORCED_DATA as usize] = [0; FORCED_DATA as usize];
+pub(super) const FORCED_DATA: u64 = 4096;
+pub(super) static ZEROS: [u8; FORCED_DATA as usize] = [0; FORCED_DATA as usize];
 
 /// Upload a whole disk image into `vol` through ONE sparse stream that covers the volume
 /// front to back: zero runs go as holes, and a tail past the image's end up to the volume's
@@ -360,13 +360,13 @@ fn send_image(
 /// byte; the main upload then sends its first `FORCED_DATA` bytes as data, so every later
 /// hole lies past the end of the file and reads as zeros. Block devices need none of this:
 /// libvirt writes their holes as zeros (there this stream writes one zero byte).
-fn reset_file_volume(vol: &Vol) -> Result<()> {
+pub(super) fn reset_file_volume(vol: &Vol) -> Result<()> {
     sparse_hole_stream(vol, 1).with_context(|| format!("clearing file volume '{}'", vol.describe()))
 }
 
 /// Give a file volume its length back after a failed upload cut it short: a hole from 0 to
 /// `capacity` (lseek + ftruncate) extends the file and changes none of its bytes.
-fn restore_file_length(vol: &Vol, capacity: u64) -> Result<()> {
+pub(super) fn restore_file_length(vol: &Vol, capacity: u64) -> Result<()> {
     sparse_hole_stream(vol, capacity).with_context(|| {
         format!(
             "restoring the length of file volume '{}' to {capacity} bytes",
@@ -406,20 +406,20 @@ fn sparse_hole_stream(vol: &Vol, len: u64) -> Result<()> {
 }
 
 /// The sending side of `upload_image`: data as data, zeros as holes, holes merged.
-struct SparseSender<'a> {
-    stream: &'a OwnedStream,
-    what: &'a str,
+pub(super) struct SparseSender<'a> {
+    pub(super) stream: &'a OwnedStream,
+    pub(super) what: &'a str,
     /// Volume offset up to which data or holes were sent.
-    pos: u64,
+    pub(super) pos: u64,
     /// Zeros after `pos` not sent yet: adjacent zero runs become one hole.
-    pending_hole: u64,
-    data_bytes: u64,
-    hole_bytes: u64,
+    pub(super) pending_hole: u64,
+    pub(super) data_bytes: u64,
+    pub(super) hole_bytes: u64,
 }
 
 impl SparseSender<'_> {
     /// A block read from the image: its zero chunks as zeros, the rest as data.
-    fn block(&mut self, data: &[u8]) -> Result<()> {
+    pub(super) fn block(&mut self, data: &[u8]) -> Result<()> {
         let n = data.len();
         let mut pos = 0;
         while pos < n {
@@ -454,7 +454,7 @@ impl SparseSender<'_> {
         Ok(())
     }
 
-    fn zeros(&mut self, mut len: u64) -> Result<()> {
+    pub(super) fn zeros(&mut self, mut len: u64) -> Result<()> {
         let at = self.pos + self.pending_hole;
         if at < FORCED_DATA {
             let n = len.min(FORCED_DATA - at);
@@ -465,7 +465,7 @@ impl SparseSender<'_> {
         Ok(())
     }
 
-    fn flush_hole(&mut self) -> Result<()> {
+    pub(super) fn flush_hole(&mut self) -> Result<()> {
         if self.pending_hole == 0 {
             return Ok(());
         }
@@ -551,7 +551,13 @@ pub fn upload_within(
 
 /// Start a non-sparse upload, retrying briefly while libvirt reports the volume busy (the
 /// previous stream on it can still be closing).
-fn start_upload(vol: &Vol, stream: &OwnedStream, offset: u64, len: u64, flags: u32) -> Result<()> {
+pub(super) fn start_upload(
+    vol: &Vol,
+    stream: &OwnedStream,
+    offset: u64,
+    len: u64,
+    flags: u32,
+) -> Result<()> {
     let mut tries = 0;
     loop {
         match vol.vol.upload(stream.stream(), offset, len, flags) {

@@ -79,7 +79,7 @@ fn local(plan: &ImportPlan, path: &Path, out: &mut Vec<Finding>) -> Source {
 /// with queries only, each disk's chain walked to its base.
 fn esx(plan: &ImportPlan, url: &str, out: &mut Vec<Finding>) -> Source {
     let outside = plan.open.allow_outside_paths;
-    let vm = match Vm::find(url, true, false, outside) {
+    let vm = match Vm::find(url, true, false, outside, Default::default()) {
         Ok(vm) => vm,
         Err(e) => {
             out.push(finding(
@@ -159,7 +159,7 @@ fn esx_disks(vm: &Vm, cfg: &VmxConfig, outside: bool, out: &mut Vec<Finding>) ->
     let mut capacities = Vec::new();
     for disk in cfg.disks.iter().filter(|d| !d.independent) {
         let walked = crate::esx::remote_join(&folder, &disk.file_name.to_string_lossy(), outside)
-            .and_then(|top| crate::esx::walk_chain(&vm.ssh, &top, outside));
+            .and_then(|top| crate::esx::walk_chain(&vm.transfer, &top, outside));
         match walked {
             Ok(c) => capacities.push(c.base.capacity),
             Err(e) => out.push(unreadable_disk(&disk.slot(), &format!("{e:#}"))),

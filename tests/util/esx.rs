@@ -122,6 +122,11 @@ fn esxi_path(bin: &Path) {
     for a in APPLETS.lines() {
         std::os::unix::fs::symlink(busybox, bin.join(a)).unwrap();
     }
+    // ESXi's `nc` is no BusyBox applet but a separate binary, default since vSphere 4.1 and
+    // used as `dd ... | nc IP 9001` on ESXi 8 ([GV] [PB], ESX-REAL.md section 7). BusyBox's
+    // serves here; it closes the socket at the end of its input, which ESXi's is not known to
+    // do (UNCONFIRMED): the tool reads each range's length and trailer, never waits for EOF.
+    std::os::unix::fs::symlink(busybox, bin.join("nc")).unwrap();
     for c in ["vim-cmd", "dd", "head"] {
         std::os::unix::fs::symlink(fixtures().join(c), bin.join(c)).unwrap();
     }
