@@ -34,6 +34,12 @@ pub fn read_overlays(dom: &Dom) -> Result<Vec<OverlayRecord>> {
 
 /// Record the overlay records `records` in `dom`'s metadata, replacing what was there.
 pub fn write_overlays(dom: &Dom, records: &[OverlayRecord]) -> Result<()> {
+    if records.is_empty() {
+        // No overlay left: no element either, so the domain reads as before any overlay.
+        return dom
+            .remove_metadata(super::OVERLAY_NS_URI)
+            .with_context(|| format!("domain '{}': removing the overlays' record", dom.name()));
+    }
     dom.set_metadata(
         super::OVERLAY_NS_URI,
         super::OVERLAY_NS_PREFIX,

@@ -1,0 +1,170 @@
+//! ESXi to a KVM host that is not this one (issue 18, part 4): the whole migration from the
+//! strict stand-in ESXi host of tests/util/esx.rs against a `qemu+tcp://` URI (the loopback
+//! listener scripts/setup-host.sh makes), the pre-copy rounds through upload streams and the
+//! cutover through a qcow2 overlay; and a cutover whose overlay fails before the start.
+
+mod util;
+
+use util::esx::{assert_volumes, running_vm, tops, StandIn};
+use util::libvirt::{unique_name, TestPool, REMOTE_URI};
+use util::vmximport::{add_console_log, domstate, dumpxml, virsh, wait_for_line, Run};
+use vmdkimport::state::NS_URI;
+
+/// The trial start asks for QEMU's CPU, which starts on every host (doc/testing.md).
+const CPU: [&str; 2] = ["--cpu", "default"];
+
+/// `virt-vmdkimport -c REMOTE_URI --domain NAME --pool POOL --vmx URL EXTRA...`.
+fn remote(esx: &StandIn, tp: &TestPool, name: &str, vmx: &str, extra: &[&str]) -> Run {
+    let url = esx.url(vmx);
+    let mut args = vec![
+        "-c", REMOTE_URI, "--domain", name, "--pool", &tp.name, "--vmx", &url,
+    ];
+    args.extend_from_slice(extra);
+    esx.tool(&args)
+}
+
+fn no_warning(run: &Run) {
+    assert!(!run.stderr().contains("warning:"), "a warning: {run}");
+}
+
+fn metadata(domain: &str) -> String {
+    virsh(&["metadata", domain, NS_URI]).ok().stdout()
+}
+
+/// The volumes of the pool, by name.
+fn volumes(tp: &TestPool) -> Vec<String> {
+    let mut v = tp.pool.raw().list_volumes().unwrap();
+    v.sort();
+    v
+}
+
+/// A running VM of two disks on the stand-in, stage 1 against the remote URI: the stand-in,
+/// the pool (on the remote URI), the domain's name and the .vmx.
+fn staged(tag: &str, id: u32) -> (StandIn, TestPool, String, String) {
+    let esx = StandIn::start();
+    let tp = TestPool::on(REMOTE_URI, tag);
+    let name = unique_name(tag);
+    tp.track_domain(&name);
+    let vmx = running_vm(&esx, tag, id, "sesparse", 2, false);
+    let s1 = remote(&esx, &tp, &name, &vmx, &CPU).ok();
+    no_warning(&s1);
+    esx.wait_rounds(id, 2);
+    (esx, tp, name, vmx)
+}
+
+#[test]
+fn the_whole_migration_reaches_a_remote_uri_through_the_overlay() {
+    let (esx, tp, name, vmx) = staged("esxrem-all", 70);
+    for round in 1..=2 {
+        let frozen = tops(&esx, &vmx);
+        let sync = remote(&esx, &tp, &name, &vmx, &["--sync"]).ok();
+        assert!(
+            sync.stdout()
+                .contains(&format!("sync round {round}: applied")),
+            "{sync}"
+        );
+        assert!(sync.stdout().contains("io=stream"), "{sync}");
+        no_warning(&sync);
+        assert_volumes(&tp, &name, &frozen, &format!("after sync round {round}"));
+        esx.wait_rounds(70, 2);
+    }
+    let log = tp.path("console.log");
+    add_console_log(&name, &log);
+    let cut = remote(
+        &esx,
+        &tp,
+        &name,
+        &vmx,
+        &["--cutover", "--remove-esx-snapshots"],
+    )
+    .ok();
+    for want in [
+        "io=overlay",
+        "final deltas",
+        "committed into volume",
+        "removed snapshot 'virt-vmdkimport-1'",
+        "removed snapshot 'virt-vmdkimport-3'",
+    ] {
+        assert!(cut.stdout().contains(want), "{want}: {cut}");
+    }
+    no_warning(&cut);
+    assert_eq!(esx.power_state(70), "off");
+    assert_eq!(
+        wait_for_line(
+            &log,
+            util::bootimg::MARKER,
+            std::time::Duration::from_secs(90)
+        ),
+        Some(util::bootimg::expected_line(&esx.last_payload(70))),
+        "the guest booted on KVM shows what it wrote last on ESXi"
+    );
+    assert!(
+        esx.snapshot_names(70).is_empty(),
+        "{:?}",
+        esx.snapshot_names(70)
+    );
+    let xml = dumpxml(&name);
+    assert!(!xml.contains("overlay") && !xml.contains("qcow2"), "{xml}");
+    assert!(
+        !volumes(&tp).iter().any(|v| v.contains("overlay")),
+        "{:?}",
+        volumes(&tp)
+    );
+    let top = tops(&esx, &vmx);
+    virsh(&["destroy", &name]).ok();
+    assert_volumes(&tp, &name, &top, "after the cutover");
+}
+
+#[test]
+fn an_overlay_failing_before_the_start_powers_the_vm_on_again_and_leaves_the_domain() {
+    let (esx, tp, name, vmx) = staged("esxrem-fail", 71);
+    // Once the VM is off, a volume nobody recorded takes the place of disk 1's overlay: disk
+    // 0's overlay is uploaded, disk 1's is refused, the domain never starts.
+    let foreign = format!("{name}-disk1-overlay");
+    esx.on_powered_off(
+        71,
+        &format!(
+            "virsh -c qemu:///system vol-create-as '{}' '{foreign}' 1M",
+            tp.name
+        ),
+    );
+    let (xml, meta) = (dumpxml(&name), metadata(&name));
+    let run = remote(
+        &esx,
+        &tp,
+        &name,
+        &vmx,
+        &["--cutover", "--rollback-on-failure"],
+    );
+    assert_eq!(run.code(), Some(1), "{run}");
+    for want in [
+        "exists and is no overlay this tool left",
+        "rolled back: the VM runs on ESXi again",
+        "as before the cutover (the overlays removed)",
+    ] {
+        assert!(run.stderr().contains(want), "{want}: {run}");
+    }
+    assert_eq!(esx.power_state(71), "on");
+    assert_eq!(domstate(&name), "shut off");
+    assert_eq!(dumpxml(&name), xml, "the definition is as before");
+    assert_eq!(metadata(&name), meta, "the import state is as before");
+    assert_eq!(
+        volumes(&tp),
+        [
+            format!("{name}-disk0"),
+            format!("{name}-disk1"),
+            foreign.clone()
+        ],
+        "disk 0's overlay removed, the volume not ours kept"
+    );
+
+    // Once the way is clear, the same command cuts over, the writes made since included.
+    esx.wait_rounds(71, 2);
+    std::fs::remove_file(esx.root().join("standin/on-powered-off-71")).unwrap();
+    virsh(&["vol-delete", "--pool", &tp.name, &foreign]).ok();
+    let cut = remote(&esx, &tp, &name, &vmx, &["--cutover"]).ok();
+    assert!(cut.stdout().contains("committed into volume"), "{cut}");
+    let top = tops(&esx, &vmx);
+    virsh(&["destroy", &name]).ok();
+    assert_volumes(&tp, &name, &top, "after the second cutover");
+}
