@@ -104,7 +104,7 @@ fn the_whole_migration_reaches_a_remote_uri_through_the_overlay() {
         esx.snapshot_names(70)
     );
     let xml = dumpxml(&name);
-    assert!(!xml.contains("overlay") && !xml.contains("qcow2"), "{xml}");
+    assert!(!xml.contains("-overlay") && !xml.contains("qcow2"), "{xml}");
     assert!(
         !volumes(&tp).iter().any(|v| v.contains("overlay")),
         "{:?}",

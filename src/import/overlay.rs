@@ -383,7 +383,7 @@ pub fn discard(conn: &Conn, dom: &Dom) -> Result<()> {
             rec.volume
         );
     }
-    Ok(())
+    metadata::remove_overlays(dom)
 }
 
 /// Commit every overlay in use; the domain is running (or paused for an offline commit).

@@ -32,14 +32,14 @@ pub fn read_overlays(dom: &Dom) -> Result<Vec<OverlayRecord>> {
     }
 }
 
+/// Remove the overlay records' element from `dom`'s metadata, as before any overlay.
+pub fn remove_overlays(dom: &Dom) -> Result<()> {
+    dom.remove_metadata(super::OVERLAY_NS_URI)
+        .with_context(|| format!("domain '{}': removing the overlay records", dom.name()))
+}
+
 /// Record the overlay records `records` in `dom`'s metadata, replacing what was there.
 pub fn write_overlays(dom: &Dom, records: &[OverlayRecord]) -> Result<()> {
-    if records.is_empty() {
-        // No overlay left: no element either, so the domain reads as before any overlay.
-        return dom
-            .remove_metadata(super::OVERLAY_NS_URI)
-            .with_context(|| format!("domain '{}': removing the overlays' record", dom.name()));
-    }
     dom.set_metadata(
         super::OVERLAY_NS_URI,
         super::OVERLAY_NS_PREFIX,
