@@ -5,7 +5,10 @@
 
 mod util;
 
+use nix::sys::signal::Signal;
+
 use util::esx::{assert_volumes, running_vm, tops, StandIn};
+use util::interrupt::{Running, Stdout};
 use util::libvirt::{unique_name, TestPool, REMOTE_URI};
 use util::vmximport::{add_console_log, domstate, dumpxml, virsh, wait_for_line, Run};
 use vmdkimport::state::NS_URI;
@@ -87,6 +90,7 @@ fn the_whole_migration_reaches_a_remote_uri_through_the_overlay() {
     ] {
         assert!(cut.stdout().contains(want), "{want}: {cut}");
     }
+    println!("{cut}");
     no_warning(&cut);
     assert_eq!(esx.power_state(70), "off");
     assert_eq!(
@@ -167,4 +171,104 @@ fn an_overlay_failing_before_the_start_powers_the_vm_on_again_and_leaves_the_dom
     let top = tops(&esx, &vmx);
     virsh(&["destroy", &name]).ok();
     assert_volumes(&tp, &name, &top, "after the second cutover");
+}
+
+#[test]
+fn a_cutover_cut_off_while_fetching_after_the_shutdown_is_finished_by_running_it_again() {
+    let (esx, tp, name, vmx) = staged("esxrem-cut", 72);
+    let (xml, meta) = (dumpxml(&name), metadata(&name));
+    // The fetch of disk 0's active delta, after the VM is off: 64 KiB through, then the
+    // connection is cut.
+    esx.drop_read("esxrem-cut-000001-sesparse.vmdk bs=4M", 65536);
+    let run = remote(&esx, &tp, &name, &vmx, &["--cutover"]);
+    assert_eq!(run.code(), Some(1), "{run}");
+    for want in [
+        "esxrem-cut-000001-sesparse.vmdk",
+        "the VM is powered off on ESXi: rerun --cutover to finish",
+    ] {
+        assert!(run.stderr().contains(want), "{want}: {run}");
+    }
+    assert_eq!(esx.power_state(72), "off");
+    assert_eq!(domstate(&name), "shut off", "never started");
+    assert_eq!(dumpxml(&name), xml, "the definition is as before");
+    assert_eq!(metadata(&name), meta, "the import state is as before");
+
+    let again = remote(&esx, &tp, &name, &vmx, &["--cutover"]).ok();
+    assert!(
+        again.stdout().contains("powered off already: no shutdown"),
+        "{again}"
+    );
+    assert!(again.stdout().contains("committed into volume"), "{again}");
+    no_warning(&again);
+    assert_eq!(domstate(&name), "running");
+    virsh(&["destroy", &name]).ok();
+    assert_volumes(&tp, &name, &tops(&esx, &vmx), "after the rerun");
+}
+
+/// The steps the overlay records of `domain` are at.
+fn overlay_steps(domain: &str) -> Vec<String> {
+    let text = virsh(&["metadata", domain, vmdkimport::state::OVERLAY_NS_URI]).stdout();
+    text.split("step=\"")
+        .skip(1)
+        .filter_map(|t| t.split('"').next())
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn a_cutover_killed_during_the_commit_is_finished_by_running_it_again() {
+    let (esx, tp, name, vmx) = staged("esxrem-kill", 73);
+    let url = esx.url(&vmx);
+    // 1 MiB/s: each disk's commit (8 MiB) lasts seconds, time enough to kill the tool in it.
+    let args = [
+        "-c",
+        REMOTE_URI,
+        "--domain",
+        &name,
+        "--pool",
+        &tp.name,
+        "--vmx",
+        &url,
+        "--cutover",
+        "--io",
+        "overlay",
+        "--commit-bandwidth",
+        "1048576",
+    ];
+    std::env::set_var("VIRT_VMDKIMPORT_SSH_CONFIG", esx.ssh_config());
+    let mut run = Running::start(&args, Stdout::Collected);
+    let started = std::time::Instant::now();
+    while !overlay_steps(&name).iter().any(|s| s == "committing") {
+        if !run.is_running() {
+            let out = run.finish();
+            panic!("the cutover ended before its commit: {out:?}");
+        }
+        if started.elapsed().as_secs() > 90 {
+            run.signal(Signal::SIGKILL);
+            panic!("no commit began in 90 s: {:?}", run.finish());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    run.signal(Signal::SIGKILL);
+    assert!(!run.finish().status.success());
+    assert_eq!(
+        domstate(&name),
+        "running",
+        "the domain runs on its overlays"
+    );
+    assert_eq!(esx.power_state(73), "off");
+    let top = tops(&esx, &vmx);
+
+    let commands = esx.commands();
+    let again = remote(&esx, &tp, &name, &vmx, &["--cutover"]).ok();
+    println!("{again}");
+    for want in ["still on a qcow2 overlay", "the cutover is done"] {
+        assert!(again.stdout().contains(want), "{want}: {again}");
+    }
+    no_warning(&again);
+    assert_eq!(esx.commands(), commands, "nothing sent to ESXi: {again}");
+    assert_eq!(esx.power_state(73), "off");
+    assert_eq!(overlay_steps(&name), Vec::<String>::new());
+    virsh(&["destroy", &name]).ok();
+    assert_volumes(&tp, &name, &top, "after the commit's rerun");
 }

@@ -24,6 +24,9 @@ use crate::vmdk::{self, Chain, DataFile, Descriptor};
 /// size read before the shutdown and the VM off.
 const ROOM_MARGIN: u64 = 64 << 20;
 
+/// The scratch folder's name before the run's pid.
+const SCRATCH_PREFIX: &str = "virt-vmdkimport-deltas.";
+
 /// The volumes the deltas go into, and how they get there.
 pub(super) struct Targets {
     pub(super) vols: Vec<Vol>,
@@ -110,10 +113,19 @@ pub(super) struct Scratch {
 }
 
 impl Scratch {
-    /// A folder of this run's own under `$TMPDIR` (or /tmp).
+    /// A folder of this run's own under `$TMPDIR` (or /tmp); those of runs that are gone
+    /// (killed before they could remove theirs) are removed.
     fn new() -> Result<Scratch> {
-        let dir =
-            std::env::temp_dir().join(format!("virt-vmdkimport-deltas.{}", std::process::id()));
+        let tmp = std::env::temp_dir();
+        for e in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix(SCRATCH_PREFIX) {
+                if !Path::new("/proc").join(pid).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let dir = tmp.join(format!("{SCRATCH_PREFIX}{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::DirBuilder::new()
             .mode(0o700)
@@ -185,10 +197,12 @@ pub(super) fn before_shutdown(
     }
     scratch.ensure_room(sizes(vm, &extents)?)?;
     let n = fetch_all(vm, scratch, work, cache, jobs)?;
-    log::info!(
-        "fetched the frozen deltas before the shutdown: {}",
-        crate::units::human_bytes(n)
-    );
+    if n > 0 {
+        log::info!(
+            "fetched the frozen deltas before the shutdown: {}",
+            crate::units::human_bytes(n)
+        );
+    }
     Ok(())
 }
 
