@@ -272,3 +272,51 @@ fn a_cutover_killed_during_the_commit_is_finished_by_running_it_again() {
     virsh(&["destroy", &name]).ok();
     assert_volumes(&tp, &name, &top, "after the commit's rerun");
 }
+
+/// `plan stage1`, `plan sync` and `plan cutover` of a VM on the stand-in whose `connect` is
+/// the remote URI: the same steps as the commands above, run by the plan.
+#[test]
+fn a_plan_cuts_an_esxi_vm_over_to_a_remote_uri() {
+    let esx = StandIn::start();
+    let tp = TestPool::on(REMOTE_URI, "esxrem-plan");
+    let name = unique_name("esxrem-plan");
+    tp.track_domain(&name);
+    let vmx = running_vm(&esx, "esxrem-plan", 74, "sesparse", 1, false);
+    let text = format!(
+        "[defaults]\ncpu = \"default\"\nremove_esx_snapshots = true\n\n[[vm]]\nname = \"{name}\"\n\
+         vmx = \"{}\"\nconnect = \"{REMOTE_URI}\"\npool = \"{}\"\n",
+        esx.url(&vmx),
+        tp.name
+    );
+    let plan = util::plan::write_plan(&tp.dir, &text);
+    let run = |action: &str| {
+        let out = util::plan::plan_cmd(action, &plan, &[])
+            .env("VIRT_VMDKIMPORT_SSH_CONFIG", esx.ssh_config())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "plan {action}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    run("stage1");
+    esx.wait_rounds(74, 2);
+    let frozen = tops(&esx, &vmx);
+    assert!(run("sync").contains("sync done"));
+    assert_volumes(&tp, &name, &frozen, "after plan sync");
+    esx.wait_rounds(74, 2);
+    assert!(run("cutover").contains("cut over"));
+    assert_eq!(esx.power_state(74), "off");
+    assert_eq!(domstate(&name), "running");
+    assert!(
+        esx.snapshot_names(74).is_empty(),
+        "{:?}",
+        esx.snapshot_names(74)
+    );
+    let top = tops(&esx, &vmx);
+    virsh(&["destroy", &name]).ok();
+    assert_volumes(&tp, &name, &top, "after plan cutover");
+}
