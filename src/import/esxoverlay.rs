@@ -196,11 +196,13 @@ pub(super) fn before_shutdown(
         }
     }
     scratch.ensure_room(sizes(vm, &extents)?)?;
+    let started = Instant::now();
     let n = fetch_all(vm, scratch, work, cache, jobs)?;
     if n > 0 {
         log::info!(
-            "fetched the frozen deltas before the shutdown: {}",
-            crate::units::human_bytes(n)
+            "fetched the frozen deltas before the shutdown: {} in {:.2} s",
+            crate::units::human_bytes(n),
+            started.elapsed().as_secs_f64()
         );
     }
     Ok(())
