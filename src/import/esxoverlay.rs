@@ -79,28 +79,51 @@ pub(super) fn choose(
             })
             .collect()
     };
-    let cutover = matches!(step, Step::Cutover);
-    Ok(match (req.io, local) {
+    Ok(match way(req.io, step, local, overlays)? {
+        Way::Direct => Writer::Direct,
+        Way::Streams => Writer::Streams(Scratch::new()?),
+        Way::Overlay(pools) => Writer::Overlay(pools, Scratch::new()?),
+    })
+}
+
+/// Which way the deltas go, without the scratch folder.
+#[derive(Debug, PartialEq, Eq)]
+enum Way<P> {
+    Direct,
+    Streams,
+    Overlay(P),
+}
+
+/// [`choose`]'s decision from `--io`, the step, whether this host can write every volume
+/// (`local`: why not) and, asked only when it matters, whether every pool takes an overlay.
+fn way<P>(
+    io: IoMode,
+    step: Step,
+    local: Result<(), String>,
+    overlays: impl FnOnce() -> Result<P>,
+) -> Result<Way<P>> {
+    let cutover = step == Step::Cutover;
+    Ok(match (io, local) {
         (IoMode::Direct, Err(why)) => bail!(
             "--io direct: {why}; the deltas from ESXi go through libvirt with --io auto, stream or overlay"
         ),
-        (IoMode::Auto | IoMode::Direct, Ok(())) => Writer::Direct,
-        (IoMode::Overlay, _) if cutover => Writer::Overlay(overlays()?, Scratch::new()?),
+        (IoMode::Auto | IoMode::Direct, Ok(())) => Way::Direct,
+        (IoMode::Overlay, _) if cutover => Way::Overlay(overlays()?),
         (IoMode::Auto, Err(why)) if cutover => match overlays() {
             Ok(pools) => {
                 log::info!("io: the final deltas as qcow2 overlays, then a live block commit ({why})");
-                Writer::Overlay(pools, Scratch::new()?)
+                Way::Overlay(pools)
             }
             Err(e) => {
                 log::info!("io: the final deltas through libvirt upload streams ({why}; no overlay: {e:#})");
-                Writer::Streams(Scratch::new()?)
+                Way::Streams
             }
         },
         (io, _) => {
             if io == IoMode::Overlay {
                 log::info!("io: --sync writes the frozen deltas through upload streams (the overlay is for the cutover, which starts the domain)");
             }
-            Writer::Streams(Scratch::new()?)
+            Way::Streams
         }
     })
 }
@@ -402,4 +425,85 @@ pub(super) fn settle(req: &ImportPlan, conn: &Conn) -> Result<bool> {
     }
     overlay::discard(conn, &dom)?;
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remote() -> Result<(), String> {
+        Err("qemu+tcp://kvm1/system is not a local connection".into())
+    }
+
+    fn pools_ok() -> Result<&'static str> {
+        Ok("pools")
+    }
+
+    fn no_pool() -> Result<&'static str> {
+        anyhow::bail!("storage pool 'vg0' is of type 'logical'")
+    }
+
+    fn untouched() -> Result<&'static str> {
+        panic!("the pools are not asked about")
+    }
+
+    #[test]
+    fn volumes_this_host_writes_are_written_directly_unless_another_way_is_asked() {
+        for step in [Step::Sync, Step::Cutover] {
+            for io in [IoMode::Auto, IoMode::Direct] {
+                assert_eq!(way(io, step, Ok(()), untouched).unwrap(), Way::Direct);
+            }
+            assert_eq!(
+                way(IoMode::Stream, step, Ok(()), untouched).unwrap(),
+                Way::Streams
+            );
+        }
+    }
+
+    #[test]
+    fn the_cutover_to_a_remote_uri_takes_the_overlay_where_every_pool_holds_one() {
+        let cut = Step::Cutover;
+        assert_eq!(
+            way(IoMode::Auto, cut, remote(), pools_ok).unwrap(),
+            Way::Overlay("pools")
+        );
+        assert_eq!(
+            way(IoMode::Auto, cut, remote(), no_pool).unwrap(),
+            Way::Streams
+        );
+        assert_eq!(
+            way(IoMode::Overlay, cut, Ok(()), pools_ok).unwrap(),
+            Way::Overlay("pools")
+        );
+        let e = way(IoMode::Overlay, cut, remote(), no_pool).unwrap_err();
+        assert!(e.to_string().contains("type 'logical'"), "{e}");
+        assert_eq!(
+            way(IoMode::Stream, cut, remote(), untouched).unwrap(),
+            Way::Streams
+        );
+    }
+
+    #[test]
+    fn a_sync_to_a_remote_uri_goes_through_upload_streams() {
+        for io in [IoMode::Auto, IoMode::Stream, IoMode::Overlay] {
+            assert_eq!(
+                way(io, Step::Sync, remote(), untouched).unwrap(),
+                Way::Streams
+            );
+        }
+    }
+
+    #[test]
+    fn io_direct_on_volumes_this_host_cannot_write_is_refused_naming_why() {
+        for step in [Step::Sync, Step::Cutover] {
+            let e = way(IoMode::Direct, step, remote(), untouched)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("--io direct: qemu+tcp://kvm1/system is not a local"),
+                "{e}"
+            );
+            assert!(e.contains("--io auto, stream or overlay"), "{e}");
+        }
+    }
 }
