@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -17,6 +18,7 @@ use crate::esx::ssh::quote;
 use crate::esx::vm::Vm;
 use crate::esx::RemoteChain;
 use crate::libvirt::{Conn, Dom, Pool, Vol};
+use crate::progress::Transfer;
 use crate::state::{metadata, ImportState};
 use crate::vmdk::{self, Chain, DataFile, Descriptor};
 
@@ -133,6 +135,8 @@ pub(super) struct Scratch {
     dir: PathBuf,
     /// Each delta fetched (its descriptor's path on the host), and its extent's copy here.
     got: Mutex<HashMap<String, PathBuf>>,
+    /// The number the next copy's name begins with (extents of two folders may share a name).
+    next: AtomicUsize,
 }
 
 impl Scratch {
@@ -157,6 +161,7 @@ impl Scratch {
         Ok(Scratch {
             dir,
             got: Mutex::new(HashMap::new()),
+            next: AtomicUsize::new(0),
         })
     }
 
@@ -277,15 +282,20 @@ fn fetch_all(
 fn fetch(vm: &Vm, scratch: &Scratch, delta: &str, o: &Opened) -> Result<u64> {
     crate::interrupt::check()?;
     let name = o.extent.rsplit('/').next().unwrap_or("extent");
-    let n = scratch.got.lock().expect("no panic holding got").len();
+    let n = scratch.next.fetch_add(1, Ordering::Relaxed);
     let local = scratch.dir.join(format!("{n}-{name}"));
     let shown = vm.url().with_path(&o.extent);
     let started = Instant::now();
-    let mut from = vm.ssh.stream(&o.extent)?;
+    let bar = Transfer::new(format!("fetching {name}"), o.pieces.end());
+    let mut from = Counted {
+        inner: vm.ssh.stream(&o.extent)?,
+        bar: &bar,
+    };
     let mut to =
         File::create(&local).with_context(|| format!("{}: creating it", local.display()))?;
     let bytes = std::io::copy(&mut from, &mut to)
         .with_context(|| format!("fetching {shown} into {}", local.display()))?;
+    bar.finish();
     to.sync_all()
         .with_context(|| format!("{}: flushing", local.display()))?;
     log::debug!(
@@ -298,6 +308,21 @@ fn fetch(vm: &Vm, scratch: &Scratch, delta: &str, o: &Opened) -> Result<u64> {
         .expect("no panic holding got")
         .insert(delta.to_string(), local);
     Ok(bytes)
+}
+
+/// A reader whose bytes are counted on a progress bar (watched for stalls).
+struct Counted<'a, R> {
+    inner: R,
+    bar: &'a Transfer,
+}
+
+impl<R: std::io::Read> std::io::Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        crate::interrupt::check().map_err(|e| std::io::Error::other(e.to_string()))?;
+        let n = self.inner.read(buf)?;
+        self.bar.add(n as u64);
+        Ok(n)
+    }
 }
 
 /// The deltas `paths` (oldest first) as one chain read from their copies here; messages name
@@ -416,9 +441,11 @@ pub(super) fn settle(req: &ImportPlan, conn: &Conn) -> Result<bool> {
     }
     let mut st = metadata::read(&dom)?;
     if st.as_ref().is_some_and(|s| s.handed_over.is_some()) {
-        overlay::resume(req, conn, &dom, st.as_mut())?;
-        log::info!("domain '{}': the cutover is done", req.domain);
-        return Ok(true);
+        let done = overlay::resume(req, conn, &dom, st.as_mut())?;
+        if done {
+            log::info!("domain '{}': the cutover is done", req.domain);
+        }
+        return Ok(done);
     }
     if dom.is_active()? || req.dry_run {
         return Ok(false);
