@@ -187,6 +187,12 @@ fn an_overlay_failing_before_the_start_powers_the_vm_on_again_and_leaves_the_dom
         ),
     );
     let (xml, meta) = (dumpxml(&name), metadata(&name));
+    let dry = remote(&esx, &tp, &name, &vmx, &["--cutover", "--dry-run"]).ok();
+    assert!(
+        dry.stdout().contains("uploaded as a qcow2 overlay"),
+        "{dry}"
+    );
+    assert_eq!(esx.power_state(71), "on");
     let run = remote(
         &esx,
         &tp,

@@ -46,6 +46,17 @@ pub(super) enum Writer {
 }
 
 impl Writer {
+    /// How a delta reaches its volume, for `--dry-run`.
+    pub(super) fn how(&self) -> &'static str {
+        match self {
+            Writer::Direct => "written into its volume where its grains arrive",
+            Writer::Streams(_) => "fetched whole here, then through libvirt upload streams",
+            Writer::Overlay(..) => {
+                "fetched whole here, then uploaded as a qcow2 overlay the domain starts on, committed live"
+            }
+        }
+    }
+
     fn scratch(&self) -> Option<&Scratch> {
         match self {
             Writer::Direct => None,

@@ -452,7 +452,7 @@ fn cutover(
     let frozen = |c: &RemoteChain| c.deltas.len() - usize::from(running && !c.deltas.is_empty());
     let mut cache = HashMap::new();
     if req.dry_run {
-        return say_cutover_plan(vm, st, &chains, running, o);
+        return say_cutover_plan(vm, st, &chains, (running, &targets.writer), o);
     }
     let work = prepare(vm, st, &chains, &frozen, false, &mut cache, o.jobs)?;
     // Through libvirt: room for the deltas here, and the frozen ones fetched, VM running.
@@ -609,7 +609,7 @@ fn say_cutover_plan(
     vm: &Vm,
     st: &ImportState,
     chains: &[RemoteChain],
-    running: bool,
+    (running, writer): (bool, &Writer),
     o: &EsxOptions,
 ) -> Result<()> {
     let host = vm.host_name();
@@ -621,9 +621,10 @@ fn say_cutover_plan(
         let (start, _) = pending(ds, &c.deltas, c.deltas.len(), true)?;
         for d in &c.deltas[start..] {
             log::info!(
-                "disk {}: would read {} over ssh and apply it",
+                "disk {}: would read {} over ssh and apply it ({})",
                 ds.target_dev,
-                d.shown
+                d.shown,
+                writer.how()
             );
         }
     }
