@@ -255,13 +255,22 @@ fn sizes(vm: &Vm, extents: &[String]) -> Result<u64> {
     let quoted: Vec<String> = extents.iter().map(|e| quote(e)).collect();
     let cmd = format!("stat -c %s {}", quoted.join(" "));
     let out = vm.ssh.read(&cmd)?;
-    out.lines()
+    let sizes = out
+        .lines()
         .map(|l| {
             l.trim()
                 .parse::<u64>()
                 .map_err(|_| anyhow!("{}: `{cmd}` answered {l:?}, not a size", vm.host_name()))
         })
-        .sum()
+        .collect::<Result<Vec<u64>>>()?;
+    anyhow::ensure!(
+        sizes.len() == extents.len(),
+        "{}: `{cmd}` gave {} sizes for {} files",
+        vm.host_name(),
+        sizes.len(),
+        extents.len()
+    );
+    Ok(sizes.iter().sum())
 }
 
 /// Fetch every delta of `work` not fetched yet, `jobs` at a time: the bytes read.
@@ -307,8 +316,7 @@ fn fetch(vm: &Vm, scratch: &Scratch, delta: &str, o: &Opened) -> Result<u64> {
     let bytes = std::io::copy(&mut from, &mut to)
         .with_context(|| format!("fetching {shown} into {}", local.display()))?;
     bar.finish();
-    to.sync_all()
-        .with_context(|| format!("{}: flushing", local.display()))?;
+    // Not flushed: a copy lost with this host is fetched again by the rerun.
     log::debug!(
         "fetched {shown}: {bytes} bytes in {:.2} s",
         started.elapsed().as_secs_f64()
