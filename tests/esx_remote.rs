@@ -31,6 +31,25 @@ fn remote_url(esx: &StandIn, tp: &TestPool, name: &str, url: &str, extra: &[&str
     esx.tool(&args)
 }
 
+/// The programs of the commands the tool ran on the host, from its `-v` lines, each command
+/// split at `&&` (as tests/esx_real.rs reads them).
+fn programs_sent(run: &Run) -> Vec<String> {
+    let mut sent: Vec<String> = run
+        .stderr()
+        .lines()
+        .filter_map(|l| l.strip_prefix("debug: ssh root@127.0.0.1"))
+        .filter_map(|l| l.split_once(": ").map(|(_, c)| c.to_string()))
+        .flat_map(|c| {
+            c.split("&&")
+                .map(|p| p.split_whitespace().next().unwrap_or("").to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    sent.sort();
+    sent.dedup();
+    sent
+}
+
 fn no_warning(run: &Run) {
     assert!(!run.stderr().contains("warning:"), "a warning: {run}");
 }
@@ -129,9 +148,18 @@ fn the_whole_migration_reaches_a_remote_uri_through_the_overlay() {
         &tp,
         &name,
         &vmx,
-        &["--cutover", "--remove-esx-snapshots"],
+        &["--cutover", "--remove-esx-snapshots", "-v"],
     )
     .ok();
+    // What it reads on the host through this path too: dd and stat only.
+    let sent = programs_sent(&cut);
+    assert!(sent.contains(&"stat".to_string()), "{sent:?}: {cut}");
+    for p in &sent {
+        assert!(
+            ["vim-cmd", "dd", "stat"].contains(&p.as_str()),
+            "{p}: {cut}"
+        );
+    }
     for want in ["io=overlay", "final deltas", "committed into volume"] {
         assert!(cut.stdout().contains(want), "{want}: {cut}");
     }
