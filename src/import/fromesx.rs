@@ -1,4 +1,4 @@
-//! Pre-copy rounds (`--sync`) and the cutover (`--cutover`) from an ESXi host: frozen deltas applied while the VM runs, then guest shutdown, the final deltas read over ssh into the volumes, the domain started and the outage measured.
+//! Pre-copy rounds (`--sync`) and the cutover (`--cutover`) from an ESXi host: frozen deltas applied while the VM runs, then guest shutdown, the final deltas read over ssh into the volumes (through libvirt, by `esxoverlay`, when this host cannot write them), the domain started and the outage measured.
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use std::collections::HashMap;
@@ -214,7 +214,7 @@ fn pending(
 
 /// For every disk, the deltas up to `eligible(chain)` not yet in its volume, opened and
 /// checked (capacity, tables) before anything is marked or written.
-pub(super) fn prepare(
+fn prepare(
     vm: &Vm,
     st: &ImportState,
     chains: &[RemoteChain],
