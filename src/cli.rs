@@ -288,7 +288,7 @@ pub struct Cli {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// How stage 2 writes into the volume.
+    /// How stage 2 (and --sync, --cutover from ESXi) writes into the volume.
     #[arg(long, value_enum, default_value_t = IoMode::Auto)]
     pub io: IoMode,
 

@@ -234,11 +234,14 @@ fn a_guest_that_does_not_shut_down_is_left_running_and_nothing_changes_unless_ha
     let meta = metadata(&name);
     let vol = volume_bytes(&tp, &format!("{name}-disk0"));
 
-    let run = esx.import(&tp, &name, &vmx, &["--cutover", "--io", "stream"]);
+    // A volume nobody recorded where the cutover's overlay would go.
+    let foreign = format!("{name}-disk0-overlay");
+    virsh(&["vol-create-as", &tp.name, &foreign, "1M"]).ok();
+    let run = esx.import(&tp, &name, &vmx, &["--cutover", "--io", "overlay"]);
     assert_eq!(run.code(), Some(1), "{run}");
     assert!(
         run.stderr()
-            .contains("--io stream: the deltas from ESXi are written with direct writes"),
+            .contains("exists and is no overlay this tool left"),
         "{run}"
     );
     assert_eq!(
@@ -246,6 +249,7 @@ fn a_guest_that_does_not_shut_down_is_left_running_and_nothing_changes_unless_ha
         "on",
         "refused before the VM is touched"
     );
+    virsh(&["vol-delete", "--pool", &tp.name, &foreign]).ok();
 
     esx.ignore_shutdown(22);
     let run = esx.import(&tp, &name, &vmx, &["--cutover", "--shutdown-timeout", "2"]);
@@ -468,7 +472,7 @@ fn set_descriptor_line(path: &Path, key: &str, value: &str) -> String {
 /// A domain stage 1 could not prove (its explicit CPU is made to fail) is trial-started by
 /// `--sync` and `--cutover`, whose ladder redefines it; every check that can refuse comes
 /// first, so a refused run leaves `virsh dumpxml` and the import state byte for byte as they
-/// were: refused for `--io stream` (the target volumes) and for a base that changed on ESXi
+/// were: refused for a volume in the overlay's place (the targets) and for a base that changed on ESXi
 /// (the ssh side) before the trial start; refused after it, before anything is written (a
 /// guest that does not shut down, a frozen delta whose read is cut), with the definition and
 /// the state put back. The cutover then goes through on the CPU the ladder proves.
@@ -508,17 +512,19 @@ fn a_refused_sync_or_cutover_leaves_a_domain_stage1_could_not_prove_as_it_found_
         r
     };
 
-    // Refused before the trial start, and before anything on ESXi.
-    for step in ["--sync", "--cutover"] {
-        let commands = esx.commands();
-        let r = refused(
-            &[step, "--io", "stream"],
-            "--io stream: the deltas from ESXi",
-        );
-        assert_eq!(esx.commands(), commands, "no vim-cmd: {r}");
-        assert!(!r.stdout().contains("trial start"), "{r}");
-        unchanged(&format!("{step} --io stream"), &r);
-    }
+    // Refused before the trial start, and before anything on ESXi: a volume nobody recorded
+    // where the cutover's overlay would go.
+    let foreign = format!("{name}-disk0-overlay");
+    virsh(&["vol-create-as", &tp.name, &foreign, "1M"]).ok();
+    let commands = esx.commands();
+    let r = refused(
+        &["--cutover", "--io", "overlay"],
+        "exists and is no overlay this tool left",
+    );
+    assert_eq!(esx.commands(), commands, "no vim-cmd: {r}");
+    assert!(!r.stdout().contains("trial start"), "{r}");
+    unchanged("--cutover --io overlay", &r);
+    virsh(&["vol-delete", "--pool", &tp.name, &foreign]).ok();
     // The VM's base is another one now (its CID changed, the chain still linked).
     let base = folder.join("crm.vmdk");
     let top = tops(&esx, &vmx)[0].clone();

@@ -39,7 +39,7 @@ complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l network
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l bridge -d 'Host bridge for the NIC instead of a libvirt network' -r
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l mac -d 'MAC address of the NIC (kept from VMware so static IP configs still match)' -r
 complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l cpu -d 'Guest CPU, tried alone and never replaced: host-passthrough, host-model, default (the hypervisor\'s), or a named model. Without it, stage 1 keeps the first of host-passthrough, host-model, default that starts on this host (nested KVMs refuse the first two)' -r
-complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l io -d 'How stage 2 writes into the volume' -r -f -a "auto\t'Direct writes where the volume is local and writable, else streams'
+complete -c virt-vmdkimport -n "__fish_virt_vmdkimport_needs_command" -l io -d 'How stage 2 (and --sync, --cutover from ESXi) writes into the volume' -r -f -a "auto\t'Direct writes where the volume is local and writable, else streams'
 stream\t'Always libvirt volume upload streams (works against remote hosts)'
 direct\t'Positional writes to the volume\'s path on this host, then one pool refresh'
 overlay\t'The delta as a qcow2 overlay volume (one upload), the domain started on it, then merged into the volume by a live block commit'"

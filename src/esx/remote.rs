@@ -181,6 +181,11 @@ impl FileOrder {
         data.sort_by_key(source_offset);
         FileOrder { zeros, data }
     }
+
+    /// Where the last grain ends in the delta file (0 without grains).
+    pub fn end(&self) -> u64 {
+        self.data.last().map_or(0, |p| source_offset(p) + p.len)
+    }
 }
 
 /// Write one delta's pieces into `target` at their virtual offsets, its grains read in one

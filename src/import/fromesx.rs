@@ -1,60 +1,37 @@
-//! Pre-copy rounds (`--sync`) and the cutover (`--cutover`) from an ESXi host: frozen deltas applied while the VM runs, then guest shutdown, the final deltas read over ssh into the volumes, the domain started and the outage measured.
+//! Pre-copy rounds (`--sync`) and the cutover (`--cutover`) from an ESXi host: frozen deltas applied while the VM runs, then guest shutdown, the final deltas read over ssh into the volumes (through libvirt, by `esxoverlay`, when this host cannot write them), the domain started and the outage measured.
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::time::{Duration, Instant};
 
+use super::esxdeltas::{open_all, side_by_side, DiskWork, Moved, Opened};
+use super::esxoverlay::{self, Targets, Writer};
 use super::plan::{EsxOptions, ImportPlan, Step};
 use super::prove::{self, Found};
-use super::{guards, handover, write};
-use crate::esx::remote::{self, FileOrder, PassReport};
+use super::{guards, handover, overlay};
+use crate::esx::remote::{self, PassReport};
 use crate::esx::vimcmd::Power;
 use crate::esx::vm::{ShutdownRefused, Vm};
 use crate::esx::{RemoteChain, RemoteDelta, SNAPSHOT_NAME};
 use crate::libvirt::{Conn, Dom, Vol};
 use crate::state::{lifecycle, metadata};
 use crate::state::{AppliedDelta, DiskState, ImportState, Outage, SyncRound};
-use crate::vmdk::{Chain, DiskId, Parent};
+use crate::vmdk::{DiskId, Parent};
 
 /// What `--sync` froze: the snapshot's name, the work, and the extents the VM writes into now
 /// (None when one cannot be named: the final size is then unknown).
 type Frozen = (String, Vec<DiskWork>, Option<Vec<String>>);
 
-/// One delta opened over ssh, its pieces listed (every table read and checked).
-struct Opened {
-    chain: Chain,
-    pieces: FileOrder,
-    /// The extent's path on the host.
-    extent: String,
-}
-
-/// What one disk gets: the deltas from `start` in its lineage, each opened.
-struct DiskWork {
-    disk: usize,
-    start: usize,
-    lineage: Vec<AppliedDelta>,
-    deltas: Vec<String>,
-}
-
-/// Figures of one apply over every disk.
-#[derive(Debug, Default, Clone, Copy)]
-struct Moved {
-    /// The transport the bytes came by: "ssh" or "nc".
-    over: &'static str,
-    deltas: usize,
-    read: u64,
-    data: u64,
-    zero: u64,
-    secs: f64,
-}
-
 /// Run `--sync` or `--cutover` for the domain of `req`. Every check that can refuse comes
 /// before the trial start of a domain stage 1 never proved, whose ladder may redefine it:
 /// the domain, its volumes, then the ESXi side (in `sync` and `cutover`).
 pub fn run(req: &ImportPlan, conn: &Conn, o: &EsxOptions) -> Result<()> {
+    if esxoverlay::settle(req, conn)? {
+        return Ok(());
+    }
     let (dom, mut st) = checked_domain(req, conn)?;
-    let targets = targets(req, conn, &dom, &st)?;
+    let targets = targets(req, conn, &dom, &st, o.step)?;
     let vm = Vm::find(
         &o.url,
         req.dry_run,
@@ -141,30 +118,27 @@ fn checked_domain(req: &ImportPlan, conn: &Conn) -> Result<(Dom, ImportState)> {
     Ok((dom, st))
 }
 
-/// Every disk's volume, checked raw and writable from this host (the grains are written
-/// where they arrive, in the delta's file order).
-fn targets(req: &ImportPlan, conn: &Conn, dom: &Dom, st: &ImportState) -> Result<Vec<Vol>> {
-    ensure!(
-        matches!(req.io, crate::cli::IoMode::Auto | crate::cli::IoMode::Direct),
-        "--io {}: the deltas from ESXi are written with direct writes to volumes on this host; run virt-vmdkimport on the KVM host (with --io auto or direct)",
-        format!("{:?}", req.io).to_lowercase()
-    );
+/// Every disk's volume, checked raw, and how the deltas reach them ([`esxoverlay::choose`]):
+/// written where they arrive when this host can write them, else through libvirt.
+fn targets(
+    req: &ImportPlan,
+    conn: &Conn,
+    dom: &Dom,
+    st: &ImportState,
+    step: Step,
+) -> Result<Targets> {
     let xml = dom.xml()?;
-    st.disks
+    let vols = st
+        .disks
         .iter()
         .map(|ds| {
             let vol = conn.pool(&ds.pool)?.volume(&ds.volume)?;
             guards::ensure_raw(&req.domain, &xml, &ds.target_dev, &vol)?;
-            if let Err(why) = write::direct_possible(conn, &vol) {
-                bail!(
-                    "volume '{}' (disk {}) cannot be written directly from this host ({why}): the deltas from ESXi need a local volume; run virt-vmdkimport on the KVM host",
-                    vol.describe(),
-                    ds.target_dev
-                );
-            }
             Ok(vol)
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    let writer = esxoverlay::choose(req, conn, dom, st, &vols, step)?;
+    Ok(Targets { vols, writer })
 }
 
 /// The host's chains now, matched with the disks stage 1 uploaded.
@@ -241,85 +215,6 @@ fn pending(
         });
     }
     Ok((start, lineage))
-}
-
-/// Open `d` over ssh and list its pieces (every table read and checked).
-fn open(vm: &Vm, d: &RemoteDelta) -> Result<Opened> {
-    let chain = vm.open_delta(d)?;
-    let pieces = FileOrder::new(
-        chain
-            .pieces()
-            .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("{}: reading its tables", d.shown))?,
-    );
-    Ok(Opened {
-        chain,
-        pieces,
-        extent: extent_path(d)?,
-    })
-}
-
-/// The path on the host of `d`'s one extent.
-fn extent_path(d: &RemoteDelta) -> Result<String> {
-    match d.descriptor.extents.as_slice() {
-        [e] => crate::esx::remote_join(
-            crate::esx::ssh::folder(&d.path),
-            e.file.as_deref().unwrap_or_default(),
-            true,
-        ),
-        _ => bail!(
-            "{}: a delta of several extents: not read over ssh:// (ESXi writes one)",
-            d.shown
-        ),
-    }
-}
-
-/// `f` over `items`, `jobs` threads taking the next item as they finish one; the results in
-/// the order they came. A thread that panicked loses its results: callers check for gaps.
-fn side_by_side<T: Sync, R: Send>(items: &[T], jobs: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..jobs.clamp(1, items.len().max(1)))
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut done = Vec::new();
-                    while let Some(item) =
-                        items.get(next.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
-                    {
-                        done.push(f(item));
-                    }
-                    done
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|t| t.join().unwrap_or_default())
-            .collect()
-    })
-}
-
-/// Open every delta of `wanted` not in `cache` yet, `jobs` at a time.
-fn open_all(
-    vm: &Vm,
-    wanted: &[&RemoteDelta],
-    cache: &mut HashMap<String, Opened>,
-    jobs: usize,
-) -> Result<()> {
-    let todo: Vec<&RemoteDelta> = wanted
-        .iter()
-        .filter(|d| !cache.contains_key(&d.path))
-        .copied()
-        .collect();
-    let opened = side_by_side(&todo, jobs, |d| (d.path.clone(), open(vm, d)));
-    for (path, o) in opened {
-        cache.insert(path, o?);
-    }
-    ensure!(
-        todo.iter().all(|d| cache.contains_key(&d.path)),
-        "a thread opening the deltas panicked"
-    );
-    Ok(())
 }
 
 /// For every disk, the deltas up to `eligible(chain)` not yet in its volume, opened and
@@ -479,7 +374,7 @@ fn sync(
     conn: &Conn,
     dom: Dom,
     st: &mut ImportState,
-    targets: &[Vol],
+    targets: &Targets,
     vm: &Vm,
     o: &EsxOptions,
 ) -> Result<()> {
@@ -495,7 +390,10 @@ fn sync(
         Ok(None) => return Ok(()),
         Err(e) => return Err(undo(conn, found, st, e)),
     };
-    let moved = apply(vm, &dom, st, targets, &work, &cache)?;
+    let moved = match &targets.writer {
+        Writer::Direct => apply(vm, &dom, st, &targets.vols, &work, &cache)?,
+        _ => esxoverlay::fetch_and_apply(vm, &dom, st, targets, &work, &cache, o.jobs)?,
+    };
     let round = sync_round(vm, st, &moved, tops.as_deref());
     st.syncs.push(round);
     metadata::write(&dom, st)?;
@@ -582,7 +480,7 @@ fn freeze(
     let tops = chains
         .iter()
         .filter_map(|c| c.deltas.last())
-        .map(extent_path)
+        .map(super::esxdeltas::extent_of)
         .collect::<Result<Vec<_>>>()
         .ok();
     Ok(Some((snap, work, tops)))
@@ -594,7 +492,7 @@ fn cutover(
     conn: &Conn,
     dom: Dom,
     st: &mut ImportState,
-    targets: &[Vol],
+    targets: &Targets,
     vm: &Vm,
     o: &EsxOptions,
 ) -> Result<()> {
@@ -605,9 +503,11 @@ fn cutover(
     let frozen = |c: &RemoteChain| c.deltas.len() - usize::from(running && !c.deltas.is_empty());
     let mut cache = HashMap::new();
     if req.dry_run {
-        return say_cutover_plan(vm, st, &chains, running, o);
+        return say_cutover_plan(vm, st, &chains, (running, &targets.writer), o);
     }
-    prepare(vm, st, &chains, &frozen, false, &mut cache, o.jobs)?;
+    let work = prepare(vm, st, &chains, &frozen, false, &mut cache, o.jobs)?;
+    // Through libvirt: room for the deltas here, and the frozen ones fetched, VM running.
+    esxoverlay::before_shutdown(vm, targets, &chains, &work, &cache, o.jobs)?;
     // Last before the VM is touched, so that a domain that does not start leaves it running.
     let (dom, found) = prove(req, conn, dom, st)?;
     let t0 = Instant::now();
@@ -620,10 +520,14 @@ fn cutover(
         log::info!("{}: the VM is powered off already: no shutdown", vm.ds_path);
     }
     let shutdown = t0.elapsed();
+    let before = st.clone();
     let outcome = finish(conn, &dom, st, targets, vm, &chains, &mut cache, o);
     let (moved, start) = match outcome {
         Ok(v) => v,
-        Err(e) => return Err(roll_back(vm, running && o.rollback, e)),
+        Err(e) => {
+            let e = esxoverlay::unstarted(conn, &dom, st, before, &targets.writer, e);
+            return Err(roll_back(vm, running && o.rollback, e));
+        }
     };
     let outage = Outage {
         at: lifecycle::utc_now(),
@@ -636,6 +540,9 @@ fn cutover(
     say_outage(&req.domain, &outage, &moved, running);
     st.cutover = Some(outage);
     metadata::write(&dom, st)?;
+    if let Writer::Overlay(..) = targets.writer {
+        overlay::commit(req, conn, &dom, st).context("the domain runs on its overlay(s) and the VM is off on ESXi: rerun --cutover to finish the commit")?;
+    }
     if o.remove_snapshots {
         remove_snapshots(vm);
     } else {
@@ -705,7 +612,7 @@ fn finish(
     conn: &Conn,
     dom: &Dom,
     st: &mut ImportState,
-    targets: &[Vol],
+    targets: &Targets,
     vm: &Vm,
     chains: &[RemoteChain],
     cache: &mut HashMap<String, Opened>,
@@ -714,11 +621,17 @@ fn finish(
     let opened = Instant::now();
     let all = |c: &RemoteChain| c.deltas.len();
     let work = prepare(vm, st, chains, &all, true, cache, o.jobs)?;
-    let mut moved = apply(vm, dom, st, targets, &work, cache)?;
+    let mut moved = match &targets.writer {
+        Writer::Direct => apply(vm, dom, st, &targets.vols, &work, cache)?,
+        _ => esxoverlay::fetch_and_apply(vm, dom, st, targets, &work, cache, o.jobs)?,
+    };
     // The final deltas' time counts from the VM off: opening them is part of it.
     moved.secs = opened.elapsed().as_secs_f64();
     crate::interrupt::check()?;
     let t = Instant::now();
+    if let Writer::Overlay(..) = targets.writer {
+        overlay::switch_all(conn, dom)?;
+    }
     handover::start(conn, dom, st)?;
     Ok((moved, t.elapsed()))
 }
@@ -747,7 +660,7 @@ fn say_cutover_plan(
     vm: &Vm,
     st: &ImportState,
     chains: &[RemoteChain],
-    running: bool,
+    (running, writer): (bool, &Writer),
     o: &EsxOptions,
 ) -> Result<()> {
     let host = vm.host_name();
@@ -759,9 +672,10 @@ fn say_cutover_plan(
         let (start, _) = pending(ds, &c.deltas, c.deltas.len(), true)?;
         for d in &c.deltas[start..] {
             log::info!(
-                "disk {}: would read {} over ssh and apply it",
+                "disk {}: would read {} over ssh and apply it ({})",
                 ds.target_dev,
-                d.shown
+                d.shown,
+                writer.how()
             );
         }
     }

@@ -1,6 +1,8 @@
 //! The migration on a libvirt host, read top to bottom in [`run`]: the plan's inputs opened ([`request`]), then stage 1 (volumes, domain, base upload: [`stage1`]) and its trial start ([`prove`]), stage 2 (delta apply: [`stage2`]), the hand-over and start ([`handover`]); or a pre-copy round or the cutover from ESXi ([`fromesx`]). Each stage is checked against the import state in the domain's metadata before anything is written.
 
+mod esxdeltas;
 pub(crate) mod esxone;
+mod esxoverlay;
 pub mod fromesx;
 mod guards;
 mod handover;

@@ -123,18 +123,7 @@ pub fn write_disk(
         offline: false,
         original_disk: xmltree::to_string(&original),
     };
-    let earlier = metadata::read_overlays(dom)?
-        .into_iter()
-        .find(|r| r.target_dev == ds.target_dev);
-    if let Some(old) = pool.find_volume(&name)? {
-        // Only a leftover of an upload this tool recorded (the domain never used it) goes.
-        ensure!(
-            earlier
-                .as_ref()
-                .is_some_and(|r| r.step <= OverlayStep::Uploaded),
-            "volume '{}' exists and is no overlay this tool left: remove or rename it",
-            old.describe()
-        );
+    if let Some(old) = leftover(dom, pool, ds)? {
         old.delete()?;
     }
     record(dom, &rec)?;
@@ -163,6 +152,26 @@ pub fn write_disk(
         stats.hole_bytes,
         started.elapsed().as_secs_f64()
     ))
+}
+
+/// The overlay volume of disk `ds` an earlier upload left in `pool`, if any; a volume of
+/// that name this tool did not record (or one the domain may use) is refused, naming it.
+pub fn leftover(dom: &Dom, pool: &Pool, ds: &DiskState) -> Result<Option<Vol>> {
+    let Some(old) = pool.find_volume(&overlay_name(ds))? else {
+        return Ok(None);
+    };
+    let earlier = metadata::read_overlays(dom)?
+        .into_iter()
+        .find(|r| r.target_dev == ds.target_dev);
+    // Only a leftover of an upload this tool recorded (the domain never used it) goes.
+    ensure!(
+        earlier
+            .as_ref()
+            .is_some_and(|r| r.step <= OverlayStep::Uploaded),
+        "volume '{}' exists and is no overlay this tool left: remove or rename it",
+        old.describe()
+    );
+    Ok(Some(old))
 }
 
 /// Switch every disk whose overlay is uploaded to it in the persistent definition (each
@@ -336,6 +345,45 @@ pub fn after_start(req: &ImportPlan, conn: &Conn, dom: &Dom, st: &ImportState) -
         since_start().as_secs_f64()
     );
     commit_all(req, conn, dom, st)
+}
+
+/// The cutover from ESXi's last part, once the domain runs on its overlays: commit each into
+/// its volume (the outage was measured and said by the cutover itself).
+pub fn commit(req: &ImportPlan, conn: &Conn, dom: &Dom, st: &ImportState) -> Result<()> {
+    commit_all(req, conn, dom, st)
+}
+
+/// Every overlay of a domain that never ran on them, undone: a disk switched to its overlay
+/// gets its recorded element back, the overlay volume goes, and its record with it. For a
+/// cutover from ESXi that failed before the start (the VM may run on ESXi again, so the
+/// overlays are stale). Refused while the domain runs.
+pub fn discard(conn: &Conn, dom: &Dom) -> Result<()> {
+    let records = metadata::read_overlays(dom)?;
+    if records.is_empty() {
+        return Ok(());
+    }
+    ensure!(
+        !dom.is_active()?,
+        "domain '{}' runs: its overlays are not discarded",
+        dom.name()
+    );
+    for rec in records {
+        if disk_file(&dom.xml()?, &rec.target_dev)?.as_deref() == Some(rec.path.as_str()) {
+            let mut xml = xmltree::parse(&dom.xml()?)?;
+            *disk_mut(&mut xml, &rec.target_dev)? = xmltree::parse(&rec.original_disk)?;
+            conn.define_domain(&xmltree::to_string(&xml))?;
+        }
+        if let Some(v) = conn.pool(&rec.pool)?.find_volume(&rec.volume)? {
+            v.delete()?;
+        }
+        forget(dom, &rec.target_dev)?;
+        log::info!(
+            "disk {}: its overlay '{}' from a cutover that did not start the domain is removed",
+            rec.target_dev,
+            rec.volume
+        );
+    }
+    metadata::remove_overlays(dom)
 }
 
 /// Commit every overlay in use; the domain is running (or paused for an offline commit).

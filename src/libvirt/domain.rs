@@ -147,6 +147,24 @@ impl Dom {
             .with_context(|| format!("setting metadata {ns_uri} of domain '{}'", self.name))
     }
 
+    /// Remove the domain's metadata in namespace `ns_uri` (nothing when it has none), from
+    /// the persistent config and the live one when running.
+    pub fn remove_metadata(&self, ns_uri: &str) -> Result<()> {
+        let mut flags = sys::VIR_DOMAIN_AFFECT_CONFIG;
+        if self.is_active()? {
+            flags |= sys::VIR_DOMAIN_AFFECT_LIVE;
+        }
+        self.dom
+            .set_metadata(
+                sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+                None,
+                None,
+                Some(ns_uri),
+                flags,
+            )
+            .with_context(|| format!("removing metadata {ns_uri} of domain '{}'", self.name))
+    }
+
     /// The domain's persistent metadata in namespace `ns_uri`, or `None` when it has none.
     pub fn metadata(&self, ns_uri: &str) -> Result<Option<String>> {
         match self.dom.metadata(

@@ -35,23 +35,6 @@ impl Dom {
         Ok(())
     }
 
-    /// Remove the metadata element of namespace `ns_uri` (nothing when there is none).
-    pub fn remove_metadata(&self, ns_uri: &str) -> Result<()> {
-        let mut flags = sys::VIR_DOMAIN_AFFECT_CONFIG;
-        if self.is_active()? {
-            flags |= sys::VIR_DOMAIN_AFFECT_LIVE;
-        }
-        self.raw()
-            .set_metadata(
-                sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
-                None,
-                None,
-                Some(ns_uri),
-                flags,
-            )
-            .with_context(|| format!("removing metadata {ns_uri} of domain '{}'", self.name()))
-    }
-
     /// Bytes read and written on disk `dev` since the domain started (`virDomainBlockStats`).
     pub fn disk_io(&self, dev: &str) -> Result<(u64, u64)> {
         let s = self

@@ -32,6 +32,12 @@ pub fn read_overlays(dom: &Dom) -> Result<Vec<OverlayRecord>> {
     }
 }
 
+/// Remove the overlay records' element from `dom`'s metadata, as before any overlay.
+pub fn remove_overlays(dom: &Dom) -> Result<()> {
+    dom.remove_metadata(super::OVERLAY_NS_URI)
+        .with_context(|| format!("domain '{}': removing the overlay records", dom.name()))
+}
+
 /// Record the overlay records `records` in `dom`'s metadata, replacing what was there.
 pub fn write_overlays(dom: &Dom, records: &[OverlayRecord]) -> Result<()> {
     dom.set_metadata(
