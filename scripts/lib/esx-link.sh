@@ -1,6 +1,6 @@
 # The benchmark's model of an ESXi host across a LAN: the stand-in's sshd in a network namespace
 # of its own, behind a veth pair shaped to LINK_RATE by `tc htb` both ways (netem and fq are not
-# in this kernel), and every ssh connection's processes in a cgroup (v1 cpu) of their own with a
+# in this kernel), and every ssh connection's sshd processes in a cgroup (v1 cpu) of their own with a
 # CPU quota: a model of ESXi's sshd, one process a connection on a host that gives it little CPU
 # (ESX-REAL.md section 8: scp at 6.4 MB/s on 1 GbE while dd | nc reaches wire speed). The
 # quota's size and that it holds per connection are the model's assumptions, not ESXi's
@@ -9,8 +9,9 @@
 #   link_up NS          the namespace, the veth pair (LINK_HOST here, LINK_ESX there), shaped
 #   link_down NS
 #   link_seconds BYTES  seconds for BYTES of plain TCP from the namespace to here (the baseline)
-#   link_quota PIDFILE PERCENT   start moving each connection of the sshd in PIDFILE into a
-#                       cgroup with PERCENT of one core; link_quota_stop ends it
+#   link_quota PIDFILE PERCENT   start moving the sshd processes of each connection of the sshd
+#                       in PIDFILE into a cgroup with PERCENT of one core (the commands they run
+#                       stay out: dd and nc are not held); link_quota_stop ends it
 
 LINK_RATE=${LINK_RATE:-1gbit}
 LINK_HOST=10.213.0.1
@@ -95,7 +96,15 @@ link_quota() {
                     echo 100000 >"$cg/cpu.cfs_period_us"
                     echo $((percent * 1000)) >"$cg/cpu.cfs_quota_us"
                 fi
-                for p in $(link_tree "$conn"); do echo "$p" >"$cg/cgroup.procs" 2>/dev/null || true; done
+                # sshd's processes of the connection (its encryption) are held to the quota;
+                # the commands it runs (dd, nc) inherit the cgroup and are moved back out.
+                for p in $(link_tree "$conn"); do
+                    if [ "$(cat /proc/"$p"/comm 2>/dev/null)" = sshd ]; then
+                        echo "$p" >"$cg/cgroup.procs" 2>/dev/null || true
+                    else
+                        echo "$p" >/sys/fs/cgroup/cpu/cgroup.procs 2>/dev/null || true
+                    fi
+                done
             done
             sleep 0.02
         done
@@ -104,13 +113,17 @@ link_quota() {
 }
 
 link_quota_stop() {
-    [ -n "${LINK_QUOTA_PID:-}" ] && kill "$LINK_QUOTA_PID" 2>/dev/null
-    wait "${LINK_QUOTA_PID:-}" 2>/dev/null || true
+    if [ -n "${LINK_QUOTA_PID:-}" ]; then
+        kill "$LINK_QUOTA_PID" 2>/dev/null || true
+        wait "$LINK_QUOTA_PID" 2>/dev/null || true
+    fi
     LINK_QUOTA_PID=
-    local cg
+    local cg p
     for cg in "$LINK_CG"/conn*; do
         [ -d "$cg" ] || continue
-        cat "$cg/cgroup.procs" 2>/dev/null | while read -r p; do echo "$p" >/sys/fs/cgroup/cpu/cgroup.procs 2>/dev/null; done
+        for p in $(cat "$cg/cgroup.procs" 2>/dev/null); do
+            echo "$p" >/sys/fs/cgroup/cpu/cgroup.procs 2>/dev/null || true
+        done
         rmdir "$cg" 2>/dev/null || true
     done
     rmdir "$LINK_CG" 2>/dev/null || true
