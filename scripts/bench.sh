@@ -199,6 +199,13 @@ warm() { cat "$@" >/dev/null; } # the same page-cache state for both sides of a 
 # Inputs: VMware-style folders (a monolithic flat base: descriptor + -flat extent; a
 # snapshot: child descriptor + SEsparse extent written by examples/mkdelta.rs).
 
+# vm_vmx DIR NAME: DIR/NAME.vmx, a small Linux VM whose one disk is NAME.vmdk.
+vm_vmx() {
+    printf '%s\n' 'config.version = "8"' 'virtualHW.version = "19"' "displayName = \"$2\"" \
+        'guestOS = "ubuntu-64"' 'memsize = "128"' 'numvcpus = "1"' 'scsi0.present = "TRUE"' \
+        'scsi0.virtualDev = "pvscsi"' 'scsi0:0.present = "TRUE"' "scsi0:0.fileName = \"$2.vmdk\"" >"$1/$2.vmx"
+}
+
 # base_descriptor DIR NAME CAPACITY CID: DIR/NAME.vmdk describing DIR/NAME-flat.vmdk (ESX "vmfs").
 base_descriptor() {
     cat >"$1/$2.vmdk" <<EOF
@@ -352,9 +359,7 @@ esx_case() {
     log "case 5: a $((ESX_CAP / MiB)) MiB base on the stand-in ESXi host (sshd on port $STANDIN_PORT)"
     head -c "$ESX_CAP" /dev/urandom >"$dir/bench-flat.vmdk"
     base_descriptor "$dir" bench "$ESX_CAP" 5d000005
-    printf '%s\n' 'config.version = "8"' 'virtualHW.version = "19"' 'displayName = "bench"' \
-        'guestOS = "ubuntu-64"' 'memsize = "128"' 'numvcpus = "1"' 'scsi0.present = "TRUE"' \
-        'scsi0.virtualDev = "pvscsi"' 'scsi0:0.present = "TRUE"' 'scsi0:0.fileName = "bench.vmdk"' >"$dir/bench.vmx"
+    vm_vmx "$dir" bench
     standin_register "$root" 4 bench bench/bench.vmx off sesparse
     url=ssh://root@127.0.0.1:$STANDIN_PORT$dir/bench.vmx
     export VIRT_VMDKIMPORT_SSH_CONFIG=$STANDIN_SSH_CONFIG

@@ -4,13 +4,14 @@
 # link's own rate measured in this run (plain TCP, BusyBox nc from the namespace); then the
 # cutover of a LINK_DELTA final delta with the best of them, against the larger of the delta's
 # bytes over the link and the same stage 2 from local files. Sourced by scripts/bench.sh; needs
-# its W, BIN, MKDELTA, URI, P1, MiB, v, log, measure, phase_s, base_descriptor, fresh_dom, row.
+# its W, BIN, MKDELTA, URI, P1, MiB, v, log, measure, phase_s, base_descriptor, vm_vmx,
+# fresh_dom, row.
 
 LINK_NS_NAME=vmdkimport-bench-link
 LINK_DOM=vmdkimport-bench-link
 LINK_LOCAL=vmdkimport-bench-linklocal
-# Each ssh connection's share of one core (percent): one connection then gets about half of a
-# 1 Gbit/s link here (measured: 53 MiB/s at 10%, 26 MiB/s at 5%, about 105 MiB/s unlimited).
+# Each ssh connection's sshd's share of one core (percent): one connection then gets about
+# two thirds of a 1 Gbit/s link here (73 MiB/s of 112 on 2026-12-07, doc/measured.md).
 : "${LINK_SSH_CPU:=10}"
 
 link_cleanup() {
@@ -30,9 +31,7 @@ link_vm() {
     mkdir -p "$dir"
     head -c "$LINK_BASE" /dev/urandom >"$dir/link-flat.vmdk"
     base_descriptor "$dir" link "$LINK_BASE" 5d000008
-    printf '%s\n' 'config.version = "8"' 'virtualHW.version = "19"' 'displayName = "link"' \
-        'guestOS = "ubuntu-64"' 'memsize = "128"' 'numvcpus = "1"' 'scsi0.present = "TRUE"' \
-        'scsi0.virtualDev = "pvscsi"' 'scsi0:0.present = "TRUE"' 'scsi0:0.fileName = "link.vmdk"' >"$dir/link.vmx"
+    vm_vmx "$dir" link
     standin_register "$W/link" 8 link link/link.vmx off sesparse
 }
 
