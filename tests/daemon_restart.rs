@@ -250,3 +250,41 @@ fn a_stage2_whose_stream_stalls_ends_after_the_stall_timeout_naming_the_disk_and
     assert_same(&im.read(), &want, "volume after the rerun");
     assert_eq!(state_attr(im, "applying"), None);
 }
+
+#[test]
+#[ignore = "kills libvirtd: run alone (scripts/test.sh does)"]
+fn libvirtd_killed_during_a_test_boot_ends_it_and_cleanup_leaves_nothing() {
+    use util::bootimg::{saying, Then};
+    use util::testboot::*;
+    let tp = TestPool::new("dkill-tb");
+    let im = imported(&tp, "dkill-tb", &saying("", Then::Halt));
+    let (domain, before) = (im.domain.clone(), xml_without_state(&im));
+    let child = running_test_boot(&im);
+    DaemonDown::kill().restart();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let line = one_line(&out);
+    eprintln!("{line}");
+    assert!(line.contains("lost the connection to libvirtd"), "{line}");
+
+    drop(im);
+    let tp = tp.reconnected();
+    let im = Import::existing(&tp, &domain);
+    let copy = format!("{domain}-testboot");
+    assert!(
+        tp.conn.domain(&copy).unwrap().is_some(),
+        "the copy outlived the daemon's restart, as a transient domain does"
+    );
+    let stdout = ok(&test_boot(&im, &["--cleanup"]), "test-boot --cleanup");
+    assert!(
+        stdout.contains(&format!("domain '{copy}' destroyed")),
+        "{stdout}"
+    );
+    nothing_left(&tp, &im);
+    assert_eq!(
+        xml_without_state(&im),
+        before,
+        "the real domain is as it was"
+    );
+    assert!(!im.state().contains("test-boot"), "no verdict recorded");
+}

@@ -141,6 +141,9 @@ pub fn test_boot(conn: &Conn, req: &Request) -> Result<Option<Outcome>> {
     leftovers::record(&real, &plan.leftovers)?;
     let watched = boot_and_watch(conn, req, &real_xml, &plan, &began);
     let cleaned = leftovers::clean(conn, &real, &plan.leftovers);
+    if !conn.is_alive() {
+        return Err(lost_daemon(conn.uri(), &req.domain));
+    }
     let (seen, facts) = match (watched, cleaned) {
         (Ok(w), Ok(lines)) => {
             lines.iter().for_each(|l| log::debug!("{l}"));
@@ -151,6 +154,18 @@ pub fn test_boot(conn: &Conn, req: &Request) -> Result<Option<Outcome>> {
         (Err(e), Err(c)) => return Err(e.context(format!("{LEFT_FOR_CLEANUP}: {c:#}"))),
     };
     conclude(&real, req, seen, facts)
+}
+
+/// The one line of a test boot whose daemon went away: nothing is judged, the copy stays
+/// recorded, and the way out.
+fn lost_daemon(uri: &str, domain: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "lost the connection to libvirtd at {uri} during the test boot of '{domain}': the \
+         daemon stopped or restarted; no verdict recorded, and the throwaway domain and its \
+         overlays stay recorded: once `virsh -c {uri} version` answers again, run \
+         `virt-vmdkimport test-boot -c {uri} --domain {domain} --cleanup` (a new test boot \
+         removes them first too)"
+    )
 }
 
 /// What a failed removal of the copy leaves, and the way out.

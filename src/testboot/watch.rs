@@ -110,6 +110,8 @@ impl Watch<'_> {
             if seen.finding.is_some() {
                 break;
             }
+            // A daemon gone ends the events too: not a guest that stopped.
+            anyhow::ensure!(self.conn.is_alive(), "watching the copy");
             if self.events.stopped() || !self.running()? {
                 stopped_at = Some(seen.watched);
                 break;

@@ -10,6 +10,7 @@ pub mod ladder;
 pub mod libvirt;
 pub mod overlay;
 pub mod plan;
+pub mod testboot;
 pub mod vmximport;
 pub mod xml;
 
