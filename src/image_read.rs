@@ -58,12 +58,22 @@ pub struct ReadAhead {
 /// Bytes per chunk, and chunks queued.
 const AHEAD_CHUNK: usize = 4 << 20;
 const AHEAD_QUEUE: usize = 4;
+/// The smallest chunk of a read-ahead that shares its memory with others.
+const MIN_SHARED_CHUNK: usize = 1 << 20;
 
 impl ReadAhead {
-    pub fn new<R: Read + Send + 'static>(mut inner: R) -> ReadAhead {
+    pub fn new<R: Read + Send + 'static>(inner: R) -> ReadAhead {
+        ReadAhead::sharing(inner, 1)
+    }
+
+    /// One of `ways` read-aheads that run side by side (the ranges of one base): each holds
+    /// a `ways`-th of the bytes one alone would (chunks of at least 1 MiB), so that the
+    /// memory of the whole stays about that of one.
+    pub fn sharing<R: Read + Send + 'static>(mut inner: R, ways: usize) -> ReadAhead {
+        let chunk = (AHEAD_CHUNK / ways.max(1)).max(MIN_SHARED_CHUNK);
         let (tx, rx) = std::sync::mpsc::sync_channel(AHEAD_QUEUE);
         std::thread::spawn(move || loop {
-            let mut buf = vec![0u8; AHEAD_CHUNK];
+            let mut buf = vec![0u8; chunk];
             let mut n = 0;
             let r = loop {
                 match inner.read(&mut buf[n..]) {
@@ -183,11 +193,13 @@ mod tests {
     #[test]
     fn read_ahead_gives_every_byte_in_order_and_passes_errors_on() {
         let data: Vec<u8> = (0..(9 << 20) + 123).map(|i| (i % 251) as u8).collect();
-        let mut got = Vec::new();
-        ReadAhead::new(std::io::Cursor::new(data.clone()))
-            .read_to_end(&mut got)
-            .unwrap();
-        assert!(got == data);
+        for ways in [1, 4, 16] {
+            let mut got = Vec::new();
+            ReadAhead::sharing(std::io::Cursor::new(data.clone()), ways)
+                .read_to_end(&mut got)
+                .unwrap();
+            assert!(got == data, "{ways} ways");
+        }
         struct Failing(u32);
         impl Read for Failing {
             fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {

@@ -320,8 +320,9 @@ fn upload_remote(
         base.transfer().name()
     );
     let open = |i: usize| -> Result<Box<dyn std::io::Read + Send>> {
-        Ok(Box::new(crate::image_read::ReadAhead::new(
+        Ok(Box::new(crate::image_read::ReadAhead::sharing(
             base.read(ranges[i])?,
+            ranges.len(),
         )))
     };
     libvirt::upload_ranges(vol, &image, &open, &|n| bar.add(n))
