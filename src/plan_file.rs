@@ -61,6 +61,9 @@ struct RawVm {
     no_start: Option<bool>,
     disk_jobs: Option<usize>,
     ssh_connections: Option<usize>,
+    transport: Option<String>,
+    nc_port: Option<u16>,
+    nc_address: Option<String>,
     #[serde(default, deserialize_with = "timeout")]
     shutdown_timeout: Option<Duration>,
     hard_off: Option<bool>,
@@ -178,6 +181,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Fleet> {
             check_args(&vm, step).with_context(|| at(format!("VM '{}'", vm.name)))?;
         }
         vms.push(vm);
+    }
+    if let Some(why) = shared_nc_port(&vms) {
+        bail!(at(why));
     }
     let limit = |v: Option<usize>, def: usize, key: &str| -> Result<usize> {
         let n = v.unwrap_or(def);
@@ -315,6 +321,9 @@ fn merged(d: &RawVm, v: &RawVm) -> RawVm {
         no_start,
         disk_jobs,
         ssh_connections,
+        transport,
+        nc_port,
+        nc_address,
         shutdown_timeout,
         hard_off,
         rollback_on_failure,
@@ -406,8 +415,8 @@ impl FleetVm {
                 ]);
             }
         }
-        if let Some(n) = o.ssh_connections.filter(|_| esx) {
-            a.extend(["--ssh-connections".into(), n.to_string().into()]);
+        if esx {
+            self.transfer_args(&mut a);
         }
         if esx && step != StepKind::Stage1 {
             if let Some(j) = o.disk_jobs {
@@ -424,6 +433,32 @@ impl FleetVm {
             a.push("--dry-run".into());
         }
         Some(a)
+    }
+
+    /// How the bytes come from ESXi: `--ssh-connections`, `--transport`, `--nc-port`,
+    /// `--nc-address`.
+    fn transfer_args(&self, a: &mut Vec<OsString>) {
+        let o = &self.opts;
+        let mut opt = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                a.extend([k.into(), v.into()]);
+            }
+        };
+        opt(
+            "--ssh-connections",
+            o.ssh_connections.map(|n| n.to_string()),
+        );
+        opt("--transport", o.transport.clone());
+        opt("--nc-port", o.nc_port.map(|p| p.to_string()));
+        opt("--nc-address", o.nc_address.clone());
+    }
+
+    /// The port this VM's runs listen on for nc (`transport = "nc"`), when a fixed one.
+    fn nc_port(&self) -> Option<u16> {
+        let o = &self.opts;
+        (self.is_esx() && o.transport.as_deref() == Some("nc"))
+            .then(|| o.nc_port.unwrap_or(crate::esx::transfer::DEFAULT_NC_PORT))
+            .filter(|&p| p != 0)
     }
 
     /// The options that shape the domain, for stage 1.
@@ -453,6 +488,23 @@ impl FleetVm {
     }
 }
 
+/// Two VMs that would listen on one nc port: their runs may overlap, and the second would
+/// find the port taken.
+fn shared_nc_port(vms: &[FleetVm]) -> Option<String> {
+    let mut seen = std::collections::HashMap::new();
+    for vm in vms {
+        let Some(port) = vm.nc_port() else { continue };
+        if let Some(first) = seen.insert(port, &vm.name) {
+            return Some(format!(
+                "VMs '{first}' and '{}' both take nc on port {port}: runs of a plan overlap, so \
+                 give each VM its own `nc_port` (and open those ports in ESXi's firewall)",
+                vm.name
+            ));
+        }
+    }
+    None
+}
+
 /// The step's arguments go through the command line's own parser and checks of values, so a
 /// plan with `os = "bsd"` or `io = "fast"` fails when it is read, not half way through a run.
 fn check_args(vm: &FleetVm, step: StepKind) -> Result<()> {
@@ -472,7 +524,13 @@ fn check_args(vm: &FleetVm, step: StepKind) -> Result<()> {
         )
     })?;
     crate::cli::network_args(&cli.network)?;
-    crate::esx::transfer::TransferOptions::check(cli.ssh_connections, false, None, None)?;
+    let t = &cli.transport;
+    crate::esx::transfer::TransferOptions::check(
+        cli.ssh_connections,
+        t.transport == crate::cli::TransportArg::Nc,
+        t.nc_port,
+        t.nc_address.as_deref(),
+    )?;
     if let Some(m) = &cli.mac {
         crate::cli::normalise_mac(m)?;
     }
@@ -541,6 +599,53 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{e:#}").contains("from 1 to 16"), "{e:#}");
+    }
+
+    #[test]
+    fn nc_keys_go_to_the_esxi_steps_and_two_vms_may_not_share_a_port() {
+        let esx = |name: &str, port: &str| {
+            format!(
+                "[[vm]]\nname = \"{name}\"\nvmx = \"ssh://esx1/vmfs/volumes/ds/{name}/{name}.vmx\"\n{port}"
+            )
+        };
+        let text = format!(
+            "[defaults]\ntransport = \"nc\"\n{}{}",
+            esx("a", "nc_port = 9001\n"),
+            esx("b", "nc_port = 9002\nnc_address = \"10.0.0.5\"\n")
+        );
+        let f = parse_str(&text).unwrap();
+        let b = f.vms[1].args(StepKind::Cutover, false).unwrap();
+        for pair in [
+            ["--transport", "nc"],
+            ["--nc-port", "9002"],
+            ["--nc-address", "10.0.0.5"],
+        ] {
+            assert!(
+                b.windows(2).any(|w| w[0] == pair[0] && w[1] == pair[1]),
+                "{pair:?} in {b:?}"
+            );
+        }
+        let shared = format!(
+            "[defaults]\ntransport = \"nc\"\n{}{}",
+            esx("a", ""),
+            esx("b", "")
+        );
+        let e = parse_str(&shared).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("both take nc on port 9001"),
+            "{e:#}"
+        );
+        let any = format!(
+            "[defaults]\ntransport = \"nc\"\nnc_port = 0\n{}{}",
+            esx("a", ""),
+            esx("b", "")
+        );
+        parse_str(&any).unwrap();
+        let bad = format!("{}transport = \"ftp\"\n", esx("a", ""));
+        assert!(parse_str(&bad).is_err());
+        let stray = format!("{}nc_port = 9001\n", esx("a", ""));
+        let e = parse_str(&stray).unwrap_err();
+        assert!(format!("{e:#}").contains("go with --transport nc"), "{e:#}");
     }
 
     #[test]
