@@ -67,11 +67,19 @@ fn domain(conn: &Conn, plan: &ImportPlan, out: &mut Vec<Finding>) -> Option<Impo
             out.push(finding(Severity::Warning, format!("the name '{name}' is taken on {uri} by a domain without import state (other tooling's): stage 1 writes into its disks and keeps its definition"), "give another --domain name unless that domain was made for this VM"));
             None
         }
+        Ok(Some(st)) if st.phase() == DomainPhase::HandedOver && plan.reupload_base => {
+            out.push(finding(
+                Severity::Warning,
+                format!("domain '{name}' on {uri} was cut over already: --reupload-base destroys what its guest wrote on KVM and starts over from the base"),
+                "go on only if that is wanted (the run says what it destroys)",
+            ));
+            Some(st)
+        }
         Ok(Some(st)) if st.phase() == DomainPhase::HandedOver => {
             out.push(finding(
                 Severity::Error,
                 format!("domain '{name}' on {uri} was cut over already: its guest runs on KVM"),
-                "give another --domain name for a new import",
+                "give another --domain name for a new import (or --reupload-base to start this one over)",
             ));
             Some(st)
         }
