@@ -90,6 +90,7 @@ link_cutover() {
     measure s8-local "$BIN" -c "$URI" --domain "$LINK_LOCAL" --vmx "$dir/link.vmx" --io direct
     local_s=$T
     measure s8-cutover "$BIN" -c "$URI" --domain "$LINK_DOM" --vmx "$LINK_URL" --cutover "$@"
+    sed -n '/the outage$/,/^  total/p' "$W/out/s8-cutover" >&2
     outage=$(sed -n 's/^  total *\([0-9.]*\) s.*/\1/p' "$W/out/s8-cutover")
     need "total in the cutover's outage table" "$outage"
     larger=$(awk -v a="$delta_s" -v b="$local_s" 'BEGIN { print (a > b ? a : b) }')
