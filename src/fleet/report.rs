@@ -177,6 +177,18 @@ fn facts(st: &ImportState) -> Vec<Vec<String>> {
             ),
         );
     }
+    if let Some(t) = &st.test_boot {
+        fact(
+            "test boot",
+            format!(
+                "{} at {} after {}: {}",
+                t.verdict,
+                t.at,
+                human_ms(t.ms),
+                t.evidence
+            ),
+        );
+    }
     if let Some(h) = &st.handed_over {
         fact("handed over", h.to_string());
     }
@@ -299,6 +311,17 @@ mod tests {
             "{table}"
         );
         assert_eq!(projection_json(&st).unwrap()["ms"], 1000);
+        st.test_boot = Some(crate::state::TestBootRecord {
+            at: "2026-12-07T19:00:00Z".into(),
+            verdict: "booted".into(),
+            evidence: "serial: login prompt: web1 login:".into(),
+            ms: 47_000,
+        });
+        let table = domain_table("web1", "qemu:///system", &st);
+        assert!(
+            table.contains("test boot          booted at 2026-12-07T19:00:00Z after "),
+            "{table}"
+        );
         st.handed_over = Some(HandOver {
             at: None,
             how: HandOverHow::NoStart,
