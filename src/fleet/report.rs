@@ -210,6 +210,14 @@ fn facts(st: &ImportState) -> Vec<Vec<String>> {
     if let Some(p) = projection(st) {
         fact("projected cutover", p.line());
     }
+    facts.extend(written_facts(st));
+    facts
+}
+
+/// The lines of what wrote the volumes here: each stage 2 run, the cutover's outage.
+fn written_facts(st: &ImportState) -> Vec<Vec<String>> {
+    let mut facts: Vec<Vec<String>> = Vec::new();
+    let mut fact = |k: &str, v: String| facts.push(vec![k.to_string(), v]);
     for (i, a) in st.local_applies.iter().enumerate() {
         fact(
             &format!("stage 2 run {}", i + 1),
