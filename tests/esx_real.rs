@@ -7,7 +7,10 @@
 
 mod util;
 
-use util::esx::{assert_volumes, running_vm, tops, vmx_text, Setup, StandIn, UUID};
+use util::esx::{
+    assert_volumes, off_vm_with_snapshot, programs_sent, running_vm, tops, vmx_text, Setup,
+    StandIn, UUID,
+};
 use util::fixtures::{pattern, patterned, Kind, SECTOR};
 use util::libvirt::{unique_name, TestPool};
 use util::vmximport::{cowd_child, domain_exists, flat_base, virsh, volume_bytes, Run};
@@ -17,25 +20,6 @@ const MIB: usize = 1 << 20;
 /// The trial start asks for QEMU's CPU, which starts on every host (doc/testing.md).
 const CPU: [&str; 2] = ["--cpu", "default"];
 
-/// The programs of the commands the tool ran on the host, from its `-v` lines (`debug: ssh
-/// root@127.0.0.1: COMMAND`), each command split at `&&`.
-fn programs_sent(run: &Run) -> Vec<String> {
-    let mut sent: Vec<String> = run
-        .stderr()
-        .lines()
-        .filter_map(|l| l.strip_prefix("debug: ssh root@127.0.0.1"))
-        .filter_map(|l| l.split_once(": ").map(|(_, c)| c.to_string()))
-        .flat_map(|c| {
-            c.split("&&")
-                .map(|p| p.split_whitespace().next().unwrap_or("").to_string())
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    sent.sort();
-    sent.dedup();
-    sent
-}
-
 /// A powered-off VM `stem` (id `id`) whose 8 MiB base has a COWD snapshot of its own,
 /// "nightly" (id 1), holding data; its .vmx names that snapshot's descriptor. The base's and
 /// the snapshot's descriptors.
@@ -44,29 +28,16 @@ fn off_vm_with_their_snapshot(
     stem: &str,
     id: u32,
 ) -> (std::path::PathBuf, std::path::PathBuf) {
-    let dir = esx.vm_dir(stem);
+    let data = patterned(0x900 + u64::from(id), 8 * MIB);
     let cid = 0x30000000 + id;
-    let base = flat_base(&dir, stem, &patterned(0x900 + u64::from(id), 8 * MIB), cid);
-    let sectors = (8 * MIB) as u64 / SECTOR;
-    let theirs = cowd_child(
-        &dir,
-        &format!("{stem}-000001"),
-        &format!("{stem}.vmdk"),
-        cid,
-        cid + 0x100,
-        sectors,
-        &[(3, Kind::Data), (9000, Kind::Data)],
-        &mut pattern(0xc0 + u64::from(id)),
-    );
-    let vmx = format!("{stem}/{stem}.vmx");
-    std::fs::write(
-        esx.vmx_path(&vmx),
-        vmx_text(stem, &[&format!("{stem}-000001.vmdk")]),
+    off_vm_with_snapshot(
+        esx,
+        stem,
+        id,
+        (&data, cid),
+        &[3, 9000],
+        0xc0 + u64::from(id),
     )
-    .unwrap();
-    esx.register(id, stem, &vmx, false, "cowd", "");
-    esx.add_snapshot_record(id, 1, "nightly");
-    (base, theirs)
 }
 
 /// A stand-in started with `setup`, a test pool, and a domain name the pool removes at the

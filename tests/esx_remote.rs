@@ -7,7 +7,7 @@ mod util;
 
 use nix::sys::signal::Signal;
 
-use util::esx::{assert_volumes, running_vm, tops, Setup, StandIn};
+use util::esx::{assert_volumes, programs_sent, running_vm, tops, Setup, StandIn};
 use util::interrupt::{Running, Stdout};
 use util::libvirt::{unique_name, TestPool, REMOTE_URI};
 use util::vmximport::{add_console_log, domstate, dumpxml, virsh, wait_for_line, Run};
@@ -29,25 +29,6 @@ fn remote_url(esx: &StandIn, tp: &TestPool, name: &str, url: &str, extra: &[&str
     ];
     args.extend_from_slice(extra);
     esx.tool(&args)
-}
-
-/// The programs of the commands the tool ran on the host, from its `-v` lines, each command
-/// split at `&&` (as tests/esx_real.rs reads them).
-fn programs_sent(run: &Run) -> Vec<String> {
-    let mut sent: Vec<String> = run
-        .stderr()
-        .lines()
-        .filter_map(|l| l.strip_prefix("debug: ssh root@127.0.0.1"))
-        .filter_map(|l| l.split_once(": ").map(|(_, c)| c.to_string()))
-        .flat_map(|c| {
-            c.split("&&")
-                .map(|p| p.split_whitespace().next().unwrap_or("").to_string())
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    sent.sort();
-    sent.dedup();
-    sent
 }
 
 fn no_warning(run: &Run) {

@@ -4,10 +4,10 @@
 
 mod util;
 
-use util::esx::{assert_volumes, tops, vmx_text, Setup, StandIn};
-use util::fixtures::{pattern, patterned, Kind, SECTOR};
+use util::esx::{assert_volumes, off_vm_with_snapshot, tops, Setup, StandIn};
+use util::fixtures::patterned;
 use util::libvirt::{unique_name, TestPool};
-use util::vmximport::{cowd_child, flat_base, virsh, volume_bytes};
+use util::vmximport::{virsh, volume_bytes};
 use util::{assert_same, qemu_read};
 
 const MIB: usize = 1 << 20;
@@ -23,31 +23,17 @@ fn off_vm(
     id: u32,
     mib: usize,
 ) -> (std::path::PathBuf, std::path::PathBuf) {
-    let dir = esx.vm_dir(stem);
     let cid = 0x40000000 + id;
     let mut data = patterned(0x700 + u64::from(id), mib * MIB);
     data[8 * MIB..20 * MIB].fill(0);
-    let base = flat_base(&dir, stem, &data, cid);
-    let sectors = (mib * MIB) as u64 / SECTOR;
-    let theirs = cowd_child(
-        &dir,
-        &format!("{stem}-000001"),
-        &format!("{stem}.vmdk"),
-        cid,
-        cid + 0x100,
-        sectors,
-        &[(3, Kind::Data), (9000, Kind::Data), (30000, Kind::Data)],
-        &mut pattern(0xd0 + u64::from(id)),
-    );
-    let vmx = format!("{stem}/{stem}.vmx");
-    std::fs::write(
-        esx.vmx_path(&vmx),
-        vmx_text(stem, &[&format!("{stem}-000001.vmdk")]),
+    off_vm_with_snapshot(
+        esx,
+        stem,
+        id,
+        (&data, cid),
+        &[3, 9000, 30000],
+        0xd0 + u64::from(id),
     )
-    .unwrap();
-    esx.register(id, stem, &vmx, false, "cowd", "");
-    esx.add_snapshot_record(id, 1, "nightly");
-    (base, theirs)
 }
 
 /// Bytes the volume takes on its storage.

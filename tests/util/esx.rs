@@ -15,9 +15,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::bootimg;
-use super::fixtures::patterned;
+use super::fixtures::{pattern, patterned, Kind, SECTOR};
 use super::libvirt::TestPool;
-use super::vmximport::{flat_base, volume_bytes, wait_for_line, Run};
+use super::vmximport::{cowd_child, flat_base, volume_bytes, wait_for_line, Run};
 use super::{assert_same, qemu_read};
 
 const MIB: usize = 1 << 20;
@@ -713,4 +713,59 @@ pub fn assert_volumes(tp: &TestPool, domain: &str, tops: &[PathBuf], what: &str)
             &format!("{what}: disk {i} against {}", top.display()),
         );
     }
+}
+
+/// The programs of the commands the tool ran on the host, from its `-v` lines (`debug: ssh
+/// root@127.0.0.1: COMMAND`), each command split at `&&`; sorted, each once.
+pub fn programs_sent(run: &Run) -> Vec<String> {
+    let mut sent: Vec<String> = run
+        .stderr()
+        .lines()
+        .filter_map(|l| l.strip_prefix("debug: ssh root@127.0.0.1"))
+        .filter_map(|l| l.split_once(": ").map(|(_, c)| c.to_string()))
+        .flat_map(|c| {
+            c.split("&&")
+                .map(|p| p.split_whitespace().next().unwrap_or("").to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    sent.sort();
+    sent.dedup();
+    sent
+}
+
+/// A powered-off VM `stem` (id `id`) whose base holds `data` (CID `cid`), with a COWD
+/// snapshot of its own, "nightly" (id 1), holding data at the grains `at` (bytes from the
+/// pattern `seed`); its .vmx names that snapshot's descriptor. The base's and the snapshot's
+/// descriptors.
+pub fn off_vm_with_snapshot(
+    esx: &StandIn,
+    stem: &str,
+    id: u32,
+    (data, cid): (&[u8], u32),
+    at: &[u64],
+    seed: u64,
+) -> (PathBuf, PathBuf) {
+    let dir = esx.vm_dir(stem);
+    let base = flat_base(&dir, stem, data, cid);
+    let grains: Vec<(u64, Kind)> = at.iter().map(|&g| (g, Kind::Data)).collect();
+    let theirs = cowd_child(
+        &dir,
+        &format!("{stem}-000001"),
+        &format!("{stem}.vmdk"),
+        cid,
+        cid + 0x100,
+        data.len() as u64 / SECTOR,
+        &grains,
+        &mut pattern(seed),
+    );
+    let vmx = format!("{stem}/{stem}.vmx");
+    std::fs::write(
+        esx.vmx_path(&vmx),
+        vmx_text(stem, &[&format!("{stem}-000001.vmdk")]),
+    )
+    .unwrap();
+    esx.register(id, stem, &vmx, false, "cowd", "");
+    esx.add_snapshot_record(id, 1, "nightly");
+    (base, theirs)
 }
