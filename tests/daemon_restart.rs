@@ -270,21 +270,5 @@ fn libvirtd_killed_during_a_test_boot_ends_it_and_cleanup_leaves_nothing() {
     drop(im);
     let tp = tp.reconnected();
     let im = Import::existing(&tp, &domain);
-    let copy = format!("{domain}-testboot");
-    assert!(
-        tp.conn.domain(&copy).unwrap().is_some(),
-        "the copy outlived the daemon's restart, as a transient domain does"
-    );
-    let stdout = ok(&test_boot(&im, &["--cleanup"]), "test-boot --cleanup");
-    assert!(
-        stdout.contains(&format!("domain '{copy}' destroyed")),
-        "{stdout}"
-    );
-    nothing_left(&tp, &im);
-    assert_eq!(
-        xml_without_state(&im),
-        before,
-        "the real domain is as it was"
-    );
-    assert!(!im.state().contains("test-boot"), "no verdict recorded");
+    cleanup_after_a_cut(&tp, &im, &before);
 }

@@ -123,28 +123,7 @@ fn a_test_boot_killed_with_sigkill_leaves_nothing_after_cleanup() {
     let mut child = running_test_boot(&im);
     child.kill().unwrap();
     child.wait().unwrap();
-    let name = format!("{}-testboot", im.domain);
-    assert!(
-        tp.conn.domain(&name).unwrap().is_some(),
-        "the kill left the copy running"
-    );
-    assert!(im.xml().contains("ns/testboot/1"), "and its record");
-    let out = test_boot(&im, &["--cleanup"]);
-    let stdout = ok(&out, "test-boot --cleanup");
-    assert!(
-        stdout.contains(&format!("domain '{name}' destroyed")),
-        "{stdout}"
-    );
-    nothing_left(&tp, &im);
-    assert_eq!(
-        xml_without_state(&im),
-        before,
-        "the real domain is as it was"
-    );
-    assert!(
-        !im.state().contains("test-boot"),
-        "no verdict from a killed run"
-    );
+    cleanup_after_a_cut(&tp, &im, &before);
 }
 
 #[test]

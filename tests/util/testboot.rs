@@ -74,3 +74,26 @@ pub fn running_test_boot(im: &Import) -> std::process::Child {
     std::thread::sleep(std::time::Duration::from_secs(1));
     child
 }
+
+/// A test boot cut short left its copy running and recorded: `--cleanup` destroys it, and then
+/// nothing is left, the real domain's XML is `before` again and no verdict was recorded.
+pub fn cleanup_after_a_cut(tp: &TestPool, im: &Import, before: &str) {
+    let name = format!("{}-testboot", im.domain);
+    assert!(
+        tp.conn.domain(&name).unwrap().is_some(),
+        "the cut left the copy running"
+    );
+    assert!(im.xml().contains("ns/testboot/1"), "and its record");
+    let stdout = ok(&test_boot(im, &["--cleanup"]), "test-boot --cleanup");
+    assert!(
+        stdout.contains(&format!("domain '{name}' destroyed")),
+        "{stdout}"
+    );
+    nothing_left(tp, im);
+    assert_eq!(
+        xml_without_state(im),
+        before,
+        "the real domain is as it was"
+    );
+    assert!(!im.state().contains("test-boot"), "no verdict recorded");
+}
