@@ -162,18 +162,7 @@ fn a_dry_run_of_stage_one_starts_with_the_preflight_fails_on_its_errors_and_make
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/preflight/troubled.vmx"
     );
-    let out = std::process::Command::new(util::BIN)
-        .args([
-            "-c",
-            "qemu:///system",
-            "--domain",
-            &name,
-            "--pool",
-            &tp.name,
-        ])
-        .args(["--vmx", vmx, "--dry-run", "--json"])
-        .output()
-        .unwrap();
+    let out = dry_run_json(&name, &tp.name, vmx);
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
@@ -225,18 +214,7 @@ fn a_dry_run_of_stage_one_starts_with_the_preflight_fails_on_its_errors_and_make
     );
     tp.define_domain(&xml);
     let before = util::vmximport::dumpxml(&name);
-    let out = std::process::Command::new(util::BIN)
-        .args([
-            "-c",
-            "qemu:///system",
-            "--domain",
-            &name,
-            "--pool",
-            &tp.name,
-        ])
-        .args(["--vmx", vmx, "--dry-run", "--json"])
-        .output()
-        .unwrap();
+    let out = dry_run_json(&name, &tp.name, vmx);
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     let taken = finding(
         &doc["preflight"],
@@ -300,4 +278,13 @@ fn an_rdm_on_esxi_is_named_an_rdm_and_a_powered_off_vm_needs_no_shutdown() {
     let sent = only_queries(&esx, "");
     assert!(!sent.contains("get.guest"), "{sent}");
     assert!(!domain_exists(&name), "no domain defined");
+}
+
+/// Stage 1 of `vmx` into domain `name` and pool `pool`, with `--dry-run --json`.
+fn dry_run_json(name: &str, pool: &str, vmx: &str) -> std::process::Output {
+    std::process::Command::new(util::BIN)
+        .args(["-c", "qemu:///system", "--domain", name, "--pool", pool])
+        .args(["--vmx", vmx, "--dry-run", "--json"])
+        .output()
+        .unwrap()
 }
