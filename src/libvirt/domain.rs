@@ -127,15 +127,21 @@ impl Dom {
             .with_context(|| format!("reading the disks of domain '{}'", self.name))
     }
 
+    /// Where metadata changes go: the persistent config, and the live one when running.
+    fn metadata_flags(&self) -> Result<u32> {
+        let mut flags = sys::VIR_DOMAIN_AFFECT_CONFIG;
+        if self.is_active()? {
+            flags |= sys::VIR_DOMAIN_AFFECT_LIVE;
+        }
+        Ok(flags)
+    }
+
     /// Store `xml_fragment` (one element) as the domain's metadata in namespace `ns_uri`,
     /// written with prefix `ns_prefix`; replaces what that namespace held. It goes into the
     /// persistent config (and the live one when running), so `virsh metadata DOM ns_uri`
     /// shows it on a shut-off domain too.
     pub fn set_metadata(&self, ns_uri: &str, ns_prefix: &str, xml_fragment: &str) -> Result<()> {
-        let mut flags = sys::VIR_DOMAIN_AFFECT_CONFIG;
-        if self.is_active()? {
-            flags |= sys::VIR_DOMAIN_AFFECT_LIVE;
-        }
+        let flags = self.metadata_flags()?;
         self.dom
             .set_metadata(
                 sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
@@ -150,10 +156,7 @@ impl Dom {
     /// Remove the domain's metadata in namespace `ns_uri` (nothing when it has none), from
     /// the persistent config and the live one when running.
     pub fn remove_metadata(&self, ns_uri: &str) -> Result<()> {
-        let mut flags = sys::VIR_DOMAIN_AFFECT_CONFIG;
-        if self.is_active()? {
-            flags |= sys::VIR_DOMAIN_AFFECT_LIVE;
-        }
+        let flags = self.metadata_flags()?;
         self.dom
             .set_metadata(
                 sys::VIR_DOMAIN_METADATA_ELEMENT as i32,

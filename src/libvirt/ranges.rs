@@ -224,14 +224,7 @@ impl Job<'_> {
             let stream = OwnedStream::new(&vol.conn)?;
             let flags = virt::sys::VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM;
             start_upload(&vol, &stream, r.offset, r.len + tail, flags)?;
-            let mut s = SparseSender {
-                stream: &stream,
-                what: &what,
-                pos: 0,
-                pending_hole: 0,
-                data_bytes: 0,
-                hole_bytes: 0,
-            };
+            let mut s = SparseSender::new(&stream, &what);
             self.pump(&mut reader, head, r, &mut |b| s.block(b))?;
             s.zeros(tail)?;
             s.flush_hole()?;

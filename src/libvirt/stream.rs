@@ -302,14 +302,7 @@ fn send_image(
             virt::sys::VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM,
         )
         .with_context(|| format!("starting a sparse upload to volume '{what}'"))?;
-    let mut out = SparseSender {
-        stream: &stream,
-        what: &what,
-        pos: 0,
-        pending_hole: 0,
-        data_bytes: 0,
-        hole_bytes: 0,
-    };
+    let mut out = SparseSender::new(&stream, &what);
     let mut covered: u64 = 0;
     let mut skipped: u64 = 0;
     let mut block = first;
@@ -417,7 +410,19 @@ pub(super) struct SparseSender<'a> {
     pub(super) hole_bytes: u64,
 }
 
-impl SparseSender<'_> {
+impl<'a> SparseSender<'a> {
+    /// A sender on `stream` (an upload to the volume `what`) that has sent nothing yet.
+    pub(super) fn new(stream: &'a OwnedStream, what: &'a str) -> SparseSender<'a> {
+        SparseSender {
+            stream,
+            what,
+            pos: 0,
+            pending_hole: 0,
+            data_bytes: 0,
+            hole_bytes: 0,
+        }
+    }
+
     /// A block read from the image: its zero chunks as zeros, the rest as data.
     pub(super) fn block(&mut self, data: &[u8]) -> Result<()> {
         let n = data.len();
