@@ -409,12 +409,7 @@ fn test_boot_after_stage1(tag: &str, cmdline: &str) -> (serde_json::Value, Vec<u
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
             .unwrap();
-    let code = match doc["verdict"].as_str() {
-        Some("booted") => 0,
-        Some("failed") => 2,
-        _ => 3,
-    };
-    assert_eq!(out.out.status.code(), Some(code), "exit by verdict: {out}");
+    util::testboot::assert_exit_by_verdict(&out.out, &doc);
     if let Ok(keep) = std::env::var("VMDKIMPORT_TEST_KEEP_REPORTS") {
         run(
             "cp",

@@ -97,3 +97,20 @@ pub fn cleanup_after_a_cut(tp: &TestPool, im: &Import, before: &str) {
     );
     assert!(!im.state().contains("test-boot"), "no verdict recorded");
 }
+
+/// The exit code says the report's verdict: 0 booted, 2 failed, 3 unknown (1 is left to
+/// errors).
+pub fn assert_exit_by_verdict(out: &Output, doc: &serde_json::Value) {
+    let want = match doc["verdict"].as_str() {
+        Some("booted") => 0,
+        Some("failed") => 2,
+        _ => 3,
+    };
+    assert_eq!(
+        out.status.code(),
+        Some(want),
+        "exit code for {}: {}",
+        doc["verdict"],
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
